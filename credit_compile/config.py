@@ -1,0 +1,184 @@
+"""Decoding configuration: one validated dataclass, every field documented.
+
+Every path (eager reference, compiled step, CUDA-graph runner) reads the same `DecodeConfig`, so a
+value that is wrong is rejected once, here, with a message that names the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+Strategy = Literal["credit", "threshold", "llada"]
+Remasking = Literal["low_confidence", "random"]
+CreditLayout = Literal["dense", "sparse"]
+CudaGraphs = Literal["auto", "on", "off"]
+
+STRATEGIES = ("credit", "threshold", "llada")
+REMASKINGS = ("low_confidence", "random")
+CREDIT_LAYOUTS = ("dense", "sparse")
+CUDA_GRAPH_MODES = ("auto", "on", "off")
+DTYPES = (None, "float32", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    """How `generate()` decodes a canvas of `gen_length` mask tokens.
+
+    Attributes:
+        strategy: "credit" (CreditDecoding: trace credits fused into the logits, threshold commits),
+            "threshold" (Fast-dLLM parallel decoding: commit every masked token whose confidence is
+            at least `tau`, at least the best one each step) or "llada" (LLaDA's original sampler:
+            a fixed number of tokens per step, low-confidence or random remasking).
+        gen_length: number of tokens to generate (the canvas after the prompt).
+        block_length: the canvas is decoded left to right in blocks of this many positions;
+            must divide `gen_length`.
+        steps: total denoising steps of the "llada" strategy; must be a multiple of the number of
+            blocks. None means one token per step (`gen_length`). Ignored by "credit"/"threshold",
+            which stop a block as soon as it is filled.
+        alpha: credit fusion strength, fused logits are `l + alpha * log1p(C)`; >= 0. alpha = 0
+            is plain threshold decoding.
+        beta: credit decay per step after the block's first, in [0, 1].
+        gamma: exponent on the top-1 probability added as credit, > 0.
+        tau: confidence threshold of "credit"/"threshold", in (0, 1].
+        temperature: Gumbel-noise temperature of the "llada" sampler (float64 noise, as the
+            original); 0 is greedy. "credit" and "threshold" are greedy only.
+        cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
+            sees the prompt masked); 0 disables it.
+        remasking: "low_confidence" or "random" ("llada" only).
+        mask_id: the mask token; None takes it from the model's config (`mask_token_id`).
+        eos_token_id: end-of-text token for `early_stop`; None takes it from the model's config.
+        early_stop: once a row has committed an end-of-text token with no mask before it, fill the
+            rest of its canvas with end-of-text and stop decoding it.
+        credit_layout: "dense" keeps a float32 credit of shape [batch, block, vocab]; "sparse"
+            keeps `credit_slots` (token id, credit) pairs per position, exact when
+            `credit_slots >= block_length`.
+        credit_slots: slots per position of the sparse layout; None means `block_length` (exact).
+            Fewer slots evict the smallest credit and are approximate.
+        dtype: dtype the optimized model runs in ("float32", "bfloat16", "float16"); None keeps
+            the model's.
+        compile: run the denoising step through torch.compile with the credit_compile backend.
+        cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
+            it (an error when impossible), "off" never uses it.
+        sync_every: the fast path checks completion on the host once every this many steps;
+            steps run after completion are no-ops and are not counted as NFE.
+        seed: seeds the global RNG at the start of `generate()` (random remasking, Gumbel noise);
+            None leaves the RNG alone.
+    """
+
+    strategy: Strategy = "credit"
+    gen_length: int = 128
+    block_length: int = 32
+    steps: int | None = None
+    alpha: float = 0.7
+    beta: float = 0.8
+    gamma: float = 0.2
+    tau: float = 0.9
+    temperature: float = 0.0
+    cfg_scale: float = 0.0
+    remasking: Remasking = "low_confidence"
+    mask_id: int | None = None
+    eos_token_id: int | None = None
+    early_stop: bool = False
+    credit_layout: CreditLayout = "dense"
+    credit_slots: int | None = None
+    dtype: str | None = None
+    compile: bool = True
+    cuda_graphs: CudaGraphs = "auto"
+    sync_every: int = 4
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def replace(self, **overrides) -> "DecodeConfig":
+        """A copy with `overrides` applied and validated; unknown names are an error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown decoding option(s) {unknown}; valid options are {sorted(known)}"
+            )
+        return dataclasses.replace(self, **overrides)
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def total_steps(self) -> int:
+        """Denoising steps of the "llada" sampler."""
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.total_steps // self.num_blocks
+
+    @property
+    def num_credit_slots(self) -> int:
+        return self.block_length if self.credit_slots is None else self.credit_slots
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.strategy in STRATEGIES, f"strategy={self.strategy!r}: use one of {STRATEGIES}")
+        for name in ("gen_length", "block_length", "sync_every"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0,
+                 f"{name}={v!r}: use a positive integer")
+        need(self.gen_length % self.block_length == 0,
+             f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}: "
+             f"choose a block_length that divides gen_length (for example "
+             f"{_a_divisor(self.gen_length, self.block_length)})")
+        if self.steps is not None:
+            need(isinstance(self.steps, int) and self.steps > 0,
+                 f"steps={self.steps!r}: use a positive integer or None")
+            need(self.steps % self.num_blocks == 0,
+                 f"steps={self.steps} is not divisible by the number of blocks "
+                 f"({self.num_blocks} = gen_length/block_length): use a multiple of "
+                 f"{self.num_blocks}, for example {max(1, round(self.steps / self.num_blocks)) * self.num_blocks}")
+        need(_is_real(self.alpha) and self.alpha >= 0,
+             f"alpha={self.alpha!r}: use alpha >= 0 (0 is plain threshold decoding)")
+        need(_is_real(self.beta) and 0.0 <= self.beta <= 1.0,
+             f"beta={self.beta!r}: use a decay in [0, 1]")
+        need(_is_real(self.gamma) and self.gamma > 0,
+             f"gamma={self.gamma!r}: use gamma > 0")
+        need(_is_real(self.tau) and 0.0 < self.tau <= 1.0,
+             f"tau={self.tau!r}: use a threshold in (0, 1]")
+        need(_is_real(self.temperature) and self.temperature >= 0,
+             f"temperature={self.temperature!r}: use temperature >= 0")
+        need(_is_real(self.cfg_scale) and self.cfg_scale >= 0,
+             f"cfg_scale={self.cfg_scale!r}: use cfg_scale >= 0")
+        need(self.remasking in REMASKINGS,
+             f"remasking={self.remasking!r}: use one of {REMASKINGS}")
+        if self.strategy != "llada":
+            need(self.temperature == 0,
+                 f"temperature={self.temperature} with strategy={self.strategy!r}: the credit and "
+                 f"threshold strategies are greedy; use temperature=0 or strategy='llada'")
+            need(self.cfg_scale == 0,
+                 f"cfg_scale={self.cfg_scale} with strategy={self.strategy!r}: classifier-free "
+                 f"guidance is implemented for strategy='llada' only; use cfg_scale=0")
+        need(self.credit_layout in CREDIT_LAYOUTS,
+             f"credit_layout={self.credit_layout!r}: use one of {CREDIT_LAYOUTS}")
+        if self.credit_slots is not None:
+            need(isinstance(self.credit_slots, int) and self.credit_slots > 0,
+                 f"credit_slots={self.credit_slots!r}: use a positive integer or None (exact)")
+        need(self.dtype in DTYPES, f"dtype={self.dtype!r}: use one of {DTYPES}")
+        need(self.cuda_graphs in CUDA_GRAPH_MODES,
+             f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
+        for name in ("mask_id", "eos_token_id", "seed"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, int) and v >= 0),
+                 f"{name}={v!r}: use a non-negative integer or None")
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+
+
+def _a_divisor(n: int, near: int) -> int:
+    divisors = [d for d in range(1, n + 1) if n % d == 0]
+    return min(divisors, key=lambda d: (abs(d - near), d))
