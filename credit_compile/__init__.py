@@ -1,0 +1,14 @@
+"""credit_compile: fast CreditDecoding for LLaDA-family diffusion LLMs.
+
+    model = credit_compile.optimize(model)
+    out = model.generate(input_ids)
+
+Importing the package changes no compiler setting; those are applied inside the API.
+"""
+
+from .config import DecodeConfig
+from .decoding.loop import GenerationOutput
+from .reference import generate as generate_reference
+
+__all__ = ["DecodeConfig", "GenerationOutput", "generate_reference"]
+__version__ = "0.1.0"

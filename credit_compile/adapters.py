@@ -1,0 +1,101 @@
+"""What credit_compile needs to know about a model, and one forward signature for all of them.
+
+Accepted models:
+- the project's `credit_compile.models.LLaDAModelLM` (honours attention masks and positions);
+- the official remote-code `LLaDAModelLM` (trust_remote_code): it ignores the attention mask
+  (ML-GSAI/LLaDA issue 90), so padded batches are refused rather than decoded wrongly;
+- any module whose `forward(input_ids, attention_mask=None)` returns logits (or an output with
+  `.logits`); its mask token comes from its config or the `mask_id` argument.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .decoding.step import ForwardFn
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Static facts about a model.
+
+    Attributes:
+        kind: "credit_compile", "llada_remote" or "generic".
+        mask_id: the mask token, or None when neither the model nor the caller names one.
+        eos_id: the end-of-text token, or None.
+        vocab_size: number of logit columns, or None until probed.
+        max_length: the longest sequence the model accepts, or None when unknown.
+        honours_attention_mask: whether left padding is masked out by the model.
+    """
+
+    kind: str
+    mask_id: int | None
+    eos_id: int | None
+    vocab_size: int | None
+    max_length: int | None
+    honours_attention_mask: bool
+
+
+def _is_project_model(model: nn.Module) -> bool:
+    from .models import LLaDAModelLM
+
+    return isinstance(model, LLaDAModelLM)
+
+
+def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | None = None) -> ModelInfo:
+    config = getattr(model, "config", None)
+
+    def from_config(*names):
+        for name in names:
+            value = getattr(config, name, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, (list, tuple)) and value and isinstance(value[0], int):
+                return value[0]
+        return None
+
+    if _is_project_model(model):
+        kind, honours = "credit_compile", True
+    elif type(model).__name__ == "LLaDAModelLM":
+        kind, honours = "llada_remote", False
+    else:
+        kind = "generic"
+        honours = "attention_mask" in inspect.signature(model.forward).parameters
+    return ModelInfo(
+        kind=kind,
+        mask_id=mask_id if mask_id is not None else from_config("mask_token_id", "mask_id"),
+        eos_id=eos_id if eos_id is not None else from_config("eos_token_id"),
+        vocab_size=from_config("embedding_size", "vocab_size"),
+        max_length=from_config("max_sequence_length", "max_position_embeddings"),
+        honours_attention_mask=honours,
+    )
+
+
+def _logits_of(output) -> torch.Tensor:
+    return output if isinstance(output, torch.Tensor) else output.logits
+
+
+def make_forward(model: nn.Module, info: ModelInfo) -> ForwardFn:
+    """forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]."""
+    if info.kind == "credit_compile":
+        def forward(input_ids, attention_mask, position_ids):
+            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    elif info.honours_attention_mask:
+        def forward(input_ids, attention_mask, position_ids):
+            if attention_mask is None:
+                return _logits_of(model(input_ids))
+            return _logits_of(model(input_ids, attention_mask=attention_mask))
+    else:
+        def forward(input_ids, attention_mask, position_ids):
+            return _logits_of(model(input_ids))
+    return forward
+
+
+def probe_vocab_size(forward: ForwardFn, input_ids: torch.Tensor) -> int:
+    """Logit columns of a model whose config does not say (one tiny forward)."""
+    with torch.no_grad():
+        return forward(input_ids[:1, :1], None, None).shape[-1]

@@ -1,0 +1,106 @@
+"""The one generation loop: every strategy, every execution mode.
+
+The loop calls a step (eager `denoise_step`, its compiled form, or a CUDA-graph replay) and checks
+completion on the host once every `sync_every` steps. Steps taken after completion are no-ops and
+are not counted in the NFE, so the NFE is the same whatever `sync_every` is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .state import DecodeState
+
+
+@dataclass
+class StepTrace:
+    """What one denoising step did (for `trace=True`).
+
+    Attributes:
+        block: the block decoded by the step.
+        committed: per row, the canvas positions committed (absolute indices).
+        confidence: per row, the confidences of those commits.
+    """
+
+    block: int
+    committed: list[list[int]]
+    confidence: list[list[float]]
+
+
+@dataclass
+class GenerationOutput:
+    """Result of `generate()`.
+
+    Attributes:
+        sequences: [B, T] prompt (as given, padding included) followed by the generated tokens.
+        nfe: number of forward evaluations that did decoding work.
+        prompt_length: T - gen_length, where the generated region starts.
+        trace: one `StepTrace` per counted step, when asked for.
+        steps_run: steps executed, counting no-op steps after completion.
+    """
+
+    sequences: torch.Tensor
+    nfe: int
+    prompt_length: int
+    trace: list[StepTrace] | None = None
+    steps_run: int = 0
+
+    @property
+    def generated(self) -> torch.Tensor:
+        return self.sequences[:, self.prompt_length:]
+
+
+def run_generation(
+    step: Callable[[], None],
+    state: DecodeState,
+    *,
+    max_steps: int,
+    sync_every: int = 1,
+    trace: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> GenerationOutput:
+    """Call `step()` until `state.done`, checking on the host every `sync_every` steps."""
+    snapshots = [] if trace else None
+    steps_run = 0
+    while True:
+        for _ in range(sync_every):
+            step()
+            steps_run += 1
+            if snapshots is not None:
+                snapshots.append((state.last_block.clone(), state.last_commit.clone(),
+                                  state.last_conf.clone(), state.nfe.clone()))
+        if progress is not None:
+            progress(steps_run)
+        if bool(state.done):
+            break
+        if steps_run > max_steps + sync_every:
+            raise RuntimeError(
+                f"decoding did not finish within {max_steps} steps; this is a bug in the "
+                f"strategy (every step must commit at least one masked token)"
+            )
+    return GenerationOutput(
+        sequences=state.x.clone(),
+        nfe=int(state.nfe),
+        prompt_length=state.gen_start,
+        trace=None if snapshots is None else _to_trace(snapshots, state),
+        steps_run=steps_run,
+    )
+
+
+def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
+    out, previous_nfe = [], 0
+    for block, commit, conf, nfe in snapshots:
+        if int(nfe) == previous_nfe:
+            continue  # a no-op step after completion
+        previous_nfe = int(nfe)
+        start = state.gen_start + int(block) * state.block_length
+        committed, confidence = [], []
+        for row_commit, row_conf in zip(commit, conf):
+            idx = row_commit.nonzero().flatten()
+            committed.append((idx + start).tolist())
+            confidence.append(row_conf[idx].tolist())
+        out.append(StepTrace(int(block), committed, confidence))
+    return out

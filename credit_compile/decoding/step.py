@@ -1,0 +1,90 @@
+"""The denoising step: one model forward, one strategy decision, in-place commits.
+
+The same function runs eagerly (the reference), under torch.compile(fullgraph=True) and inside a
+CUDA graph. It is sync-free: the current block is the tensor `state.block_index`, completion and
+block advance are computed on the device, and a step after completion changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .state import DecodeState
+from .strategies import Strategy
+
+# forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]
+ForwardFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+
+
+def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor, cfg_scale: float):
+    """Logits of the current block's positions; classifier-free guidance when cfg_scale > 0.
+
+    The block is sliced right after the model's LM head so the block-sliced-LM-head pass can move
+    the slice before it.
+    """
+    if cfg_scale == 0:
+        return forward(state.x, state.attention_mask, state.position_ids).index_select(1, positions)
+    unconditional = torch.where(state.prompt_mask, state.mask_id, state.x)
+
+    def twice(t):
+        return None if t is None else torch.cat([t, t])
+
+    logits = forward(
+        torch.cat([state.x, unconditional]), twice(state.attention_mask), twice(state.position_ids)
+    ).index_select(1, positions)
+    cond, uncond = logits.chunk(2)
+    cond, uncond = cond.float(), uncond.float()
+    return uncond + (cfg_scale + 1) * (cond - uncond)
+
+
+def fill_after_eos_sync_free(gen: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
+    """Fill every mask after a row's first end-of-text token that has no mask before it."""
+    masks_so_far = (gen == mask_id).long().cumsum(-1)
+    settled_eos = (gen == eos_id) & (masks_so_far == 0)
+    after_eos = settled_eos.long().cumsum(-1) > 0
+    return torch.where(after_eos & (gen == mask_id), eos_id, gen)
+
+
+def denoise_step(
+    forward: ForwardFn,
+    strategy: Strategy,
+    state: DecodeState,
+    *,
+    cfg_scale: float = 0.0,
+    eos_id: int | None = None,
+) -> None:
+    """Run one denoising step on `state`, in place."""
+    num_blocks, block_length, mask_id = state.num_blocks, state.block_length, state.mask_id
+    active = ~state.done
+    block = state.block_index.clamp(max=num_blocks - 1)
+    positions = state.gen_start + block * block_length + state.block_offsets
+
+    logits = block_logits(forward, state, positions, cfg_scale)
+    current = state.x.index_select(1, positions)
+    masked = (current == mask_id) & active
+    x0, conf = strategy.propose(logits, masked, state)
+    commit = strategy.select(conf, masked, state)
+    state.x.index_copy_(1, positions, torch.where(commit, x0, current))
+
+    gen = state.x[:, state.gen_start:]
+    if eos_id is not None:
+        gen.copy_(fill_after_eos_sync_free(gen, mask_id, eos_id))
+
+    # Where decoding goes next: the first block at or after `start` that still has masks.
+    has_masks = (gen == mask_id).view(gen.shape[0], num_blocks, block_length).any(-1).any(0)
+    block_ids = torch.arange(num_blocks, device=gen.device)
+
+    def first_masked_block_from(start: torch.Tensor) -> torch.Tensor:
+        return torch.where(has_masks & (block_ids >= start), block_ids, num_blocks).amin()
+
+    next_block = torch.where(active, strategy.next_block(state, first_masked_block_from), state.block_index)
+
+    state.last_commit.copy_(commit)
+    state.last_conf.copy_(conf)
+    state.last_block.copy_(block)
+    state.nfe.add_(active.long())
+    state.step_in_block.copy_(torch.where(next_block == state.block_index, state.step_in_block + 1, 0))
+    state.block_index.copy_(next_block)
+    state.done.copy_(next_block >= num_blocks)

@@ -1,0 +1,192 @@
+"""Pluggable decoding strategies: what a denoising step proposes and which proposals it commits.
+
+The generation loop (`loop.py`) and the denoising step (`step.py`) are shared by every strategy
+and every execution mode (eager reference, compiled, CUDA graph). A strategy only says:
+- `allocate(state)`: its static buffers;
+- `propose(block_logits, masked, state)`: a token x0 and a confidence for each block position;
+- `select(conf, masked, state)`: which masked positions to commit;
+- `next_block(state, first_masked_block_from)`: where decoding goes after this step.
+
+Everything here is sync-free (no `.item()`, `nonzero` or data-dependent Python branches), so a
+step traces into one graph.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from ..config import DecodeConfig
+from ..ops.credit_step_reference import (
+    credit_step_dense_eager,
+    credit_step_sparse_eager,
+    empty_sparse_state,
+    masked_vocab_logits,
+    top1_and_prob,
+)
+from .state import DecodeState
+
+NEG_INF = float("-inf")
+# Commit threshold slack of CreditDecoding / Fast-dLLM: the best position always passes.
+BEST_SLACK = 1e-5
+
+FirstMaskedFrom = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Strategy:
+    name = "base"
+
+    def __init__(self, config: DecodeConfig, mask_id: int):
+        self.config = config
+        self.mask_id = mask_id
+
+    def allocate(self, state: DecodeState, vocab_size: int) -> None:
+        """Create the strategy's static buffers in `state.buffers`."""
+
+    def propose(self, block_logits: torch.Tensor, masked: torch.Tensor, state: DecodeState):
+        raise NotImplementedError
+
+    def select(self, conf: torch.Tensor, masked: torch.Tensor, state: DecodeState) -> torch.Tensor:
+        raise NotImplementedError
+
+    def next_block(self, state: DecodeState, first_masked_block_from: FirstMaskedFrom) -> torch.Tensor:
+        """Stay on a block while it has masks (threshold-style strategies)."""
+        return first_masked_block_from(state.block_index)
+
+    def max_steps(self) -> int:
+        """An upper bound on the steps a generation can take (the loop's guard against hangs)."""
+        return self.config.gen_length
+
+
+def threshold_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, tau: float) -> torch.Tensor:
+    """Commit masked positions with `conf >= min(max(conf) - 1e-5, tau)`: at least the best one."""
+    conf = torch.where(masked, conf, NEG_INF)
+    best = conf.amax(-1, keepdim=True)
+    threshold = torch.clamp(best - BEST_SLACK, max=tau)
+    return masked & (conf >= threshold)
+
+
+class ThresholdStrategy(Strategy):
+    """Fast-dLLM parallel decoding: greedy proposals, confidence-threshold commits."""
+
+    name = "threshold"
+
+    def propose(self, block_logits, masked, state):
+        top, prob = top1_and_prob(masked_vocab_logits(block_logits, self.mask_id))
+        return top, prob
+
+    def select(self, conf, masked, state):
+        return threshold_commit_sync_free(conf, masked, self.config.tau)
+
+
+class CreditStrategy(ThresholdStrategy):
+    """CreditDecoding: the threshold commit on logits fused with trace credits.
+
+    `use_op=False` runs the eager chain (the reference); the credit-fusion FX pass rewrites that
+    chain into the fused custom op when compiled. `use_op=True` calls the op directly.
+    """
+
+    name = "credit"
+
+    def __init__(self, config: DecodeConfig, mask_id: int, use_op: bool = False):
+        super().__init__(config, mask_id)
+        self.use_op = use_op
+
+    def allocate(self, state, vocab_size):
+        batch, block = state.batch_size, state.block_length
+        if self.config.credit_layout == "dense":
+            state.buffers["credit"] = torch.zeros(
+                batch, block, vocab_size, dtype=torch.float32, device=state.device
+            )
+        else:
+            ids, credit = empty_sparse_state(batch, block, self.config.num_credit_slots, state.device)
+            state.buffers["slot_ids"] = ids
+            state.buffers["slot_credit"] = credit
+
+    def propose(self, block_logits, masked, state):
+        cfg = self.config
+        first_step = state.step_in_block == 0
+        args = (masked, first_step, cfg.alpha, cfg.beta, cfg.gamma, self.mask_id)
+        if cfg.credit_layout == "dense":
+            fn = _ops().credit_step_dense if self.use_op else credit_step_dense_eager
+            return fn(block_logits, state.buffers["credit"], *args)
+        fn = _ops().credit_step_sparse if self.use_op else credit_step_sparse_eager
+        return fn(block_logits, state.buffers["slot_ids"], state.buffers["slot_credit"], *args)
+
+
+class LLaDAStrategy(Strategy):
+    """LLaDA's original sampler: a fixed number of tokens per step, low-confidence or random
+    remasking, Gumbel noise in float64 when temperature > 0 (Nie et al., 2025, `generate.py`)."""
+
+    name = "llada"
+
+    def allocate(self, state, vocab_size):
+        state.buffers["block_mask_count"] = torch.zeros(
+            state.batch_size, dtype=torch.long, device=state.device
+        )
+
+    def propose(self, block_logits, masked, state):
+        cfg = self.config
+        logits = masked_vocab_logits(block_logits, self.mask_id)
+        x0 = add_gumbel_noise(logits, cfg.temperature).argmax(-1)
+        if cfg.remasking == "low_confidence":
+            conf = torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        else:
+            conf = torch.rand(x0.shape, device=x0.device)
+        return x0, conf
+
+    def select(self, conf, masked, state):
+        first_step = state.step_in_block == 0
+        counts = state.buffers["block_mask_count"]
+        counts.copy_(torch.where(first_step, masked.sum(-1), counts))
+        k = num_transfer_tokens_sync_free(counts, self.config.steps_per_block, state.step_in_block)
+        conf = torch.where(masked, conf, NEG_INF)
+        return masked & (rank_descending_sync_free(conf) < k.unsqueeze(-1))
+
+    def next_block(self, state, first_masked_block_from):
+        leave = state.step_in_block + 1 >= self.config.steps_per_block
+        return torch.where(leave, first_masked_block_from(state.block_index + 1), state.block_index)
+
+    def max_steps(self) -> int:
+        return self.config.total_steps
+
+
+def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Gumbel-max sampling as LLaDA does it: float64, `exp(l) / (-log u) ** temperature`.
+
+    Low-precision Gumbel noise lowers the quality of masked diffusion models, hence float64.
+    """
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    noise = torch.rand_like(logits, dtype=torch.float64)
+    return logits.exp() / (-torch.log(noise)) ** temperature
+
+
+def num_transfer_tokens_sync_free(mask_count: torch.Tensor, steps: int, step: torch.Tensor) -> torch.Tensor:
+    """Tokens to commit at `step` of a block: LLaDA's `get_num_transfer_tokens`, one step at a
+    time (`mask_count // steps`, plus one for the first `mask_count % steps` steps)."""
+    return mask_count // steps + (step < mask_count % steps).long()
+
+
+def rank_descending_sync_free(values: torch.Tensor) -> torch.Tensor:
+    """Rank of each entry along the last dim in descending order (0 = largest; ties by index)."""
+    order = torch.sort(values, dim=-1, descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    positions = torch.arange(values.shape[-1], device=values.device).expand_as(order)
+    return ranks.scatter_(-1, order, positions)
+
+
+def make_strategy(config: DecodeConfig, mask_id: int, use_op: bool = False) -> Strategy:
+    if config.strategy == "credit":
+        return CreditStrategy(config, mask_id, use_op=use_op)
+    if config.strategy == "threshold":
+        return ThresholdStrategy(config, mask_id)
+    return LLaDAStrategy(config, mask_id)
+
+
+def _ops():
+    from .. import ops
+
+    return ops

@@ -1,0 +1,78 @@
+"""Setting up one generation: validated inputs, static state, strategy and forward.
+
+Shared by the eager reference (`reference.generate`) and the optimized model, so both decode the
+same problem the same way and differ only in how the step is executed.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import nn
+
+from .adapters import ModelInfo, describe_model, make_forward, probe_vocab_size
+from .config import DecodeConfig
+from .decoding.state import DecodeState, prepare_state
+from .decoding.step import ForwardFn, denoise_step
+from .decoding.strategies import Strategy, make_strategy
+from .validation import check_inputs, resolve_mask_id
+
+
+@dataclass
+class GenerationSetup:
+    config: DecodeConfig
+    info: ModelInfo
+    forward: ForwardFn
+    strategy: Strategy
+    state: DecodeState
+    eos_id: int | None
+
+    def step_function(self) -> Callable[[], None]:
+        """The denoising step bound to this generation's forward, strategy and state."""
+        return functools.partial(
+            denoise_step, self.forward, self.strategy, self.state,
+            cfg_scale=self.config.cfg_scale, eos_id=self.eos_id,
+        )
+
+
+def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig:
+    config = config if config is not None else DecodeConfig()
+    return config.replace(**overrides) if overrides else config
+
+
+def setup_generation(
+    model: nn.Module,
+    input_ids,
+    attention_mask,
+    config: DecodeConfig,
+    *,
+    info: ModelInfo | None = None,
+    forward: ForwardFn | None = None,
+    use_op: bool = False,
+) -> GenerationSetup:
+    info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
+    forward = forward if forward is not None else make_forward(model, info)
+    input_ids, attention_mask = check_inputs(input_ids, attention_mask, config, info)
+    if info.vocab_size is None:
+        info = ModelInfo(**{**info.__dict__, "vocab_size": probe_vocab_size(forward, input_ids)})
+    mask_id = resolve_mask_id(config, info)
+    eos_id = None
+    if config.early_stop:
+        eos_id = config.eos_token_id if config.eos_token_id is not None else info.eos_id
+        if eos_id is None:
+            raise ValueError(
+                "early_stop=True needs an end-of-text token: the model's config has no "
+                "`eos_token_id`; pass eos_token_id=<token id>"
+            )
+    state = prepare_state(
+        input_ids, attention_mask,
+        gen_length=config.gen_length, block_length=config.block_length, mask_id=mask_id,
+    )
+    strategy = make_strategy(config, mask_id, use_op=use_op)
+    strategy.allocate(state, info.vocab_size)
+    if config.seed is not None:
+        torch.manual_seed(config.seed)
+    return GenerationSetup(config, info, forward, strategy, state, eos_id)

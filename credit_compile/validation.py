@@ -1,0 +1,96 @@
+"""Input checks shared by every entry point: a clear ValueError naming the fix, never a silent
+wrong answer."""
+
+from __future__ import annotations
+
+import torch
+
+from .adapters import ModelInfo
+from .config import DecodeConfig
+
+
+def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
+    mask_id = config.mask_id if config.mask_id is not None else info.mask_id
+    if mask_id is None:
+        raise ValueError(
+            "the model has no mask token: its config has no `mask_token_id`; pass "
+            "mask_id=<token id> (126336 for LLaDA-8B) to generate()/optimize() or DecodeConfig"
+        )
+    if info.vocab_size is not None and not 0 <= mask_id < info.vocab_size:
+        raise ValueError(
+            f"mask_id={mask_id} is outside the model's vocabulary of {info.vocab_size} tokens: "
+            f"pass the mask token of this model (LLaDA-8B uses 126336)"
+        )
+    return mask_id
+
+
+def check_inputs(
+    input_ids,
+    attention_mask,
+    config: DecodeConfig,
+    info: ModelInfo,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Validate prompts; returns (input_ids, attention_mask) unchanged when fine."""
+    if not isinstance(input_ids, torch.Tensor):
+        raise ValueError(
+            f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}: "
+            f"use torch.tensor([[...]]) or a tokenizer with return_tensors='pt'"
+        )
+    if input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError(
+            f"input_ids has dtype {input_ids.dtype}; token ids must be integers: use "
+            f"input_ids.long()"
+        )
+    if input_ids.dim() != 2:
+        hint = "input_ids.unsqueeze(0)" if input_ids.dim() == 1 else "a [batch, length] tensor"
+        raise ValueError(
+            f"input_ids must have shape [batch, prompt_length], got {tuple(input_ids.shape)}: "
+            f"use {hint}"
+        )
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(
+            f"empty prompt (input_ids shape {tuple(input_ids.shape)}): give at least one token "
+            f"per row, for example a BOS token"
+        )
+    total = input_ids.shape[1] + config.gen_length
+    if info.max_length is not None and total > info.max_length:
+        raise ValueError(
+            f"prompt length {input_ids.shape[1]} + gen_length {config.gen_length} = {total} "
+            f"exceeds the model's maximum sequence length {info.max_length}: shorten the prompt "
+            f"or lower gen_length to at most {info.max_length - input_ids.shape[1]}"
+        )
+    if info.vocab_size is not None:
+        bad = (input_ids < 0) | (input_ids >= info.vocab_size)
+        if bool(bad.any()):
+            raise ValueError(
+                f"input_ids holds token ids outside [0, {info.vocab_size}): check the tokenizer "
+                f"matches the model"
+            )
+    if attention_mask is None:
+        return input_ids.long(), None
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
+        shape = getattr(attention_mask, "shape", None)
+        raise ValueError(
+            f"attention_mask shape {tuple(shape) if shape is not None else None} differs from "
+            f"input_ids shape {tuple(input_ids.shape)}: pass the mask the tokenizer returned with "
+            f"these input_ids"
+        )
+    attention_mask = attention_mask.to(input_ids.device)
+    if bool(((attention_mask != 0) & (attention_mask != 1)).any()):
+        raise ValueError("attention_mask must hold only 0 (padding) and 1 (token)")
+    mask = attention_mask.long()
+    if bool((mask.sum(-1) == 0).any()):
+        raise ValueError("a row of attention_mask is all padding: every prompt needs a token")
+    # Left padding: once a row has a real token, it has no padding after it.
+    if bool((mask.cummax(-1).values != mask).any()):
+        raise ValueError(
+            "attention_mask is not left-padded: generation appends to the right of the prompt, so "
+            "pad on the left (tokenizer.padding_side = 'left')"
+        )
+    if not info.honours_attention_mask and not bool(mask.all()):
+        raise ValueError(
+            "this model ignores attention_mask (the official LLaDA code does: ML-GSAI/LLaDA "
+            "issue 90), so a padded batch would decode wrongly: load the checkpoint with "
+            "credit_compile.models.LLaDAModelLM.from_pretrained(path), or pass prompts one at a time"
+        )
+    return input_ids.long(), mask

@@ -1,0 +1,55 @@
+"""Small deterministic models for decoder tests (seconds on CPU, no weights to download)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ScriptedModel(nn.Module):
+    """Returns the next scripted [T, V] logits on each call (hand-computed cases).
+
+    The script is indexed by call count, the same logits for every row.
+    """
+
+    def __init__(self, script: list[torch.Tensor], mask_id: int):
+        super().__init__()
+        self.script = script
+        self.calls = 0
+        self.config = type("Cfg", (), {"mask_token_id": mask_id, "vocab_size": script[0].shape[-1]})()
+
+    def forward(self, input_ids, attention_mask=None):
+        logits = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return logits.unsqueeze(0).expand(input_ids.shape[0], -1, -1).clone()
+
+
+class ContextMixModel(nn.Module):
+    """logits[b, t] = W[x[b,t]] + P[pos] + mean of U[x] over attended tokens, times a sharpness.
+
+    Depends on every token (so commits change later logits), honours left padding through the
+    attention mask (positions counted over real tokens), and is cheap.
+    """
+
+    def __init__(self, vocab_size: int = 40, mask_id: int = 39, max_len: int = 256,
+                 sharpness: float = 3.0, seed: int = 0, eos_id: int | None = None):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.token = nn.Parameter(torch.randn(vocab_size, vocab_size, generator=g))
+        self.context = nn.Parameter(torch.randn(vocab_size, vocab_size, generator=g))
+        self.position = nn.Parameter(torch.randn(max_len, vocab_size, generator=g))
+        self.sharpness = sharpness
+        self.config = type("Cfg", (), {
+            "mask_token_id": mask_id, "vocab_size": vocab_size, "max_position_embeddings": max_len,
+            "eos_token_id": eos_id,
+        })()
+
+    def forward(self, input_ids, attention_mask=None):
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        weights = attention_mask.float()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        ctx = (self.context[input_ids] * weights[..., None]).sum(1, keepdim=True)
+        ctx = ctx / weights.sum(-1)[:, None, None]
+        logits = self.token[input_ids] + self.position[positions] + ctx
+        return logits * self.sharpness
