@@ -12,3 +12,7 @@ from .reference import generate as generate_reference
 
 __all__ = ["DecodeConfig", "GenerationOutput", "generate_reference"]
 __version__ = "0.1.0"
+
+from .api import OptimizedModel, optimize  # noqa: E402
+
+__all__ += ["OptimizedModel", "optimize"]

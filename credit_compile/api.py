@@ -1,0 +1,145 @@
+"""`optimize(model)`: the product's face.
+
+    model = credit_compile.optimize(model)           # or optimize(model, DecodeConfig(...))
+    out = model.generate(input_ids, attention_mask)   # CreditDecoding through the fast path
+
+The returned `OptimizedModel` behaves like the model it wraps (forward, state_dict, to(), eval(),
+save_pretrained and any other attribute are the wrapped model's) and adds `generate()`. Generation
+state is allocated once per (batch, prompt length, padding, config) and reused: a second call with
+the same shapes recompiles nothing and replays the same CUDA graph.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import torch
+from torch import nn
+
+from .adapters import describe_model, make_forward
+from .backend import make_backend
+from .config import DecodeConfig
+from .decoding.loop import GenerationOutput, run_generation
+from .engine import GenerationSetup, resolve_config, setup_generation
+from .runner import make_runner
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class OptimizedModel(nn.Module):
+    """A model whose `generate()` runs CreditDecoding (or a baseline) through the fast path.
+
+    Attributes:
+        model: the wrapped model (its parameters are this module's).
+        decode_config: the default `DecodeConfig`; `generate(**overrides)` changes it per call.
+            (`config` stays the wrapped model's own config.)
+        last_stats: timings of the last `generate()` call (compile seconds, decode seconds, runner).
+    """
+
+    def __init__(self, model: nn.Module, config: DecodeConfig, mask_id: int | None = None):
+        super().__init__()
+        self.model = model
+        self.decode_config = config
+        self._mask_id = mask_id
+        self._runners: dict = {}
+        self.last_stats: dict = {}
+
+    # Behave like the wrapped model.
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self._modules["model"], name)
+
+    def state_dict(self, *args, **kwargs):
+        return self.model.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        self._runners.clear()
+        return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
+
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the model invalidates every static buffer and compiled step.
+        self._runners.clear()
+        return super()._apply(fn, recurse)
+
+    @torch.no_grad()
+    def generate(self, input_ids, attention_mask=None, *, trace: bool = False, progress=None,
+                 **overrides) -> GenerationOutput:
+        """Decode with this model's config (`overrides` are DecodeConfig fields for this call)."""
+        config = resolve_config(self.decode_config, overrides)
+        if config.mask_id is None and self._mask_id is not None:
+            config = config.replace(mask_id=self._mask_id)
+        info = describe_model(self.model, config.mask_id, config.eos_token_id)
+        fresh = setup_generation(self.model, input_ids, attention_mask, config, info=info,
+                                 forward=make_forward(self.model, info))
+        runner, initial = self._runner_for(fresh, trace)
+        runner.reload(initial)
+        start = time.perf_counter()
+        out = run_generation(
+            runner.step, runner.state,
+            max_steps=fresh.strategy.max_steps(),
+            sync_every=1 if trace else max(1, config.sync_every // runner.steps_per_call),
+            trace=trace, progress=progress,
+        )
+        if runner.state.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.last_stats = {
+            "runner": runner.kind,
+            "compile_seconds": runner.compile_seconds,
+            "decode_seconds": time.perf_counter() - start,
+        }
+        runner.compile_seconds = 0.0  # reported once, by the call that compiled
+        out.steps_run *= runner.steps_per_call
+        return out
+
+    def _runner_for(self, fresh: GenerationSetup, trace: bool):
+        """The cached runner for these shapes and the initial state to load into it."""
+        config, state = fresh.config, fresh.state
+        key = (
+            tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
+            state.device, dataclasses.replace(config, seed=None), trace,
+        )
+        runner = self._runners.get(key)
+        initial = state.tensors()
+        if runner is None:
+            # The runner keeps `fresh` as its static state (later calls copy into it); warm-up
+            # steps before CUDA-graph capture mutate it, so keep the initial values apart.
+            initial = {name: t.clone() for name, t in initial.items()}
+            backend = make_backend(config=config) if config.compile else None
+            cuda_graphs = "off" if trace else config.cuda_graphs
+            unroll = config.sync_every if cuda_graphs != "off" else 1
+            runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs, unroll=unroll)
+            self._runners[key] = runner
+        return runner, initial
+
+
+def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: int | None = None,
+             **overrides) -> OptimizedModel:
+    """Wrap `model` so that `generate()` runs through the compiled fast path.
+
+    Args:
+        model: the project's LLaDAModelLM, the official remote-code LLaDAModelLM, or any module
+            whose forward(input_ids, attention_mask=None) returns logits.
+        config: decoding defaults (DecodeConfig); `overrides` change its fields.
+        mask_id: the mask token when the model's config has no `mask_token_id`.
+    """
+    if isinstance(model, OptimizedModel):
+        model = model.model
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
+    config = resolve_config(config, overrides)
+    info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
+    if info.mask_id is None:
+        raise ValueError(
+            "the model has no mask token: its config has no `mask_token_id`; pass "
+            "optimize(model, mask_id=<token id>) (126336 for LLaDA-8B)"
+        )
+    if config.dtype is not None:
+        model = model.to(_DTYPES[config.dtype])
+    model.eval()
+    return OptimizedModel(model, config, mask_id=info.mask_id)
