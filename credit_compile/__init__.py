@@ -16,3 +16,6 @@ __version__ = "0.1.0"
 from .api import OptimizedModel, optimize  # noqa: E402
 
 __all__ += ["OptimizedModel", "optimize"]
+from .verify import VerifyReport, verify  # noqa: E402
+
+__all__ += ["VerifyReport", "verify"]

@@ -1,0 +1,166 @@
+"""optimize(): the compiled fast path equals the eager reference token for token."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch._dynamo.utils import counters
+from toy_models import ContextMixModel
+
+import credit_compile as cc
+from credit_compile.passes import pass_count
+
+MASK = 39
+
+
+def make_prompts(batch, length, seed, padded):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 30, (batch, length), generator=g)
+    if not padded:
+        return ids, None
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        pad = int(torch.randint(0, length, (1,), generator=g))
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids, mask
+
+
+def assert_same_generation(ref, out):
+    assert torch.equal(ref.sequences, out.sequences), (ref.sequences, out.sequences)
+    assert ref.nfe == out.nfe
+
+
+CONFIGS = st.sampled_from([
+    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="sparse"),
+    dict(strategy="credit", alpha=1.5, beta=0.5, gamma=0.5, tau=0.7),
+    dict(strategy="credit", credit_layout="sparse", credit_slots=2, tau=0.95),
+    dict(strategy="threshold", tau=0.8),
+    dict(strategy="llada"),
+    dict(strategy="llada", remasking="random", seed=3),
+    dict(strategy="llada", temperature=0.7, seed=5, steps=8),
+    dict(strategy="llada", cfg_scale=1.0),
+    dict(strategy="credit", early_stop=True, eos_token_id=7),
+])
+
+
+@settings(max_examples=8)
+@given(
+    config=CONFIGS,
+    batch=st.integers(1, 3),
+    prompt_length=st.integers(1, 6),
+    blocks=st.sampled_from([(8, 4), (8, 8), (16, 4)]),
+    seed=st.integers(0, 2**16),
+    padded=st.booleans(),
+    sync_every=st.integers(1, 3),
+)
+def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, padded, sync_every):
+    gen_length, block_length = blocks
+    model = ContextMixModel(seed=seed % 7)
+    ids, mask = make_prompts(batch, prompt_length, seed, padded)
+    kwargs = dict(config, gen_length=gen_length, block_length=block_length)
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    fast = cc.optimize(model, sync_every=sync_every, **kwargs).generate(ids, mask)
+    assert_same_generation(ref, fast)
+
+
+def test_no_graph_breaks_one_compile_and_none_on_second_call():
+    torch._dynamo.reset()
+    counters.clear()
+    model = ContextMixModel()
+    ids, mask = make_prompts(2, 5, seed=1, padded=True)
+    fast = cc.optimize(model, gen_length=16, block_length=4)
+    first = fast.generate(ids, mask)
+    assert first.nfe >= 4
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1  # one graph serves every step and block
+    frames = counters["frames"]["ok"]
+    second = fast.generate(ids.flip(0), mask.flip(0))
+    assert counters["stats"]["unique_graphs"] == 1
+    assert counters["frames"]["ok"] == frames  # no recompilation for the same shapes
+    assert not torch.equal(first.sequences, second.sequences)
+    assert pass_count("credit_fusion") == 1
+
+
+def test_second_call_reuses_state_and_matches_reference():
+    model = ContextMixModel(seed=2)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    for seed in range(3):
+        ids, mask = make_prompts(2, 4, seed, padded=True)
+        assert_same_generation(cc.generate_reference(model, ids, mask, gen_length=8, block_length=4),
+                               fast.generate(ids, mask))
+
+
+def test_trace_matches_reference():
+    model = ContextMixModel(seed=4)
+    ids, _ = make_prompts(1, 3, 0, padded=False)
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4, trace=True)
+    fast = cc.optimize(model, gen_length=8, block_length=4).generate(ids, trace=True)
+    assert [t.committed for t in ref.trace] == [t.committed for t in fast.trace]
+    assert len(fast.trace) == fast.nfe
+
+
+def test_optimized_model_behaves_like_the_model():
+    model = ContextMixModel()
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids = torch.randint(0, 30, (1, 5))
+    assert torch.equal(fast(ids), model(ids))
+    assert fast.state_dict().keys() == model.state_dict().keys()
+    assert fast.config is model.config  # the wrapped model's own config
+    assert fast.decode_config.gen_length == 8
+    assert fast.eval() is fast and not fast.model.training
+    assert fast.to(torch.float64).token.dtype == torch.float64
+
+
+def test_optimize_rejects_a_model_without_mask_token():
+    model = torch.nn.Linear(4, 4)
+    with pytest.raises(ValueError, match="mask_id="):
+        cc.optimize(model)
+
+
+def test_optimize_accepts_mask_id_argument_for_generic_modules():
+    class Bare(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = ContextMixModel()
+
+        def forward(self, input_ids, attention_mask=None):
+            return self.inner(input_ids, attention_mask)
+
+    model = Bare()
+    ids = torch.randint(0, 30, (1, 4))
+    fast = cc.optimize(model, mask_id=MASK, gen_length=8, block_length=4)
+    assert_same_generation(
+        cc.generate_reference(model, ids, gen_length=8, block_length=4, mask_id=MASK),
+        fast.generate(ids),
+    )
+
+
+def test_verify_report():
+    model = ContextMixModel(seed=6)
+    ids, mask = make_prompts(2, 4, seed=0, padded=True)
+    report = cc.verify(model, ids, mask, gen_length=8, block_length=4)
+    assert report.ok and report.tokens_equal and report.first_difference is None
+    assert report.nfe_reference == report.nfe_optimized
+    assert report.max_logit_difference < 1e-4
+    assert "OK" in str(report)
+
+
+def test_verify_detects_a_difference(monkeypatch):
+    model = ContextMixModel(seed=6)
+    ids = torch.randint(0, 30, (1, 4))
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    original = fast.generate
+
+    def corrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.sequences[0, -1] = (out.sequences[0, -1] + 1) % 30
+        return out
+
+    monkeypatch.setattr(fast, "generate", corrupted)
+    report = cc.verify(fast, ids)
+    assert not report.ok
+    assert report.first_difference == (0, ids.shape[1] + 7)
