@@ -1,0 +1,378 @@
+"""A compile-friendly LLaDA masked-diffusion LM with the official checkpoint layout.
+
+Written from scratch against the math of GSAI-ML's `modeling_llada.py` (LLaDA-8B-Base/-Instruct):
+the parameter names (``model.transformer.{wte, blocks.{i}.{attn_norm, q_proj, k_proj, v_proj,
+attn_out, ff_norm, ff_proj, up_proj, ff_out}, ln_f, ff_out}``) and the numerics follow the official
+llama block:
+
+    x = wte(ids) [* sqrt(d_model) if input_emb_norm]
+    per block:  h = attn_norm(x);  q, k, v = q_proj(h), k_proj(h), v_proj(h)
+                q, k = rope(q), rope(k)        (float32 when rope_full_precision, NeoX rotate_half)
+                x = x + attn_out(SDPA(q, k, v, non-causal))
+                h = ff_norm(x);  x = x + ff_out(act(ff_proj(h)) * up_proj(h))
+    logits = ff_out(ln_f(x))   (or wte when weight_tying) [/ sqrt(d_model) if scale_logits]
+
+RMSNorm normalises in float32, casts back to the input dtype, then multiplies by the affine weight;
+logits have ``embedding_size`` columns, as in the official code.
+
+Deliberate differences from the official code (none changes a single-sequence result):
+- the attention mask is honoured: a boolean key-padding mask ``[B, 1, 1, L]`` goes to
+  ``F.scaled_dot_product_attention``, and positions default to ``cumsum(attention_mask) - 1``
+  (clamped at 0), so a left-padded batch gives each row the logits it gets alone. The official
+  forward drops the mask (ML-GSAI/LLaDA issue 90) and always uses positions ``0..L-1``; with an
+  all-ones mask or none, both agree;
+- no KV cache, no dropout, no activation checkpointing, no FSDP hooks (inference model);
+- no data-dependent Python control flow, no ``.item()``, no RoPE cache dictionary: the cos/sin
+  tables are computed from ``position_ids`` inside the graph, so ``torch.compile(fullgraph=True)``
+  traces the whole forward;
+- the final two ops are ``ln_f`` then one ``F.linear`` (see `LLaDAModelLM.lm_head`), so graph passes
+  can slice the hidden states before the LM head.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as hf_init
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .configuration_llada import LLaDAConfig
+
+__all__ = [
+    "LLaDAModelLM",
+    "LLaDAModel",
+    "LLaDABlock",
+    "LLaDARMSNorm",
+    "LLaDALayerNorm",
+    "rotary_cos_sin",
+    "apply_rotary",
+    "positions_from_mask",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Norms
+# --------------------------------------------------------------------------------------------
+
+
+class LLaDARMSNorm(nn.Module):
+    """Official `RMSLayerNorm` (and `GemmaRMSLayerNorm` with ``gemma=True``).
+
+    Normalises in float32, casts back to the input dtype, then applies ``weight * x (+ bias)``
+    (Gemma: ``x * (1 + weight) (+ bias)``) in that dtype.
+    """
+
+    def __init__(self, size: int, eps: float, affine: bool = True, bias: bool = False, gemma: bool = False):
+        super().__init__()
+        self.eps = float(eps)
+        self.gemma = gemma
+        self.weight = nn.Parameter(torch.ones(size)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(size)) if (affine and bias) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        h = x.to(torch.float32)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = h.to(dtype)
+        if self.weight is not None:
+            h = h * (1 + self.weight) if self.gemma else self.weight * h
+            if self.bias is not None:
+                h = h + self.bias
+        return h
+
+
+class LLaDALayerNorm(nn.Module):
+    """Official `LayerNorm` ("default" / "low_precision" outside autocast): eps fixed at 1e-5."""
+
+    def __init__(self, size: int, affine: bool = True, bias: bool = False, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.normalized_shape = (size,)
+        self.weight = nn.Parameter(torch.ones(size)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(size)) if (affine and bias) else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+def _build_norm(config: LLaDAConfig, size: int | None = None, affine: bool | None = None) -> nn.Module:
+    """`LayerNormBase.build`: affine from ``layer_norm_with_affine`` unless given; the bias follows
+    ``bias_for_layer_norm``, or ``include_bias`` when that is None."""
+    size = size or config.d_model
+    affine = config.layer_norm_with_affine if affine is None else affine
+    bias = config.bias_for_layer_norm if config.bias_for_layer_norm is not None else config.include_bias
+    kind = str(config.layer_norm_type)
+    if kind in ("rms", "gemma_rms"):
+        return LLaDARMSNorm(size, config.rms_norm_eps, affine, bool(bias), gemma=kind == "gemma_rms")
+    return LLaDALayerNorm(size, affine, bool(bias))
+
+
+# --------------------------------------------------------------------------------------------
+# Positions and rotary embeddings
+# --------------------------------------------------------------------------------------------
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counted over attended tokens: ``cumsum(mask) - 1``, clamped at 0.
+
+    A left-padded row gets positions ``0, 0, ..., 0, 1, 2, ...``: its real tokens sit at the
+    positions they would have without padding.
+    """
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def rotary_cos_sin(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables ``[B, 1, L, head_dim]`` for ``position_ids [B, L]`` (B may be 1).
+
+    Same float32 arithmetic as the official `RotaryEmbedding.get_rotary_embedding`:
+    ``inv_freq = 1 / theta ** (arange(0, d, 2) / d)``, ``freqs = pos * inv_freq``,
+    ``emb = cat(freqs, freqs)`` (the half-split / rotate_half layout).
+    """
+    device = position_ids.device
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim))
+    freqs = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1).unsqueeze(1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+def apply_rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_precision: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``t * cos + rotate_half(t) * sin`` on ``[B, H, L, D]`` queries/keys; float32 when
+    ``full_precision`` (official ``rope_full_precision``), cast back to the input dtype."""
+    q_, k_ = (q.float(), k.float()) if full_precision else (q, k)
+    cos, sin = cos.to(q_.dtype), sin.to(q_.dtype)
+    q_ = q_ * cos + _rotate_half(q_) * sin
+    k_ = k_ * cos + _rotate_half(k_) * sin
+    return q_.to(q.dtype), k_.to(k.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Transformer
+# --------------------------------------------------------------------------------------------
+
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "gelu": F.gelu,
+    "relu": F.relu,
+}
+
+
+class LLaDABlock(nn.Module):
+    """The official `LLaDALlamaBlock` (pre-norm attention + gated MLP), without cache or dropout."""
+
+    def __init__(self, config: LLaDAConfig, layer_id: int = 0):
+        super().__init__()
+        self.layer_id = layer_id
+        d = config.d_model
+        self.n_heads = config.n_heads
+        self.n_kv_heads = config.effective_n_kv_heads
+        self.head_dim = d // config.n_heads
+        self.rope_full_precision = bool(config.rope_full_precision)
+        self.act = _ACTIVATIONS[str(config.activation_type)]
+        hidden = config.intermediate_size
+        bias = bool(config.include_bias)
+        qkv_bias = bool(config.include_bias or config.include_qkv_bias)
+
+        self.attn_norm = _build_norm(config)
+        self.ff_norm = _build_norm(config)
+        if config.attention_layer_norm:
+            affine = bool(config.attention_layer_norm_with_affine)
+            self.q_norm = _build_norm(config, size=d, affine=affine)
+            self.k_norm = _build_norm(config, size=self.n_kv_heads * self.head_dim, affine=affine)
+        else:
+            self.q_norm = None
+            self.k_norm = None
+        self.q_proj = nn.Linear(d, d, bias=qkv_bias)
+        self.k_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.v_proj = nn.Linear(d, self.n_kv_heads * self.head_dim, bias=qkv_bias)
+        self.attn_out = nn.Linear(d, d, bias=bias)
+        self.ff_proj = nn.Linear(d, hidden, bias=bias)
+        self.up_proj = nn.Linear(d, hidden, bias=bias)
+        self.ff_out = nn.Linear(hidden, d, bias=bias)
+
+    def attention(
+        self,
+        x_normed: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        B, L, D = x_normed.shape
+        q = self.q_proj(x_normed)
+        k = self.k_proj(x_normed)
+        v = self.v_proj(x_normed)
+        if self.q_norm is not None:
+            q = self.q_norm(q).to(k.dtype)
+            k = self.k_norm(k).to(k.dtype)
+        q = q.view(B, L, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rotary(q, k, cos, sin, self.rope_full_precision)
+        if self.n_kv_heads != self.n_heads:
+            groups = self.n_heads // self.n_kv_heads
+            k = k.repeat_interleave(groups, dim=1)
+            v = v.repeat_interleave(groups, dim=1)
+        att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
+        att = att.transpose(1, 2).reshape(B, L, D)
+        return self.attn_out(att)
+
+    def mlp(self, x_normed: torch.Tensor) -> torch.Tensor:
+        return self.ff_out(self.act(self.ff_proj(x_normed)) * self.up_proj(x_normed))
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attention(self.attn_norm(x), cos, sin, attn_mask)
+        return x + self.mlp(self.ff_norm(x))
+
+
+class LLaDAModel(nn.Module):
+    """Holds ``transformer`` = ModuleDict(wte, blocks, ln_f[, ff_out]) as in the official code."""
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__()
+        self.config = config
+        n_embed = config.padded_vocab_size
+        modules: dict[str, nn.Module] = {
+            "wte": nn.Embedding(n_embed, config.d_model),
+            "blocks": nn.ModuleList([LLaDABlock(config, i) for i in range(config.n_layers)]),
+            "ln_f": _build_norm(config),
+        }
+        if not config.weight_tying:
+            modules["ff_out"] = nn.Linear(config.d_model, n_embed, bias=bool(config.include_bias))
+        self.transformer = nn.ModuleDict(modules)
+
+
+class LLaDAModelLM(PreTrainedModel):
+    """LLaDA masked-diffusion LM (bidirectional), loadable from official LLaDA checkpoints.
+
+    ``forward(input_ids, attention_mask=None, position_ids=None)`` returns an output whose
+    ``.logits`` is ``[B, L, embedding_size]``.
+    """
+
+    config_class = LLaDAConfig
+    config: LLaDAConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    _no_split_modules = ["LLaDABlock"]
+    supports_gradient_checkpointing = False
+    _supports_sdpa = True
+
+    def __init__(self, config: LLaDAConfig):
+        super().__init__(config)
+        self.model = LLaDAModel(config)
+        self.post_init()
+
+    # --- transformers plumbing --------------------------------------------------------------
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        std = float(self.config.init_std)
+        if isinstance(module, nn.Linear):
+            hf_init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                hf_init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            hf_init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, (LLaDARMSNorm, LLaDALayerNorm)):
+            if module.weight is not None:
+                hf_init.ones_(module.weight)  # the official reset_parameters (Gemma variant too)
+            if module.bias is not None:
+                hf_init.zeros_(module.bias)
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.transformer.wte
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.transformer.wte = value
+
+    def get_output_embeddings(self) -> nn.Module:
+        if self.config.weight_tying:
+            return self.model.transformer.wte
+        return self.model.transformer.ff_out
+
+    @property
+    def lm_head_weight(self) -> torch.Tensor:
+        """The ``[embedding_size, d_model]`` matrix of the LM head (``wte`` when tied)."""
+        t = self.model.transformer
+        return t.wte.weight if self.config.weight_tying else t.ff_out.weight
+
+    # --- forward ----------------------------------------------------------------------------
+
+    def forward_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states after ``ln_f``: ``[B, L, d_model]``.
+
+        attention_mask: ``[B, L]`` with 1 (or True) for tokens to attend to; None attends to all.
+        position_ids: ``[B, L]`` or ``[1, L]``; None gives ``cumsum(attention_mask) - 1`` clamped
+        at 0 (or ``0..L-1`` without a mask).
+        """
+        cfg = self.config
+        t = self.model.transformer
+        x = t.wte(input_ids)
+        if cfg.input_emb_norm:
+            x = x * (cfg.d_model**0.5)
+        if position_ids is None:
+            if attention_mask is None:
+                position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).unsqueeze(0)
+            else:
+                position_ids = positions_from_mask(attention_mask)
+        attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
+        cos, sin = rotary_cos_sin(position_ids, cfg.d_model // cfg.n_heads, float(cfg.rope_theta))
+        for block in t.blocks:
+            x = block(x, cos, sin, attn_mask)
+        return t.ln_f(x)
+
+    def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits ``[..., embedding_size]`` from final (normed) hidden states: one ``F.linear``."""
+        t = self.model.transformer
+        if self.config.weight_tying:
+            logits = F.linear(hidden, t.wte.weight, None)
+        else:
+            logits = F.linear(hidden, t.ff_out.weight, t.ff_out.bias)
+        if self.config.scale_logits:
+            logits = logits * (1 / math.sqrt(self.config.d_model))
+        return logits
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple[torch.Tensor]:
+        """Logits for every position (non-causal).
+
+        Extra keyword arguments of the official forward are accepted only when they ask for
+        nothing this model does not do (``use_cache``/``output_*`` False or None, no
+        ``past_key_values``/``inputs_embeds``/``labels``/``attention_bias``).
+        """
+        for name, value in kwargs.items():
+            if value is not None and value is not False:
+                raise TypeError(f"LLaDAModelLM.forward does not support {name}={value!r}")
+        logits = self.lm_head(self.forward_hidden(input_ids, attention_mask, position_ids))
+        if return_dict is False:
+            return (logits,)
+        return CausalLMOutputWithPast(logits=logits)

@@ -1,0 +1,345 @@
+"""Triton kernels of one CreditDecoding step, sparse credit layout (K slots per position).
+
+The math (CreditDecoding, Wang et al. 2025, "Accelerating Parallel Decoding in Diffusion Large
+Language Models with Trace Credits"; the oracle is `credit_step_sparse_eager` in
+`credit_step_reference.py`), per position (row) with raw logits r (float32, the mask token's column
+at -inf), credit C held in K slots (id_k, c_k) and decay d (0 on the block's first step, else beta):
+
+    v*  = argmax r (first index on ties),   m = r(v*),   s = sum_v exp(r(v) - m),   p* = 1 / s
+    c_k <- d * c_k;  the slot of v* (hit slot, else the argmin-credit slot, lowest index on ties)
+         becomes (v*, [hit] c_k + p* ** gamma) when the position is still masked
+    f   =  r + alpha * log1p(C)          (C = 0 off the slots)
+    x0  =  argmax f,   conf = softmax(f)[x0]
+
+Why only the top-1 raw logit and the K slots are needed (alpha >= 0, C >= 0):
+
+* Candidates. Let S be the set of valid slot tokens after the update. For v outside S, C(v) = 0 so
+  f(v) = r(v) <= r(v*) <= r(v*) + alpha * log1p(C(v*)) = f(v*). Hence max f is attained in
+  {v*} u S. Tie-breaking: let x0 be the FIRST index with f(x0) = max f (torch.argmax). Suppose
+  x0 is not in {v*} u S. Then f(x0) = r(x0) = max f >= f(v*) >= r(v*) >= r(x0), so all are equal:
+  r(x0) = r(v*) and f(v*) = max f. As v* is the first index of max r and x0 != v*, v* < x0, so
+  v* is an earlier index attaining max f: a contradiction. So x0 = the smallest token id among the
+  candidates {v*} u S whose fused value equals the max (evaluated with the same float32 formula
+  r + alpha * log1p(c) as the reference, so comparisons and ties are the reference's).
+* Normaliser. sum_v exp(f(v)) = sum_v exp(r(v)) + sum_{k in S} exp(r(id_k)) ((1 + c_k)^alpha - 1),
+  so relative to M = max f:  Z = s exp(m - M) + sum_k [exp(f_k - M) - exp(r_k - M)]  and
+  conf = exp(f(x0) - M) / Z = 1 / Z. Every term is <= 1: no overflow for any alpha.
+
+So one streaming pass over V per row (online max / first-argmax / sum-exp in float32, the bf16/fp16
+logits read exactly once) and then O(K) work on the slots: K gathers of single logits, the slot
+update, and the candidate argmax.
+
+For few rows (B * Lb small) one program per row cannot fill the GPU: the V axis is split over
+`nsplit` programs per row that write partial (max, sum-exp, first-argmax) triples, and a tiny
+second kernel per row combines them (max of maxima, rescaled sums, smallest index among the
+splits attaining the max: chunks are ordered, so that is the global first index) before the slot
+work. The split is chosen on the host from (B * Lb, V, number of SMs): static, no host sync.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INT32_BIG = tl.constexpr(2147483647)
+INT64_BIG = tl.constexpr(9223372036854775807)
+
+
+# ----------------------------------------------------------------------------------------------
+# shared device helpers (also used by the dense kernels)
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _log1p(x):
+    """log(1 + x), accurate for small x (Goldberg's trick; no libdevice, so it also runs in the
+    interpreter): log1p(x) = x * log(u) / (u - 1) with u = 1 + x rounded, and x where u == 1."""
+    u = 1.0 + x
+    one = u == 1.0
+    den = tl.where(one, 1.0, u - 1.0)
+    return tl.where(one, x, tl.log(u) * (x / den))
+
+
+@triton.jit
+def _online_update(x, offs, m, s, idx):
+    """Fold one tile x (float32, -inf where invalid) into the running (max, sum exp(. - max),
+    first argmax). Strict '>' keeps the earlier index on ties across tiles."""
+    tm = tl.max(x, 0)
+    nm = tl.maximum(m, tm)
+    safe = tl.where(nm == float("-inf"), 0.0, nm)
+    s = s * tl.exp(m - safe) + tl.sum(tl.exp(x - safe), 0)
+    if tm > m:
+        idx = tl.min(tl.where(x == tm, offs, INT32_BIG), 0)
+    return nm, s, idx
+
+
+@triton.jit
+def _combine_partials(m_j, s_j, i_j):
+    """Combine per-split (max, sum-exp, first argmax) vectors; masked lanes carry (-inf, 0, BIG)."""
+    m = tl.max(m_j, 0)
+    safe = tl.where(m == float("-inf"), 0.0, m)
+    s = tl.sum(s_j * tl.exp(m_j - safe), 0)
+    idx = tl.min(tl.where(m_j == m, i_j, INT32_BIG), 0)
+    return m, s, idx
+
+
+@triton.jit
+def _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V: tl.constexpr):
+    """One pass over logits[v_lo:v_hi] of a row: (max, sum exp(r - max), first argmax)."""
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros((), tl.float32)
+    idx = tl.zeros((), tl.int32) + v_lo
+    base = tl.arange(0, BLOCK_V)
+    for start in range(v_lo, v_hi, BLOCK_V):
+        offs = start + base
+        valid = offs < v_hi
+        x = tl.load(lrow + offs, mask=valid, other=float("-inf")).to(tl.float32)
+        x = tl.where(offs == mask_id, float("-inf"), x)
+        m, s, idx = _online_update(x, offs, m, s, idx)
+    return m, s, idx
+
+
+@triton.jit
+def _decay(first_ptr, beta):
+    first = tl.load(first_ptr)
+    return tl.where(first, 0.0, beta)
+
+
+# ----------------------------------------------------------------------------------------------
+# sparse kernels
+# ----------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _sparse_finalize(
+    m, s, vstar, row, lrow, idrow, crrow, masked_ptr, x0_ptr, conf_ptr,
+    K, s_ik, s_ck, d, alpha, gamma, mask_id,
+    BLOCK_K: tl.constexpr,
+):
+    kk = tl.arange(0, BLOCK_K)
+    kmask = kk < K
+    ids = tl.load(idrow + kk * s_ik, mask=kmask, other=-1)
+    c = tl.load(crrow + kk * s_ck, mask=kmask, other=0.0) * d
+    msk = tl.load(masked_ptr + row) != 0
+    inc = tl.exp2(-gamma * tl.log2(s))  # p* ** gamma with p* = 1 / s
+    vstar64 = vstar.to(tl.int64)
+
+    hit = (ids == vstar64) & kmask
+    has_hit = tl.max(hit.to(tl.int32), 0) > 0
+    hit_k = tl.min(tl.where(hit, kk, INT32_BIG), 0)
+    cmin = tl.min(tl.where(kmask, c, float("inf")), 0)
+    min_k = tl.min(tl.where(kmask & (c == cmin), kk, INT32_BIG), 0)
+    tgt = tl.where(has_hit, hit_k, min_k)
+    is_t = kk == tgt
+    old_c = tl.sum(tl.where(is_t, c, 0.0), 0)
+    new_c = tl.where(has_hit, old_c, 0.0) + inc
+    upd = is_t & msk
+    c = tl.where(upd, new_c, c)
+    ids = tl.where(upd, vstar64, ids)
+    tl.store(crrow + kk * s_ck, c, mask=kmask)
+    tl.store(idrow + kk * s_ik, ids, mask=kmask)
+
+    valid = kmask & (ids != -1)
+    r_k = tl.load(lrow + ids, mask=valid & (ids != mask_id), other=float("-inf")).to(tl.float32)
+    f_k = tl.where(valid, r_k + alpha * _log1p(c), float("-inf"))
+    big_m = tl.maximum(m, tl.max(f_k, 0))
+    x_slot = tl.min(tl.where(valid & (f_k == big_m), ids, INT64_BIG), 0)
+    x0 = tl.minimum(x_slot, tl.where(m == big_m, vstar64, INT64_BIG))
+    z = s * tl.exp(m - big_m) + tl.sum(
+        tl.where(valid, tl.exp(f_k - big_m) - tl.exp(r_k - big_m), 0.0), 0
+    )
+    tl.store(x0_ptr + row, x0)
+    tl.store(conf_ptr + row, 1.0 / z)
+
+
+@triton.jit
+def _sparse_fused_kernel(
+    logits_ptr, ids_ptr, cred_ptr, masked_ptr, first_ptr, x0_ptr, conf_ptr,
+    Lb, V, K,
+    s_lb, s_ll, s_ib, s_il, s_ik, s_cb, s_cl, s_ck,
+    alpha, beta, gamma, mask_id,
+    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """One program per row: the pass over V, then the slot work (nsplit == 1)."""
+    row = tl.program_id(0)
+    b = (row // Lb).to(tl.int64)
+    l = (row % Lb).to(tl.int64)
+    lrow = logits_ptr + b * s_lb + l * s_ll
+    m, s, vstar = _raw_stats(lrow, 0, V, mask_id, BLOCK_V)
+    d = _decay(first_ptr, beta)
+    _sparse_finalize(
+        m, s, vstar, row, lrow, ids_ptr + b * s_ib + l * s_il, cred_ptr + b * s_cb + l * s_cl,
+        masked_ptr, x0_ptr, conf_ptr, K, s_ik, s_ck, d, alpha, gamma, mask_id, BLOCK_K,
+    )
+
+
+@triton.jit
+def _stats_split_kernel(
+    logits_ptr, wsf_ptr, wsi_ptr, Lb, V, chunk, s_lb, s_ll, mask_id,
+    NSPLIT: tl.constexpr, BLOCK_V: tl.constexpr,
+):
+    """Grid (rows, NSPLIT): partial (max, sum-exp, first argmax) of one V chunk of one row."""
+    row = tl.program_id(0)
+    split = tl.program_id(1)
+    b = (row // Lb).to(tl.int64)
+    l = (row % Lb).to(tl.int64)
+    lrow = logits_ptr + b * s_lb + l * s_ll
+    v_lo = split * chunk
+    v_hi = tl.minimum(v_lo + chunk, V)
+    m, s, idx = _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V)
+    o = row * NSPLIT + split
+    tl.store(wsf_ptr + 2 * o, m)
+    tl.store(wsf_ptr + 2 * o + 1, s)
+    tl.store(wsi_ptr + o, idx)
+
+
+@triton.jit
+def _sparse_combine_kernel(
+    logits_ptr, ids_ptr, cred_ptr, masked_ptr, first_ptr, x0_ptr, conf_ptr, wsf_ptr, wsi_ptr,
+    Lb, K,
+    s_lb, s_ll, s_ib, s_il, s_ik, s_cb, s_cl, s_ck,
+    alpha, beta, gamma, mask_id,
+    NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Grid (rows,): combine the NSPLIT partials of a row, then the slot work."""
+    row = tl.program_id(0)
+    b = (row // Lb).to(tl.int64)
+    l = (row % Lb).to(tl.int64)
+    j = tl.arange(0, BLOCK_S)
+    jm = j < NSPLIT
+    o = row * NSPLIT + j
+    m_j = tl.load(wsf_ptr + 2 * o, mask=jm, other=float("-inf"))
+    s_j = tl.load(wsf_ptr + 2 * o + 1, mask=jm, other=0.0)
+    i_j = tl.load(wsi_ptr + o, mask=jm, other=INT32_BIG)
+    m, s, vstar = _combine_partials(m_j, s_j, i_j)
+    d = _decay(first_ptr, beta)
+    _sparse_finalize(
+        m, s, vstar, row, logits_ptr + b * s_lb + l * s_ll,
+        ids_ptr + b * s_ib + l * s_il, cred_ptr + b * s_cb + l * s_cl,
+        masked_ptr, x0_ptr, conf_ptr, K, s_ik, s_ck, d, alpha, gamma, mask_id, BLOCK_K,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# launch configuration (host side, static: depends only on shapes and the device)
+# ----------------------------------------------------------------------------------------------
+
+_SM_COUNT: dict[int, int] = {}
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 1
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    if index not in _SM_COUNT:
+        _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return _SM_COUNT[index]
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def launch_config(rows: int, vocab: int, device: torch.device, *, bytes_per_elem: int,
+                  block_v: int | None = None, nsplit: int | None = None,
+                  num_warps: int | None = None) -> tuple[int, int, int, int]:
+    """(block_v, nsplit, chunk, num_warps) for `rows` rows of `vocab` entries.
+
+    GPU: tiles of 4096 (bf16 sparse) entries, 8 warps; the V axis is split when there are fewer
+    rows than `CREDIT_SPLIT_WAVES` (default 4) programs per SM, each chunk keeping >= 4 tiles.
+    Interpreter (CPU): a single tile per row when V is small (fast in numpy), no split.
+    Overrides: the keyword arguments, or the environment variables CREDIT_BLOCK_V,
+    CREDIT_NSPLIT, CREDIT_NUM_WARPS (for tuning sweeps).
+    """
+    on_gpu = device.type == "cuda"
+    if block_v is None:
+        default_block = (8192 if bytes_per_elem <= 2 else 4096) if on_gpu else 4096
+        block_v = _env_int("CREDIT_BLOCK_V", default_block)
+    block_v = max(16, min(block_v, triton.next_power_of_2(max(vocab, 1))))
+    if num_warps is None:
+        num_warps = _env_int("CREDIT_NUM_WARPS", 8 if on_gpu else 4)
+    if nsplit is None:
+        nsplit = _env_int("CREDIT_NSPLIT", 0)
+        if nsplit <= 0:
+            if on_gpu:
+                target = _env_int("CREDIT_SPLIT_WAVES", 4) * sm_count(device)
+                max_split = max(1, vocab // (4 * block_v))
+                nsplit = max(1, min(triton.cdiv(target, max(rows, 1)), max_split))
+            else:
+                nsplit = 1
+    nsplit = max(1, min(nsplit, triton.cdiv(vocab, block_v)))
+    chunk = triton.cdiv(triton.cdiv(vocab, nsplit), block_v) * block_v
+    nsplit = triton.cdiv(vocab, chunk)
+    return block_v, nsplit, chunk, num_warps
+
+
+def _k(kernel, wrap: bool):
+    return torch.library.wrap_triton(kernel) if wrap else kernel
+
+
+def launch_credit_step_sparse_triton(
+    logits: torch.Tensor,
+    slot_ids: torch.Tensor,
+    slot_credit: torch.Tensor,
+    masked: torch.Tensor,
+    first_step: torch.Tensor,
+    alpha: float,
+    beta: float,
+    gamma: float,
+    mask_id: int,
+    *,
+    block_v: int | None = None,
+    nsplit: int | None = None,
+    num_warps: int | None = None,
+    wrap: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run the sparse credit step with the Triton kernels; slot_ids / slot_credit updated in place.
+
+    Plain launcher (wrap=False): callable eagerly, on CUDA tensors or, under TRITON_INTERPRET=1,
+    on CPU tensors. The registered triton_op calls it with wrap=True (torch.library.wrap_triton),
+    so that torch.compile / Inductor sees the kernels.
+    """
+    batch, block, vocab = logits.shape
+    slots = slot_ids.shape[-1]
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    masked = masked.to(torch.bool).contiguous()
+    first_step = first_step.to(device=logits.device, dtype=torch.bool)
+    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
+    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
+    rows = batch * block
+    if rows == 0:
+        return x0, conf
+    block_v, nsplit, chunk, num_warps = launch_config(
+        rows, vocab, logits.device, bytes_per_elem=logits.element_size(), block_v=block_v,
+        nsplit=nsplit, num_warps=num_warps)
+    block_k = triton.next_power_of_2(max(slots, 1))
+    common_strides = (
+        logits.stride(0), logits.stride(1),
+        slot_ids.stride(0), slot_ids.stride(1), slot_ids.stride(2),
+        slot_credit.stride(0), slot_credit.stride(1), slot_credit.stride(2),
+    )
+    scalars = (float(alpha), float(beta), float(gamma), int(mask_id))
+    if nsplit == 1:
+        _k(_sparse_fused_kernel, wrap)[(rows,)](
+            logits, slot_ids, slot_credit, masked, first_step, x0, conf,
+            block, vocab, slots, *common_strides, *scalars,
+            BLOCK_V=block_v, BLOCK_K=block_k, num_warps=num_warps,
+        )
+        return x0, conf
+    wsf = torch.empty((rows, nsplit, 2), dtype=torch.float32, device=logits.device)
+    wsi = torch.empty((rows, nsplit), dtype=torch.int32, device=logits.device)
+    _k(_stats_split_kernel, wrap)[(rows, nsplit)](
+        logits, wsf, wsi, block, vocab, chunk, logits.stride(0), logits.stride(1), int(mask_id),
+        NSPLIT=nsplit, BLOCK_V=block_v, num_warps=num_warps,
+    )
+    _k(_sparse_combine_kernel, wrap)[(rows,)](
+        logits, slot_ids, slot_credit, masked, first_step, x0, conf, wsf, wsi,
+        block, slots, *common_strides, *scalars,
+        NSPLIT=nsplit, BLOCK_S=triton.next_power_of_2(nsplit), BLOCK_K=block_k, num_warps=1,
+    )
+    return x0, conf

@@ -1,0 +1,40 @@
+"""A character tokenizer for the random `tiny` model, used until a trained default model ships.
+
+Printable ASCII (32..126) maps to ids 0..94; `eos_token_id` 125 and `mask_token_id` 126 match the
+`tiny` preset. Other characters become '?'.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FIRST, LAST = 32, 126
+
+
+class CharTokenizer:
+    eos_token_id = 125
+    mask_token_id = 126
+
+    def encode(self, text: str) -> list[int]:
+        return [(ord(c) if FIRST <= ord(c) <= LAST else ord("?")) - FIRST for c in text]
+
+    def __call__(self, texts: list[str], return_tensors: str = "pt") -> dict:
+        """Left-padded batch (pad = eos), as LLaDA pads."""
+        rows = [self.encode(t) for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.eos_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            if row:
+                ids[i, width - len(row):] = torch.tensor(row)
+                mask[i, width - len(row):] = 1
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        out = []
+        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+            if i <= LAST - FIRST:
+                out.append(chr(i + FIRST))
+            elif not skip_special_tokens:
+                out.append("<eos>" if i == self.eos_token_id else "<mask>" if i == self.mask_token_id else f"<{i}>")
+        return "".join(out)

@@ -1,0 +1,167 @@
+"""BlockSlicedLMHead: slice the hidden states before the LM head, not the logits after it.
+
+Pattern (the denoising step takes the current block's logits right after the model's forward):
+
+    logits = linear(h, W[, b])                 # torch._C._nn.linear or F.linear, h [B, L, d]
+    [logits = logits * s | logits / s | .float() | .to(dtype)]   # elementwise, any number of them
+    block  = logits.index_select(1, positions)  # [B, Lb, V]
+
+Replacement:
+
+    block = linear(h.index_select(1, positions), W[, b]) [* s | / s | .float() | .to(dtype)]
+
+so the LM head (the largest matmul of a LLaDA forward: d x V = 4096 x 126464) runs on the block's
+Lb positions instead of all L. Every op moved past the `index_select` acts on each position (row)
+independently, so the result is the same rows.
+
+Guard: h is 3-D, the selection is along dim 1 (the sequence), positions is a 1-D integer tensor,
+and the full logits (and every elementwise intermediate) have exactly one user. When the full
+logits are needed elsewhere, slicing would not save the full matmul: the pass does not fire.
+"""
+
+from __future__ import annotations
+
+import operator
+from numbers import Number
+
+import torch
+from torch.fx import Graph, GraphModule, Node
+
+from .base import GraphPass, fake
+
+_LINEAR = (torch._C._nn.linear, torch.nn.functional.linear)
+_CASTS = ("float", "half", "bfloat16", "double")
+
+
+def _fn(node, *targets) -> bool:
+    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
+
+
+def _method(node, *names) -> bool:
+    return isinstance(node, Node) and node.op == "call_method" and node.target in names
+
+
+def _number(value) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
+
+
+def _index_select(node):
+    """`x.index_select(dim, index)` / `torch.index_select(x, dim, index)` -> (x, dim, index)."""
+    if not (_method(node, "index_select") or _fn(node, torch.index_select)):
+        return None
+    args = list(node.args) + [node.kwargs.get(k) for k in ("dim", "index")[len(node.args) - 1:]]
+    if len(args) != 3 or set(node.kwargs) - {"dim", "index"}:
+        return None
+    return tuple(args)
+
+
+def _rowwise_input(node):
+    """The tensor input of a position-wise op between the LM head and the slice, else None.
+
+    Accepted: multiplication/division by a Python number (LLaDA's `scale_logits`) and dtype casts.
+    """
+    if not isinstance(node, Node) or node.kwargs:
+        return None
+    if _method(node, *_CASTS) and len(node.args) == 1:
+        return node.args[0]
+    if _method(node, "to") and len(node.args) == 2 and isinstance(node.args[1], torch.dtype):
+        return node.args[0]
+    if (_fn(node, operator.mul, torch.mul) or _method(node, "mul")) and len(node.args) == 2:
+        a, b = node.args
+        if isinstance(a, Node) and _number(b):
+            return a
+        if isinstance(b, Node) and _number(a):
+            return b
+    if (_fn(node, operator.truediv, torch.div) or _method(node, "div")) and len(node.args) == 2:
+        a, b = node.args
+        if isinstance(a, Node) and _number(b):
+            return a
+    return None
+
+
+class BlockSlicedLMHead(GraphPass):
+    """`index_select(linear(h, W, b), 1, pos)` -> `linear(index_select(h, 1, pos), W, b)`."""
+
+    name = "block_sliced_lm_head"
+
+    def rewrite(self, graph_module: GraphModule) -> int:
+        graph = graph_module.graph
+        count = 0
+        for node in list(graph.nodes):
+            if getattr(node, "_erased", False):
+                continue
+            match = self._match(node)
+            if match is not None:
+                self._replace(graph, node, *match)
+                count += 1
+        return count
+
+    @staticmethod
+    def _match(select: Node):
+        selected = _index_select(select)
+        if selected is None:
+            return None
+        source, dim, positions = selected
+        chain: list[Node] = []  # position-wise ops, nearest to the slice first
+        while isinstance(source, Node) and not _fn(source, *_LINEAR):
+            inner = _rowwise_input(source)
+            if inner is None:
+                return None
+            chain.append(source)
+            source = inner
+        linear = source
+        if not isinstance(linear, Node):
+            return None
+        for node in (linear, *chain):
+            if len(node.users) != 1:  # the full logits (or a scaled copy) are used elsewhere
+                return None
+        if len(linear.args) < 2 or set(linear.kwargs) - {"bias"}:
+            return None
+        hidden = linear.args[0]
+        f_hidden, f_pos, f_out = fake(hidden), fake(positions), fake(linear)
+        if f_hidden is None or f_pos is None or f_out is None:
+            return None
+        if f_hidden.dim() != 3 or f_out.dim() != 3 or dim not in (1, -2):
+            return None
+        if f_pos.dim() != 1 or f_pos.dtype not in (torch.int64, torch.int32):
+            return None
+        return linear, chain, positions
+
+    @staticmethod
+    def _replace(graph: Graph, select: Node, linear: Node, chain: list[Node], positions: Node):
+        hidden = linear.args[0]
+        pairs = []  # (new node, the node it stands for on all positions)
+        with graph.inserting_before(select):
+            sliced = graph.call_method("index_select", (hidden, 1, positions))
+            last = graph.call_function(linear.target, (sliced, *linear.args[1:]), dict(linear.kwargs))
+            pairs.append((last, linear))
+            for op in reversed(chain):  # re-apply the position-wise ops to the block's logits
+                inner = _rowwise_input(op)
+                args = tuple(last if a is inner else a for a in op.args)
+                last = graph.create_node(op.op, op.target, args, dict(op.kwargs))
+                pairs.append((last, op))
+        _set_fakes(hidden, positions, sliced, pairs)
+        select.replace_all_uses_with(last)
+        graph.erase_node(select)
+        for op in chain:  # nearest to the slice first: each has no users left when erased
+            graph.erase_node(op)
+        graph.erase_node(linear)
+
+
+def _set_fakes(hidden: Node, positions: Node, sliced: Node, pairs) -> None:
+    """Metadata of the new nodes: the originals' (stack traces, ...), and fake tensors with the
+    block's Lb positions in place of the sequence's L (later passes read them)."""
+    f_hidden, f_pos = fake(hidden), fake(positions)
+    for new, old in pairs:
+        new.meta.update({k: v for k, v in old.meta.items() if k not in ("example_value", "val")})
+    mode = getattr(f_hidden, "fake_mode", None)
+    if mode is None or f_pos is None:
+        return
+    with mode:
+        sliced.meta["example_value"] = f_hidden.index_select(1, f_pos)
+        for new, old in pairs:
+            f_old = fake(old)
+            if f_old is not None:
+                shape = list(f_old.shape)
+                shape[1] = f_pos.shape[0]
+                new.meta["example_value"] = f_old.new_empty(shape)
