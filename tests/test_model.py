@@ -306,11 +306,13 @@ def test_bfloat16_close_to_float32():
     ref = _randomize(build_model("tiny"))
     low = build_model("tiny", dtype=torch.bfloat16)
     low.load_state_dict(ref.state_dict())
-    ids = torch.randint(0, PAD, (2, 8))
+    ids = torch.randint(0, PAD, (2, 8), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         out = low(ids).logits
         assert out.dtype == torch.bfloat16
-        torch.testing.assert_close(out.float(), ref(ids).logits, atol=0.15, rtol=0.05)
+        expected = ref(ids).logits
+        rel = (out.float() - expected).abs().max() / expected.abs().max()
+        assert rel < 0.1, rel  # bf16 rounding through 2 chaotic random layers: ~3%
 
 
 # ----------------------------------------------------------------------------------------------
@@ -394,4 +396,47 @@ def test_compile_inductor_matches_eager():
         out = compiled(ids, attention_mask=mask).logits
         torch.testing.assert_close(out, model(ids, attention_mask=mask).logits, atol=1e-5, rtol=1e-5)
     assert not counters["graph_break"]
+    torch._dynamo.reset()
+
+
+def test_compile_dynamic_shapes_single_graph_without_item():
+    """dynamic=True: one graph for all lengths, inputs are only ids/mask (+ sizes), no `.item()`."""
+    model = _randomize(build_model(get_config("tiny", input_emb_norm=True, scale_logits=True)))
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend=backend, dynamic=True)
+    with torch.no_grad():
+        for L in (6, 11):
+            ids = torch.randint(0, PAD, (2, L))
+            mask = torch.ones_like(ids)
+            mask[1, :2] = 0
+            torch.testing.assert_close(compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, atol=1e-6, rtol=0)
+    assert len(graphs) == 1
+    nodes = list(graphs[0].graph.nodes)
+    assert not [n for n in nodes if n.op == "call_method" and n.target == "item"]
+    tensor_inputs = [n.name for n in nodes if n.op == "placeholder" and "parameters" not in n.name and not n.name.startswith("s")]
+    assert tensor_inputs == ["l_input_ids_", "l_attention_mask_"], tensor_inputs
+    torch._dynamo.reset()
+
+
+def test_lm_head_is_the_last_op():
+    """ln_f then a single linear end the graph, so a pass can slice hidden states before the head."""
+    model = build_model("tiny")
+    graphs = []
+
+    def backend(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    with torch.no_grad():
+        torch.compile(model, fullgraph=True, backend=backend)(torch.randint(0, PAD, (1, 5)))
+    calls = [n for n in graphs[0].graph.nodes if n.op in ("call_function", "call_method", "call_module")]
+    assert calls[-1].target is torch._C._nn.linear
+    assert "ln_f" in str(calls[-2].args) or "ln_f" in str(calls[-2].kwargs)
     torch._dynamo.reset()

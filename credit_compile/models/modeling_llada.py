@@ -57,6 +57,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 # Norms
 # --------------------------------------------------------------------------------------------
+#
+# _static_float: float constants (norm eps, rope theta) are kept in 1-tuples. Under
+# `torch.compile(dynamic=True)` Dynamo turns a plain float attribute into a graph input (a 0-d
+# tensor read back with `.item()`); a tuple of literals is guarded as a constant, so the graph
+# keeps them as literals in every dynamic mode.
 
 
 class LLaDARMSNorm(nn.Module):
@@ -68,7 +73,7 @@ class LLaDARMSNorm(nn.Module):
 
     def __init__(self, size: int, eps: float, affine: bool = True, bias: bool = False, gemma: bool = False):
         super().__init__()
-        self.eps = float(eps)
+        self._eps = (float(eps),)  # see _static_float
         self.gemma = gemma
         self.weight = nn.Parameter(torch.ones(size)) if affine else None
         self.bias = nn.Parameter(torch.zeros(size)) if (affine and bias) else None
@@ -76,7 +81,7 @@ class LLaDARMSNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
         h = x.to(torch.float32)
-        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self._eps[0])
         h = h.to(dtype)
         if self.weight is not None:
             h = h * (1 + self.weight) if self.gemma else self.weight * h
@@ -84,19 +89,27 @@ class LLaDARMSNorm(nn.Module):
                 h = h + self.bias
         return h
 
+    @property
+    def eps(self) -> float:
+        return self._eps[0]
+
 
 class LLaDALayerNorm(nn.Module):
     """Official `LayerNorm` ("default" / "low_precision" outside autocast): eps fixed at 1e-5."""
 
     def __init__(self, size: int, affine: bool = True, bias: bool = False, eps: float = 1e-5):
         super().__init__()
-        self.eps = eps
+        self._eps = (float(eps),)  # see _static_float
         self.normalized_shape = (size,)
         self.weight = nn.Parameter(torch.ones(size)) if affine else None
         self.bias = nn.Parameter(torch.zeros(size)) if (affine and bias) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self._eps[0])
+
+    @property
+    def eps(self) -> float:
+        return self._eps[0]
 
 
 def _build_norm(config: LLaDAConfig, size: int | None = None, affine: bool | None = None) -> nn.Module:
@@ -278,6 +291,7 @@ class LLaDAModelLM(PreTrainedModel):
     def __init__(self, config: LLaDAConfig):
         super().__init__(config)
         self.model = LLaDAModel(config)
+        self._rope_theta = (float(config.rope_theta),)  # see _static_float
         self.post_init()
 
     # --- transformers plumbing --------------------------------------------------------------
@@ -330,7 +344,7 @@ class LLaDAModelLM(PreTrainedModel):
         """
         cfg = self.config
         t = self.model.transformer
-        x = t.wte(input_ids)
+        x = F.embedding(input_ids, t.wte.weight)
         if cfg.input_emb_norm:
             x = x * (cfg.d_model**0.5)
         if position_ids is None:
@@ -339,7 +353,7 @@ class LLaDAModelLM(PreTrainedModel):
             else:
                 position_ids = positions_from_mask(attention_mask)
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
-        cos, sin = rotary_cos_sin(position_ids, cfg.d_model // cfg.n_heads, float(cfg.rope_theta))
+        cos, sin = rotary_cos_sin(position_ids, cfg.d_model // cfg.n_heads, self._rope_theta[0])
         for block in t.blocks:
             x = block(x, cos, sin, attn_mask)
         return t.ln_f(x)

@@ -93,11 +93,16 @@ def _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V: tl.constexpr):
     s = tl.zeros((), tl.float32)
     idx = tl.zeros((), tl.int32) + v_lo
     base = tl.arange(0, BLOCK_V)
+    # Software prefetch: the next tile's load is issued before the current tile is reduced, so
+    # two tiles per program are in flight (Triton does not pipeline loads that feed reductions).
+    nxt = v_lo + base
+    x_next = tl.load(lrow + nxt, mask=nxt < v_hi, other=float("-inf"))
     for start in range(v_lo, v_hi, BLOCK_V):
         offs = start + base
-        valid = offs < v_hi
-        x = tl.load(lrow + offs, mask=valid, other=float("-inf")).to(tl.float32)
-        x = tl.where(offs == mask_id, float("-inf"), x)
+        x = x_next
+        nxt = offs + BLOCK_V
+        x_next = tl.load(lrow + nxt, mask=nxt < v_hi, other=float("-inf"))
+        x = tl.where(offs == mask_id, float("-inf"), x.to(tl.float32))
         m, s, idx = _online_update(x, offs, m, s, idx)
     return m, s, idx
 

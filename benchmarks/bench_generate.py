@@ -1,0 +1,267 @@
+"""End-to-end generation benchmark: every decoding mode side by side, in one process.
+
+    python benchmarks/bench_generate.py --preset tiny                 # CPU, seconds
+    python benchmarks/bench_generate.py --preset llada-8b --batch 1 8 --gen-length 256 1024
+
+Modes (each row's ratio is against the eager LLaDA baseline sampler measured in the same run):
+  llada-eager            LLaDA's original sampler, one token per step (steps = gen_length)
+  threshold-eager        Fast-dLLM threshold decoding, eager
+  credit-eager           CreditDecoding, eager (dense credit)
+  credit-compiled        CreditDecoding, optimize(): compiled step + fused op + passes
+  credit-compiled-sparse the same with the sparse credit layout
+  credit-graphs          optimize() + CUDA graphs (CUDA only)
+Also on CUDA: `forward-graphed`, the bare compiled + graphed forward of one step (hidden states,
+block-sliced LM head), the floor the decoding logic is measured against.
+
+Per row: NFE, tokens/s, ms per step, compile seconds, peak memory, and a roofline of one step
+(weight bytes and FLOPs against the device's measured peak bandwidth and matmul rate). Rows are
+appended to benchmarks/results/generate.jsonl with device, torch version and git commit.
+Random weights: NFE reflects a random model (rarely confident), not a trained one; per-step
+figures do not depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import credit_compile as cc
+from credit_compile.models import build_model
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
+         "credit-compiled-sparse", "credit-graphs"]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                       cwd=Path(__file__).parent, stderr=subprocess.DEVNULL).strip()
+    except Exception:
+        return os.environ.get("CREDIT_COMPILE_COMMIT", "unknown")
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure_peaks(device) -> dict:
+    """Device ceilings measured here: copy bandwidth (read + write) and bf16 matmul rate."""
+    if device.type != "cuda":
+        return {"peak_gbps": None, "peak_tflops": None}
+    n = 1 << 28
+    src = torch.empty(n, dtype=torch.float32, device=device).uniform_()
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(20):
+        dst.copy_(src)
+    sync(device)
+    gbps = 2 * src.nbytes * 20 / (time.perf_counter() - start) / 1e9
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(10):
+        a @ b
+    sync(device)
+    tflops = 2 * 8192**3 * 10 / (time.perf_counter() - start) / 1e12
+    del src, dst, a, b
+    torch.cuda.empty_cache()
+    return {"peak_gbps": gbps, "peak_tflops": tflops}
+
+
+def step_roofline(model, batch: int, seq: int, block: int) -> dict:
+    """Bytes and FLOPs of one denoising step: every weight read once; matmuls over `seq` tokens,
+    attention, and the LM head over the block only (block-sliced)."""
+    cfg = model.config
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    head = cfg.d_model * cfg.embedding_size
+    body_params = sum(p.numel() for n, p in model.named_parameters()
+                      if ".blocks." in n and p.dim() == 2)
+    flops = (2 * body_params * batch * seq
+             + 4 * batch * seq * seq * cfg.d_model * cfg.n_layers
+             + 2 * head * batch * block)
+    return {"weight_bytes": weight_bytes, "step_flops": flops}
+
+
+def make_prompts(batch: int, prompt_length: int, vocab: int, mask_id: int, device):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, min(vocab, mask_id), (batch, prompt_length), generator=g)
+    return ids.to(device)
+
+
+def run_mode(mode, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
+    device = ids.device
+    if mode == "llada-eager":
+        cfg = base.replace(strategy="llada", steps=base.gen_length)
+        call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
+    elif mode in ("threshold-eager", "credit-eager"):
+        cfg = base.replace(strategy=mode.split("-")[0])
+        call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
+    else:
+        cfg = base.replace(
+            strategy="credit", compile=True,
+            credit_layout="sparse" if mode.endswith("sparse") else "dense",
+            cuda_graphs="on" if mode == "credit-graphs" else "off",
+        )
+        fast = cc.optimize(model, cfg)
+        call = lambda: fast.generate(ids)  # noqa: E731
+    compile_seconds = 0.0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    if mode.startswith("credit-compiled") or mode == "credit-graphs":
+        start = time.perf_counter()
+        call()
+        sync(device)
+        compile_seconds = time.perf_counter() - start
+    times, out = [], None
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        out = call()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    seconds = sorted(times)[len(times) // 2]
+    tokens = out.generated.numel()
+    return {
+        "mode": mode,
+        "nfe": out.nfe,
+        "seconds": seconds,
+        "tokens_per_s": tokens / seconds,
+        "ms_per_step": 1e3 * seconds / max(out.nfe, 1),
+        "compile_seconds": compile_seconds,
+        "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+        "sequences": out.sequences,
+    }
+
+
+def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
+    """One step's forward alone (hidden states + block-sliced LM head), compiled and graphed."""
+    if ids.device.type != "cuda":
+        return None
+    canvas = torch.cat([ids, torch.full((ids.shape[0], base.gen_length), model.config.mask_token_id,
+                                        device=ids.device, dtype=ids.dtype)], 1)
+    positions = ids.shape[1] + torch.arange(base.block_length, device=ids.device)
+
+    def forward():
+        hidden = model.forward_hidden(canvas, None, None)
+        return model.lm_head(hidden.index_select(1, positions))
+
+    compiled = torch.compile(forward, fullgraph=True)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.no_grad():
+        for _ in range(3):
+            compiled()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.no_grad():
+        compiled()
+    for _ in range(3):
+        graph.replay()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        graph.replay()
+    torch.cuda.synchronize()
+    return 1e3 * (time.perf_counter() - start) / 20
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", help="model preset: tiny, llada-8b, ...")
+    parser.add_argument("--batch", type=int, nargs="+", default=[1])
+    parser.add_argument("--gen-length", type=int, nargs="+", default=None)
+    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--prompt-length", type=int, default=32)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", default=str(RESULTS / "generate.jsonl"))
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    tiny = args.preset.startswith("tiny")
+    gen_lengths = args.gen_length or ([64] if tiny else [256])
+    block = args.block_length or (16 if tiny else 32)
+    repeats = args.repeats or (3 if tiny else 1)
+    dtype = torch.float32 if tiny else torch.bfloat16
+    modes = [m for m in args.modes if m != "credit-graphs" or device.type == "cuda"]
+
+    model = build_model(args.preset, dtype=dtype, device=device, seed=0)
+    peaks = measure_peaks(device)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
+        "dtype": str(dtype).replace("torch.", ""), **peaks,
+    }
+    rows = []
+    for batch in args.batch:
+        for gen_length in gen_lengths:
+            base = cc.DecodeConfig(gen_length=gen_length, block_length=block, sync_every=8)
+            ids = make_prompts(batch, args.prompt_length, model.config.vocab_size,
+                               model.config.mask_token_id, device)
+            seq = args.prompt_length + gen_length
+            roof = step_roofline(model, batch, seq, block)
+            floor_ms = bare_forward_graphed_ms(model, ids, base)
+            baseline = None
+            reference_tokens = None
+            for mode in modes:
+                result = run_mode(mode, model, ids, base, repeats)
+                sequences = result.pop("sequences")
+                if mode == "credit-eager":
+                    reference_tokens = sequences
+                baseline = baseline or (result if mode == "llada-eager" else None)
+                row = {**meta, "batch": batch, "gen_length": gen_length, "block_length": block,
+                       "prompt_length": args.prompt_length, **roof, **result,
+                       "bare_forward_graphed_ms": floor_ms}
+                if reference_tokens is not None and mode.startswith("credit-"):
+                    row["equals_credit_eager"] = bool(torch.equal(sequences, reference_tokens))
+                if baseline:
+                    row["speedup_vs_llada_eager"] = result["tokens_per_s"] / baseline["tokens_per_s"]
+                step_s = result["ms_per_step"] / 1e3
+                if peaks["peak_gbps"]:
+                    row["achieved_gbps"] = roof["weight_bytes"] / step_s / 1e9
+                    row["fraction_of_peak_bw"] = row["achieved_gbps"] / peaks["peak_gbps"]
+                    row["achieved_tflops"] = roof["step_flops"] / step_s / 1e12
+                    row["fraction_of_peak_flops"] = row["achieved_tflops"] / peaks["peak_tflops"]
+                if floor_ms:
+                    row["step_over_bare_forward"] = result["ms_per_step"] / floor_ms
+                rows.append(row)
+                print(json.dumps({k: row[k] for k in ("mode", "batch", "gen_length", "nfe",
+                                                      "tokens_per_s", "ms_per_step")}), flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+
+    print(f"\n{meta['device']}  torch {meta['torch']}  commit {meta['commit']}  preset {args.preset}")
+    header = (f"{'mode':<24}{'B':>3}{'gen':>6}{'NFE':>6}{'tok/s':>10}{'ms/step':>10}"
+              f"{'compile s':>10}{'vs base':>9}{'vs fwd':>8}{'peak GB':>9}")
+    print(header)
+    for r in rows:
+        print(f"{r['mode']:<24}{r['batch']:>3}{r['gen_length']:>6}{r['nfe']:>6}"
+              f"{r['tokens_per_s']:>10.1f}{r['ms_per_step']:>10.2f}{r['compile_seconds']:>10.1f}"
+              f"{r.get('speedup_vs_llada_eager', float('nan')):>8.2f}x"
+              f"{r.get('step_over_bare_forward', float('nan')):>7.2f}x"
+              f"{(r['peak_memory_gb'] or float('nan')):>9.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

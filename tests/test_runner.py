@@ -1,0 +1,76 @@
+"""Step runners: CUDA-graph replay equals the eager reference; CPU falls back with a reason."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+import credit_compile as cc
+from credit_compile.models import build_model
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def prompts(batch, length, device, padded=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 100, (batch, length), generator=g)
+    mask = torch.ones_like(ids)
+    if padded:
+        mask[0, : length // 2] = 0
+    return ids.to(device), (mask.to(device) if padded else None)
+
+
+def test_cpu_auto_falls_back_to_compiled_with_a_log_line(caplog):
+    model = build_model("tiny")
+    ids, _ = prompts(1, 4, "cpu")
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    with caplog.at_level(logging.INFO, logger="credit_compile"):
+        out = fast.generate(ids)
+    assert fast.last_stats["runner"] == "compiled"
+    assert any("CUDA graphs off" in r.message for r in caplog.records)
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4)
+    assert torch.equal(out.sequences, ref.sequences)
+
+
+def test_cuda_graphs_on_without_cuda_is_an_error():
+    model = build_model("tiny")
+    ids, _ = prompts(1, 4, "cpu")
+    with pytest.raises(ValueError, match="move the model to CUDA"):
+        cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on").generate(ids)
+
+
+def test_eager_runner_when_compile_is_off():
+    model = build_model("tiny")
+    ids, _ = prompts(2, 5, "cpu", padded=True)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    out = fast.generate(ids, _)
+    assert fast.last_stats["runner"] == "eager"
+    ref = cc.generate_reference(model, ids, _, gen_length=8, block_length=4)
+    assert torch.equal(out.sequences, ref.sequences)
+
+
+@needs_cuda
+@pytest.mark.parametrize("config", [
+    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="sparse"),
+    dict(strategy="threshold"),
+    dict(strategy="llada"),
+    dict(strategy="credit", sync_every=3),
+])
+@pytest.mark.parametrize("padded", [False, True])
+def test_cuda_graph_replay_equals_reference(config, padded):
+    model = build_model("tiny", device="cuda", seed=1)
+    ids, mask = prompts(3, 6, "cuda", padded=padded, seed=2)
+    kwargs = dict(config, gen_length=32, block_length=8)
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    first = fast.generate(ids, mask)
+    assert fast.last_stats["runner"] == "cuda_graph"
+    assert torch.equal(first.sequences, ref.sequences)
+    assert first.nfe == ref.nfe
+    # A second call replays the same graph with new prompts.
+    ids2, mask2 = prompts(3, 6, "cuda", padded=padded, seed=3)
+    again = fast.generate(ids2, mask2)
+    assert torch.equal(again.sequences, cc.generate_reference(model, ids2, mask2, **kwargs).sequences)
