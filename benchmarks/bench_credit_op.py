@@ -12,8 +12,12 @@ Implementations, per credit layout (dense float32 [B, Lb, V] / sparse with K = L
   op        `credit_compile.ops.credit_step_{dense,sparse}`: the Triton op on CUDA, the plain op
             (row-grouped reference) on CPU
 
-Timing: CUDA, `triton.testing.do_bench` median (it clears the L2 cache before every call, so
-inputs are not served from cache); CPU, median of time.perf_counter over repeats.
+Timing: CUDA, two numbers per row. `ms`: `triton.testing.do_bench` median of single eager calls
+(it clears the L2 cache before every call; includes the host launch overhead whenever that is
+longer than the GPU work, which is the case for small shapes). `ms_graph`: the calls captured in
+a CUDA graph over enough rotating input sets to exceed 256 MiB (so the L2 cache does not serve
+them) and replayed (`triton.testing.do_bench_cudagraph` median): the GPU time, what a
+CUDA-graphed decoding loop pays. CPU: median of time.perf_counter over repeats.
 Achieved GB/s counts the minimal bytes: logits read once, credit state read and written once
 (dense: 8 B per entry; sparse: 12 B per slot each way), masked read, x0 and conf written.
 The peak is measured in the same run by a large device-to-device copy (bytes read + written).
@@ -95,6 +99,36 @@ def time_ms(fn, device: torch.device, *, cpu_reps: int = 5) -> float:
     return statistics.median(times)
 
 
+ROTATE_BYTES = 256 << 20  # > 2x the H100's 50 MB L2
+
+
+def sets_for(nbytes: int, device: torch.device) -> int:
+    """Input sets to rotate through so that one pass over them does not fit in the L2 cache."""
+    if device.type != "cuda":
+        return 1
+    return max(1, min(32, -(-ROTATE_BYTES // max(nbytes, 1))))
+
+
+def time_graph_ms(calls, device: torch.device) -> float | None:
+    """GPU time of one call: `calls` (one per rotating input set) captured in a CUDA graph and
+    replayed (`triton.testing.do_bench_cudagraph`, median), divided by len(calls). No host launch
+    overhead: what a CUDA-graphed decoding loop pays."""
+    if device.type != "cuda":
+        return None
+    import triton.testing
+
+    def run_all():
+        for call in calls:
+            call()
+
+    try:
+        ms = triton.testing.do_bench_cudagraph(run_all, rep=30, return_mode="median")
+    except Exception as exc:  # noqa: BLE001 - report and go on
+        print(f"  graph timing failed: {type(exc).__name__}: {exc}")
+        return None
+    return float(ms) / len(calls)
+
+
 def peak_extra_mb(fn, device: torch.device) -> float | None:
     """Peak memory allocated by one call beyond what was allocated before it (MiB)."""
     if device.type != "cuda":
@@ -128,8 +162,8 @@ def minimal_bytes(layout: str, batch: int, block: int, vocab: int, elem: int, sl
     return rows * vocab * elem + state + rows * (1 + 8 + 4)
 
 
-def make_problem(layout, batch, block, vocab, dtype, device, slots):
-    gen = torch.Generator(device=device).manual_seed(0)
+def make_problem(layout, batch, block, vocab, dtype, device, slots, seed=0):
+    gen = torch.Generator(device=device).manual_seed(seed)
     logits = (torch.randn(batch, block, vocab, device=device, generator=gen) * 3).to(dtype)
     masked = torch.rand(batch, block, device=device, generator=gen) > 0.2
     first = torch.tensor(False, device=device)
@@ -162,31 +196,39 @@ def implementations(layout: str, with_compile: bool):
     return impls
 
 
-def op_config(layout, rows, vocab, elem, device) -> dict | None:
+def op_config(layout, rows, vocab, dtype, device) -> dict | None:
     if device.type != "cuda" or not ops.triton_ops_registered():
         return None
-    from credit_compile.ops.credit_step_sparse_triton import launch_config
+    from credit_compile.ops.credit_step_dense_triton import DENSE_LANE
+    from credit_compile.ops.credit_step_sparse_triton import default_lane, launch_config
 
+    elem = torch.empty((), dtype=dtype).element_size()
     per = elem if layout == "sparse" else elem + 8
     block_v, nsplit, chunk, warps = launch_config(rows, vocab, device, bytes_per_elem=per)
-    return {"block_v": block_v, "nsplit": nsplit, "chunk": chunk, "num_warps": warps}
+    lane = default_lane(elem, block_v) if layout == "sparse" else min(DENSE_LANE, block_v)
+    return {"block_v": block_v, "nsplit": nsplit, "num_warps": warps, "lane": lane}
 
 
 def bench_one(layout, batch, block, vocab, dtype, device, *, slots, with_compile, peak_gbs,
               meta, cpu_reps):
-    logits, state, masked, first = make_problem(layout, batch, block, vocab, dtype, device, slots)
-    nbytes = minimal_bytes(layout, batch, block, vocab, logits.element_size(), slots)
+    nbytes = minimal_bytes(layout, batch, block, vocab, torch.empty((), dtype=dtype).element_size(), slots)
+    problems = [make_problem(layout, batch, block, vocab, dtype, device, slots, seed=i)
+                for i in range(sets_for(nbytes, device))]
     rows = []
-    eager_ms = None
+    eager_ms = eager_graph_ms = None
     for name, fn in implementations(layout, with_compile).items():
-        def call(fn=fn):
-            return fn(logits, *state, masked, first, ALPHA, BETA, GAMMA, LLADA_MASK_ID % vocab)
-
+        calls = [
+            (lambda p=p, fn=fn: fn(p[0], *p[1], p[2], p[3], ALPHA, BETA, GAMMA,
+                                   LLADA_MASK_ID % vocab))
+            for p in problems
+        ]
+        call = calls[0]
         call()  # compile / warm up
         ms = time_ms(call, device, cpu_reps=cpu_reps)
+        graph_ms = time_graph_ms(calls, device)
         mem = peak_extra_mb(call, device)
         if name == "eager":
-            eager_ms = ms
+            eager_ms, eager_graph_ms = ms, graph_ms
         gbs = nbytes / (ms * 1e-3) / 1e9
         row = dict(meta)
         row.update({
@@ -194,46 +236,62 @@ def bench_one(layout, batch, block, vocab, dtype, device, *, slots, with_compile
             "dtype": str(dtype).replace("torch.", ""), "ms": round(ms, 5),
             "gbps": round(gbs, 1), "frac_peak": round(gbs / peak_gbs, 3),
             "speedup_vs_eager": round(eager_ms / ms, 2) if eager_ms else None,
+            "ms_graph": None if graph_ms is None else round(graph_ms, 5),
+            "gbps_graph": None if graph_ms is None else round(nbytes / (graph_ms * 1e-3) / 1e9, 1),
+            "frac_peak_graph": None if graph_ms is None
+            else round(nbytes / (graph_ms * 1e-3) / 1e9 / peak_gbs, 3),
+            "speedup_vs_eager_graph": round(eager_graph_ms / graph_ms, 2)
+            if graph_ms and eager_graph_ms else None,
+            "rotating_sets": len(problems),
             "peak_extra_mib": None if mem is None else round(mem, 1),
             "min_bytes": nbytes,
-            "config": op_config(layout, batch * block, vocab, logits.element_size(), device)
+            "config": op_config(layout, batch * block, vocab, dtype, device)
             if name == "op" else None,
         })
         rows.append(row)
-    del logits, state
+    del problems
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return rows
 
 
-def sweep(device, dtype, vocab, meta, peak_gbs):
-    """Time the Triton launchers over launch configurations (for choosing the defaults)."""
+def sweep(device, dtype, vocab, meta, peak_gbs, shapes=((32, 64), (1, 32), (8, 32), (8, 64)),
+          tiles=((1024, 4), (2048, 4), (2048, 8), (4096, 8)), lanes=None,
+          splits=(1, 2, 4, 8, 16)):
+    """Time the Triton launchers over launch configurations (for choosing the defaults): tile
+    size x warps x per-thread groups (LANE; 0 = block-wide reductions) with one program per row
+    for many rows, the V split for few rows. CUDA-graph timing over rotating input sets."""
     from credit_compile.ops import (
         launch_credit_step_dense_triton,
         launch_credit_step_sparse_triton,
     )
 
     rows = []
-    shapes = [(32, 64), (8, 32), (1, 32)]
     for layout in ("sparse", "dense"):
         launcher = (launch_credit_step_dense_triton if layout == "dense"
                     else launch_credit_step_sparse_triton)
+        layout_lanes = lanes or ((0, 8) if layout == "sparse" else (0, 4))
         for batch, block in shapes:
-            logits, state, masked, first = make_problem(layout, batch, block, vocab, dtype,
-                                                        device, block)
-            nbytes = minimal_bytes(layout, batch, block, vocab, logits.element_size(), block)
-            configs = [dict(block_v=bv, num_warps=w) for bv in (2048, 4096, 8192)
-                       for w in (4, 8, 16)] if batch * block >= 1024 else []
-            if batch * block < 1024:
-                configs += [dict(nsplit=n) for n in (1, 2, 4, 8, 16, 32)]
+            nbytes = minimal_bytes(layout, batch, block, vocab,
+                                   torch.empty((), dtype=dtype).element_size(), block)
+            problems = [make_problem(layout, batch, block, vocab, dtype, device, block, seed=i)
+                        for i in range(sets_for(nbytes, device))]
+            if batch * block >= 1024:  # one program per row: tile size, warps, lanes
+                configs = [dict(block_v=bv, num_warps=w, lane=ln, nsplit=1)
+                           for bv, w in tiles for ln in layout_lanes]
+            else:  # few rows: how far to split V (default tiles and lanes)
+                configs = [dict(nsplit=n) for n in splits]
             for cfg in configs:
-                def call(cfg=cfg):
-                    return launcher(logits, *state, masked, first, ALPHA, BETA, GAMMA,
-                                    LLADA_MASK_ID, **cfg)
-
+                calls = [
+                    (lambda p=p, cfg=cfg: launcher(p[0], *p[1], p[2], p[3], ALPHA, BETA, GAMMA,
+                                                   LLADA_MASK_ID % vocab, **cfg))
+                    for p in problems
+                ]
                 try:
-                    call()
-                    ms = time_ms(call, device)
+                    calls[0]()
+                    ms = time_graph_ms(calls, device)
+                    if ms is None:
+                        ms = time_ms(calls[0], device)
                 except Exception as exc:  # noqa: BLE001 - e.g. out of resources
                     print(f"sweep {layout} {batch}x{block} {cfg}: {type(exc).__name__}: {exc}")
                     continue
@@ -241,26 +299,35 @@ def sweep(device, dtype, vocab, meta, peak_gbs):
                 row = dict(meta)
                 row.update({"layout": layout, "impl": "sweep", "B": batch, "Lb": block,
                             "V": vocab, "dtype": str(dtype).replace("torch.", ""),
-                            "config": cfg, "ms": round(ms, 5), "gbps": round(gbs, 1),
-                            "frac_peak": round(gbs / peak_gbs, 3)})
+                            "config": cfg, "ms_graph": round(ms, 5), "gbps_graph": round(gbs, 1),
+                            "frac_peak_graph": round(gbs / peak_gbs, 3),
+                            "rotating_sets": len(problems)})
                 rows.append(row)
-                print(f"sweep {layout:6s} B={batch:2d} Lb={block:2d} {str(cfg):36s} "
+                print(f"sweep {layout:6s} B={batch:2d} Lb={block:2d} {str(cfg):52s} "
                       f"{ms:8.4f} ms {gbs:7.1f} GB/s {gbs / peak_gbs:6.1%}", flush=True)
-            del logits, state
+            del problems
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return rows
 
 
 def print_table(rows):
+    def f(x, fmt):
+        return "" if x is None else format(x, fmt)
+
     head = (f"{'layout':6s} {'B':>3s} {'Lb':>3s} {'V':>7s} {'dtype':8s} {'impl':9s} "
-            f"{'ms':>9s} {'GB/s':>8s} {'%peak':>6s} {'speedup':>8s} {'+MiB':>8s}  config")
+            f"{'ms':>8s} {'GB/s':>7s} {'%peak':>6s} {'speedup':>7s} | {'graph ms':>8s} "
+            f"{'GB/s':>7s} {'%peak':>6s} {'speedup':>7s} | {'+MiB':>6s}  config")
     print(head)
     print("-" * len(head))
     for r in rows:
-        mem = "" if r.get("peak_extra_mib") is None else f"{r['peak_extra_mib']:.0f}"
-        cfg = r.get("config") or ""
+        pct = None if r.get("frac_peak_graph") is None else 100 * r["frac_peak_graph"]
         print(f"{r['layout']:6s} {r['B']:3d} {r['Lb']:3d} {r['V']:7d} {r['dtype']:8s} "
-              f"{r['impl']:9s} {r['ms']:9.4f} {r['gbps']:8.1f} {r['frac_peak']:6.1%} "
-              f"{(r['speedup_vs_eager'] or 0):7.2f}x {mem:>8s}  {cfg}")
+              f"{r['impl']:9s} {r['ms']:8.4f} {r['gbps']:7.1f} {100 * r['frac_peak']:5.1f}% "
+              f"{f(r['speedup_vs_eager'], '6.2f')}x | {f(r.get('ms_graph'), '8.4f')} "
+              f"{f(r.get('gbps_graph'), '7.1f')} {f(pct, '5.1f')}% "
+              f"{f(r.get('speedup_vs_eager_graph'), '6.2f')}x | "
+              f"{f(r.get('peak_extra_mib'), '6.0f')}  {r.get('config') or ''}")
 
 
 def main(argv=None):

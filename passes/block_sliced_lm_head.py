@@ -66,13 +66,15 @@ def _rowwise_input(node):
         return node.args[0]
     if _method(node, "to") and len(node.args) == 2 and isinstance(node.args[1], torch.dtype):
         return node.args[0]
-    if (_fn(node, operator.mul, torch.mul) or _method(node, "mul")) and len(node.args) == 2:
+    is_mul = _fn(node, operator.mul, torch.mul) or _method(node, "mul", "__mul__", "__rmul__")
+    if is_mul and len(node.args) == 2:
         a, b = node.args
         if isinstance(a, Node) and _number(b):
             return a
         if isinstance(b, Node) and _number(a):
             return b
-    if (_fn(node, operator.truediv, torch.div) or _method(node, "div")) and len(node.args) == 2:
+    is_div = _fn(node, operator.truediv, torch.div) or _method(node, "div", "__truediv__")
+    if is_div and len(node.args) == 2:
         a, b = node.args
         if isinstance(a, Node) and _number(b):
             return a

@@ -39,6 +39,8 @@ from torch.fx import Graph, GraphModule, Node
 from .base import GraphPass, fake
 
 _SOFTMAX = (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax)
+# Dynamo records some operators as dunder methods (`vocab.__eq__(5)` in torch 2.11).
+_MUL = ("mul", "__mul__", "__rmul__")
 
 
 def _fn(node, *targets) -> bool:
@@ -103,7 +105,7 @@ def _top_prob(node, ndim: int):
 
 def _scaled(node):
     """`c * x` / `x * c` with a Python number c -> (c, x)."""
-    if not (_fn(node, operator.mul, torch.mul) or _method(node, "mul")) or len(node.args) != 2:
+    if not (_fn(node, operator.mul, torch.mul) or _method(node, *_MUL)) or len(node.args) != 2:
         return None
     a, b = node.args
     if _number(a) and isinstance(b, Node):
@@ -114,13 +116,15 @@ def _scaled(node):
 
 
 def _masked_vocab(raw):
-    """`torch.where(arange(V) == mask_id, -inf, logits.float())` -> (logits, mask_id, nodes, optional)."""
+    """`torch.where(arange(V) == mask_id, -inf, logits.float())`
+    -> (logits, mask_id, V, replaced nodes, nodes to erase when unused)."""
     if not (_fn(raw, torch.where) and len(raw.args) == 3):
         return None
     cond, neg_inf, value = raw.args
     if not (_number(neg_inf) and math.isinf(neg_inf) and neg_inf < 0):
         return None
-    if not (_fn(cond, operator.eq, torch.eq) or _method(cond, "eq")) or len(cond.args) != 2:
+    is_eq = _fn(cond, operator.eq, torch.eq) or _method(cond, "eq", "__eq__")
+    if not is_eq or len(cond.args) != 2:
         return None
     vocab, mask_id = cond.args
     if not (_fn(vocab, torch.arange) and isinstance(mask_id, int) and not isinstance(mask_id, bool)):
@@ -178,12 +182,12 @@ class CreditFusion(GraphPass):
         logits, mask_id, vocab_size, raw_nodes, optional = vocab_match
 
         # increment = prob.pow(gamma) * masked, prob = softmax(raw)[top]
-        if not (_fn(increment, operator.mul, torch.mul) or _method(increment, "mul")):
+        if not (_fn(increment, operator.mul, torch.mul) or _method(increment, *_MUL)):
             return None
         if len(increment.args) != 2 or increment.kwargs:
             return None
         for powered, masked in (increment.args, reversed(increment.args)):
-            if _fn(powered, operator.pow, torch.pow) or _method(powered, "pow"):
+            if _fn(powered, operator.pow, torch.pow) or _method(powered, "pow", "__pow__"):
                 break
         else:
             return None
@@ -228,7 +232,7 @@ class CreditFusion(GraphPass):
         if len(boost.users) != 1:
             return None
         fused = next(iter(boost.users))
-        if not (_fn(fused, operator.add, torch.add) or _method(fused, "add")):
+        if not (_fn(fused, operator.add, torch.add) or _method(fused, "add", "__add__", "__radd__")):
             return None
         if len(fused.args) != 2 or fused.kwargs or set(fused.args) != {raw, boost}:
             return None

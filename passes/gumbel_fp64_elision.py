@@ -56,9 +56,9 @@ def _method(node, *names) -> bool:
     return isinstance(node, Node) and node.op == "call_method" and node.target in names
 
 
-def _unary(node, function, method):
+def _unary(node, functions, methods):
     """`function(x)` / `x.method()` -> x."""
-    if (_fn(node, function) or _method(node, method)) and len(node.args) == 1 and not node.kwargs:
+    if (_fn(node, *functions) or _method(node, *methods)) and len(node.args) == 1 and not node.kwargs:
         return node.args[0]
     return None
 
@@ -79,7 +79,8 @@ def _upcast_source(node):
     """`t.to(torch.float64)` / `t.double()` of a floating tensor t -> t (argmax(t) is the same)."""
     if _method(node, "double") and len(node.args) == 1 and not node.kwargs:
         source = node.args[0]
-    elif _method(node, "to") and not node.kwargs and len(node.args) == 2 and node.args[1] is torch.float64:
+    elif (_method(node, "to") and not node.kwargs and len(node.args) == 2
+          and node.args[1] is torch.float64):
         source = node.args[0]
     elif _method(node, "to") and len(node.args) == 1 and node.kwargs == {"dtype": torch.float64}:
         source = node.args[0]
@@ -114,23 +115,21 @@ class GumbelFP64Elision(GraphPass):
     def _match(argmax: Node):
         division = _argmax_input(argmax)
         if not (_fn(division, operator.truediv, torch.div, torch.true_divide)
-                or _method(division, "div", "true_divide")):
+                or _method(division, "div", "true_divide", "__truediv__")):
             return None
         if len(division.args) != 2 or division.kwargs:
             return None
         exp, power = division.args
-        x = _unary(exp, torch.exp, "exp")
-        if x is None or not (_fn(power, operator.pow, torch.pow) or _method(power, "pow")):
+        x = _unary(exp, (torch.exp,), ("exp",))
+        if x is None or not (_fn(power, operator.pow, torch.pow) or _method(power, "pow", "__pow__")):
             return None
         if len(power.args) != 2 or power.kwargs:
             return None
         base, exponent = power.args
         if not isinstance(exponent, Number) or isinstance(exponent, bool) or exponent != 0:
             return None
-        log = _unary(base, operator.neg, "neg")
-        if log is None:
-            log = _unary(base, torch.neg, "neg")
-        noise = _unary(log, torch.log, "log") if log is not None else None
+        log = _unary(base, (operator.neg, torch.neg), ("neg", "__neg__"))
+        noise = _unary(log, (torch.log,), ("log",)) if log is not None else None
         if noise is None or not _fn(noise, torch.rand_like, torch.rand):
             return None
         chain = [division, exp, power, base, log, noise]

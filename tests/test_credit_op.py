@@ -244,6 +244,16 @@ def test_triton_split_v_matches_reference(layout):
 
 
 @needs_triton
+@pytest.mark.parametrize("lane", [0, 4, 8])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_triton_lane_variants(layout, lane):
+    """Per-thread groups of `lane` entries (0: block-wide reductions of every tile)."""
+    impl = triton_launcher(layout, lane=lane, block_v=256)
+    run_sequence(layout, impl, (2, 2, 1001), torch.bfloat16, steps=3, new_block_at=2,
+                 device=DEV)
+
+
+@needs_triton
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_triton_multi_step(layout):
     """Eight steps, two blocks, few slots for sparse (eviction of the smallest credit)."""
@@ -266,6 +276,18 @@ def test_triton_non_contiguous_logits(layout):
     assert torch.equal(x0, x0_ref)
     torch.testing.assert_close(conf, conf_ref, atol=1e-6, rtol=1e-5)
     assert_state(layout, state, state_ref, 1e-6, 1e-5)
+
+
+@needs_triton
+def test_launch_config_covers_vocab():
+    from credit_compile.ops.credit_step_sparse_triton import launch_config
+
+    for rows, vocab, nsplit, block_v in [(1, 126464, 7, 4096), (4, 1001, 3, 128), (2, 17, 5, 16),
+                                         (9, 1001, None, None), (3, 126464, 40, 2048)]:
+        bv, ns, chunk, warps = launch_config(rows, vocab, torch.device("cpu"), bytes_per_elem=2,
+                                             block_v=block_v, nsplit=nsplit)
+        assert chunk % bv == 0 and bv & (bv - 1) == 0 and warps >= 1
+        assert (ns - 1) * chunk < vocab <= ns * chunk  # every split non-empty, V covered
 
 
 def implementations(layout):
@@ -366,10 +388,11 @@ def test_property_cpu_op_equals_reference(p, layout):
 
 @needs_triton
 @settings(max_examples=4)
-@given(p=params, layout=st.sampled_from(LAYOUTS), nsplit=st.sampled_from([None, 2]))
-def test_property_triton_equals_reference(p, layout, nsplit):
+@given(p=params, layout=st.sampled_from(LAYOUTS), nsplit=st.sampled_from([None, 2]),
+       lane=st.sampled_from([None, 0, 4]))
+def test_property_triton_equals_reference(p, layout, nsplit, lane):
     shape = (p["batch"], p["block"], p["vocab"])
-    impl = triton_launcher(layout, nsplit=nsplit, block_v=64 if nsplit else None)
+    impl = triton_launcher(layout, nsplit=nsplit, block_v=64 if nsplit else None, lane=lane)
     run_sequence(layout, impl, shape, p["dtype"], steps=3, new_block_at=2, device=DEV,
                  **_sequence_kwargs(p))
 

@@ -30,7 +30,9 @@ value of p*), and since f differs from f' only at v*, where it can only grow
     Z  = S' exp(M' - M) - exp(f'(v*) - M) + exp(f(v*) - M),   conf = 1 / Z
 
 Bytes moved: logits read once, credit read once and written once (the minimum for this layout);
-the two-pass scheme would read the logits twice.
+the two-pass scheme would read the logits twice. As in the sparse kernel, the online statistics
+are kept per thread-local group of LANE entries (no barrier in the loop) and combined at the end;
+the decayed credit at each group's running argmax travels with it.
 
 For few rows the V axis is split over `nsplit` programs per row (partials of both online
 statistics plus D at the running argmax) and a tiny per-row kernel combines them and applies the
@@ -48,17 +50,71 @@ from .credit_step_sparse_triton import (
     _combine_partials,
     _decay,
     _k,
+    _lane_update,
     _log1p,
     launch_config,
 )
 
+# Entries per thread-local group (4: one 16-byte load of float32 credit, 8 bytes of bf16 logits);
+# 0 selects block-wide reductions of every tile (7% slower on an H100: docs/credit_op.md).
+DENSE_LANE = 4
 NFLOAT = tl.constexpr(5)  # per split partials: m, s, M', S', D(v*)
 NINT = tl.constexpr(2)  # per split partials: v*, x'
 
 
 @triton.jit
-def _dense_pass(lrow, crow, v_lo, v_hi, d, alpha, mask_id, BLOCK_V: tl.constexpr):
-    """Stream logits[v_lo:v_hi] and credit[v_lo:v_hi] once; write the decayed credit."""
+def _dense_pass_lanes(lrow, crow, v_lo, v_hi, d, alpha, mask_id, BLOCK_V: tl.constexpr,
+                      LANE: tl.constexpr):
+    """Stream logits[v_lo:v_hi] and credit[v_lo:v_hi] once; write the decayed credit.
+
+    Tiles of [BLOCK_V // LANE, LANE]: each thread keeps running statistics of its own groups
+    (no barrier in the loop); the groups are combined once at the end."""
+    base = tl.arange(0, BLOCK_V // LANE)[:, None] * LANE + tl.arange(0, LANE)[None, :]
+    m = tl.full((BLOCK_V // LANE,), float("-inf"), tl.float32)
+    s = tl.zeros((BLOCK_V // LANE,), tl.float32)
+    idx = tl.zeros((BLOCK_V // LANE,), tl.int32) + v_lo
+    dstar = tl.zeros((BLOCK_V // LANE,), tl.float32)
+    fm = tl.full((BLOCK_V // LANE,), float("-inf"), tl.float32)
+    fs = tl.zeros((BLOCK_V // LANE,), tl.float32)
+    fidx = tl.zeros((BLOCK_V // LANE,), tl.int32) + v_lo
+    nxt = v_lo + base
+    x_next = tl.load(lrow + nxt, mask=nxt < v_hi, other=float("-inf"))
+    c_next = tl.load(crow + nxt, mask=nxt < v_hi, other=0.0)
+    for start in range(v_lo, v_hi, BLOCK_V):
+        offs = start + base
+        valid = offs < v_hi
+        x = x_next
+        c = c_next
+        nxt = offs + BLOCK_V
+        x_next = tl.load(lrow + nxt, mask=nxt < v_hi, other=float("-inf"))
+        c_next = tl.load(crow + nxt, mask=nxt < v_hi, other=0.0)
+        x = x.to(tl.float32)
+        if (mask_id >= start) & (mask_id < start + BLOCK_V):
+            x = tl.where(offs == mask_id, float("-inf"), x)
+        dc = c * d
+        tl.store(crow + offs, dc, mask=valid)
+        f = x + alpha * _log1p(dc)
+        # raw statistics per group, with the decayed credit at the group's running argmax
+        gmax = tl.max(x, 1)
+        upd = gmax > m
+        gi = tl.min(tl.where(x == gmax[:, None], offs, INT32_BIG), 1)
+        idx = tl.where(upd, gi, idx)
+        dstar = tl.where(upd, tl.sum(tl.where(offs == gi[:, None], dc, 0.0), 1), dstar)
+        nm = tl.maximum(m, gmax)
+        safe = tl.where(nm == float("-inf"), 0.0, nm)
+        s = s * tl.exp(m - safe) + tl.sum(tl.exp(x - safe[:, None]), 1)
+        m = nm
+        # fused (no increment) statistics per group
+        fm, fs, fidx = _lane_update(f, offs, fm, fs, fidx)
+    m_r, s_r, idx_r = _combine_partials(m, s, idx)
+    dstar_r = tl.sum(tl.where((idx == idx_r) & (m == m_r), dstar, 0.0), 0)
+    fm, fs, fidx = _combine_partials(fm, fs, fidx)
+    return m_r, s_r, idx_r, dstar_r, fm, fs, fidx
+
+
+@triton.jit
+def _dense_pass_block(lrow, crow, v_lo, v_hi, d, alpha, mask_id, BLOCK_V: tl.constexpr):
+    """As _dense_pass_lanes with block-wide reductions of every tile."""
     m = tl.full((), float("-inf"), tl.float32)
     s = tl.zeros((), tl.float32)
     idx = tl.zeros((), tl.int32) + v_lo
@@ -67,12 +123,20 @@ def _dense_pass(lrow, crow, v_lo, v_hi, d, alpha, mask_id, BLOCK_V: tl.constexpr
     fs = tl.zeros((), tl.float32)
     fidx = tl.zeros((), tl.int32) + v_lo
     base = tl.arange(0, BLOCK_V)
+    # Software prefetch of the next tile (see _raw_stats).
+    nxt = v_lo + base
+    x_next = tl.load(lrow + tl.max_contiguous(nxt, 4), mask=nxt < v_hi, other=float("-inf"))
+    c_next = tl.load(crow + nxt, mask=nxt < v_hi, other=0.0)
     for start in range(v_lo, v_hi, BLOCK_V):
         offs = start + base
         valid = offs < v_hi
-        x = tl.load(lrow + offs, mask=valid, other=float("-inf")).to(tl.float32)
-        x = tl.where(offs == mask_id, float("-inf"), x)
-        dc = tl.load(crow + offs, mask=valid, other=0.0) * d
+        x = x_next
+        c = c_next
+        nxt = offs + BLOCK_V
+        x_next = tl.load(lrow + tl.max_contiguous(nxt, 4), mask=nxt < v_hi, other=float("-inf"))
+        c_next = tl.load(crow + nxt, mask=nxt < v_hi, other=0.0)
+        x = tl.where(offs == mask_id, float("-inf"), x.to(tl.float32))
+        dc = c * d
         tl.store(crow + offs, dc, mask=valid)
         f = x + alpha * _log1p(dc)
         # raw statistics, with the decayed credit at the running argmax
@@ -113,29 +177,36 @@ def _dense_finalize(m, s, vstar, dstar, fm, fs, fidx, row, crow, masked_ptr, x0_
     tl.store(conf_ptr + row, 1.0 / z)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lb", "mask_id", "nsplit"])
 def _dense_kernel(
     logits_ptr, credit_ptr, masked_ptr, first_ptr, x0_ptr, conf_ptr, wsf_ptr, wsi_ptr,
     Lb, V, chunk, s_lb, s_ll, s_cb, s_cl,
-    alpha, beta, gamma, mask_id,
-    NSPLIT: tl.constexpr, BLOCK_V: tl.constexpr,
+    alpha, beta, gamma, mask_id, nsplit,
+    FINALIZE: tl.constexpr, BLOCK_V: tl.constexpr, LANE: tl.constexpr,
 ):
-    """Grid (rows, NSPLIT). NSPLIT == 1: the whole row and the fix-up; else partials."""
+    """Grid (rows, nsplit). FINALIZE (nsplit == 1): the whole row and the fix-up; else partials."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     b = (row // Lb).to(tl.int64)
     l = (row % Lb).to(tl.int64)
     lrow = logits_ptr + b * s_lb + l * s_ll
     crow = credit_ptr + b * s_cb + l * s_cl
+    alpha = tl.cast(alpha, tl.float32)  # Inductor passes Python floats as fp64
+    gamma = tl.cast(gamma, tl.float32)
     d = _decay(first_ptr, beta)
     v_lo = split * chunk
     v_hi = tl.minimum(v_lo + chunk, V)
-    m, s, idx, dstar, fm, fs, fidx = _dense_pass(lrow, crow, v_lo, v_hi, d, alpha, mask_id, BLOCK_V)
-    if NSPLIT == 1:
+    if LANE > 0:
+        m, s, idx, dstar, fm, fs, fidx = _dense_pass_lanes(lrow, crow, v_lo, v_hi, d, alpha,
+                                                           mask_id, BLOCK_V, LANE)
+    else:
+        m, s, idx, dstar, fm, fs, fidx = _dense_pass_block(lrow, crow, v_lo, v_hi, d, alpha,
+                                                           mask_id, BLOCK_V)
+    if FINALIZE:
         _dense_finalize(m, s, idx, dstar, fm, fs, fidx, row, crow, masked_ptr, x0_ptr, conf_ptr,
                         alpha, gamma)
     else:
-        o = row * NSPLIT + split
+        o = row * nsplit + split
         tl.store(wsf_ptr + NFLOAT * o + 0, m)
         tl.store(wsf_ptr + NFLOAT * o + 1, s)
         tl.store(wsf_ptr + NFLOAT * o + 2, fm)
@@ -145,18 +216,20 @@ def _dense_kernel(
         tl.store(wsi_ptr + NINT * o + 1, fidx)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lb", "nsplit"])
 def _dense_combine_kernel(
     credit_ptr, masked_ptr, x0_ptr, conf_ptr, wsf_ptr, wsi_ptr, Lb, s_cb, s_cl, alpha, gamma,
-    NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr,
+    nsplit, BLOCK_S: tl.constexpr,
 ):
-    """Grid (rows,): combine the NSPLIT partials of a row and apply the fix-up."""
+    """Grid (rows,): combine the nsplit partials of a row and apply the fix-up."""
+    alpha = tl.cast(alpha, tl.float32)
+    gamma = tl.cast(gamma, tl.float32)
     row = tl.program_id(0)
     b = (row // Lb).to(tl.int64)
     l = (row % Lb).to(tl.int64)
     j = tl.arange(0, BLOCK_S)
-    jm = j < NSPLIT
-    o = row * NSPLIT + j
+    jm = j < nsplit
+    o = row * nsplit + j
     m_j = tl.load(wsf_ptr + NFLOAT * o + 0, mask=jm, other=float("-inf"))
     s_j = tl.load(wsf_ptr + NFLOAT * o + 1, mask=jm, other=0.0)
     fm_j = tl.load(wsf_ptr + NFLOAT * o + 2, mask=jm, other=float("-inf"))
@@ -185,6 +258,7 @@ def launch_credit_step_dense_triton(
     block_v: int | None = None,
     nsplit: int | None = None,
     num_warps: int | None = None,
+    lane: int | None = None,
     wrap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the dense credit step with the Triton kernels; `credit` is updated in place.
@@ -192,12 +266,13 @@ def launch_credit_step_dense_triton(
     Plain launcher (wrap=False): callable eagerly, on CUDA tensors or, under TRITON_INTERPRET=1,
     on CPU tensors. The registered triton_op calls it with wrap=True.
     """
-    batch, block, vocab = logits.shape
+    # Launch configuration needs concrete sizes (under symbolic tracing this specializes).
+    batch, block, vocab = (int(n) for n in logits.shape)
     if credit.stride(-1) != 1:  # in-place semantics on a copy with a unit last stride
         work = credit.contiguous()
         out = launch_credit_step_dense_triton(
             logits, work, masked, first_step, alpha, beta, gamma, mask_id,
-            block_v=block_v, nsplit=nsplit, num_warps=num_warps, wrap=wrap)
+            block_v=block_v, nsplit=nsplit, num_warps=num_warps, lane=lane, wrap=wrap)
         credit.copy_(work)
         return out
     if logits.stride(-1) != 1:
@@ -212,19 +287,20 @@ def launch_credit_step_dense_triton(
     block_v, nsplit, chunk, num_warps = launch_config(
         rows, vocab, logits.device, bytes_per_elem=logits.element_size() + 8, block_v=block_v,
         nsplit=nsplit, num_warps=num_warps)
+    lane = min(DENSE_LANE, block_v) if lane is None else lane
     ws = rows * nsplit if nsplit > 1 else 1  # partials, only used when the V axis is split
     wsf = torch.empty((ws, 5), dtype=torch.float32, device=logits.device)
     wsi = torch.empty((ws, 2), dtype=torch.int32, device=logits.device)
     _k(_dense_kernel, wrap)[(rows, nsplit)](
         logits, credit, masked, first_step, x0, conf, wsf, wsi,
         block, vocab, chunk, logits.stride(0), logits.stride(1), credit.stride(0),
-        credit.stride(1), float(alpha), float(beta), float(gamma), int(mask_id),
-        NSPLIT=nsplit, BLOCK_V=block_v, num_warps=num_warps,
+        credit.stride(1), float(alpha), float(beta), float(gamma), int(mask_id), nsplit,
+        FINALIZE=nsplit == 1, BLOCK_V=block_v, LANE=lane, num_warps=num_warps,
     )
     if nsplit > 1:
         _k(_dense_combine_kernel, wrap)[(rows,)](
             credit, masked, x0, conf, wsf, wsi, block, credit.stride(0), credit.stride(1),
-            float(alpha), float(gamma),
-            NSPLIT=nsplit, BLOCK_S=triton.next_power_of_2(nsplit), num_warps=1,
+            float(alpha), float(gamma), nsplit,
+            BLOCK_S=triton.next_power_of_2(nsplit), num_warps=1,
         )
     return x0, conf

@@ -27,7 +27,10 @@ Why only the top-1 raw logit and the K slots are needed (alpha >= 0, C >= 0):
 
 So one streaming pass over V per row (online max / first-argmax / sum-exp in float32, the bf16/fp16
 logits read exactly once) and then O(K) work on the slots: K gathers of single logits, the slot
-update, and the candidate argmax.
+update, and the candidate argmax. In the pass, each thread keeps running statistics of its own
+groups of LANE consecutive entries (one 16-byte load each), so the loop has no barrier; the groups
+are combined once at the end with the same rule as V splits (below). The next tile's load is
+issued before the current one is reduced (software prefetch).
 
 For few rows (B * Lb small) one program per row cannot fill the GPU: the V axis is split over
 `nsplit` programs per row that write partial (max, sum-exp, first-argmax) triples, and a tiny
@@ -37,8 +40,6 @@ work. The split is chosen on the host from (B * Lb, V, number of SMs): static, n
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
@@ -87,14 +88,38 @@ def _combine_partials(m_j, s_j, i_j):
 
 
 @triton.jit
-def _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V: tl.constexpr):
-    """One pass over logits[v_lo:v_hi] of a row: (max, sum exp(r - max), first argmax)."""
-    m = tl.full((), float("-inf"), tl.float32)
-    s = tl.zeros((), tl.float32)
-    idx = tl.zeros((), tl.int32) + v_lo
-    base = tl.arange(0, BLOCK_V)
-    # Software prefetch: the next tile's load is issued before the current tile is reduced, so
-    # two tiles per program are in flight (Triton does not pipeline loads that feed reductions).
+def _lane_update(x, offs, m, s, idx):
+    """Fold a [G, LANE] tile into per-group running (max, sum exp(. - max), first argmax): each
+    group's LANE entries sit in one thread, so this needs no communication between threads."""
+    gmax = tl.max(x, 1)
+    nm = tl.maximum(m, gmax)
+    safe = tl.where(nm == float("-inf"), 0.0, nm)
+    s = s * tl.exp(m - safe) + tl.sum(tl.exp(x - safe[:, None]), 1)
+    gi = tl.min(tl.where(x == gmax[:, None], offs, INT32_BIG), 1)
+    idx = tl.where(gmax > m, gi, idx)
+    return nm, s, idx
+
+
+@triton.jit
+def _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V: tl.constexpr, LANE: tl.constexpr):
+    """One pass over logits[v_lo:v_hi] of a row: (max, sum exp(r - max), first argmax).
+
+    LANE > 0: the tile is [BLOCK_V // LANE, LANE] with per-group accumulators (one thread per
+    group, no barrier in the loop), reduced over the groups once at the end (the same combine as
+    for V splits). LANE == 0: block-wide reductions of every tile.
+    The next tile's load is issued before the current tile is reduced (software prefetch: Triton
+    does not pipeline loads that feed reductions), so two tiles per program are in flight.
+    """
+    if LANE > 0:
+        base = tl.arange(0, BLOCK_V // LANE)[:, None] * LANE + tl.arange(0, LANE)[None, :]
+        m = tl.full((BLOCK_V // LANE,), float("-inf"), tl.float32)
+        s = tl.zeros((BLOCK_V // LANE,), tl.float32)
+        idx = tl.zeros((BLOCK_V // LANE,), tl.int32) + v_lo
+    else:
+        base = tl.arange(0, BLOCK_V)
+        m = tl.full((), float("-inf"), tl.float32)
+        s = tl.zeros((), tl.float32)
+        idx = tl.zeros((), tl.int32) + v_lo
     nxt = v_lo + base
     x_next = tl.load(lrow + nxt, mask=nxt < v_hi, other=float("-inf"))
     for start in range(v_lo, v_hi, BLOCK_V):
@@ -102,15 +127,24 @@ def _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V: tl.constexpr):
         x = x_next
         nxt = offs + BLOCK_V
         x_next = tl.load(lrow + nxt, mask=nxt < v_hi, other=float("-inf"))
-        x = tl.where(offs == mask_id, float("-inf"), x.to(tl.float32))
-        m, s, idx = _online_update(x, offs, m, s, idx)
+        x = x.to(tl.float32)
+        if (mask_id >= start) & (mask_id < start + BLOCK_V):
+            x = tl.where(offs == mask_id, float("-inf"), x)
+        if LANE > 0:
+            m, s, idx = _lane_update(x, offs, m, s, idx)
+        else:
+            m, s, idx = _online_update(x, offs, m, s, idx)
+    if LANE > 0:
+        m, s, idx = _combine_partials(m, s, idx)
     return m, s, idx
 
 
 @triton.jit
 def _decay(first_ptr, beta):
+    """float32 decay factor: 0 on the block's first step, else beta (rounded to float32 like the
+    reference's `torch.where(first_step, 0.0, beta)`; Inductor passes Python floats as fp64)."""
     first = tl.load(first_ptr)
-    return tl.where(first, 0.0, beta)
+    return tl.where(first, 0.0, tl.cast(beta, tl.float32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,6 +158,8 @@ def _sparse_finalize(
     K, s_ik, s_ck, d, alpha, gamma, mask_id,
     BLOCK_K: tl.constexpr,
 ):
+    alpha = tl.cast(alpha, tl.float32)
+    gamma = tl.cast(gamma, tl.float32)
     kk = tl.arange(0, BLOCK_K)
     kmask = kk < K
     ids = tl.load(idrow + kk * s_ik, mask=kmask, other=-1)
@@ -160,20 +196,20 @@ def _sparse_finalize(
     tl.store(conf_ptr + row, 1.0 / z)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lb", "K", "mask_id"])
 def _sparse_fused_kernel(
     logits_ptr, ids_ptr, cred_ptr, masked_ptr, first_ptr, x0_ptr, conf_ptr,
     Lb, V, K,
     s_lb, s_ll, s_ib, s_il, s_ik, s_cb, s_cl, s_ck,
     alpha, beta, gamma, mask_id,
-    BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_V: tl.constexpr, LANE: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """One program per row: the pass over V, then the slot work (nsplit == 1)."""
     row = tl.program_id(0)
     b = (row // Lb).to(tl.int64)
     l = (row % Lb).to(tl.int64)
     lrow = logits_ptr + b * s_lb + l * s_ll
-    m, s, vstar = _raw_stats(lrow, 0, V, mask_id, BLOCK_V)
+    m, s, vstar = _raw_stats(lrow, 0, V, mask_id, BLOCK_V, LANE)
     d = _decay(first_ptr, beta)
     _sparse_finalize(
         m, s, vstar, row, lrow, ids_ptr + b * s_ib + l * s_il, cred_ptr + b * s_cb + l * s_cl,
@@ -181,12 +217,12 @@ def _sparse_fused_kernel(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lb", "mask_id", "nsplit"])
 def _stats_split_kernel(
-    logits_ptr, wsf_ptr, wsi_ptr, Lb, V, chunk, s_lb, s_ll, mask_id,
-    NSPLIT: tl.constexpr, BLOCK_V: tl.constexpr,
+    logits_ptr, wsf_ptr, wsi_ptr, Lb, V, chunk, s_lb, s_ll, mask_id, nsplit,
+    BLOCK_V: tl.constexpr, LANE: tl.constexpr,
 ):
-    """Grid (rows, NSPLIT): partial (max, sum-exp, first argmax) of one V chunk of one row."""
+    """Grid (rows, nsplit): partial (max, sum-exp, first argmax) of one V chunk of one row."""
     row = tl.program_id(0)
     split = tl.program_id(1)
     b = (row // Lb).to(tl.int64)
@@ -194,28 +230,28 @@ def _stats_split_kernel(
     lrow = logits_ptr + b * s_lb + l * s_ll
     v_lo = split * chunk
     v_hi = tl.minimum(v_lo + chunk, V)
-    m, s, idx = _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V)
-    o = row * NSPLIT + split
+    m, s, idx = _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V, LANE)
+    o = row * nsplit + split
     tl.store(wsf_ptr + 2 * o, m)
     tl.store(wsf_ptr + 2 * o + 1, s)
     tl.store(wsi_ptr + o, idx)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["Lb", "K", "mask_id", "nsplit"])
 def _sparse_combine_kernel(
     logits_ptr, ids_ptr, cred_ptr, masked_ptr, first_ptr, x0_ptr, conf_ptr, wsf_ptr, wsi_ptr,
     Lb, K,
     s_lb, s_ll, s_ib, s_il, s_ik, s_cb, s_cl, s_ck,
-    alpha, beta, gamma, mask_id,
-    NSPLIT: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
+    alpha, beta, gamma, mask_id, nsplit,
+    BLOCK_S: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """Grid (rows,): combine the NSPLIT partials of a row, then the slot work."""
+    """Grid (rows,): combine the nsplit partials of a row, then the slot work."""
     row = tl.program_id(0)
     b = (row // Lb).to(tl.int64)
     l = (row % Lb).to(tl.int64)
     j = tl.arange(0, BLOCK_S)
-    jm = j < NSPLIT
-    o = row * NSPLIT + j
+    jm = j < nsplit
+    o = row * nsplit + j
     m_j = tl.load(wsf_ptr + 2 * o, mask=jm, other=float("-inf"))
     s_j = tl.load(wsf_ptr + 2 * o + 1, mask=jm, other=0.0)
     i_j = tl.load(wsi_ptr + o, mask=jm, other=INT32_BIG)
@@ -244,42 +280,61 @@ def sm_count(device: torch.device) -> int:
     return _SM_COUNT[index]
 
 
-def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value else default
+# GPU launch defaults, chosen with `benchmarks/bench_credit_op.py --sweep` on an H100 (CUDA-graph
+# timing; docs/credit_op.md has the numbers): (tile entries, warps) for the sparse kernel with
+# 16-bit logits, with fp32 logits, and for the dense kernel (bytes_per_elem > 4).
+GPU_SPARSE_16BIT = (4096, 8)
+GPU_SPARSE_32BIT = (2048, 8)
+GPU_DENSE = (1024, 4)
+# V split (few rows): split when rows < SPLIT_BELOW * SMs, into ceil(SPLIT_TARGET * SMs / rows)
+# chunks, at most MAX_SPLIT, each of at least MIN_TILES_PER_CHUNK tiles. Measured: the sparse
+# kernel prefers one program per row as soon as rows >= SMs (the partials round trip and second
+# launch cost more than the idle SMs); the dense kernel (5x the bytes per entry) gains from
+# splitting up to ~8 programs per SM.
+SPARSE_SPLIT_BELOW, SPARSE_SPLIT_TARGET = 1, 2
+DENSE_SPLIT_BELOW, DENSE_SPLIT_TARGET = 4, 8
+MAX_SPLIT = 16
+MIN_TILES_PER_CHUNK = 2
 
 
 def launch_config(rows: int, vocab: int, device: torch.device, *, bytes_per_elem: int,
                   block_v: int | None = None, nsplit: int | None = None,
                   num_warps: int | None = None) -> tuple[int, int, int, int]:
-    """(block_v, nsplit, chunk, num_warps) for `rows` rows of `vocab` entries.
+    """(block_v, nsplit, chunk, num_warps) for `rows` rows of `vocab` entries, from the shapes
+    and the device alone (static under torch.compile, no host sync).
 
-    GPU: tiles of 4096 (bf16 sparse) entries, 8 warps; the V axis is split when there are fewer
-    rows than `CREDIT_SPLIT_WAVES` (default 4) programs per SM, each chunk keeping >= 4 tiles.
-    Interpreter (CPU): a single tile per row when V is small (fast in numpy), no split.
-    Overrides: the keyword arguments, or the environment variables CREDIT_BLOCK_V,
-    CREDIT_NSPLIT, CREDIT_NUM_WARPS (for tuning sweeps).
+    `bytes_per_elem` is what one vocabulary entry moves: the logits' element size for the sparse
+    kernel, plus 8 (credit read and written) for the dense one. On CPU (the interpreter): one
+    tile of up to 4096 entries, no split. Keyword arguments override (tests, tuning sweeps).
     """
     on_gpu = device.type == "cuda"
+    dense = bytes_per_elem > 4
+    if dense:
+        gpu_block, gpu_warps = GPU_DENSE
+        split_below, split_target = DENSE_SPLIT_BELOW, DENSE_SPLIT_TARGET
+    else:
+        gpu_block, gpu_warps = GPU_SPARSE_16BIT if bytes_per_elem <= 2 else GPU_SPARSE_32BIT
+        split_below, split_target = SPARSE_SPLIT_BELOW, SPARSE_SPLIT_TARGET
     if block_v is None:
-        default_block = (8192 if bytes_per_elem <= 2 else 4096) if on_gpu else 4096
-        block_v = _env_int("CREDIT_BLOCK_V", default_block)
+        block_v = gpu_block if on_gpu else 4096
     block_v = max(16, min(block_v, triton.next_power_of_2(max(vocab, 1))))
     if num_warps is None:
-        num_warps = _env_int("CREDIT_NUM_WARPS", 8 if on_gpu else 4)
+        num_warps = gpu_warps if on_gpu else 4
     if nsplit is None:
-        nsplit = _env_int("CREDIT_NSPLIT", 0)
-        if nsplit <= 0:
-            if on_gpu:
-                target = _env_int("CREDIT_SPLIT_WAVES", 4) * sm_count(device)
-                max_split = max(1, vocab // (4 * block_v))
-                nsplit = max(1, min(triton.cdiv(target, max(rows, 1)), max_split))
-            else:
-                nsplit = 1
+        nsplit = 1
+        sms = sm_count(device) if on_gpu else 0
+        if on_gpu and rows < split_below * sms:
+            max_split = max(1, min(MAX_SPLIT, vocab // (MIN_TILES_PER_CHUNK * block_v)))
+            nsplit = max(1, min(triton.cdiv(split_target * sms, max(rows, 1)), max_split))
     nsplit = max(1, min(nsplit, triton.cdiv(vocab, block_v)))
     chunk = triton.cdiv(triton.cdiv(vocab, nsplit), block_v) * block_v
     nsplit = triton.cdiv(vocab, chunk)
     return block_v, nsplit, chunk, num_warps
+
+
+def default_lane(elem_size: int, block_v: int) -> int:
+    """Entries per thread-local group: one 16-byte load's worth (8 bf16/fp16, 4 fp32)."""
+    return max(1, min(16 // elem_size, block_v))
 
 
 def _k(kernel, wrap: bool):
@@ -300,6 +355,7 @@ def launch_credit_step_sparse_triton(
     block_v: int | None = None,
     nsplit: int | None = None,
     num_warps: int | None = None,
+    lane: int | None = None,
     wrap: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run the sparse credit step with the Triton kernels; slot_ids / slot_credit updated in place.
@@ -308,8 +364,9 @@ def launch_credit_step_sparse_triton(
     on CPU tensors. The registered triton_op calls it with wrap=True (torch.library.wrap_triton),
     so that torch.compile / Inductor sees the kernels.
     """
-    batch, block, vocab = logits.shape
-    slots = slot_ids.shape[-1]
+    # Launch configuration needs concrete sizes (under symbolic tracing this specializes).
+    batch, block, vocab = (int(n) for n in logits.shape)
+    slots = int(slot_ids.shape[-1])
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     masked = masked.to(torch.bool).contiguous()
@@ -323,6 +380,7 @@ def launch_credit_step_sparse_triton(
         rows, vocab, logits.device, bytes_per_elem=logits.element_size(), block_v=block_v,
         nsplit=nsplit, num_warps=num_warps)
     block_k = triton.next_power_of_2(max(slots, 1))
+    lane = default_lane(logits.element_size(), block_v) if lane is None else lane
     common_strides = (
         logits.stride(0), logits.stride(1),
         slot_ids.stride(0), slot_ids.stride(1), slot_ids.stride(2),
@@ -333,18 +391,18 @@ def launch_credit_step_sparse_triton(
         _k(_sparse_fused_kernel, wrap)[(rows,)](
             logits, slot_ids, slot_credit, masked, first_step, x0, conf,
             block, vocab, slots, *common_strides, *scalars,
-            BLOCK_V=block_v, BLOCK_K=block_k, num_warps=num_warps,
+            BLOCK_V=block_v, LANE=lane, BLOCK_K=block_k, num_warps=num_warps,
         )
         return x0, conf
     wsf = torch.empty((rows, nsplit, 2), dtype=torch.float32, device=logits.device)
     wsi = torch.empty((rows, nsplit), dtype=torch.int32, device=logits.device)
     _k(_stats_split_kernel, wrap)[(rows, nsplit)](
         logits, wsf, wsi, block, vocab, chunk, logits.stride(0), logits.stride(1), int(mask_id),
-        NSPLIT=nsplit, BLOCK_V=block_v, num_warps=num_warps,
+        nsplit, BLOCK_V=block_v, LANE=lane, num_warps=num_warps,
     )
     _k(_sparse_combine_kernel, wrap)[(rows,)](
         logits, slot_ids, slot_credit, masked, first_step, x0, conf, wsf, wsi,
-        block, slots, *common_strides, *scalars,
-        NSPLIT=nsplit, BLOCK_S=triton.next_power_of_2(nsplit), BLOCK_K=block_k, num_warps=1,
+        block, slots, *common_strides, *scalars, nsplit,
+        BLOCK_S=triton.next_power_of_2(nsplit), BLOCK_K=block_k, num_warps=1,
     )
     return x0, conf

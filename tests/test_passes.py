@@ -1,0 +1,437 @@
+"""The FX passes: each fires on its pattern (counter), keeps the results, and stays off otherwise.
+
+Most tests compile tiny functions with `make_backend([pass], inductor=False)` (the rewritten Dynamo
+graph runs eagerly: seconds on CPU); one runs the whole denoising step of the tiny LLaDA model
+through the default backend with Inductor.
+"""
+
+from __future__ import annotations
+
+import operator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from optimum.fx.optimization import ChangeTrueDivToMulByInverse, compose
+from torch import nn
+from torch._dynamo.utils import counters
+
+from credit_compile.backend import make_backend
+from credit_compile.config import DecodeConfig
+from credit_compile.engine import setup_generation
+from credit_compile.ops.credit_step_reference import (
+    credit_step_dense_eager,
+    masked_vocab_logits,
+    top1_and_prob,
+)
+from credit_compile.passes import (
+    BlockSlicedLMHead,
+    CreditFusion,
+    GraphPass,
+    GumbelFP64Elision,
+    default_passes,
+    pass_count,
+)
+
+DENSE_OP = torch.ops.credit_compile.credit_step_dense.default
+
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    torch._dynamo.reset()
+    counters.clear()
+    yield
+    torch._dynamo.reset()
+
+
+def compile_recording(fn, passes):
+    """torch.compile(fn) through make_backend(passes, inductor=False); the rewritten graphs are
+    appended to the returned list."""
+    inner = make_backend(passes, inductor=False)
+    graphs = []
+
+    def backend(gm, example_inputs):
+        forward = inner(gm, example_inputs)
+        graphs.append(forward.__self__)
+        return forward
+
+    return torch.compile(fn, backend=backend, fullgraph=True), graphs
+
+
+def capture(fn, *args):
+    """The Dynamo FX graph of fn(*args) (with fake tensors in node.meta) and its inputs."""
+    captured = []
+
+    def backend(gm, example_inputs):
+        captured.append((gm, list(example_inputs)))
+        return gm.forward
+
+    torch.compile(fn, backend=backend, fullgraph=True)(*args)
+    return captured[0]
+
+
+def as_tuple(value) -> tuple:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def calls(gm, target) -> int:
+    return sum(1 for n in gm.graph.nodes if n.target == target)
+
+
+def methods(gm, name) -> int:
+    return sum(1 for n in gm.graph.nodes if n.op == "call_method" and n.target == name)
+
+
+# ------------------------------------------------------------------------------------------------
+# CreditFusion
+# ------------------------------------------------------------------------------------------------
+
+ALPHA, BETA, GAMMA, MASK = 1.5, 0.5, 0.3, 5
+
+
+def credit_inputs(seed=0, batch=2, block=4, vocab=16):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, block, vocab, generator=g) * 3
+    credit = torch.rand(batch, block, vocab, generator=g)
+    masked = torch.rand(batch, block, generator=g) > 0.3
+    return logits, credit, masked
+
+
+def credit_user(logits, credit, masked, first_step):
+    """The eager chain with downstream users of x0 and conf, as in the denoising step."""
+    x0, conf = credit_step_dense_eager(logits, credit, masked, first_step, ALPHA, BETA, GAMMA, MASK)
+    return torch.where(masked, x0, -1), conf * masked
+
+
+def test_credit_fusion_fires_and_matches_eager():
+    fn, graphs = compile_recording(credit_user, [CreditFusion()])
+    _, credit, _ = credit_inputs()
+    ref_credit, out_credit = credit.clone(), credit.clone()
+    for step, first in enumerate([True, False, False]):
+        logits, _, masked = credit_inputs(seed=step)
+        first_step = torch.tensor(first)
+        ref = credit_user(logits, ref_credit, masked, first_step)
+        out = fn(logits, out_credit, masked, first_step)
+        assert torch.equal(ref[0], out[0])
+        torch.testing.assert_close(out[1], ref[1], atol=1e-5, rtol=0)
+        torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0)
+    assert pass_count("credit_fusion") == 1
+    (gm,) = graphs
+    assert calls(gm, DENSE_OP) == 1
+    (op_node,) = [n for n in gm.graph.nodes if n.target == DENSE_OP]
+    assert op_node.args[4:] == (ALPHA, BETA, GAMMA, MASK)  # constants read from the graph
+    for name in ("mul_", "scatter_add_", "argmax", "gather"):
+        assert methods(gm, name) == 0, name
+    assert calls(gm, torch.log1p) == calls(gm, torch.softmax) == calls(gm, torch.arange) == 0
+
+
+def log_instead_of_log1p(logits, credit, masked, first_step):
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log(credit + 1)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def fused_logits_used_elsewhere(logits, credit, masked, first_step):
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    conf = torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return x0, conf, fused.amax(-1)  # the fused logits leave the chain
+
+
+def credit_read_mid_update(logits, credit, masked, first_step):
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    decayed_total = credit.sum()  # sees the decayed credit before the increment
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1), decayed_total
+
+
+def unbatched(logits, credit, masked, first_step):
+    """One sequence, 2-D logits and credit: the op's schema wants [B, Lb, V]."""
+    return credit_step_dense_eager(logits[0], credit[0], masked[0], first_step, ALPHA, BETA, GAMMA, MASK)
+
+
+@pytest.mark.parametrize("fn", [log_instead_of_log1p, fused_logits_used_elsewhere,
+                                credit_read_mid_update, unbatched])
+def test_credit_fusion_does_not_fire_on_near_misses(fn):
+    compiled, graphs = compile_recording(fn, [CreditFusion()])
+    logits, credit, masked = credit_inputs()
+    first_step = torch.tensor(False)
+    ref_credit, out_credit = credit.clone(), credit.clone()
+    ref = fn(logits, ref_credit, masked, first_step)
+    out = compiled(logits, out_credit, masked, first_step)
+    assert pass_count("credit_fusion") == 0
+    assert calls(graphs[0], DENSE_OP) == 0
+    for a, b in zip(ref, out):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# BlockSlicedLMHead
+# ------------------------------------------------------------------------------------------------
+
+class Head(nn.Module):
+    def __init__(self, variant: str, d=8, vocab=24):
+        super().__init__()
+        self.variant = variant
+        self.linear = nn.Linear(d, vocab, bias=variant != "functional_scaled")
+
+    def forward(self, h, positions):
+        if self.variant == "module":  # torch._C._nn.linear in the Dynamo graph
+            logits = self.linear(h)
+        elif self.variant == "functional_scaled":  # LLaDA's scale_logits
+            logits = F.linear(h, self.linear.weight) * (1 / 8**0.5)
+        else:  # "divided_cast": HF-style upcast of the logits
+            logits = (F.linear(h, self.linear.weight, self.linear.bias) / 3.0).float()
+        return logits.index_select(1, positions)
+
+
+def head_inputs(seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(2, 12, 8, generator=g).to(dtype), torch.tensor([4, 5, 6, 7])
+
+
+@pytest.mark.parametrize("variant", ["module", "functional_scaled", "divided_cast"])
+def test_block_sliced_lm_head_fires_and_matches_eager(variant):
+    head = Head(variant)
+    fn, graphs = compile_recording(head, [BlockSlicedLMHead()])
+    h, positions = head_inputs()
+    with torch.no_grad():
+        out, ref = fn(h, positions), head(h, positions)
+    assert out.shape == ref.shape == (2, 4, 24)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert pass_count("block_sliced_lm_head") == 1
+    (gm,) = graphs
+    (linear,) = [n for n in gm.graph.nodes if n.target is torch._C._nn.linear]
+    sliced = linear.args[0]
+    assert sliced.op == "call_method" and sliced.target == "index_select"
+    assert tuple(linear.meta["example_value"].shape) == (2, 4, 24)  # later passes read fakes
+
+
+class HeadWithFullLogits(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 24)
+
+    def forward(self, h, positions):
+        logits = self.linear(h)
+        return logits.index_select(1, positions), logits.logsumexp(-1)  # full logits needed
+
+
+class HeadSlicingVocab(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 24)
+
+    def forward(self, h, positions):
+        return self.linear(h).index_select(2, positions)  # columns, not positions
+
+
+@pytest.mark.parametrize("module", [HeadWithFullLogits, HeadSlicingVocab])
+def test_block_sliced_lm_head_does_not_fire_when_full_logits_are_needed(module):
+    model = module()
+    fn, graphs = compile_recording(model, [BlockSlicedLMHead()])
+    h, positions = head_inputs()
+    with torch.no_grad():
+        out, ref = fn(h, positions), model(h, positions)
+    assert pass_count("block_sliced_lm_head") == 0
+    (linear,) = [n for n in graphs[0].graph.nodes if n.target is torch._C._nn.linear]
+    assert linear.args[0].op == "placeholder"
+    for a, b in zip(as_tuple(ref), as_tuple(out)):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# GumbelFP64Elision
+# ------------------------------------------------------------------------------------------------
+
+def foreign_add_gumbel_noise(logits, temperature):
+    """LLaDA's original `add_gumbel_noise`, which upcasts whatever the temperature."""
+    logits = logits.to(torch.float64)
+    noise = torch.rand_like(logits, dtype=torch.float64)
+    gumbel_noise = (-torch.log(noise)) ** temperature
+    return logits.exp() / gumbel_noise
+
+
+def greedy_sampler(logits):
+    return torch.argmax(foreign_add_gumbel_noise(logits, 0), dim=-1)
+
+
+def tempered_sampler(logits):
+    return torch.argmax(foreign_add_gumbel_noise(logits, 0.5), dim=-1)
+
+
+def greedy_with_random_remasking(logits):
+    x0 = foreign_add_gumbel_noise(logits, 0.0).argmax(-1)
+    return x0, torch.rand(x0.shape)  # a later draw: eliding the first would shift it
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gumbel_fp64_elision_fires_and_matches_eager(dtype):
+    fn, graphs = compile_recording(greedy_sampler, [GumbelFP64Elision()])
+    for seed in range(3):
+        logits = (torch.randn(2, 4, 50, generator=torch.Generator().manual_seed(seed)) * 4).to(dtype)
+        assert torch.equal(fn(logits), greedy_sampler(logits))
+    assert pass_count("gumbel_fp64_elision") == 1
+    (gm,) = graphs
+    assert calls(gm, torch.rand_like) == calls(gm, torch.log) == 0
+    assert methods(gm, "to") == methods(gm, "exp") == 0  # no float64 tensor left
+    (argmax,) = [n for n in gm.graph.nodes if n.target is torch.argmax]
+    assert argmax.args[0].op == "placeholder"
+
+
+def test_gumbel_fp64_elision_removes_float64_exp_overflow_ties():
+    # exp overflows to inf in float64 above 709.78: eager ties every such logit and returns the
+    # first; the rewrite returns the true argmax.
+    logits = torch.tensor([[[710.0, 800.0, 3.0]]])
+    fn, _ = compile_recording(greedy_sampler, [GumbelFP64Elision()])
+    assert greedy_sampler(logits).item() == 0
+    assert fn(logits).item() == 1
+
+
+@pytest.mark.parametrize("fn", [tempered_sampler, greedy_with_random_remasking])
+def test_gumbel_fp64_elision_does_not_fire(fn):
+    compiled, graphs = compile_recording(fn, [GumbelFP64Elision()])
+    logits = torch.randn(2, 4, 50)
+    torch.manual_seed(7)
+    ref = fn(logits)
+    torch.manual_seed(7)
+    out = compiled(logits)
+    assert pass_count("gumbel_fp64_elision") == 0
+    assert calls(graphs[0], torch.rand_like) == 1
+    for a, b in zip(as_tuple(ref), as_tuple(out)):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# Together: the denoising step, optimum composition, identity
+# ------------------------------------------------------------------------------------------------
+
+def tiny_llada():
+    from credit_compile.models.presets import build_model
+
+    return build_model("tiny", seed=3)
+
+
+def state_tensors(setup):
+    tensors = {k: v for k, v in vars(setup.state).items() if isinstance(v, torch.Tensor)}
+    return {**tensors, **{f"buffers.{k}": v for k, v in setup.state.buffers.items()}}
+
+
+def run_steps(backend, strategy="credit", steps=6, device="cpu", **config):
+    """States after `steps` eager steps and after as many compiled steps, from the same start
+    (and the same RNG seed: the llada sampler draws noise)."""
+    model = tiny_llada().to(device)
+    cfg = DecodeConfig(strategy=strategy, gen_length=8, block_length=4, seed=0, **config)
+    ids = torch.randint(0, 120, (2, 3), generator=torch.Generator().manual_seed(1)).to(device)
+    states = []
+    for compiled in (False, True):
+        setup = setup_generation(model, ids, None, cfg)  # seeds the global RNG
+        step = setup.step_function()
+        if compiled:
+            step = torch.compile(step, backend=backend, fullgraph=True)
+        with torch.no_grad():
+            for _ in range(steps):
+                step()
+        states.append(state_tensors(setup))
+    return states
+
+
+def assert_same_state(ref, out):
+    assert ref.keys() == out.keys()
+    for key, value in ref.items():
+        if value.is_floating_point():  # confidences, credit: the LM head sees fewer rows
+            torch.testing.assert_close(out[key], value, atol=1e-5, rtol=0, msg=key)
+        else:  # tokens, block index, step counters: exact
+            assert torch.equal(out[key], value), key
+
+
+def test_denoising_step_through_default_backend_with_inductor():
+    ref, out = run_steps(make_backend())
+    assert_same_state(ref, out)
+    assert pass_count("credit_fusion") == 1
+    assert pass_count("block_sliced_lm_head") == 1
+    assert pass_count("gumbel_fp64_elision") == 0  # our step branches on temperature in Python
+    assert (ref["x"] != 126).all()  # the canvas was decoded to the end
+
+
+@pytest.mark.parametrize("config", [
+    dict(strategy="credit", credit_layout="sparse"),
+    dict(strategy="llada", cfg_scale=1.0),
+    dict(strategy="llada", temperature=0.7, remasking="random"),
+])
+def test_default_passes_on_other_steps(config):
+    ref, out = run_steps(make_backend(inductor=False), **config)
+    assert_same_state(ref, out)
+    assert pass_count("credit_fusion") == 0
+    assert pass_count("block_sliced_lm_head") == 1
+
+
+def test_composes_with_optimum_passes():
+    head = Head("divided_cast")
+    h, positions = head_inputs()
+    gm, example_inputs = capture(head, h, positions)
+    with torch.no_grad():
+        ref = head(h, positions)
+        composed = compose(BlockSlicedLMHead(), ChangeTrueDivToMulByInverse())
+        out = composed(gm)(*example_inputs)
+    assert pass_count("block_sliced_lm_head") == 1
+    assert calls(gm, operator.truediv) == 0 and calls(gm, operator.mul) == 1
+    torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=0)
+
+    # optimum's pass first: the division it turned into a multiplication is still row-wise.
+    torch._dynamo.reset()
+    counters.clear()
+    gm, example_inputs = capture(head, h, positions)
+    with torch.no_grad():
+        out = compose(ChangeTrueDivToMulByInverse(), BlockSlicedLMHead())(gm)(*example_inputs)
+    assert pass_count("block_sliced_lm_head") == 1
+    torch.testing.assert_close(out[0], ref, atol=1e-5, rtol=0)
+
+
+def test_pass_identity_and_order():
+    passes = default_passes()
+    assert [p.name for p in passes] == ["block_sliced_lm_head", "credit_fusion", "gumbel_fp64_elision"]
+    assert all(isinstance(p, GraphPass) and p.preserves_computation for p in passes)
+    uuids = [p.uuid() for p in passes]
+    assert len(set(uuids)) == 3
+    assert uuids == [p.uuid() for p in default_passes()]  # stable across instances
+
+
+def recording(backend, graphs):
+    def record(gm, example_inputs):
+        compiled = backend(gm, example_inputs)
+        graphs.append(gm)
+        return compiled
+
+    return record
+
+
+def op_targets(gm) -> set[str]:
+    return {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("inductor", [False, True], ids=["passes_only", "inductor"])
+def test_credit_fusion_picks_the_triton_op_on_cuda(inductor):
+    from credit_compile import ops
+
+    assert ops.triton_ops_registered()
+    graphs = []
+    ref, out = run_steps(recording(make_backend(inductor=inductor), graphs), device="cuda")
+    assert_same_state(ref, out)
+    assert "credit_compile.credit_step_dense_triton.default" in op_targets(graphs[0])
+    assert pass_count("credit_fusion") == 1 and pass_count("block_sliced_lm_head") == 1
