@@ -211,7 +211,8 @@ def op_config(layout, rows, vocab, dtype, device) -> dict | None:
 
 def bench_one(layout, batch, block, vocab, dtype, device, *, slots, with_compile, peak_gbs,
               meta, cpu_reps):
-    nbytes = minimal_bytes(layout, batch, block, vocab, torch.empty((), dtype=dtype).element_size(), slots)
+    elem = torch.empty((), dtype=dtype).element_size()
+    nbytes = minimal_bytes(layout, batch, block, vocab, elem, slots)
     problems = [make_problem(layout, batch, block, vocab, dtype, device, slots, seed=i)
                 for i in range(sets_for(nbytes, device))]
     rows = []

@@ -9,7 +9,8 @@ Modes (each row's ratio is against the eager LLaDA baseline sampler measured in 
   credit-eager           CreditDecoding, eager (dense credit)
   credit-compiled        CreditDecoding, optimize(): compiled step + fused op + passes
   credit-compiled-sparse the same with the sparse credit layout
-  credit-graphs          optimize() + CUDA graphs (CUDA only)
+  credit-graphs          optimize() + CUDA graphs, sparse credit (the default; CUDA only)
+  credit-graphs-dense    the same with the dense credit layout
 Also on CUDA: `forward-graphed`, the bare compiled + graphed forward of one step (hidden states,
 block-sliced LM head), the floor the decoding logic is measured against.
 
@@ -37,7 +38,7 @@ from credit_compile.models import build_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
-         "credit-compiled-sparse", "credit-graphs"]
+         "credit-compiled-sparse", "credit-graphs", "credit-graphs-dense"]
 
 
 def git_commit() -> str:
@@ -109,20 +110,20 @@ def run_mode(mode, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
         cfg = base.replace(strategy="llada", steps=base.gen_length)
         call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
     elif mode in ("threshold-eager", "credit-eager"):
-        cfg = base.replace(strategy=mode.split("-")[0])
+        cfg = base.replace(strategy=mode.split("-")[0], credit_layout="dense")
         call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
     else:
         cfg = base.replace(
             strategy="credit", compile=True,
-            credit_layout="sparse" if mode.endswith("sparse") else "dense",
-            cuda_graphs="on" if mode == "credit-graphs" else "off",
+            credit_layout="dense" if mode in ("credit-compiled", "credit-graphs-dense") else "sparse",
+            cuda_graphs="on" if mode.startswith("credit-graphs") else "off",
         )
         fast = cc.optimize(model, cfg)
         call = lambda: fast.generate(ids)  # noqa: E731
     compile_seconds = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if mode.startswith("credit-compiled") or mode == "credit-graphs":
+    if mode.startswith(("credit-compiled", "credit-graphs")):
         start = time.perf_counter()
         call()
         sync(device)
@@ -200,7 +201,7 @@ def main(argv=None) -> int:
     block = args.block_length or (16 if tiny else 32)
     repeats = args.repeats or (3 if tiny else 1)
     dtype = torch.float32 if tiny else torch.bfloat16
-    modes = [m for m in args.modes if m != "credit-graphs" or device.type == "cuda"]
+    modes = [m for m in args.modes if not m.startswith("credit-graphs") or device.type == "cuda"]
 
     model = build_model(args.preset, dtype=dtype, device=device, seed=0)
     peaks = measure_peaks(device)

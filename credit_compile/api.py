@@ -75,8 +75,11 @@ class OptimizedModel(nn.Module):
         if config.mask_id is None and self._mask_id is not None:
             config = config.replace(mask_id=self._mask_id)
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
+        # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
+        # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
         fresh = setup_generation(self.model, input_ids, attention_mask, config, info=info,
-                                 forward=make_forward(self.model, info))
+                                 forward=make_forward(self.model, info),
+                                 use_op=config.credit_layout == "sparse")
         runner, initial = self._runner_for(fresh, trace)
         runner.reload(initial)
         start = time.perf_counter()

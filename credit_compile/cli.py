@@ -39,7 +39,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gamma", type=float, default=0.2)
     p.add_argument("--tau", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--credit-layout", default="dense", choices=["dense", "sparse"])
+    p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"])
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int, default=0)

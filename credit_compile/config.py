@@ -51,9 +51,10 @@ class DecodeConfig:
         eos_token_id: end-of-text token for `early_stop`; None takes it from the model's config.
         early_stop: once a row has committed an end-of-text token with no mask before it, fill the
             rest of its canvas with end-of-text and stop decoding it.
-        credit_layout: "dense" keeps a float32 credit of shape [batch, block, vocab]; "sparse"
-            keeps `credit_slots` (token id, credit) pairs per position, exact when
-            `credit_slots >= block_length`.
+        credit_layout: "sparse" (default) keeps `credit_slots` (token id, credit) pairs per
+            position, exact when `credit_slots >= block_length`; "dense" keeps a float32 credit of
+            shape [batch, block, vocab] (as dInfer). Sparse is the default by measurement: on an
+            H100 its fused op runs 2.6-5.4x faster than the dense one (docs/credit_op.md).
         credit_slots: slots per position of the sparse layout; None means `block_length` (exact).
             Fewer slots evict the smallest credit and are approximate.
         dtype: dtype the optimized model runs in ("float32", "bfloat16", "float16"); None keeps
@@ -81,7 +82,7 @@ class DecodeConfig:
     mask_id: int | None = None
     eos_token_id: int | None = None
     early_stop: bool = False
-    credit_layout: CreditLayout = "dense"
+    credit_layout: CreditLayout = "sparse"
     credit_slots: int | None = None
     dtype: str | None = None
     compile: bool = True

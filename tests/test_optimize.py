@@ -35,6 +35,7 @@ def assert_same_generation(ref, out):
 
 CONFIGS = st.sampled_from([
     dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="dense"),
     dict(strategy="credit", credit_layout="sparse"),
     dict(strategy="credit", alpha=1.5, beta=0.5, gamma=0.5, tau=0.7),
     dict(strategy="credit", credit_layout="sparse", credit_slots=2, tau=0.95),
@@ -72,7 +73,7 @@ def test_no_graph_breaks_one_compile_and_none_on_second_call():
     counters.clear()
     model = ContextMixModel()
     ids, mask = make_prompts(2, 5, seed=1, padded=True)
-    fast = cc.optimize(model, gen_length=16, block_length=4)
+    fast = cc.optimize(model, gen_length=16, block_length=4, credit_layout="dense")
     first = fast.generate(ids, mask)
     assert first.nfe >= 4
     assert dict(counters["graph_break"]) == {}

@@ -359,7 +359,7 @@ def assert_same_state(ref, out):
 
 
 def test_denoising_step_through_default_backend_with_inductor():
-    ref, out = run_steps(make_backend())
+    ref, out = run_steps(make_backend(), credit_layout="dense")
     assert_same_state(ref, out)
     assert pass_count("credit_fusion") == 1
     assert pass_count("block_sliced_lm_head") == 1

@@ -53,7 +53,7 @@ def test_eager_runner_when_compile_is_off():
 
 @needs_cuda
 @pytest.mark.parametrize("config", [
-    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="dense"),
     dict(strategy="credit", credit_layout="sparse"),
     dict(strategy="threshold"),
     dict(strategy="llada"),
