@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import credit_compile as cc
-from credit_compile.models import build_model
+from credit_compile.models import build_model, get_config
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -61,7 +61,9 @@ def test_eager_runner_when_compile_is_off():
 ])
 @pytest.mark.parametrize("padded", [False, True])
 def test_cuda_graph_replay_equals_reference(config, padded):
-    model = build_model("tiny", device="cuda", seed=1)
+    # Larger init than the preset's 0.02: a near-uniform random model makes the confidence ranking
+    # of LLaDA's sampler a near-tie between positions, which any kernel change may flip.
+    model = build_model(get_config("tiny", init_std=0.5), device="cuda", seed=1)
     ids, mask = prompts(3, 6, "cuda", padded=padded, seed=2)
     kwargs = dict(config, gen_length=32, block_length=8)
     ref = cc.generate_reference(model, ids, mask, **kwargs)
