@@ -2,7 +2,7 @@
 
     python benchmarks/plot_generate.py [--input results/generate.jsonl] [--output docs/generate.png]
 
-One panel per (device, preset, batch, gen_length) of the newest commit in the file; bars are
+One panel per (device, preset, batch, gen_length), the newest row of each mode; bars are
 tokens/s, labelled with the ratio to the eager LLaDA baseline of the same run.
 """
 
@@ -29,8 +29,7 @@ def main(argv=None) -> int:
     rows = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
     if args.preset:
         rows = [r for r in rows if r["preset"] == args.preset]
-    latest = rows[-1]["commit"]
-    rows = [r for r in rows if r["commit"] == latest]
+    commits = sorted({r["commit"] for r in rows})
     groups: dict = {}
     for r in rows:
         groups.setdefault((r["device"], r["preset"], r["batch"], r["gen_length"]), {})[r["mode"]] = r
@@ -47,7 +46,7 @@ def main(argv=None) -> int:
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("tokens/s")
         ax.set_title(f"{preset} B={batch} gen={gen}\n{device}", fontsize=9)
-    fig.suptitle(f"credit_compile generate (commit {latest})", fontsize=10)
+    fig.suptitle(f"credit_compile generate (commits {', '.join(commits)})", fontsize=10)
     fig.tight_layout()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.output, dpi=120)
