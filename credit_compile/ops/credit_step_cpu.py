@@ -40,6 +40,21 @@ def _row_groups(batch: int, block: int, vocab: int) -> Iterator[tuple[slice, sli
             yield slice(b, b + 1), slice(l0, min(block, l0 + nl))
 
 
+def _by_row_groups(eager_step, logits, state, masked, first_step, *scalars):
+    """Run `eager_step` on row groups (bounded float32 temporaries); `state` views are updated
+    in place, x0 and conf gathered into fresh outputs."""
+    batch, block, vocab = logits.shape
+    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
+    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
+    first_step = first_step.to(device=logits.device, dtype=torch.bool)
+    for bs, ls in _row_groups(batch, block, vocab):
+        out_x, out_c = eager_step(logits[bs, ls], *(t[bs, ls] for t in state), masked[bs, ls],
+                                  first_step, *scalars)
+        x0[bs, ls] = out_x
+        conf[bs, ls] = out_c
+    return x0, conf
+
+
 def credit_step_dense_cpu(
     logits: torch.Tensor,
     credit: torch.Tensor,
@@ -51,17 +66,8 @@ def credit_step_dense_cpu(
     mask_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`credit_step_dense_eager`, row group by row group; `credit` updated in place."""
-    batch, block, vocab = logits.shape
-    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
-    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
-    first_step = first_step.to(device=logits.device, dtype=torch.bool)
-    for bs, ls in _row_groups(batch, block, vocab):
-        view = credit[bs, ls]
-        out_x, out_c = credit_step_dense_eager(
-            logits[bs, ls], view, masked[bs, ls], first_step, alpha, beta, gamma, mask_id)
-        x0[bs, ls] = out_x
-        conf[bs, ls] = out_c
-    return x0, conf
+    return _by_row_groups(credit_step_dense_eager, logits, (credit,), masked, first_step,
+                          alpha, beta, gamma, mask_id)
 
 
 def credit_step_sparse_cpu(
@@ -76,14 +82,5 @@ def credit_step_sparse_cpu(
     mask_id: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`credit_step_sparse_eager`, row group by row group; slots updated in place."""
-    batch, block, vocab = logits.shape
-    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
-    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
-    first_step = first_step.to(device=logits.device, dtype=torch.bool)
-    for bs, ls in _row_groups(batch, block, vocab):
-        out_x, out_c = credit_step_sparse_eager(
-            logits[bs, ls], slot_ids[bs, ls], slot_credit[bs, ls], masked[bs, ls], first_step,
-            alpha, beta, gamma, mask_id)
-        x0[bs, ls] = out_x
-        conf[bs, ls] = out_c
-    return x0, conf
+    return _by_row_groups(credit_step_sparse_eager, logits, (slot_ids, slot_credit), masked,
+                          first_step, alpha, beta, gamma, mask_id)
