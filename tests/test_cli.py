@@ -1,0 +1,42 @@
+"""The credit-compile command line, end to end on CPU (random tiny model)."""
+
+from __future__ import annotations
+
+import pytest
+
+from credit_compile.cli import main
+
+SMALL = ["--gen-length", "8", "--block-length", "4", "--cuda-graphs", "off"]
+
+
+def test_generate_prints_text_nfe_and_speed(capsys):
+    assert main(["generate", "--prompt", "ab", "--prompt", "hello", *SMALL]) == 0
+    out = capsys.readouterr()
+    assert "'ab' -> " in out.out and "'hello' -> " in out.out
+    assert "NFE" in out.out and "tokens/s" in out.out
+    assert "randomly initialised" in out.err
+
+
+def test_verify_and_demo_report_identical_output(capsys):
+    assert main(["verify", "--prompt", "xyz", *SMALL]) == 0
+    assert "tokens_equal: True" in capsys.readouterr().out
+    assert main(["demo", "--prompt", "xyz", *SMALL]) == 0
+    assert "identical output: True" in capsys.readouterr().out
+
+
+def test_bad_option_is_a_clear_error(capsys):
+    assert main(["generate", "--prompt", "ab", "--gen-length", "10", "--block-length", "4"]) == 2
+    assert "choose a block_length that divides gen_length" in capsys.readouterr().err
+
+
+def test_missing_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match="no checkpoint"):
+        main(["generate", "--model", str(tmp_path / "nope"), *SMALL])
+
+
+def test_checkpoint_directory_round_trip(tmp_path, capsys):
+    from credit_compile.models import build_model
+
+    build_model("tiny").save_pretrained(tmp_path)
+    with pytest.raises(SystemExit, match="no tokenizer"):
+        main(["generate", "--model", str(tmp_path), *SMALL])
