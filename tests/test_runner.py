@@ -76,3 +76,29 @@ def test_cuda_graph_replay_equals_reference(config, padded):
     ids2, mask2 = prompts(3, 6, "cuda", padded=padded, seed=3)
     again = fast.generate(ids2, mask2)
     assert torch.equal(again.sequences, cc.generate_reference(model, ids2, mask2, **kwargs).sequences)
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+def test_cuda_graph_replay_equals_the_compiled_step_bit_for_bit(strategy):
+    # Same kernels, replayed: any difference is a capture bug, not rounding.
+    model = build_model("tiny", device="cuda", seed=1)
+    ids, mask = prompts(3, 6, "cuda", padded=True, seed=4)
+    kwargs = dict(strategy=strategy, gen_length=32, block_length=8)
+    compiled = cc.optimize(model, cuda_graphs="off", **kwargs).generate(ids, mask)
+    graphed = cc.optimize(model, cuda_graphs="on", **kwargs)
+    out = graphed.generate(ids, mask)
+    assert graphed.last_stats["runner"] == "cuda_graph"
+    assert torch.equal(out.sequences, compiled.sequences) and out.nfe == compiled.nfe
+
+
+@needs_cuda
+@pytest.mark.parametrize("strategy", ["credit", "llada"])
+def test_cuda_graph_replay_equals_reference_in_float64(strategy):
+    # float64 leaves no room for near-ties between kernels that round differently.
+    model = build_model("tiny", device="cuda", seed=1, dtype=torch.float64)
+    ids, mask = prompts(3, 6, "cuda", padded=True, seed=5)
+    kwargs = dict(strategy=strategy, gen_length=32, block_length=8, credit_layout="sparse")
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    out = cc.optimize(model, cuda_graphs="on", **kwargs).generate(ids, mask)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe

@@ -1,0 +1,87 @@
+"""Synthetic tasks whose answer tokens depend on each other (so parallel decoding can go wrong).
+
+- addition: ``"123+989="`` -> ``"1112"`` (1-3 digit operands; carries couple the digits)
+- reverse:  ``"R40213="``  -> ``"31204"`` (2-7 digits)
+- sort:     ``"S40213="``  -> ``"01234"`` (2-7 digits, ascending)
+
+Every answer is at most `GEN_LENGTH` (8) characters and is padded with EOS to exactly that many
+tokens (LLaDA's SFT format). A fixed 1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of
+the prompt text, is held out: `sample_batch` never trains on it, `held_out_set` draws only from it.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+
+import torch
+
+from ..tokenizer import CharTokenizer
+
+GEN_LENGTH = 8
+MAX_PROMPT = 9          # "R1234567="
+HELD_OUT_MOD = 10
+TASKS = ("add", "reverse", "sort")
+TASK_WEIGHTS = (0.5, 0.25, 0.25)
+
+
+def is_held_out(prompt: str) -> bool:
+    return zlib.crc32(prompt.encode()) % HELD_OUT_MOD == 0
+
+
+def _number(rng: random.Random) -> int:
+    digits = rng.randint(1, 3)
+    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
+
+
+def make_item(task: str, rng: random.Random) -> tuple[str, str]:
+    """One (prompt, answer) pair of `task`."""
+    if task == "add":
+        a, b = _number(rng), _number(rng)
+        return f"{a}+{b}=", str(a + b)
+    s = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 7)))
+    if task == "reverse":
+        return f"R{s}=", s[::-1]
+    if task == "sort":
+        return f"S{s}=", "".join(sorted(s))
+    raise ValueError(f"unknown task {task!r}")
+
+
+def sample_items(n: int, rng: random.Random, held_out: bool = False,
+                 tasks: tuple[str, ...] = TASKS, weights=None) -> list[tuple[str, str, str]]:
+    """`n` (task, prompt, answer) triples from the training (or the held-out) slice."""
+    if weights is None:
+        weights = [TASK_WEIGHTS[TASKS.index(t)] for t in tasks]
+    out = []
+    while len(out) < n:
+        task = rng.choices(tasks, weights)[0]
+        prompt, answer = make_item(task, rng)
+        if is_held_out(prompt) == held_out:
+            out.append((task, prompt, answer))
+    return out
+
+
+def held_out_set(n: int = 200, seed: int = 1234, tasks: tuple[str, ...] = TASKS):
+    """A fixed, duplicate-free held-out set of (task, prompt, answer) (disjoint from training)."""
+    rng = random.Random(seed)
+    seen, out = set(), []
+    while len(out) < n:
+        for item in sample_items(1, rng, held_out=True, tasks=tasks):
+            if item[1] not in seen:
+                seen.add(item[1])
+                out.append(item)
+    return out
+
+
+def encode_batch(items, tokenizer: CharTokenizer, gen_length: int = GEN_LENGTH):
+    """(input_ids [B, P + gen_length], attention_mask, prompt_width P) with left-padded prompts
+    and answers padded with EOS to `gen_length`."""
+    batch = tokenizer([p for _, p, _ in items])
+    answers = torch.full((len(items), gen_length), tokenizer.eos_token_id, dtype=torch.long)
+    for i, (_, _, a) in enumerate(items):
+        ids = tokenizer.encode(a)[:gen_length]
+        answers[i, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    width = batch["input_ids"].shape[1]
+    ids = torch.cat([batch["input_ids"], answers], dim=1)
+    mask = torch.cat([batch["attention_mask"], torch.ones_like(answers)], dim=1)
+    return ids, mask, width
