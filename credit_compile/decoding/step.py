@@ -79,7 +79,12 @@ def denoise_step(
     def first_masked_block_from(start: torch.Tensor) -> torch.Tensor:
         return torch.where(has_masks & (block_ids >= start), block_ids, num_blocks).amin()
 
-    next_block = torch.where(active, strategy.next_block(state, first_masked_block_from), state.block_index)
+    next_block = strategy.next_block(state, first_masked_block_from)
+    if eos_id is not None:
+        # Early stop: a canvas filled up by end-of-text is finished, whatever the strategy's
+        # schedule (LLaDA's fixed steps per block would otherwise run forwards with nothing to do).
+        next_block = torch.where(has_masks.any(), next_block, num_blocks)
+    next_block = torch.where(active, next_block, state.block_index)
 
     state.last_commit.copy_(commit)
     state.last_conf.copy_(conf)
