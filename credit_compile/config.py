@@ -7,6 +7,7 @@ value that is wrong is rejected once, here, with a message that names the fix.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -128,14 +129,13 @@ class DecodeConfig:
         need(self.strategy in STRATEGIES, f"strategy={self.strategy!r}: use one of {STRATEGIES}")
         for name in ("gen_length", "block_length", "sync_every"):
             v = getattr(self, name)
-            need(isinstance(v, int) and not isinstance(v, bool) and v > 0,
-                 f"{name}={v!r}: use a positive integer")
+            need(_is_count(v) and v > 0, f"{name}={v!r}: use a positive integer")
         need(self.gen_length % self.block_length == 0,
              f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}: "
              f"choose a block_length that divides gen_length (for example "
              f"{_a_divisor(self.gen_length, self.block_length)})")
         if self.steps is not None:
-            need(isinstance(self.steps, int) and self.steps > 0,
+            need(_is_count(self.steps) and self.steps > 0,
                  f"steps={self.steps!r}: use a positive integer or None")
             need(self.steps % self.num_blocks == 0,
                  f"steps={self.steps} is not divisible by the number of blocks "
@@ -165,19 +165,25 @@ class DecodeConfig:
         need(self.credit_layout in CREDIT_LAYOUTS,
              f"credit_layout={self.credit_layout!r}: use one of {CREDIT_LAYOUTS}")
         if self.credit_slots is not None:
-            need(isinstance(self.credit_slots, int) and self.credit_slots > 0,
+            need(_is_count(self.credit_slots) and self.credit_slots > 0,
                  f"credit_slots={self.credit_slots!r}: use a positive integer or None (exact)")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}: use one of {DTYPES}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
         for name in ("mask_id", "eos_token_id", "seed"):
             v = getattr(self, name)
-            need(v is None or (isinstance(v, int) and v >= 0),
+            need(v is None or (_is_count(v) and v >= 0),
                  f"{name}={v!r}: use a non-negative integer or None")
 
 
 def _is_real(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    """A finite number (not a bool, NaN or infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _is_count(v) -> bool:
+    """An int that is not a bool (True would silently mean 1)."""
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _a_divisor(n: int, near: int) -> int:

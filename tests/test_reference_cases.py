@@ -248,6 +248,14 @@ def test_llada_gumbel_noise_is_float64():
     assert 0.15 < share < 0.40, share  # 256 draws of p = 0.269 (std 0.028)
 
 
+def test_llada_sampling_never_commits_the_mask_token_at_high_temperature():
+    # Uniform logits over the three real tokens: any of 0, 1, 2 is a valid sample, the mask never.
+    model = ScriptedModel([torch.zeros(9, 4)], mask_id=MASK)
+    out = cc.generate_reference(model, torch.zeros(16, 1, dtype=torch.long), strategy="llada",
+                                gen_length=8, block_length=8, steps=1, temperature=300.0, seed=0)
+    assert not (out.generated == MASK).any()
+
+
 @pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
 @pytest.mark.parametrize("mask_logit", [50.0, float("inf")])
 def test_mask_token_top1_is_never_committed_and_terminates(strategy, mask_logit):
@@ -335,23 +343,26 @@ EOS = 2
 
 @pytest.mark.parametrize("strategy", ["threshold", "credit"])
 def test_early_stop_waits_for_the_eos_to_settle(strategy):
-    # tau = 0.9.  pos1 [2,0,0] 0.787, pos2 EOS [0,0,5] 0.987, pos3 [0,1.5,0] 0.691,
-    # pos4 [0,1.4,0] 0.670 (credit with alpha = 0 is threshold decoding).
-    # Step 1 commits the EOS at pos2 but pos1 is still masked: nothing is filled.
-    # Step 2 commits pos1 (the best): the EOS is settled, pos3 and pos4 are filled with EOS.
-    script = [rows([2, 0, 0], [0, 0, 5], [0, 1.5, 0], [0, 1.4, 0])]
+    # tau = 0.9 (credit with alpha = 0 is threshold decoding).
+    #   call 0: pos1 [2,0,0] 0.787, pos2 EOS [0,0,5] 0.987, pos3 [0,1.5,0] 0.691, pos4 [0,1.4,0] 0.670
+    #   call 1: pos1 [5,0,0] 0.987, pos2 (committed),    pos3 [0,5,0] 0.987,   pos4 [0,1.4,0] 0.670
+    # Step 1 commits the EOS at pos2 but pos1 is still masked: the EOS is not settled, nothing is
+    # filled. Step 2 commits pos1 (token 0) and pos3 (token 1); now the EOS is settled and pos4,
+    # still masked, is filled with EOS.
+    script = [rows([2, 0, 0], [0, 0, 5], [0, 1.5, 0], [0, 1.4, 0]),
+              rows([5, 0, 0], [0, 0, 5], [0, 5, 0], [0, 1.4, 0])]
     kw = dict(gen_length=4, block_length=4, tau=0.9, eos_token_id=EOS)
     if strategy == "credit":
         kw["alpha"] = 0.0
     out, model = run(strategy, script, early_stop=True, **kw)
-    assert committed(out) == [[2], [1]]
-    assert out.generated[0].tolist() == [0, EOS, EOS, EOS]
+    assert committed(out) == [[2], [1, 3]]
+    assert out.generated[0].tolist() == [0, EOS, 1, EOS]
     assert out.nfe == 2 and model.calls == 2
-    # Without early stop the same script decodes pos3 (0.691) then pos4 as token 1.
+    # Without early stop pos4 is decoded as token 1 in a third step.
     out, _ = run(strategy, script, early_stop=False, **kw)
-    assert committed(out) == [[2], [1], [3], [4]]
+    assert committed(out) == [[2], [1, 3], [4]]
     assert out.generated[0].tolist() == [0, EOS, 1, 1]
-    assert out.nfe == 4
+    assert out.nfe == 3
 
 
 @pytest.mark.parametrize("strategy", ["threshold", "credit"])

@@ -44,6 +44,10 @@ class RecordingModel(ContextMixModel):
         return super().forward(input_ids, attention_mask)
 
 
+def llada_steps(kw) -> int:
+    return kw["gen_length"] if kw.get("steps") is None else kw["steps"]
+
+
 def toy(seed: int, cls=ContextMixModel):
     return cls(seed=seed % 7, sharpness=0.5 + (seed % 5))
 
@@ -54,14 +58,18 @@ def prompts(seed: int, batch: int, length: int) -> torch.Tensor:
 
 @st.composite
 def decode_options(draw, strategy=None):
-    """A strategy and the options it reads (llada: steps a multiple of the block count)."""
+    """A strategy and the options it reads (llada: steps a multiple of the block count or None,
+    greedy, with or without guidance)."""
     strategy = strategy or draw(st.sampled_from(STRATEGIES))
     gen_length, block_length = draw(st.sampled_from(GEOMETRIES))
     kw = dict(strategy=strategy, gen_length=gen_length, block_length=block_length)
     if strategy == "llada":
         blocks = gen_length // block_length
-        kw["steps"] = blocks * draw(st.integers(1, 2 * block_length))
+        # None: one token per step (gen_length steps).
+        kw["steps"] = draw(st.one_of(st.none(), st.integers(1, 2 * block_length).map(
+            lambda per_block: blocks * per_block)))
         kw["remasking"] = "low_confidence"
+        kw["cfg_scale"] = draw(st.sampled_from([0.0, 0.0, 1.5]))
     else:
         kw["tau"] = draw(taus)
     if strategy == "credit":
@@ -89,11 +97,18 @@ def test_loop_invariants(seed, batch, prompt_len, kw):
     assert torch.equal(final[:, :prompt_len], ids)
     assert not (out.generated == MASK).any()
 
-    # NFE: one forward per counted step, at least one step per block.
+    # NFE: one forward per counted step (a doubled batch with guidance), at least one step per
+    # block.
     assert len(model.inputs) == out.nfe == len(out.trace)
     assert out.nfe >= num_blocks
+    if kw.get("cfg_scale"):
+        assert all(x.shape[0] == 2 * batch for x in model.inputs)
+        for x in model.inputs:  # the unconditional half sees the prompt masked
+            assert (x[batch:, :prompt_len] == MASK).all()
+            assert torch.equal(x[batch:, prompt_len:], x[:batch, prompt_len:])
+        model.inputs = [x[:batch] for x in model.inputs]
     if kw["strategy"] == "llada":
-        assert out.nfe == kw["steps"]
+        assert out.nfe == llada_steps(kw)
     else:
         assert out.nfe <= gen_length
 
@@ -309,7 +324,7 @@ def test_left_padded_batch_equals_each_prompt_alone(seed, lengths, kw):
     for row, single in enumerate(alone):
         assert torch.equal(together.generated[row], single.generated[0]), row
     if kw["strategy"] == "llada":
-        assert together.nfe == kw["steps"] == alone[0].nfe
+        assert together.nfe == llada_steps(kw) == alone[0].nfe
     else:  # the batch waits for its slowest row in every block
         assert together.nfe >= max(a.nfe for a in alone)
 

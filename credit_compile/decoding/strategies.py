@@ -153,15 +153,18 @@ class LLaDAStrategy(Strategy):
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Gumbel-max sampling as LLaDA does it: float64, `exp(l) / (-log u) ** temperature`.
+    """Gumbel-max sampling as LLaDA does it, in float64, taken in log space.
 
-    Low-precision Gumbel noise lowers the quality of masked diffusion models, hence float64.
+    LLaDA computes `exp(l) / (-log u) ** T`; its logarithm `l - T * log(-log u)` has the same
+    argmax without overflow (exp of l > 709) or 0/0 (an excluded token's exp(-inf) = 0 divided by
+    a noise term that underflows to 0, which made the mask token win). Low-precision Gumbel noise
+    lowers the quality of masked diffusion models, hence float64.
     """
     if temperature == 0:
         return logits
     logits = logits.to(torch.float64)
     noise = torch.rand_like(logits, dtype=torch.float64)
-    return logits.exp() / (-torch.log(noise)) ** temperature
+    return logits - temperature * torch.log(-torch.log(noise))
 
 
 def num_transfer_tokens_sync_free(mask_count: torch.Tensor, steps: int, step: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,355 @@
+"""Bad input: every one raises a ValueError whose message names the fix, at the entry point
+(`generate_reference(...)` with overrides, a `DecodeConfig`, or `DecodeConfig.replace`), before any
+decoding happens."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from toy_models import ContextMixModel, ScriptedModel
+
+import credit_compile as cc
+from credit_compile import DecodeConfig
+
+MASK = 39
+
+
+class CountingModel(ContextMixModel):
+    """ContextMixModel (vocab 40, mask 39, max length 32) that counts its forwards."""
+
+    def __init__(self, **kw):
+        super().__init__(**{"max_len": 32, **kw})
+        self.calls = 0
+
+    def forward(self, input_ids, attention_mask=None):
+        self.calls += 1
+        return super().forward(input_ids, attention_mask)
+
+
+@pytest.fixture
+def model():
+    return CountingModel()
+
+
+@pytest.fixture
+def ids():
+    return torch.tensor([[1, 2, 3], [4, 5, 6]])
+
+
+def small(**kw):
+    return {"gen_length": 8, "block_length": 4, **kw}
+
+
+def assert_rejected(model, ids, fix, attention_mask=None, **overrides):
+    with pytest.raises(ValueError, match=fix):
+        cc.generate_reference(model, ids, attention_mask, **overrides)
+    assert model.calls == 0  # refused before any decoding
+
+
+# ------------------------------------------------------------------------------------------------
+# Decoding options
+# ------------------------------------------------------------------------------------------------
+
+CONFIG_ERRORS = [
+    # gen_length not a multiple of block_length: suggests the nearest divisor.
+    (dict(gen_length=30, block_length=8),
+     r"gen_length=30 is not a multiple of block_length=8: choose a block_length that divides "
+     r"gen_length \(for example 6\)"),
+    (dict(gen_length=8, block_length=16), r"choose a block_length that divides gen_length \(for example 8\)"),
+    (dict(gen_length=12, block_length=5), r"choose a block_length that divides gen_length \(for example 4\)"),
+    # steps not divisible by the number of blocks.
+    (dict(gen_length=32, block_length=8, steps=10, strategy="llada"),
+     r"steps=10 is not divisible by the number of blocks \(4 = gen_length/block_length\): "
+     r"use a multiple of 4"),
+    (dict(gen_length=24, block_length=8, steps=7, strategy="llada"), r"use a multiple of 3, for example 6"),
+    (dict(steps=0), r"steps=0: use a positive integer or None"),
+    # tau outside (0, 1].
+    (dict(tau=0.0), r"tau=0.0: use a threshold in \(0, 1\]"),
+    (dict(tau=-0.5), r"use a threshold in \(0, 1\]"),
+    (dict(tau=1.0001), r"use a threshold in \(0, 1\]"),
+    (dict(tau=float("nan")), r"use a threshold in \(0, 1\]"),
+    # alpha < 0.
+    (dict(alpha=-0.1), r"alpha=-0.1: use alpha >= 0 \(0 is plain threshold decoding\)"),
+    (dict(alpha=float("nan")), r"use alpha >= 0"),
+    # beta outside [0, 1].
+    (dict(beta=-0.01), r"beta=-0.01: use a decay in \[0, 1\]"),
+    (dict(beta=1.5), r"beta=1.5: use a decay in \[0, 1\]"),
+    # gamma <= 0.
+    (dict(gamma=0.0), r"gamma=0.0: use gamma > 0"),
+    (dict(gamma=-1.0), r"use gamma > 0"),
+    # Sampling and guidance are for LLaDA's sampler only.
+    (dict(strategy="credit", temperature=0.5),
+     r"temperature=0.5 with strategy='credit': the credit and threshold strategies are greedy; "
+     r"use temperature=0 or strategy='llada'"),
+    (dict(strategy="threshold", temperature=1.0), r"use temperature=0 or strategy='llada'"),
+    (dict(strategy="credit", cfg_scale=1.0), r"use cfg_scale=0"),
+    (dict(strategy="llada", temperature=-1.0), r"use temperature >= 0"),
+    (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
+    # Names and enumerations.
+    (dict(strategy="beam"), r"strategy='beam': use one of \('credit', 'threshold', 'llada'\)"),
+    (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
+    (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
+    (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),
+    (dict(dtype="float64"), r"dtype='float64': use one of"),
+    # Counts.
+    (dict(gen_length=0), r"gen_length=0: use a positive integer"),
+    (dict(block_length=-4), r"block_length=-4: use a positive integer"),
+    (dict(gen_length=8.0), r"gen_length=8.0: use a positive integer"),
+    (dict(block_length=True), r"block_length=True: use a positive integer"),
+    (dict(sync_every=0), r"sync_every=0: use a positive integer"),
+    (dict(credit_slots=0), r"use a positive integer or None \(exact\)"),
+    (dict(mask_id=-3), r"mask_id=-3: use a non-negative integer or None"),
+    (dict(seed=-1), r"seed=-1: use a non-negative integer or None"),
+]
+
+
+@pytest.mark.parametrize("fields, fix", CONFIG_ERRORS)
+def test_config_errors_name_the_fix(fields, fix):
+    with pytest.raises(ValueError, match=fix):
+        DecodeConfig(**fields)
+    with pytest.raises(ValueError, match=fix):
+        DecodeConfig().replace(**fields)
+
+
+@pytest.mark.parametrize("fields, fix", CONFIG_ERRORS)
+def test_config_errors_through_generate(model, ids, fields, fix):
+    assert_rejected(model, ids, fix, **fields)
+
+
+def test_valid_edges_are_accepted():
+    # The boundaries of the documented ranges are valid.
+    DecodeConfig(tau=1.0, alpha=0.0, beta=0.0, gamma=1e-6)
+    DecodeConfig(beta=1.0, tau=1e-6)
+    DecodeConfig(strategy="llada", gen_length=32, block_length=8, steps=4, temperature=2.0,
+                 cfg_scale=3.0, remasking="random")
+    DecodeConfig(gen_length=8, block_length=8, steps=None)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(alpha=float("inf")),
+    dict(strategy="llada", temperature=float("inf")),
+    dict(strategy="llada", cfg_scale=float("inf")),
+])
+def test_infinite_parameters_are_rejected(fields):
+    with pytest.raises(ValueError):
+        DecodeConfig(**fields)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(gen_length=8, block_length=8, steps=True),
+    dict(credit_slots=True),
+    dict(mask_id=True),
+    dict(eos_token_id=False),
+    dict(seed=True),
+])
+def test_bool_is_not_a_count(fields):
+    with pytest.raises(ValueError, match="integer"):
+        DecodeConfig(**fields)
+
+
+@pytest.mark.parametrize("bad", [dict(gen_lenght=64), dict(Alpha=0.5), dict(steps_per_block=4)])
+def test_unknown_override_names_the_valid_options(model, ids, bad):
+    name = next(iter(bad))
+    fix = rf"unknown decoding option\(s\) \['{name}'\]; valid options are \[.*'gen_length'.*\]"
+    with pytest.raises(ValueError, match=fix):
+        DecodeConfig().replace(**bad)
+    assert_rejected(model, ids, fix, **bad)
+    with pytest.raises(ValueError, match=fix):
+        cc.generate_reference(model, ids, config=DecodeConfig(**small()), **bad)
+
+
+def test_unknown_override_lists_every_unknown_name(model, ids):
+    with pytest.raises(ValueError, match=r"\['beta2', 'gen_lenght'\]"):
+        cc.generate_reference(model, ids, gen_lenght=8, beta2=0.1)
+
+
+# ------------------------------------------------------------------------------------------------
+# The model: mask token, vocabulary, maximum length
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask_id", [40, 41, 1000])
+def test_mask_id_outside_the_vocabulary(model, ids, mask_id):
+    assert_rejected(model, ids,
+                    rf"mask_id={mask_id} is outside the model's vocabulary of 40 tokens: pass the "
+                    rf"mask token of this model", mask_id=mask_id, **small())
+
+
+def test_model_config_mask_id_outside_the_vocabulary(ids):
+    model = CountingModel(mask_id=64)
+    assert_rejected(model, ids, r"mask_id=64 is outside the model's vocabulary of 40 tokens",
+                    **small())
+    # Passing the right one fixes it.
+    out = cc.generate_reference(model, ids, mask_id=MASK, **small())
+    assert not (out.generated == MASK).any()
+
+
+def test_mask_id_outside_a_probed_vocabulary():
+    # A model whose config says nothing about its vocabulary: it is probed from the logits.
+    class Bare(torch.nn.Module):
+        def forward(self, input_ids):
+            return torch.zeros(*input_ids.shape, 6)
+
+    with pytest.raises(ValueError, match=r"mask_id=6 is outside the model's vocabulary of 6 tokens"):
+        cc.generate_reference(Bare(), torch.tensor([[1, 2]]), mask_id=6, gen_length=4,
+                              block_length=2)
+
+
+class NoConfig(torch.nn.Module):
+    def forward(self, input_ids, attention_mask=None):
+        return torch.zeros(*input_ids.shape, 40)
+
+
+def _config_without_mask():
+    model = CountingModel()
+    model.config = type("Cfg", (), {"vocab_size": 40})()  # no mask_token_id
+    return model
+
+
+@pytest.mark.parametrize("make", [_config_without_mask, NoConfig], ids=["no-mask-in-config", "no-config"])
+def test_model_without_a_mask_token(make, ids):
+    model = make()
+    fix = (r"the model has no mask token: its config has no `mask_token_id`; pass "
+           r"mask_id=<token id> \(126336 for LLaDA-8B\)")
+    with pytest.raises(ValueError, match=fix):
+        cc.generate_reference(model, ids, **small())
+    out = cc.generate_reference(model, ids, mask_id=MASK, **small())  # the fix works
+    assert out.sequences.shape == (2, 3 + 8)
+
+
+@pytest.mark.parametrize("prompt_len, gen_length", [(25, 8), (1, 32), (30, 4)])
+def test_prompt_plus_gen_length_beyond_max_length(model, prompt_len, gen_length):
+    ids = torch.ones(1, prompt_len, dtype=torch.long)
+    most = 32 - prompt_len
+    assert_rejected(model, ids,
+                    rf"prompt length {prompt_len} \+ gen_length {gen_length} = "
+                    rf"{prompt_len + gen_length} exceeds the model's maximum sequence length 32: "
+                    rf"shorten the prompt or lower gen_length to at most {most}",
+                    gen_length=gen_length, block_length=gen_length // 2 or 1)
+
+
+def test_prompt_plus_gen_length_at_max_length_is_fine(model):
+    out = cc.generate_reference(model, torch.ones(1, 24, dtype=torch.long), **small())
+    assert out.sequences.shape == (1, 32)
+
+
+# ------------------------------------------------------------------------------------------------
+# input_ids
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", [(1, 0), (0, 3), (0, 0)])
+def test_empty_prompt(model, shape):
+    assert_rejected(model, torch.zeros(shape, dtype=torch.long),
+                    r"empty prompt .*: give at least one token per row, for example a BOS token",
+                    **small())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bool])
+def test_non_integer_input_ids(model, dtype):
+    ids = torch.tensor([[1, 2, 3]]).to(dtype)
+    assert_rejected(model, ids, rf"input_ids has dtype {dtype}; token ids must be integers: use "
+                                r"input_ids.long\(\)", **small())
+
+
+def test_int32_input_ids_are_fine(model):
+    out = cc.generate_reference(model, torch.tensor([[1, 2, 3]], dtype=torch.int32), **small())
+    assert out.sequences.dtype == torch.int64
+
+
+def test_one_dimensional_input_ids(model):
+    assert_rejected(model, torch.tensor([1, 2, 3]),
+                    r"input_ids must have shape \[batch, prompt_length\], got \(3,\): use "
+                    r"input_ids.unsqueeze\(0\)", **small())
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3), (2, 1, 1, 3)])
+def test_three_dimensional_input_ids(model, shape):
+    assert_rejected(model, torch.ones(shape, dtype=torch.long),
+                    re.escape(f"input_ids must have shape [batch, prompt_length], got {shape}: "
+                              f"use a [batch, length] tensor"), **small())
+
+
+def test_input_ids_not_a_tensor(model):
+    assert_rejected(model, [[1, 2, 3]], r"input_ids must be a torch.Tensor of token ids, got list: "
+                                       r"use torch.tensor\(\[\[...\]\]\)", **small())
+
+
+@pytest.mark.parametrize("bad_id", [-1, 40, 500])
+def test_token_ids_outside_the_vocabulary(model, bad_id):
+    assert_rejected(model, torch.tensor([[1, bad_id, 3]]),
+                    r"input_ids holds token ids outside \[0, 40\): check the tokenizer matches "
+                    r"the model", **small())
+
+
+# ------------------------------------------------------------------------------------------------
+# attention_mask
+# ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("mask_shape", [(2, 2), (1, 3), (2, 4), (3,), (2, 3, 1)])
+def test_attention_mask_shape_mismatch(model, ids, mask_shape):
+    mask = torch.ones(mask_shape, dtype=torch.long)
+    assert_rejected(model, ids,
+                    re.escape(f"attention_mask shape {mask_shape} differs from input_ids shape "
+                              f"(2, 3): pass the mask the tokenizer returned with these input_ids"),
+                    attention_mask=mask, **small())
+
+
+def test_attention_mask_not_a_tensor(model, ids):
+    assert_rejected(model, ids, r"pass the mask the tokenizer returned with these input_ids",
+                    attention_mask=[[1, 1, 1], [1, 1, 1]], **small())
+
+
+@pytest.mark.parametrize("mask", [
+    [[1, 1, 0], [1, 1, 1]],   # right padding
+    [[1, 0, 0], [1, 1, 1]],
+    [[1, 0, 1], [1, 1, 1]],   # a hole in the middle
+    [[0, 1, 0], [1, 1, 1]],
+])
+def test_right_padded_mask(model, ids, mask):
+    assert_rejected(model, ids,
+                    r"attention_mask is not left-padded: generation appends to the right of the "
+                    r"prompt, so pad on the left \(tokenizer.padding_side = 'left'\)",
+                    attention_mask=torch.tensor(mask), **small())
+
+
+def test_all_padding_row(model, ids):
+    assert_rejected(model, ids, r"every prompt needs a token",
+                    attention_mask=torch.tensor([[0, 0, 0], [1, 1, 1]]), **small())
+
+
+def test_attention_mask_values_other_than_zero_and_one(model, ids):
+    assert_rejected(model, ids, r"attention_mask must hold only 0 \(padding\) and 1 \(token\)",
+                    attention_mask=torch.tensor([[0, 2, 1], [1, 1, 1]]), **small())
+
+
+def test_left_padded_mask_is_fine(model, ids):
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    out = cc.generate_reference(model, ids, mask, **small())
+    assert not (out.generated == MASK).any()
+    mask_bool = mask.bool()  # a bool mask is read the same way
+    again = cc.generate_reference(model, ids, mask_bool, **small())
+    assert torch.equal(out.sequences, again.sequences)
+
+
+def test_padded_batch_on_a_model_that_ignores_the_mask(ids):
+    class NoMask(ContextMixModel):
+        def forward(self, input_ids):
+            return super().forward(input_ids)
+
+    with pytest.raises(ValueError, match=r"this model ignores attention_mask .* or pass prompts "
+                                         r"one at a time"):
+        cc.generate_reference(NoMask(), ids, torch.tensor([[0, 1, 1], [1, 1, 1]]), **small())
+    # An all-ones mask is no padding: fine.
+    cc.generate_reference(NoMask(), ids, torch.ones(2, 3, dtype=torch.long), **small())
+
+
+# ------------------------------------------------------------------------------------------------
+# Early stop
+# ------------------------------------------------------------------------------------------------
+
+def test_early_stop_without_an_eos_token(model, ids):
+    assert_rejected(model, ids, r"early_stop=True needs an end-of-text token: .* pass "
+                                r"eos_token_id=<token id>", early_stop=True, **small())
+    out = cc.generate_reference(model, ids, early_stop=True, eos_token_id=5, **small())
+    assert not (out.generated == MASK).any()
