@@ -233,11 +233,12 @@ def test_llada_commits_by_confidence_not_position():
         [0.909443, 0.786986, 0.576117], abs=1e-6)
 
 
-def test_llada_gumbel_noise_is_float64():
-    # Logits [100, 99, 0]: exp(100) overflows float32 (inf), so float32 Gumbel-max would always
-    # pick token 0 (argmax of [inf, inf, ...] is the first). In float64 token 1 is drawn with
-    # probability e^99 / (e^100 + e^99) = 1 / (1 + e) = 0.269. One step commits all 8 positions,
-    # so every draw is kept (with several steps low-confidence remasking would favour token 0).
+def test_llada_sampling_follows_the_softmax_with_huge_logits():
+    # Logits [100, 99, 0]: exp(100) overflows float32 (inf), so Gumbel-max computed as LLaDA
+    # writes it in float32 would always pick token 0 (argmax of [inf, inf, ...] is the first).
+    # A correct sampler draws token 1 with probability e^99 / (e^100 + e^99) = 1 / (1 + e) = 0.269.
+    # One step commits all 8 positions, so every draw is kept (with several steps low-confidence
+    # remasking would favour token 0).
     script = [rows(*[[100, 99, 0]] * 8, mask_logit=0.0)]
     model = ScriptedModel(script, mask_id=MASK)
     out = cc.generate_reference(model, torch.zeros(32, 1, dtype=torch.long), strategy="llada",
@@ -246,6 +247,33 @@ def test_llada_gumbel_noise_is_float64():
     assert set(gen.unique().tolist()) <= {0, 1}
     share = float((gen == 1).float().mean())
     assert 0.15 < share < 0.40, share  # 256 draws of p = 0.269 (std 0.028)
+
+
+@pytest.mark.parametrize("temperature", [0.3, 1.0, 2.5])
+def test_llada_gumbel_noise_replays_the_original_formula_in_float64(temperature):
+    # LLaDA's add_gumbel_noise: u ~ U[0, 1) in float64, x0 = argmax exp(l) / (-log u) ** T.
+    # Replay it by hand with the same seed: one step commits every position, so the generated
+    # tokens are exactly the argmax of the first step's noisy logits (mask token excluded).
+    # float32 noise, or any other draw, would give different tokens.
+    batch, gen_length, seed = 4, 6, 123
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(1 + gen_length, 4, generator=g) * 2
+    model = ScriptedModel([logits], mask_id=MASK)
+    out = cc.generate_reference(model, torch.zeros(batch, 1, dtype=torch.long), strategy="llada",
+                                gen_length=gen_length, block_length=gen_length, steps=1,
+                                temperature=temperature, seed=seed)
+    torch.manual_seed(seed)
+    u = torch.rand(batch, gen_length, 4, dtype=torch.float64)  # the block's noise, one draw
+    expected = []
+    for b in range(batch):
+        row = []
+        for i in range(gen_length):
+            scores = [math.exp(float(logits[1 + i, v])) / (-math.log(float(u[b, i, v]))) ** temperature
+                      if v != MASK else -math.inf for v in range(4)]
+            row.append(max(range(4), key=lambda v: scores[v]))
+        expected.append(row)
+    assert out.generated.tolist() == expected
+    assert len({tuple(r) for r in expected}) > 1  # the rows really were sampled
 
 
 def test_llada_sampling_never_commits_the_mask_token_at_high_temperature():
