@@ -1,0 +1,80 @@
+"""The shipped default model: loads offline, solves held-out items, its tokenizer round-trips."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from credit_compile.assets import DEFAULT_MODEL_DIR, has_default_model, load_default_model
+from credit_compile.reference import generate
+from credit_compile.tokenizer import CharTokenizer
+from credit_compile.training.tasks import held_out_set, is_held_out
+
+pytestmark = pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+
+
+@pytest.fixture(scope="module")
+def default():
+    return load_default_model("cpu")
+
+
+def _solve(model, tokenizer, items, **decode):
+    batch = tokenizer([p for _, p, _ in items])
+    out = generate(model, batch["input_ids"], batch["attention_mask"], gen_length=8,
+                   block_length=8, compile=False, cuda_graphs="off", **decode)
+    return [tokenizer.answer(row) for row in out.generated]
+
+
+def test_loads_offline_with_matching_special_ids(default, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    model, tokenizer = load_default_model("cpu")
+    assert model.config.mask_token_id == tokenizer.mask_token_id
+    assert model.config.eos_token_id == tokenizer.eos_token_id
+    assert model.config.padded_vocab_size == tokenizer.vocab_size
+    assert sum(p.numel() for p in model.parameters()) < 2_000_000
+    assert (DEFAULT_MODEL_DIR / "model.safetensors").stat().st_size < 8 * 2**20
+
+
+def test_baseline_sampler_solves_held_out_additions(default):
+    model, tokenizer = default
+    items = held_out_set(5, seed=7, tasks=("add",))
+    assert all(is_held_out(p) for _, p, _ in items)
+    answers = _solve(model, tokenizer, items, strategy="llada", steps=8)
+    solved = sum(a == ref for a, (_, _, ref) in zip(answers, items))
+    assert solved >= 3, list(zip(items, answers))
+
+
+@pytest.mark.parametrize("task,floor", [("reverse", 3), ("sort", 4)])
+def test_credit_decoding_solves_held_out_items(default, task, floor):
+    model, tokenizer = default
+    items = held_out_set(5, seed=7, tasks=(task,))
+    answers = _solve(model, tokenizer, items, strategy="credit", tau=0.9)
+    solved = sum(a == ref for a, (_, _, ref) in zip(answers, items))
+    assert solved >= floor, list(zip(items, answers))
+
+
+def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
+    tok = CharTokenizer()
+    for text in ["123+989=", "R4021=", "S9981=", "0"]:
+        assert tok.decode(tok.encode(text)) == text
+    assert tok.decode(tok.encode("hello")) == "?????"  # unknown characters map to '?', no crash
+    batch = tok(["12+3=", "R1="])
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 5)
+    assert batch["input_ids"][1, :2].tolist() == [tok.eos_token_id] * 2  # left padded with EOS
+    assert batch["attention_mask"][1].tolist() == [0, 0, 1, 1, 1]
+    tok.save_pretrained(tmp_path)
+    again = CharTokenizer.from_pretrained(tmp_path)
+    assert again.to_dict() == tok.to_dict()
+    ids = torch.tensor([1, 1, 1, 2, tok.eos_token_id, tok.eos_token_id])
+    assert tok.answer(ids) == "1112" and tok.decode(ids) == "1112"
+
+
+def test_held_out_set_is_disjoint_from_training():
+    import random
+
+    from credit_compile.training.tasks import sample_items
+
+    held = {p for _, p, _ in held_out_set(200)}
+    train = {p for _, p, _ in sample_items(5000, random.Random(0))}
+    assert held and not held & train
