@@ -3,6 +3,7 @@
     credit-compile generate --prompt "2+2="      # CreditDecoding through the optimized path
     credit-compile verify --prompt "hello"        # eager reference vs optimized, a report
     credit-compile demo                           # both side by side: same output, the speedup
+    credit-compile bench generate --preset tiny   # benchmarks/bench_<suite>.py
 
 Without `--model`, the embedded default model is used: a small LLaDA-architecture diffusion LM
 trained by `python -m credit_compile.training.train` on synthetic tasks (addition "12+34=",
@@ -177,6 +178,33 @@ def cmd_demo(args) -> int:
     return 0 if same else 1
 
 
+BENCHMARKS = ("generate", "quality", "credit_op")
+
+
+def cmd_bench(args) -> int:
+    """Run benchmarks/bench_<suite>.py of the source checkout with the remaining arguments."""
+    import runpy
+
+    name = f"bench_{args.suite}.py"
+    candidates = [Path(__file__).resolve().parents[1] / "benchmarks" / name,  # editable install
+                  Path.cwd() / "benchmarks" / name]  # run from a clone
+    script = next((c for c in candidates if c.is_file()), candidates[-1])
+    if not script.is_file():
+        raise SystemExit(
+            f"error: {script} not found: the benchmarks ship with the source repository, not the "
+            f"wheel; run `pip install -e .` from a clone"
+        )
+    argv = sys.argv
+    sys.argv = [str(script), *args.rest]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    except SystemExit as done:
+        return int(done.code or 0)
+    finally:
+        sys.argv = argv
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credit-compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -192,6 +220,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         if name == "generate":
             p.add_argument("--eager", action="store_true", help="use the eager reference")
+    bench = sub.add_parser("bench", help="run a benchmark (arguments after the suite go to it)")
+    bench.add_argument("suite", choices=BENCHMARKS)
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
     return parser
 
 

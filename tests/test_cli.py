@@ -40,3 +40,12 @@ def test_checkpoint_directory_round_trip(tmp_path, capsys):
     build_model("tiny").save_pretrained(tmp_path)
     with pytest.raises(SystemExit, match="no tokenizer"):
         main(["generate", "--model", str(tmp_path), *SMALL])
+
+
+def test_bench_runs_a_benchmark_script(tmp_path, capsys):
+    out = tmp_path / "rows.jsonl"
+    code = main(["bench", "generate", "--preset", "tiny", "--modes", "llada-eager", "credit-eager",
+                 "--gen-length", "8", "--block-length", "4", "--repeats", "1", "--out", str(out)])
+    assert code == 0
+    assert len(out.read_text().splitlines()) == 2
+    assert "credit-eager" in capsys.readouterr().out
