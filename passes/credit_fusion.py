@@ -295,17 +295,16 @@ class CreditFusion(GraphPass):
         return not any(first < order[u] < last for u in credit_users if u not in inside)
 
     @staticmethod
-    def _op(device: torch.device):
+    def _op(fake_logits: torch.Tensor):
+        """The op the runtime dispatcher would call for these logits (same device rule)."""
         try:
-            from credit_compile import ops
+            from credit_compile.ops.credit_step import dispatch_op
         except ImportError:
             return None
-        if device.type == "cuda" and ops.triton_ops_registered():
-            return torch.ops.credit_compile.credit_step_dense_triton.default
-        return torch.ops.credit_compile.credit_step_dense.default
+        return dispatch_op("credit_step_dense", fake_logits).default
 
     def _replace(self, graph: Graph, m: dict) -> bool:
-        op = self._op(fake(m["logits"]).device)
+        op = self._op(fake(m["logits"]))
         if op is None:
             return False
         x0, conf = m["x0"], m["conf"]

@@ -8,7 +8,7 @@ import re
 
 import pytest
 import torch
-from toy_models import ContextMixModel, ScriptedModel
+from toy_models import ContextMixModel
 
 import credit_compile as cc
 from credit_compile import DecodeConfig

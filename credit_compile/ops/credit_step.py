@@ -171,6 +171,14 @@ if TRITON_AVAILABLE and torch.cuda.is_available():
 # ------------------------------------------------------------------------------------------------
 
 
+def dispatch_op(name: str, logits: torch.Tensor):
+    """The Triton op for CUDA logits (when registered), else the plain op; static under
+    torch.compile."""
+    if logits.is_cuda and _TRITON_OPS_REGISTERED:
+        return getattr(torch.ops.credit_compile, f"{name}_triton")
+    return getattr(torch.ops.credit_compile, name)
+
+
 def _as_flag(first_step, device: torch.device) -> torch.Tensor:
     if isinstance(first_step, torch.Tensor):
         return first_step
@@ -191,13 +199,9 @@ def credit_step_dense(
 
     Same semantics as `credit_step_dense_eager`. Triton kernels on CUDA, plain torch elsewhere.
     """
-    first_step = _as_flag(first_step, logits.device)
-    if logits.is_cuda and _TRITON_OPS_REGISTERED:
-        op = torch.ops.credit_compile.credit_step_dense_triton
-    else:
-        op = torch.ops.credit_compile.credit_step_dense
-    return op(logits, credit, masked, first_step, float(alpha), float(beta), float(gamma),
-              int(mask_id))
+    op = dispatch_op("credit_step_dense", logits)
+    return op(logits, credit, masked, _as_flag(first_step, logits.device), float(alpha),
+              float(beta), float(gamma), int(mask_id))
 
 
 def credit_step_sparse(
@@ -215,10 +219,6 @@ def credit_step_sparse(
 
     Same semantics as `credit_step_sparse_eager`. Triton kernels on CUDA, plain torch elsewhere.
     """
-    first_step = _as_flag(first_step, logits.device)
-    if logits.is_cuda and _TRITON_OPS_REGISTERED:
-        op = torch.ops.credit_compile.credit_step_sparse_triton
-    else:
-        op = torch.ops.credit_compile.credit_step_sparse
-    return op(logits, slot_ids, slot_credit, masked, first_step, float(alpha), float(beta),
-              float(gamma), int(mask_id))
+    op = dispatch_op("credit_step_sparse", logits)
+    return op(logits, slot_ids, slot_credit, masked, _as_flag(first_step, logits.device),
+              float(alpha), float(beta), float(gamma), int(mask_id))
