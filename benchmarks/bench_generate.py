@@ -210,6 +210,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""), **peaks,
     }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for batch in args.batch:
         for gen_length in gen_lengths:
@@ -243,13 +245,11 @@ def main(argv=None) -> int:
                 if floor_ms:
                     row["step_over_bare_forward"] = result["ms_per_step"] / floor_ms
                 rows.append(row)
+                # Appended as measured: a run stopped at a time limit keeps what it finished.
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
                 print(json.dumps({k: row[k] for k in ("mode", "batch", "gen_length", "nfe",
                                                       "tokens_per_s", "ms_per_step")}), flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("a") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
 
     print(f"\n{meta['device']}  torch {meta['torch']}  commit {meta['commit']}  preset {args.preset}")
     header = (f"{'mode':<24}{'B':>3}{'gen':>6}{'NFE':>6}{'tok/s':>10}{'ms/step':>10}"

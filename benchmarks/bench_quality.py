@@ -5,9 +5,15 @@ decoding and CreditDecoding.
                                        [--plot ../docs/quality.png]
 
 The held-out set (`credit_compile.training.tasks.held_out_set`) is a fixed slice of prompts the
-training never saw. Each item is decoded alone (batch 1, eager reference decoder, greedy, gen_length
-8, one block of 8), so the NFE is that item's own count of forward passes; accuracy is exact match
-of the text before the first EOS. Rows are appended to the JSONL; the plot is redrawn from this run.
+training never saw. Each item is decoded alone (batch 1, eager reference decoder, greedy,
+gen_length 16 in blocks of 8 unless a row says otherwise), so the NFE is that item's own count of
+forward passes; accuracy is exact match of the text before the first EOS.
+
+Settings: LLaDA's sampler at several step counts; threshold decoding and CreditDecoding over tau;
+CreditDecoding over alpha at two taus; both over block length. The summary gives, for every
+CreditDecoding point, the NFE threshold decoding needs for the same accuracy (linear interpolation
+on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL; the plot is
+redrawn from this run.
 """
 
 from __future__ import annotations
@@ -21,9 +27,12 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).resolve().parent
-GEN, BLOCK = 8, 8
-BASELINE_STEPS = (1, 2, 4, 8)
+GEN, BLOCK = 16, 8
+BASELINE_STEPS = (2, 4, 8, 16)
 TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
+ALPHAS = (0.3, 1.0, 1.5, 2.5)
+ALPHA_TAUS = (0.7, 0.9)
+BLOCKS = (4, 16)
 
 
 def _commit() -> str:
@@ -41,7 +50,7 @@ def evaluate(model, tokenizer, items, **decode) -> dict:
     for task, prompt, answer in items:
         batch = tokenizer([prompt])
         out = generate(model, batch["input_ids"], batch["attention_mask"], gen_length=GEN,
-                       block_length=BLOCK, compile=False, cuda_graphs="off", **decode)
+                       compile=False, cuda_graphs="off", **decode)
         ok = tokenizer.answer(out.generated[0]) == answer
         correct += ok
         nfe += out.nfe
@@ -53,12 +62,53 @@ def evaluate(model, tokenizer, items, **decode) -> dict:
 
 
 def configs(alpha: float):
+    """(method, sweep, decode kwargs) of every setting measured."""
     for steps in BASELINE_STEPS:
-        yield "llada", {"strategy": "llada", "steps": steps}
+        yield "llada", "steps", {"strategy": "llada", "steps": steps, "block_length": BLOCK}
     for tau in TAUS:
-        yield "threshold", {"strategy": "threshold", "tau": tau}
+        yield "threshold", "tau", {"strategy": "threshold", "tau": tau, "block_length": BLOCK}
     for tau in TAUS:
-        yield "credit", {"strategy": "credit", "tau": tau, "alpha": alpha}
+        yield "credit", "tau", {"strategy": "credit", "tau": tau, "alpha": alpha,
+                                "block_length": BLOCK}
+    for tau in ALPHA_TAUS:
+        for a in ALPHAS:
+            yield "credit", "alpha", {"strategy": "credit", "tau": tau, "alpha": a,
+                                      "block_length": BLOCK}
+    for block in BLOCKS:
+        yield "threshold", "block", {"strategy": "threshold", "tau": 0.9, "block_length": block}
+        yield "credit", "block", {"strategy": "credit", "tau": 0.9, "alpha": alpha,
+                                  "block_length": block}
+
+
+def threshold_nfe_at(accuracy: float, curve) -> float | None:
+    """NFE threshold decoding needs for `accuracy`: linear interpolation on its (NFE, accuracy)
+    points made monotone (best accuracy reached so far); None outside the curve's range."""
+    best, pts = -1.0, []
+    for nfe, acc in sorted(curve):
+        if acc > best:
+            best = acc
+            pts.append((nfe, acc))
+    for (n0, a0), (n1, a1) in zip(pts, pts[1:]):
+        if a0 <= accuracy <= a1:
+            return n0 if a1 == a0 else n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
+    if pts and accuracy == pts[0][1]:
+        return pts[0][0]
+    return None
+
+
+def matched_accuracy(rows) -> list[dict]:
+    """For each CreditDecoding point of the tau and alpha sweeps: threshold's NFE at its accuracy."""
+    curve = [(r["mean_nfe"], r["accuracy"]) for r in rows
+             if r["method"] == "threshold" and r["sweep"] == "tau"]
+    out = []
+    for r in rows:
+        if r["method"] != "credit" or r["sweep"] not in ("tau", "alpha"):
+            continue
+        ref = threshold_nfe_at(r["accuracy"], curve)
+        out.append({"tau": r["tau"], "alpha": r["alpha"], "accuracy": r["accuracy"],
+                    "credit_nfe": r["mean_nfe"], "threshold_nfe": ref,
+                    "nfe_reduction": None if ref is None else ref / r["mean_nfe"]})
+    return out
 
 
 def plot(rows, path: Path) -> None:
@@ -73,14 +123,22 @@ def plot(rows, path: Path) -> None:
               "credit": ("tab:red", "^", "CreditDecoding (tau, alpha=0.7)")}
     for method, (color, marker, label) in styles.items():
         pts = sorted((r["mean_nfe"], r["accuracy"], r.get("steps") or r.get("tau"))
-                     for r in rows if r["method"] == method)
+                     for r in rows if r["method"] == method and r["sweep"] in ("steps", "tau"))
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
         for x, y, v in pts:
             ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(3, -10),
                         fontsize=7, color=color)
-    ax.set_xlabel("mean NFE per item (gen_length 8)")
+    alpha_pts = [(r["mean_nfe"], r["accuracy"], r["alpha"], r["tau"]) for r in rows
+                 if r["sweep"] == "alpha"]
+    if alpha_pts:
+        ax.scatter([p[0] for p in alpha_pts], [p[1] for p in alpha_pts], marker="x",
+                   color="tab:purple", label="CreditDecoding, alpha sweep (alpha/tau)", zorder=3)
+        for x, y, a, t in alpha_pts:
+            ax.annotate(f"{a:g}/{t:g}", (x, y), textcoords="offset points", xytext=(3, 4),
+                        fontsize=6, color="tab:purple")
+    ax.set_xlabel(f"mean NFE per item (gen_length {GEN}, block {BLOCK})")
     ax.set_ylabel("held-out exact-match accuracy")
     ax.set_title(f"default model, {rows[0]['n']} held-out items")
     ax.grid(alpha=0.3)
@@ -96,6 +154,11 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--alpha", type=float, default=0.7)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--model", default=None,
+                        help="a checkpoint directory (model + char_tokenizer.json); default: the "
+                             "shipped default model")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the LLaDA and tau sweeps (checkpoint selection)")
     parser.add_argument("--output", default=str(HERE / "results" / "quality.jsonl"))
     parser.add_argument("--plot", default=str(HERE.parent / "docs" / "quality.png"))
     args = parser.parse_args(argv)
@@ -103,24 +166,41 @@ def main(argv=None) -> int:
     from credit_compile.assets import load_default_model
     from credit_compile.training.tasks import held_out_set
 
-    model, tokenizer = load_default_model("cpu")
+    if args.model is None:
+        model, tokenizer = load_default_model("cpu")
+    else:
+        from credit_compile.models import LLaDAModelLM
+        from credit_compile.tokenizer import CharTokenizer
+
+        model = LLaDAModelLM.from_pretrained(args.model, local_files_only=True).eval()
+        tokenizer = CharTokenizer.from_pretrained(args.model)
     items = held_out_set(args.n, seed=args.seed)
     commit, rows = _commit(), []
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    for method, decode in configs(args.alpha):
+    for method, sweep, decode in configs(args.alpha):
+        if args.quick and sweep not in ("steps", "tau"):
+            continue
         start = time.perf_counter()
         result = evaluate(model, tokenizer, items, **decode)
-        row = {"bench": "quality", "commit": commit, "method": method, **decode,
-               "gen_length": GEN, "block_length": BLOCK, "n": len(items), "seed": args.seed,
+        row = {"bench": "quality", "commit": commit, "method": method, "sweep": sweep, **decode,
+               "gen_length": GEN, "n": len(items), "seed": args.seed,
                **result, "seconds": round(time.perf_counter() - start, 2)}
         rows.append(row)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         by_task = " ".join(f"{t}={a:.2f}" for t, a in row["accuracy_by_task"].items())
-        knob = f"steps={decode['steps']}" if "steps" in decode else f"tau={decode['tau']}"
-        print(f"{method:9s} {knob:10s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  {by_task}",
+        knob = (f"steps={decode['steps']}" if "steps" in decode else
+                f"tau={decode['tau']} alpha={decode.get('alpha', 0)}")
+        knob += f" block={decode['block_length']}"
+        print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  {by_task}",
               flush=True)
+    print("\nCreditDecoding against threshold decoding at matched accuracy (block 8):")
+    for m in matched_accuracy(rows):
+        ref = "outside threshold's range" if m["threshold_nfe"] is None else (
+            f"threshold needs {m['threshold_nfe']:.2f} -> {m['nfe_reduction']:.2f}x")
+        print(f"  tau {m['tau']:<5} alpha {m['alpha']:<4} acc {m['accuracy']:.3f} "
+              f"NFE {m['credit_nfe']:.2f}; {ref}")
     if args.plot:
         plot(rows, Path(args.plot))
     return 0

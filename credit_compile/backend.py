@@ -1,9 +1,10 @@
-"""The torch.compile backend: credit_compile's FX passes, then Inductor.
+"""The torch.compile backend: Inductor with credit_compile's FX passes installed in it.
 
     config -> optimize -> this backend runs the passes -> Inductor -> step replayed by the runner
 
-Nothing is set at import time: Inductor settings are handed to `compile_fx` as config patches for
-this compilation only.
+The passes go to Inductor as one `CustomGraphPass` (`credit_compile.passes.PassPipeline`, with a
+`uuid()`) in `pre_grad_custom_pass`. Nothing is set at import time: that and every other Inductor
+setting are handed to `compile_fx` as config patches for this compilation only.
 """
 
 from __future__ import annotations
@@ -20,10 +21,22 @@ def default_passes(config=None):
     return passes(config)
 
 
-def inductor_config_patches(deterministic_random: bool) -> dict:
+def inductor_config_patches(deterministic_random: bool, pipeline=None) -> dict:
+    from torch._inductor import config as inductor_config
+
+    patches = {}
     # Inductor's own RNG differs from eager's; the sampler's Gumbel noise and random remasking
     # must draw the same numbers as the eager reference for token-for-token equality.
-    return {"fallback_random": True} if deterministic_random else {}
+    if deterministic_random:
+        patches["fallback_random"] = True
+    if pipeline is not None:
+        patches["pre_grad_custom_pass"] = pipeline
+        # Run the passes on every compilation, before Inductor's cache lookup (whose key then
+        # covers the rewritten graph), so the pass counters describe each compiled step. torch
+        # 2.11 has no such setting and always runs pre-grad passes first.
+        if hasattr(inductor_config, "pre_grad_pass_timing"):
+            patches["pre_grad_pass_timing"] = "early"
+    return patches
 
 
 def make_backend(passes: Sequence | None = None, *, inductor: bool = True,
@@ -32,21 +45,20 @@ def make_backend(passes: Sequence | None = None, *, inductor: bool = True,
 
     `inductor=False` runs the rewritten graph eagerly (for testing the passes alone).
     """
-    chosen = list(default_passes(config) if passes is None else passes)
+    from .passes import PassPipeline
+
+    pipeline = PassPipeline(default_passes(config) if passes is None else passes)
 
     def credit_compile_backend(gm: torch.fx.GraphModule, example_inputs):
-        for graph_pass in chosen:
-            gm = graph_pass(gm, lint_and_recompile=False)
-        # No generic dead-code elimination: FX treats in-place tensor methods (credit.mul_,
-        # x.index_copy_) as pure, and would drop the state updates. Passes erase what they replace.
-        gm.graph.lint()
-        gm.recompile()
         if not inductor:
+            pipeline(gm.graph)
+            gm.recompile()
             return gm.forward
         from torch._inductor.compile_fx import compile_fx
 
-        return compile_fx(gm, example_inputs,
-                          config_patches=inductor_config_patches(deterministic_random))
+        return compile_fx(gm, example_inputs, config_patches=inductor_config_patches(
+            deterministic_random, pipeline if pipeline.passes else None))
 
-    credit_compile_backend.passes = chosen
+    credit_compile_backend.passes = list(pipeline.passes)
+    credit_compile_backend.pipeline = pipeline
     return credit_compile_backend

@@ -1,4 +1,4 @@
-"""FX graph passes run by credit_compile's torch.compile backend before Inductor.
+"""FX graph passes Inductor runs for credit_compile's backend (as one `CustomGraphPass`).
 
 Installed as `credit_compile.passes` (the repository keeps them in a top-level passes/ folder).
 See docs/passes.md for each pass's pattern, guard and payoff.
@@ -8,6 +8,7 @@ from .base import COUNTER_GROUP, GraphPass, pass_count
 from .block_sliced_lm_head import BlockSlicedLMHead
 from .credit_fusion import CreditFusion
 from .gumbel_fp64_elision import GumbelFP64Elision
+from .pipeline import PassPipeline
 
 __all__ = [
     "COUNTER_GROUP",
@@ -15,6 +16,7 @@ __all__ = [
     "CreditFusion",
     "GraphPass",
     "GumbelFP64Elision",
+    "PassPipeline",
     "default_passes",
     "pass_count",
 ]

@@ -38,8 +38,10 @@ DTYPES = [
     (torch.float32, 1e-6, 1e-5),
     (torch.bfloat16, 1e-6, 1e-5),
     (torch.float16, 1e-6, 1e-5),
+    # float64 models (the GPU float64 replay test) feed float64 logits to the same kernels.
+    (torch.float64, 1e-6, 1e-5),
 ]
-DTYPE_IDS = ["fp32", "bf16", "fp16"]
+DTYPE_IDS = ["fp32", "bf16", "fp16", "fp64"]
 # (B, Lb, V): aligned, and odd (V not a multiple of any tile).
 SHAPES = [(2, 4, 512), (3, 5, 1001)]
 SHAPE_IDS = ["aligned", "odd"]

@@ -29,6 +29,7 @@ from credit_compile.passes import (
     CreditFusion,
     GraphPass,
     GumbelFP64Elision,
+    PassPipeline,
     default_passes,
     pass_count,
 )
@@ -408,6 +409,42 @@ def test_pass_identity_and_order():
     uuids = [p.uuid() for p in passes]
     assert len(set(uuids)) == 3
     assert uuids == [p.uuid() for p in default_passes()]  # stable across instances
+
+
+def test_pipeline_is_a_custom_graph_pass_keyed_by_its_passes():
+    from torch._inductor.custom_graph_pass import CustomGraphPass
+
+    pipeline = PassPipeline(default_passes())
+    assert isinstance(pipeline, CustomGraphPass)
+    assert pipeline.uuid() == PassPipeline(default_passes()).uuid()
+    reordered = PassPipeline(list(reversed(default_passes())))
+    fewer = PassPipeline(default_passes()[:2])
+    assert len({pipeline.uuid(), reordered.uuid(), fewer.uuid()}) == 3
+
+
+def test_inductor_runs_the_passes_as_its_pre_grad_custom_pass():
+    from torch._inductor import config as inductor_config
+
+    seen = []
+
+    class Probe(GraphPass):
+        name = "probe"
+
+        def rewrite(self, graph_module):
+            # Called by Inductor, inside the config patches of this compilation only.
+            seen.append(inductor_config.pre_grad_custom_pass)
+            return 1
+
+    backend = make_backend([Probe(), BlockSlicedLMHead()])
+    before = inductor_config.pre_grad_custom_pass
+    head = Head("module")
+    h, positions = head_inputs()
+    with torch.no_grad():
+        out = torch.compile(head, backend=backend, fullgraph=True)(h, positions)
+        torch.testing.assert_close(out, head(h, positions), atol=1e-5, rtol=0)
+    assert seen == [backend.pipeline]
+    assert pass_count("probe") == 1 and pass_count("block_sliced_lm_head") == 1
+    assert inductor_config.pre_grad_custom_pass is before  # nothing left set globally
 
 
 def recording(backend, graphs):

@@ -1,11 +1,16 @@
 """Synthetic tasks whose answer tokens depend on each other (so parallel decoding can go wrong).
 
-- addition: ``"123+989="`` -> ``"1112"`` (1-3 digit operands; carries couple the digits)
-- reverse:  ``"R40213="``  -> ``"31204"`` (2-7 digits)
-- sort:     ``"S40213="``  -> ``"01234"`` (2-7 digits, ascending)
+- addition: ``"0123+0989="`` -> ``"01112"`` (operands of 0-9999 written with 4 digits, the sum
+  with 5; carries couple the answer digits, up to a chain of 5)
+- reverse:  ``"R40213="``  -> ``"31204"`` (2-12 digits)
+- sort:     ``"S40213="``  -> ``"01234"`` (2-12 digits, ascending)
 
-Every answer is at most `GEN_LENGTH` (8) characters and is padded with EOS to exactly that many
-tokens (LLaDA's SFT format). A fixed 1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of
+Every answer is at most `GEN_LENGTH` (16) characters and is padded with EOS to exactly that many
+tokens (LLaDA's SFT format); decoded in blocks of `BLOCK_LENGTH` (8), answers longer than 8 cross
+into the second block, so block-by-block decoding and credit carried over steps are exercised.
+Addition is written at a fixed width because the answer digit at a position then always depends
+on the operand digits at fixed offsets: what is left to learn is the carry, which is the
+dependency between answer tokens that parallel decoding can get wrong. A fixed 1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of
 the prompt text, is held out: `sample_batch` never trains on it, `held_out_set` draws only from it.
 """
 
@@ -18,28 +23,27 @@ import torch
 
 from ..tokenizer import CharTokenizer
 
-GEN_LENGTH = 8
-MAX_PROMPT = 9          # "R1234567="
+GEN_LENGTH = 16
+BLOCK_LENGTH = 8
+ADD_WIDTH = 4
+MAX_DIGITS = 12
+MAX_PROMPT = MAX_DIGITS + 2          # "R123456789012="
 HELD_OUT_MOD = 10
 TASKS = ("add", "reverse", "sort")
-TASK_WEIGHTS = (0.5, 0.25, 0.25)
+TASK_WEIGHTS = (0.4, 0.3, 0.3)
 
 
 def is_held_out(prompt: str) -> bool:
     return zlib.crc32(prompt.encode()) % HELD_OUT_MOD == 0
 
 
-def _number(rng: random.Random) -> int:
-    digits = rng.randint(1, 3)
-    return rng.randint(0 if digits == 1 else 10 ** (digits - 1), 10 ** digits - 1)
-
-
 def make_item(task: str, rng: random.Random) -> tuple[str, str]:
     """One (prompt, answer) pair of `task`."""
     if task == "add":
-        a, b = _number(rng), _number(rng)
-        return f"{a}+{b}=", str(a + b)
-    s = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, 7)))
+        top = 10 ** ADD_WIDTH - 1
+        a, b = rng.randint(0, top), rng.randint(0, top)
+        return f"{a:0{ADD_WIDTH}d}+{b:0{ADD_WIDTH}d}=", f"{a + b:0{ADD_WIDTH + 1}d}"
+    s = "".join(rng.choice("0123456789") for _ in range(rng.randint(2, MAX_DIGITS)))
     if task == "reverse":
         return f"R{s}=", s[::-1]
     if task == "sort":

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# What a session with a lent GPU runs, one stage per device command (each stays under the
+# device tool's 10-minute limit). Everything it writes lands in $OUT (default ./gpu_out).
+#
+#   bash benchmarks/gpu_session.sh tests        # every GPU test, verbose, junit XML
+#   bash benchmarks/gpu_session.sh op           # bench_credit_op (fused op vs eager chain)
+#   bash benchmarks/gpu_session.sh gen256       # bench_generate llada-8b, B=1 and 8, gen 256
+#   bash benchmarks/gpu_session.sh gen1024      # gen 1024, B=1, every mode
+#   bash benchmarks/gpu_session.sh gen1024b8    # gen 1024, B=8: baselines and the graphed mode
+#
+# The device image has no .git: set CREDIT_COMPILE_COMMIT to the commit being measured so the
+# result rows record it. Copy $OUT/*.jsonl rows into benchmarks/results/ afterwards.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    | tee "$OUT/versions.txt"
+
+gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/generate.jsonl
+    local name=$1; shift
+    python3 benchmarks/bench_generate.py --preset llada-8b --block-length 32 \
+        --out "$OUT/generate.jsonl" "$@" 2>&1 | tee "$OUT/$name.log"
+}
+
+case "${1:-tests}" in
+tests)
+    # Only the files with GPU tests; -rA prints every outcome and the failure diagnostics.
+    python3 -m pytest -q -rA -p no:cacheprovider tests/test_runner.py tests/test_credit_op.py \
+        tests/test_passes.py --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
+    ;;
+op)
+    python3 benchmarks/bench_credit_op.py --out "$OUT/credit_op.jsonl" 2>&1 | tee "$OUT/op.log"
+    ;;
+gen256)
+    gen gen256_b1 --batch 1 --gen-length 256
+    gen gen256_b8 --batch 8 --gen-length 256
+    ;;
+gen1024)
+    gen gen1024_b1 --batch 1 --gen-length 1024
+    ;;
+gen1024b8)
+    gen gen1024_b8 --batch 8 --gen-length 1024 --modes llada-eager threshold-eager credit-graphs
+    ;;
+*)
+    echo "unknown stage ${1}: use tests, op, gen256, gen1024 or gen1024b8" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,43 @@
+"""The passes as one Inductor custom graph pass (`CustomGraphPass`, identified by `uuid()`).
+
+The backend hands a `PassPipeline` to Inductor as `pre_grad_custom_pass` in the config patches of
+its own compilation, so Inductor runs the passes on the Torch-IR graph it was given, after its own
+pre-grad normalizations and before AOT autograd lowers the graph to ATen (the credit-fusion
+pattern is a chain of Torch-level calls there; after lowering it would be decomposed). The
+`uuid()` names the passes and their source, so Inductor's caches tell apart graphs compiled with
+different passes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+import torch
+from torch._inductor.custom_graph_pass import CustomGraphPass
+
+from .base import GraphPass
+
+
+class PassPipeline(CustomGraphPass):
+    """Runs `passes` in order on one graph; each pass increments its own counter."""
+
+    def __init__(self, passes: Sequence[GraphPass]):
+        self.passes = tuple(passes)
+
+    def __call__(self, graph: torch.fx.Graph) -> None:
+        module = graph.owning_module
+        for graph_pass in self.passes:
+            graph_pass.transform(module)
+        # No generic dead-code elimination: FX treats in-place tensor methods (credit.mul_,
+        # x.index_copy_) as pure and would drop the state updates. Passes erase what they replace.
+        graph.lint()
+
+    def uuid(self) -> str:
+        digest = hashlib.sha256()
+        for graph_pass in self.passes:
+            digest.update(f"{graph_pass.name}:{graph_pass.uuid()};".encode())
+        return digest.hexdigest()
+
+    def __repr__(self) -> str:
+        return f"PassPipeline({', '.join(p.name for p in self.passes)})"
