@@ -27,6 +27,7 @@ Each result is appended as a JSON line to benchmarks/results/credit_op.jsonl (or
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -146,7 +147,7 @@ def measure_peak_bandwidth(device: torch.device) -> float:
     n = (1 << 28) if device.type == "cuda" else (1 << 25)  # 1 GiB / 128 MiB of float32
     src = torch.randn(n, device=device)
     dst = torch.empty_like(src)
-    ms = time_ms(lambda: dst.copy_(src), device)
+    ms = time_ms(functools.partial(dst.copy_, src), device)
     del src, dst
     return 2 * n * 4 / (ms * 1e-3) / 1e9
 
@@ -284,8 +285,8 @@ def sweep(device, dtype, vocab, meta, peak_gbs, shapes=((32, 64), (1, 32), (8, 3
                 configs = [dict(nsplit=n) for n in splits]
             for cfg in configs:
                 calls = [
-                    (lambda p=p, cfg=cfg: launcher(p[0], *p[1], p[2], p[3], ALPHA, BETA, GAMMA,
-                                                   LLADA_MASK_ID % vocab, **cfg))
+                    (lambda p=p, cfg=cfg, launcher=launcher: launcher(p[0], *p[1], p[2], p[3], ALPHA, BETA, GAMMA,
+                                                                     LLADA_MASK_ID % vocab, **cfg))
                     for p in problems
                 ]
                 try:

@@ -35,8 +35,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
     p.add_argument("--strategy", default="credit", choices=["credit", "threshold", "llada"])
     p.add_argument("--gen-length", type=int, default=None,
-                   help="tokens to generate (default: 8 on the embedded model, whose answers are "
-                        "8 tokens, else 64)")
+                   help="tokens to generate (default: 16 on the embedded model, whose answers "
+                        "are EOS-padded to 16 tokens, else 64)")
     p.add_argument("--block-length", type=int, default=None,
                    help="block length (default: 8 on the embedded model, else 16)")
     p.add_argument("--steps", type=int, default=None)
@@ -60,7 +60,7 @@ def _decode_config(args):
 
     embedded = args.model is None
     return DecodeConfig(
-        strategy=args.strategy, gen_length=_or(args.gen_length, 8 if embedded else 64),
+        strategy=args.strategy, gen_length=_or(args.gen_length, 16 if embedded else 64),
         block_length=_or(args.block_length, 8 if embedded else 16),
         steps=args.steps, alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau=args.tau,
         temperature=args.temperature, credit_layout=args.credit_layout,

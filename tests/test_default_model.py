@@ -8,7 +8,7 @@ import torch
 from credit_compile.assets import DEFAULT_MODEL_DIR, has_default_model, load_default_model
 from credit_compile.reference import generate
 from credit_compile.tokenizer import CharTokenizer
-from credit_compile.training.tasks import held_out_set, is_held_out
+from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set, is_held_out
 
 pytestmark = pytest.mark.skipif(not has_default_model(), reason="default model files missing")
 
@@ -20,8 +20,8 @@ def default():
 
 def _solve(model, tokenizer, items, **decode):
     batch = tokenizer([p for _, p, _ in items])
-    out = generate(model, batch["input_ids"], batch["attention_mask"], gen_length=8,
-                   block_length=8, compile=False, cuda_graphs="off", **decode)
+    out = generate(model, batch["input_ids"], batch["attention_mask"], gen_length=GEN_LENGTH,
+                   block_length=BLOCK_LENGTH, compile=False, cuda_graphs="off", **decode)
     return [tokenizer.answer(row) for row in out.generated]
 
 

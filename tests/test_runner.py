@@ -9,6 +9,7 @@ import torch
 
 import credit_compile as cc
 from credit_compile.models import build_model, get_config
+from credit_compile.runner import EagerStepRunner
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -71,6 +72,56 @@ def test_eager_runner_when_compile_is_off():
     assert fast.last_stats["runner"] == "eager"
     ref = cc.generate_reference(model, ids, _, gen_length=8, block_length=4)
     assert torch.equal(out.sequences, ref.sequences)
+
+
+class ReplayOnCPU(EagerStepRunner):
+    """CudaGraphStepRunner's protocol without CUDA: the same warm-up steps before "capture", the
+    same reload of the prompts afterwards, and `unroll` steps per call, with the graph replay
+    replaced by calling the compiled step. Checks on CPU what the API does around graphs (unrolled
+    steps past completion, the host's sync schedule, a second call with new prompts)."""
+
+    kind = "cuda_graph"
+
+    def __init__(self, compiled, unroll=1, warmup_steps=2):
+        super().__init__(compiled.setup)
+        self.steps_per_call = unroll
+        self.compiled = compiled
+        for _ in range(warmup_steps):
+            compiled.step()
+
+    def step(self):
+        for _ in range(self.steps_per_call):
+            self.compiled.step()
+
+
+@pytest.fixture
+def graphs_on_cpu(monkeypatch):
+    from credit_compile import api, runner
+
+    def make_runner(setup, *, backend=None, cuda_graphs="off", unroll=1):
+        compiled = runner.CompiledStepRunner(setup, backend)
+        return compiled if cuda_graphs == "off" else ReplayOnCPU(compiled, unroll=unroll)
+
+    monkeypatch.setattr(api, "make_runner", make_runner)
+
+
+@pytest.mark.parametrize("config", [
+    dict(strategy="credit", credit_layout="dense"),
+    dict(strategy="credit", credit_layout="sparse", sync_every=3),
+    dict(strategy="threshold", sync_every=5),
+    dict(strategy="llada"),
+    dict(strategy="llada", sync_every=3, steps=12),
+], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3"])
+def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
+    model = build_model(get_config("tiny", init_std=0.5), seed=1)
+    kwargs = dict(config, gen_length=16, block_length=8)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    for seed in (2, 3):  # the second call reloads new prompts into the same static buffers
+        ids, mask = prompts(3, 6, "cpu", padded=True, seed=seed)
+        out = fast.generate(ids, mask)
+        assert fast.last_stats["runner"] == "cuda_graph"
+        ref = cc.generate_reference(model, ids, mask, **kwargs)
+        assert_same_as_reference(out, ref, model, ids, mask, kwargs)
 
 
 @needs_cuda
