@@ -7,7 +7,8 @@ decoding and CreditDecoding.
 The held-out set (`credit_compile.training.tasks.held_out_set`) is a fixed slice of prompts the
 training never saw. Each item is decoded alone (batch 1, eager reference decoder, greedy,
 gen_length 16 in blocks of 8 unless a row says otherwise), so the NFE is that item's own count of
-forward passes; accuracy is exact match of the text before the first EOS.
+forward passes; accuracy is exact match of the text before the first EOS, except for the
+`permute` task, where any ordering of the prompt's digits counts (`tasks.is_correct`).
 
 Settings: LLaDA's sampler at several step counts; threshold decoding and CreditDecoding over tau;
 CreditDecoding over alpha at two taus; both over block length. The summary gives, for every
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -40,18 +42,19 @@ def _commit() -> str:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
                               capture_output=True, check=True).stdout.strip()
     except Exception:
-        return "unknown"
+        return os.environ.get("CREDIT_COMPILE_COMMIT", "unknown")
 
 
 def evaluate(model, tokenizer, items, **decode) -> dict:
     from credit_compile.reference import generate
+    from credit_compile.training.tasks import is_correct
 
     correct, nfe, per_task = 0, 0, {}
     for task, prompt, answer in items:
         batch = tokenizer([prompt])
         out = generate(model, batch["input_ids"], batch["attention_mask"], gen_length=GEN,
                        compile=False, cuda_graphs="off", **decode)
-        ok = tokenizer.answer(out.generated[0]) == answer
+        ok = is_correct(task, prompt, answer, tokenizer.answer(out.generated[0]))
         correct += ok
         nfe += out.nfe
         hit, total = per_task.get(task, (0, 0))
@@ -97,7 +100,7 @@ def threshold_nfe_at(accuracy: float, curve) -> float | None:
 
 
 def matched_accuracy(rows) -> list[dict]:
-    """For each CreditDecoding point of the tau and alpha sweeps: threshold's NFE at its accuracy."""
+    """Per CreditDecoding point of the tau and alpha sweeps: threshold's NFE at its accuracy."""
     curve = [(r["mean_nfe"], r["accuracy"]) for r in rows
              if r["method"] == "threshold" and r["sweep"] == "tau"]
     out = []
@@ -140,7 +143,7 @@ def plot(rows, path: Path) -> None:
                         fontsize=6, color="tab:purple")
     ax.set_xlabel(f"mean NFE per item (gen_length {GEN}, block {BLOCK})")
     ax.set_ylabel("held-out exact-match accuracy")
-    ax.set_title(f"default model, {rows[0]['n']} held-out items")
+    ax.set_title(f"default model, {rows[0]['n']} held-out items ({', '.join(rows[0]['tasks'])})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -157,6 +160,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model", default=None,
                         help="a checkpoint directory (model + char_tokenizer.json); default: the "
                              "shipped default model")
+    parser.add_argument("--tasks", nargs="+", default=None,
+                        help="held-out items of these tasks only (default: every task)")
     parser.add_argument("--quick", action="store_true",
                         help="only the LLaDA and tau sweeps (checkpoint selection)")
     parser.add_argument("--output", default=str(HERE / "results" / "quality.jsonl"))
@@ -164,7 +169,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from credit_compile.assets import load_default_model
-    from credit_compile.training.tasks import held_out_set
+    from credit_compile.training.tasks import TASKS, held_out_set
 
     if args.model is None:
         model, tokenizer = load_default_model("cpu")
@@ -174,7 +179,8 @@ def main(argv=None) -> int:
 
         model = LLaDAModelLM.from_pretrained(args.model, local_files_only=True).eval()
         tokenizer = CharTokenizer.from_pretrained(args.model)
-    items = held_out_set(args.n, seed=args.seed)
+    tasks = tuple(args.tasks) if args.tasks else TASKS
+    items = held_out_set(args.n, seed=args.seed, tasks=tasks)
     commit, rows = _commit(), []
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -183,8 +189,9 @@ def main(argv=None) -> int:
             continue
         start = time.perf_counter()
         result = evaluate(model, tokenizer, items, **decode)
-        row = {"bench": "quality", "commit": commit, "method": method, "sweep": sweep, **decode,
-               "gen_length": GEN, "n": len(items), "seed": args.seed,
+        row = {"bench": "quality", "device": "cpu", "torch": torch.__version__, "commit": commit,
+               "model": args.model or "default", "method": method, "sweep": sweep, **decode,
+               "gen_length": GEN, "n": len(items), "seed": args.seed, "tasks": list(tasks),
                **result, "seconds": round(time.perf_counter() - start, 2)}
         rows.append(row)
         with out.open("a") as f:
@@ -193,8 +200,8 @@ def main(argv=None) -> int:
         knob = (f"steps={decode['steps']}" if "steps" in decode else
                 f"tau={decode['tau']} alpha={decode.get('alpha', 0)}")
         knob += f" block={decode['block_length']}"
-        print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  {by_task}",
-              flush=True)
+        print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  "
+              f"{by_task}", flush=True)
     print("\nCreditDecoding against threshold decoding at matched accuracy (block 8):")
     for m in matched_accuracy(rows):
         ref = "outside threshold's range" if m["threshold_nfe"] is None else (

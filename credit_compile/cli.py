@@ -1,13 +1,13 @@
 """The `credit-compile` command line.
 
-    credit-compile generate --prompt "2+2="      # CreditDecoding through the optimized path
+    credit-compile generate --prompt "0002+0002="   # CreditDecoding through the optimized path
     credit-compile verify --prompt "hello"        # eager reference vs optimized, a report
     credit-compile demo                           # both side by side: same output, the speedup
     credit-compile bench generate --preset tiny   # benchmarks/bench_<suite>.py
 
 Without `--model`, the embedded default model is used: a small LLaDA-architecture diffusion LM
-trained by `python -m credit_compile.training.train` on synthetic tasks (addition "12+34=",
-reversal "R1234=", sorting "S4213="), shipped inside the package with its tokenizer.
+trained by `python -m credit_compile.training.train` on synthetic tasks (4-digit addition
+"0012+0034=", reversal "R1234=", sorting "S4213="), shipped inside the package with its tokenizer.
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def load_model_and_tokenizer(model_dir: str | None, device: str | None):
 
 
 def _prompts(args, tokenizer, device):
-    prompts = args.prompt or ["Hello"]
+    prompts = args.prompt or ["0012+0034="]
     batch = tokenizer(prompts, return_tensors="pt")
     if hasattr(batch, "to"):
         batch = batch.to(device)

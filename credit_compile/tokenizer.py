@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 TOKENIZER_FILE = "char_tokenizer.json"
-DEFAULT_CHARS = "0123456789+=RS ?"
+DEFAULT_CHARS = "0123456789+=RS ?P"
 DEFAULT_VOCAB_SIZE = 32
 DEFAULT_EOS_ID = 30
 DEFAULT_MASK_ID = 31

@@ -78,3 +78,22 @@ def test_held_out_set_is_disjoint_from_training():
     held = {p for _, p, _ in held_out_set(200)}
     train = {p for _, p, _ in sample_items(5000, random.Random(0))}
     assert held and not held & train
+
+
+def test_tasks_answers_and_their_checker():
+    import random
+
+    from credit_compile.training.tasks import GEN_LENGTH, MAX_PROMPT, TASKS, is_correct, make_item
+
+    rng = random.Random(3)
+    for task in TASKS:
+        for _ in range(200):
+            prompt, answer = make_item(task, rng)
+            assert len(prompt) <= MAX_PROMPT and 1 <= len(answer) <= GEN_LENGTH
+            assert is_correct(task, prompt, answer, answer)
+            assert not is_correct(task, prompt, answer, answer[:-1])
+    assert make_item("add", random.Random(0))[0][4] == "+"  # fixed width: 4 digits, '+', 4, '='
+    # permute: any ordering of the prompt's digits, nothing else
+    assert is_correct("permute", "P1123=", "1123", "3211")
+    assert not is_correct("permute", "P1123=", "1123", "1223")
+    assert not is_correct("sort", "S21=", "12", "21")

@@ -4,13 +4,23 @@
   with 5; carries couple the answer digits, up to a chain of 5)
 - reverse:  ``"R40213="``  -> ``"31204"`` (2-12 digits)
 - sort:     ``"S40213="``  -> ``"01234"`` (2-12 digits, ascending)
+- permute:  ``"P40213="``  -> any ordering of the same digits, e.g. ``"13024"`` (2-12 digits;
+  trained on uniformly random orderings, scored as correct when the answer is a permutation)
 
 Every answer is at most `GEN_LENGTH` (16) characters and is padded with EOS to exactly that many
 tokens (LLaDA's SFT format); decoded in blocks of `BLOCK_LENGTH` (8), answers longer than 8 cross
 into the second block, so block-by-block decoding and credit carried over steps are exercised.
 Addition is written at a fixed width because the answer digit at a position then always depends
 on the operand digits at fixed offsets: what is left to learn is the carry, which is the
-dependency between answer tokens that parallel decoding can get wrong. A fixed 1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of
+dependency between answer tokens that parallel decoding can get wrong.
+
+The first three have one answer per prompt, and a well-trained model is sure of every answer
+position from the first step, so committing them all at once is safe (the first model trained on
+them alone solved the held-out set with one forward pass per block, leaving nothing for a decoder
+to trade). `permute` has many answers: each position's marginal spreads over the prompt's digits,
+and committing several uncertain positions in one step picks digits independently, which can
+repeat one digit and drop another. Decoding them one at a time is always right; how many to commit
+per step is exactly the speed-quality trade-off threshold and credit decoding make. A fixed 1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of
 the prompt text, is held out: `sample_batch` never trains on it, `held_out_set` draws only from it.
 """
 
@@ -29,8 +39,8 @@ ADD_WIDTH = 4
 MAX_DIGITS = 12
 MAX_PROMPT = MAX_DIGITS + 2          # "R123456789012="
 HELD_OUT_MOD = 10
-TASKS = ("add", "reverse", "sort")
-TASK_WEIGHTS = (0.4, 0.3, 0.3)
+TASKS = ("add", "reverse", "sort", "permute")
+TASK_WEIGHTS = (0.3, 0.2, 0.2, 0.3)
 
 
 def is_held_out(prompt: str) -> bool:
@@ -48,7 +58,17 @@ def make_item(task: str, rng: random.Random) -> tuple[str, str]:
         return f"R{s}=", s[::-1]
     if task == "sort":
         return f"S{s}=", "".join(sorted(s))
+    if task == "permute":
+        return f"P{s}=", "".join(rng.sample(s, len(s)))
     raise ValueError(f"unknown task {task!r}")
+
+
+def is_correct(task: str, prompt: str, reference: str, answer: str) -> bool:
+    """Whether `answer` solves `prompt`: exact match, except for `permute`, where any ordering of
+    the prompt's digits is right."""
+    if task == "permute":
+        return sorted(answer) == sorted(prompt[1:-1])
+    return answer == reference
 
 
 def sample_items(n: int, rng: random.Random, held_out: bool = False,
