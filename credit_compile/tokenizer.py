@@ -1,8 +1,9 @@
 """A character tokenizer for the shipped default model (synthetic arithmetic/string tasks).
 
 Vocabulary (32 ids, the model's ``embedding_size``): ``0``..``9`` are the digits, then the task
-symbols ``+``, ``=``, ``R`` (reverse), ``S`` (sort), space and ``?`` (any character outside the
-vocabulary is encoded as ``?``), ids 16..29 are unused spare rows, 30 is EOS (also padding, as
+symbols ``+``, ``=``, ``R`` (reverse), ``S`` (sort), space, ``?`` (any character outside the
+vocabulary is encoded as ``?``) and, appended later so the first ids kept their meaning, ``P``
+(permute) at 16; ids 17..29 are unused spare rows, 30 is EOS (also padding, as
 LLaDA pads with EOS) and 31 is ``[MASK]`` (the model config's ``mask_token_id``).
 
     tok = CharTokenizer()
