@@ -142,7 +142,7 @@ def plot(rows, path: Path) -> None:
             ax.annotate(f"{a:g}/{t:g}", (x, y), textcoords="offset points", xytext=(3, 4),
                         fontsize=6, color="tab:purple")
     ax.set_xlabel(f"mean NFE per item (gen_length {GEN}, block {BLOCK})")
-    ax.set_ylabel("held-out exact-match accuracy")
+    ax.set_ylabel("held-out accuracy (permute: any permutation)")
     ax.set_title(f"default model, {rows[0]['n']} held-out items ({', '.join(rows[0]['tasks'])})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
