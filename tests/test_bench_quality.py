@@ -1,0 +1,42 @@
+"""The matched-accuracy comparison docs/quality.md reports (benchmarks/bench_quality.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_quality.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_quality", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_threshold_nfe_interpolates_on_the_monotone_curve(bench):
+    # (NFE, accuracy); the point at 5 NFE is below the best so far and is ignored.
+    curve = [(2.0, 0.5), (4.0, 0.9), (5.0, 0.8), (6.0, 1.0)]
+    assert bench.threshold_nfe_at(0.5, curve) == 2.0
+    assert bench.threshold_nfe_at(0.7, curve) == pytest.approx(3.0)
+    assert bench.threshold_nfe_at(0.95, curve) == pytest.approx(5.0)  # 4 -> 6, not via 5
+    assert bench.threshold_nfe_at(0.4, curve) is None  # below the curve
+    assert bench.threshold_nfe_at(1.01, curve) is None  # above it
+
+
+def test_matched_accuracy_compares_credit_points_only(bench):
+    def row(method, sweep, nfe, acc, tau=0.9, alpha=0.7):
+        return {"method": method, "sweep": sweep, "mean_nfe": nfe, "accuracy": acc,
+                "tau": tau, "alpha": alpha}
+
+    rows = [row("threshold", "tau", 2.0, 0.5), row("threshold", "tau", 6.0, 0.9),
+            row("threshold", "block", 1.0, 0.9),  # another block length: not on the curve
+            row("credit", "tau", 3.0, 0.7), row("credit", "block", 1.0, 0.9),
+            row("llada", "steps", 8.0, 0.9)]
+    (match,) = bench.matched_accuracy(rows)
+    assert match["threshold_nfe"] == pytest.approx(4.0)
+    assert match["nfe_reduction"] == pytest.approx(4.0 / 3.0)
