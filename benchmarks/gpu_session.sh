@@ -10,6 +10,10 @@
 #
 # The device image has no .git: set CREDIT_COMPILE_COMMIT to the commit being measured so the
 # result rows record it. Copy $OUT/*.jsonl rows into benchmarks/results/ afterwards.
+# The lent image (torch 2.11, triton 3.6, transformers 5.17) lacks optimum and has no network:
+# carry its wheel (pip download --no-deps --only-binary=:all: -d .whl optimum) and run first
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
+#   python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . ; export PYTHONPATH=/tmp/site
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
