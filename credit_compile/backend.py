@@ -9,16 +9,31 @@ setting are handed to `compile_fx` as config patches for this compilation only.
 
 from __future__ import annotations
 
+import importlib
+import os
 from typing import Sequence
 
 import torch
 
 
+def _passes_module():
+    """`credit_compile.passes`, or an error naming the fix when it cannot be found."""
+    try:
+        return importlib.import_module(f"{__package__}.passes")
+    except ModuleNotFoundError as error:
+        if error.name != f"{__package__}.passes":
+            raise
+        raise ModuleNotFoundError(
+            f"credit_compile.passes is missing: credit_compile was imported from "
+            f"{os.path.dirname(__file__)}, a source checkout, where passes/ sits at the repository root and only joins the "
+            "package when installed. Install it (pip install -e .) and run from outside the "
+            "checkout, or run `pytest` rather than `python -m pytest` (which puts the checkout "
+            "first on sys.path).", name=error.name) from error
+
+
 def default_passes(config=None):
     """The passes the backend runs, in order (see docs/passes.md)."""
-    from .passes import default_passes as passes
-
-    return passes(config)
+    return _passes_module().default_passes(config)
 
 
 def inductor_config_patches(deterministic_random: bool, pipeline=None) -> dict:
@@ -45,9 +60,7 @@ def make_backend(passes: Sequence | None = None, *, inductor: bool = True,
 
     `inductor=False` runs the rewritten graph eagerly (for testing the passes alone).
     """
-    from .passes import PassPipeline
-
-    pipeline = PassPipeline(default_passes(config) if passes is None else passes)
+    pipeline = _passes_module().PassPipeline(default_passes(config) if passes is None else passes)
 
     def credit_compile_backend(gm: torch.fx.GraphModule, example_inputs):
         if not inductor:

@@ -46,3 +46,17 @@ def test_wheel_maps_passes_into_the_package(tmp_path):
     assert "credit_compile/passes/__init__.py" in names
     assert "credit_compile/passes/credit_fusion.py" in names
     assert not any(name.startswith("passes/") for name in names)
+
+
+def test_missing_passes_names_the_fix(monkeypatch):
+    # A regular install run from the repository root imports the checkout's credit_compile/,
+    # which has no passes/ (it maps in at install time).
+    from credit_compile import backend
+
+    def not_found(name, package=None):
+        raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+    monkeypatch.setattr(backend.importlib, "import_module", not_found)
+    with pytest.raises(ModuleNotFoundError, match=r"pip install -e \.") as raised:
+        backend.make_backend()
+    assert raised.value.name == "credit_compile.passes"
