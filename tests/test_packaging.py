@@ -46,6 +46,8 @@ def test_wheel_maps_passes_into_the_package(tmp_path):
     assert "credit_compile/passes/__init__.py" in names
     assert "credit_compile/passes/credit_fusion.py" in names
     assert not any(name.startswith("passes/") for name in names)
+    for asset in ("config.json", "char_tokenizer.json", "model.safetensors"):
+        assert f"credit_compile/assets/default_model/{asset}" in names
 
 
 def test_missing_passes_names_the_fix(monkeypatch):
