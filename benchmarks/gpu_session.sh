@@ -6,7 +6,14 @@
 #   bash benchmarks/gpu_session.sh op           # bench_credit_op (fused op vs eager chain)
 #   bash benchmarks/gpu_session.sh gen256       # bench_generate llada-8b, B=1 and 8, gen 256
 #   bash benchmarks/gpu_session.sh gen1024      # gen 1024, B=1, every mode
-#   bash benchmarks/gpu_session.sh gen1024b8    # gen 1024, B=8: baselines and the graphed mode
+#   bash benchmarks/gpu_session.sh gen1024b8    # B=8 at gen 1024's sequence length (see below)
+#
+# Order for a 30-minute lease (about 1.5 min to start): tests (~4 min), gen1024 (~8), gen1024b8
+# (~6), gen256 (~6), op (~2). Each step runs the model over the whole sequence, so a step's cost
+# depends on the batch and the sequence length T = prompt + gen, not on how much is generated.
+# A full gen-1024 run at B=8 takes about 6 minutes per eager mode (1024 steps of ~340 ms), more
+# than one command may run; gen1024b8 therefore measures the same step shapes (T = 1056) with an
+# 800-token prompt and 256 generated tokens, and its rows say so (prompt_length 800).
 #
 # The device image has no .git: set CREDIT_COMPILE_COMMIT to the commit being measured so the
 # result rows record it. Copy $OUT/*.jsonl rows into benchmarks/results/ afterwards.
@@ -45,7 +52,8 @@ gen1024)
     gen gen1024_b1 --batch 1 --gen-length 1024
     ;;
 gen1024b8)
-    gen gen1024_b8 --batch 8 --gen-length 1024 --modes llada-eager threshold-eager credit-graphs
+    gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
+        --modes llada-eager threshold-eager credit-graphs
     ;;
 *)
     echo "unknown stage ${1}: use tests, op, gen256, gen1024 or gen1024b8" >&2
