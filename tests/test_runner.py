@@ -175,3 +175,31 @@ def test_cuda_graph_replay_equals_reference_in_float64(strategy):
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     out = cc.optimize(model, cuda_graphs="on", **kwargs).generate(ids, mask)
     assert_same_as_reference(out, ref, model, ids, mask, kwargs)
+
+
+@needs_cuda
+@pytest.mark.parametrize("config", [
+    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="dense", sync_every=3),
+    dict(strategy="threshold"),
+    dict(strategy="llada", steps=16),
+])
+def test_cuda_graph_replay_equals_reference_on_the_trained_model(config):
+    # The shipped model on real held-out prompts of different lengths (a padded batch): trained
+    # confidences leave wide margins, so this checks replay on the decisions a user sees.
+    from credit_compile.assets import has_default_model, load_default_model
+    from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    model, tokenizer = load_default_model("cuda")
+    items = held_out_set(8, seed=11)
+    batch = tokenizer([prompt for _, prompt, _ in items])
+    ids, mask = batch["input_ids"].cuda(), batch["attention_mask"].cuda()
+    assert not bool(mask.all()), "the batch must mix prompt lengths"
+    kwargs = dict(config, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH)
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    out = fast.generate(ids, mask)
+    assert fast.last_stats["runner"] == "cuda_graph"
+    assert_same_as_reference(out, ref, model, ids, mask, kwargs)
