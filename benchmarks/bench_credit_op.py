@@ -285,8 +285,8 @@ def sweep(device, dtype, vocab, meta, peak_gbs, shapes=((32, 64), (1, 32), (8, 3
                 configs = [dict(nsplit=n) for n in splits]
             for cfg in configs:
                 calls = [
-                    (lambda p=p, cfg=cfg, launcher=launcher: launcher(p[0], *p[1], p[2], p[3], ALPHA, BETA, GAMMA,
-                                                                     LLADA_MASK_ID % vocab, **cfg))
+                    (lambda p=p, cfg=cfg, launcher=launcher: launcher(
+                        p[0], *p[1], p[2], p[3], ALPHA, BETA, GAMMA, LLADA_MASK_ID % vocab, **cfg))
                     for p in problems
                 ]
                 try:

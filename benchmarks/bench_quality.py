@@ -20,6 +20,7 @@ redrawn from this run.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -91,7 +92,7 @@ def threshold_nfe_at(accuracy: float, curve) -> float | None:
         if acc > best:
             best = acc
             pts.append((nfe, acc))
-    for (n0, a0), (n1, a1) in zip(pts, pts[1:]):
+    for (n0, a0), (n1, a1) in itertools.pairwise(pts):
         if a0 <= accuracy <= a1:
             return n0 if a1 == a0 else n0 + (n1 - n0) * (accuracy - a0) / (a1 - a0)
     if pts and accuracy == pts[0][1]:

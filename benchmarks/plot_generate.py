@@ -32,20 +32,21 @@ def main(argv=None) -> int:
     commits = sorted({r["commit"] for r in rows})
     groups: dict = {}
     for r in rows:
-        groups.setdefault((r["device"], r["preset"], r["batch"], r["gen_length"]), {})[r["mode"]] = r
+        key = (r["device"], r["preset"], r["batch"], r.get("prompt_length", 32), r["gen_length"])
+        groups.setdefault(key, {})[r["mode"]] = r
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, ((device, preset, batch, gen), modes) in zip(axes[0], groups.items()):
+    for ax, ((device, preset, batch, prompt, gen), modes) in zip(axes[0], groups.items(), strict=True):
         names = list(modes)
         values = [modes[m]["tokens_per_s"] for m in names]
         bars = ax.bar(range(len(names)), values, color="tab:blue")
-        for bar, m in zip(bars, names):
+        for bar, m in zip(bars, names, strict=True):
             ratio = modes[m].get("speedup_vs_llada_eager")
             if ratio:
                 ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                             ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("tokens/s")
-        ax.set_title(f"{preset} B={batch} gen={gen}\n{device}", fontsize=9)
+        ax.set_title(f"{preset} B={batch} prompt={prompt} gen={gen}\n{device}", fontsize=9)
     fig.suptitle(f"credit_compile generate (commits {', '.join(commits)})", fontsize=10)
     fig.tight_layout()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

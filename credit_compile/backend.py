@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -25,10 +25,11 @@ def _passes_module():
             raise
         raise ModuleNotFoundError(
             f"credit_compile.passes is missing: credit_compile was imported from "
-            f"{os.path.dirname(__file__)}, a source checkout, where passes/ sits at the repository root and only joins the "
-            "package when installed. Install it (pip install -e .) and run from outside the "
-            "checkout, or run `pytest` rather than `python -m pytest` (which puts the checkout "
-            "first on sys.path).", name=error.name) from error
+            f"{os.path.dirname(__file__)}, a source checkout, where passes/ sits at the "
+            "repository root and only joins the package when installed. Install it "
+            "(pip install -e .) and run from outside the checkout, or run `pytest` rather than "
+            "`python -m pytest` (which puts the checkout first on sys.path).",
+            name=error.name) from error
 
 
 def default_passes(config=None):

@@ -136,7 +136,7 @@ def cmd_generate(args) -> int:
         out = optimize(model, config).generate(ids, mask, progress=progress)
     seconds = time.perf_counter() - start
     bar.close()
-    for prompt, row in zip(prompts, out.generated):
+    for prompt, row in zip(prompts, out.generated, strict=True):
         print(f"{prompt!r} -> {tokenizer.decode(row, skip_special_tokens=True)!r}")
     tokens = out.generated.numel()
     print(f"NFE {out.nfe}  tokens {tokens}  {tokens / seconds:.1f} tokens/s "

@@ -94,7 +94,7 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         self.validate()
 
-    def replace(self, **overrides) -> "DecodeConfig":
+    def replace(self, **overrides) -> DecodeConfig:
         """A copy with `overrides` applied and validated; unknown names are an error."""
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
@@ -140,7 +140,8 @@ class DecodeConfig:
             need(self.steps % self.num_blocks == 0,
                  f"steps={self.steps} is not divisible by the number of blocks "
                  f"({self.num_blocks} = gen_length/block_length): use a multiple of "
-                 f"{self.num_blocks}, for example {max(1, round(self.steps / self.num_blocks)) * self.num_blocks}")
+                 f"{self.num_blocks}, for example "
+                 f"{max(1, round(self.steps / self.num_blocks)) * self.num_blocks}")
         need(_is_real(self.alpha) and self.alpha >= 0,
              f"alpha={self.alpha!r}: use alpha >= 0 (0 is plain threshold decoding)")
         need(_is_real(self.beta) and 0.0 <= self.beta <= 1.0,

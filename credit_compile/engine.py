@@ -7,8 +7,8 @@ same problem the same way and differ only in how the step is executed.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn

@@ -113,7 +113,7 @@ class CharTokenizer:
         return file
 
     @classmethod
-    def from_pretrained(cls, directory) -> "CharTokenizer":
+    def from_pretrained(cls, directory) -> CharTokenizer:
         data = json.loads((Path(directory) / TOKENIZER_FILE).read_text())
         if data.get("type") != "CharTokenizer":
             raise ValueError(f"not a CharTokenizer file: {directory}")

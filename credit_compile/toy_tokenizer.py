@@ -36,5 +36,6 @@ class CharTokenizer:
             if i <= LAST - FIRST:
                 out.append(chr(i + FIRST))
             elif not skip_special_tokens:
-                out.append("<eos>" if i == self.eos_token_id else "<mask>" if i == self.mask_token_id else f"<{i}>")
+                special = {self.mask_token_id: "<mask>", self.eos_token_id: "<eos>"}  # eos first on a tie
+                out.append(special.get(i, f"<{i}>"))
         return "".join(out)

@@ -186,7 +186,7 @@ class CreditFusion(GraphPass):
             return None
         if len(increment.args) != 2 or increment.kwargs:
             return None
-        for powered, masked in (increment.args, reversed(increment.args)):
+        for powered, masked in (increment.args, reversed(increment.args)):  # noqa: B007 (used after break)
             if _fn(powered, operator.pow, torch.pow) or _method(powered, "pow", "__pow__"):
                 break
         else:

@@ -11,7 +11,7 @@ different passes.
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass

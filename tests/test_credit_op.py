@@ -16,6 +16,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from triton_env import triton_kernel_problem
 
 from credit_compile import ops
 from credit_compile.ops import credit_step_cpu
@@ -28,8 +29,6 @@ from credit_compile.ops.credit_step_reference import (
     masked_vocab_logits,
     sparse_fused_logits,
 )
-
-from triton_env import triton_kernel_problem
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")

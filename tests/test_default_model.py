@@ -47,11 +47,12 @@ def test_baseline_sampler_solves_held_out_additions(default):
     items = held_out_set(5, seed=7, tasks=("add",))
     assert all(is_held_out(p) for _, p, _ in items)
     answers = _solve(model, tokenizer, items, strategy="llada", steps=8)
-    assert _solved(items, answers) >= 4, list(zip(items, answers))
+    assert _solved(items, answers) >= 4, list(zip(items, answers, strict=True))
 
 
 def _solved(items, answers) -> int:
-    return sum(is_correct(task, prompt, ref, a) for a, (task, prompt, ref) in zip(answers, items))
+    pairs = zip(answers, items, strict=True)
+    return sum(is_correct(task, prompt, ref, a) for a, (task, prompt, ref) in pairs)
 
 
 @pytest.mark.parametrize("task,floor", [("reverse", 3), ("sort", 4), ("permute", 4)])
@@ -59,7 +60,7 @@ def test_credit_decoding_solves_held_out_items(default, task, floor):
     model, tokenizer = default
     items = held_out_set(5, seed=7, tasks=(task,))
     answers = _solve(model, tokenizer, items, strategy="credit", tau=0.9)
-    assert _solved(items, answers) >= floor, list(zip(items, answers))
+    assert _solved(items, answers) >= floor, list(zip(items, answers, strict=True))
 
 
 def test_permute_breaks_when_a_whole_block_is_committed_at_once(default):
@@ -70,8 +71,8 @@ def test_permute_breaks_when_a_whole_block_is_committed_at_once(default):
     items = [item for item in items if len(item[2]) >= 4]  # short ones can survive by luck
     slow = _solve(model, tokenizer, items, strategy="llada", steps=GEN_LENGTH)
     rushed = _solve(model, tokenizer, items, strategy="llada", steps=GEN_LENGTH // BLOCK_LENGTH)
-    assert _solved(items, slow) >= len(items) - 1, list(zip(items, slow))
-    assert _solved(items, rushed) <= len(items) // 2, list(zip(items, rushed))
+    assert _solved(items, slow) >= len(items) - 1, list(zip(items, slow, strict=True))
+    assert _solved(items, rushed) <= len(items) // 2, list(zip(items, rushed, strict=True))
 
 
 def test_tokenizer_round_trip_and_unknown_characters(tmp_path):

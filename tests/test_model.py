@@ -11,9 +11,9 @@ import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
 from credit_compile.models import (
+    PRESETS,
     LLaDAConfig,
     LLaDAModelLM,
-    PRESETS,
     build_model,
     get_config,
     register_auto_classes,
@@ -27,7 +27,8 @@ def _expected_keys(n_layers: int, weight_tying: bool) -> set[str]:
     if not weight_tying:
         keys.add("model.transformer.ff_out.weight")
     for i in range(n_layers):
-        for name in ("attn_norm", "ff_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_proj", "up_proj", "ff_out"):
+        for name in ("attn_norm", "ff_norm", "q_proj", "k_proj", "v_proj", "attn_out", "ff_proj",
+                     "up_proj", "ff_out"):
             keys.add(f"model.transformer.blocks.{i}.{name}.weight")
     return keys
 
@@ -150,7 +151,8 @@ def test_build_model_is_deterministic_and_in_eval_mode():
     a, b, c = build_model("tiny", seed=3), build_model("tiny", seed=3), build_model("tiny", seed=4)
     assert not a.training
     assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in a.state_dict())
-    assert not torch.equal(a.state_dict()["model.transformer.wte.weight"], c.state_dict()["model.transformer.wte.weight"])
+    key = "model.transformer.wte.weight"
+    assert not torch.equal(a.state_dict()[key], c.state_dict()[key])
     assert build_model("tiny", dtype=torch.bfloat16).lm_head_weight.dtype == torch.bfloat16
 
 
@@ -341,7 +343,8 @@ def test_save_and_load_round_trip(tmp_path):
 def test_official_checkpoint_directory_loads_without_remote_code(tmp_path):
     """A directory laid out like GSAI-ML/LLaDA-8B-Instruct (config.json with auto_map and no
     modeling file) loads through the Auto classes without trust_remote_code."""
-    model = _randomize(build_model(LLaDAConfig(**{k: v for k, v in _official_config_dict().items() if k != "model_type"})))
+    fields = {k: v for k, v in _official_config_dict().items() if k != "model_type"}
+    model = _randomize(build_model(LLaDAConfig(**fields)))
     model.save_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(_official_config_dict(), indent=2))
     cfg = AutoConfig.from_pretrained(tmp_path)
@@ -379,7 +382,8 @@ def test_compile_fullgraph_eager_backend_no_graph_breaks(preset):
     compiled = torch.compile(model, fullgraph=True, backend="eager")
     with torch.no_grad():
         for m in (mask, None):
-            torch.testing.assert_close(compiled(ids, attention_mask=m).logits, model(ids, attention_mask=m).logits, atol=1e-6, rtol=0)
+            torch.testing.assert_close(compiled(ids, attention_mask=m).logits,
+                                       model(ids, attention_mask=m).logits, atol=1e-6, rtol=0)
     assert not counters["graph_break"], dict(counters["graph_break"])
     torch._dynamo.reset()
 
@@ -415,11 +419,13 @@ def test_compile_dynamic_shapes_single_graph_without_item():
             ids = torch.randint(0, PAD, (2, L))
             mask = torch.ones_like(ids)
             mask[1, :2] = 0
-            torch.testing.assert_close(compiled(ids, attention_mask=mask).logits, model(ids, attention_mask=mask).logits, atol=1e-6, rtol=0)
+            torch.testing.assert_close(compiled(ids, attention_mask=mask).logits,
+                                       model(ids, attention_mask=mask).logits, atol=1e-6, rtol=0)
     assert len(graphs) == 1
     nodes = list(graphs[0].graph.nodes)
     assert not [n for n in nodes if n.op == "call_method" and n.target == "item"]
-    tensor_inputs = [n.name for n in nodes if n.op == "placeholder" and "parameters" not in n.name and not n.name.startswith("s")]
+    tensor_inputs = [n.name for n in nodes if n.op == "placeholder"
+                     and "parameters" not in n.name and not n.name.startswith("s")]
     assert tensor_inputs == ["l_input_ids_", "l_attention_mask_"], tensor_inputs
     torch._dynamo.reset()
 

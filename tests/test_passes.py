@@ -174,7 +174,7 @@ def test_credit_fusion_does_not_fire_on_near_misses(fn):
     out = compiled(logits, out_credit, masked, first_step)
     assert pass_count("credit_fusion") == 0
     assert calls(graphs[0], DENSE_OP) == 0
-    for a, b in zip(ref, out):
+    for a, b in zip(ref, out, strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
     torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0)
 
@@ -250,7 +250,7 @@ def test_block_sliced_lm_head_does_not_fire_when_full_logits_are_needed(module):
     assert pass_count("block_sliced_lm_head") == 0
     (linear,) = [n for n in graphs[0].graph.nodes if n.target is torch._C._nn.linear]
     assert linear.args[0].op == "placeholder"
-    for a, b in zip(as_tuple(ref), as_tuple(out)):
+    for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         assert torch.equal(a, b)
 
 
@@ -312,7 +312,7 @@ def test_gumbel_fp64_elision_does_not_fire(fn):
     out = compiled(logits)
     assert pass_count("gumbel_fp64_elision") == 0
     assert calls(graphs[0], torch.rand_like) == 1
-    for a, b in zip(as_tuple(ref), as_tuple(out)):
+    for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         assert torch.equal(a, b)
 
 

@@ -37,7 +37,7 @@ def p_top(top: float, others=(0.0, 0.0)) -> float:
 
 def fused_conf(logits3, credit3, alpha=1.0) -> tuple[int, float]:
     """argmax and its softmax of l + alpha*log1p(C) over three non-mask columns (by hand)."""
-    fused = [x + alpha * math.log1p(c) for x, c in zip(logits3, credit3)]
+    fused = [x + alpha * math.log1p(c) for x, c in zip(logits3, credit3, strict=True)]
     top = max(range(3), key=lambda v: (fused[v], -v))
     return top, math.exp(fused[top]) / sum(math.exp(f) for f in fused)
 
@@ -142,9 +142,10 @@ def _credit_of(setup) -> list[dict[int, float]]:
         for row in buffers["credit"][0]:
             out.append({v: float(c) for v, c in enumerate(row.tolist()) if c != 0})
     else:
-        for ids, credit in zip(buffers["slot_ids"][0].tolist(), buffers["slot_credit"][0].tolist()):
+        slots = zip(buffers["slot_ids"][0].tolist(), buffers["slot_credit"][0].tolist(), strict=True)
+        for ids, credit in slots:
             entry = {}
-            for v, c in zip(ids, credit):
+            for v, c in zip(ids, credit, strict=True):
                 if v >= 0 and c != 0:
                     entry[v] = entry.get(v, 0.0) + c
             out.append(entry)
@@ -153,7 +154,7 @@ def _credit_of(setup) -> list[dict[int, float]]:
 
 def _assert_credit(actual, expected):
     assert len(actual) == len(expected)
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         assert sorted(a) == sorted(e), (actual, expected)
         for v in e:
             assert a[v] == pytest.approx(e[v], abs=1e-6), (actual, expected)

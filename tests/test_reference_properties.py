@@ -193,9 +193,9 @@ def test_dense_and_sparse_credit_agree(seed, batch, prompt_len, geometry, tau, a
     assert torch.equal(dense.sequences, sparse.sequences)
     assert dense.nfe == sparse.nfe
     assert [t.committed for t in dense.trace] == [t.committed for t in sparse.trace]
-    for a, b in zip(dense.trace, sparse.trace):
-        for ra, rb in zip(a.confidence, b.confidence):
-            assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6) for x, y in zip(ra, rb))
+    for a, b in zip(dense.trace, sparse.trace, strict=True):
+        for ra, rb in zip(a.confidence, b.confidence, strict=True):
+            assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6) for x, y in zip(ra, rb, strict=True))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ def _dense_credit(state, vocab):
     dense = torch.zeros(*ids.shape[:-1], vocab)
     for b in range(ids.shape[0]):
         for i in range(ids.shape[1]):
-            for v, c in zip(ids[b, i].tolist(), credit[b, i].tolist()):
+            for v, c in zip(ids[b, i].tolist(), credit[b, i].tolist(), strict=True):
                 if v >= 0:
                     dense[b, i, v] += c
     return dense
@@ -374,7 +374,7 @@ def test_sync_every_does_not_change_tokens_or_nfe(seed, batch, prompt_len, kw, s
                                           sync_every=every, trace=True))
     first = results[0]
     assert first.steps_run == first.nfe
-    for other, every in zip(results[1:], (3, sync_every)):
+    for other, every in zip(results[1:], (3, sync_every), strict=True):
         assert torch.equal(first.sequences, other.sequences)
         assert other.nfe == first.nfe
         assert other.steps_run >= other.nfe and other.steps_run % every == 0

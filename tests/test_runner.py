@@ -29,7 +29,7 @@ def describe_first_divergence(model, ids, mask, kwargs) -> str:
     reference, graphs do not) from kernel rounding at a near-tie (confidences within ulps)."""
     ref = cc.generate_reference(model, ids, mask, trace=True, **kwargs)
     fast = cc.optimize(model, cuda_graphs="off", **kwargs).generate(ids, mask, trace=True)
-    for n, (a, b) in enumerate(zip(ref.trace, fast.trace)):
+    for n, (a, b) in enumerate(zip(ref.trace, fast.trace, strict=False)):
         if a.committed != b.committed:
             return (f"compiled leaves the reference at step {n} (block {a.block}): reference "
                     f"committed {a.committed} with confidence {a.confidence}; compiled "

@@ -7,8 +7,8 @@ are not counted in the NFE, so the NFE is the same whatever `sync_every` is.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -98,7 +98,7 @@ def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
         previous_nfe = int(nfe)
         start = state.gen_start + int(block) * state.block_length
         committed, confidence = [], []
-        for row_commit, row_conf in zip(commit, conf):
+        for row_commit, row_conf in zip(commit, conf, strict=True):
             idx = row_commit.nonzero().flatten()
             committed.append((idx + start).tolist())
             confidence.append(row_conf[idx].tolist())

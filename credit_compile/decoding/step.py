@@ -7,7 +7,7 @@ block advance are computed on the device, and a step after completion changes no
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

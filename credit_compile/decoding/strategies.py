@@ -13,7 +13,7 @@ step traces into one graph.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

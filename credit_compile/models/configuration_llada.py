@@ -177,7 +177,8 @@ class LLaDAConfig(PretrainedConfig):
         if self.embedding_size is not None and self.embedding_size < self.vocab_size:
             raise ValueError("embedding size should be at least as big as vocab size")
         if str(self.block_type) != "llama":
-            raise ValueError(f"block_type={self.block_type!r} is not supported (LLaDA checkpoints use 'llama')")
+            raise ValueError(
+                f"block_type={self.block_type!r} is not supported (LLaDA checkpoints use 'llama')")
         if str(self.activation_type) not in ("silu", "gelu", "relu"):
             raise ValueError(
                 f"activation_type={self.activation_type!r} is not supported with the llama block "

@@ -188,9 +188,9 @@ def _dense_kernel(
     row = tl.program_id(0)
     split = tl.program_id(1)
     b = (row // Lb).to(tl.int64)
-    l = (row % Lb).to(tl.int64)
-    lrow = logits_ptr + b * s_lb + l * s_ll
-    crow = credit_ptr + b * s_cb + l * s_cl
+    pos = (row % Lb).to(tl.int64)
+    lrow = logits_ptr + b * s_lb + pos * s_ll
+    crow = credit_ptr + b * s_cb + pos * s_cl
     alpha = tl.cast(alpha, tl.float32)  # Inductor passes Python floats as fp64
     gamma = tl.cast(gamma, tl.float32)
     d = _decay(first_ptr, beta)
@@ -226,7 +226,7 @@ def _dense_combine_kernel(
     gamma = tl.cast(gamma, tl.float32)
     row = tl.program_id(0)
     b = (row // Lb).to(tl.int64)
-    l = (row % Lb).to(tl.int64)
+    pos = (row % Lb).to(tl.int64)
     j = tl.arange(0, BLOCK_S)
     jm = j < nsplit
     o = row * nsplit + j
@@ -241,7 +241,7 @@ def _dense_combine_kernel(
     fm, fs, fidx = _combine_partials(fm_j, fs_j, fi_j)
     # chunks are disjoint, so exactly one split holds v* as its own argmax
     dstar = tl.sum(tl.where(jm & (i_j == vstar), d_j, 0.0), 0)
-    _dense_finalize(m, s, vstar, dstar, fm, fs, fidx, row, credit_ptr + b * s_cb + l * s_cl,
+    _dense_finalize(m, s, vstar, dstar, fm, fs, fidx, row, credit_ptr + b * s_cb + pos * s_cl,
                     masked_ptr, x0_ptr, conf_ptr, alpha, gamma)
 
 

@@ -207,12 +207,12 @@ def _sparse_fused_kernel(
     """One program per row: the pass over V, then the slot work (nsplit == 1)."""
     row = tl.program_id(0)
     b = (row // Lb).to(tl.int64)
-    l = (row % Lb).to(tl.int64)
-    lrow = logits_ptr + b * s_lb + l * s_ll
+    pos = (row % Lb).to(tl.int64)
+    lrow = logits_ptr + b * s_lb + pos * s_ll
     m, s, vstar = _raw_stats(lrow, 0, V, mask_id, BLOCK_V, LANE)
     d = _decay(first_ptr, beta)
     _sparse_finalize(
-        m, s, vstar, row, lrow, ids_ptr + b * s_ib + l * s_il, cred_ptr + b * s_cb + l * s_cl,
+        m, s, vstar, row, lrow, ids_ptr + b * s_ib + pos * s_il, cred_ptr + b * s_cb + pos * s_cl,
         masked_ptr, x0_ptr, conf_ptr, K, s_ik, s_ck, d, alpha, gamma, mask_id, BLOCK_K,
     )
 
@@ -226,8 +226,8 @@ def _stats_split_kernel(
     row = tl.program_id(0)
     split = tl.program_id(1)
     b = (row // Lb).to(tl.int64)
-    l = (row % Lb).to(tl.int64)
-    lrow = logits_ptr + b * s_lb + l * s_ll
+    pos = (row % Lb).to(tl.int64)
+    lrow = logits_ptr + b * s_lb + pos * s_ll
     v_lo = split * chunk
     v_hi = tl.minimum(v_lo + chunk, V)
     m, s, idx = _raw_stats(lrow, v_lo, v_hi, mask_id, BLOCK_V, LANE)
@@ -248,7 +248,7 @@ def _sparse_combine_kernel(
     """Grid (rows,): combine the nsplit partials of a row, then the slot work."""
     row = tl.program_id(0)
     b = (row // Lb).to(tl.int64)
-    l = (row % Lb).to(tl.int64)
+    pos = (row % Lb).to(tl.int64)
     j = tl.arange(0, BLOCK_S)
     jm = j < nsplit
     o = row * nsplit + j
@@ -258,8 +258,8 @@ def _sparse_combine_kernel(
     m, s, vstar = _combine_partials(m_j, s_j, i_j)
     d = _decay(first_ptr, beta)
     _sparse_finalize(
-        m, s, vstar, row, logits_ptr + b * s_lb + l * s_ll,
-        ids_ptr + b * s_ib + l * s_il, cred_ptr + b * s_cb + l * s_cl,
+        m, s, vstar, row, logits_ptr + b * s_lb + pos * s_ll,
+        ids_ptr + b * s_ib + pos * s_il, cred_ptr + b * s_cb + pos * s_cl,
         masked_ptr, x0_ptr, conf_ptr, K, s_ik, s_ck, d, alpha, gamma, mask_id, BLOCK_K,
     )
 

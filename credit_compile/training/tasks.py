@@ -20,8 +20,9 @@ them alone solved the held-out set with one forward pass per block, leaving noth
 to trade). `permute` has many answers: each position's marginal spreads over the prompt's digits,
 and committing several uncertain positions in one step picks digits independently, which can
 repeat one digit and drop another. Decoding them one at a time is always right; how many to commit
-per step is exactly the speed-quality trade-off threshold and credit decoding make. A fixed 1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of
-the prompt text, is held out: `sample_batch` never trains on it, `held_out_set` draws only from it.
+per step is exactly the speed-quality trade-off threshold and credit decoding make. A fixed
+1-in-`HELD_OUT_MOD` slice of the prompts, chosen by a CRC of the prompt text, is held out:
+`sample_batch` never trains on it, `held_out_set` draws only from it.
 """
 
 from __future__ import annotations

@@ -121,7 +121,8 @@ def train(out: str, steps: int | None = None, minutes: float | None = None, batc
         if step % log_every == 0:
             elapsed = time.perf_counter() - start
             log["losses"].append([step, running / count])
-            print(f"step {step} lr {opt.param_groups[0]['lr']:.2e} loss {running / count:.4f} {elapsed:.0f}s", flush=True)
+            lr = opt.param_groups[0]["lr"]
+            print(f"step {step} lr {lr:.2e} loss {running / count:.4f} {elapsed:.0f}s", flush=True)
             running, count = 0.0, 0
         if step % save_every == 0:
             log.update(steps=step, seconds=time.perf_counter() - start)
