@@ -53,6 +53,7 @@ from .credit_step_sparse_triton import (
     _lane_update,
     _log1p,
     launch_config,
+    launch_inputs_and_outputs,
 )
 
 # Entries per thread-local group (4: one 16-byte load of float32 credit, 8 bytes of bf16 logits);
@@ -275,12 +276,7 @@ def launch_credit_step_dense_triton(
             block_v=block_v, nsplit=nsplit, num_warps=num_warps, lane=lane, wrap=wrap)
         credit.copy_(work)
         return out
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    masked = masked.to(torch.bool).contiguous()
-    first_step = first_step.to(device=logits.device, dtype=torch.bool)
-    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
-    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
+    logits, masked, first_step, x0, conf = launch_inputs_and_outputs(logits, masked, first_step)
     rows = batch * block
     if rows == 0:
         return x0, conf

@@ -341,6 +341,18 @@ def _k(kernel, wrap: bool):
     return torch.library.wrap_triton(kernel) if wrap else kernel
 
 
+def launch_inputs_and_outputs(logits, masked, first_step):
+    """What both launchers hand the kernels: logits with a unit last stride, a contiguous bool
+    mask, the first-step flag on the logits' device, and empty (x0, conf) of shape [B, Lb]."""
+    if logits.stride(-1) != 1:
+        logits = logits.contiguous()
+    batch, block = int(logits.shape[0]), int(logits.shape[1])
+    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
+    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
+    return (logits, masked.to(torch.bool).contiguous(),
+            first_step.to(device=logits.device, dtype=torch.bool), x0, conf)
+
+
 def launch_credit_step_sparse_triton(
     logits: torch.Tensor,
     slot_ids: torch.Tensor,
@@ -367,12 +379,7 @@ def launch_credit_step_sparse_triton(
     # Launch configuration needs concrete sizes (under symbolic tracing this specializes).
     batch, block, vocab = (int(n) for n in logits.shape)
     slots = int(slot_ids.shape[-1])
-    if logits.stride(-1) != 1:
-        logits = logits.contiguous()
-    masked = masked.to(torch.bool).contiguous()
-    first_step = first_step.to(device=logits.device, dtype=torch.bool)
-    x0 = torch.empty((batch, block), dtype=torch.int64, device=logits.device)
-    conf = torch.empty((batch, block), dtype=torch.float32, device=logits.device)
+    logits, masked, first_step, x0, conf = launch_inputs_and_outputs(logits, masked, first_step)
     rows = batch * block
     if rows == 0:
         return x0, conf
