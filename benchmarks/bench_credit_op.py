@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from provenance import git_commit  # noqa: E402
 
 from credit_compile import ops  # noqa: E402
 from credit_compile.ops.credit_step_reference import (  # noqa: E402
@@ -52,18 +51,6 @@ from credit_compile.ops.credit_step_reference import (  # noqa: E402
 LLADA_VOCAB = 126464
 LLADA_MASK_ID = 126336
 ALPHA, BETA, GAMMA = 0.7, 0.8, 0.2
-
-
-def git_commit() -> str:
-    env = os.environ.get("GIT_COMMIT")
-    if env:
-        return env
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
-                             capture_output=True, text=True, timeout=10)
-        return out.stdout.strip()
-    except Exception:  # noqa: BLE001 - no git, not a checkout, ...
-        return "unknown"
 
 
 def triton_version() -> str | None:

@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 
 import credit_compile as cc
 from credit_compile.models import build_model
@@ -39,14 +38,6 @@ from credit_compile.models import build_model
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
          "credit-compiled-sparse", "credit-graphs", "credit-graphs-dense"]
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], text=True,
-                                       cwd=Path(__file__).parent, stderr=subprocess.DEVNULL).strip()
-    except Exception:
-        return os.environ.get("CREDIT_COMPILE_COMMIT", "unknown")
 
 
 def sync(device):

@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
 import torch
+from provenance import git_commit
 
 HERE = Path(__file__).resolve().parent
 GEN, BLOCK = 16, 8
@@ -36,14 +35,6 @@ TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 ALPHAS = (0.3, 1.0, 1.5, 2.5)
 ALPHA_TAUS = (0.7, 0.9)
 BLOCKS = (4, 16)
-
-
-def _commit() -> str:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
-                              capture_output=True, check=True).stdout.strip()
-    except Exception:
-        return os.environ.get("CREDIT_COMPILE_COMMIT", "unknown")
 
 
 def evaluate(model, tokenizer, items, **decode) -> dict:
@@ -182,7 +173,7 @@ def main(argv=None) -> int:
         tokenizer = CharTokenizer.from_pretrained(args.model)
     tasks = tuple(args.tasks) if args.tasks else TASKS
     items = held_out_set(args.n, seed=args.seed, tasks=tasks)
-    commit, rows = _commit(), []
+    commit, rows = git_commit(), []
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     for method, sweep, decode in configs(args.alpha):
