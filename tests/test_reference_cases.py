@@ -23,7 +23,11 @@ from toy_models import ScriptedModel
 
 import credit_compile as cc
 from credit_compile import DecodeConfig
-from credit_compile.decoding.strategies import num_transfer_tokens_sync_free
+from credit_compile.decoding.strategies import (
+    num_transfer_tokens_sync_free,
+    rank_descending_sync_free,
+    threshold_commit_sync_free,
+)
 from credit_compile.engine import setup_generation
 
 MASK = 3
@@ -361,6 +365,30 @@ def test_transfer_count_per_step_equals_the_original_split():
                                                       torch.tensor(s))[0]) for s in range(steps)]
             assert ours == original, (count, steps)
             assert sum(ours) == count
+
+
+def test_threshold_commit_includes_confidences_equal_to_tau():
+    # conf >= min(max - 1e-5, tau): 0.5 is exactly tau (and exactly representable) and commits.
+    conf = torch.tensor([[1.0, 0.5, 0.49, 0.7]])
+    masked = torch.tensor([[True, True, True, False]])
+    assert threshold_commit_sync_free(conf, masked, 0.5).tolist() == [[True, True, False, False]]
+
+
+def test_threshold_commit_slack_lets_near_best_positions_through():
+    # Below tau the threshold is max - 1e-5: a position 5e-6 under the best commits with it, one
+    # 2e-5 under does not; the unmasked 0.9 neither commits nor sets the maximum.
+    conf = torch.tensor([[0.3, 0.3 - 5e-6, 0.3 - 2e-5, 0.9]], dtype=torch.float64)
+    masked = torch.tensor([[True, True, True, False]])
+    assert threshold_commit_sync_free(conf, masked, 0.95).tolist() == [[True, True, False, False]]
+
+
+def test_rank_breaks_ties_by_position():
+    # LLaDA's sampler commits the k most confident positions; among equal confidences the
+    # earliest position goes first (more ties than a small sort keeps in order by accident).
+    values = torch.tensor([[0.5] * 40 + [0.9] + [0.5] * 40])
+    ranks = rank_descending_sync_free(values)[0].tolist()
+    assert ranks[40] == 0
+    assert ranks[:40] == list(range(1, 41)) and ranks[41:] == list(range(41, 81))
 
 
 # ------------------------------------------------------------------------------------------------
