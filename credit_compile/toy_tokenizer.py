@@ -36,6 +36,6 @@ class CharTokenizer:
             if i <= LAST - FIRST:
                 out.append(chr(i + FIRST))
             elif not skip_special_tokens:
-                special = {self.mask_token_id: "<mask>", self.eos_token_id: "<eos>"}  # eos first on a tie
+                special = {self.mask_token_id: "<mask>", self.eos_token_id: "<eos>"}  # eos wins a tie
                 out.append(special.get(i, f"<{i}>"))
         return "".join(out)
