@@ -194,14 +194,17 @@ def cmd_bench(args) -> int:
             f"error: {script} not found: the benchmarks ship with the source repository, not the "
             f"wheel; run `pip install -e .` from a clone"
         )
-    argv = sys.argv
+    argv, path = sys.argv, list(sys.path)
+    # As `python benchmarks/bench_x.py` would: the script's folder first on sys.path (the
+    # scripts import their sibling modules).
     sys.argv = [str(script), *args.rest]
+    sys.path.insert(0, str(script.parent))
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as done:
         return int(done.code or 0)
     finally:
-        sys.argv = argv
+        sys.argv, sys.path[:] = argv, path
     return 0
 
 

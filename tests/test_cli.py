@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from credit_compile.cli import main
@@ -42,7 +44,9 @@ def test_checkpoint_directory_round_trip(tmp_path, capsys):
         main(["generate", "--model", str(tmp_path), *SMALL])
 
 
-def test_bench_runs_a_benchmark_script(tmp_path, capsys):
+def test_bench_runs_a_benchmark_script(tmp_path, capsys, monkeypatch):
+    # Another test may have imported the scripts' sibling module already; this one must not rely on it.
+    monkeypatch.delitem(sys.modules, "provenance", raising=False)
     out = tmp_path / "rows.jsonl"
     code = main(["bench", "generate", "--preset", "tiny", "--modes", "llada-eager", "credit-eager",
                  "--gen-length", "8", "--block-length", "4", "--repeats", "1", "--out", str(out)])
