@@ -71,17 +71,9 @@ class OptimizedModel(nn.Module):
     def generate(self, input_ids, attention_mask=None, *, trace: bool = False, progress=None,
                  **overrides) -> GenerationOutput:
         """Decode with this model's config (`overrides` are DecodeConfig fields for this call)."""
-        config = resolve_config(self.decode_config, overrides)
-        if config.mask_id is None and self._mask_id is not None:
-            config = config.replace(mask_id=self._mask_id)
-        info = describe_model(self.model, config.mask_id, config.eos_token_id)
-        # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
-        # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
-        fresh = setup_generation(self.model, input_ids, attention_mask, config, info=info,
-                                 forward=make_forward(self.model, info),
-                                 use_op=config.credit_layout == "sparse")
-        runner, initial = self._runner_for(fresh, trace)
-        runner.reload(initial)
+        fresh = self._setup(input_ids, attention_mask, overrides)
+        config = fresh.config
+        runner = self._loaded_runner(fresh, trace)
         start = time.perf_counter()
         out = run_generation(
             runner.step, runner.state,
@@ -99,6 +91,60 @@ class OptimizedModel(nn.Module):
         runner.compile_seconds = 0.0  # reported once, by the call that compiled
         out.steps_run *= runner.steps_per_call
         return out
+
+    @torch.no_grad()
+    def precompile(self, batch_size: int, prompt_length: int, *, padded: bool = False,
+                   **overrides) -> float:
+        """Compile (and on CUDA capture) the step for these shapes now; returns the seconds.
+
+        A server calls this at start-up for the shapes it will see, so that no request pays the
+        compile. `generate()` then reuses the step for a batch of `batch_size` prompts of
+        `prompt_length` tokens; with `prompt_bucket` set, for every length of that bucket.
+        `padded=True` prepares the step of a left-padded batch (an attention mask), which a
+        batch without padding does not use; with a bucket both are the same step.
+        """
+        if not (isinstance(batch_size, int) and batch_size > 0
+                and isinstance(prompt_length, int) and prompt_length > (1 if padded else 0)):
+            raise ValueError(
+                f"precompile(batch_size={batch_size!r}, prompt_length={prompt_length!r}): use a "
+                f"positive batch size and prompt length (at least 2 with padded=True)"
+            )
+        config = self._config(overrides)
+        device = next(self.model.parameters()).device
+        # Any in-vocabulary id does: the prompt's content does not change the compiled step.
+        input_ids = torch.full((batch_size, prompt_length), config.mask_id, device=device)
+        attention_mask = None
+        if padded:
+            attention_mask = torch.ones_like(input_ids)
+            attention_mask[:, 0] = 0
+        fresh = self._setup(input_ids, attention_mask, overrides)
+        runner = self._loaded_runner(fresh, trace=False)
+        runner.ensure_compiled()
+        seconds, runner.compile_seconds = runner.compile_seconds, 0.0
+        return seconds
+
+    def _config(self, overrides: dict) -> DecodeConfig:
+        config = resolve_config(self.decode_config, overrides)
+        if config.mask_id is None and self._mask_id is not None:
+            config = config.replace(mask_id=self._mask_id)
+        return config
+
+    def _setup(self, input_ids, attention_mask, overrides: dict) -> GenerationSetup:
+        config = self._config(overrides)
+        info = describe_model(self.model, config.mask_id, config.eos_token_id)
+        # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
+        # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
+        return setup_generation(self.model, input_ids, attention_mask, config, info=info,
+                                forward=make_forward(self.model, info),
+                                use_op=config.credit_layout == "sparse")
+
+    def _loaded_runner(self, fresh: GenerationSetup, trace: bool):
+        """The cached runner for these shapes, loaded with `fresh`'s prompts."""
+        runner, initial = self._runner_for(fresh, trace)
+        runner.reload(initial)
+        # Prompts of one bucket share the runner but not their bucket padding.
+        runner.state.output_start = fresh.state.output_start
+        return runner
 
     def _runner_for(self, fresh: GenerationSetup, trace: bool):
         """The cached runner for these shapes and the initial state to load into it."""

@@ -49,6 +49,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompt-bucket", type=int, default=None,
+                   help="left-pad prompts to a multiple of this many tokens, so nearby prompt "
+                        "lengths share one compiled step (no token changes)")
 
 
 def _or(value, default):
@@ -65,7 +68,7 @@ def _decode_config(args):
         steps=args.steps, alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau=args.tau,
         temperature=args.temperature, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
-        dtype=args.dtype, seed=args.seed,
+        dtype=args.dtype, seed=args.seed, prompt_bucket=args.prompt_bucket,
     )
 
 

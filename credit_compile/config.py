@@ -67,6 +67,12 @@ class DecodeConfig:
             steps run after completion are no-ops and are not counted as NFE.
         seed: seeds the global RNG at the start of `generate()` (random remasking, Gumbel noise);
             None leaves the RNG alone.
+        prompt_bucket: left-pad every prompt to a multiple of this many tokens (never past the
+            model's context), so prompts of nearby lengths share one compiled step and CUDA graph
+            instead of compiling one per length. The padding is masked out of attention and
+            positions count real tokens only, so the generated tokens are those of the unpadded
+            prompt (tested in float32); `sequences` omits it. Needs a model that honours
+            `attention_mask`. None pads nothing.
     """
 
     strategy: Strategy = "credit"
@@ -90,6 +96,7 @@ class DecodeConfig:
     cuda_graphs: CudaGraphs = "auto"
     sync_every: int = 4
     seed: int | None = None
+    prompt_bucket: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +178,10 @@ class DecodeConfig:
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}: use one of {DTYPES}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
+        if self.prompt_bucket is not None:
+            need(_is_count(self.prompt_bucket) and self.prompt_bucket > 0,
+                 f"prompt_bucket={self.prompt_bucket!r}: use a positive number of tokens (for "
+                 f"example 64) or None (no padding)")
         for name in ("mask_id", "eos_token_id", "seed"):
             v = getattr(self, name)
             need(v is None or (_is_count(v) and v >= 0),

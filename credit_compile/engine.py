@@ -18,6 +18,7 @@ from .config import DecodeConfig
 from .decoding.state import DecodeState, prepare_state
 from .decoding.step import ForwardFn, denoise_step
 from .decoding.strategies import Strategy, make_strategy
+from .prompt_buckets import pad_prompts_to_bucket
 from .validation import check_inputs, resolve_mask_id
 
 
@@ -59,6 +60,9 @@ def setup_generation(
     if info.vocab_size is None:
         info = ModelInfo(**{**info.__dict__, "vocab_size": probe_vocab_size(forward, input_ids)})
     mask_id = resolve_mask_id(config, info)
+    # The mask token is an id the vocabulary is known to hold; bucket padding is masked out anyway.
+    input_ids, attention_mask, bucket_padding = pad_prompts_to_bucket(
+        input_ids, attention_mask, config, info, pad_id=mask_id)
     eos_id = None
     if config.early_stop:
         eos_id = config.eos_token_id if config.eos_token_id is not None else info.eos_id
@@ -70,6 +74,7 @@ def setup_generation(
     state = prepare_state(
         input_ids, attention_mask,
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask_id,
+        keep_attention_mask=config.prompt_bucket is not None, output_start=bucket_padding,
     )
     strategy = make_strategy(config, mask_id, use_op=use_op)
     strategy.allocate(state, info.vocab_size)

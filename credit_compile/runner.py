@@ -44,6 +44,9 @@ class EagerStepRunner:
     def step(self) -> None:
         self._step()
 
+    def ensure_compiled(self) -> None:
+        """Compile now rather than on the first step (the step's state is reloaded before use)."""
+
     def reload(self, initial: dict[str, torch.Tensor]) -> None:
         copy_state_(self.state, initial)
 
@@ -71,6 +74,10 @@ class CompiledStepRunner(EagerStepRunner):
             self._compiled = True
         else:
             self._step()
+
+    def ensure_compiled(self) -> None:
+        if not self._compiled:
+            self.step()
 
 
 class CudaGraphStepRunner(EagerStepRunner):

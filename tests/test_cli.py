@@ -29,6 +29,14 @@ def test_verify_and_demo_report_identical_output(capsys):
 def test_bad_option_is_a_clear_error(capsys):
     assert main(["generate", "--prompt", "ab", "--gen-length", "10", "--block-length", "4"]) == 2
     assert "choose a block_length that divides gen_length" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "ab", "--prompt-bucket", "0", *SMALL]) == 2
+    assert "prompt_bucket=0: use a positive number of tokens" in capsys.readouterr().err
+
+
+def test_verify_with_a_prompt_bucket(capsys):
+    prompts = ["--prompt", "0012+0034=", "--prompt", "R12="]
+    assert main(["verify", *prompts, "--prompt-bucket", "16", *SMALL]) == 0
+    assert "tokens_equal: True" in capsys.readouterr().out
 
 
 def test_missing_checkpoint(tmp_path):

@@ -203,3 +203,28 @@ def test_cuda_graph_replay_equals_reference_on_the_trained_model(config):
     out = fast.generate(ids, mask)
     assert fast.last_stats["runner"] == "cuda_graph"
     assert_same_as_reference(out, ref, model, ids, mask, kwargs)
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_one_cuda_graph_serves_every_length_of_a_prompt_bucket():
+    # Captured once by precompile(), then replayed for prompts of every length in the bucket.
+    from credit_compile.assets import has_default_model, load_default_model
+    from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    model, tokenizer = load_default_model("cuda")
+    kwargs = dict(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH)
+    fast = cc.optimize(model, cuda_graphs="on", prompt_bucket=16, **kwargs)
+    assert fast.precompile(batch_size=1, prompt_length=16) > 0
+    lengths = set()
+    for _, prompt, _ in held_out_set(8, seed=11):
+        ids = tokenizer([prompt])["input_ids"].cuda()
+        lengths.add(ids.shape[1])
+        out = fast.generate(ids)
+        assert fast.last_stats["runner"] == "cuda_graph"
+        assert fast.last_stats["compile_seconds"] == 0.0
+        assert_same_as_reference(out, cc.generate_reference(model, ids, **kwargs), model, ids,
+                                 None, kwargs)
+    assert len(lengths) >= 3 and len(fast._runners) == 1

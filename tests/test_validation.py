@@ -102,6 +102,10 @@ CONFIG_ERRORS = [
     (dict(credit_slots=0), r"use a positive integer or None \(exact\)"),
     (dict(mask_id=-3), r"mask_id=-3: use a non-negative integer or None"),
     (dict(seed=-1), r"seed=-1: use a non-negative integer or None"),
+    (dict(prompt_bucket=0), r"prompt_bucket=0: use a positive number of tokens .* or None"),
+    (dict(prompt_bucket=-8), r"prompt_bucket=-8: use a positive number of tokens"),
+    (dict(prompt_bucket=16.0), r"prompt_bucket=16.0: use a positive number of tokens"),
+    (dict(prompt_bucket=True), r"prompt_bucket=True: use a positive number of tokens"),
 ]
 
 
@@ -342,6 +346,11 @@ def test_padded_batch_on_a_model_that_ignores_the_mask(ids):
         cc.generate_reference(NoMask(), ids, torch.tensor([[0, 1, 1], [1, 1, 1]]), **small())
     # An all-ones mask is no padding: fine.
     cc.generate_reference(NoMask(), ids, torch.ones(2, 3, dtype=torch.long), **small())
+    # Bucketing pads even unpadded prompts, so it is refused for such a model.
+    with pytest.raises(ValueError, match=r"prompt_bucket pads prompts on the left, and this model "
+                                         r"ignores attention_mask .* use prompt_bucket=None"):
+        cc.generate_reference(NoMask(), ids, prompt_bucket=4, **small())
+    cc.generate_reference(NoMask(), ids, prompt_bucket=None, **small())
 
 
 # ------------------------------------------------------------------------------------------------

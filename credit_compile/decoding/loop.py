@@ -82,9 +82,9 @@ def run_generation(
                 f"strategy (every step must commit at least one masked token)"
             )
     return GenerationOutput(
-        sequences=state.x.clone(),
+        sequences=state.x[:, state.output_start:].clone(),
         nfe=int(state.nfe),
-        prompt_length=state.gen_start,
+        prompt_length=state.gen_start - state.output_start,
         trace=None if snapshots is None else _to_trace(snapshots, state),
         steps_run=steps_run,
     )
@@ -96,7 +96,7 @@ def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
         if int(nfe) == previous_nfe:
             continue  # a no-op step after completion
         previous_nfe = int(nfe)
-        start = state.gen_start + int(block) * state.block_length
+        start = state.gen_start - state.output_start + int(block) * state.block_length
         committed, confidence = [], []
         for row_commit, row_conf in zip(commit, conf, strict=True):
             idx = row_commit.nonzero().flatten()

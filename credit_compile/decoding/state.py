@@ -32,6 +32,8 @@ class DecodeState:
         last_conf: [B, Lb] float32, confidences of the last step's proposals (for traces).
         last_block: 0-dim int64, the block the last step worked on (for traces).
         buffers: strategy-owned static buffers (credit state, transfer schedule).
+        output_start: canvas columns added by prompt bucketing, left out of the returned
+            sequences.
     """
 
     x: torch.Tensor
@@ -51,6 +53,7 @@ class DecodeState:
     last_conf: torch.Tensor
     last_block: torch.Tensor
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
+    output_start: int = 0
 
     @property
     def batch_size(self) -> int:
@@ -84,8 +87,14 @@ def prepare_state(
     gen_length: int,
     block_length: int,
     mask_id: int,
+    keep_attention_mask: bool = False,
+    output_start: int = 0,
 ) -> DecodeState:
-    """Build the canvas and the static buffers for validated, left-padded inputs."""
+    """Build the canvas and the static buffers for validated, left-padded inputs.
+
+    Without padding the attention mask is dropped (the model's cheaper unmasked path), unless
+    `keep_attention_mask`: prompt buckets keep it so that every length of a bucket has one graph.
+    """
     batch, prompt_len = input_ids.shape
     device = input_ids.device
     canvas = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)
@@ -93,7 +102,7 @@ def prepare_state(
     prompt_mask = torch.zeros_like(canvas, dtype=torch.bool)
     prompt_mask[:, :prompt_len] = True
 
-    padded = attention_mask is not None and not bool(attention_mask.all())
+    padded = attention_mask is not None and (keep_attention_mask or not bool(attention_mask.all()))
     full_mask = position_ids = None
     if padded:
         full_mask = torch.ones_like(canvas)
@@ -120,4 +129,5 @@ def prepare_state(
         last_commit=torch.zeros(batch, block_length, dtype=torch.bool, device=device),
         last_conf=torch.zeros(batch, block_length, dtype=torch.float32, device=device),
         last_block=scalar(0),
+        output_start=output_start,
     )

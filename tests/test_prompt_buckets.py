@@ -1,0 +1,136 @@
+"""Prompt buckets: left padding to a multiple of `prompt_bucket` changes no token, and every
+prompt length of a bucket reuses one compiled step (`precompile` prepares it ahead of time)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._dynamo.utils import counters
+
+import credit_compile as cc
+from credit_compile.adapters import ModelInfo
+from credit_compile.assets import has_default_model, load_default_model
+from credit_compile.prompt_buckets import bucketed_prompt_length
+from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set
+
+needs_default_model = pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+
+DECODE = {"gen_length": GEN_LENGTH, "block_length": BLOCK_LENGTH}
+STRATEGIES = [
+    {"strategy": "credit"},
+    {"strategy": "threshold"},
+    {"strategy": "llada", "steps": 8},
+    {"strategy": "llada", "steps": 8, "remasking": "random", "temperature": 1.0, "seed": 3},
+]
+
+
+def _info(max_length):
+    return ModelInfo("generic", 0, None, 10, max_length, True)
+
+
+@pytest.mark.parametrize("length, bucket, max_length, gen_length, expected", [
+    (14, 16, None, 16, 16),   # rounds up
+    (16, 16, None, 16, 16),   # a multiple stays
+    (17, 16, None, 16, 32),
+    (1, 64, None, 16, 64),
+    (14, 1000, 64, 16, 48),   # never past the context
+    (48, 32, 64, 16, 48),     # the cap lands exactly on the prompt
+    (14, None, 64, 16, 14),   # no bucket, no padding
+])
+def test_bucketed_prompt_length(length, bucket, max_length, gen_length, expected):
+    config = cc.DecodeConfig(gen_length=gen_length, block_length=gen_length, prompt_bucket=bucket)
+    assert bucketed_prompt_length(length, config, _info(max_length)) == expected
+
+
+@pytest.fixture(scope="module")
+def default():
+    return load_default_model("cpu")
+
+
+@pytest.fixture(scope="module")
+def prompts(default):
+    _, tokenizer = default
+    return tokenizer([p for _, p, _ in held_out_set(8, seed=11)])
+
+
+@needs_default_model
+@pytest.mark.parametrize("decode", STRATEGIES, ids=lambda d: "-".join(map(str, d.values())))
+@pytest.mark.parametrize("bucket", [5, 16, 1000])
+def test_bucket_changes_no_token_of_a_padded_batch(default, prompts, decode, bucket):
+    model, _ = default
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    assert not bool(mask.all())  # a padded batch: the bucket adds to existing padding
+    plain = cc.generate_reference(model, ids, mask, trace=True, **DECODE, **decode)
+    bucketed = cc.generate_reference(model, ids, mask, trace=True, prompt_bucket=bucket,
+                                     **DECODE, **decode)
+    assert torch.equal(bucketed.sequences, plain.sequences)
+    assert bucketed.prompt_length == plain.prompt_length == ids.shape[1]
+    assert bucketed.nfe == plain.nfe
+    # Commits at the same (unpadded) positions; confidences to float32 rounding (the padded
+    # attention sums over more, masked, columns).
+    assert [(t.block, t.committed) for t in bucketed.trace] == \
+        [(t.block, t.committed) for t in plain.trace]
+    for ours, theirs in zip(bucketed.trace, plain.trace, strict=True):
+        for a, b in zip(ours.confidence, theirs.confidence, strict=True):
+            torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=1e-5, atol=1e-6)
+
+
+@needs_default_model
+@pytest.mark.parametrize("decode", STRATEGIES[:2], ids=lambda d: d["strategy"])
+def test_bucket_changes_no_token_of_an_unpadded_prompt(default, prompts, decode):
+    model, _ = default
+    row = prompts["input_ids"][:1, -int(prompts["attention_mask"][0].sum()):]
+    plain = cc.generate_reference(model, row, **DECODE, **decode)
+    for bucket in (row.shape[1], 16):  # no column added (a mask of ones) / columns added
+        bucketed = cc.generate_reference(model, row, prompt_bucket=bucket, **DECODE, **decode)
+        assert torch.equal(bucketed.sequences, plain.sequences)
+
+
+def _unpadded_rows(prompts):
+    for ids, mask in zip(prompts["input_ids"], prompts["attention_mask"], strict=True):
+        yield ids[-int(mask.sum()):].unsqueeze(0)
+
+
+@needs_default_model
+def test_one_compiled_step_serves_every_length_of_a_bucket(default, prompts):
+    model, _ = default
+    rows = list(_unpadded_rows(prompts))
+    lengths = sorted({row.shape[1] for row in rows})
+    assert len(lengths) >= 3 and max(lengths) <= 16
+    optimized = cc.optimize(model, prompt_bucket=16, sync_every=2, **DECODE)
+    graphs_before = counters["stats"]["unique_graphs"]
+    assert optimized.precompile(batch_size=1, prompt_length=16) > 0
+    graphs_compiled = counters["stats"]["unique_graphs"] - graphs_before
+    assert graphs_compiled >= 1
+    assert optimized.precompile(batch_size=1, prompt_length=3) == 0.0  # same bucket: nothing new
+
+    for row in rows:
+        out = optimized.generate(row)
+        assert optimized.last_stats["compile_seconds"] == 0.0
+        reference = cc.generate_reference(model, row, **DECODE)
+        assert torch.equal(out.sequences, reference.sequences), row
+        assert out.nfe == reference.nfe
+    assert len(optimized._runners) == 1
+    assert counters["stats"]["unique_graphs"] - graphs_before == graphs_compiled  # no recompile
+
+
+@needs_default_model
+def test_without_a_bucket_every_length_needs_its_own_step(default, prompts):
+    model, _ = default
+    rows = list(_unpadded_rows(prompts))
+    optimized = cc.optimize(model, compile=False, **DECODE)
+    for row in rows:
+        optimized.generate(row)
+    assert len(optimized._runners) == len({row.shape[1] for row in rows})
+
+
+@needs_default_model
+def test_precompile_checks_its_arguments(default):
+    optimized = cc.optimize(default[0], compile=False, **DECODE)
+    for bad in [dict(batch_size=0, prompt_length=4), dict(batch_size=1, prompt_length=0),
+                dict(batch_size=1, prompt_length=1, padded=True), dict(batch_size=1.0, prompt_length=4)]:
+        with pytest.raises(ValueError, match=r"use a positive batch size and prompt length"):
+            optimized.precompile(**bad)
+    with pytest.raises(ValueError, match=r"exceeds the model's maximum sequence length"):
+        optimized.precompile(batch_size=1, prompt_length=64)
+    assert optimized.precompile(batch_size=2, prompt_length=4, padded=True) == 0.0  # eager: nothing
