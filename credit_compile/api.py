@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections import OrderedDict
 
 import torch
 from torch import nn
@@ -35,15 +36,25 @@ class OptimizedModel(nn.Module):
         decode_config: the default `DecodeConfig`; `generate(**overrides)` changes it per call.
             (`config` stays the wrapped model's own config.)
         last_stats: timings of the last `generate()` call (compile seconds, decode seconds, runner).
+        max_cached_steps: compiled steps kept, one per (batch size, prompt length or bucket,
+            padding, config); beyond it the least recently used is dropped with its buffers and
+            CUDA graph, and recompiled if its shapes come back.
     """
 
-    def __init__(self, model: nn.Module, config: DecodeConfig, mask_id: int | None = None):
+    def __init__(self, model: nn.Module, config: DecodeConfig, mask_id: int | None = None,
+                 max_cached_steps: int = 8):
         super().__init__()
         self.model = model
         self.decode_config = config
+        self.max_cached_steps = max_cached_steps
         self._mask_id = mask_id
-        self._runners: dict = {}
+        self._runners: OrderedDict = OrderedDict()
         self.last_stats: dict = {}
+
+    @property
+    def cached_steps(self) -> int:
+        """How many compiled steps (shapes) are cached now."""
+        return len(self._runners)
 
     # Behave like the wrapped model.
     def forward(self, *args, **kwargs):
@@ -155,7 +166,9 @@ class OptimizedModel(nn.Module):
         )
         runner = self._runners.get(key)
         initial = state.tensors()
-        if runner is None:
+        if runner is not None:
+            self._runners.move_to_end(key)
+        else:
             # The runner keeps `fresh` as its static state (later calls copy into it); warm-up
             # steps before CUDA-graph capture mutate it, so keep the initial values apart.
             initial = {name: t.clone() for name, t in initial.items()}
@@ -164,11 +177,13 @@ class OptimizedModel(nn.Module):
             unroll = config.sync_every if cuda_graphs != "off" else 1
             runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs, unroll=unroll)
             self._runners[key] = runner
+            while len(self._runners) > self.max_cached_steps:
+                self._runners.popitem(last=False)
         return runner, initial
 
 
 def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: int | None = None,
-             **overrides) -> OptimizedModel:
+             max_cached_steps: int = 8, **overrides) -> OptimizedModel:
     """Wrap `model` so that `generate()` runs through the compiled fast path.
 
     Args:
@@ -176,11 +191,16 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
             whose forward(input_ids, attention_mask=None) returns logits.
         config: decoding defaults (DecodeConfig); `overrides` change its fields.
         mask_id: the mask token when the model's config has no `mask_token_id`.
+        max_cached_steps: compiled steps (shapes) kept before the least recently used is
+            dropped; each holds static buffers and, on CUDA, a graph's memory pool.
     """
     if isinstance(model, OptimizedModel):
         model = model.model
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
+    if not (isinstance(max_cached_steps, int) and not isinstance(max_cached_steps, bool)
+            and max_cached_steps > 0):
+        raise ValueError(f"max_cached_steps={max_cached_steps!r}: use a positive integer (default 8)")
     config = resolve_config(config, overrides)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     if info.mask_id is None:
@@ -191,4 +211,4 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     if config.dtype is not None:
         model = model.to(_DTYPES[config.dtype])
     model.eval()
-    return OptimizedModel(model, config, mask_id=info.mask_id)
+    return OptimizedModel(model, config, mask_id=info.mask_id, max_cached_steps=max_cached_steps)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+import types
 
 import torch
 
@@ -51,6 +52,18 @@ class EagerStepRunner:
         copy_state_(self.state, initial)
 
 
+def with_own_code(fn: types.FunctionType) -> types.FunctionType:
+    """`fn` with a code object of its own.
+
+    Dynamo keeps compiled graphs on the code object, at most `recompile_limit` (8) of them. Runners
+    sharing one code object made the ninth prompt shape a live model compiled fail under
+    fullgraph=True (FailOnRecompileLimitHit), and made every step call check the guards of every
+    other shape's graph first.
+    """
+    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+                              fn.__defaults__, fn.__closure__)
+
+
 class CompiledStepRunner(EagerStepRunner):
     kind = "compiled"
 
@@ -61,8 +74,8 @@ class CompiledStepRunner(EagerStepRunner):
         def denoise_step_compiled() -> None:
             step()
 
-        self._step = torch.compile(denoise_step_compiled, backend=backend, fullgraph=True,
-                                   dynamic=False)
+        self._step = torch.compile(with_own_code(denoise_step_compiled), backend=backend,
+                                   fullgraph=True, dynamic=False)
         self._compiled = False
 
     def step(self) -> None:

@@ -110,7 +110,7 @@ def test_one_compiled_step_serves_every_length_of_a_bucket(default, prompts):
         reference = cc.generate_reference(model, row, **DECODE)
         assert torch.equal(out.sequences, reference.sequences), row
         assert out.nfe == reference.nfe
-    assert len(optimized._runners) == 1
+    assert optimized.cached_steps == 1
     assert counters["stats"]["unique_graphs"] - graphs_before == graphs_compiled  # no recompile
 
 
@@ -121,7 +121,7 @@ def test_without_a_bucket_every_length_needs_its_own_step(default, prompts):
     optimized = cc.optimize(model, compile=False, **DECODE)
     for row in rows:
         optimized.generate(row)
-    assert len(optimized._runners) == len({row.shape[1] for row in rows})
+    assert optimized.cached_steps == len({row.shape[1] for row in rows})
 
 
 @needs_default_model

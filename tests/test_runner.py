@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import credit_compile as cc
+from credit_compile.engine import setup_generation
 from credit_compile.models import build_model, get_config
-from credit_compile.runner import EagerStepRunner
+from credit_compile.runner import CompiledStepRunner, EagerStepRunner
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -62,6 +63,34 @@ def test_cuda_graphs_on_without_cuda_is_an_error():
     ids, _ = prompts(1, 4, "cpu")
     with pytest.raises(ValueError, match="move the model to CUDA"):
         cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on").generate(ids)
+
+
+def test_more_live_shapes_than_dynamos_recompile_limit():
+    # Dynamo allows `recompile_limit` graphs per code object; every runner compiling the same
+    # function made the ninth live shape fail under fullgraph=True. The backend is dynamo's own
+    # "eager" (no Inductor) to keep the test cheap: the limit is dynamo's, whatever the backend.
+    model = build_model("tiny")
+    config = cc.DecodeConfig(gen_length=4, block_length=4)
+    limit = torch._dynamo.config.recompile_limit
+    runners = []
+    for length in range(1, limit + 3):
+        ids, _ = prompts(1, length, "cpu")
+        setup = setup_generation(model, ids, None, config)
+        runners.append(CompiledStepRunner(setup, backend="eager"))
+        runners[-1].step()  # compiles; without a code object per runner the ninth raised
+        assert int(setup.state.nfe) == 1
+
+
+def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
+    model = build_model("tiny")
+    fast = cc.optimize(model, gen_length=4, block_length=4, compile=False, max_cached_steps=2)
+    for length in (3, 4, 3, 5):
+        fast.generate(prompts(1, length, "cpu")[0])
+    assert fast.cached_steps == 2
+    assert sorted(key[0] for key in fast._runners) == [(1, 3 + 4), (1, 5 + 4)]
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError, match=r"max_cached_steps=.*: use a positive integer"):
+            cc.optimize(model, max_cached_steps=bad)
 
 
 def test_eager_runner_when_compile_is_off():
@@ -227,4 +256,4 @@ def test_one_cuda_graph_serves_every_length_of_a_prompt_bucket():
         assert fast.last_stats["compile_seconds"] == 0.0
         assert_same_as_reference(out, cc.generate_reference(model, ids, **kwargs), model, ids,
                                  None, kwargs)
-    assert len(lengths) >= 3 and len(fast._runners) == 1
+    assert len(lengths) >= 3 and fast.cached_steps == 1
