@@ -181,7 +181,7 @@ def cmd_demo(args) -> int:
     return 0 if same else 1
 
 
-BENCHMARKS = ("generate", "quality", "credit_op")
+BENCHMARKS = ("generate", "quality", "credit_op", "prompt_buckets")
 
 
 def cmd_bench(args) -> int:

@@ -31,6 +31,11 @@ def check_inputs(
     info: ModelInfo,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Validate prompts; returns (input_ids, attention_mask) unchanged when fine."""
+    if isinstance(attention_mask, DecodeConfig):
+        raise ValueError(
+            "a DecodeConfig was passed as attention_mask (the third positional argument): pass "
+            "it by name, generate_reference(model, input_ids, config=config)"
+        )
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(
             f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}: "

@@ -299,6 +299,11 @@ def test_attention_mask_shape_mismatch(model, ids, mask_shape):
                     attention_mask=mask, **small())
 
 
+def test_config_passed_as_the_attention_mask(model, ids):
+    with pytest.raises(ValueError, match=r"a DecodeConfig was passed as attention_mask .* config=config"):
+        cc.generate_reference(model, ids, DecodeConfig(**small()))
+
+
 def test_attention_mask_not_a_tensor(model, ids):
     assert_rejected(model, ids, r"pass the mask the tokenizer returned with these input_ids",
                     attention_mask=[[1, 1, 1], [1, 1, 1]], **small())
