@@ -27,7 +27,7 @@ import torch
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import build_model
+from credit_compile.models import build_model, get_config
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -74,7 +74,7 @@ def serve(model, requests, config: cc.DecodeConfig) -> dict:
 def worker(args, bucket: int, result_path: str) -> None:
     """One setting, in this (fresh) process."""
     device = torch.device(args.device)
-    model, config, requests = setup(args, device)
+    model, config, requests, _ = setup(args, device)
     # Process warm-up (Inductor's imports, the C++ or Triton toolchain), charged to no setting.
     torch.compile(lambda t: t * 2 + 1, fullgraph=True)(torch.ones(8, device=device))
     cc.generate_reference(model, requests[0], config=config)
@@ -82,15 +82,17 @@ def worker(args, bucket: int, result_path: str) -> None:
     Path(result_path).write_text(json.dumps(result))
 
 
-def setup(args, device):
+def setup(args, device, with_model: bool = True):
+    """(model or None, decode config, requests, dtype): the same in the parent and every worker."""
     tiny = args.preset.startswith("tiny")
     dtype = torch.float32 if tiny else torch.bfloat16
-    model = build_model(args.preset, dtype=dtype, device=device, seed=0)
+    model_config = get_config(args.preset)
     config = cc.DecodeConfig(gen_length=args.gen_length or (32 if tiny else 256),
                              block_length=args.block_length or (16 if tiny else 32), sync_every=8)
     requests = make_requests(args.requests, args.min_length, args.max_length,
-                             model.config.vocab_size, model.config.mask_token_id, device)
-    return model, config, requests
+                             model_config.vocab_size, model_config.mask_token_id, device)
+    model = build_model(args.preset, dtype=dtype, device=device, seed=0) if with_model else None
+    return model, config, requests, dtype
 
 
 def run_setting(argv: list[str], bucket: int) -> dict:
@@ -124,16 +126,16 @@ def main(argv=None) -> int:
         return 0
 
     device = torch.device(args.device)
-    model, config, requests = setup(args, device)
+    # The parent only orchestrates: each worker builds the model (an 8B one needs its memory).
+    _, config, requests, dtype = setup(args, device, with_model=False)
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
-        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""),
         "requests": len(requests), "distinct_lengths": len({ids.shape[1] for ids in requests}),
         "min_length": args.min_length, "max_length": args.max_length,
         "gen_length": config.gen_length, "block_length": config.block_length,
     }
-    del model
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, baseline = [], None

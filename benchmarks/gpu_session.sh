@@ -7,9 +7,10 @@
 #   bash benchmarks/gpu_session.sh gen256       # bench_generate llada-8b, B=1 and 8, gen 256
 #   bash benchmarks/gpu_session.sh gen1024      # gen 1024, B=1, every mode
 #   bash benchmarks/gpu_session.sh gen1024b8    # B=8 at gen 1024's sequence length (see below)
+#   bash benchmarks/gpu_session.sh buckets      # 6 requests of varied prompt lengths, bucket 0/256
 #
 # Order for a 30-minute lease (about 1.5 min to start): tests (~4 min), gen1024 (~8), gen1024b8
-# (~6), gen256 (~6), op (~2). Each step runs the model over the whole sequence, so a step's cost
+# (~6), gen256 (~6), op (~2), buckets (~7: one 8B compile per distinct length without a bucket). Each step runs the model over the whole sequence, so a step's cost
 # depends on the batch and the sequence length T = prompt + gen, not on how much is generated.
 # A full gen-1024 run at B=8 takes about 6 minutes per eager mode (1024 steps of ~340 ms), more
 # than one command may run; gen1024b8 therefore measures the same step shapes (T = 1056) with an
@@ -51,12 +52,17 @@ gen256)
 gen1024)
     gen gen1024_b1 --batch 1 --gen-length 1024
     ;;
+buckets)
+    python3 benchmarks/bench_prompt_buckets.py --preset llada-8b --requests 6 --min-length 16 \
+        --max-length 240 --buckets 0 256 --gen-length 64 --block-length 32 \
+        --out "$OUT/prompt_buckets.jsonl" 2>&1 | tee "$OUT/buckets.log"
+    ;;
 gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
         --modes llada-eager threshold-eager credit-graphs
     ;;
 *)
-    echo "unknown stage ${1}: use tests, op, gen256, gen1024 or gen1024b8" >&2
+    echo "unknown stage ${1}: use tests, op, gen256, gen1024, gen1024b8 or buckets" >&2
     exit 2
     ;;
 esac

@@ -71,8 +71,10 @@ class DecodeConfig:
             model's context), so prompts of nearby lengths share one compiled step and CUDA graph
             instead of compiling one per length. The padding is masked out of attention and
             positions count real tokens only, so the generated tokens are those of the unpadded
-            prompt (tested in float32); `sequences` omits it. Needs a model that honours
-            `attention_mask`. None pads nothing.
+            prompt up to float rounding (attention sums over more, masked, columns; tested equal
+            in float32 on the trained model); `sequences` omits it. The eager reference pads the
+            same way, so optimized and reference stay equal token for token. Needs a model that
+            honours `attention_mask`. None pads nothing.
     """
 
     strategy: Strategy = "credit"
