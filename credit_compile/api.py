@@ -12,6 +12,7 @@ the same shapes recompiles nothing and replays the same CUDA graph.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections import OrderedDict
 
@@ -49,7 +50,21 @@ class OptimizedModel(nn.Module):
         self.max_cached_steps = max_cached_steps
         self._mask_id = mask_id
         self._runners: OrderedDict = OrderedDict()
+        # Calls share the static buffers of their shape: concurrent ones must run one at a time.
+        self._lock = threading.Lock()
         self.last_stats: dict = {}
+
+    def __getstate__(self):
+        # A lock does not copy or pickle, and compiled steps belong to this process: a copy
+        # starts with none and compiles its own.
+        state = dict(self.__dict__)
+        state["_runners"] = OrderedDict()
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state):
+        super().__setstate__(state)
+        self._lock = threading.Lock()
 
     @property
     def cached_steps(self) -> int:
@@ -81,7 +96,15 @@ class OptimizedModel(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, trace: bool = False, progress=None,
                  **overrides) -> GenerationOutput:
-        """Decode with this model's config (`overrides` are DecodeConfig fields for this call)."""
+        """Decode with this model's config (`overrides` are DecodeConfig fields for this call).
+
+        Thread-safe: concurrent calls run one at a time (batch the prompts into one call to
+        decode them together).
+        """
+        with self._lock:
+            return self._generate(input_ids, attention_mask, trace, progress, overrides)
+
+    def _generate(self, input_ids, attention_mask, trace, progress, overrides) -> GenerationOutput:
         fresh = self._setup(input_ids, attention_mask, overrides)
         config = fresh.config
         runner = self._loaded_runner(fresh, trace)
@@ -128,10 +151,11 @@ class OptimizedModel(nn.Module):
         if padded:
             attention_mask = torch.ones_like(input_ids)
             attention_mask[:, 0] = 0
-        fresh = self._setup(input_ids, attention_mask, overrides)
-        runner = self._loaded_runner(fresh, trace=False)
-        runner.ensure_compiled()
-        seconds, runner.compile_seconds = runner.compile_seconds, 0.0
+        with self._lock:
+            fresh = self._setup(input_ids, attention_mask, overrides)
+            runner = self._loaded_runner(fresh, trace=False)
+            runner.ensure_compiled()
+            seconds, runner.compile_seconds = runner.compile_seconds, 0.0
         return seconds
 
     def _config(self, overrides: dict) -> DecodeConfig:

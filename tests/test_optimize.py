@@ -57,12 +57,15 @@ CONFIGS = st.sampled_from([
     seed=st.integers(0, 2**16),
     padded=st.booleans(),
     sync_every=st.integers(1, 3),
+    prompt_bucket=st.sampled_from([None, None, 4, 8]),
 )
-def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, padded, sync_every):
+def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, padded, sync_every,
+                                    prompt_bucket):
     gen_length, block_length = blocks
     model = ContextMixModel(seed=seed % 7)
     ids, mask = make_prompts(batch, prompt_length, seed, padded)
-    kwargs = dict(config, gen_length=gen_length, block_length=block_length)
+    kwargs = dict(config, gen_length=gen_length, block_length=block_length,
+                  prompt_bucket=prompt_bucket)
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     fast = cc.optimize(model, sync_every=sync_every, **kwargs).generate(ids, mask)
     assert_same_generation(ref, fast)
@@ -93,6 +96,42 @@ def test_second_call_reuses_state_and_matches_reference():
         ids, mask = make_prompts(2, 4, seed, padded=True)
         assert_same_generation(cc.generate_reference(model, ids, mask, gen_length=8, block_length=4),
                                fast.generate(ids, mask))
+
+
+def test_concurrent_calls_do_not_share_buffers_mid_decode():
+    # Every call of one shape decodes in the same static buffers: without the lock, threads
+    # overwrote each other's canvas and returned wrong tokens silently.
+    import threading
+
+    model = ContextMixModel(seed=1)
+    fast = cc.optimize(model, gen_length=16, block_length=4, compile=False)
+    prompts = [make_prompts(1, 4, seed, padded=False)[0] for seed in range(6)]
+    results = [None] * len(prompts)
+
+    def decode(i):
+        results[i] = fast.generate(prompts[i]).sequences
+
+    threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(prompts))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for prompt, result in zip(prompts, results, strict=True):
+        ref = cc.generate_reference(model, prompt, gen_length=16, block_length=4)
+        assert torch.equal(result, ref.sequences)
+
+
+def test_a_copy_compiles_its_own_steps():
+    import copy
+
+    model = ContextMixModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 3, 0, padded=False)
+    first = fast.generate(ids)
+    twin = copy.deepcopy(fast)
+    assert twin.cached_steps == 0 and fast.cached_steps == 1
+    assert twin.model is not fast.model
+    assert_same_generation(first, twin.generate(ids))
 
 
 def test_trace_matches_reference():
