@@ -95,10 +95,12 @@ def setup(args, device, with_model: bool = True):
     return model, config, requests, dtype
 
 
-def run_setting(argv: list[str], bucket: int) -> dict:
+def run_setting(argv: list[str], bucket: int, cold_cache: bool = True) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         result_path = str(Path(scratch) / "result.json")
-        env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(scratch) / "inductor")}
+        env = dict(os.environ)
+        if cold_cache:
+            env["TORCHINDUCTOR_CACHE_DIR"] = str(Path(scratch) / "inductor")
         subprocess.run([sys.executable, __file__, *argv, "--worker-bucket", str(bucket),
                         "--worker-result", result_path], env=env, check=True)
         return json.loads(Path(result_path).read_text())
@@ -117,6 +119,9 @@ def main(argv=None) -> int:
     parser.add_argument("--block-length", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(RESULTS / "prompt_buckets.jsonl"))
+    parser.add_argument("--warm-cache", action="store_true",
+                        help="let the settings share Inductor's cache (quick, for tests; compile "
+                             "times are then not those of a cold start)")
     parser.add_argument("--worker-bucket", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -135,12 +140,14 @@ def main(argv=None) -> int:
         "requests": len(requests), "distinct_lengths": len({ids.shape[1] for ids in requests}),
         "min_length": args.min_length, "max_length": args.max_length,
         "gen_length": config.gen_length, "block_length": config.block_length,
+        "cold_inductor_cache": not args.warm_cache,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, baseline = [], None
     for bucket in sorted(set(args.buckets)):  # 0 first: the baseline
-        result = run_setting(argv if argv is not None else sys.argv[1:], bucket)
+        result = run_setting(argv if argv is not None else sys.argv[1:], bucket,
+                             cold_cache=not args.warm_cache)
         outputs = result.pop("outputs")
         baseline = baseline or {**result, "outputs": outputs}
         row = {**meta, "prompt_bucket": bucket or None, **result,

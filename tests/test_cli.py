@@ -70,7 +70,7 @@ def test_bench_prompt_buckets_runs_each_setting_in_its_own_process(tmp_path, cap
     out = tmp_path / "rows.jsonl"
     code = main(["bench", "prompt_buckets", "--requests", "2", "--min-length", "2",
                  "--max-length", "3", "--buckets", "0", "4", "--gen-length", "4",
-                 "--block-length", "4", "--out", str(out)])
+                 "--block-length", "4", "--warm-cache", "--out", str(out)])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["prompt_bucket"] for r in rows] == [None, 4]
