@@ -98,8 +98,9 @@ class OptimizedModel(nn.Module):
                  **overrides) -> GenerationOutput:
         """Decode with this model's config (`overrides` are DecodeConfig fields for this call).
 
-        Thread-safe: concurrent calls run one at a time (batch the prompts into one call to
-        decode them together).
+        Prompts on another device (tokenized on the CPU) are moved to the model's. Thread-safe:
+        concurrent calls run one at a time (batch the prompts into one call to decode them
+        together).
         """
         with self._lock:
             return self._generate(input_ids, attention_mask, trace, progress, overrides)

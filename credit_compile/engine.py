@@ -56,6 +56,7 @@ def setup_generation(
 ) -> GenerationSetup:
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
     forward = forward if forward is not None else make_forward(model, info)
+    input_ids, attention_mask = _on_model_device(model, input_ids, attention_mask)
     input_ids, attention_mask = check_inputs(input_ids, attention_mask, config, info)
     if info.vocab_size is None:
         info = ModelInfo(**{**info.__dict__, "vocab_size": probe_vocab_size(forward, input_ids)})
@@ -81,3 +82,11 @@ def setup_generation(
     if config.seed is not None:
         torch.manual_seed(config.seed)
     return GenerationSetup(config, info, forward, strategy, state, eos_id)
+
+
+def _on_model_device(model: nn.Module, *tensors):
+    """Inputs moved to the model's device (prompts tokenized on the CPU for a CUDA model)."""
+    parameter = next(model.parameters(), None)
+    if parameter is None:
+        return tensors
+    return tuple(t.to(parameter.device) if isinstance(t, torch.Tensor) else t for t in tensors)

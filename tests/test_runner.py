@@ -257,3 +257,14 @@ def test_one_cuda_graph_serves_every_length_of_a_prompt_bucket():
         assert_same_as_reference(out, cc.generate_reference(model, ids, **kwargs), model, ids,
                                  None, kwargs)
     assert len(lengths) >= 3 and fast.cached_steps == 1
+
+
+@needs_cuda
+def test_prompts_on_the_cpu_for_a_cuda_model_are_moved():
+    model = build_model("tiny", device="cuda")
+    ids, mask = prompts(2, 5, "cpu", padded=True)
+    kwargs = dict(gen_length=8, block_length=4)
+    out = cc.optimize(model, **kwargs).generate(ids, mask)
+    assert out.sequences.device.type == "cuda"
+    ref = cc.generate_reference(model, ids.cuda(), mask.cuda(), **kwargs)
+    assert torch.equal(out.sequences, ref.sequences)
