@@ -114,7 +114,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-length", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--buckets", type=int, nargs="+", default=[0, 16, 32, 64],
-                        help="prompt_bucket values; 0 = no bucket (the baseline, run first)")
+                        help="prompt_bucket values; 0 = no bucket (the baseline, always run first)")
     parser.add_argument("--gen-length", type=int, default=None)
     parser.add_argument("--block-length", type=int, default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows, baseline = [], None
-    for bucket in sorted(set(args.buckets)):  # 0 first: the baseline
+    for bucket in sorted(set(args.buckets) | {0}):  # 0 first: the baseline every ratio uses
         result = run_setting(argv if argv is not None else sys.argv[1:], bucket,
                              cold_cache=not args.warm_cache)
         outputs = result.pop("outputs")

@@ -30,6 +30,9 @@ class ModelInfo:
         vocab_size: number of logit columns, or None until probed.
         max_length: the longest sequence the model accepts, or None when unknown.
         honours_attention_mask: whether left padding is masked out by the model.
+        takes_position_ids: whether the model is given positions counted over real tokens
+            (its forward takes `position_ids`); without them a padded prompt may shift its
+            positions, which is why prompt buckets need them.
     """
 
     kind: str
@@ -38,6 +41,7 @@ class ModelInfo:
     vocab_size: int | None
     max_length: int | None
     honours_attention_mask: bool
+    takes_position_ids: bool = False
 
 
 def _is_project_model(model: nn.Module) -> bool:
@@ -59,12 +63,14 @@ def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | N
         return None
 
     if _is_project_model(model):
-        kind, honours = "credit_compile", True
+        kind, honours, positions = "credit_compile", True, True
     elif type(model).__name__ == "LLaDAModelLM":
-        kind, honours = "llada_remote", False
+        kind, honours, positions = "llada_remote", False, False
     else:
         kind = "generic"
-        honours = "attention_mask" in inspect.signature(model.forward).parameters
+        parameters = inspect.signature(model.forward).parameters
+        honours = "attention_mask" in parameters
+        positions = honours and "position_ids" in parameters
     return ModelInfo(
         kind=kind,
         mask_id=mask_id if mask_id is not None else from_config("mask_token_id", "mask_id"),
@@ -72,6 +78,7 @@ def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | N
         vocab_size=from_config("embedding_size", "vocab_size"),
         max_length=from_config("max_sequence_length", "max_position_embeddings"),
         honours_attention_mask=honours,
+        takes_position_ids=positions,
     )
 
 
@@ -84,6 +91,12 @@ def make_forward(model: nn.Module, info: ModelInfo) -> ForwardFn:
     if info.kind == "credit_compile":
         def forward(input_ids, attention_mask, position_ids):
             return model(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+    elif info.takes_position_ids:
+        def forward(input_ids, attention_mask, position_ids):
+            if attention_mask is None:
+                return _logits_of(model(input_ids))
+            return _logits_of(model(input_ids, attention_mask=attention_mask,
+                                    position_ids=position_ids))
     elif info.honours_attention_mask:
         def forward(input_ids, attention_mask, position_ids):
             if attention_mask is None:

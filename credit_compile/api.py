@@ -11,7 +11,9 @@ the same shapes recompiles nothing and replays the same CUDA graph.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections import OrderedDict
@@ -26,6 +28,8 @@ from .decoding.loop import GenerationOutput, run_generation
 from .engine import GenerationSetup, resolve_config, setup_generation
 from .runner import make_runner
 
+log = logging.getLogger("credit_compile")
+
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -36,7 +40,8 @@ class OptimizedModel(nn.Module):
         model: the wrapped model (its parameters are this module's).
         decode_config: the default `DecodeConfig`; `generate(**overrides)` changes it per call.
             (`config` stays the wrapped model's own config.)
-        last_stats: timings of the last `generate()` call (compile seconds, decode seconds, runner).
+        last_stats: timings of the last `generate()` call (compile seconds, decode seconds, runner);
+            with several threads, read each call's own from `GenerationOutput.stats`.
         max_cached_steps: compiled steps kept, one per (batch size, prompt length or bucket,
             padding, config); beyond it the least recently used is dropped with its buffers and
             CUDA graph, and recompiled if its shapes come back.
@@ -47,11 +52,12 @@ class OptimizedModel(nn.Module):
         super().__init__()
         self.model = model
         self.decode_config = config
-        self.max_cached_steps = max_cached_steps
+        self._max_cached_steps = _checked_cache_size(max_cached_steps)
         self._mask_id = mask_id
         self._runners: OrderedDict = OrderedDict()
         # Calls share the static buffers of their shape: concurrent ones must run one at a time.
         self._lock = threading.Lock()
+        self._lock_owner: int | None = None
         self.last_stats: dict = {}
 
     def __getstate__(self):
@@ -60,11 +66,20 @@ class OptimizedModel(nn.Module):
         state = dict(self.__dict__)
         state["_runners"] = OrderedDict()
         del state["_lock"]
+        state["_lock_owner"] = None
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
         self._lock = threading.Lock()
+
+    @property
+    def max_cached_steps(self) -> int:
+        return self._max_cached_steps
+
+    @max_cached_steps.setter
+    def max_cached_steps(self, value: int) -> None:
+        self._max_cached_steps = _checked_cache_size(value)
 
     @property
     def cached_steps(self) -> int:
@@ -102,7 +117,7 @@ class OptimizedModel(nn.Module):
         concurrent calls run one at a time (batch the prompts into one call to decode them
         together).
         """
-        with self._lock:
+        with self._exclusive():
             return self._generate(input_ids, attention_mask, trace, progress, overrides)
 
     def _generate(self, input_ids, attention_mask, trace, progress, overrides) -> GenerationOutput:
@@ -125,6 +140,7 @@ class OptimizedModel(nn.Module):
         }
         runner.compile_seconds = 0.0  # reported once, by the call that compiled
         out.steps_run *= runner.steps_per_call
+        out.stats = dict(self.last_stats)
         return out
 
     @torch.no_grad()
@@ -152,12 +168,27 @@ class OptimizedModel(nn.Module):
         if padded:
             attention_mask = torch.ones_like(input_ids)
             attention_mask[:, 0] = 0
-        with self._lock:
+        with self._exclusive():
             fresh = self._setup(input_ids, attention_mask, overrides)
             runner = self._loaded_runner(fresh, trace=False)
             runner.ensure_compiled()
             seconds, runner.compile_seconds = runner.compile_seconds, 0.0
         return seconds
+
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """The lock, refusing re-entry: a nested call would decode in the buffers of this one."""
+        if self._lock_owner == threading.get_ident():
+            raise RuntimeError(
+                "generate()/precompile() called while this thread is inside generate() (from a "
+                "progress callback?): the calls share buffers; make the second call after the first"
+            )
+        with self._lock:
+            self._lock_owner = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._lock_owner = None
 
     def _config(self, overrides: dict) -> DecodeConfig:
         config = resolve_config(self.decode_config, overrides)
@@ -203,7 +234,12 @@ class OptimizedModel(nn.Module):
             runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs, unroll=unroll)
             self._runners[key] = runner
             while len(self._runners) > self.max_cached_steps:
-                self._runners.popitem(last=False)
+                dropped, _ = self._runners.popitem(last=False)
+                log.warning(
+                    "credit_compile: dropped the compiled step of canvas shape %s "
+                    "(max_cached_steps=%d); it compiles again if that shape returns: raise "
+                    "max_cached_steps, or set prompt_bucket to need fewer shapes",
+                    dropped[0], self.max_cached_steps)
         return runner, initial
 
 
@@ -223,9 +259,7 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         model = model.model
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
-    if not (isinstance(max_cached_steps, int) and not isinstance(max_cached_steps, bool)
-            and max_cached_steps > 0):
-        raise ValueError(f"max_cached_steps={max_cached_steps!r}: use a positive integer (default 8)")
+    _checked_cache_size(max_cached_steps)
     config = resolve_config(config, overrides)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     if info.mask_id is None:
@@ -237,3 +271,9 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         model = model.to(_DTYPES[config.dtype])
     model.eval()
     return OptimizedModel(model, config, mask_id=info.mask_id, max_cached_steps=max_cached_steps)
+
+
+def _checked_cache_size(value) -> int:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        raise ValueError(f"max_cached_steps={value!r}: use a positive integer (default 8)")
+    return value

@@ -177,7 +177,7 @@ def cmd_demo(args) -> int:
         print(f"{name:>9}: NFE {out.nfe:3d}  {sec * 1e3:8.1f} ms  {text!r}")
     same = bool((eager.sequences == optimized.sequences).all())
     print(f"identical output: {same}   speedup: {eager_seconds / fast_seconds:.2f}x "
-          f"(runner: {fast.last_stats['runner']})")
+          f"(runner: {optimized.stats['runner']})")
     return 0 if same else 1
 
 

@@ -49,6 +49,13 @@ def pad_prompts_to_bucket(
             "output: use prompt_bucket=None, or load the checkpoint with "
             "credit_compile.models.LLaDAModelLM.from_pretrained(path)"
         )
+    if not info.takes_position_ids:
+        raise ValueError(
+            "prompt_bucket pads prompts on the left, and this model's forward takes no "
+            "`position_ids`, so it may count positions from the first (padding) column and "
+            "decode differently: use prompt_bucket=None, or give its forward a `position_ids` "
+            "argument (positions counted over real tokens are passed to it)"
+        )
     batch, length = input_ids.shape
     added = bucketed_prompt_length(length, config, info) - length
     if attention_mask is None:

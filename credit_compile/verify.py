@@ -80,9 +80,9 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     reference, reference_seconds = _timed(
         lambda: generate_reference(eager_model, input_ids, attention_mask, config))
     first, _ = _timed(lambda: optimized.generate(input_ids, attention_mask, **overrides))
-    compile_seconds = optimized.last_stats["compile_seconds"]
+    compile_seconds = first.stats["compile_seconds"]
     fast, optimized_seconds = _timed(lambda: optimized.generate(input_ids, attention_mask, **overrides))
-    runner = optimized.last_stats["runner"]
+    runner = fast.stats["runner"]
 
     diff = (reference.sequences != fast.sequences).nonzero()
     first_difference = tuple(int(v) for v in diff[0]) if len(diff) else None

@@ -121,6 +121,29 @@ def test_concurrent_calls_do_not_share_buffers_mid_decode():
         assert torch.equal(result, ref.sequences)
 
 
+def test_each_output_carries_its_own_stats():
+    model = ContextMixModel(seed=1)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    out = fast.generate(make_prompts(1, 3, 0, padded=False)[0])
+    assert out.stats == fast.last_stats and out.stats["runner"] == "eager"
+    assert cc.generate_reference(model, make_prompts(1, 3, 0, padded=False)[0],
+                                 gen_length=8, block_length=4).stats is None
+
+
+def test_generate_inside_generate_is_refused_not_a_deadlock():
+    model = ContextMixModel(seed=1)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    ids = make_prompts(1, 3, 0, padded=False)[0]
+
+    def nested(_steps):
+        fast.generate(ids)
+
+    with pytest.raises(RuntimeError, match=r"called while this thread is inside generate\(\)"):
+        fast.generate(ids, progress=nested)
+    assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4),
+                           fast.generate(ids))  # the lock was released
+
+
 def test_a_copy_compiles_its_own_steps():
     import copy
 

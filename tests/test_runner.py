@@ -91,6 +91,19 @@ def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=r"max_cached_steps=.*: use a positive integer"):
             cc.optimize(model, max_cached_steps=bad)
+        with pytest.raises(ValueError, match=r"max_cached_steps=.*: use a positive integer"):
+            fast.max_cached_steps = bad
+
+
+def test_dropping_a_step_says_so(caplog):
+    model = build_model("tiny")
+    fast = cc.optimize(model, gen_length=4, block_length=4, compile=False, max_cached_steps=1)
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        fast.generate(prompts(1, 3, "cpu")[0])
+        assert not caplog.records
+        fast.generate(prompts(1, 4, "cpu")[0])
+    assert any("dropped the compiled step of canvas shape (1, 7)" in r.message
+               and "max_cached_steps=1" in r.message for r in caplog.records)
 
 
 def test_eager_runner_when_compile_is_off():

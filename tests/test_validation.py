@@ -358,6 +358,34 @@ def test_padded_batch_on_a_model_that_ignores_the_mask(ids):
     cc.generate_reference(NoMask(), ids, prompt_bucket=None, **small())
 
 
+def test_prompt_bucket_needs_a_model_that_takes_position_ids(ids):
+    class AbsolutePositions(ContextMixModel):
+        # Masks the padding but counts positions from the first column, padding included:
+        # left padding shifts them, so bucketing would change the tokens.
+        def forward(self, input_ids, attention_mask=None):
+            positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+            return super().forward(input_ids, attention_mask, position_ids=positions)
+
+    with pytest.raises(ValueError, match=r"this model's forward takes no `position_ids`.* use "
+                                         r"prompt_bucket=None, or give its forward"):
+        cc.generate_reference(AbsolutePositions(), ids, prompt_bucket=8, **small())
+
+
+def test_a_generic_model_taking_position_ids_decodes_a_bucket_unchanged(ids):
+    class PositionsIfGiven(ContextMixModel):
+        # Counts from the first column unless told: right only if it is given the positions.
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            if position_ids is None:
+                position_ids = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+            return super().forward(input_ids, attention_mask, position_ids=position_ids)
+
+    model = PositionsIfGiven(seed=5)
+    plain = cc.generate_reference(model, ids, **small())
+    for bucket in (4, 7):
+        bucketed = cc.generate_reference(model, ids, prompt_bucket=bucket, **small())
+        assert torch.equal(bucketed.sequences, plain.sequences)
+
+
 # ------------------------------------------------------------------------------------------------
 # Early stop
 # ------------------------------------------------------------------------------------------------

@@ -44,11 +44,13 @@ class ContextMixModel(nn.Module):
             "eos_token_id": eos_id,
         })()
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         weights = attention_mask.float()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+        positions = position_ids
+        if positions is None:
+            positions = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
         ctx = (self.context[input_ids] * weights[..., None]).sum(1, keepdim=True)
         ctx = ctx / weights.sum(-1)[:, None, None]
         logits = self.token[input_ids] + self.position[positions] + ctx

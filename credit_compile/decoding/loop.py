@@ -40,6 +40,8 @@ class GenerationOutput:
         prompt_length: T - gen_length, where the generated region starts.
         trace: one `StepTrace` per counted step, when asked for.
         steps_run: steps executed, counting no-op steps after completion.
+        stats: the optimized model's timings of this call (runner, compile and decode seconds);
+            None from the eager reference.
     """
 
     sequences: torch.Tensor
@@ -47,6 +49,7 @@ class GenerationOutput:
     prompt_length: int
     trace: list[StepTrace] | None = None
     steps_run: int = 0
+    stats: dict | None = None
 
     @property
     def generated(self) -> torch.Tensor:
