@@ -177,13 +177,16 @@ class OptimizedModel(nn.Module):
 
     @contextlib.contextmanager
     def _exclusive(self):
-        """The lock, refusing re-entry: a nested call would decode in the buffers of this one."""
+        """The lock, refusing re-entry (a nested call would decode in this one's buffers), and
+        the same autograd mode for every call."""
         if self._lock_owner == threading.get_ident():
             raise RuntimeError(
                 "generate()/precompile() called while this thread is inside generate() (from a "
                 "progress callback?): the calls share buffers; make the second call after the first"
             )
-        with self._lock:
+        # Static buffers outlive the call: made under a caller's inference_mode they would be
+        # inference tensors, and the next call outside it could not update them in place.
+        with self._lock, torch.inference_mode(False), torch.no_grad():
             self._lock_owner = threading.get_ident()
             try:
                 yield

@@ -144,6 +144,22 @@ def test_generate_inside_generate_is_refused_not_a_deadlock():
                            fast.generate(ids))  # the lock was released
 
 
+def test_inference_mode_before_or_after_a_normal_call():
+    # A server that warms up under torch.inference_mode() and serves without it (or the other
+    # way round): buffers made under inference mode could not be updated in place afterwards.
+    model = ContextMixModel(seed=6)
+    ids, mask = make_prompts(2, 4, 1, padded=True)
+    ref = cc.generate_reference(model, ids, mask, gen_length=8, block_length=4)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    graphs = counters["stats"]["unique_graphs"]
+    with torch.inference_mode():
+        assert_same_generation(ref, fast.generate(ids, mask))
+    assert_same_generation(ref, fast.generate(ids, mask))
+    with torch.inference_mode():
+        assert_same_generation(ref, fast.generate(ids, mask))
+    assert counters["stats"]["unique_graphs"] - graphs == 1  # one mode for every call
+
+
 def test_a_copy_compiles_its_own_steps():
     import copy
 
