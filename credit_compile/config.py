@@ -108,8 +108,10 @@ class DecodeConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
+            hints = "".join(f"; for {name!r} use {_HF_NAMES[name]!r}" for name in unknown
+                            if name in _HF_NAMES)
             raise ValueError(
-                f"unknown decoding option(s) {unknown}; valid options are {sorted(known)}"
+                f"unknown decoding option(s) {unknown}{hints}; valid options are {sorted(known)}"
             )
         return dataclasses.replace(self, **overrides)
 
@@ -188,6 +190,16 @@ class DecodeConfig:
             v = getattr(self, name)
             need(v is None or (_is_count(v) and v >= 0),
                  f"{name}={v!r}: use a non-negative integer or None")
+
+
+# transformers' generate() names users bring along, and ours for the same thing.
+_HF_NAMES = {
+    "max_new_tokens": "gen_length",
+    "max_length": "gen_length",
+    "do_sample": "temperature (with strategy='llada')",
+    "pad_token_id": "eos_token_id (padding is given by attention_mask)",
+    "guidance_scale": "cfg_scale",
+}
 
 
 def _is_real(v) -> bool:

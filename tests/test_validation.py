@@ -164,6 +164,13 @@ def test_unknown_override_names_the_valid_options(model, ids, bad):
         cc.generate_reference(model, ids, config=DecodeConfig(**small()), **bad)
 
 
+def test_transformers_names_point_to_ours(model, ids):
+    with pytest.raises(ValueError, match=r"for 'max_new_tokens' use 'gen_length'"):
+        cc.generate_reference(model, ids, max_new_tokens=8)
+    with pytest.raises(ValueError, match=r"for 'guidance_scale' use 'cfg_scale'"):
+        DecodeConfig().replace(guidance_scale=1.0)
+
+
 def test_unknown_override_lists_every_unknown_name(model, ids):
     with pytest.raises(ValueError, match=r"\['beta2', 'gen_lenght'\]"):
         cc.generate_reference(model, ids, gen_lenght=8, beta2=0.1)
