@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import logging
 import threading
 import time
@@ -58,6 +59,7 @@ class OptimizedModel(nn.Module):
         # Calls share the static buffers of their shape: concurrent ones must run one at a time.
         self._lock = threading.Lock()
         self._lock_owner: int | None = None
+        self._weights: tuple = ()
         self.last_stats: dict = {}
 
     def __getstate__(self):
@@ -109,19 +111,22 @@ class OptimizedModel(nn.Module):
         return super()._apply(fn, recurse)
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask=None, *, trace: bool = False, progress=None,
-                 **overrides) -> GenerationOutput:
-        """Decode with this model's config (`overrides` are DecodeConfig fields for this call).
+    def generate(self, input_ids, attention_mask=None, *, config: DecodeConfig | None = None,
+                 trace: bool = False, progress=None, **overrides) -> GenerationOutput:
+        """Decode with this model's config, or `config`; `overrides` are DecodeConfig fields for
+        this call (`dtype` is not one: optimize() casts the model once).
 
         Prompts on another device (tokenized on the CPU) are moved to the model's. Thread-safe:
         concurrent calls run one at a time (batch the prompts into one call to decode them
         together).
         """
+        _refuse_dtype(overrides)
         with self._exclusive():
-            return self._generate(input_ids, attention_mask, trace, progress, overrides)
+            return self._generate(input_ids, attention_mask, config, trace, progress, overrides)
 
-    def _generate(self, input_ids, attention_mask, trace, progress, overrides) -> GenerationOutput:
-        fresh = self._setup(input_ids, attention_mask, overrides)
+    def _generate(self, input_ids, attention_mask, config, trace, progress,
+                  overrides) -> GenerationOutput:
+        fresh = self._setup(input_ids, attention_mask, overrides, base=config)
         config = fresh.config
         runner = self._loaded_runner(fresh, trace)
         start = time.perf_counter()
@@ -160,6 +165,7 @@ class OptimizedModel(nn.Module):
                 f"precompile(batch_size={batch_size!r}, prompt_length={prompt_length!r}): use a "
                 f"positive batch size and prompt length (at least 2 with padded=True)"
             )
+        _refuse_dtype(overrides)
         config = self._config(overrides)
         device = next(self.model.parameters()).device
         # Any in-vocabulary id does: the prompt's content does not change the compiled step.
@@ -193,14 +199,19 @@ class OptimizedModel(nn.Module):
             finally:
                 self._lock_owner = None
 
-    def _config(self, overrides: dict) -> DecodeConfig:
-        config = resolve_config(self.decode_config, overrides)
+    def resolved_config(self, config: DecodeConfig | None = None, **overrides) -> DecodeConfig:
+        """The config a generate() call with these arguments decodes with (mask token filled in)."""
+        return self._config(overrides, base=config)
+
+    def _config(self, overrides: dict, base: DecodeConfig | None = None) -> DecodeConfig:
+        config = resolve_config(self.decode_config if base is None else base, overrides)
         if config.mask_id is None and self._mask_id is not None:
             config = config.replace(mask_id=self._mask_id)
         return config
 
-    def _setup(self, input_ids, attention_mask, overrides: dict) -> GenerationSetup:
-        config = self._config(overrides)
+    def _setup(self, input_ids, attention_mask, overrides: dict,
+               base: DecodeConfig | None = None) -> GenerationSetup:
+        config = self._config(overrides, base)
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
         # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
         # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
@@ -219,10 +230,16 @@ class OptimizedModel(nn.Module):
     def _runner_for(self, fresh: GenerationSetup, trace: bool):
         """The cached runner for these shapes and the initial state to load into it."""
         config, state = fresh.config, fresh.state
-        key = (
-            tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
-            state.device, dataclasses.replace(config, seed=None), trace,
-        )
+        weights = _weights_fingerprint(self.model)
+        if weights != self._weights:
+            # Moved, cast or re-assigned weights (also through the wrapped model, which bypasses
+            # this module's _apply): a captured CUDA graph would read the old, freed storage.
+            self._runners.clear()
+            self._weights = weights
+        graphs = not trace and config.compile and (
+            config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and state.device.type == "cuda"))
+        key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
+               state.device, _step_config(config, graphs))
         runner = self._runners.get(key)
         initial = state.tensors()
         if runner is not None:
@@ -280,3 +297,32 @@ def _checked_cache_size(value) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"max_cached_steps={value!r}: use a positive integer (default 8)")
     return value
+
+
+def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
+    """`config` without the fields the compiled step does not read, so that calls differing only
+    in those share one step: the seed and dtype (read before the step), the prompt bucket (its
+    shapes are in the key), `steps` outside "llada" and `credit_slots` outside sparse credit.
+    Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
+    number of steps captured per replay)."""
+    drop = {"seed": None, "dtype": None, "prompt_bucket": None}
+    if config.strategy != "llada":
+        drop["steps"] = None
+    if config.strategy != "credit" or config.credit_layout != "sparse":
+        drop["credit_slots"] = None
+    if not graphs:
+        drop.update(sync_every=1, cuda_graphs="off")
+    return dataclasses.replace(config, **drop)
+
+
+def _weights_fingerprint(model: nn.Module) -> tuple:
+    return tuple((t.data_ptr(), t.dtype, t.device)
+                 for t in itertools.chain(model.parameters(), model.buffers()))
+
+
+def _refuse_dtype(overrides: dict) -> None:
+    if "dtype" in overrides:
+        raise ValueError(
+            "dtype cannot change per call: optimize(model, dtype=...) casts the model once (or "
+            "cast it with model.to(dtype) between calls)"
+        )

@@ -20,8 +20,9 @@ from torch import nn
 from .api import OptimizedModel, optimize
 from .backend import make_backend
 from .config import DecodeConfig
-from .engine import resolve_config, setup_generation
+from .engine import setup_generation
 from .reference import generate as generate_reference
+from .runner import with_own_code
 
 
 @dataclass
@@ -72,16 +73,25 @@ def _timed(fn):
 @torch.no_grad()
 def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
            config: DecodeConfig | None = None, **overrides) -> VerifyReport:
-    """Compare the optimized path with the eager reference on `model` and these inputs."""
-    optimized = model if isinstance(model, OptimizedModel) else optimize(model, config, **overrides)
-    config = resolve_config(optimized.decode_config if config is None else config, overrides)
+    """Compare the optimized path with the eager reference on `model` and these inputs.
+
+    Both decode with `config` and `overrides` (for an OptimizedModel, on top of its own config).
+    A `dtype` casts `model` in place, as optimize() does.
+    """
+    if isinstance(model, OptimizedModel):
+        optimized = model
+        config = optimized.resolved_config(config, **overrides)
+    else:
+        optimized = optimize(model, config, **overrides)
+        config = optimized.resolved_config()
     eager_model = optimized.model
 
     reference, reference_seconds = _timed(
         lambda: generate_reference(eager_model, input_ids, attention_mask, config))
-    first, _ = _timed(lambda: optimized.generate(input_ids, attention_mask, **overrides))
+    first, _ = _timed(lambda: optimized.generate(input_ids, attention_mask, config=config))
     compile_seconds = first.stats["compile_seconds"]
-    fast, optimized_seconds = _timed(lambda: optimized.generate(input_ids, attention_mask, **overrides))
+    fast, optimized_seconds = _timed(
+        lambda: optimized.generate(input_ids, attention_mask, config=config))
     runner = fast.stats["runner"]
 
     diff = (reference.sequences != fast.sequences).nonzero()
@@ -104,5 +114,8 @@ def _first_step_logit_difference(model, input_ids, attention_mask, config) -> fl
     state = setup.state
     args = (state.x, state.attention_mask, state.position_ids)
     eager = setup.forward(*args)
-    compiled = torch.compile(setup.forward, backend=make_backend(passes=[]), fullgraph=True)(*args)
+    # A code object of its own: dynamo's per-code-object graph limit would otherwise count every
+    # verify() of every shape on this model.
+    compiled = torch.compile(with_own_code(setup.forward), backend=make_backend(passes=[]),
+                             fullgraph=True)(*args)
     return float((eager.float() - compiled.float()).abs().max())

@@ -228,6 +228,77 @@ def test_verify_report():
     assert "OK" in str(report)
 
 
+def test_verify_an_optimized_model_with_a_config_and_its_mask_id():
+    class NoMaskInConfig(ContextMixModel):
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            self.config.mask_token_id = None
+
+    model = NoMaskInConfig(seed=6)
+    fast = cc.optimize(model, mask_id=MASK, gen_length=8, block_length=4)
+    ids, mask = make_prompts(2, 4, seed=0, padded=True)
+    llada = cc.DecodeConfig(strategy="llada", gen_length=8, block_length=4, mask_id=MASK)
+    report = cc.verify(fast, ids, mask, config=llada)  # both paths decode llada, not the default
+    assert report.ok and report.nfe_optimized == report.nfe_reference == 8
+    assert cc.verify(fast, ids, mask).ok  # the mask token given to optimize() reaches both
+
+
+def test_options_the_step_does_not_read_reuse_the_compiled_step():
+    model = ContextMixModel(seed=2)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4)
+    assert_same_generation(ref, fast.generate(ids))
+    graphs = counters["stats"]["unique_graphs"]
+    for overrides in [dict(sync_every=8), dict(seed=5), dict(steps=4), dict(cuda_graphs="off"),
+                      dict(credit_layout="sparse", credit_slots=None)]:
+        out = fast.generate(ids, **overrides)
+        assert_same_generation(ref, out)
+        assert out.stats["compile_seconds"] == 0.0, overrides
+    assert fast.generate(ids, trace=True).stats["compile_seconds"] == 0.0
+    assert counters["stats"]["unique_graphs"] == graphs and fast.cached_steps == 1
+    # Options the step does read compile a step of their own.
+    fast.generate(ids, tau=0.5)
+    assert fast.cached_steps == 2
+    # A bucket keeps an attention mask (a step of its own); buckets padding to the same length
+    # share it.
+    assert_same_generation(ref, fast.generate(ids, prompt_bucket=4))
+    assert_same_generation(ref, fast.generate(ids, prompt_bucket=2))
+    assert fast.cached_steps == 3
+
+
+def test_dtype_is_not_a_per_call_option():
+    fast = cc.optimize(ContextMixModel(), gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 3, 0, padded=False)
+    for call in (lambda: fast.generate(ids, dtype="bfloat16"),
+                 lambda: fast.precompile(1, 3, dtype="bfloat16")):
+        with pytest.raises(ValueError, match=r"dtype cannot change per call: optimize\(model, dtype"):
+            call()
+
+
+def test_weights_changed_through_the_wrapped_model_drop_the_cached_steps():
+    # model.model.to(...) bypasses OptimizedModel._apply; a captured CUDA graph would replay on
+    # the old, freed weights, so the change is detected at the next call.
+    model = ContextMixModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    fast.generate(ids)
+    fast.model.to(torch.float64)
+    out = fast.generate(ids)
+    assert out.stats["compile_seconds"] > 0 and fast.cached_steps == 1
+    assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4), out)
+
+
+def test_non_finite_logits_are_named_when_nothing_commits():
+    class NaNLogits(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return super().forward(input_ids, attention_mask, position_ids) * float("nan")
+
+    with pytest.raises(RuntimeError, match=r"no token was committed. Non-finite logits"):
+        cc.generate_reference(NaNLogits(), make_prompts(1, 3, 0, padded=False)[0],
+                              gen_length=8, block_length=4)
+
+
 def test_verify_detects_a_difference(monkeypatch):
     model = ContextMixModel(seed=6)
     ids = torch.randint(0, 30, (1, 4))

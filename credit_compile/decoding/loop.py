@@ -81,8 +81,10 @@ def run_generation(
             break
         if steps_run > max_steps + sync_every:
             raise RuntimeError(
-                f"decoding did not finish within {max_steps} steps; this is a bug in the "
-                f"strategy (every step must commit at least one masked token)"
+                f"decoding did not finish within {max_steps} steps: no token was committed. "
+                f"Non-finite logits do that (NaN confidences pass no threshold): float16 "
+                f"overflow? run in bfloat16 or float32. Otherwise it is a bug in the strategy "
+                f"(every step must commit at least one masked token)"
             )
     return GenerationOutput(
         sequences=state.x[:, state.output_start:].clone(),
