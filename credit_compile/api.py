@@ -225,6 +225,7 @@ class OptimizedModel(nn.Module):
         runner.reload(initial)
         # Prompts of one bucket share the runner but not their bucket padding.
         runner.state.output_start = fresh.state.output_start
+        runner.state.output_rows = fresh.state.output_rows
         return runner
 
     def _runner_for(self, fresh: GenerationSetup, trace: bool):
@@ -301,11 +302,11 @@ def _checked_cache_size(value) -> int:
 
 def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
-    in those share one step: the seed and dtype (read before the step), the prompt bucket (its
+    in those share one step: the seed and dtype (read before the step), the buckets (their
     shapes are in the key), `steps` outside "llada" and `credit_slots` outside sparse credit.
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
     number of steps captured per replay)."""
-    drop = {"seed": None, "dtype": None, "prompt_bucket": None}
+    drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
     if config.strategy != "llada":
         drop["steps"] = None
     if config.strategy != "credit" or config.credit_layout != "sparse":

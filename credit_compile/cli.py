@@ -52,6 +52,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt-bucket", type=int, default=None,
                    help="left-pad prompts to a multiple of this many tokens, so nearby prompt "
                         "lengths share one compiled step (no token changes)")
+    p.add_argument("--batch-bucket", type=int, default=None,
+                   help="pad the batch with copies of its last prompt to a multiple of this many "
+                        "rows, so nearby batch sizes share one compiled step")
 
 
 def _or(value, default):
@@ -69,6 +72,7 @@ def _decode_config(args):
         temperature=args.temperature, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
         dtype=args.dtype, seed=args.seed, prompt_bucket=args.prompt_bucket,
+        batch_bucket=args.batch_bucket,
     )
 
 

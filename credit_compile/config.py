@@ -75,6 +75,12 @@ class DecodeConfig:
             in float32 on the trained model); `sequences` omits it. The eager reference pads the
             same way, so optimized and reference stay equal token for token. Needs a model that
             honours `attention_mask`. None pads nothing.
+        batch_bucket: pad the batch with copies of its last prompt to a multiple of this many
+            rows, so batches of nearby sizes share one compiled step and CUDA graph; the copies
+            are dropped from the output. Rows decode independently, so the tokens are those of
+            the unpadded batch up to float rounding, except the "llada" sampler's random draws,
+            which depend on the batch size (the reference pads the same way, so optimized and
+            reference stay equal). None pads nothing.
     """
 
     strategy: Strategy = "credit"
@@ -99,6 +105,7 @@ class DecodeConfig:
     sync_every: int = 4
     seed: int | None = None
     prompt_bucket: int | None = None
+    batch_bucket: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -186,6 +193,10 @@ class DecodeConfig:
             need(_is_count(self.prompt_bucket) and self.prompt_bucket > 0,
                  f"prompt_bucket={self.prompt_bucket!r}: use a positive number of tokens (for "
                  f"example 64) or None (no padding)")
+        if self.batch_bucket is not None:
+            need(_is_count(self.batch_bucket) and self.batch_bucket > 0,
+                 f"batch_bucket={self.batch_bucket!r}: use a positive number of rows (for "
+                 f"example 8) or None (no padding)")
         for name in ("mask_id", "eos_token_id", "seed"):
             v = getattr(self, name)
             need(v is None or (_is_count(v) and v >= 0),

@@ -18,7 +18,7 @@ from .config import DecodeConfig
 from .decoding.state import DecodeState, prepare_state
 from .decoding.step import ForwardFn, denoise_step
 from .decoding.strategies import Strategy, make_strategy
-from .prompt_buckets import pad_prompts_to_bucket
+from .prompt_buckets import pad_batch_to_bucket, pad_prompts_to_bucket
 from .validation import check_inputs, resolve_mask_id
 
 
@@ -64,6 +64,7 @@ def setup_generation(
     # The mask token is an id the vocabulary is known to hold; bucket padding is masked out anyway.
     input_ids, attention_mask, bucket_padding = pad_prompts_to_bucket(
         input_ids, attention_mask, config, info, pad_id=mask_id)
+    input_ids, attention_mask, real_rows = pad_batch_to_bucket(input_ids, attention_mask, config)
     eos_id = None
     if config.early_stop:
         eos_id = config.eos_token_id if config.eos_token_id is not None else info.eos_id
@@ -76,6 +77,7 @@ def setup_generation(
         input_ids, attention_mask,
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask_id,
         keep_attention_mask=config.prompt_bucket is not None, output_start=bucket_padding,
+        output_rows=real_rows,
     )
     strategy = make_strategy(config, mask_id, use_op=use_op)
     strategy.allocate(state, info.vocab_size)

@@ -1,10 +1,11 @@
-"""Prompt-length buckets: left padding so that one compiled step serves many prompt lengths.
+"""Prompt-length and batch-size buckets: padding so that one compiled step serves many shapes.
 
 The step is compiled (and captured as a CUDA graph) for static shapes, so every new prompt length
 would compile anew: 30-50 s for the 8B step on an H100 (docs/performance.md). With
 `DecodeConfig.prompt_bucket = k` the prompts are left-padded to the next multiple of k, and every
 length in a bucket reuses one compiled step. The added columns are masked out of attention and the
 positions count real tokens only, so the tokens generated are those of the unpadded prompt.
+`DecodeConfig.batch_bucket` does the same for the batch size with copies of the last row.
 """
 
 from __future__ import annotations
@@ -68,3 +69,27 @@ def pad_prompts_to_bucket(
         torch.cat([torch.zeros_like(pads), attention_mask], dim=1),
         added,
     )
+
+
+def pad_batch_to_bucket(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: DecodeConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    """Pad the batch with copies of its last row to a multiple of `batch_bucket` rows.
+
+    Returns (input_ids, attention_mask, real rows). A copy decodes as the row it copies and so
+    finishes with it: it adds no denoising step.
+    """
+    rows = input_ids.shape[0]
+    if config.batch_bucket is None:
+        return input_ids, attention_mask, rows
+    added = -(-rows // config.batch_bucket) * config.batch_bucket - rows
+    if added == 0:
+        return input_ids, attention_mask, rows
+
+    def with_copies(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t, t[-1:].expand(added, -1)])
+
+    return (with_copies(input_ids),
+            None if attention_mask is None else with_copies(attention_mask), rows)

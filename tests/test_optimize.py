@@ -58,14 +58,15 @@ CONFIGS = st.sampled_from([
     padded=st.booleans(),
     sync_every=st.integers(1, 3),
     prompt_bucket=st.sampled_from([None, None, 4, 8]),
+    batch_bucket=st.sampled_from([None, None, 2]),
 )
 def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, padded, sync_every,
-                                    prompt_bucket):
+                                    prompt_bucket, batch_bucket):
     gen_length, block_length = blocks
     model = ContextMixModel(seed=seed % 7)
     ids, mask = make_prompts(batch, prompt_length, seed, padded)
     kwargs = dict(config, gen_length=gen_length, block_length=block_length,
-                  prompt_bucket=prompt_bucket)
+                  prompt_bucket=prompt_bucket, batch_bucket=batch_bucket)
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     fast = cc.optimize(model, sync_every=sync_every, **kwargs).generate(ids, mask)
     assert_same_generation(ref, fast)

@@ -134,3 +134,33 @@ def test_precompile_checks_its_arguments(default):
     with pytest.raises(ValueError, match=r"exceeds the model's maximum sequence length"):
         optimized.precompile(batch_size=1, prompt_length=64)
     assert optimized.precompile(batch_size=2, prompt_length=4, padded=True) == 0.0  # eager: nothing
+
+
+@needs_default_model
+@pytest.mark.parametrize("decode", STRATEGIES[:3] + [{"strategy": "llada", "steps": 8, "cfg_scale": 1.0}],
+                         ids=lambda d: "-".join(map(str, d.values())))
+@pytest.mark.parametrize("bucket", [4, 8])
+def test_batch_bucket_changes_no_token(default, prompts, decode, bucket):
+    model, _ = default
+    ids, mask = prompts["input_ids"][:3], prompts["attention_mask"][:3]
+    plain = cc.generate_reference(model, ids, mask, trace=True, **DECODE, **decode)
+    bucketed = cc.generate_reference(model, ids, mask, trace=True, batch_bucket=bucket,
+                                     **DECODE, **decode)
+    assert bucketed.sequences.shape == plain.sequences.shape
+    assert torch.equal(bucketed.sequences, plain.sequences)
+    assert bucketed.nfe == plain.nfe  # the copies finish with the row they copy
+    assert [t.committed for t in bucketed.trace] == [t.committed for t in plain.trace]
+
+
+@needs_default_model
+def test_one_compiled_step_serves_every_batch_size_of_a_bucket(default, prompts):
+    model, _ = default
+    ids, mask = prompts["input_ids"], prompts["attention_mask"]
+    optimized = cc.optimize(model, batch_bucket=4, prompt_bucket=16, **DECODE)
+    assert optimized.precompile(batch_size=4, prompt_length=16) > 0
+    for rows in (1, 3, 4, 2):
+        out = optimized.generate(ids[:rows], mask[:rows])
+        assert out.stats["compile_seconds"] == 0.0
+        reference = cc.generate_reference(model, ids[:rows], mask[:rows], **DECODE)
+        assert torch.equal(out.sequences, reference.sequences)
+    assert optimized.cached_steps == 1

@@ -106,6 +106,8 @@ CONFIG_ERRORS = [
     (dict(prompt_bucket=-8), r"prompt_bucket=-8: use a positive number of tokens"),
     (dict(prompt_bucket=16.0), r"prompt_bucket=16.0: use a positive number of tokens"),
     (dict(prompt_bucket=True), r"prompt_bucket=True: use a positive number of tokens"),
+    (dict(batch_bucket=0), r"batch_bucket=0: use a positive number of rows .* or None"),
+    (dict(batch_bucket=2.0), r"batch_bucket=2.0: use a positive number of rows"),
 ]
 
 

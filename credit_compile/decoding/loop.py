@@ -87,7 +87,7 @@ def run_generation(
                 f"(every step must commit at least one masked token)"
             )
     return GenerationOutput(
-        sequences=state.x[:, state.output_start:].clone(),
+        sequences=state.x[:state.output_rows, state.output_start:].clone(),
         nfe=int(state.nfe),
         prompt_length=state.gen_start - state.output_start,
         trace=None if snapshots is None else _to_trace(snapshots, state),
@@ -103,7 +103,8 @@ def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
         previous_nfe = int(nfe)
         start = state.gen_start - state.output_start + int(block) * state.block_length
         committed, confidence = [], []
-        for row_commit, row_conf in zip(commit, conf, strict=True):
+        for row_commit, row_conf in zip(commit[:state.output_rows], conf[:state.output_rows],
+                                        strict=True):
             idx = row_commit.nonzero().flatten()
             committed.append((idx + start).tolist())
             confidence.append(row_conf[idx].tolist())

@@ -34,6 +34,7 @@ class DecodeState:
         buffers: strategy-owned static buffers (credit state, transfer schedule).
         output_start: canvas columns added by prompt bucketing, left out of the returned
             sequences.
+        output_rows: the rows returned (the batch before batch bucketing added copies).
     """
 
     x: torch.Tensor
@@ -54,6 +55,7 @@ class DecodeState:
     last_block: torch.Tensor
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     output_start: int = 0
+    output_rows: int | None = None
 
     @property
     def batch_size(self) -> int:
@@ -89,6 +91,7 @@ def prepare_state(
     mask_id: int,
     keep_attention_mask: bool = False,
     output_start: int = 0,
+    output_rows: int | None = None,
 ) -> DecodeState:
     """Build the canvas and the static buffers for validated, left-padded inputs.
 
@@ -130,4 +133,5 @@ def prepare_state(
         last_conf=torch.zeros(batch, block_length, dtype=torch.float32, device=device),
         last_block=scalar(0),
         output_start=output_start,
+        output_rows=batch if output_rows is None else output_rows,
     )
