@@ -134,7 +134,7 @@ class OptimizedModel(nn.Module):
             runner.step, runner.state,
             max_steps=fresh.strategy.max_steps(),
             sync_every=1 if trace else max(1, config.sync_every // runner.steps_per_call),
-            trace=trace, progress=progress,
+            trace=trace, progress=progress, steps_per_call=runner.steps_per_call,
         )
         if runner.state.device.type == "cuda":
             torch.cuda.synchronize()
@@ -144,7 +144,6 @@ class OptimizedModel(nn.Module):
             "decode_seconds": time.perf_counter() - start,
         }
         runner.compile_seconds = 0.0  # reported once, by the call that compiled
-        out.steps_run *= runner.steps_per_call
         out.stats = dict(self.last_stats)
         return out
 

@@ -80,6 +80,15 @@ def load_model_and_tokenizer(model_dir: str | None, device: str | None):
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as error:
+        raise SystemExit(f"error: --device {device!r} is not a device ({error}); use cpu or cuda") \
+            from error
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"error: --device {device!r} but CUDA is not available here; use --device cpu")
+    if kind not in ("cpu", "cuda"):
+        raise SystemExit(f"error: --device {device!r}: credit_compile runs on cpu or cuda")
     if model_dir is None:
         from .assets import has_default_model, load_default_model
 
@@ -125,7 +134,8 @@ def _progress_bar(total: int):
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc="denoising steps", unit="step", file=sys.stderr, leave=False)
-    return bar, lambda steps: bar.update(steps - bar.n)
+    # Steps run after completion are no-ops: the bar stops at its total.
+    return bar, lambda steps: bar.update(min(steps, total) - bar.n)
 
 
 def cmd_generate(args) -> int:
@@ -135,14 +145,18 @@ def cmd_generate(args) -> int:
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
     config = _decode_config(args)
     prompts, ids, mask = _prompts(args, tokenizer, device)
-    bar, progress = _progress_bar(config.gen_length)
+    # LLaDA's sampler takes `total_steps`; the others at most one step per token.
+    bar, progress = _progress_bar(config.total_steps if config.strategy == "llada"
+                                  else config.gen_length)
     start = time.perf_counter()
-    if args.eager:
-        out = generate_reference(model, ids, mask, config, progress=progress)
-    else:
-        out = optimize(model, config).generate(ids, mask, progress=progress)
+    try:
+        if args.eager:
+            out = generate_reference(model, ids, mask, config, progress=progress)
+        else:
+            out = optimize(model, config).generate(ids, mask, progress=progress)
+    finally:
+        bar.close()  # before any error message, which would otherwise follow the bar's line
     seconds = time.perf_counter() - start
-    bar.close()
     for prompt, row in zip(prompts, out.generated, strict=True):
         print(f"{prompt!r} -> {tokenizer.decode(row, skip_special_tokens=True)!r}")
     tokens = out.generated.numel()

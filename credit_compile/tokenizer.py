@@ -78,7 +78,7 @@ class CharTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         out = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+        for i in token_id_list(ids):
             i = int(i)
             if 0 <= i < len(self.chars):
                 out.append(self.chars[i])
@@ -93,7 +93,7 @@ class CharTokenizer:
     def answer(self, ids) -> str:
         """The text before the first EOS (or MASK): how the tasks' answers are read."""
         out = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+        for i in token_id_list(ids):
             i = int(i)
             if i in (self.eos_token_id, self.mask_token_id):
                 break
@@ -120,3 +120,10 @@ class CharTokenizer:
         return cls(chars=data["chars"], eos_token_id=data["eos_token_id"],
                    mask_token_id=data["mask_token_id"], vocab_size=data["vocab_size"],
                    unknown=data.get("unknown", "?"))
+
+
+def token_id_list(ids) -> list[int]:
+    """Token ids as a list of ints: a tensor (0-dim included), a single int or a sequence."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.tolist()
+    return [ids] if isinstance(ids, int) else [int(i) for i in ids]

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from .tokenizer import token_id_list
+
 FIRST, LAST = 32, 126
 
 
@@ -19,7 +21,11 @@ class CharTokenizer:
         return [(ord(c) if FIRST <= ord(c) <= LAST else ord("?")) - FIRST for c in text]
 
     def __call__(self, texts: list[str], return_tensors: str = "pt") -> dict:
-        """Left-padded batch (pad = eos), as LLaDA pads."""
+        """Left-padded batch (pad = eos), as LLaDA pads; one string is a batch of one."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if not texts:
+            raise ValueError("no prompts: give at least one string")
         rows = [self.encode(t) for t in texts]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.eos_token_id, dtype=torch.long)
@@ -32,8 +38,8 @@ class CharTokenizer:
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         out = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
-            if i <= LAST - FIRST:
+        for i in token_id_list(ids):
+            if 0 <= i <= LAST - FIRST:
                 out.append(chr(i + FIRST))
             elif not skip_special_tokens:
                 special = {self.mask_token_id: "<mask>", self.eos_token_id: "<eos>"}  # eos wins a tie

@@ -58,6 +58,13 @@ def check_inputs(
             f"per row, for example a BOS token"
         )
     total = input_ids.shape[1] + config.gen_length
+    if info.max_length is not None and input_ids.shape[1] >= info.max_length:
+        raise ValueError(
+            f"prompt length {input_ids.shape[1]} leaves no room to generate in the model's "
+            f"maximum sequence length {info.max_length}: shorten the prompt to at most "
+            f"{max(info.max_length - config.gen_length, 1)} tokens for gen_length "
+            f"{config.gen_length}"
+        )
     if info.max_length is not None and total > info.max_length:
         raise ValueError(
             f"prompt length {input_ids.shape[1]} + gen_length {config.gen_length} = {total} "

@@ -77,3 +77,23 @@ def test_bench_prompt_buckets_runs_each_setting_in_its_own_process(tmp_path, cap
     assert rows[1]["compiled_steps"] == 1 and rows[0]["compiled_steps"] == rows[0]["distinct_lengths"]
     assert all(r["tokens_equal_unbucketed"] and r["compile_seconds"] > 0 for r in rows)
     assert "vs none" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("device, says", [
+    ("bogus", r"--device 'bogus' is not a device"),
+    ("mps", r"credit_compile runs on cpu or cuda"),
+    pytest.param("cuda", r"CUDA is not available here; use --device cpu",
+                 marks=pytest.mark.skipif(__import__("torch").cuda.is_available(),
+                                          reason="CUDA is available")),
+])
+def test_unusable_device_is_a_clear_error(device, says):
+    with pytest.raises(SystemExit, match=says):
+        main(["generate", "--device", device, *SMALL])
+
+
+def test_an_error_starts_its_own_line_after_the_progress_bar(capsys):
+    assert main(["generate", "--prompt", "", *SMALL]) == 2
+    err = capsys.readouterr().err
+    # The bar is cleared first (tqdm ends its line with a carriage return), not glued to the error.
+    last_line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
+    assert last_line.startswith("error: a row of attention_mask is all padding"), err

@@ -89,6 +89,17 @@ def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
     assert again.to_dict() == tok.to_dict()
     ids = torch.tensor([1, 1, 1, 2, tok.eos_token_id, tok.eos_token_id])
     assert tok.answer(ids) == "1112" and tok.decode(ids) == "1112"
+    assert tok.decode(1) == tok.decode(torch.tensor(1)) == tok.decode([1]) == "1"  # a lone id
+
+
+def test_toy_tokenizer_edges():
+    from credit_compile.toy_tokenizer import CharTokenizer as ToyTokenizer
+
+    tok = ToyTokenizer()
+    assert tok("hello")["input_ids"].shape == (1, 5)  # one string is one prompt, not five
+    with pytest.raises(ValueError, match="no prompts"):
+        tok([])
+    assert tok.decode([-1, 33]) == "A" and tok.decode(33) == "A"
 
 
 def test_held_out_set_is_disjoint_from_training():

@@ -160,10 +160,15 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
     fast = cc.optimize(model, cuda_graphs="on", **kwargs)
     for seed in (2, 3):  # the second call reloads new prompts into the same static buffers
         ids, mask = prompts(3, 6, "cpu", padded=True, seed=seed)
-        out = fast.generate(ids, mask)
+        reported = []
+        out = fast.generate(ids, mask, progress=reported.append)
         assert fast.last_stats["runner"] == "cuda_graph"
         ref = cc.generate_reference(model, ids, mask, **kwargs)
         assert_same_as_reference(out, ref, model, ids, mask, kwargs)
+        # Progress counts denoising steps, not replays of several.
+        unroll = kwargs.get("sync_every", 4)
+        assert reported[-1] == out.steps_run >= out.nfe
+        assert all(n % unroll == 0 for n in reported)
 
 
 @needs_cuda

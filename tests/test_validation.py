@@ -242,6 +242,13 @@ def test_prompt_plus_gen_length_beyond_max_length(model, prompt_len, gen_length)
                     gen_length=gen_length, block_length=gen_length // 2 or 1)
 
 
+def test_prompt_alone_at_or_beyond_max_length(model):
+    ids = torch.ones(1, 40, dtype=torch.long)
+    assert_rejected(model, ids, r"prompt length 40 leaves no room to generate in the model's "
+                                r"maximum sequence length 32: shorten the prompt to at most 24 "
+                                r"tokens for gen_length 8", **small())
+
+
 def test_prompt_plus_gen_length_at_max_length_is_fine(model):
     out = cc.generate_reference(model, torch.ones(1, 24, dtype=torch.long), **small())
     assert out.sequences.shape == (1, 32)

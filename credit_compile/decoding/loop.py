@@ -64,14 +64,19 @@ def run_generation(
     sync_every: int = 1,
     trace: bool = False,
     progress: Callable[[int], None] | None = None,
+    steps_per_call: int = 1,
 ) -> GenerationOutput:
-    """Call `step()` until `state.done`, checking on the host every `sync_every` steps."""
+    """Call `step()` until `state.done`, checking on the host every `sync_every` calls.
+
+    One call runs `steps_per_call` denoising steps (a CUDA graph of several); `progress` and
+    `steps_run` count steps.
+    """
     snapshots = [] if trace else None
     steps_run = 0
     while True:
         for _ in range(sync_every):
             step()
-            steps_run += 1
+            steps_run += steps_per_call
             if snapshots is not None:
                 snapshots.append((state.last_block.clone(), state.last_commit.clone(),
                                   state.last_conf.clone(), state.nfe.clone()))
@@ -79,7 +84,7 @@ def run_generation(
             progress(steps_run)
         if bool(state.done):
             break
-        if steps_run > max_steps + sync_every:
+        if steps_run > max_steps + sync_every * steps_per_call:
             raise RuntimeError(
                 f"decoding did not finish within {max_steps} steps: no token was committed. "
                 f"Non-finite logits do that (NaN confidences pass no threshold): float16 "
