@@ -102,11 +102,13 @@ class OptimizedModel(nn.Module):
         return self.model.state_dict(*args, **kwargs)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
-        self._runners.clear()
+        # A copy in place keeps the cached steps valid (graphs read the weights' storage);
+        # assign=True replaces the storage, which the next call's weights check catches.
         return self.model.load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _apply(self, fn, recurse=True):
-        # Moving or casting the model invalidates every static buffer and compiled step.
+        # Moving or casting the model invalidates every static buffer and compiled step; the
+        # weights check would catch it at the next call, this frees their memory now.
         self._runners.clear()
         return super()._apply(fn, recurse)
 

@@ -290,6 +290,20 @@ def test_weights_changed_through_the_wrapped_model_drop_the_cached_steps():
     assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4), out)
 
 
+@pytest.mark.parametrize("assign", [False, True])
+def test_loaded_weights_are_decoded_with(assign):
+    model = ContextMixModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    fast.generate(ids)
+    other = ContextMixModel(seed=9)
+    fast.load_state_dict(other.state_dict(), assign=assign)
+    out = fast.generate(ids)
+    assert_same_generation(cc.generate_reference(other, ids, gen_length=8, block_length=4), out)
+    # In place the compiled step stays valid; new storage is caught and recompiled.
+    assert (out.stats["compile_seconds"] > 0) == assign
+
+
 def test_non_finite_logits_are_named_when_nothing_commits():
     class NaNLogits(ContextMixModel):
         def forward(self, input_ids, attention_mask=None, position_ids=None):
