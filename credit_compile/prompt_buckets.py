@@ -21,7 +21,7 @@ def bucketed_prompt_length(prompt_length: int, config: DecodeConfig, info: Model
     bucket = config.prompt_bucket
     if bucket is None:
         return prompt_length
-    length = -(-prompt_length // bucket) * bucket
+    length = _round_up(prompt_length, bucket)
     if info.max_length is not None:
         # Inputs were checked to fit, so the cap never cuts into the prompt itself.
         length = min(length, info.max_length - config.gen_length)
@@ -84,7 +84,7 @@ def pad_batch_to_bucket(
     rows = input_ids.shape[0]
     if config.batch_bucket is None:
         return input_ids, attention_mask, rows
-    added = -(-rows // config.batch_bucket) * config.batch_bucket - rows
+    added = _round_up(rows, config.batch_bucket) - rows
     if added == 0:
         return input_ids, attention_mask, rows
 
@@ -93,3 +93,7 @@ def pad_batch_to_bucket(
 
     return (with_copies(input_ids),
             None if attention_mask is None else with_copies(attention_mask), rows)
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
