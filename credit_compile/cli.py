@@ -39,12 +39,20 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                         "are EOS-padded to 16 tokens, else 64)")
     p.add_argument("--block-length", type=int, default=None,
                    help="block length (default: 8 on the embedded model, else 16)")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None,
+                   help="total denoising steps of --strategy llada (default: one per token); "
+                        "credit and threshold stop a block once it is filled")
     p.add_argument("--alpha", type=float, default=0.7)
     p.add_argument("--beta", type=float, default=0.8)
     p.add_argument("--gamma", type=float, default=0.2)
     p.add_argument("--tau", type=float, default=0.9)
     p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=float, default=0.0,
+                   help="classifier-free guidance scale (--strategy llada)")
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"],
+                   help="which tokens --strategy llada commits each step")
+    p.add_argument("--early-stop", action="store_true",
+                   help="stop a row once it has committed end-of-text with no mask before it")
     p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"])
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
@@ -64,12 +72,17 @@ def _or(value, default):
 def _decode_config(args):
     from .config import DecodeConfig
 
+    if args.steps is not None and args.strategy != "llada":
+        raise ValueError(f"--steps applies to --strategy llada only; --strategy {args.strategy} "
+                         f"takes as many steps as its threshold needs: drop --steps or use "
+                         f"--strategy llada")
     embedded = args.model is None
     return DecodeConfig(
         strategy=args.strategy, gen_length=_or(args.gen_length, 16 if embedded else 64),
         block_length=_or(args.block_length, 8 if embedded else 16),
         steps=args.steps, alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau=args.tau,
-        temperature=args.temperature, credit_layout=args.credit_layout,
+        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
+        early_stop=args.early_stop, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
         dtype=args.dtype, seed=args.seed, prompt_bucket=args.prompt_bucket,
         batch_bucket=args.batch_bucket,
@@ -142,8 +155,8 @@ def cmd_generate(args) -> int:
     from .api import optimize
     from .reference import generate as generate_reference
 
+    config = _decode_config(args)  # a bad option fails before the model loads
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
-    config = _decode_config(args)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     # LLaDA's sampler takes `total_steps`; the others at most one step per token.
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada"
@@ -168,9 +181,10 @@ def cmd_generate(args) -> int:
 def cmd_verify(args) -> int:
     from .verify import verify
 
+    config = _decode_config(args)
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
     _, ids, mask = _prompts(args, tokenizer, device)
-    report = verify(model, ids, mask, _decode_config(args))
+    report = verify(model, ids, mask, config)
     print(report)
     return 0 if report.ok else 1
 
@@ -179,8 +193,8 @@ def cmd_demo(args) -> int:
     from .api import optimize
     from .reference import generate as generate_reference
 
+    config = _decode_config(args)  # a bad option fails before the model loads
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
-    config = _decode_config(args)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     fast = optimize(model, config)
     fast.generate(ids, mask)  # compile once

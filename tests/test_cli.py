@@ -97,3 +97,18 @@ def test_an_error_starts_its_own_line_after_the_progress_bar(capsys):
     # The bar is cleared first (tqdm ends its line with a carriage return), not glued to the error.
     last_line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
     assert last_line.startswith("error: a row of attention_mask is all padding"), err
+
+
+def test_steps_without_the_llada_strategy_is_refused(capsys):
+    assert main(["generate", "--prompt", "ab", "--steps", "4", *SMALL]) == 2
+    assert "--steps applies to --strategy llada only" in capsys.readouterr().err
+    assert main(["generate", "--prompt", "ab", "--strategy", "llada", "--steps", "4", *SMALL]) == 0
+
+
+def test_llada_sampler_options_reach_the_config():
+    from credit_compile.cli import _decode_config, build_parser
+
+    args = build_parser().parse_args(["generate", "--strategy", "llada", "--cfg-scale", "1.5",
+                                      "--remasking", "random", "--early-stop"])
+    config = _decode_config(args)
+    assert (config.cfg_scale, config.remasking, config.early_stop) == (1.5, "random", True)
