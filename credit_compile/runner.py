@@ -76,17 +76,24 @@ class CompiledStepRunner(EagerStepRunner):
 
         self._step = torch.compile(with_own_code(denoise_step_compiled), backend=backend,
                                    fullgraph=True, dynamic=False)
+        self._backend = backend
         self._compiled = False
+        self.recompiles = 0
 
     def step(self) -> None:
-        if not self._compiled:
-            # The first call compiles; its time is reported apart from decoding time.
-            start = time.perf_counter()
-            self._step()
-            self.compile_seconds = time.perf_counter() - start
+        compiled_before = getattr(self._backend, "graphs_compiled", None)
+        start = time.perf_counter()
+        self._step()
+        if not self._compiled or getattr(self._backend, "graphs_compiled", None) != compiled_before:
+            # A compiling call's time is compile time, not decoding time: the first call's, and
+            # any later one whose guards failed (a changed global setting, a mutated module).
+            if self._compiled:
+                self.recompiles += 1
+                log.warning("credit_compile: the compiled step recompiled (a dynamo guard failed: "
+                            "a global torch setting or a model attribute changed since the first "
+                            "call); TORCH_LOGS=recompiles names the guard")
+            self.compile_seconds += time.perf_counter() - start
             self._compiled = True
-        else:
-            self._step()
 
     def ensure_compiled(self) -> None:
         if not self._compiled:

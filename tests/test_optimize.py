@@ -329,3 +329,18 @@ def test_verify_detects_a_difference(monkeypatch):
     report = cc.verify(fast, ids)
     assert not report.ok
     assert report.first_difference == (0, ids.shape[1] + 7)
+
+
+def test_a_recompile_after_a_model_attribute_changed_is_compile_time(caplog):
+    model = ContextMixModel(seed=4)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    assert fast.generate(ids).stats["compile_seconds"] > 0
+    assert fast.generate(ids).stats["compile_seconds"] == 0.0
+    model.sharpness = 5.0  # dynamo baked the old value in, guarded by its own check
+    with caplog.at_level("WARNING", logger="credit_compile"):
+        out = fast.generate(ids)
+    assert out.stats["compile_seconds"] > 0
+    assert "the compiled step recompiled" in caplog.text
+    assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4), out)
+    assert fast.generate(ids).stats["compile_seconds"] == 0.0
