@@ -33,6 +33,8 @@ class ModelInfo:
         takes_position_ids: whether the model is given positions counted over real tokens
             (its forward takes `position_ids`); without them a padded prompt may shift its
             positions, which is why prompt buckets need them.
+        pad_id: the padding token of the model's config, or None; used only to recognise a
+            padded batch passed without its attention mask.
     """
 
     kind: str
@@ -42,6 +44,7 @@ class ModelInfo:
     max_length: int | None
     honours_attention_mask: bool
     takes_position_ids: bool = False
+    pad_id: int | None = None
 
 
 def _is_project_model(model: nn.Module) -> bool:
@@ -79,6 +82,7 @@ def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | N
         max_length=from_config("max_sequence_length", "max_position_embeddings"),
         honours_attention_mask=honours,
         takes_position_ids=positions,
+        pad_id=from_config("pad_token_id"),
     )
 
 

@@ -19,7 +19,7 @@ from .decoding.state import DecodeState, prepare_state
 from .decoding.step import ForwardFn, denoise_step
 from .decoding.strategies import Strategy, make_strategy
 from .prompt_buckets import pad_batch_to_bucket, pad_prompts_to_bucket
-from .validation import check_inputs, resolve_mask_id
+from .validation import check_inputs, resolve_mask_id, warn_user
 
 
 @dataclass
@@ -54,6 +54,7 @@ def setup_generation(
     forward: ForwardFn | None = None,
     use_op: bool = False,
 ) -> GenerationSetup:
+    _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
     forward = forward if forward is not None else make_forward(model, info)
     input_ids, attention_mask = _on_model_device(model, input_ids, attention_mask)
@@ -84,6 +85,17 @@ def setup_generation(
     if config.seed is not None:
         torch.manual_seed(config.seed)
     return GenerationSetup(config, info, forward, strategy, state, eos_id)
+
+
+def _warn_if_dropout_is_active(model: nn.Module) -> None:
+    active = [name for name, module in model.named_modules()
+              if isinstance(module, nn.modules.dropout._DropoutNd) and module.training
+              and module.p > 0]
+    if active:
+        warn_user(
+            f"the model is in training mode with dropout active ({active[0]}, p="
+            f"{model.get_submodule(active[0]).p}), so its logits are random and decoding is not "
+            f"reproducible: call model.eval() before generating")
 
 
 def _on_model_device(model: nn.Module, *tensors):

@@ -3,10 +3,26 @@ wrong answer."""
 
 from __future__ import annotations
 
+import os
+import sys
+import warnings
+
 import torch
 
 from .adapters import ModelInfo
 from .config import DecodeConfig
+
+# Frames skipped to reach the user's line: this package's, and torch's (no_grad decorators).
+_LIBRARY_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(torch.__file__))
+
+
+def warn_user(message: str) -> None:
+    """A UserWarning attributed to the first caller outside credit_compile (the line to fix),
+    whichever entry point (reference, optimized model, verify) led here."""
+    level, frame = 2, sys._getframe(1)  # stacklevel 2 is warn_user's caller
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
@@ -22,6 +38,23 @@ def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
             f"pass the mask token of this model (LLaDA-8B uses 126336)"
         )
     return mask_id
+
+
+def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None) -> None:
+    """A batch whose rows end (or start) with the padding token, some rows but not all, is a
+    padded batch passed without its mask: its pads would be decoded as prompt."""
+    if pad_id is None or input_ids.shape[0] < 2:
+        return
+    for column, side in ((-1, "right"), (0, "left")):
+        pads = input_ids[:, column] == pad_id
+        if bool(pads.any()) and not bool(pads.all()):
+            raise ValueError(
+                f"input_ids look {side}-padded (some rows {'end' if side == 'right' else 'start'} "
+                f"with the pad token {pad_id}, others do not) but no attention_mask was given, so "
+                f"the padding would be read as prompt: pass the tokenizer's attention_mask (padded "
+                f"on the left: tokenizer.padding_side = 'left'); if those are real tokens, pass "
+                f"attention_mask=torch.ones_like(input_ids)"
+            )
 
 
 def check_inputs(
@@ -79,6 +112,7 @@ def check_inputs(
                 f"matches the model"
             )
     if attention_mask is None:
+        _refuse_unmasked_padding(input_ids, info.pad_id)
         return input_ids.long(), None
     if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
         shape = getattr(attention_mask, "shape", None)
@@ -105,4 +139,13 @@ def check_inputs(
             "issue 90), so a padded batch would decode wrongly: load the checkpoint with "
             "credit_compile.models.LLaDAModelLM.from_pretrained(path), or pass prompts one at a time"
         )
+    if not info.takes_position_ids and not bool(mask.all()):
+        # RoPE models see only relative positions, so a shifted row decodes the same; a model
+        # with absolute position embeddings does not, and nothing here can tell the two apart.
+        warn_user(
+            "this model's forward takes attention_mask but not position_ids, so a left-padded "
+            "row's positions start at its first padding column: a model with absolute position "
+            "embeddings decodes that row differently from the same prompt unpadded. Add a "
+            "position_ids argument to forward (credit_compile passes positions counted over real "
+            "tokens), or decode prompts of different lengths in separate calls")
     return input_ids.long(), mask

@@ -5,6 +5,7 @@ decoding happens."""
 from __future__ import annotations
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -23,9 +24,9 @@ class CountingModel(ContextMixModel):
         super().__init__(**{"max_len": 32, **kw})
         self.calls = 0
 
-    def forward(self, input_ids, attention_mask=None):
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
         self.calls += 1
-        return super().forward(input_ids, attention_mask)
+        return super().forward(input_ids, attention_mask, position_ids)
 
 
 @pytest.fixture
@@ -385,6 +386,63 @@ def test_prompt_bucket_needs_a_model_that_takes_position_ids(ids):
     with pytest.raises(ValueError, match=r"this model's forward takes no `position_ids`.* use "
                                          r"prompt_bucket=None, or give its forward"):
         cc.generate_reference(AbsolutePositions(), ids, prompt_bucket=8, **small())
+
+
+def test_padded_batch_on_a_model_without_position_ids_is_warned_about(ids):
+    class AbsolutePositions(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None):
+            positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+            return super().forward(input_ids, attention_mask, position_ids=positions)
+
+    padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    with pytest.warns(UserWarning, match=r"forward takes attention_mask but not position_ids.* "
+                                         r"Add a position_ids argument to forward"):
+        cc.generate_reference(AbsolutePositions(), ids, padded, **small())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cc.generate_reference(AbsolutePositions(), ids, torch.ones_like(padded), **small())
+        cc.generate_reference(ContextMixModel(), ids, padded, **small())  # given the positions
+
+
+@pytest.mark.parametrize("ids_, side", [
+    ([[5, 6, 0], [5, 6, 7]], "right"),
+    ([[0, 5, 6], [5, 6, 7]], "left"),
+])
+def test_a_padded_batch_without_its_attention_mask_is_refused(ids_, side):
+    model = CountingModel()
+    model.config.pad_token_id = 0
+    ids_ = torch.tensor(ids_)
+    assert_rejected(model, ids_, rf"input_ids look {side}-padded .* pass the tokenizer's "
+                                 r"attention_mask .* attention_mask=torch.ones_like\(input_ids\)",
+                    **small())
+    # Real tokens that happen to be the pad token: the all-ones mask says so.
+    cc.generate_reference(model, ids_, torch.ones_like(ids_), **small())
+    # Every row padded alike, or one row: nothing tells padding from prompt, nothing is refused.
+    cc.generate_reference(model, ids_[:1], **small())
+
+
+def test_active_dropout_is_warned_about_at_the_callers_line(ids):
+    class WithDropout(ContextMixModel):
+        def __init__(self):
+            super().__init__()
+            self.dropout = torch.nn.Dropout(0.3)
+
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return self.dropout(super().forward(input_ids, attention_mask, position_ids))
+
+    model = WithDropout()
+    fast = cc.optimize(model, compile=False, **small())  # sets eval mode, which train() undoes
+    for decode in (lambda: cc.generate_reference(model, ids, **small()),
+                   lambda: fast.generate(ids)):
+        model.train()
+        with pytest.warns(UserWarning, match=r"training mode with dropout active \(dropout, "
+                                             r"p=0.3\).* call model.eval\(\)") as record:
+            decode()
+        assert record[0].filename == __file__
+    model.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cc.generate_reference(model, ids, **small())
 
 
 def test_a_generic_model_taking_position_ids_decodes_a_bucket_unchanged(ids):

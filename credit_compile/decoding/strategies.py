@@ -117,7 +117,16 @@ class CreditStrategy(ThresholdStrategy):
 
 class LLaDAStrategy(Strategy):
     """LLaDA's original sampler: a fixed number of tokens per step, low-confidence or random
-    remasking, Gumbel noise in float64 when temperature > 0 (Nie et al., 2025, `generate.py`)."""
+    remasking, Gumbel noise in float64 when temperature > 0 (Nie et al., 2025, `generate.py`).
+
+    Where it differs from the official code, deliberately: the mask token is out of the
+    vocabulary, so confidences are p / (1 - p(mask)) and a position whose argmax is the mask
+    takes its next-best token (the official code commits the mask, leaving it masked); the same
+    as the official code whenever p(mask) is negligible, as in a trained model. Random draws
+    (Gumbel noise, random remasking) cover the current block only, not the whole sequence, so a
+    seed draws other numbers than the official code does, from the same distribution. The
+    official chat options `logits_eos_inf` and `confidence_eos_eot_inf` are not implemented.
+    """
 
     name = "llada"
 

@@ -1,0 +1,191 @@
+"""The eager reference against the brief's algorithm, re-implemented here from its text alone.
+
+The reference shares `decoding/step.py` and `decoding/strategies.py` with every fast path, so a
+mistake there would be replicated everywhere and no optimized-vs-reference test would see it. The
+decoders below share nothing with the package: dense, float64, a plain Python loop over blocks
+and steps, written from the spec:
+
+- CreditDecoding: C = beta*C (every step after the block's first) + p(v*)**gamma on still-masked
+  positions; fused logits l + alpha*log1p(C); commit masked positions whose softmax confidence
+  is >= min(max conf - 1e-5, tau); the mask token is never a candidate. alpha=0 is threshold.
+- LLaDA (temperature 0): per block, `steps_per_block` steps; each commits the k most confident
+  masked positions of the block, k = the block's masks at its start split evenly over the steps,
+  the first (masks % steps) steps taking one more; CFG combines un + (s+1)*(cond - un) with the
+  prompt masked in the unconditional branch.
+
+A batch decodes its blocks together: a row that has filled the current block waits for the others.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from toy_models import ContextMixModel
+
+import credit_compile as cc
+
+MASK = 39
+
+
+class SpecDecoder:
+    def __init__(self, model, input_ids, attention_mask, gen_length, block_length):
+        batch, prompt_length = input_ids.shape
+        self.model, self.block_length = model, block_length
+        self.prompt_length, self.blocks = prompt_length, gen_length // block_length
+        self.x = torch.full((batch, prompt_length + gen_length), MASK, dtype=torch.long)
+        self.x[:, :prompt_length] = input_ids
+        self.mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            self.mask = torch.ones_like(self.x)
+            self.mask[:, :prompt_length] = attention_mask
+        self.steps: list[list[list[int]]] = []  # per step, per row, committed positions
+
+    def logits(self, cfg_scale=0.0):
+        def run(x):
+            positions = None if self.mask is None else (self.mask.cumsum(-1) - 1).clamp_min(0)
+            with torch.no_grad():
+                return self.model(x, self.mask, positions).double()
+
+        cond = run(self.x)
+        if cfg_scale > 0:
+            unconditional = self.x.clone()
+            unconditional[:, :self.prompt_length] = MASK
+            un = run(unconditional)
+            cond = un + (cfg_scale + 1) * (cond - un)
+        cond[..., MASK] = float("-inf")
+        return cond
+
+    def span(self, block):
+        start = self.prompt_length + block * self.block_length
+        return start, start + self.block_length
+
+    def commit(self, block, chosen, tokens):
+        start, _ = self.span(block)
+        rows = []
+        for row in range(self.x.shape[0]):
+            picked = [i for i in range(self.block_length) if chosen[row][i]]
+            for i in picked:
+                self.x[row, start + i] = tokens[row][i]
+            rows.append([start + i for i in picked])
+        self.steps.append(rows)
+
+    def credit(self, alpha, beta, gamma, tau):
+        for block in range(self.blocks):
+            start, end = self.span(block)
+            credit, first = None, True
+            while bool((self.x[:, start:end] == MASK).any()):
+                logits = self.logits()[:, start:end]
+                masked = self.x[:, start:end] == MASK
+                p = torch.softmax(logits, -1)
+                p_top, v_top = p.max(-1)
+                credit = torch.zeros_like(p) if credit is None else credit
+                if not first:
+                    credit = beta * credit
+                added = torch.zeros_like(credit).scatter_(-1, v_top[..., None],
+                                                          (p_top ** gamma)[..., None])
+                credit = credit + added * masked[..., None]
+                fused = torch.softmax(logits + alpha * torch.log1p(credit), -1)
+                confidence, tokens = fused.max(-1)
+                chosen = []
+                for row in range(self.x.shape[0]):
+                    candidates = confidence[row][masked[row]]
+                    bar = min(float(candidates.max()) - 1e-5, tau) if len(candidates) else 2.0
+                    chosen.append(masked[row] & (confidence[row] >= bar))
+                self.commit(block, chosen, tokens)
+                first = False
+        return self
+
+    def llada(self, steps, cfg_scale):
+        per_block = steps // self.blocks
+        for block in range(self.blocks):
+            start, end = self.span(block)
+            counts = (self.x[:, start:end] == MASK).sum(-1)
+            for step in range(per_block):
+                logits = self.logits(cfg_scale)[:, start:end]
+                masked = self.x[:, start:end] == MASK
+                confidence, tokens = torch.softmax(logits, -1).max(-1)
+                confidence = torch.where(masked, confidence, float("-inf"))
+                chosen = []
+                for row in range(self.x.shape[0]):
+                    base, extra = divmod(int(counts[row]), per_block)
+                    k = base + (1 if step < extra else 0)
+                    picked = torch.zeros(self.block_length, dtype=torch.bool)
+                    picked[confidence[row].topk(k).indices] = True
+                    chosen.append(picked)
+                self.commit(block, chosen, tokens)
+        return self
+
+
+def prompts(batch, length, seed, padded):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 30, (batch, length), generator=g)
+    mask = None
+    if padded and length > 1:
+        mask = torch.ones_like(ids)
+        for row in range(batch):
+            mask[row, :int(torch.randint(0, length, (1,), generator=g))] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    return ids, mask
+
+
+def reference_steps(out):
+    return [step.committed for step in out.trace]
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
+    padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8), (6, 3)]),
+    alpha=st.sampled_from([0.0, 0.7, 2.0]), beta=st.sampled_from([0.0, 0.5, 0.8, 1.0]),
+    gamma=st.sampled_from([0.2, 1.0]), tau=st.sampled_from([0.5, 0.9, 1.0]),
+    layout=st.sampled_from(["dense", "sparse"]), sharpness=st.sampled_from([0.5, 1.5, 3.0]),
+)
+def test_credit_and_threshold_follow_the_spec(batch, length, seed, padded, blocks, alpha, beta,
+                                              gamma, tau, layout, sharpness):
+    gen_length, block_length = blocks
+    model = ContextMixModel(seed=seed % 5, sharpness=sharpness)
+    ids, mask = prompts(batch, length, seed, padded)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length).credit(alpha, beta, gamma, tau)
+    out = cc.generate_reference(model, ids, mask, gen_length=gen_length, block_length=block_length,
+                                alpha=alpha, beta=beta, gamma=gamma, tau=tau,
+                                credit_layout=layout, trace=True)
+    assert torch.equal(out.sequences, spec.x)
+    assert reference_steps(out) == spec.steps  # the same positions at every step
+    assert out.nfe == len(spec.steps)
+
+
+@settings(max_examples=15, derandomize=True, deadline=None)
+@given(
+    batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
+    padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8)]),
+    steps_per_block=st.sampled_from([1, 3, 4]), cfg_scale=st.sampled_from([0.0, 1.5]),
+)
+def test_llada_greedy_sampler_follows_the_spec(batch, length, seed, padded, blocks,
+                                              steps_per_block, cfg_scale):
+    gen_length, block_length = blocks
+    steps = steps_per_block * (gen_length // block_length)
+    model = ContextMixModel(seed=seed % 5)
+    ids, mask = prompts(batch, length, seed, padded)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length).llada(steps, cfg_scale)
+    out = cc.generate_reference(model, ids, mask, strategy="llada", gen_length=gen_length,
+                                block_length=block_length, steps=steps, cfg_scale=cfg_scale,
+                                trace=True)
+    assert torch.equal(out.sequences, spec.x)
+    assert reference_steps(out) == spec.steps
+    assert out.nfe == steps
+
+
+def test_the_comparison_catches_a_wrong_commit_rule(monkeypatch):
+    # The comparison can fail: a slack of 0.3 instead of 1e-5 in the commit rule is caught.
+    model = ContextMixModel(seed=1, sharpness=1.5)
+    ids, _ = prompts(2, 4, 3, padded=False)
+    spec = SpecDecoder(model, ids, None, 12, 4).credit(0.7, 0.8, 0.2, 0.9)
+
+    def decode():
+        return reference_steps(cc.generate_reference(model, ids, gen_length=12, block_length=4,
+                                                     trace=True))
+
+    assert decode() == spec.steps
+    monkeypatch.setattr("credit_compile.decoding.strategies.BEST_SLACK", 0.3)
+    assert decode() != spec.steps
