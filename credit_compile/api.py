@@ -139,7 +139,7 @@ class OptimizedModel(nn.Module):
             trace=trace, progress=progress, steps_per_call=runner.steps_per_call,
         )
         if runner.state.device.type == "cuda":
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(runner.state.device)
         self.last_stats = {
             "runner": runner.kind,
             "compile_seconds": runner.compile_seconds,
@@ -178,7 +178,8 @@ class OptimizedModel(nn.Module):
         with self._exclusive():
             fresh = self._setup(input_ids, attention_mask, overrides)
             runner = self._loaded_runner(fresh, trace=False)
-            runner.ensure_compiled()
+            with _rng_untouched(device):
+                runner.ensure_compiled()
             seconds, runner.compile_seconds = runner.compile_seconds, 0.0
         return seconds
 
@@ -253,7 +254,9 @@ class OptimizedModel(nn.Module):
             backend = make_backend(config=config) if config.compile else None
             cuda_graphs = "off" if trace else config.cuda_graphs
             unroll = config.sync_every if cuda_graphs != "off" else 1
-            runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs, unroll=unroll)
+            with _rng_untouched(state.device):  # warm-up steps before capture draw numbers
+                runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
+                                     unroll=unroll)
             self._runners[key] = runner
             while len(self._runners) > self.max_cached_steps:
                 dropped, _ = self._runners.popitem(last=False)
@@ -315,6 +318,15 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     if not graphs:
         drop.update(sync_every=1, cuda_graphs="off")
     return dataclasses.replace(config, **drop)
+
+
+def _rng_untouched(device: torch.device):
+    """The global RNG (CPU, and `device` on CUDA) as it was, after steps run only to compile or
+    capture: the draws of Gumbel noise and random remasking then start where the caller's seed
+    put them, as in the reference, instead of where the warm-up left them."""
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
 
 
 def _weights_fingerprint(model: nn.Module) -> tuple:

@@ -53,14 +53,16 @@ class EagerStepRunner:
 
 
 def with_own_code(fn: types.FunctionType) -> types.FunctionType:
-    """`fn` with a code object of its own.
+    """`fn` with a code object and a globals dict of its own.
 
     Dynamo keeps compiled graphs on the code object, at most `recompile_limit` (8) of them. Runners
     sharing one code object made the ninth prompt shape a live model compiled fail under
     fullgraph=True (FailOnRecompileLimitHit), and made every step call check the guards of every
-    other shape's graph first.
+    other shape's graph first. Dynamo also stores each compiled graph in the function's globals
+    (`__compiled_fn_*`): in the module's own, a dropped step's compiled code stayed for the life
+    of the process.
     """
-    return types.FunctionType(fn.__code__.replace(), fn.__globals__, fn.__name__,
+    return types.FunctionType(fn.__code__.replace(), dict(fn.__globals__), fn.__name__,
                               fn.__defaults__, fn.__closure__)
 
 
@@ -112,19 +114,22 @@ class CudaGraphStepRunner(EagerStepRunner):
     def __init__(self, compiled: CompiledStepRunner, unroll: int = 1, warmup_steps: int = 2):
         super().__init__(compiled.setup)
         self.steps_per_call = unroll
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        start = time.perf_counter()
-        with torch.cuda.stream(stream):
-            for _ in range(warmup_steps):
-                compiled.step()
-        torch.cuda.current_stream().wait_stream(stream)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            for _ in range(unroll):
-                compiled.step()
-        torch.cuda.synchronize()
-        self.compile_seconds = compiled.compile_seconds + (time.perf_counter() - start)
+        start = time.perf_counter()  # the first warm-up step compiles: this covers it
+        # Streams and the capture belong to the model's GPU, which need not be the current one.
+        with torch.cuda.device(self.state.device):
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(warmup_steps):
+                    compiled.step()
+            torch.cuda.current_stream().wait_stream(stream)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: a server's other threads may use CUDA (copy prompts in) meanwhile.
+            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+                for _ in range(unroll):
+                    compiled.step()
+            torch.cuda.synchronize()
+        self.compile_seconds = time.perf_counter() - start
 
     def step(self) -> None:
         self.graph.replay()

@@ -10,8 +10,11 @@ different passes.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch._inductor.custom_graph_pass import CustomGraphPass
@@ -37,7 +40,20 @@ class PassPipeline(CustomGraphPass):
         digest = hashlib.sha256()
         for graph_pass in self.passes:
             digest.update(f"{graph_pass.name}:{graph_pass.uuid()};".encode())
+        digest.update(_ops_source_digest().encode())
         return digest.hexdigest()
 
     def __repr__(self) -> str:
         return f"PassPipeline({', '.join(p.name for p in self.passes)})"
+
+
+@functools.cache
+def _ops_source_digest() -> str:
+    """The custom ops' source files. The ops launch their Triton kernels from other modules,
+    where torch's scan of an op body for kernels finds none, so Inductor's and AOTAutograd's
+    caches would replay code compiled against an edited kernel; this key tells them apart."""
+    ops_dir = Path(importlib.import_module(f"{__package__.rpartition('.')[0]}.ops").__file__).parent
+    digest = hashlib.sha256()
+    for source in sorted(ops_dir.glob("*.py")):
+        digest.update(source.name.encode() + source.read_bytes())
+    return digest.hexdigest()

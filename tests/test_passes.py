@@ -422,6 +422,16 @@ def test_pipeline_is_a_custom_graph_pass_keyed_by_its_passes():
     assert len({pipeline.uuid(), reordered.uuid(), fewer.uuid()}) == 3
 
 
+def test_pipeline_key_changes_with_the_custom_ops_source(monkeypatch):
+    # The ops launch their kernels from other modules, which Inductor's cache key cannot see:
+    # an edited kernel must not replay code compiled against the old one.
+    from credit_compile.passes import pipeline as pipeline_module
+
+    before = PassPipeline(default_passes()).uuid()
+    monkeypatch.setattr(pipeline_module, "_ops_source_digest", lambda: "an edited kernel")
+    assert PassPipeline(default_passes()).uuid() != before
+
+
 def test_inductor_runs_the_passes_as_its_pre_grad_custom_pass():
     from torch._inductor import config as inductor_config
 
@@ -468,7 +478,8 @@ def test_credit_fusion_picks_the_triton_op_on_cuda(inductor):
 
     assert ops.triton_ops_registered()
     graphs = []
-    ref, out = run_steps(recording(make_backend(inductor=inductor), graphs), device="cuda")
+    ref, out = run_steps(recording(make_backend(inductor=inductor), graphs), device="cuda",
+                         credit_layout="dense")  # the layout the fusion pass rewrites
     assert_same_state(ref, out)
     assert "credit_compile.credit_step_dense_triton.default" in op_targets(graphs[0])
     assert pass_count("credit_fusion") == 1 and pass_count("block_sliced_lm_head") == 1
