@@ -2,19 +2,25 @@
 # What a session with a lent GPU runs, one stage per device command (each stays under the
 # device tool's 10-minute limit). Everything it writes lands in $OUT (default ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh tests        # every GPU test, verbose, junit XML
-#   bash benchmarks/gpu_session.sh op           # bench_credit_op (fused op vs eager chain)
-#   bash benchmarks/gpu_session.sh gen256       # bench_generate llada-8b, B=1 and 8, gen 256
-#   bash benchmarks/gpu_session.sh gen1024      # gen 1024, B=1, every mode
+#   bash benchmarks/gpu_session.sh tests        # every GPU test (-k cuda), verbose, junit XML
+#   bash benchmarks/gpu_session.sh gen1024      # bench_generate llada-8b, B=1, gen 1024, 5 modes
 #   bash benchmarks/gpu_session.sh gen1024b8    # B=8 at gen 1024's sequence length (see below)
+#   bash benchmarks/gpu_session.sh gen256b1     # gen 256, B=1, every mode
+#   bash benchmarks/gpu_session.sh gen256b8     # gen 256, B=8, every mode
+#   bash benchmarks/gpu_session.sh op           # bench_credit_op (fused op vs eager chain)
 #   bash benchmarks/gpu_session.sh buckets      # 6 requests of varied prompt lengths, bucket 0/256
+#   bash benchmarks/gpu_session.sh suite        # the whole test suite with CUDA available
 #
-# Order for a 30-minute lease (about 1.5 min to start): tests (~4 min), gen1024 (~8), gen1024b8
-# (~6), gen256 (~6), op (~2), buckets (~7: one 8B compile per distinct length without a bucket). Each step runs the model over the whole sequence, so a step's cost
-# depends on the batch and the sequence length T = prompt + gen, not on how much is generated.
-# A full gen-1024 run at B=8 takes about 6 minutes per eager mode (1024 steps of ~340 ms), more
-# than one command may run; gen1024b8 therefore measures the same step shapes (T = 1056) with an
-# 800-token prompt and 256 generated tokens, and its rows say so (prompt_length 800).
+# Order for a 30-minute lease (about 1.5 min to start): tests (~3 min), gen1024 (~7), gen1024b8
+# (~6), gen256b1 (~5), gen256b8 (~6), then op (~2), buckets (~7: one 8B compile per distinct
+# length without a bucket) and suite if time is left. Estimates: each compiled 8B mode compiles
+# for 30-50 s. Rows are appended as measured, so a stage cut by the limit keeps what it finished.
+# Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
+# sequence length T = prompt + gen, not on how much is generated. A full gen-1024 run at B=8
+# takes about 6 minutes per eager mode (1024 steps of ~340 ms), more than one command may run;
+# gen1024b8 therefore measures the same step shapes (T = 1056) with an 800-token prompt and 256
+# generated tokens, and its rows say so (prompt_length 800). gen1024 leaves out the sparse
+# compiled and dense graphed modes (measured at gen 256) to stay inside the limit.
 #
 # The device image has no .git: set CREDIT_COMPILE_COMMIT to the commit being measured so the
 # result rows record it. Copy $OUT/*.jsonl rows into benchmarks/results/ afterwards.
@@ -38,19 +44,26 @@ gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/gener
 
 case "${1:-tests}" in
 tests)
-    # Only the files with GPU tests; -rA prints every outcome and the failure diagnostics.
-    python3 -m pytest -q -rA -p no:cacheprovider tests/test_runner.py tests/test_credit_op.py \
-        tests/test_passes.py --junitxml="$OUT/gpu_tests.xml" 2>&1 | tee "$OUT/gpu_tests.log"
+    # The GPU tests only (their names say cuda); -rA prints every outcome and the diagnostics.
+    python3 -m pytest -q -rA -p no:cacheprovider -k cuda tests --junitxml="$OUT/gpu_tests.xml" \
+        2>&1 | tee "$OUT/gpu_tests.log"
+    ;;
+suite)
+    python3 -m pytest -q -p no:cacheprovider tests --junitxml="$OUT/suite.xml" 2>&1 \
+        | tee "$OUT/suite.log"
     ;;
 op)
     python3 benchmarks/bench_credit_op.py --out "$OUT/credit_op.jsonl" 2>&1 | tee "$OUT/op.log"
     ;;
-gen256)
+gen256b1)
     gen gen256_b1 --batch 1 --gen-length 256
+    ;;
+gen256b8)
     gen gen256_b8 --batch 8 --gen-length 256
     ;;
 gen1024)
-    gen gen1024_b1 --batch 1 --gen-length 1024
+    gen gen1024_b1 --batch 1 --gen-length 1024 \
+        --modes llada-eager threshold-eager credit-eager credit-compiled credit-graphs
     ;;
 buckets)
     python3 benchmarks/bench_prompt_buckets.py --preset llada-8b --requests 6 --min-length 16 \
@@ -62,7 +75,7 @@ gen1024b8)
         --modes llada-eager threshold-eager credit-graphs
     ;;
 *)
-    echo "unknown stage ${1}: use tests, op, gen256, gen1024, gen1024b8 or buckets" >&2
+    echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, op, buckets or suite" >&2
     exit 2
     ;;
 esac
