@@ -11,6 +11,7 @@ Accepted models:
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,8 @@ class ModelInfo:
     Attributes:
         kind: "credit_compile", "llada_remote" or "generic".
         mask_id: the mask token, or None when neither the model nor the caller names one.
-        eos_id: the end-of-text token, or None.
+        eos_ids: the end-of-text tokens (a config may list several, e.g. end-of-text and
+            end-of-turn), or None.
         vocab_size: number of logit columns, or None until probed.
         max_length: the longest sequence the model accepts, or None when unknown.
         honours_attention_mask: whether left padding is masked out by the model.
@@ -39,7 +41,7 @@ class ModelInfo:
 
     kind: str
     mask_id: int | None
-    eos_id: int | None
+    eos_ids: tuple[int, ...] | None
     vocab_size: int | None
     max_length: int | None
     honours_attention_mask: bool
@@ -53,7 +55,8 @@ def _is_project_model(model: nn.Module) -> bool:
     return isinstance(model, LLaDAModelLM)
 
 
-def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | None = None) -> ModelInfo:
+def describe_model(model: nn.Module, mask_id: int | None = None,
+                   eos_id: int | tuple[int, ...] | None = None) -> ModelInfo:
     config = getattr(model, "config", None)
 
     def from_config(*names):
@@ -77,7 +80,8 @@ def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | N
     return ModelInfo(
         kind=kind,
         mask_id=mask_id if mask_id is not None else from_config("mask_token_id", "mask_id"),
-        eos_id=eos_id if eos_id is not None else from_config("eos_token_id"),
+        eos_ids=token_ids(eos_id) if eos_id is not None else token_ids(
+            getattr(config, "eos_token_id", None)),
         vocab_size=from_config("embedding_size", "vocab_size"),
         max_length=from_config("max_sequence_length", "max_position_embeddings"),
         honours_attention_mask=honours,
@@ -86,8 +90,45 @@ def describe_model(model: nn.Module, mask_id: int | None = None, eos_id: int | N
     )
 
 
+def token_ids(value) -> tuple[int, ...] | None:
+    """One token id or a list of them (as configs give `eos_token_id`) as a tuple, else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (value,)
+    if isinstance(value, (list, tuple)) and value and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return tuple(value)
+    return None
+
+
 def _logits_of(output) -> torch.Tensor:
-    return output if isinstance(output, torch.Tensor) else output.logits
+    """The logits of a forward's output: a tensor, an output with `.logits` (transformers), a
+    mapping with "logits", or a tuple led by them (return_dict=False)."""
+    if isinstance(output, torch.Tensor):
+        return output
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if not isinstance(logits, torch.Tensor):
+        raise ValueError(
+            f"the model's forward returned {type(output).__name__}, not logits: credit_compile "
+            f"needs forward(input_ids, attention_mask=None) to return a [batch, length, vocab] "
+            f"tensor, an output with `.logits`, or a tuple whose first element is the logits"
+        )
+    return logits
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model under an OptimizedModel or a torch.compile wrapper (whose forward signature
+    and config hide the model's own)."""
+    from torch._dynamo.eval_frame import OptimizedModule
+
+    from .api import OptimizedModel
+
+    while isinstance(model, (OptimizedModel, OptimizedModule)):
+        model = model.model if isinstance(model, OptimizedModel) else model._orig_mod
+    return model
 
 
 def make_forward(model: nn.Module, info: ModelInfo) -> ForwardFn:

@@ -22,10 +22,11 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .adapters import describe_model, make_forward
+from .adapters import describe_model, make_forward, probe_vocab_size, unwrap_model
 from .backend import make_backend
-from .config import DecodeConfig
+from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
+from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, resolve_config, setup_generation
 from .runner import make_runner
 
@@ -160,8 +161,8 @@ class OptimizedModel(nn.Module):
         `padded=True` prepares the step of a left-padded batch (an attention mask), which a
         batch without padding does not use; with a bucket both are the same step.
         """
-        if not (isinstance(batch_size, int) and batch_size > 0
-                and isinstance(prompt_length, int) and prompt_length > (1 if padded else 0)):
+        if not (_is_count(batch_size) and batch_size > 0
+                and _is_count(prompt_length) and prompt_length > (1 if padded else 0)):
             raise ValueError(
                 f"precompile(batch_size={batch_size!r}, prompt_length={prompt_length!r}): use a "
                 f"positive batch size and prompt length (at least 2 with padded=True)"
@@ -251,6 +252,9 @@ class OptimizedModel(nn.Module):
             # The runner keeps `fresh` as its static state (later calls copy into it); warm-up
             # steps before CUDA-graph capture mutate it, so keep the initial values apart.
             initial = {name: t.clone() for name, t in initial.items()}
+            if "credit" in state.buffers and config.compile:
+                check_logit_width(probe_vocab_size(fresh.forward, state.x),
+                                  state.buffers["credit"].shape[-1])
             backend = make_backend(config=config) if config.compile else None
             cuda_graphs = "off" if trace else config.cuda_graphs
             unroll = config.sync_every if cuda_graphs != "off" else 1
@@ -280,10 +284,9 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         max_cached_steps: compiled steps (shapes) kept before the least recently used is
             dropped; each holds static buffers and, on CUDA, a graph's memory pool.
     """
-    if isinstance(model, OptimizedModel):
-        model = model.model
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
+    model = unwrap_model(model)
     _checked_cache_size(max_cached_steps)
     config = resolve_config(config, overrides)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)

@@ -89,7 +89,18 @@ def _decode_config(args):
     )
 
 
-def load_model_and_tokenizer(model_dir: str | None, device: str | None):
+def load_model_and_tokenizer(model_dir: str | None, device: str | None, dtype: str | None = None):
+    """The model (on `device`, cast to `dtype` when given: the eager reference and optimize()
+    then run the same weights) and its tokenizer."""
+    model, tokenizer, device = _load(model_dir, device)
+    if dtype is not None:
+        import torch
+
+        model = model.to(getattr(torch, dtype))
+    return model, tokenizer, device
+
+
+def _load(model_dir: str | None, device: str | None):
     import torch
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +146,7 @@ def load_model_and_tokenizer(model_dir: str | None, device: str | None):
 
 def _prompts(args, tokenizer, device):
     prompts = args.prompt or ["0012+0034="]
-    batch = tokenizer(prompts, return_tensors="pt")
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)  # prompts of different lengths
     if hasattr(batch, "to"):
         batch = batch.to(device)
     ids = batch["input_ids"].to(device)
@@ -156,7 +167,7 @@ def cmd_generate(args) -> int:
     from .reference import generate as generate_reference
 
     config = _decode_config(args)  # a bad option fails before the model loads
-    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
+    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     # LLaDA's sampler takes `total_steps`; the others at most one step per token.
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada"
@@ -174,7 +185,7 @@ def cmd_generate(args) -> int:
         print(f"{prompt!r} -> {tokenizer.decode(row, skip_special_tokens=True)!r}")
     tokens = out.generated.numel()
     print(f"NFE {out.nfe}  tokens {tokens}  {tokens / seconds:.1f} tokens/s "
-          f"({seconds:.2f} s, compilation included)")
+          f"({seconds:.2f} s{'' if args.eager else ', compilation included'})")
     return 0
 
 
@@ -182,7 +193,7 @@ def cmd_verify(args) -> int:
     from .verify import verify
 
     config = _decode_config(args)
-    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
+    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     _, ids, mask = _prompts(args, tokenizer, device)
     report = verify(model, ids, mask, config)
     print(report)
@@ -194,7 +205,7 @@ def cmd_demo(args) -> int:
     from .reference import generate as generate_reference
 
     config = _decode_config(args)  # a bad option fails before the model loads
-    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device)
+    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     fast = optimize(model, config)
     fast.generate(ids, mask)  # compile once

@@ -49,7 +49,9 @@ class DecodeConfig:
             sees the prompt masked); 0 disables it.
         remasking: "low_confidence" or "random" ("llada" only).
         mask_id: the mask token; None takes it from the model's config (`mask_token_id`).
-        eos_token_id: end-of-text token for `early_stop`; None takes it from the model's config.
+        eos_token_id: end-of-text token for `early_stop`, or several (a tuple: end-of-text and
+            end-of-turn, say; the first fills the rest of a finished row); None takes them from
+            the model's config, which may list several.
         early_stop: once a row has committed an end-of-text token with no mask before it, fill the
             rest of its canvas with end-of-text and stop decoding it.
         credit_layout: "sparse" (default) keeps `credit_slots` (token id, credit) pairs per
@@ -95,7 +97,7 @@ class DecodeConfig:
     cfg_scale: float = 0.0
     remasking: Remasking = "low_confidence"
     mask_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
     early_stop: bool = False
     credit_layout: CreditLayout = "sparse"
     credit_slots: int | None = None
@@ -108,6 +110,8 @@ class DecodeConfig:
     batch_bucket: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.eos_token_id, list):  # hashable, as the step cache keys need
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         self.validate()
 
     def replace(self, **overrides) -> DecodeConfig:
@@ -197,10 +201,14 @@ class DecodeConfig:
             need(_is_count(self.batch_bucket) and self.batch_bucket > 0,
                  f"batch_bucket={self.batch_bucket!r}: use a positive number of rows (for "
                  f"example 8) or None (no padding)")
-        for name in ("mask_id", "eos_token_id", "seed"):
+        for name in ("mask_id", "seed"):
             v = getattr(self, name)
             need(v is None or (_is_count(v) and v >= 0),
                  f"{name}={v!r}: use a non-negative integer or None")
+        eos = self.eos_token_id
+        eos_ids = eos if isinstance(eos, tuple) and eos else (eos,)
+        need(eos is None or all(_is_count(v) and v >= 0 for v in eos_ids),
+             f"eos_token_id={eos!r}: use a non-negative integer, a tuple of them, or None")
 
 
 # transformers' generate() names users bring along, and ours for the same thing.

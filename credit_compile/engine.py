@@ -13,13 +13,26 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .adapters import ModelInfo, describe_model, make_forward, probe_vocab_size
+from .adapters import (
+    ModelInfo,
+    describe_model,
+    make_forward,
+    probe_vocab_size,
+    token_ids,
+    unwrap_model,
+)
 from .config import DecodeConfig
 from .decoding.state import DecodeState, prepare_state
 from .decoding.step import ForwardFn, denoise_step
 from .decoding.strategies import Strategy, make_strategy
 from .prompt_buckets import pad_batch_to_bucket, pad_prompts_to_bucket
-from .validation import check_inputs, resolve_mask_id, warn_user
+from .validation import (
+    check_inputs,
+    check_model_dtype,
+    check_token_range,
+    resolve_mask_id,
+    warn_user,
+)
 
 
 @dataclass
@@ -29,13 +42,13 @@ class GenerationSetup:
     forward: ForwardFn
     strategy: Strategy
     state: DecodeState
-    eos_id: int | None
+    eos_ids: tuple[int, ...] | None
 
     def step_function(self) -> Callable[[], None]:
         """The denoising step bound to this generation's forward, strategy and state."""
         return functools.partial(
             denoise_step, self.forward, self.strategy, self.state,
-            cfg_scale=self.config.cfg_scale, eos_id=self.eos_id,
+            cfg_scale=self.config.cfg_scale, eos_ids=self.eos_ids,
         )
 
 
@@ -54,6 +67,8 @@ def setup_generation(
     forward: ForwardFn | None = None,
     use_op: bool = False,
 ) -> GenerationSetup:
+    model = unwrap_model(model)
+    check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
     forward = forward if forward is not None else make_forward(model, info)
@@ -61,18 +76,27 @@ def setup_generation(
     input_ids, attention_mask = check_inputs(input_ids, attention_mask, config, info)
     if info.vocab_size is None:
         info = ModelInfo(**{**info.__dict__, "vocab_size": probe_vocab_size(forward, input_ids)})
+        check_token_range(input_ids, info.vocab_size)
     mask_id = resolve_mask_id(config, info)
     # The mask token is an id the vocabulary is known to hold; bucket padding is masked out anyway.
     input_ids, attention_mask, bucket_padding = pad_prompts_to_bucket(
         input_ids, attention_mask, config, info, pad_id=mask_id)
     input_ids, attention_mask, real_rows = pad_batch_to_bucket(input_ids, attention_mask, config)
-    eos_id = None
+    eos_ids = None
     if config.early_stop:
-        eos_id = config.eos_token_id if config.eos_token_id is not None else info.eos_id
-        if eos_id is None:
+        eos_ids = token_ids(config.eos_token_id) if config.eos_token_id is not None \
+            else info.eos_ids
+        if eos_ids is None:
             raise ValueError(
                 "early_stop=True needs an end-of-text token: the model's config has no "
                 "`eos_token_id`; pass eos_token_id=<token id>"
+            )
+        outside = [e for e in eos_ids if not 0 <= e < info.vocab_size]
+        if outside:
+            raise ValueError(
+                f"eos_token_id {outside[0]} is outside the model's vocabulary of "
+                f"{info.vocab_size} tokens, so early_stop would never fire: pass this model's "
+                f"end-of-text token"
             )
     state = prepare_state(
         input_ids, attention_mask,
@@ -84,7 +108,7 @@ def setup_generation(
     strategy.allocate(state, info.vocab_size)
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    return GenerationSetup(config, info, forward, strategy, state, eos_id)
+    return GenerationSetup(config, info, forward, strategy, state, eos_ids)
 
 
 def _warn_if_dropout_is_active(model: nn.Module) -> None:

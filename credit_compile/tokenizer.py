@@ -58,8 +58,9 @@ class CharTokenizer:
         unk = self._ids[self.unknown]
         return [self._ids.get(c, unk) for c in text]
 
-    def __call__(self, texts, return_tensors: str | None = "pt") -> dict:
-        """Left-padded batch: ``input_ids`` (pad = EOS) and ``attention_mask`` (1 on real tokens)."""
+    def __call__(self, texts, return_tensors: str | None = "pt", padding: bool = True) -> dict:
+        """Left-padded batch: ``input_ids`` (pad = EOS) and ``attention_mask`` (1 on real tokens).
+        `padding` is accepted as Hugging Face tokenizers take it; batches are always padded."""
         if isinstance(texts, str):
             texts = [texts]
         rows = [self.encode(t) for t in texts]

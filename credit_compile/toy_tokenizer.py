@@ -20,8 +20,9 @@ class CharTokenizer:
     def encode(self, text: str) -> list[int]:
         return [(ord(c) if FIRST <= ord(c) <= LAST else ord("?")) - FIRST for c in text]
 
-    def __call__(self, texts: list[str], return_tensors: str = "pt") -> dict:
-        """Left-padded batch (pad = eos), as LLaDA pads; one string is a batch of one."""
+    def __call__(self, texts: list[str], return_tensors: str = "pt", padding: bool = True) -> dict:
+        """Left-padded batch (pad = eos), as LLaDA pads; one string is a batch of one. `padding`
+        is accepted as Hugging Face tokenizers take it; batches are always padded."""
         if isinstance(texts, str):
             texts = [texts]
         if not texts:

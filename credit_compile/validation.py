@@ -57,6 +57,29 @@ def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None) -> Non
             )
 
 
+def check_model_dtype(model, config: DecodeConfig) -> None:
+    """`config.dtype` is applied once, by optimize(); a config naming another dtype than the
+    model's would otherwise be ignored."""
+    if config.dtype is None:
+        return
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and dtype != getattr(torch, config.dtype):
+        raise ValueError(
+            f"dtype={config.dtype!r} but the model's weights are {str(dtype).replace('torch.', '')}: "
+            f"the dtype is applied once, by optimize(model, dtype=...), which casts the model; "
+            f"cast it yourself (model.to(torch.{config.dtype})) for the reference or another "
+            f"config, or leave dtype=None"
+        )
+
+
+def check_token_range(input_ids: torch.Tensor, vocab_size: int) -> None:
+    if bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
+        raise ValueError(
+            f"input_ids holds token ids outside [0, {vocab_size}): check the tokenizer matches "
+            f"the model"
+        )
+
+
 def check_inputs(
     input_ids,
     attention_mask,
@@ -66,8 +89,8 @@ def check_inputs(
     """Validate prompts; returns (input_ids, attention_mask) unchanged when fine."""
     if isinstance(attention_mask, DecodeConfig):
         raise ValueError(
-            "a DecodeConfig was passed as attention_mask (the third positional argument): pass "
-            "it by name, generate_reference(model, input_ids, config=config)"
+            "a DecodeConfig was passed as attention_mask (the positional argument after "
+            "input_ids): pass it by name, config=config"
         )
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(
@@ -99,18 +122,18 @@ def check_inputs(
             f"{config.gen_length}"
         )
     if info.max_length is not None and total > info.max_length:
+        room = info.max_length - input_ids.shape[1]
+        fitting = room // config.block_length * config.block_length  # gen_length must divide
+        lower = (f"lower gen_length to at most {fitting} (a multiple of block_length "
+                 f"{config.block_length})" if fitting else
+                 f"lower gen_length and block_length to at most {room}")
         raise ValueError(
             f"prompt length {input_ids.shape[1]} + gen_length {config.gen_length} = {total} "
             f"exceeds the model's maximum sequence length {info.max_length}: shorten the prompt "
-            f"or lower gen_length to at most {info.max_length - input_ids.shape[1]}"
+            f"or {lower}"
         )
     if info.vocab_size is not None:
-        bad = (input_ids < 0) | (input_ids >= info.vocab_size)
-        if bool(bad.any()):
-            raise ValueError(
-                f"input_ids holds token ids outside [0, {info.vocab_size}): check the tokenizer "
-                f"matches the model"
-            )
+        check_token_range(input_ids, info.vocab_size)
     if attention_mask is None:
         _refuse_unmasked_padding(input_ids, info.pad_id)
         return input_ids.long(), None

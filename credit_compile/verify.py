@@ -76,7 +76,9 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Compare the optimized path with the eager reference on `model` and these inputs.
 
     Both decode with `config` and `overrides` (for an OptimizedModel, on top of its own config).
-    A `dtype` casts `model` in place, as optimize() does.
+    A `dtype` casts `model` in place, as optimize() does. A sampling config (the "llada" strategy
+    with temperature > 0 or random remasking) without a seed is compared with seed=0: unseeded,
+    the two paths would draw different numbers and differ for that reason alone.
     """
     if isinstance(model, OptimizedModel):
         optimized = model
@@ -84,6 +86,9 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     else:
         optimized = optimize(model, config, **overrides)
         config = optimized.resolved_config()
+    samples = config.strategy == "llada" and (config.temperature > 0 or config.remasking == "random")
+    if samples and config.seed is None:
+        config = config.replace(seed=0)
     eager_model = optimized.model
 
     reference, reference_seconds = _timed(

@@ -112,3 +112,29 @@ def test_llada_sampler_options_reach_the_config():
                                       "--remasking", "random", "--early-stop"])
     config = _decode_config(args)
     assert (config.cfg_scale, config.remasking, config.early_stop) == (1.5, "random", True)
+
+
+def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_lengths(tmp_path,
+                                                                                       capsys):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from credit_compile.assets import load_default_model
+
+    model, _ = load_default_model()
+    vocab = {c: i for i, c in enumerate("0123456789+=RSP?")}
+    vocab.update({"<eos>": 30, "<mask>": 31})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="?"))
+    backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
+                                        pad_token="<eos>", mask_token="<mask>", unk_token="?")
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    prompts = ["--prompt", "0012+0034=", "--prompt", "S42="]
+    assert main(["generate", "--model", str(tmp_path), *prompts, *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "'0012+0034=' -> " in out and "'S42=' -> " in out
+    # --eager with --dtype runs the reference on the cast model (it ran float32 before).
+    assert main(["generate", "--model", str(tmp_path), *prompts, "--eager", "--dtype",
+                 "bfloat16", *SMALL]) == 0
+    assert "compilation included" not in capsys.readouterr().out

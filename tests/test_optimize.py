@@ -344,3 +344,12 @@ def test_a_recompile_after_a_model_attribute_changed_is_compile_time(caplog):
     assert "the compiled step recompiled" in caplog.text
     assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4), out)
     assert fast.generate(ids).stats["compile_seconds"] == 0.0
+
+
+@pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(remasking="random")])
+def test_verify_a_sampling_config_without_a_seed(sampling):
+    # Unseeded, the two paths draw different numbers: verify compares them at seed 0.
+    model = ContextMixModel(seed=6)
+    ids = torch.randint(0, 30, (2, 4), generator=torch.Generator().manual_seed(0))
+    report = cc.verify(model, ids, strategy="llada", gen_length=8, block_length=4, **sampling)
+    assert report.ok, report

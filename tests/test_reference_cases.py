@@ -436,6 +436,28 @@ def test_early_stop_fills_later_blocks(strategy):
     assert out.nfe == 3
 
 
+@pytest.mark.parametrize("listed_in", ["config", "model_config"])
+def test_early_stop_on_any_of_several_end_of_text_ids(listed_in):
+    # Configs list several (end-of-text, end-of-turn): the model ends with EOS (2) while the
+    # list starts with token 1, which fills the rest. Only the list's first id used to count.
+    script = [rows([9, 0, 0], [0, 0, 9], *[[0, 9, 0]] * 4)]
+    model = ScriptedModel(list(script), mask_id=MASK)
+    kw = dict(strategy="threshold", gen_length=6, block_length=2, tau=0.9, early_stop=True)
+    if listed_in == "config":
+        out = cc.generate_reference(model, PROMPT, eos_token_id=[1, EOS], **kw)
+    else:
+        model.config.eos_token_id = [1, EOS]
+        out = cc.generate_reference(model, PROMPT, **kw)
+    assert out.generated[0].tolist() == [0, EOS, 1, 1, 1, 1]
+    assert out.nfe == 1 and model.calls == 1
+
+
+def test_an_end_of_text_id_outside_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match=r"eos_token_id 7 is outside the model's vocabulary of 4 "
+                                         r"tokens, so early_stop would never fire"):
+        run("threshold", gen_length=4, block_length=2, early_stop=True, eos_token_id=(2, 7))
+
+
 def test_early_stop_llada():
     # Blocks of 2, 2 steps each (one token per step). pos1 [8,0,0] 0.99933 < pos2 EOS [0,0,9]
     # 0.99975: step 1 commits the EOS (not settled), step 2 pos1 -> settled, the rest filled.

@@ -232,15 +232,24 @@ def test_model_without_a_mask_token(make, ids):
     assert out.sequences.shape == (2, 3 + 8)
 
 
-@pytest.mark.parametrize("prompt_len, gen_length", [(25, 8), (1, 32), (30, 4)])
-def test_prompt_plus_gen_length_beyond_max_length(model, prompt_len, gen_length):
+@pytest.mark.parametrize("prompt_len, gen_length, block_length, fix", [
+    (25, 8, 4, r"lower gen_length to at most 4 \(a multiple of block_length 4\)"),
+    (1, 40, 8, r"lower gen_length to at most 24 \(a multiple of block_length 8\)"),
+    (30, 4, 4, r"lower gen_length and block_length to at most 2"),
+])
+def test_prompt_plus_gen_length_beyond_max_length(model, prompt_len, gen_length, block_length, fix):
     ids = torch.ones(1, prompt_len, dtype=torch.long)
-    most = 32 - prompt_len
     assert_rejected(model, ids,
                     rf"prompt length {prompt_len} \+ gen_length {gen_length} = "
                     rf"{prompt_len + gen_length} exceeds the model's maximum sequence length 32: "
-                    rf"shorten the prompt or lower gen_length to at most {most}",
-                    gen_length=gen_length, block_length=gen_length // 2 or 1)
+                    rf"shorten the prompt or {fix}",
+                    gen_length=gen_length, block_length=block_length)
+    # The fix it names is accepted.
+    fitting = int(re.search(r"at most (\d+)", fix.replace("\\", "")).group(1))
+    if "block_length to" in fix:
+        cc.generate_reference(model, ids, gen_length=fitting, block_length=fitting)
+    else:
+        cc.generate_reference(model, ids, gen_length=fitting, block_length=block_length)
 
 
 def test_prompt_alone_at_or_beyond_max_length(model):
@@ -469,3 +478,98 @@ def test_early_stop_without_an_eos_token(model, ids):
                                 r"eos_token_id=<token id>", early_stop=True, **small())
     out = cc.generate_reference(model, ids, early_stop=True, eos_token_id=5, **small())
     assert not (out.generated == MASK).any()
+
+
+# ------------------------------------------------------------------------------------------------
+# Model outputs, wrappers, dtype
+# ------------------------------------------------------------------------------------------------
+
+class TupleOutput(ContextMixModel):  # transformers' return_dict=False
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return (super().forward(input_ids, attention_mask, position_ids), "hidden states")
+
+
+class DictOutput(ContextMixModel):
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return {"logits": super().forward(input_ids, attention_mask, position_ids)}
+
+
+@pytest.mark.parametrize("model_type", [TupleOutput, DictOutput])
+@pytest.mark.parametrize("compile", [False, True])
+def test_tuple_and_dict_outputs_are_read_as_logits(ids, model_type, compile):
+    expected = cc.generate_reference(ContextMixModel(), ids, **small())
+    out = cc.optimize(model_type(), compile=compile, **small()).generate(ids)
+    assert torch.equal(out.sequences, expected.sequences)
+
+
+def test_an_output_without_logits_is_a_clear_error(ids):
+    class Hidden(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return {"hidden_states": super().forward(input_ids, attention_mask, position_ids)}
+
+    with pytest.raises(ValueError, match=r"the model's forward returned dict, not logits"):
+        cc.generate_reference(Hidden(), ids, **small())
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_logits_wider_than_the_config_vocabulary_with_dense_credit(ids, compile):
+    class PaddedHead(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            logits = super().forward(input_ids, attention_mask, position_ids)
+            return torch.cat([logits, logits[..., :8] - 100], -1)
+
+    model = PaddedHead()
+    fast = cc.optimize(model, compile=compile, credit_layout="dense", **small())
+    with pytest.raises(ValueError, match=r"the model returns 48 logit columns but its config "
+                                         r"gives a vocabulary of 40 .* set the config's vocab_size "
+                                         r"to 48, or use credit_layout='sparse'"):
+        fast.generate(ids)
+    model.config.vocab_size = 48  # the fix it names
+    cc.optimize(model, compile=compile, credit_layout="dense", **small()).generate(ids)
+
+
+def test_ids_beyond_a_probed_vocabulary(ids):
+    class NoConfig(ContextMixModel):
+        def __init__(self):
+            super().__init__()
+            del self.config
+
+    with pytest.raises(ValueError, match=r"input_ids holds token ids outside \[0, 40\)"):
+        cc.generate_reference(NoConfig(), torch.tensor([[1, 2, 300]]), mask_id=MASK, **small())
+
+
+@pytest.mark.parametrize("wrap", ["optimized", "torch.compile"])
+def test_a_wrapped_model_is_decoded_as_the_model_it_wraps(wrap):
+    model = ContextMixModel(seed=3)
+    wrapped = cc.optimize(model, **small()) if wrap == "optimized" else torch.compile(model)
+    ids = torch.tensor([[0, 5, 6], [4, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])  # a padded batch: refused for mask-blind models
+    expected = cc.generate_reference(model, ids, mask, **small())
+    out = cc.generate_reference(wrapped, ids, mask, **small())
+    assert torch.equal(out.sequences, expected.sequences)
+    assert torch.equal(cc.optimize(wrapped, **small()).generate(ids, mask).sequences,
+                       expected.sequences)
+
+
+def test_a_dtype_the_model_is_not_in_is_refused_not_ignored(ids):
+    model = ContextMixModel()
+    fix = (r"dtype='bfloat16' but the model's weights are float32: the dtype is applied once, by "
+           r"optimize\(model, dtype=...\)")
+    with pytest.raises(ValueError, match=fix):
+        cc.generate_reference(model, ids, dtype="bfloat16", **small())
+    fast = cc.optimize(model, compile=False, **small())
+    with pytest.raises(ValueError, match=fix):
+        fast.generate(ids, config=DecodeConfig(dtype="bfloat16", **small()))
+    with pytest.raises(ValueError, match=fix):
+        cc.verify(fast, ids, dtype="bfloat16")
+    # The dtype the model is in is fine, and optimize() still casts.
+    cc.generate_reference(model, ids, dtype="float32", **small())
+    bf16 = cc.optimize(ContextMixModel(), dtype="bfloat16", compile=False, **small())
+    assert bf16.generate(ids).sequences.shape == (2, 3 + 8)
+
+
+@pytest.mark.parametrize("bad", [True, 2.0, 0])
+def test_precompile_arguments(bad):
+    fast = cc.optimize(ContextMixModel(), compile=False, **small())
+    with pytest.raises(ValueError, match=r"precompile\(batch_size=.*use a positive batch size"):
+        fast.precompile(batch_size=bad, prompt_length=3)

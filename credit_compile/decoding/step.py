@@ -39,12 +39,17 @@ def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
-def fill_after_eos_sync_free(gen: torch.Tensor, mask_id: int, eos_id: int) -> torch.Tensor:
-    """Fill every mask after a row's first end-of-text token that has no mask before it."""
+def fill_after_eos_sync_free(gen: torch.Tensor, mask_id: int,
+                             eos_ids: tuple[int, ...]) -> torch.Tensor:
+    """Fill every mask after a row's first end-of-text token (any of `eos_ids`) that has no mask
+    before it, with the first of `eos_ids`."""
+    is_eos = gen == eos_ids[0]
+    for eos_id in eos_ids[1:]:
+        is_eos = is_eos | (gen == eos_id)
     masks_so_far = (gen == mask_id).long().cumsum(-1)
-    settled_eos = (gen == eos_id) & (masks_so_far == 0)
+    settled_eos = is_eos & (masks_so_far == 0)
     after_eos = settled_eos.long().cumsum(-1) > 0
-    return torch.where(after_eos & (gen == mask_id), eos_id, gen)
+    return torch.where(after_eos & (gen == mask_id), eos_ids[0], gen)
 
 
 def denoise_step(
@@ -53,7 +58,7 @@ def denoise_step(
     state: DecodeState,
     *,
     cfg_scale: float = 0.0,
-    eos_id: int | None = None,
+    eos_ids: tuple[int, ...] | None = None,
 ) -> None:
     """Run one denoising step on `state`, in place."""
     num_blocks, block_length, mask_id = state.num_blocks, state.block_length, state.mask_id
@@ -69,8 +74,8 @@ def denoise_step(
     state.x.index_copy_(1, positions, torch.where(commit, x0, current))
 
     gen = state.x[:, state.gen_start:]
-    if eos_id is not None:
-        gen.copy_(fill_after_eos_sync_free(gen, mask_id, eos_id))
+    if eos_ids is not None:
+        gen.copy_(fill_after_eos_sync_free(gen, mask_id, eos_ids))
 
     # Where decoding goes next: the first block at or after `start` that still has masks.
     has_masks = (gen == mask_id).view(gen.shape[0], num_blocks, block_length).any(-1).any(0)
@@ -80,7 +85,7 @@ def denoise_step(
         return torch.where(has_masks & (block_ids >= start), block_ids, num_blocks).amin()
 
     next_block = strategy.next_block(state, first_masked_block_from)
-    if eos_id is not None:
+    if eos_ids is not None:
         # Early stop: a canvas filled up by end-of-text is finished, whatever the strategy's
         # schedule (LLaDA's fixed steps per block would otherwise run forwards with nothing to do).
         next_block = torch.where(has_masks.any(), next_block, num_blocks)

@@ -67,6 +67,19 @@ def threshold_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, tau: fl
     return masked & (conf >= threshold)
 
 
+def check_logit_width(logit_columns: int, credit_columns: int) -> None:
+    """The dense credit buffer, sized from the model's config, must match its logits. (Shapes are
+    static when traced, so this costs a compiled step nothing; the optimized model checks before
+    compiling, since an error raised while tracing reaches the user wrapped by dynamo.)"""
+    if logit_columns != credit_columns:
+        raise ValueError(
+            f"the model returns {logit_columns} logit columns but its config gives a vocabulary "
+            f"of {credit_columns} (`embedding_size` or `vocab_size`), which sizes the dense "
+            f"credit: set the config's vocab_size to {logit_columns}, or use "
+            f"credit_layout='sparse'"
+        )
+
+
 class ThresholdStrategy(Strategy):
     """Fast-dLLM parallel decoding: greedy proposals, confidence-threshold commits."""
 
@@ -109,6 +122,7 @@ class CreditStrategy(ThresholdStrategy):
         first_step = state.step_in_block == 0
         args = (masked, first_step, cfg.alpha, cfg.beta, cfg.gamma, self.mask_id)
         if cfg.credit_layout == "dense":
+            check_logit_width(block_logits.shape[-1], state.buffers["credit"].shape[-1])
             fn = _ops().credit_step_dense if self.use_op else credit_step_dense_eager
             return fn(block_logits, state.buffers["credit"], *args)
         fn = _ops().credit_step_sparse if self.use_op else credit_step_sparse_eager
