@@ -323,7 +323,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (default on CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--dtype", default="bfloat16", choices=("bfloat16", "float16", "float32"),
+                        help="dtype of the logits")
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled chain")
     parser.add_argument("--sweep", action="store_true", help="time launch configs (CUDA)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "credit_op.jsonl"))

@@ -16,24 +16,33 @@ block-sliced LM head), the floor the decoding logic is measured against.
 
 Per row: NFE, tokens/s, ms per step, compile seconds, peak memory, and a roofline of one step
 (weight bytes and FLOPs against the device's measured peak bandwidth and matmul rate). Rows are
-appended to benchmarks/results/generate.jsonl with device, torch version and git commit.
-Random weights: NFE reflects a random model (rarely confident), not a trained one; per-step
-figures do not depend on the weights.
+appended to benchmarks/results/generate.jsonl with device, torch version, git commit and the
+DecodeConfig each mode ran with. The selected modes run in the order above, whatever the order of
+--modes, so the baseline and credit-eager come before the rows compared with them.
+
+Random weights, so NFE reflects a random model, not a trained one; per-step figures do not
+depend on the weights. At real shapes (llada-8b, bf16) a random model is never confident: about
+one token per step. The tiny presets are drawn with init_std 0.5 (benchutil.TINY_INIT_STD), not
+the presets' 0.02: at 0.02 every confidence is about 0.012, all tied within the commit rule's
+slack, so threshold and credit decoding committed whole blocks (NFE 4 for 64 tokens) and the
+ratios were artefacts; at 0.5 they commit about one token per step too.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
 import torch
+from benchutil import bench_dtype, bench_model, is_tiny, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import build_model
+from credit_compile.models import available_presets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
@@ -97,11 +106,14 @@ def make_prompts(batch: int, prompt_length: int, vocab: int, mask_id: int, devic
 
 def run_mode(mode, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
     device = ids.device
+    # The eager reference neither compiles nor replays graphs and checks completion every step:
+    # its config says so, as the row records it.
+    eager = base.replace(compile=False, cuda_graphs="off", sync_every=1)
     if mode == "llada-eager":
-        cfg = base.replace(strategy="llada", steps=base.gen_length)
+        cfg = eager.replace(strategy="llada", steps=base.gen_length)
         call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
     elif mode in ("threshold-eager", "credit-eager"):
-        cfg = base.replace(strategy=mode.split("-")[0], credit_layout="dense")
+        cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense")
         call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
     else:
         cfg = base.replace(
@@ -136,6 +148,7 @@ def run_mode(mode, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
         "ms_per_step": 1e3 * seconds / max(out.nfe, 1),
         "compile_seconds": compile_seconds,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
+        "config": dataclasses.asdict(cfg),
         "sequences": out.sequences,
     }
 
@@ -175,31 +188,44 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny, llada-8b, ...")
-    parser.add_argument("--batch", type=int, nargs="+", default=[1])
-    parser.add_argument("--gen-length", type=int, nargs="+", default=None)
-    parser.add_argument("--block-length", type=int, default=None)
-    parser.add_argument("--prompt-length", type=int, default=32)
-    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
-    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--preset", default="tiny", choices=available_presets())
+    parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
+    parser.add_argument("--gen-length", type=positive_int, nargs="+", default=None,
+                        help="default: 64 on tiny presets, 256 otherwise")
+    parser.add_argument("--block-length", type=positive_int, default=None,
+                        help="default: 16 on tiny presets, 32 otherwise")
+    parser.add_argument("--prompt-length", type=positive_int, default=32)
+    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES,
+                        help="run in the order of MODES whatever the order given")
+    parser.add_argument("--repeats", type=positive_int, default=None,
+                        help="timed runs per mode (median); default: 3 on tiny presets, 1 otherwise")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(RESULTS / "generate.jsonl"))
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    tiny = args.preset.startswith("tiny")
-    gen_lengths = args.gen_length or ([64] if tiny else [256])
-    block = args.block_length or (16 if tiny else 32)
-    repeats = args.repeats or (3 if tiny else 1)
-    dtype = torch.float32 if tiny else torch.bfloat16
-    modes = [m for m in args.modes if not m.startswith("credit-graphs") or device.type == "cuda"]
+    tiny = is_tiny(args.preset)
+    gen_lengths = args.gen_length if args.gen_length is not None else ([64] if tiny else [256])
+    block = args.block_length if args.block_length is not None else (16 if tiny else 32)
+    repeats = args.repeats if args.repeats is not None else (3 if tiny else 1)
+    # MODES order, not the order given: the baseline and credit-eager must run before the rows
+    # that are compared with them.
+    modes = [m for m in MODES if m in args.modes]
+    for gen_length in gen_lengths:  # a bad length is a usage error, caught before the model loads
+        try:
+            cc.DecodeConfig(gen_length=gen_length, block_length=block)
+        except ValueError as exc:
+            parser.error(str(exc))
+    if device.type != "cuda" and any(m.startswith("credit-graphs") for m in modes):
+        print("skipping credit-graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
+        modes = [m for m in modes if not m.startswith("credit-graphs")]
 
-    model = build_model(args.preset, dtype=dtype, device=device, seed=0)
+    model, dtype = bench_model(args.preset, device), bench_dtype(args.preset)
     peaks = measure_peaks(device)
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
-        "dtype": str(dtype).replace("torch.", ""), **peaks,
+        "dtype": str(dtype).replace("torch.", ""), "init_std": model.config.init_std, **peaks,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +249,7 @@ def main(argv=None) -> int:
                 row = {**meta, "batch": batch, "gen_length": gen_length, "block_length": block,
                        "prompt_length": args.prompt_length, **roof, **result,
                        "bare_forward_graphed_ms": floor_ms}
-                if reference_tokens is not None and mode.startswith("credit-"):
+                if reference_tokens is not None and mode.startswith("credit-") and mode != "credit-eager":
                     row["equals_credit_eager"] = bool(torch.equal(sequences, reference_tokens))
                 if baseline:
                     row["speedup_vs_llada_eager"] = result["tokens_per_s"] / baseline["tokens_per_s"]

@@ -9,12 +9,16 @@ step per distinct length), each setting in a process of its own with an empty In
 no setting reuses another's compiled kernels. Per setting: compiled steps, compile and decode seconds,
 tokens/s over the whole stream (compiles included) and decoding only, and whether every request's
 tokens equal the unbucketed run's. Ratios are against the unbucketed setting of the same run. Rows
-are appended to benchmarks/results/prompt_buckets.jsonl with device, torch version and commit.
+are appended to benchmarks/results/prompt_buckets.jsonl with device, torch version, commit and the
+setting's DecodeConfig. Random weights; the tiny presets are drawn with init_std 0.5, as in
+bench_generate.py (at the presets' 0.02 their confidences tie and each request took one step per
+block).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -24,10 +28,18 @@ import time
 from pathlib import Path
 
 import torch
+from benchutil import (
+    bench_dtype,
+    bench_model,
+    bench_model_config,
+    is_tiny,
+    non_negative_int,
+    positive_int,
+)
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import build_model, get_config
+from credit_compile.models import available_presets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -84,15 +96,15 @@ def worker(args, bucket: int, result_path: str) -> None:
 
 def setup(args, device, with_model: bool = True):
     """(model or None, decode config, requests, dtype): the same in the parent and every worker."""
-    tiny = args.preset.startswith("tiny")
-    dtype = torch.float32 if tiny else torch.bfloat16
-    model_config = get_config(args.preset)
-    config = cc.DecodeConfig(gen_length=args.gen_length or (32 if tiny else 256),
-                             block_length=args.block_length or (16 if tiny else 32), sync_every=8)
+    tiny = is_tiny(args.preset)
+    model_config = bench_model_config(args.preset)
+    gen_length = args.gen_length if args.gen_length is not None else (32 if tiny else 256)
+    block_length = args.block_length if args.block_length is not None else (16 if tiny else 32)
+    config = cc.DecodeConfig(gen_length=gen_length, block_length=block_length, sync_every=8)
     requests = make_requests(args.requests, args.min_length, args.max_length,
                              model_config.vocab_size, model_config.mask_token_id, device)
-    model = build_model(args.preset, dtype=dtype, device=device, seed=0) if with_model else None
-    return model, config, requests, dtype
+    model = bench_model(args.preset, device) if with_model else None
+    return model, config, requests, bench_dtype(args.preset)
 
 
 def run_setting(argv: list[str], bucket: int, cold_cache: bool = True) -> dict:
@@ -109,14 +121,16 @@ def run_setting(argv: list[str], bucket: int, cold_cache: bool = True) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", help="model preset: tiny, llada-8b, ...")
-    parser.add_argument("--requests", type=int, default=12)
-    parser.add_argument("--min-length", type=int, default=8)
-    parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--buckets", type=int, nargs="+", default=[0, 16, 32, 64],
+    parser.add_argument("--preset", default="tiny", choices=available_presets())
+    parser.add_argument("--requests", type=positive_int, default=12)
+    parser.add_argument("--min-length", type=positive_int, default=8)
+    parser.add_argument("--max-length", type=positive_int, default=64)
+    parser.add_argument("--buckets", type=non_negative_int, nargs="+", default=[0, 16, 32, 64],
                         help="prompt_bucket values; 0 = no bucket (the baseline, always run first)")
-    parser.add_argument("--gen-length", type=int, default=None)
-    parser.add_argument("--block-length", type=int, default=None)
+    parser.add_argument("--gen-length", type=positive_int, default=None,
+                        help="default: 32 on tiny presets, 256 otherwise")
+    parser.add_argument("--block-length", type=positive_int, default=None,
+                        help="default: 16 on tiny presets, 32 otherwise")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=str(RESULTS / "prompt_buckets.jsonl"))
     parser.add_argument("--warm-cache", action="store_true",
@@ -125,6 +139,8 @@ def main(argv=None) -> int:
     parser.add_argument("--worker-bucket", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.min_length > args.max_length:
+        parser.error(f"--min-length {args.min_length} is above --max-length {args.max_length}")
 
     if args.worker_bucket is not None:
         worker(args, args.worker_bucket, args.worker_result)
@@ -132,11 +148,14 @@ def main(argv=None) -> int:
 
     device = torch.device(args.device)
     # The parent only orchestrates: each worker builds the model (an 8B one needs its memory).
-    _, config, requests, dtype = setup(args, device, with_model=False)
+    try:  # a bad length is a usage error, caught before any worker starts
+        _, config, requests, dtype = setup(args, device, with_model=False)
+    except ValueError as exc:
+        parser.error(str(exc))
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
-        "dtype": str(dtype).replace("torch.", ""),
+        "dtype": str(dtype).replace("torch.", ""), "init_std": bench_model_config(args.preset).init_std,
         "requests": len(requests), "distinct_lengths": len({ids.shape[1] for ids in requests}),
         "min_length": args.min_length, "max_length": args.max_length,
         "gen_length": config.gen_length, "block_length": config.block_length,
@@ -150,7 +169,9 @@ def main(argv=None) -> int:
                              cold_cache=not args.warm_cache)
         outputs = result.pop("outputs")
         baseline = baseline or {**result, "outputs": outputs}
-        row = {**meta, "prompt_bucket": bucket or None, **result,
+        row = {**meta, "prompt_bucket": bucket or None,
+               "config": dataclasses.asdict(config.replace(prompt_bucket=bucket or None)),
+               "max_cached_steps": len(requests), **result,
                "tokens_equal_unbucketed": outputs == baseline["outputs"],
                "speedup_vs_unbucketed": baseline["total_seconds"] / result["total_seconds"],
                "decode_speedup_vs_unbucketed":

@@ -13,19 +13,21 @@ forward passes; accuracy is exact match of the text before the first EOS, except
 Settings: LLaDA's sampler at several step counts; threshold decoding and CreditDecoding over tau;
 CreditDecoding over alpha at two taus; both over block length. The summary gives, for every
 CreditDecoding point, the NFE threshold decoding needs for the same accuracy (linear interpolation
-on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL; the plot is
-redrawn from this run.
+on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL, each with the
+full DecodeConfig it decoded with under "config"; the plot is redrawn from this run.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import time
 from pathlib import Path
 
 import torch
+from benchutil import positive_int
 from provenance import git_commit
 
 HERE = Path(__file__).resolve().parent
@@ -37,15 +39,21 @@ ALPHA_TAUS = (0.7, 0.9)
 BLOCKS = (4, 16)
 
 
-def evaluate(model, tokenizer, items, **decode) -> dict:
+def decode_config(decode: dict):
+    """The full DecodeConfig of one setting (eager, so no compile and no CUDA graphs)."""
+    from credit_compile import DecodeConfig
+
+    return DecodeConfig(gen_length=GEN, compile=False, cuda_graphs="off", **decode)
+
+
+def evaluate(model, tokenizer, items, config) -> dict:
     from credit_compile.reference import generate
     from credit_compile.training.tasks import is_correct
 
     correct, nfe, per_task = 0, 0, {}
     for task, prompt, answer in items:
         batch = tokenizer([prompt])
-        out = generate(model, batch["input_ids"], batch["attention_mask"], gen_length=GEN,
-                       compile=False, cuda_graphs="off", **decode)
+        out = generate(model, batch["input_ids"], batch["attention_mask"], config=config)
         ok = is_correct(task, prompt, answer, tokenizer.answer(out.generated[0]))
         correct += ok
         nfe += out.nfe
@@ -106,7 +114,7 @@ def matched_accuracy(rows) -> list[dict]:
     return out
 
 
-def plot(rows, path: Path) -> None:
+def plot(rows, path: Path, alpha: float) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -115,7 +123,7 @@ def plot(rows, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     styles = {"llada": ("tab:gray", "s", "LLaDA sampler (steps)"),
               "threshold": ("tab:blue", "o", "threshold (tau)"),
-              "credit": ("tab:red", "^", "CreditDecoding (tau, alpha=0.7)")}
+              "credit": ("tab:red", "^", f"CreditDecoding (tau, alpha={alpha:g})")}
     for method, (color, marker, label) in styles.items():
         pts = sorted((r["mean_nfe"], r["accuracy"], r.get("steps") or r.get("tau"))
                      for r in rows if r["method"] == method and r["sweep"] in ("steps", "tau"))
@@ -144,15 +152,17 @@ def plot(rows, path: Path) -> None:
 
 
 def main(argv=None) -> int:
+    from credit_compile.training.tasks import TASKS, held_out_set
+
     parser = argparse.ArgumentParser()
-    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--n", type=positive_int, default=200)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--alpha", type=float, default=0.7)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     parser.add_argument("--model", default=None,
                         help="a checkpoint directory (model + char_tokenizer.json); default: the "
                              "shipped default model")
-    parser.add_argument("--tasks", nargs="+", default=None,
+    parser.add_argument("--tasks", nargs="+", default=None, choices=TASKS,
                         help="held-out items of these tasks only (default: every task)")
     parser.add_argument("--quick", action="store_true",
                         help="only the LLaDA and tau sweeps (checkpoint selection)")
@@ -161,7 +171,6 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     from credit_compile.assets import load_default_model
-    from credit_compile.training.tasks import TASKS, held_out_set
 
     if args.model is None:
         model, tokenizer = load_default_model("cpu")
@@ -179,11 +188,13 @@ def main(argv=None) -> int:
     for method, sweep, decode in configs(args.alpha):
         if args.quick and sweep not in ("steps", "tau"):
             continue
+        config = decode_config(decode)
         start = time.perf_counter()
-        result = evaluate(model, tokenizer, items, **decode)
+        result = evaluate(model, tokenizer, items, config)
         row = {"bench": "quality", "device": "cpu", "torch": torch.__version__, "commit": commit,
                "model": args.model or "default", "method": method, "sweep": sweep, **decode,
                "gen_length": GEN, "n": len(items), "seed": args.seed, "tasks": list(tasks),
+               "config": dataclasses.asdict(config),
                **result, "seconds": round(time.perf_counter() - start, 2)}
         rows.append(row)
         with out.open("a") as f:
@@ -201,7 +212,7 @@ def main(argv=None) -> int:
         print(f"  tau {m['tau']:<5} alpha {m['alpha']:<4} acc {m['accuracy']:.3f} "
               f"NFE {m['credit_nfe']:.2f}; {ref}")
     if args.plot:
-        plot(rows, Path(args.plot))
+        plot(rows, Path(args.plot), args.alpha)
     return 0
 
 

@@ -2,17 +2,29 @@
 
     python benchmarks/plot_generate.py [--input results/generate.jsonl] [--output docs/generate.png]
 
-One panel per (device, preset, batch, gen_length), the newest row of each mode; bars are
-tokens/s, labelled with the ratio to the eager LLaDA baseline of the same run.
+One panel per run configuration (device, preset, dtype, batch, prompt, gen and block length,
+commit), the newest row of each mode; bars are tokens/s, labelled with the ratio to the eager
+LLaDA baseline of the same run. Rows need `mode` and `tokens_per_s`; other fields may be missing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# What makes rows one run's, so that a panel never puts bars of different commits, dtypes or
+# shapes side by side. Older rows may lack a field: it reads as missing, not as an error.
+PANEL_KEY = ("device", "preset", "dtype", "batch", "prompt_length", "gen_length", "block_length",
+             "commit")
+
+
+def panel_title(key: tuple) -> str:
+    f = dict(zip(PANEL_KEY, key, strict=True))
+    return (f"{f['preset']} {f['dtype']} B={f['batch']} prompt={f['prompt_length']} "
+            f"gen={f['gen_length']} block={f['block_length']}\n{f['device']} commit {f['commit']}")
 
 
 def main(argv=None) -> int:
@@ -21,21 +33,28 @@ def main(argv=None) -> int:
     parser.add_argument("--output", default=str(HERE.parent / "docs" / "generate.png"))
     parser.add_argument("--preset", default=None)
     args = parser.parse_args(argv)
+    rows = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
+    plottable = [r for r in rows if "mode" in r and "tokens_per_s" in r]
+    if len(plottable) < len(rows):
+        print(f"skipping {len(rows) - len(plottable)} row(s) without mode or tokens_per_s",
+              file=sys.stderr)
+    if args.preset:
+        plottable = [r for r in plottable if r.get("preset") == args.preset]
+    if not plottable:
+        which = f" of preset {args.preset!r}" if args.preset else ""
+        raise SystemExit(f"error: no rows{which} to plot in {args.input}; nothing written")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
-    if args.preset:
-        rows = [r for r in rows if r["preset"] == args.preset]
-    commits = sorted({r["commit"] for r in rows})
     groups: dict = {}
-    for r in rows:
-        key = (r["device"], r["preset"], r["batch"], r.get("prompt_length", 32), r["gen_length"])
+    for r in plottable:
+        key = tuple(str(r.get(k, "?")) for k in PANEL_KEY)
         groups.setdefault(key, {})[r["mode"]] = r
+    commits = sorted({key[-1] for key in groups})
     fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4), squeeze=False)
-    for ax, ((device, preset, batch, prompt, gen), modes) in zip(axes[0], groups.items(), strict=True):
+    for ax, (key, modes) in zip(axes[0], groups.items(), strict=True):
         names = list(modes)
         values = [modes[m]["tokens_per_s"] for m in names]
         bars = ax.bar(range(len(names)), values, color="tab:blue")
@@ -46,7 +65,7 @@ def main(argv=None) -> int:
                             ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
         ax.set_ylabel("tokens/s")
-        ax.set_title(f"{preset} B={batch} prompt={prompt} gen={gen}\n{device}", fontsize=9)
+        ax.set_title(panel_title(key), fontsize=9)
     fig.suptitle(f"credit_compile generate (commits {', '.join(commits)})", fontsize=10)
     fig.tight_layout()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)

@@ -45,3 +45,29 @@ def test_matched_accuracy_compares_credit_points_only(bench):
     (match,) = bench.matched_accuracy(rows)
     assert match["threshold_nfe"] == pytest.approx(4.0)
     assert match["nfe_reduction"] == pytest.approx(4.0 / 3.0)
+
+
+def test_rows_record_the_full_decode_config(bench, tmp_path):
+    import json
+
+    import torch
+
+    out = tmp_path / "quality.jsonl"
+    # --threads as now: the script sets torch's thread count for the whole process.
+    assert bench.main(["--n", "1", "--quick", "--tasks", "add", "--threads",
+                       str(torch.get_num_threads()), "--output", str(out), "--plot", ""]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {r["strategy"] for r in rows} == {"llada", "threshold", "credit"}
+    for r in rows:
+        config = r["config"]
+        assert all(config[k] == r[k] for k in ("strategy", "steps", "tau", "alpha", "block_length")
+                   if k in r)
+        assert config["gen_length"] == bench.GEN and config["compile"] is False
+        assert {"beta", "gamma", "temperature", "credit_layout", "sync_every"} <= set(config)
+
+
+@pytest.mark.parametrize("bad", [["--n", "0"], ["--threads", "0"], ["--tasks", "bogus"]])
+def test_bad_flags_are_usage_errors(bench, bad):
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*bad, "--output", "/nonexistent/q.jsonl", "--plot", ""])
+    assert exc.value.code == 2

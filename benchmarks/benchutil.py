@@ -1,0 +1,51 @@
+"""What the benchmark scripts share: their random models and their command-line checks."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from credit_compile.models import build_model, get_config
+
+# At the presets' init_std (0.02) the random tiny model is near uniform: every confidence is
+# 0.011-0.014, all within the commit rule's tie slack (1e-5) of the best, so threshold and credit
+# decoding commit a whole block per step and NFE and ratios are artefacts of the ties. At 0.5
+# (as the tests' random tiny models) the confidences spread out and they commit about one token
+# per step, as a random model at real shapes does.
+TINY_INIT_STD = 0.5
+
+
+def is_tiny(preset: str) -> bool:
+    return preset.startswith("tiny")
+
+
+def bench_model_config(preset: str):
+    """The model config a benchmark measures: the preset's, with TINY_INIT_STD for tiny ones.
+    Larger presets keep theirs: there the per-step figures, not the NFE, are the point."""
+    return get_config(preset, init_std=TINY_INIT_STD) if is_tiny(preset) else get_config(preset)
+
+
+def bench_dtype(preset: str) -> torch.dtype:
+    """float32 for the CPU-sized tiny presets, bf16 at real shapes."""
+    return torch.float32 if is_tiny(preset) else torch.bfloat16
+
+
+def bench_model(preset: str, device) -> torch.nn.Module:
+    """The random model a benchmark measures (seed 0)."""
+    return build_model(bench_model_config(preset), dtype=bench_dtype(preset), device=device, seed=0)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (0 or less would silently mean "the default" or crash)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value

@@ -1,0 +1,232 @@
+"""The benchmark scripts' own logic: mode order, recorded configs, flags, the plot's input checks.
+
+Tiny and eager only (a second or so each); the compiled modes are stood in for where only the
+bookkeeping around them is under test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def load(name: str, monkeypatch):
+    """benchmarks/<name>.py as a module; sys.path as the script sees it, restored afterwards."""
+    monkeypatch.setattr(sys, "path", [str(BENCH), *sys.path])
+    # A sibling imported by another test from elsewhere must not be the one used here.
+    for sibling in ("provenance", "benchutil"):
+        monkeypatch.delitem(sys.modules, sibling, raising=False)
+    spec = importlib.util.spec_from_file_location(f"_bench_{name}", BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def read_rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------------------
+# bench_generate.py
+# ------------------------------------------------------------------------------------------------
+
+GEN, BLOCK = 16, 4
+EAGER_REVERSED = ["credit-eager", "threshold-eager", "llada-eager"]
+
+
+@pytest.fixture
+def bench_generate(monkeypatch):
+    return load("bench_generate", monkeypatch)
+
+
+@pytest.fixture
+def eager_rows(bench_generate, tmp_path):
+    """The eager modes on the tiny preset, asked for in reverse order."""
+    out = tmp_path / "rows.jsonl"
+    assert bench_generate.main(["--preset", "tiny", "--device", "cpu", "--modes", *EAGER_REVERSED,
+                                "--gen-length", str(GEN), "--block-length", str(BLOCK),
+                                "--repeats", "1", "--out", str(out)]) == 0
+    return read_rows(out)
+
+
+def test_generate_runs_modes_in_canonical_order(eager_rows):
+    assert [r["mode"] for r in eager_rows] == ["llada-eager", "threshold-eager", "credit-eager"]
+    # Every row has the baseline of its own run, the baseline itself included.
+    assert all("speedup_vs_llada_eager" in r for r in eager_rows)
+    assert eager_rows[0]["speedup_vs_llada_eager"] == 1.0
+
+
+def test_generate_credit_eager_is_not_compared_with_itself(eager_rows):
+    assert all("equals_credit_eager" not in r for r in eager_rows)
+
+
+def test_generate_checks_do_not_depend_on_modes_order(bench_generate, tmp_path, monkeypatch):
+    # Stand-in for run_mode: the compiled mode's bookkeeping, without compiling.
+    ran = []
+
+    def fake_run_mode(mode, model, ids, base, repeats):
+        ran.append(mode)
+        return {"mode": mode, "nfe": 1, "seconds": 1.0, "tokens_per_s": float(len(ran)),
+                "ms_per_step": 1.0, "compile_seconds": 0.0, "peak_memory_gb": None,
+                "config": {}, "sequences": ids}
+
+    monkeypatch.setattr(bench_generate, "run_mode", fake_run_mode)
+    out = tmp_path / "rows.jsonl"
+    bench_generate.main(["--device", "cpu", "--modes", "credit-compiled", "credit-eager",
+                         "llada-eager", "--gen-length", "8", "--block-length", "4",
+                         "--repeats", "1", "--out", str(out)])
+    assert ran == ["llada-eager", "credit-eager", "credit-compiled"]
+    compiled = read_rows(out)[-1]
+    assert compiled["mode"] == "credit-compiled"
+    assert compiled["equals_credit_eager"] is True
+    assert compiled["speedup_vs_llada_eager"] == 3.0
+
+
+def test_generate_rows_record_the_decode_config(eager_rows):
+    configs = {r["mode"]: r["config"] for r in eager_rows}
+    assert {c["strategy"] for c in configs.values()} == {"llada", "threshold", "credit"}
+    for config in configs.values():
+        assert config["gen_length"] == GEN and config["block_length"] == BLOCK
+        assert config["compile"] is False and config["cuda_graphs"] == "off"
+        assert {"alpha", "beta", "gamma", "tau", "sync_every", "credit_layout"} <= set(config)
+    assert configs["llada-eager"]["steps"] == GEN
+    assert configs["credit-eager"]["credit_layout"] == "dense"
+
+
+def test_generate_tiny_preset_nfe_is_not_the_whole_block_artefact(eager_rows):
+    # The tiny preset's own init (0.02) ties every confidence: one step per block (NFE 4 here).
+    nfe = {r["mode"]: r["nfe"] for r in eager_rows}
+    assert nfe["llada-eager"] == GEN
+    assert nfe["threshold-eager"] > GEN // BLOCK
+    assert nfe["credit-eager"] > GEN // BLOCK
+    assert all(r["init_std"] == 0.5 for r in eager_rows)
+
+
+def test_generate_repeats_default_and_non_positive(bench_generate, tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def fake_run_mode(mode, model, ids, base, repeats):
+        seen.append(repeats)
+        return {"mode": mode, "nfe": 1, "seconds": 1.0, "tokens_per_s": 1.0, "ms_per_step": 1.0,
+                "compile_seconds": 0.0, "peak_memory_gb": None, "config": {}, "sequences": ids}
+
+    monkeypatch.setattr(bench_generate, "run_mode", fake_run_mode)
+    args = ["--device", "cpu", "--modes", "llada-eager", "--gen-length", "8", "--block-length",
+            "4", "--out", str(tmp_path / "rows.jsonl")]
+    bench_generate.main(args)
+    bench_generate.main([*args, "--repeats", "2"])
+    assert seen == [3, 2]  # tiny's default, then as asked
+    for bad in (["--repeats", "0"], ["--repeats", "-1"], ["--block-length", "0"],
+                ["--block-length", "3"], ["--preset", "bogus"]):
+        with pytest.raises(SystemExit) as exc:
+            bench_generate.main([*args, *bad])
+        assert exc.value.code == 2, bad
+    assert seen == [3, 2]  # nothing ran
+    assert "not a positive integer" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# bench_prompt_buckets.py, bench_credit_op.py
+# ------------------------------------------------------------------------------------------------
+
+
+def test_prompt_buckets_rows_record_the_decode_config(tmp_path, monkeypatch):
+    bench = load("bench_prompt_buckets", monkeypatch)
+
+    def fake_setting(argv, bucket, cold_cache=True):  # no worker processes, no compiles
+        return {"compiled_steps": 1, "total_seconds": 1.0, "compile_seconds": 0.5,
+                "decode_seconds": 0.5, "tokens_per_s": 1.0, "decode_tokens_per_s": 1.0, "nfe": 1,
+                "max_latency_s": 1.0, "outputs": [[1]]}
+
+    monkeypatch.setattr(bench, "run_setting", fake_setting)
+    out = tmp_path / "rows.jsonl"
+    bench.main(["--requests", "2", "--min-length", "2", "--max-length", "3", "--buckets", "4",
+                "--gen-length", "8", "--block-length", "4", "--out", str(out)])
+    rows = read_rows(out)
+    assert [r["config"]["prompt_bucket"] for r in rows] == [None, 4]
+    assert all(r["config"]["gen_length"] == 8 and r["config"]["block_length"] == 4 for r in rows)
+    assert all(r["init_std"] == 0.5 for r in rows)
+
+
+@pytest.mark.parametrize("bad", [["--gen-length", "0"], ["--requests", "0"], ["--buckets", "-4"],
+                                 ["--min-length", "9", "--max-length", "8"],
+                                 ["--gen-length", "8", "--block-length", "3"]])
+def test_prompt_buckets_refuses_bad_flags(bad, tmp_path, monkeypatch):
+    bench = load("bench_prompt_buckets", monkeypatch)
+    monkeypatch.setattr(bench, "run_setting", lambda *a, **k: pytest.fail("a setting ran"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main([*bad, "--out", str(tmp_path / "rows.jsonl")])
+    assert exc.value.code == 2
+
+
+def test_credit_op_refuses_an_unknown_dtype(monkeypatch, capsys):
+    bench = load("bench_credit_op", monkeypatch)
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--dtype", "bogus", "--out", "/nonexistent/rows.jsonl"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'bogus'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------
+# plot_generate.py
+# ------------------------------------------------------------------------------------------------
+
+
+def row(mode, tokens_per_s, **fields):
+    return {"device": "cpu", "preset": "tiny", "batch": 1, "gen_length": 8, "mode": mode,
+            "tokens_per_s": tokens_per_s, **fields}
+
+
+def write_rows(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def png_width(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size[0]
+
+
+@pytest.mark.parametrize("rows, preset", [([], None), ([row("llada-eager", 1.0)], "llada-8b")],
+                         ids=["empty", "preset-matches-nothing"])
+def test_plot_without_matching_rows_says_so(rows, preset, tmp_path, monkeypatch):
+    plot = load("plot_generate", monkeypatch)
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    output = tmp_path / "plot.png"
+    args = ["--input", str(data), "--output", str(output)] + (["--preset", preset] if preset else [])
+    with pytest.raises(SystemExit, match="no rows.* to plot"):
+        plot.main(args)
+    assert not output.exists()
+
+
+def test_plot_tolerates_rows_without_commit_or_preset(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    plot = load("plot_generate", monkeypatch)
+    rows = [row("llada-eager", 1.0), row("credit-eager", 2.0, speedup_vs_llada_eager=2.0)]
+    del rows[0]["preset"]
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    output = tmp_path / "plot.png"
+    assert plot.main(["--input", str(data), "--output", str(output)]) == 0
+    assert output.stat().st_size > 0
+
+
+def test_plot_keeps_runs_of_other_commits_dtypes_and_blocks_apart(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    plot = load("plot_generate", monkeypatch)
+    run = dict(commit="aaaa", dtype="float32", block_length=4)
+    rows = [row("llada-eager", 1.0, **run), row("credit-eager", 2.0, **run),
+            row("credit-eager", 9.0, **{**run, "commit": "bbbb"}),
+            row("credit-eager", 9.0, **{**run, "dtype": "bfloat16"}),
+            row("credit-eager", 9.0, **{**run, "block_length": 8})]
+    data = write_rows(tmp_path / "rows.jsonl", rows)
+    output = tmp_path / "plot.png"
+    plot.main(["--input", str(data), "--output", str(output)])
+    assert png_width(output) == 4 * 5 * 120  # four panels of 5 inches at 120 dpi
