@@ -1,0 +1,40 @@
+"""benchmarks/gpu_session.sh, every stage run dry on the CPU (DRY_RUN=1: toy sizes appended after
+the stage's own flags, which the scripts still parse and check): a stage broken by a renamed flag
+or mode fails here, not on a lent GPU whose minutes are counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "op", "buckets"]
+
+
+def run_stage(stage: str, out: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DRY_RUN="1", OUT=str(out),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), stage], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_runs_dry(stage, tmp_path):
+    done = run_stage(stage, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {"gen1024": "generate", "gen1024b8": "generate", "gen256b1": "generate",
+            "gen256b8": "generate", "op": "credit_op", "buckets": "prompt_buckets"}
+    if stage in rows:
+        lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
+        assert lines and all("commit" in json.loads(line) for line in lines)
+
+
+def test_a_broken_stage_fails_the_dry_run(tmp_path):
+    done = run_stage("no-such-stage", tmp_path)
+    assert done.returncode == 2 and "unknown stage no-such-stage" in done.stderr
