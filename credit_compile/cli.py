@@ -248,6 +248,9 @@ def cmd_bench(args) -> int:
     try:
         runpy.run_path(str(script), run_name="__main__")
     except SystemExit as done:
+        if isinstance(done.code, str):  # sys.exit("message"): Python prints it and exits 1
+            print(done.code, file=sys.stderr)
+            return 1
         return int(done.code or 0)
     finally:
         sys.argv, sys.path[:] = argv, path

@@ -138,3 +138,16 @@ def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_le
     assert main(["generate", "--model", str(tmp_path), *prompts, "--eager", "--dtype",
                  "bfloat16", *SMALL]) == 0
     assert "compilation included" not in capsys.readouterr().out
+
+
+def test_bench_passes_on_a_script_exit_message(tmp_path, capsys, monkeypatch):
+    # A script ending with sys.exit("message") exits 1 with the message, as Python would run it.
+    import credit_compile.cli as cli
+
+    script = tmp_path / "benchmarks" / "bench_generate.py"
+    script.parent.mkdir()
+    script.write_text("import sys\nsys.exit('error: no rows to plot')\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "pkg" / "cli.py"))
+    assert main(["bench", "generate"]) == 1
+    assert "error: no rows to plot" in capsys.readouterr().err
