@@ -43,6 +43,7 @@ from provenance import git_commit
 
 import credit_compile as cc
 from credit_compile.models import available_presets
+from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
@@ -98,23 +99,37 @@ def step_roofline(model, batch: int, seq: int, block: int) -> dict:
     return {"weight_bytes": weight_bytes, "step_flops": flops}
 
 
+TRAINED = "trained"
+
+
 def make_prompts(batch: int, prompt_length: int, vocab: int, mask_id: int, device):
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, min(vocab, mask_id), (batch, prompt_length), generator=g)
-    return ids.to(device)
+    return ids.to(device), None
 
 
-def run_mode(mode, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
+def trained_model_and_prompts(batch: int, device):
+    """The shipped default model (trained, 1M parameters) and `batch` of its held-out task
+    prompts, left-padded: the one model here whose confidence, hence NFE, means something."""
+    from credit_compile.assets import load_default_model
+    from credit_compile.training.tasks import held_out_set
+
+    model, tokenizer = load_default_model(device)
+    encoded = tokenizer([prompt for _, prompt, _ in held_out_set(batch, seed=11)])
+    return model, encoded["input_ids"].to(device), encoded["attention_mask"].to(device)
+
+
+def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dict:
     device = ids.device
     # The eager reference neither compiles nor replays graphs and checks completion every step:
     # its config says so, as the row records it.
     eager = base.replace(compile=False, cuda_graphs="off", sync_every=1)
     if mode == "llada-eager":
         cfg = eager.replace(strategy="llada", steps=base.gen_length)
-        call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
+        call = lambda: cc.generate_reference(model, ids, mask, config=cfg)  # noqa: E731
     elif mode in ("threshold-eager", "credit-eager"):
         cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense")
-        call = lambda: cc.generate_reference(model, ids, config=cfg)  # noqa: E731
+        call = lambda: cc.generate_reference(model, ids, mask, config=cfg)  # noqa: E731
     else:
         cfg = base.replace(
             strategy="credit", compile=True,
@@ -122,7 +137,7 @@ def run_mode(mode, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
             cuda_graphs="on" if mode.startswith("credit-graphs") else "off",
         )
         fast = cc.optimize(model, cfg)
-        call = lambda: fast.generate(ids)  # noqa: E731
+        call = lambda: fast.generate(ids, mask)  # noqa: E731
     compile_seconds = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -188,7 +203,9 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=available_presets())
+    parser.add_argument("--preset", default="tiny", choices=[*available_presets(), TRAINED],
+                        help="a random model of a preset's shapes, or 'trained': the shipped "
+                             "default model on its held-out task prompts (meaningful NFE)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
     parser.add_argument("--gen-length", type=positive_int, nargs="+", default=None,
                         help="default: 64 on tiny presets, 256 otherwise")
@@ -204,9 +221,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
-    tiny = is_tiny(args.preset)
-    gen_lengths = args.gen_length if args.gen_length is not None else ([64] if tiny else [256])
-    block = args.block_length if args.block_length is not None else (16 if tiny else 32)
+    trained = args.preset == TRAINED
+    tiny = trained or is_tiny(args.preset)
+    gen_lengths = args.gen_length if args.gen_length is not None else (
+        [GEN_LENGTH] if trained else [64] if tiny else [256])
+    block = args.block_length if args.block_length is not None else (
+        BLOCK_LENGTH if trained else 16 if tiny else 32)
     repeats = args.repeats if args.repeats is not None else (3 if tiny else 1)
     # MODES order, not the order given: the baseline and credit-eager must run before the rows
     # that are compared with them.
@@ -220,12 +240,17 @@ def main(argv=None) -> int:
         print("skipping credit-graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if not m.startswith("credit-graphs")]
 
-    model, dtype = bench_model(args.preset, device), bench_dtype(args.preset)
+    if trained:
+        model, dtype = trained_model_and_prompts(1, device)[0], torch.float32
+    else:
+        model, dtype = bench_model(args.preset, device), bench_dtype(args.preset)
     peaks = measure_peaks(device)
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
-        "dtype": str(dtype).replace("torch.", ""), "init_std": model.config.init_std, **peaks,
+        "dtype": str(dtype).replace("torch.", ""),
+        "weights": "trained" if trained else "random",
+        "init_std": None if trained else model.config.init_std, **peaks,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -233,21 +258,25 @@ def main(argv=None) -> int:
     for batch in args.batch:
         for gen_length in gen_lengths:
             base = cc.DecodeConfig(gen_length=gen_length, block_length=block, sync_every=8)
-            ids = make_prompts(batch, args.prompt_length, model.config.vocab_size,
-                               model.config.mask_token_id, device)
-            seq = args.prompt_length + gen_length
+            if trained:
+                _, ids, mask = trained_model_and_prompts(batch, device)
+            else:
+                ids, mask = make_prompts(batch, args.prompt_length, model.config.vocab_size,
+                                         model.config.mask_token_id, device)
+            prompt_length = ids.shape[1]
+            seq = prompt_length + gen_length
             roof = step_roofline(model, batch, seq, block)
             floor_ms = bare_forward_graphed_ms(model, ids, base)
             baseline = None
             reference_tokens = None
             for mode in modes:
-                result = run_mode(mode, model, ids, base, repeats)
+                result = run_mode(mode, model, ids, mask, base, repeats)
                 sequences = result.pop("sequences")
                 if mode == "credit-eager":
                     reference_tokens = sequences
                 baseline = baseline or (result if mode == "llada-eager" else None)
                 row = {**meta, "batch": batch, "gen_length": gen_length, "block_length": block,
-                       "prompt_length": args.prompt_length, **roof, **result,
+                       "prompt_length": prompt_length, **roof, **result,
                        "bare_forward_graphed_ms": floor_ms}
                 if reference_tokens is not None and mode.startswith("credit-") and mode != "credit-eager":
                     row["equals_credit_eager"] = bool(torch.equal(sequences, reference_tokens))

@@ -55,6 +55,20 @@ def eager_rows(bench_generate, tmp_path):
     return read_rows(out)
 
 
+def test_generate_on_the_trained_model_decodes_its_held_out_prompts(bench_generate, tmp_path):
+    # The one model whose confidence means something: threshold decoding commits several tokens
+    # per step, the LLaDA baseline one, on a left-padded batch of real task prompts.
+    out = tmp_path / "rows.jsonl"
+    assert bench_generate.main(["--preset", "trained", "--device", "cpu", "--batch", "3",
+                                "--modes", "llada-eager", "threshold-eager", "--repeats", "1",
+                                "--out", str(out)]) == 0
+    llada, threshold = read_rows(out)
+    assert llada["weights"] == "trained" and llada["init_std"] is None
+    assert llada["nfe"] == llada["gen_length"] == 16
+    assert threshold["nfe"] < llada["nfe"]
+    assert threshold["prompt_length"] == llada["prompt_length"] > 1
+
+
 def test_generate_runs_modes_in_canonical_order(eager_rows):
     assert [r["mode"] for r in eager_rows] == ["llada-eager", "threshold-eager", "credit-eager"]
     # Every row has the baseline of its own run, the baseline itself included.
