@@ -1,6 +1,7 @@
 """End-to-end generation benchmark: every decoding mode side by side, in one process.
 
     python benchmarks/bench_generate.py --preset tiny                 # CPU, seconds
+    python benchmarks/bench_generate.py --preset trained --batch 1 8  # CPU, the trained model
     python benchmarks/bench_generate.py --preset llada-8b --batch 1 8 --gen-length 256 1024
 
 Modes (each row's ratio is against the eager LLaDA baseline sampler measured in the same run):
