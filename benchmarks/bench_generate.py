@@ -105,8 +105,10 @@ TRAINED = "trained"
 
 def make_prompts(batch: int, prompt_length: int, vocab: int, mask_id: int, device):
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, min(vocab, mask_id), (batch, prompt_length), generator=g)
-    return ids.to(device), None
+    ids = torch.randint(0, min(vocab, mask_id), (batch, prompt_length), generator=g).to(device)
+    # Random rows may start or end with the pad id: the mask says they are all real tokens (an
+    # all-ones mask is dropped before decoding, so the step is the unmasked one).
+    return ids, torch.ones_like(ids)
 
 
 def trained_model_and_prompts(batch: int, device):

@@ -60,11 +60,13 @@ gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/gener
 case "${1:-tests}" in
 tests)
     # The GPU tests only (their names say cuda); -rA prints every outcome and the diagnostics.
-    python3 -m pytest -q -rA -p no:cacheprovider -k cuda tests --junitxml="$OUT/gpu_tests.xml" \
+    # -P: the checkout is not put first on sys.path, where credit_compile lacks its passes/
+    # (they join the package when installed).
+    python3 -P -m pytest -q -rA -p no:cacheprovider -k cuda tests --junitxml="$OUT/gpu_tests.xml" \
         "${TESTS_DRY[@]}" 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
 suite)
-    python3 -m pytest -q -p no:cacheprovider tests --junitxml="$OUT/suite.xml" "${TESTS_DRY[@]}" \
+    python3 -P -m pytest -q -p no:cacheprovider tests --junitxml="$OUT/suite.xml" "${TESTS_DRY[@]}" \
         2>&1 | tee "$OUT/suite.log"
     ;;
 op)

@@ -11,6 +11,7 @@ Accepted models:
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -122,11 +123,12 @@ def _logits_of(output) -> torch.Tensor:
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model under an OptimizedModel or a torch.compile wrapper (whose forward signature
     and config hide the model's own)."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
     from .api import OptimizedModel
 
-    while isinstance(model, (OptimizedModel, OptimizedModule)):
+    # A torch.compile wrapper exists only once dynamo is imported (importing it costs seconds).
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    compiled = (eval_frame.OptimizedModule,) if eval_frame is not None else ()
+    while isinstance(model, (OptimizedModel, *compiled)):
         model = model.model if isinstance(model, OptimizedModel) else model._orig_mod
     return model
 

@@ -141,12 +141,15 @@ def _load(model_dir: str | None, device: str | None):
         raise SystemExit(f"error: no tokenizer in {model_dir!r} ({error}); save one beside the "
                          f"weights with tokenizer.save_pretrained") from error
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # LLaDA pads with end-of-text; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer, device
 
 
 def _prompts(args, tokenizer, device):
     prompts = args.prompt or ["0012+0034="]
-    batch = tokenizer(prompts, return_tensors="pt", padding=True)  # prompts of different lengths
+    # Prompts of different lengths are padded (transformers tokenizers pad only when asked).
+    batch = tokenizer(prompts, return_tensors="pt", padding=len(prompts) > 1)
     if hasattr(batch, "to"):
         batch = batch.to(device)
     ids = batch["input_ids"].to(device)

@@ -125,7 +125,9 @@ class CudaGraphStepRunner(EagerStepRunner):
             torch.cuda.current_stream().wait_stream(stream)
             self.graph = torch.cuda.CUDAGraph()
             # thread_local: a server's other threads may use CUDA (copy prompts in) meanwhile.
-            with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
+            # Its own stream: torch.cuda.graph's default capture stream belongs to whichever
+            # device was current at the process's first capture.
+            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
                 for _ in range(unroll):
                     compiled.step()
             torch.cuda.synchronize()

@@ -13,7 +13,8 @@ from .adapters import ModelInfo
 from .config import DecodeConfig
 
 # Frames skipped to reach the user's line: this package's, and torch's (no_grad decorators).
-_LIBRARY_DIRS = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(torch.__file__))
+_LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
+                      for f in (__file__, torch.__file__))
 
 
 def warn_user(message: str) -> None:
@@ -51,9 +52,9 @@ def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None) -> Non
             raise ValueError(
                 f"input_ids look {side}-padded (some rows {'end' if side == 'right' else 'start'} "
                 f"with the pad token {pad_id}, others do not) but no attention_mask was given, so "
-                f"the padding would be read as prompt: pass the tokenizer's attention_mask (padded "
-                f"on the left: tokenizer.padding_side = 'left'); if those are real tokens, pass "
-                f"attention_mask=torch.ones_like(input_ids)"
+                f"the padding would be read as prompt: if those are real tokens, pass "
+                f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
+                f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
             )
 
 

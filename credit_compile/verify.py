@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .api import OptimizedModel, optimize
+from .api import OptimizedModel, optimize, rng_untouched
 from .backend import make_backend
 from .config import DecodeConfig
 from .engine import setup_generation
@@ -89,6 +89,13 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     samples = config.strategy == "llada" and (config.temperature > 0 or config.remasking == "random")
     if samples and config.seed is None:
         config = config.replace(seed=0)
+    parameter = next(optimized.model.parameters(), None)
+    with rng_untouched(parameter.device if parameter is not None else torch.device("cpu")):
+        return _compare(optimized, input_ids, attention_mask, config)  # seeds set stay here
+
+
+def _compare(optimized: OptimizedModel, input_ids, attention_mask,
+             config: DecodeConfig) -> VerifyReport:
     eager_model = optimized.model
 
     reference, reference_seconds = _timed(

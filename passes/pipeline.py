@@ -48,11 +48,13 @@ class PassPipeline(CustomGraphPass):
 
 
 @functools.cache
-def _ops_source_digest() -> str:
+def _ops_source_digest(ops_dir: Path | None = None) -> str:
     """The custom ops' source files. The ops launch their Triton kernels from other modules,
     where torch's scan of an op body for kernels finds none, so Inductor's and AOTAutograd's
     caches would replay code compiled against an edited kernel; this key tells them apart."""
-    ops_dir = Path(importlib.import_module(f"{__package__.rpartition('.')[0]}.ops").__file__).parent
+    if ops_dir is None:
+        package = __package__.rpartition(".")[0]
+        ops_dir = Path(importlib.import_module(f"{package}.ops").__file__).parent
     digest = hashlib.sha256()
     for source in sorted(ops_dir.glob("*.py")):
         digest.update(source.name.encode() + source.read_bytes())

@@ -134,6 +134,12 @@ def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_le
     assert main(["generate", "--model", str(tmp_path), *prompts, *SMALL]) == 0
     out = capsys.readouterr().out
     assert "'0012+0034=' -> " in out and "'S42=' -> " in out
+    # A tokenizer without a pad token (transformers refuses to pad then): LLaDA pads with EOS.
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), *prompts, *SMALL]) == 0
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "R12=", *SMALL]) == 0
+    capsys.readouterr()
     # --eager with --dtype runs the reference on the cast model (it ran float32 before).
     assert main(["generate", "--model", str(tmp_path), *prompts, "--eager", "--dtype",
                  "bfloat16", *SMALL]) == 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "op", "buckets"]
+STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "op", "buckets", "suite"]
 
 
 def run_stage(stage: str, out: Path) -> subprocess.CompletedProcess:

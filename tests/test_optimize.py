@@ -353,3 +353,25 @@ def test_verify_a_sampling_config_without_a_seed(sampling):
     ids = torch.randint(0, 30, (2, 4), generator=torch.Generator().manual_seed(0))
     report = cc.verify(model, ids, strategy="llada", gen_length=8, block_length=4, **sampling)
     assert report.ok, report
+
+
+def test_decode_seconds_leave_out_the_compile(tmp_path):
+    import time
+
+    fast = cc.optimize(ContextMixModel(seed=8), gen_length=8, block_length=4)
+    ids = torch.randint(0, 30, (1, 5))
+    start = time.perf_counter()
+    stats = fast.generate(ids).stats
+    wall = time.perf_counter() - start
+    assert stats["compile_seconds"] > 0
+    assert stats["compile_seconds"] + stats["decode_seconds"] <= wall
+
+
+def test_verify_leaves_the_callers_rng_alone():
+    model = ContextMixModel(seed=6)
+    ids = torch.randint(0, 30, (1, 4))
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    cc.verify(model, ids, strategy="llada", temperature=1.0, gen_length=8, block_length=4)
+    assert torch.equal(torch.rand(3), expected)

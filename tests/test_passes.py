@@ -422,13 +422,27 @@ def test_pipeline_is_a_custom_graph_pass_keyed_by_its_passes():
     assert len({pipeline.uuid(), reordered.uuid(), fewer.uuid()}) == 3
 
 
-def test_pipeline_key_changes_with_the_custom_ops_source(monkeypatch):
+def test_pipeline_key_changes_with_the_custom_ops_source(monkeypatch, tmp_path):
     # The ops launch their kernels from other modules, which Inductor's cache key cannot see:
     # an edited kernel must not replay code compiled against the old one.
+    import shutil
+    from pathlib import Path
+
+    import credit_compile.ops
     from credit_compile.passes import pipeline as pipeline_module
 
+    source = Path(credit_compile.ops.__file__).parent
+    copy, changed = tmp_path / "copy", tmp_path / "changed"  # two paths: the digest is cached
+    shutil.copytree(source, copy)
+    shutil.copytree(source, changed)
+    assert pipeline_module._ops_source_digest(copy) == pipeline_module._ops_source_digest()
+    kernel = changed / "credit_step_sparse_triton.py"
+    kernel.write_text(kernel.read_text() + "\n# an edited kernel\n")
+    edited = pipeline_module._ops_source_digest(changed)
+    assert edited != pipeline_module._ops_source_digest()
+
     before = PassPipeline(default_passes()).uuid()
-    monkeypatch.setattr(pipeline_module, "_ops_source_digest", lambda: "an edited kernel")
+    monkeypatch.setattr(pipeline_module, "_ops_source_digest", lambda: edited)
     assert PassPipeline(default_passes()).uuid() != before
 
 

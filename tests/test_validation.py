@@ -421,13 +421,15 @@ def test_a_padded_batch_without_its_attention_mask_is_refused(ids_, side):
     model = CountingModel()
     model.config.pad_token_id = 0
     ids_ = torch.tensor(ids_)
-    assert_rejected(model, ids_, rf"input_ids look {side}-padded .* pass the tokenizer's "
-                                 r"attention_mask .* attention_mask=torch.ones_like\(input_ids\)",
+    assert_rejected(model, ids_, rf"input_ids look {side}-padded .* if those are real tokens, pass "
+                                 r"attention_mask=torch.ones_like\(input_ids\); else pass the "
+                                 r"tokenizer's attention_mask",
                     **small())
     # Real tokens that happen to be the pad token: the all-ones mask says so.
     cc.generate_reference(model, ids_, torch.ones_like(ids_), **small())
-    # Every row padded alike, or one row: nothing tells padding from prompt, nothing is refused.
+    # One row, or every row alike: nothing tells padding from prompt, nothing is refused.
     cc.generate_reference(model, ids_[:1], **small())
+    cc.generate_reference(model, torch.cat([ids_[:1], ids_[:1]]), **small())
 
 
 def test_active_dropout_is_warned_about_at_the_callers_line(ids):
@@ -565,6 +567,9 @@ def test_a_dtype_the_model_is_not_in_is_refused_not_ignored(ids):
     # The dtype the model is in is fine, and optimize() still casts.
     cc.generate_reference(model, ids, dtype="float32", **small())
     bf16 = cc.optimize(ContextMixModel(), dtype="bfloat16", compile=False, **small())
+    assert bf16.generate(ids).sequences.shape == (2, 3 + 8)
+    # Cast since: decoded as it is now (optimize()'s dtype was applied once).
+    bf16.to(torch.float32)
     assert bf16.generate(ids).sequences.shape == (2, 3 + 8)
 
 
