@@ -133,10 +133,13 @@ class OptimizedModel(nn.Module):
         config = fresh.config
         runner = self._loaded_runner(fresh, trace)
         start = time.perf_counter()
+        # Checking `done` on the host costs a CUDA device a stall of its queue, hence every
+        # `sync_every` steps; a CPU device has no queue, and a step after completion costs a
+        # whole forward: check every call there.
+        every = 1 if trace or runner.state.device.type != "cuda" else max(
+            1, config.sync_every // runner.steps_per_call)
         out = run_generation(
-            runner.step, runner.state,
-            max_steps=fresh.strategy.max_steps(),
-            sync_every=1 if trace else max(1, config.sync_every // runner.steps_per_call),
+            runner.step, runner.state, max_steps=fresh.strategy.max_steps(), sync_every=every,
             trace=trace, progress=progress, steps_per_call=runner.steps_per_call,
         )
         if runner.state.device.type == "cuda":

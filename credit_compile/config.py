@@ -65,8 +65,10 @@ class DecodeConfig:
         compile: run the denoising step through torch.compile with the credit_compile backend.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible), "off" never uses it.
-        sync_every: the fast path checks completion on the host once every this many steps;
-            steps run after completion are no-ops and are not counted as NFE.
+        sync_every: on CUDA the fast path checks completion on the host once every this many
+            steps (with CUDA graphs, the steps captured per replay); steps run after completion
+            change nothing and are not counted as NFE, but each still costs a forward. On the
+            CPU, where a host check costs nothing, completion is checked after every step.
         seed: seeds the global RNG at the start of `generate()` (random remasking, Gumbel noise);
             None leaves the RNG alone.
         prompt_bucket: left-pad every prompt to a multiple of this many tokens (never past the

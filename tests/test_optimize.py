@@ -375,3 +375,11 @@ def test_verify_leaves_the_callers_rng_alone():
     torch.manual_seed(123)
     cc.verify(model, ids, strategy="llada", temperature=1.0, gen_length=8, block_length=4)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_no_forward_after_completion_on_the_cpu():
+    # A CPU host check is free and a step after completion costs a forward: none is run.
+    model = ContextMixModel(seed=2)
+    ids, _ = make_prompts(2, 4, 0, padded=False)
+    out = cc.optimize(model, gen_length=8, block_length=4, sync_every=4).generate(ids)
+    assert out.steps_run == out.nfe
