@@ -84,7 +84,7 @@ def test_generate_checks_do_not_depend_on_modes_order(bench_generate, tmp_path, 
     # Stand-in for run_mode: the compiled mode's bookkeeping, without compiling.
     ran = []
 
-    def fake_run_mode(mode, model, ids, base, repeats):
+    def fake_run_mode(mode, model, ids, mask, base, repeats):
         ran.append(mode)
         return {"mode": mode, "nfe": 1, "seconds": 1.0, "tokens_per_s": float(len(ran)),
                 "ms_per_step": 1.0, "compile_seconds": 0.0, "peak_memory_gb": None,
@@ -125,7 +125,7 @@ def test_generate_tiny_preset_nfe_is_not_the_whole_block_artefact(eager_rows):
 def test_generate_repeats_default_and_non_positive(bench_generate, tmp_path, monkeypatch, capsys):
     seen = []
 
-    def fake_run_mode(mode, model, ids, base, repeats):
+    def fake_run_mode(mode, model, ids, mask, base, repeats):
         seen.append(repeats)
         return {"mode": mode, "nfe": 1, "seconds": 1.0, "tokens_per_s": 1.0, "ms_per_step": 1.0,
                 "compile_seconds": 0.0, "peak_memory_gb": None, "config": {}, "sequences": ids}
