@@ -58,11 +58,14 @@ def _index_select(node):
 def _rowwise_input(node):
     """The tensor input of a position-wise op between the LM head and the slice, else None.
 
-    Accepted: multiplication/division by a Python number (LLaDA's `scale_logits`) and dtype casts.
+    Accepted: multiplication/division by a Python number (LLaDA's `scale_logits`, and the two
+    around Gemma's logit soft-capping `tanh(l / cap) * cap`), tanh, and dtype casts.
     """
     if not isinstance(node, Node) or node.kwargs:
         return None
     if _method(node, *_CASTS) and len(node.args) == 1:
+        return node.args[0]
+    if (_fn(node, torch.tanh) or _method(node, "tanh")) and len(node.args) == 1:
         return node.args[0]
     if _method(node, "to") and len(node.args) == 2 and isinstance(node.args[1], torch.dtype):
         return node.args[0]

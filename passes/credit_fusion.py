@@ -78,7 +78,7 @@ def _argmax_last(node, ndim: int):
         return None
     if _arg(node, 2, "keepdim", False) or not _is_last_dim(_arg(node, 1, "dim"), ndim):
         return None
-    return node.args[0]
+    return _arg(node, 0, "input")
 
 
 def _top_prob(node, ndim: int):
@@ -98,9 +98,10 @@ def _top_prob(node, ndim: int):
         dim, dtype = _arg(soft, 1, "dim"), _arg(soft, 2, "dtype")
     else:
         return None
-    if dtype is not None or not _is_last_dim(dim, ndim):
+    source = _arg(soft, 0, "input")
+    if dtype is not None or not _is_last_dim(dim, ndim) or source is None:
         return None
-    return soft.args[0], top, [node, gather, soft, index]
+    return source, top, [node, gather, soft, index]
 
 
 def _scaled(node):
@@ -131,6 +132,9 @@ def _masked_vocab(raw):
         return None
     if len(vocab.args) != 1 or not isinstance(vocab.args[0], int):
         return None  # arange(V) only: arange(start, end) / arange(0, V, step) are other vocabularies
+    f_vocab = fake(vocab)
+    if f_vocab is None or f_vocab.dtype != torch.int64 or set(vocab.kwargs) - {"device", "dtype"}:
+        return None  # a float arange rounds large ids together: mask_id would match several
     nodes = [raw]
     if _method(value, "float") and len(value.args) == 1 and not value.kwargs:
         nodes.append(value)

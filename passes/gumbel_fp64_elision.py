@@ -18,7 +18,8 @@ that float64 `exp` itself creates, which the rewrite removes: exp overflows to i
 (every such logit ties), underflows to 0 below -745, and maps distinct logits within ~1e-16 of 0
 to 1.0; there the eager argmax returns the first of the tied indices, the rewrite the true max.
 
-Guard: the exponent is the Python number 0; every node of the noise expression has exactly one
+Guard: x is float64 (in a narrower dtype exp overflows within the logits' range); the exponent
+is the Python number 0; every node of the noise expression has exactly one
 user (the `.to(float64)` may have others: it stays then); the argmax does not broadcast (the
 division's shape is x's); and the elided draw is the graph's only random op. The last point keeps
 every other random number of the step (random remasking, ...) identical to eager under
@@ -37,10 +38,15 @@ from torch.fx import GraphModule, Node
 
 from .base import GraphPass, fake
 
+_F = torch.nn.functional
 _RANDOM_FUNCTIONS = {
     torch.rand, torch.rand_like, torch.randn, torch.randn_like, torch.randint, torch.randint_like,
     torch.randperm, torch.bernoulli, torch.multinomial, torch.normal, torch.poisson,
-    torch.nn.functional.dropout, torch.nn.functional.gumbel_softmax,
+    torch.dropout, torch.native_dropout, torch.rrelu, torch.alpha_dropout,
+    torch.feature_alpha_dropout, torch.feature_dropout,
+    _F.dropout, _F.dropout1d, _F.dropout2d, _F.dropout3d, _F.alpha_dropout,
+    _F.feature_alpha_dropout, _F.rrelu, _F.gumbel_softmax, _F.fractional_max_pool2d,
+    _F.fractional_max_pool3d,
 }
 _RANDOM_METHODS = {
     "uniform_", "normal_", "bernoulli_", "bernoulli", "exponential_", "random_", "geometric_",
@@ -64,7 +70,13 @@ def _unary(node, functions, methods):
 
 
 def _is_random(node: Node) -> bool:
+    """Whether `node` may draw random numbers (when unsure: yes)."""
+    if node.op == "call_module":
+        return True  # a module call not inlined by dynamo: its body is not in this graph
     if node.op == "call_function":
+        if node.target is _F.scaled_dot_product_attention:
+            dropout = node.args[4] if len(node.args) > 4 else node.kwargs.get("dropout_p", 0.0)
+            return not (isinstance(dropout, Number) and dropout == 0)
         return node.target in _RANDOM_FUNCTIONS
     return node.op == "call_method" and node.target in _RANDOM_METHODS
 
@@ -138,6 +150,8 @@ class GumbelFP64Elision(GraphPass):
         f_x, f_division = fake(x), fake(division)
         if f_x is None or f_division is None or f_x.shape != f_division.shape:
             return None
-        if not f_x.is_floating_point():
+        if f_x.dtype != torch.float64:
+            # In a narrower dtype exp overflows early (above 88.7 in float32, 11.1 in float16):
+            # eager's ties at inf would be replaced by the true maximum.
             return None
         return argmax, x, chain

@@ -158,13 +158,51 @@ def credit_read_mid_update(logits, credit, masked, first_step):
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1), decayed_total
 
 
+def float_vocabulary(logits, credit, masked, first_step):
+    """arange(V) in bfloat16 rounds ids above 256 together: `== mask_id` matches several."""
+    vocab = torch.arange(logits.shape[-1], dtype=torch.bfloat16)
+    raw = torch.where(vocab == MASK, float("-inf"), logits.float())
+    top = raw.argmax(-1)
+    prob = torch.softmax(raw, -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
 def unbatched(logits, credit, masked, first_step):
     """One sequence, 2-D logits and credit: the op's schema wants [B, Lb, V]."""
     return credit_step_dense_eager(logits[0], credit[0], masked[0], first_step, ALPHA, BETA, GAMMA, MASK)
 
 
+def keyword_inputs(logits, credit, masked, first_step):
+    """The chain with `input=` spelled out (it crashed the pass's matcher)."""
+    raw = masked_vocab_logits(logits, MASK)
+    top = torch.argmax(input=raw, dim=-1)
+    prob = torch.softmax(input=raw, dim=-1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = torch.argmax(input=fused, dim=-1)
+    return x0, torch.softmax(input=fused, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def test_credit_fusion_reads_keyword_inputs():
+    compiled, graphs = compile_recording(keyword_inputs, [CreditFusion()])
+    logits, credit, masked = credit_inputs()
+    first_step = torch.tensor(False)
+    ref_credit, out_credit = credit.clone(), credit.clone()
+    ref = keyword_inputs(logits, ref_credit, masked, first_step)
+    out = compiled(logits, out_credit, masked, first_step)
+    assert pass_count("credit_fusion") == 1 and calls(graphs[0], DENSE_OP) == 1
+    assert torch.equal(out[0], ref[0])
+    torch.testing.assert_close(out[1], ref[1], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("fn", [log_instead_of_log1p, fused_logits_used_elsewhere,
-                                credit_read_mid_update, unbatched])
+                                credit_read_mid_update, unbatched, float_vocabulary])
 def test_credit_fusion_does_not_fire_on_near_misses(fn):
     compiled, graphs = compile_recording(fn, [CreditFusion()])
     logits, credit, masked = credit_inputs()
@@ -194,6 +232,8 @@ class Head(nn.Module):
             logits = self.linear(h)
         elif self.variant == "functional_scaled":  # LLaDA's scale_logits
             logits = F.linear(h, self.linear.weight) * (1 / 8**0.5)
+        elif self.variant == "softcapped":  # Gemma's final logit soft-capping
+            logits = torch.tanh(self.linear(h) / 30.0) * 30.0
         else:  # "divided_cast": HF-style upcast of the logits
             logits = (F.linear(h, self.linear.weight, self.linear.bias) / 3.0).float()
         return logits.index_select(1, positions)
@@ -204,7 +244,7 @@ def head_inputs(seed=0, dtype=torch.float32):
     return torch.randn(2, 12, 8, generator=g).to(dtype), torch.tensor([4, 5, 6, 7])
 
 
-@pytest.mark.parametrize("variant", ["module", "functional_scaled", "divided_cast"])
+@pytest.mark.parametrize("variant", ["module", "functional_scaled", "divided_cast", "softcapped"])
 def test_block_sliced_lm_head_fires_and_matches_eager(variant):
     head = Head(variant)
     fn, graphs = compile_recording(head, [BlockSlicedLMHead()])
@@ -302,10 +342,30 @@ def test_gumbel_fp64_elision_removes_float64_exp_overflow_ties():
     assert fn(logits).item() == 1
 
 
-@pytest.mark.parametrize("fn", [tempered_sampler, greedy_with_random_remasking])
+def greedy_without_upcast(logits):
+    """The noise expression on float32 logits: exp overflows above 88.7, eager ties at inf."""
+    noise = torch.rand_like(logits)
+    return torch.argmax(logits.exp() / (-torch.log(noise)) ** 0, dim=-1)
+
+
+def greedy_with_dropout(logits):
+    x0 = foreign_add_gumbel_noise(logits, 0).argmax(-1)
+    return x0, F.dropout1d(logits, 0.5, training=True)  # draws too: eliding shifts its numbers
+
+
+def greedy_with_attention_dropout(logits):
+    x0 = foreign_add_gumbel_noise(logits, 0).argmax(-1)
+    q = logits[:, None]
+    return x0, F.scaled_dot_product_attention(q, q, q, dropout_p=0.5)
+
+
+@pytest.mark.parametrize("fn", [tempered_sampler, greedy_with_random_remasking,
+                                greedy_without_upcast, greedy_with_dropout,
+                                greedy_with_attention_dropout])
 def test_gumbel_fp64_elision_does_not_fire(fn):
     compiled, graphs = compile_recording(fn, [GumbelFP64Elision()])
     logits = torch.randn(2, 4, 50)
+    logits[0, 0, :2] = torch.tensor([90.0, 100.0])  # exp overflows in float32: eager ties at inf
     torch.manual_seed(7)
     ref = fn(logits)
     torch.manual_seed(7)
