@@ -50,5 +50,42 @@ def fake(node) -> torch.Tensor | None:
     return value if isinstance(value, torch.Tensor) else None
 
 
+def storage_of(node):
+    """An identity of the storage behind `node`'s fake tensor (views share it), or None."""
+    value = fake(node)
+    if value is None:
+        return None
+    try:
+        return value.untyped_storage()._cdata
+    except (RuntimeError, NotImplementedError, AttributeError):
+        return None
+
+
+def _writes_in_place(node: torch.fx.Node) -> bool:
+    name = node.target if node.op == "call_method" else getattr(node.target, "__name__", "")
+    if node.op not in ("call_method", "call_function") or not isinstance(name, str):
+        return False
+    return ((name.endswith("_") and not name.endswith("__")) or name == "setitem"
+            or "out" in node.kwargs)
+
+
+def touched_between(graph: torch.fx.Graph, start: torch.fx.Node, end: torch.fx.Node, storages,
+                    *, reads: bool, skip=()) -> bool:
+    """Whether a node strictly between `start` and `end`, outside `skip`, writes in place (or,
+    with `reads`, reads at all) a tensor sharing storage with one of `storages`.
+
+    A rewrite that moves a read or a write across such a node would change what it sees."""
+    watched = {s for s in storages if s is not None}
+    inside, skip = False, set(skip)
+    for node in graph.nodes:
+        if node is end:
+            return False
+        if inside and node not in skip and (reads or _writes_in_place(node)):
+            if any(storage_of(a) in watched for a in node.all_input_nodes):
+                return True
+        inside = inside or node is start
+    return False
+
+
 def pass_count(name: str) -> int:
     return counters[COUNTER_GROUP][name]

@@ -27,7 +27,7 @@ from numbers import Number
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from .base import GraphPass, fake
+from .base import GraphPass, fake, storage_of, touched_between
 
 _LINEAR = (torch._C._nn.linear, torch.nn.functional.linear)
 _CASTS = ("float", "half", "bfloat16", "double")
@@ -129,6 +129,10 @@ class BlockSlicedLMHead(GraphPass):
         if f_hidden.dim() != 3 or f_out.dim() != 3 or dim not in (1, -2):
             return None
         if f_pos.dim() != 1 or f_pos.dtype not in (torch.int64, torch.int32):
+            return None
+        # The new linear reads h, W and b at the slice: nothing may write them in place between.
+        weights = [storage_of(n) for n in (hidden, *linear.args[1:], linear.kwargs.get("bias"))]
+        if touched_between(select.graph, linear, select, weights, reads=False):
             return None
         return linear, chain, positions
 

@@ -36,7 +36,7 @@ from numbers import Number
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from .base import GraphPass, fake
+from .base import GraphPass, fake, storage_of, touched_between
 
 _SOFTMAX = (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax)
 # Dynamo records some operators as dunder methods (`vocab.__eq__(5)` in torch 2.11).
@@ -296,7 +296,16 @@ class CreditFusion(GraphPass):
         # Nothing else touches the credit while the chain updates it (between the decay and the
         # log1p the credit holds intermediate states the fused op never materialises).
         first, last = order[decay], order[log1p]
-        return not any(first < order[u] < last for u in credit_users if u not in inside)
+        if any(first < order[u] < last for u in credit_users if u not in inside):
+            return False
+        # The same through views of it; and the op, placed at the log1p, reads the logits, the
+        # mask and the flag there: nothing may write them in place after the chain first read them.
+        graph = log1p.graph
+        start = min(internal, key=order.__getitem__)
+        if touched_between(graph, decay, log1p, [storage_of(credit)], reads=True, skip=inside):
+            return False
+        inputs = [storage_of(n) for n in (logits, masked, first_step)]
+        return not touched_between(graph, start, log1p, inputs, reads=False, skip=inside)
 
     @staticmethod
     def _op(fake_logits: torch.Tensor):

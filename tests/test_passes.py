@@ -171,6 +171,29 @@ def float_vocabulary(logits, credit, masked, first_step):
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
+def credit_read_through_a_view(logits, credit, masked, first_step):
+    view = credit[:, :, :]  # made before the decay, read between decay and increment
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    decayed_total = view.sum()
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1), decayed_total
+
+
+def mask_written_after_the_increment(logits, credit, masked, first_step):
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    masked.fill_(False)  # the op, placed at the log1p, would read the new mask
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
 def unbatched(logits, credit, masked, first_step):
     """One sequence, 2-D logits and credit: the op's schema wants [B, Lb, V]."""
     return credit_step_dense_eager(logits[0], credit[0], masked[0], first_step, ALPHA, BETA, GAMMA, MASK)
@@ -202,14 +225,15 @@ def test_credit_fusion_reads_keyword_inputs():
 
 
 @pytest.mark.parametrize("fn", [log_instead_of_log1p, fused_logits_used_elsewhere,
-                                credit_read_mid_update, unbatched, float_vocabulary])
+                                credit_read_mid_update, unbatched, float_vocabulary,
+                                credit_read_through_a_view, mask_written_after_the_increment])
 def test_credit_fusion_does_not_fire_on_near_misses(fn):
     compiled, graphs = compile_recording(fn, [CreditFusion()])
     logits, credit, masked = credit_inputs()
     first_step = torch.tensor(False)
     ref_credit, out_credit = credit.clone(), credit.clone()
-    ref = fn(logits, ref_credit, masked, first_step)
-    out = compiled(logits, out_credit, masked, first_step)
+    ref = fn(logits, ref_credit, masked.clone(), first_step)
+    out = compiled(logits, out_credit, masked.clone(), first_step)
     assert pass_count("credit_fusion") == 0
     assert calls(graphs[0], DENSE_OP) == 0
     for a, b in zip(ref, out, strict=True):
@@ -292,6 +316,20 @@ def test_block_sliced_lm_head_does_not_fire_when_full_logits_are_needed(module):
     assert linear.args[0].op == "placeholder"
     for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         assert torch.equal(a, b)
+
+
+def test_block_sliced_lm_head_does_not_fire_when_h_changes_before_the_slice():
+    def head_then_scaled_hidden(h, weight, positions):
+        logits = F.linear(h, weight)
+        h.mul_(2.0)  # the new linear, placed at the slice, would read the changed h
+        return logits.index_select(1, positions)
+
+    fn, _ = compile_recording(head_then_scaled_hidden, [BlockSlicedLMHead()])
+    h, positions = head_inputs()
+    weight = torch.randn(24, 8)
+    out, ref = fn(h.clone(), weight, positions), head_then_scaled_hidden(h.clone(), weight, positions)
+    assert pass_count("block_sliced_lm_head") == 0
+    assert torch.equal(out, ref)
 
 
 # ------------------------------------------------------------------------------------------------
