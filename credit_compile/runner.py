@@ -80,7 +80,6 @@ class CompiledStepRunner(EagerStepRunner):
                                    fullgraph=True, dynamic=False)
         self._backend = backend
         self._compiled = False
-        self.recompiles = 0
 
     def step(self) -> None:
         compiled_before = getattr(self._backend, "graphs_compiled", None)
@@ -90,7 +89,6 @@ class CompiledStepRunner(EagerStepRunner):
             # A compiling call's time is compile time, not decoding time: the first call's, and
             # any later one whose guards failed (a changed global setting, a mutated module).
             if self._compiled:
-                self.recompiles += 1
                 log.warning("credit_compile: the compiled step recompiled (a dynamo guard failed: "
                             "a global torch setting or a model attribute changed since the first "
                             "call); TORCH_LOGS=recompiles names the guard")
