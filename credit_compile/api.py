@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import logging
 import threading
 import time
@@ -28,6 +27,7 @@ from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, resolve_config, setup_generation
+from .fingerprint import model_fingerprint
 from .runner import make_runner
 
 log = logging.getLogger("credit_compile")
@@ -60,7 +60,8 @@ class OptimizedModel(nn.Module):
         # Calls share the static buffers of their shape: concurrent ones must run one at a time.
         self._lock = threading.Lock()
         self._lock_owner: int | None = None
-        self._weights: tuple = ()
+        # The model as the cached steps last saw it (fingerprint.py): a change drops them.
+        self._fingerprint: tuple = ()
         self.last_stats: dict = {}
 
     def __getstate__(self):
@@ -153,6 +154,7 @@ class OptimizedModel(nn.Module):
             "decode_seconds": elapsed - compiled_inside,
         }
         runner.compile_seconds = 0.0  # reported once, by the call that compiled
+        self._fingerprint = model_fingerprint(self.model)  # after any changes the forward made
         out.stats = dict(self.last_stats)
         return out
 
@@ -188,6 +190,7 @@ class OptimizedModel(nn.Module):
             with rng_untouched(device):
                 runner.ensure_compiled()
             seconds, runner.compile_seconds = runner.compile_seconds, 0.0
+            self._fingerprint = model_fingerprint(self.model)
         return seconds
 
     @contextlib.contextmanager
@@ -244,12 +247,13 @@ class OptimizedModel(nn.Module):
     def _runner_for(self, fresh: GenerationSetup, trace: bool):
         """The cached runner for these shapes and the initial state to load into it."""
         config, state = fresh.config, fresh.state
-        weights = _weights_fingerprint(self.model)
-        if weights != self._weights:
-            # Moved, cast or re-assigned weights (also through the wrapped model, which bypasses
-            # this module's _apply): a captured CUDA graph would read the old, freed storage.
+        fingerprint = model_fingerprint(self.model)
+        if fingerprint != self._fingerprint:
+            # Weights moved, cast or re-assigned (also through the wrapped model, which bypasses
+            # this module's _apply), or a module's mode, hooks or attributes changed since the
+            # last call: a captured CUDA graph would replay the old storage and the old forward.
             self._runners.clear()
-            self._weights = weights
+            self._fingerprint = fingerprint
         graphs = not trace and config.compile and (
             config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and state.device.type == "cuda"))
         key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
@@ -340,11 +344,6 @@ def rng_untouched(device: torch.device):
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     return torch.random.fork_rng(devices=devices)
-
-
-def _weights_fingerprint(model: nn.Module) -> tuple:
-    return tuple((t.data_ptr(), t.dtype, t.device)
-                 for t in itertools.chain(model.parameters(), model.buffers()))
 
 
 def _refuse_dtype(overrides: dict) -> None:

@@ -290,6 +290,63 @@ def test_weights_changed_through_the_wrapped_model_drop_the_cached_steps():
     assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4), out)
 
 
+def _scale_logits_hook(module, args, output):
+    return output * 0.4
+
+
+MODEL_CHANGES = {
+    # Each changes what the forward computes; a captured CUDA graph would replay the old one.
+    "attribute": lambda model: setattr(model, "sharpness", 0.4),
+    "config field": lambda model: setattr(model.config, "scale", 0.4),
+    "forward hook": lambda model: model.register_forward_hook(_scale_logits_hook),
+}
+
+
+class ConfigScaledModel(ContextMixModel):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.config.scale = 3.0  # an instance field, as in a Hugging Face config
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return super().forward(input_ids, attention_mask, position_ids) * self.config.scale
+
+
+@pytest.mark.parametrize("change", sorted(MODEL_CHANGES))
+def test_a_model_changed_between_calls_drops_the_cached_steps(change, caplog):
+    # The cache, not dynamo's guards, must see it: CUDA graphs check no guards.
+    model = ConfigScaledModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    before = fast.generate(ids)
+    MODEL_CHANGES[change](model)
+    with caplog.at_level("WARNING", logger="credit_compile"):
+        out = fast.generate(ids)
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4)
+    assert_same_generation(ref, out)
+    assert ref.nfe != before.nfe  # the change matters to decoding
+    assert out.stats["compile_seconds"] > 0 and fast.cached_steps == 1
+    assert "recompiled" not in caplog.text  # a new step, not a guard failure inside the old one
+
+
+def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch):
+    from credit_compile import api
+
+    class CountingModel(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().forward(input_ids, attention_mask, position_ids)
+
+    built = []
+    monkeypatch.setattr(api, "make_runner",
+                        lambda *a, **k: built.append(1) or make_runner(*a, **k))
+    make_runner = cc.runner.make_runner
+    fast = cc.optimize(CountingModel(seed=3), gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    for _ in range(3):
+        fast.generate(ids)
+    assert len(built) == 1
+
+
 @pytest.mark.parametrize("assign", [False, True])
 def test_loaded_weights_are_decoded_with(assign):
     model = ContextMixModel(seed=3)
@@ -331,13 +388,20 @@ def test_verify_detects_a_difference(monkeypatch):
     assert report.first_difference == (0, ids.shape[1] + 7)
 
 
-def test_a_recompile_after_a_model_attribute_changed_is_compile_time(caplog):
-    model = ContextMixModel(seed=4)
+def test_a_recompile_after_a_guarded_change_is_compile_time(caplog):
+    class ListScaledModel(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return super().forward(input_ids, attention_mask, position_ids) * self.scales[0]
+
+    model = ListScaledModel(seed=4)
+    model.scales = [1.0]
     fast = cc.optimize(model, gen_length=8, block_length=4)
     ids, _ = make_prompts(1, 4, 0, padded=False)
     assert fast.generate(ids).stats["compile_seconds"] > 0
     assert fast.generate(ids).stats["compile_seconds"] == 0.0
-    model.sharpness = 5.0  # dynamo baked the old value in, guarded by its own check
+    # Inside a list, out of the model fingerprint's sight: dynamo baked the old value in, guarded
+    # by its own check, and recompiles the cached step.
+    model.scales[0] = 5.0
     with caplog.at_level("WARNING", logger="credit_compile"):
         out = fast.generate(ids)
     assert out.stats["compile_seconds"] > 0

@@ -318,3 +318,24 @@ def test_prompts_on_the_cpu_for_a_cuda_model_are_moved():
     assert out.sequences.device.type == "cuda"
     ref = cc.generate_reference(model, ids.cuda(), mask.cuda(), **kwargs)
     assert torch.equal(out.sequences, ref.sequences)
+
+
+def _sharpen_logits(module, args, output):
+    return output * 4.0  # on the final norm: the logits scale up, confidences rise
+
+
+@needs_cuda
+def test_cuda_graph_is_recaptured_after_the_model_changed():
+    # A graph replays what it captured and checks no guards: a hook added (or a mode or an
+    # attribute changed) after capture must drop it, not be ignored.
+    model = build_model(get_config("tiny", init_std=0.5), device="cuda", seed=1)
+    ids, mask = prompts(2, 6, "cuda", padded=True, seed=2)
+    kwargs = dict(gen_length=32, block_length=8)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    before = fast.generate(ids, mask)
+    model.model.transformer.ln_f.register_forward_hook(_sharpen_logits)
+    out = fast.generate(ids, mask)
+    assert fast.last_stats["runner"] == "cuda_graph" and fast.last_stats["compile_seconds"] > 0
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    assert ref.nfe != before.nfe  # the hook changes decoding (NFE 32 -> 13 on the CPU)
+    assert_same_as_reference(out, ref, model, ids, mask, kwargs)

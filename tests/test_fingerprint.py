@@ -1,0 +1,68 @@
+"""model_fingerprint: what a cached step (above all a CUDA graph, which checks no guards) reads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.testing._internal.two_tensor import TwoTensor
+
+from credit_compile.fingerprint import model_fingerprint
+
+
+class Config:
+    def __init__(self):
+        self.scale = 1.0
+        self.rope_theta = 10000.0
+        self.names = {"a": 1}  # containers are not looked into
+
+
+def small_model() -> nn.Module:
+    model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.1))
+    model[0].config = Config()
+    model[0].soft_cap = float("nan")
+    model[0].cache = torch.zeros(3)
+    return model.eval()
+
+
+CHANGES = {
+    "weights cast": lambda m: m.double(),
+    "weight re-assigned": lambda m: setattr(m[0], "weight", nn.Parameter(m[0].weight.clone())),
+    "train mode": lambda m: m.train(),
+    "forward hook": lambda m: m[1].register_forward_hook(lambda *a: None),
+    "forward pre-hook": lambda m: m[0].register_forward_pre_hook(lambda *a: None),
+    "int attribute": lambda m: setattr(m[0], "out_features", 5),
+    "float attribute": lambda m: setattr(m[1], "p", 0.2),
+    "config field": lambda m: setattr(m[0].config, "scale", 2.0),
+    "tensor attribute": lambda m: setattr(m[0], "cache", torch.zeros(3)),
+    "new attribute": lambda m: setattr(m[0], "flag", True),
+}
+
+
+def test_each_change_a_step_reads_changes_the_fingerprint():
+    for name, change in CHANGES.items():
+        model = small_model()
+        before = model_fingerprint(model)
+        change(model)
+        assert model_fingerprint(model) != before, name
+
+
+def test_no_change_keeps_it_equal():
+    model = small_model()
+    assert math.isnan(model[0].soft_cap)  # NaN must not make it differ from itself
+    before = model_fingerprint(model)
+    model(torch.zeros(1, 4))
+    model[0].config.names["a"] = 2  # inside a container: dynamo's guards see it, not this
+    assert model_fingerprint(model) == before
+
+
+def test_a_wrapper_subclass_weight_is_seen_through_its_inner_tensors():
+    # A quantized weight (a tensor subclass) has no storage of its own: data_ptr() is 0 for
+    # every one, so a re-assigned weight would look unchanged.
+    model = nn.Linear(4, 4)
+    model.weight = nn.Parameter(TwoTensor(torch.randn(4, 4), torch.randn(4, 4)), False)
+    before = model_fingerprint(model)
+    model.weight = nn.Parameter(TwoTensor(torch.randn(4, 4), torch.randn(4, 4)), False)
+    assert model.weight.data_ptr() == 0
+    assert model_fingerprint(model) != before
