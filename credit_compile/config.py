@@ -64,7 +64,8 @@ class DecodeConfig:
             the model's.
         compile: run the denoising step through torch.compile with the credit_compile backend.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
-            it (an error when impossible), "off" never uses it.
+            it (an error when impossible, and with compile=False), "off" never uses it.
+            `generate(trace=True)`, which reads every step on the host, runs without graphs.
         sync_every: on CUDA the fast path checks completion on the host once every this many
             steps (with CUDA graphs, the steps captured per replay); steps run after completion
             change nothing and are not counted as NFE, but each still costs a forward. On the
@@ -78,7 +79,8 @@ class DecodeConfig:
             prompt up to float rounding (attention sums over more, masked, columns; tested equal
             in float32 on the trained model); `sequences` omits it. The eager reference pads the
             same way, so optimized and reference stay equal token for token. Needs a model that
-            honours `attention_mask`. None pads nothing.
+            honours `attention_mask` and takes `position_ids` (ours, or a forward with a
+            `position_ids` argument); others are refused. None pads nothing.
         batch_bucket: pad the batch with copies of its last prompt to a multiple of this many
             rows, so batches of nearby sizes share one compiled step and CUDA graph; the copies
             are dropped from the output. Rows decode independently, so the tokens are those of
@@ -195,6 +197,10 @@ class DecodeConfig:
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}: use one of {DTYPES}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
+        need(isinstance(self.compile, bool), f"compile={self.compile!r}: use True or False")
+        need(self.compile or self.cuda_graphs != "on",
+             "cuda_graphs='on' with compile=False: a CUDA graph replays the compiled step; set "
+             "compile=True, or cuda_graphs='auto' (graphs when compiled on CUDA) or 'off'")
         if self.prompt_bucket is not None:
             need(_is_count(self.prompt_bucket) and self.prompt_bucket > 0,
                  f"prompt_bucket={self.prompt_bucket!r}: use a positive number of tokens (for "

@@ -93,6 +93,10 @@ CONFIG_ERRORS = [
     (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
     (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
     (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),
+    # Graphs replay the compiled step: without it "on" would silently run eagerly.
+    (dict(cuda_graphs="on", compile=False), r"cuda_graphs='on' with compile=False: .*set "
+     r"compile=True, or cuda_graphs='auto'"),
+    (dict(compile="yes"), r"compile='yes': use True or False"),
     (dict(dtype="float64"), r"dtype='float64': use one of"),
     # Counts.
     (dict(gen_length=0), r"gen_length=0: use a positive integer"),
