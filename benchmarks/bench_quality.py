@@ -1,8 +1,8 @@
 """Held-out accuracy against NFE for the shipped default model: LLaDA's sampler, threshold
 decoding and CreditDecoding.
 
-    python benchmarks/bench_quality.py [--n 200] [--seed 1234] [--output results/quality.jsonl]
-                                       [--plot ../docs/quality.png]
+    python benchmarks/bench_quality.py [--n 200] [--seed 1234]
+        [--output benchmarks/results/quality.jsonl] [--plot docs/quality.png]
 
 The held-out set (`credit_compile.training.tasks.held_out_set`) is a fixed slice of prompts the
 training never saw. Each item is decoded alone (batch 1, eager reference decoder, greedy,

@@ -14,7 +14,8 @@
 # Order for a 30-minute lease (about 1.5 min to start): tests (~3 min), gen1024 (~7), gen1024b8
 # (~6), gen256b1 (~5), gen256b8 (~6), then op (~2), buckets (~7: one 8B compile per distinct
 # length without a bucket) and suite if time is left. Estimates: each compiled 8B mode compiles
-# for 30-50 s. Rows are appended as measured, so a stage cut by the limit keeps what it finished.
+# for 27-52 s (measured, docs/performance.md). Rows are appended as measured, so a stage cut by
+# the limit keeps what it finished.
 # Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
 # sequence length T = prompt + gen, not on how much is generated. A full gen-1024 run at B=8
 # takes about 6 minutes per eager mode (1024 steps of ~340 ms), more than one command may run;

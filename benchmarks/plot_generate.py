@@ -1,6 +1,11 @@
 """Draw tokens/s per mode from benchmarks/results/generate.jsonl into a PNG.
 
-    python benchmarks/plot_generate.py [--input results/generate.jsonl] [--output docs/generate.png]
+    python benchmarks/plot_generate.py [--input benchmarks/results/generate.jsonl]
+                                       [--output docs/generate.png] [--preset NAME]
+
+The figure in docs/performance.md is redrawn with
+`--preset llada-8b --output docs/generate_llada8b_h100.png`; the default output, docs/generate.png,
+is not shown in the docs.
 
 One panel per run configuration (device, preset, dtype, batch, prompt, gen and block length,
 commit), the newest row of each mode; bars are tokens/s, labelled with the ratio to the eager

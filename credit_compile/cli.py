@@ -1,13 +1,14 @@
 """The `credit-compile` command line.
 
     credit-compile generate --prompt "0002+0002="   # CreditDecoding through the optimized path
-    credit-compile verify --prompt "hello"        # eager reference vs optimized, a report
+    credit-compile verify --prompt "0012+0034="   # eager reference vs optimized, a report
     credit-compile demo                           # both side by side: same output, the speedup
     credit-compile bench generate --preset tiny   # benchmarks/bench_<suite>.py
 
 Without `--model`, the embedded default model is used: a small LLaDA-architecture diffusion LM
 trained by `python -m credit_compile.training.train` on synthetic tasks (4-digit addition
-"0012+0034=", reversal "R1234=", sorting "S4213="), shipped inside the package with its tokenizer.
+"0012+0034=", reversal "R1234=", sorting "S4213=", and any permutation of the digits "P4213="),
+shipped inside the package with its tokenizer.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-bucket", type=int, default=None,
                    help="left-pad prompts to a multiple of this many tokens, so nearby prompt "
-                        "lengths share one compiled step (no token changes)")
+                        "lengths share one compiled step (tokens unchanged up to float rounding)")
     p.add_argument("--batch-bucket", type=int, default=None,
                    help="pad the batch with copies of its last prompt to a multiple of this many "
                         "rows, so nearby batch sizes share one compiled step")

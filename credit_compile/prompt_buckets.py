@@ -1,10 +1,12 @@
 """Prompt-length and batch-size buckets: padding so that one compiled step serves many shapes.
 
 The step is compiled (and captured as a CUDA graph) for static shapes, so every new prompt length
-would compile anew: 30-50 s for the 8B step on an H100 (docs/performance.md). With
+would compile anew: 27-52 s for the 8B step on an H100 (docs/performance.md). With
 `DecodeConfig.prompt_bucket = k` the prompts are left-padded to the next multiple of k, and every
 length in a bucket reuses one compiled step. The added columns are masked out of attention and the
-positions count real tokens only, so the tokens generated are those of the unpadded prompt.
+positions count real tokens only, so the tokens generated are those of the unpadded prompt up to
+float rounding (attention sums over more, masked, columns; tested equal in float32 on the trained
+model).
 `DecodeConfig.batch_bucket` does the same for the batch size with copies of the last row.
 """
 

@@ -1,4 +1,5 @@
-"""A character tokenizer for the random `tiny` model, used until a trained default model ships.
+"""A character tokenizer for the random `tiny` model: the CLI's fallback when the embedded default
+model's files are missing from an installation.
 
 Printable ASCII (32..126) maps to ids 0..94; `eos_token_id` 125 and `mask_token_id` 126 match the
 `tiny` preset. Other characters become '?'.

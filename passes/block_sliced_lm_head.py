@@ -3,12 +3,14 @@
 Pattern (the denoising step takes the current block's logits right after the model's forward):
 
     logits = linear(h, W[, b])                 # torch._C._nn.linear or F.linear, h [B, L, d]
-    [logits = logits * s | logits / s | .float() | .to(dtype)]   # elementwise, any number of them
+    [logits = logits * s | logits / s | tanh(logits)            # elementwise, any number of them
+              | .float() / .half() / .bfloat16() / .double() | .to(dtype)]
     block  = logits.index_select(1, positions)  # [B, Lb, V]
 
 Replacement:
 
-    block = linear(h.index_select(1, positions), W[, b]) [* s | / s | .float() | .to(dtype)]
+    block = linear(h.index_select(1, positions), W[, b])
+            [* s | / s | tanh | .float() / .half() / .bfloat16() / .double() | .to(dtype)]
 
 so the LM head (the largest matmul of a LLaDA forward: d x V = 4096 x 126464) runs on the block's
 Lb positions instead of all L. Every op moved past the `index_select` acts on each position (row)

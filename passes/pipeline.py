@@ -4,8 +4,8 @@ The backend hands a `PassPipeline` to Inductor as `pre_grad_custom_pass` in the 
 its own compilation, so Inductor runs the passes on the Torch-IR graph it was given, after its own
 pre-grad normalizations and before AOT autograd lowers the graph to ATen (the credit-fusion
 pattern is a chain of Torch-level calls there; after lowering it would be decomposed). The
-`uuid()` names the passes and their source, so Inductor's caches tell apart graphs compiled with
-different passes.
+`uuid()` names the passes and their source, plus the custom ops' source files, so Inductor's
+caches tell apart graphs compiled with different passes or kernels.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 `default_model/` holds a ~1M-parameter LLaDA (d_model 128, 4 layers) trained on this project's
 2-core CPU for 45 minutes with the masked-diffusion objective on synthetic tasks
 (`credit_compile.training`): 4-digit fixed-width addition (``"0123+0989="`` -> ``"01112"``), digit
-reversal (``"R4021="`` -> ``"1204"``) and digit sorting (``"S4021="`` -> ``"0124"``) of 2-12 digits,
-answers EOS-padded to 16 tokens and decoded in two blocks of 8. Its tokenizer is
-`credit_compile.tokenizer.CharTokenizer` (``char_tokenizer.json``). See docs/quality.md.
+reversal (``"R4021="`` -> ``"1204"``), digit sorting (``"S4021="`` -> ``"0124"``) and digit
+permutation (``"P40213="`` -> any ordering of the digits) of 2-12 digits, answers EOS-padded to 16
+tokens and decoded in two blocks of 8. Its tokenizer is `credit_compile.tokenizer.CharTokenizer`
+(``char_tokenizer.json``). See docs/quality.md.
 
     from credit_compile.assets import load_default_model
     model, tokenizer = load_default_model()

@@ -18,8 +18,10 @@ class DecodeState:
     Attributes:
         x: [B, T] int64 canvas: the left-padded prompt, then `gen_length` positions that start as
             the mask token and are committed in place.
-        attention_mask: [B, T] int64 (1 = real token) or None when no row is padded.
-        position_ids: [B, T] int64 positions counted over real tokens, or None without padding.
+        attention_mask: [B, T] int64 (1 = real token) or None when no row is padded (kept
+            whenever `prompt_bucket` is set, so every length of a bucket has one graph).
+        position_ids: [B, T] int64 positions counted over real tokens, or None without padding
+            (kept whenever `prompt_bucket` is set).
         prompt_mask: [B, T] bool, True on prompt positions (pads included), for guidance.
         gen_start: first canvas position of the generated region (the padded prompt length).
         block_length, num_blocks, mask_id: static geometry.

@@ -2,7 +2,7 @@
 
 The generation loop (`loop.py`) and the denoising step (`step.py`) are shared by every strategy
 and every execution mode (eager reference, compiled, CUDA graph). A strategy only says:
-- `allocate(state)`: its static buffers;
+- `allocate(state, vocab_size)`: its static buffers;
 - `propose(block_logits, masked, state)`: a token x0 and a confidence for each block position;
 - `select(conf, masked, state)`: which masked positions to commit;
 - `next_block(state, first_masked_block_from)`: where decoding goes after this step.
