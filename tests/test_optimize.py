@@ -447,3 +447,27 @@ def test_no_forward_after_completion_on_the_cpu():
     ids, _ = make_prompts(2, 4, 0, padded=False)
     out = cc.optimize(model, gen_length=8, block_length=4, sync_every=4).generate(ids)
     assert out.steps_run == out.nfe
+
+
+def test_a_restarted_server_compiles_the_step_from_inductors_cache(tmp_path, monkeypatch):
+    # A fresh compile of the same step in a new process (here: dynamo reset, new wrapper) is
+    # served from Inductor's on-disk caches: nothing in the backend's config patches or the pass
+    # pipeline may make the step uncacheable. (The passes run before the cache lookup, so the key
+    # covers the rewritten graph; on torch 2.11 the pipeline's uuid() names them in it.)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))  # empty: the first compile misses
+    model = ContextMixModel(seed=5)
+    ids, mask = make_prompts(2, 5, seed=1, padded=True)
+    kwargs = dict(gen_length=8, block_length=4, credit_layout="dense")
+    hits = ("fxgraph_cache_hit", "autograd_cache_hit")
+    outputs = []
+    for _ in range(2):
+        torch._dynamo.reset()
+        counters.clear()
+        outputs.append(cc.optimize(model, **kwargs).generate(ids, mask))
+        assert pass_count("credit_fusion") == 1  # the rewrite is in the cached code too
+        found = {k: counters[g][k] for g in ("inductor", "aot_autograd") for k in hits
+                 if counters[g][k]}
+        assert bool(found) == (len(outputs) == 2), found
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    for out in outputs:
+        assert_same_generation(ref, out)
