@@ -7,6 +7,9 @@ Pattern (the denoising step takes the current block's logits right after the mod
               | .float() / .half() / .bfloat16() / .double() | .to(dtype)]
     block  = logits.index_select(1, positions)  # [B, Lb, V]
 
+where the head's output may also be scaled in place before the elementwise chain and the slice
+(`logits.mul_(s)`, `.div_(s)`, `.tanh_()`: the official LLaDA code's `scale_logits`).
+
 Replacement:
 
     block = linear(h.index_select(1, positions), W[, b])
@@ -17,8 +20,9 @@ Lb positions instead of all L. Every op moved past the `index_select` acts on ea
 independently, so the result is the same rows.
 
 Guard: h is 3-D, the selection is along dim 1 (the sequence), positions is a 1-D integer tensor,
-and the full logits (and every elementwise intermediate) have exactly one user. When the full
-logits are needed elsewhere, slicing would not save the full matmul: the pass does not fire.
+and the full logits (and every elementwise intermediate) have exactly one user besides in-place
+scalings of the head's output, which must come before that user and be used by nothing. When the
+full logits are needed elsewhere, slicing would not save the full matmul: the pass does not fire.
 """
 
 from __future__ import annotations
@@ -86,6 +90,15 @@ def _rowwise_input(node):
     return None
 
 
+def _in_place_rowwise(node: Node, target: Node) -> bool:
+    """`target.mul_(number)`, `.div_(number)` or `.tanh_()`, whose result nothing reads."""
+    if node.op != "call_method" or node.kwargs or node.users or node.args[:1] != (target,):
+        return False
+    if node.target in ("mul_", "div_"):
+        return len(node.args) == 2 and _number(node.args[1])
+    return node.target == "tanh_" and len(node.args) == 1
+
+
 class BlockSlicedLMHead(GraphPass):
     """`index_select(linear(h, W, b), 1, pos)` -> `linear(index_select(h, 1, pos), W, b)`."""
 
@@ -119,7 +132,15 @@ class BlockSlicedLMHead(GraphPass):
         linear = source
         if not isinstance(linear, Node):
             return None
-        for node in (linear, *chain):
+        reader = chain[-1] if chain else select  # the one op that reads the head's output
+        in_place = [u for u in linear.users if u is not reader]
+        if in_place:
+            order = {n: i for i, n in enumerate(select.graph.nodes)}
+            if not all(_in_place_rowwise(u, linear) and order[linear] < order[u] < order[reader]
+                       for u in in_place):
+                return None
+            in_place.sort(key=order.__getitem__)
+        for node in chain:
             if len(node.users) != 1:  # the full logits (or a scaled copy) are used elsewhere
                 return None
         if len(linear.args) < 2 or set(linear.kwargs) - {"bias"}:
@@ -136,16 +157,20 @@ class BlockSlicedLMHead(GraphPass):
         weights = [storage_of(n) for n in (hidden, *linear.args[1:], linear.kwargs.get("bias"))]
         if touched_between(select.graph, linear, select, weights, reads=False):
             return None
-        return linear, chain, positions
+        return linear, in_place, chain, positions
 
     @staticmethod
-    def _replace(graph: Graph, select: Node, linear: Node, chain: list[Node], positions: Node):
+    def _replace(graph: Graph, select: Node, linear: Node, in_place: list[Node], chain: list[Node],
+                 positions: Node):
         hidden = linear.args[0]
         pairs = []  # (new node, the node it stands for on all positions)
         with graph.inserting_before(select):
             sliced = graph.call_method("index_select", (hidden, 1, positions))
             last = graph.call_function(linear.target, (sliced, *linear.args[1:]), dict(linear.kwargs))
             pairs.append((last, linear))
+            for op in in_place:  # the block's logits are a new tensor: scale it out of place
+                last = graph.call_method(op.target[:-1], (last, *op.args[1:]))
+                pairs.append((last, op))
             for op in reversed(chain):  # re-apply the position-wise ops to the block's logits
                 inner = _rowwise_input(op)
                 args = tuple(last if a is inner else a for a in op.args)
@@ -154,7 +179,7 @@ class BlockSlicedLMHead(GraphPass):
         _set_fakes(hidden, positions, sliced, pairs)
         select.replace_all_uses_with(last)
         graph.erase_node(select)
-        for op in chain:  # nearest to the slice first: each has no users left when erased
+        for op in (*chain, *in_place):  # nearest to the slice first: no users left when erased
             graph.erase_node(op)
         graph.erase_node(linear)
 

@@ -258,6 +258,14 @@ class Head(nn.Module):
             logits = F.linear(h, self.linear.weight) * (1 / 8**0.5)
         elif self.variant == "softcapped":  # Gemma's final logit soft-capping
             logits = torch.tanh(self.linear(h) / 30.0) * 30.0
+        elif self.variant == "scaled_in_place":  # the official LLaDA code's scale_logits
+            logits = F.linear(h, self.linear.weight)
+            logits.mul_(1 / 8**0.5)
+        elif self.variant == "scaled_in_place_then_cast":
+            logits = self.linear(h)
+            logits.div_(3.0)
+            logits.tanh_()
+            logits = logits.double()
         else:  # "divided_cast": HF-style upcast of the logits
             logits = (F.linear(h, self.linear.weight, self.linear.bias) / 3.0).float()
         return logits.index_select(1, positions)
@@ -268,7 +276,8 @@ def head_inputs(seed=0, dtype=torch.float32):
     return torch.randn(2, 12, 8, generator=g).to(dtype), torch.tensor([4, 5, 6, 7])
 
 
-@pytest.mark.parametrize("variant", ["module", "functional_scaled", "divided_cast", "softcapped"])
+@pytest.mark.parametrize("variant", ["module", "functional_scaled", "divided_cast", "softcapped",
+                                     "scaled_in_place", "scaled_in_place_then_cast"])
 def test_block_sliced_lm_head_fires_and_matches_eager(variant):
     head = Head(variant)
     fn, graphs = compile_recording(head, [BlockSlicedLMHead()])
@@ -316,6 +325,37 @@ def test_block_sliced_lm_head_does_not_fire_when_full_logits_are_needed(module):
     assert linear.args[0].op == "placeholder"
     for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         assert torch.equal(a, b)
+
+
+def _slice_then_scale_in_place(h, weight, positions):
+    logits = F.linear(h, weight)
+    block = logits.index_select(1, positions)
+    logits.mul_(2.0)  # after the slice: the block is not scaled
+    return block
+
+
+def _scale_in_place_by_a_tensor(h, weight, positions):
+    logits = F.linear(h, weight)
+    logits.mul_(torch.arange(12.0)[:, None])  # differs per position: not row-wise
+    return logits.index_select(1, positions)
+
+
+def _scale_in_place_and_read(h, weight, positions):
+    logits = F.linear(h, weight)
+    total = logits.mul_(2.0).sum()  # the in-place result is read: the full logits are needed
+    return logits.index_select(1, positions), total
+
+
+@pytest.mark.parametrize("fn", [_slice_then_scale_in_place, _scale_in_place_by_a_tensor,
+                                _scale_in_place_and_read])
+def test_block_sliced_lm_head_does_not_move_in_place_ops_it_cannot(fn):
+    compiled, _ = compile_recording(fn, [BlockSlicedLMHead()])
+    h, positions = head_inputs()
+    weight = torch.randn(24, 8)
+    out, ref = compiled(h, weight, positions), fn(h, weight, positions)
+    assert pass_count("block_sliced_lm_head") == 0
+    for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
 
 
 def test_block_sliced_lm_head_does_not_fire_when_h_changes_before_the_slice():
