@@ -38,8 +38,13 @@ class GraphPass(Transformation):
         return graph_module
 
     def uuid(self) -> str:
-        """Identity for Inductor's cache: the pass's source code."""
-        return hashlib.sha256(inspect.getsource(type(self)).encode()).hexdigest()
+        """Identity for Inductor's cache: the source of the pass's module (its class and the
+        helpers it matches with) and of this one (the shared guards)."""
+        digest = hashlib.sha256()
+        for module in (inspect.getmodule(type(self)), inspect.getmodule(GraphPass)):
+            digest.update(inspect.getsource(module).encode())
+        digest.update(type(self).__qualname__.encode())
+        return digest.hexdigest()
 
 
 def fake(node) -> torch.Tensor | None:

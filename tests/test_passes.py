@@ -549,6 +549,23 @@ def test_pass_identity_and_order():
     assert uuids == [p.uuid() for p in default_passes()]  # stable across instances
 
 
+def test_a_pass_uuid_covers_the_helpers_it_matches_with(monkeypatch):
+    # The patterns live in module-level helpers: an edit there must change the cache key too.
+    import inspect
+
+    from credit_compile.passes import block_sliced_lm_head as module
+
+    before = BlockSlicedLMHead().uuid()
+    real = inspect.getsource
+
+    def edited(obj):
+        source = real(obj)
+        return source.replace('_CASTS = (', '_CASTS = ("half",') if obj is module else source
+
+    monkeypatch.setattr(inspect, "getsource", edited)
+    assert BlockSlicedLMHead().uuid() != before
+
+
 def test_pipeline_is_a_custom_graph_pass_keyed_by_its_passes():
     from torch._inductor.custom_graph_pass import CustomGraphPass
 
