@@ -184,11 +184,12 @@ class OptimizedModel(nn.Module):
         if padded:
             attention_mask = torch.ones_like(input_ids)
             attention_mask[:, 0] = 0
-        with self._exclusive():
+        # Setting up seeds the global RNG (config.seed) and the compiling step draws from it:
+        # neither may move the caller's generator.
+        with self._exclusive(), rng_untouched(device):
             fresh = self._setup(input_ids, attention_mask, overrides)
             runner = self._loaded_runner(fresh, trace=False)
-            with rng_untouched(device):
-                runner.ensure_compiled()
+            runner.ensure_compiled()
             seconds, runner.compile_seconds = runner.compile_seconds, 0.0
             self._fingerprint = model_fingerprint(self.model)
         return seconds

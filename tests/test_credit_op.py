@@ -462,6 +462,109 @@ def test_property_sparse_equals_dense_triton(p):
 
 
 # ------------------------------------------------------------------------------------------------
+# Hand-made corners (each kept a kernel mutant alive before it was added)
+# ------------------------------------------------------------------------------------------------
+
+
+@needs_triton
+def test_dense_triton_tie_between_incremented_top1_and_an_earlier_token():
+    # f(v*) after its increment ties (in float32) with the fused logit of an earlier token u:
+    # the reference's argmax takes u (the first index); the kernel's fix-up must too.
+    vocab, u, v_star, mask_id = 16, 2, 5, 15
+    logits = torch.full((1, 1, vocab), -10.0)
+    logits[0, 0, u], logits[0, 0, v_star] = 0.0, 1.0  # v* is the raw top-1
+    credit = torch.zeros(1, 1, vocab)
+    credit[0, 0, u] = 1.0
+    # gamma 0: the increment is exactly 1, so C'(v*) = 1 = C(u); alpha = 2**30 makes
+    # r + alpha*log1p(1) round to the same float32 for r = 0 and r = 1. beta 1 keeps C(u).
+    args = (torch.ones(1, 1, dtype=torch.bool), torch.tensor(False), 2.0**30, 1.0, 0.0, mask_id)
+    ref_credit = credit.clone()
+    x_ref, conf_ref = credit_step_dense_eager(logits, ref_credit, *args)
+    assert x_ref.item() == u  # the tie this test is about
+    for config in ({}, {"nsplit": 2, "block_v": 16}, {"lane": 0}):
+        out_credit = credit.clone()
+        x, conf = triton_launcher("dense", **config)(logits, out_credit, *args)
+        assert torch.equal(x, x_ref), config
+        torch.testing.assert_close(conf, conf_ref)
+        torch.testing.assert_close(out_credit, ref_credit)
+
+
+@needs_triton
+def test_dense_triton_unmasked_row_gets_no_increment_in_x0():
+    # An unmasked row gains no credit, so x0 = argmax(r + alpha*log1p(beta*C)) = u, although v*
+    # would win with an increment.
+    vocab, u, v_star = 16, 2, 5
+    logits = torch.full((1, 1, vocab), -10.0)
+    logits[0, 0, u], logits[0, 0, v_star] = 0.0, 1.0
+    credit = torch.zeros(1, 1, vocab)
+    credit[0, 0, u] = 0.5
+    args = (torch.zeros(1, 1, dtype=torch.bool), torch.tensor(False), 4.0, 1.0, 0.0, 15)
+    x_ref, conf_ref = credit_step_dense_eager(logits, credit.clone(), *args)
+    assert x_ref.item() == u
+    for config in ({}, {"nsplit": 2, "block_v": 16}):
+        x, conf = triton_launcher("dense", **config)(logits, credit.clone(), *args)
+        assert torch.equal(x, x_ref), config
+        torch.testing.assert_close(conf, conf_ref)
+
+
+@needs_triton
+def test_dense_triton_updates_a_non_contiguous_credit_in_place():
+    # A credit with a non-unit last stride (a transposed buffer): the launcher works on a
+    # contiguous copy and must write the result back into the caller's tensor.
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 97, generator=g) * 3
+    credit = torch.rand(2, 97, 3, generator=g).transpose(1, 2)
+    assert credit.stride(-1) != 1
+    ref_credit = credit.contiguous().clone()
+    masked = torch.tensor([[True, False, True], [True, True, False]])
+    args = (masked, torch.tensor(False), 1.5, 0.7, 0.8, MASK_ID)
+    x_ref, conf_ref = credit_step_dense_eager(logits, ref_credit, *args)
+    x, conf = triton_launcher("dense")(logits, credit, *args)
+    assert torch.equal(x, x_ref)
+    torch.testing.assert_close(conf, conf_ref)
+    torch.testing.assert_close(credit, ref_credit)
+
+
+@needs_triton
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("lane", [None, 0])
+def test_triton_ties_across_tiles_take_the_first_index(layout, lane):
+    # Equal maxima one tile apart (block_v 256): 40 and 296 share a lane group in consecutive
+    # tiles, 40 and 552 a block-wide reduction slot. The per-lane and the block-wide running
+    # argmax must both keep the earlier index (a strict '>').
+    vocab = 600
+    logits = torch.full((1, 2, vocab), -2.0)
+    logits[0, 0, [40, 296, 552]] = 4.0
+    logits[0, 1, [100, 356]] = 4.0
+    masked = torch.ones(1, 2, dtype=torch.bool)
+    args = (masked, torch.tensor(True), 0.5, 0.7, 1.0, MASK_ID)
+    x_ref, _ = reference_fn(layout)(logits, *fresh_state(layout, 1, 2, vocab), *args)
+    assert x_ref.tolist() == [[40, 100]]
+    x, _ = triton_launcher(layout, block_v=256, lane=lane)(
+        logits, *fresh_state(layout, 1, 2, vocab), *args)
+    assert x.tolist() == [[40, 100]]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("first", [True, False])
+def test_dispatcher_accepts_a_python_bool_flag(layout, first):
+    g = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 3, 50, generator=g) * 3
+    masked = torch.tensor([[True, False, True], [True, True, True]])
+    state = fresh_state(layout, 2, 3, 50)
+    reference = reference_fn(layout)
+    # Credit from an earlier step, which a first step must drop and a later one decay.
+    reference(torch.randn(2, 3, 50, generator=g) * 3, *state, masked, torch.tensor(True), 1.5,
+              0.7, 0.8, MASK_ID)
+    ref_state = tuple(t.clone() for t in state)
+    ref = reference(logits, *ref_state, masked, torch.tensor(first), 1.5, 0.7, 0.8, MASK_ID)
+    out = cpu_op(layout)(logits, *state, masked, first, 1.5, 0.7, 0.8, MASK_ID)
+    assert torch.equal(out[0], ref[0]) and torch.equal(out[1], ref[1])
+    for a, b in zip(state, ref_state, strict=True):
+        assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
 # GPU only: the registered Triton ops, opcheck, torch.compile, LLaDA-size shapes
 # ------------------------------------------------------------------------------------------------
 

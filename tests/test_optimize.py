@@ -471,3 +471,30 @@ def test_a_restarted_server_compiles_the_step_from_inductors_cache(tmp_path, mon
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     for out in outputs:
         assert_same_generation(ref, out)
+
+
+def test_credit_slots_is_part_of_the_compiled_step_key():
+    # The sparse layout's slot count sizes static buffers: a call with another credit_slots must
+    # not decode (silently) in the first call's buffers.
+    model = ContextMixModel(seed=2)
+    fast = cc.optimize(model, gen_length=8, block_length=4, tau=0.99)
+    ids, _ = make_prompts(2, 4, 0, padded=False)
+    for slots in (None, 1, 2):
+        out = fast.generate(ids, credit_slots=slots)
+        ref = cc.generate_reference(model, ids, gen_length=8, block_length=4, tau=0.99,
+                                    credit_slots=slots)
+        assert_same_generation(ref, out)
+    assert fast.cached_steps == 3
+
+
+@pytest.mark.parametrize("seed", [None, 3])
+def test_precompile_leaves_the_callers_rng_alone(seed):
+    # Its setup seeds the global RNG (config.seed) and its compiling step draws random
+    # remasking; a server precompiling at start-up must not reseed or advance the caller's draws.
+    fast = cc.optimize(ContextMixModel(seed=1), strategy="llada", remasking="random",
+                       gen_length=8, block_length=4, seed=seed)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fast.precompile(1, 4)
+    assert torch.equal(torch.rand(3), expected)

@@ -194,6 +194,39 @@ def mask_written_after_the_increment(logits, credit, masked, first_step):
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
+def mask_written_by_setitem_after_the_increment(logits, credit, masked, first_step):
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    masked[:, 0] = False  # an in-place write through setitem, not a method ending in '_'
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def decay_not_reset_on_first_step(logits, credit, masked, first_step):
+    """where(first_step, 0.5, beta): a first step that keeps half the credit (the op drops it)."""
+    raw = masked_vocab_logits(logits, MASK)
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.5, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def mask_column_at_plus_inf(logits, credit, masked, first_step):
+    """+inf, not -inf, in the mask column: the mask token always wins (the op excludes it)."""
+    raw = torch.where(torch.arange(logits.shape[-1]) == MASK, float("inf"), logits.float())
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
 def unbatched(logits, credit, masked, first_step):
     """One sequence, 2-D logits and credit: the op's schema wants [B, Lb, V]."""
     return credit_step_dense_eager(logits[0], credit[0], masked[0], first_step, ALPHA, BETA, GAMMA, MASK)
@@ -226,19 +259,23 @@ def test_credit_fusion_reads_keyword_inputs():
 
 @pytest.mark.parametrize("fn", [log_instead_of_log1p, fused_logits_used_elsewhere,
                                 credit_read_mid_update, unbatched, float_vocabulary,
-                                credit_read_through_a_view, mask_written_after_the_increment])
-def test_credit_fusion_does_not_fire_on_near_misses(fn):
+                                credit_read_through_a_view, mask_written_after_the_increment,
+                                mask_written_by_setitem_after_the_increment,
+                                decay_not_reset_on_first_step, mask_column_at_plus_inf])
+@pytest.mark.parametrize("first", [False, True])
+def test_credit_fusion_does_not_fire_on_near_misses(fn, first):
     compiled, graphs = compile_recording(fn, [CreditFusion()])
     logits, credit, masked = credit_inputs()
-    first_step = torch.tensor(False)
+    first_step = torch.tensor(first)
     ref_credit, out_credit = credit.clone(), credit.clone()
     ref = fn(logits, ref_credit, masked.clone(), first_step)
     out = compiled(logits, out_credit, masked.clone(), first_step)
     assert pass_count("credit_fusion") == 0
     assert calls(graphs[0], DENSE_OP) == 0
+    # equal_nan: the +inf mask column makes NaN confidences in eager too.
     for a, b in zip(ref, out, strict=True):
-        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0)
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0, equal_nan=True)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -313,7 +350,20 @@ class HeadSlicingVocab(nn.Module):
         return self.linear(h).index_select(2, positions)  # columns, not positions
 
 
-@pytest.mark.parametrize("module", [HeadWithFullLogits, HeadSlicingVocab])
+class HeadWithScaledLogitsUsedElsewhere(nn.Module):
+    """The scaled full logits (an intermediate, not the linear's output) have a second user."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 24)
+
+    def forward(self, h, positions):
+        scaled = self.linear(h) * 0.5
+        return scaled.index_select(1, positions), scaled.sum()
+
+
+@pytest.mark.parametrize("module", [HeadWithFullLogits, HeadSlicingVocab,
+                                    HeadWithScaledLogitsUsedElsewhere])
 def test_block_sliced_lm_head_does_not_fire_when_full_logits_are_needed(module):
     model = module()
     fn, graphs = compile_recording(model, [BlockSlicedLMHead()])
@@ -346,8 +396,12 @@ def _scale_in_place_and_read(h, weight, positions):
     return logits.index_select(1, positions), total
 
 
+def _divide_by_a_per_position_tensor(h, weight, positions):
+    return (F.linear(h, weight) / torch.arange(1.0, 13.0)[:, None]).index_select(1, positions)
+
+
 @pytest.mark.parametrize("fn", [_slice_then_scale_in_place, _scale_in_place_by_a_tensor,
-                                _scale_in_place_and_read])
+                                _scale_in_place_and_read, _divide_by_a_per_position_tensor])
 def test_block_sliced_lm_head_does_not_move_in_place_ops_it_cannot(fn):
     compiled, _ = compile_recording(fn, [BlockSlicedLMHead()])
     h, positions = head_inputs()
@@ -452,6 +506,24 @@ def test_gumbel_fp64_elision_does_not_fire(fn):
     assert calls(graphs[0], torch.rand_like) == 1
     for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         assert torch.equal(a, b)
+
+
+def greedy_with_broadcast_noise(logits):
+    """Noise with a leading dim of 2: the division (and the argmax) broadcast to [2, *x.shape]."""
+    x = logits.to(torch.float64)
+    noise = torch.rand((2, *x.shape), dtype=torch.float64)
+    return (x.exp() / (-torch.log(noise)) ** 0).argmax(-1)
+
+
+def test_gumbel_fp64_elision_declines_a_broadcasting_division():
+    fn, _ = compile_recording(greedy_with_broadcast_noise, [GumbelFP64Elision()])
+    logits = torch.randn(2, 4, 50)
+    torch.manual_seed(7)
+    ref = greedy_with_broadcast_noise(logits)
+    torch.manual_seed(7)
+    out = fn(logits)
+    assert pass_count("gumbel_fp64_elision") == 0
+    assert out.shape == ref.shape == (2, 2, 4) and torch.equal(out, ref)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -452,10 +452,11 @@ def test_early_stop_on_any_of_several_end_of_text_ids(listed_in):
     assert out.nfe == 1 and model.calls == 1
 
 
-def test_an_end_of_text_id_outside_the_vocabulary_is_refused():
-    with pytest.raises(ValueError, match=r"eos_token_id 7 is outside the model's vocabulary of 4 "
-                                         r"tokens, so early_stop would never fire"):
-        run("threshold", gen_length=4, block_length=2, early_stop=True, eos_token_id=(2, 7))
+@pytest.mark.parametrize("outside", [7, 4], ids=["beyond", "at the vocabulary size"])
+def test_an_end_of_text_id_outside_the_vocabulary_is_refused(outside):
+    with pytest.raises(ValueError, match=rf"eos_token_id {outside} is outside the model's "
+                                         r"vocabulary of 4 tokens, so early_stop would never fire"):
+        run("threshold", gen_length=4, block_length=2, early_stop=True, eos_token_id=(2, outside))
 
 
 def test_early_stop_llada():

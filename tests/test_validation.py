@@ -256,11 +256,12 @@ def test_prompt_plus_gen_length_beyond_max_length(model, prompt_len, gen_length,
         cc.generate_reference(model, ids, gen_length=fitting, block_length=block_length)
 
 
-def test_prompt_alone_at_or_beyond_max_length(model):
-    ids = torch.ones(1, 40, dtype=torch.long)
-    assert_rejected(model, ids, r"prompt length 40 leaves no room to generate in the model's "
-                                r"maximum sequence length 32: shorten the prompt to at most 24 "
-                                r"tokens for gen_length 8", **small())
+@pytest.mark.parametrize("length", [40, 32], ids=["beyond", "at"])
+def test_prompt_alone_at_or_beyond_max_length(model, length):
+    ids = torch.ones(1, length, dtype=torch.long)
+    assert_rejected(model, ids, rf"prompt length {length} leaves no room to generate in the "
+                                r"model's maximum sequence length 32: shorten the prompt to at "
+                                r"most 24 tokens for gen_length 8", **small())
 
 
 def test_prompt_plus_gen_length_at_max_length_is_fine(model):
