@@ -154,7 +154,7 @@ class OptimizedModel(nn.Module):
             "decode_seconds": elapsed - compiled_inside,
         }
         runner.compile_seconds = 0.0  # reported once, by the call that compiled
-        self._fingerprint = model_fingerprint(self.model)  # after any changes the forward made
+        self._refingerprint_after_the_call()
         out.stats = dict(self.last_stats)
         return out
 
@@ -191,7 +191,7 @@ class OptimizedModel(nn.Module):
             runner = self._loaded_runner(fresh, trace=False)
             runner.ensure_compiled()
             seconds, runner.compile_seconds = runner.compile_seconds, 0.0
-            self._fingerprint = model_fingerprint(self.model)
+            self._refingerprint_after_the_call()
         return seconds
 
     @contextlib.contextmanager
@@ -245,10 +245,23 @@ class OptimizedModel(nn.Module):
         runner.state.output_rows = fresh.state.output_rows
         return runner
 
+    def _model_fingerprint(self) -> tuple:
+        """The model as a cached step depends on it (fingerprint.py). A CUDA graph checks no
+        guards, so on CUDA that is the whole model: weights, modes, hooks and attributes.
+        Elsewhere there are no graphs, and dynamo's guards see all but the weights, whose
+        device and storage the static buffers follow: those alone, at a third of the cost."""
+        return model_fingerprint(self.model, attributes=_graphs_possible(self.model))
+
+    def _refingerprint_after_the_call(self) -> None:
+        # A forward may update its own attributes; a change the next call sees must be the
+        # caller's. Without attributes (no graphs possible) there is nothing to refresh.
+        if _graphs_possible(self.model):
+            self._fingerprint = self._model_fingerprint()
+
     def _runner_for(self, fresh: GenerationSetup, trace: bool):
         """The cached runner for these shapes and the initial state to load into it."""
         config, state = fresh.config, fresh.state
-        fingerprint = model_fingerprint(self.model)
+        fingerprint = self._model_fingerprint()
         if fingerprint != self._fingerprint:
             # Weights moved, cast or re-assigned (also through the wrapped model, which bypasses
             # this module's _apply), or a module's mode, hooks or attributes changed since the
@@ -325,12 +338,19 @@ def _checked_cache_size(value) -> int:
 def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
     in those share one step: the seed and dtype (read before the step), the buckets (their
-    shapes are in the key), `steps` outside "llada" and `credit_slots` outside sparse credit.
+    shapes are in the key), `steps` and the credit fields outside their strategies, `tau` in
+    "llada", and `credit_slots` outside sparse credit.
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
     number of steps captured per replay)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
+    defaults = DecodeConfig()
     if config.strategy != "llada":
         drop["steps"] = None
+    else:
+        drop["tau"] = defaults.tau
+    if config.strategy != "credit":
+        drop.update({name: getattr(defaults, name)
+                     for name in ("alpha", "beta", "gamma", "credit_layout")})
     if config.strategy != "credit" or config.credit_layout != "sparse":
         drop["credit_slots"] = None
     if not graphs:
@@ -345,6 +365,11 @@ def rng_untouched(device: torch.device):
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     return torch.random.fork_rng(devices=devices)
+
+
+def _graphs_possible(model: nn.Module) -> bool:
+    parameter = next(model.parameters(), None)
+    return parameter is not None and parameter.device.type == "cuda"
 
 
 def _refuse_dtype(overrides: dict) -> None:

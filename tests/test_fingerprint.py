@@ -66,3 +66,14 @@ def test_a_wrapper_subclass_weight_is_seen_through_its_inner_tensors():
     model.weight = nn.Parameter(TwoTensor(torch.randn(4, 4), torch.randn(4, 4)), False)
     assert model.weight.data_ptr() == 0
     assert model_fingerprint(model) != before
+
+
+def test_weights_only_sees_the_weights_and_nothing_else():
+    # Where no CUDA graph can exist, dynamo's guards see modes, hooks and attributes.
+    model = small_model()
+    before = model_fingerprint(model, attributes=False)
+    CHANGES["train mode"](model)
+    CHANGES["config field"](model)
+    assert model_fingerprint(model, attributes=False) == before
+    CHANGES["weight re-assigned"](model)
+    assert model_fingerprint(model, attributes=False) != before

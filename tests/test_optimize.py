@@ -261,11 +261,21 @@ def test_options_the_step_does_not_read_reuse_the_compiled_step():
     # Options the step does read compile a step of their own.
     fast.generate(ids, tau=0.5)
     assert fast.cached_steps == 2
+    # Credit fields outside "credit", and tau in "llada", are not read either.
+    for strategy, unread in [("threshold", dict(alpha=0.1, beta=0.2, gamma=2.0,
+                                                credit_layout="dense")),
+                             ("llada", dict(alpha=0.1, tau=0.5, credit_layout="dense"))]:
+        first = fast.generate(ids, strategy=strategy)
+        out = fast.generate(ids, strategy=strategy, **unread)
+        assert out.stats["compile_seconds"] == 0.0 and torch.equal(first.sequences, out.sequences)
+        assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4,
+                                                     strategy=strategy, **unread), out)
+    assert fast.cached_steps == 4
     # A bucket keeps an attention mask (a step of its own); buckets padding to the same length
     # share it.
     assert_same_generation(ref, fast.generate(ids, prompt_bucket=4))
     assert_same_generation(ref, fast.generate(ids, prompt_bucket=2))
-    assert fast.cached_steps == 3
+    assert fast.cached_steps == 5
 
 
 def test_dtype_is_not_a_per_call_option():
@@ -311,8 +321,16 @@ class ConfigScaledModel(ContextMixModel):
         return super().forward(input_ids, attention_mask, position_ids) * self.config.scale
 
 
+@pytest.fixture
+def graphs_possible(monkeypatch):
+    """The whole-model fingerprint CUDA models get (graphs check no guards), on the CPU."""
+    from credit_compile import api
+
+    monkeypatch.setattr(api, "_graphs_possible", lambda model: True)
+
+
 @pytest.mark.parametrize("change", sorted(MODEL_CHANGES))
-def test_a_model_changed_between_calls_drops_the_cached_steps(change, caplog):
+def test_a_model_changed_between_calls_drops_the_cached_steps(change, caplog, graphs_possible):
     # The cache, not dynamo's guards, must see it: CUDA graphs check no guards.
     model = ConfigScaledModel(seed=3)
     fast = cc.optimize(model, gen_length=8, block_length=4)
@@ -328,7 +346,8 @@ def test_a_model_changed_between_calls_drops_the_cached_steps(change, caplog):
     assert "recompiled" not in caplog.text  # a new step, not a guard failure inside the old one
 
 
-def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch):
+def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch,
+                                                                         graphs_possible):
     from credit_compile import api
 
     class CountingModel(ContextMixModel):
