@@ -13,7 +13,8 @@ when it differs. It covers:
   Hugging Face config held by a module, one level deep.
 
 Containers (dicts, lists) and other objects are not looked into: a change inside them is seen by
-the compiled step's guards, not by a graph.
+the compiled step's guards, not by a graph. Where no graph can exist (a model off CUDA), the API
+asks for the weights alone, which the static buffers follow; dynamo's guards see the rest.
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def _module_key(module: nn.Module, seen_objects: set[int]) -> tuple:
             if value_key is not _NOT_FINGERPRINTED:
                 key.append((name, value_key))
     return tuple(key)
+
+
 def _is_plain_object(value) -> bool:
     return hasattr(value, "__dict__") and not callable(value) and not isinstance(value, nn.Module)
 
