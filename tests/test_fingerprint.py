@@ -77,3 +77,24 @@ def test_weights_only_sees_the_weights_and_nothing_else():
     assert model_fingerprint(model, attributes=False) == before
     CHANGES["weight re-assigned"](model)
     assert model_fingerprint(model, attributes=False) != before
+
+
+def test_a_nan_attribute_set_again_keeps_the_fingerprint_equal():
+    # Tuple equality short-cuts on identity, so the same NaN object always compared equal;
+    # a forward or a config loader that sets a fresh NaN (float("nan")) each call must not drop
+    # the cached steps.
+    model = small_model()
+    before = model_fingerprint(model)
+    model[0].soft_cap = float("nan")  # a new NaN object, the same value
+    model[0].config.scale = float("1.0")
+    assert model_fingerprint(model) == before
+
+
+def test_weights_only_sees_a_reassigned_buffer():
+    # The docstring promises parameters and buffers; a buffer replaced by a new tensor (a
+    # rope cache rebuilt, a buffer moved on its own) must change the weights-only fingerprint.
+    model = small_model()
+    model[0].register_buffer("rope", torch.zeros(4))
+    before = model_fingerprint(model, attributes=False)
+    model[0].rope = torch.zeros(4, dtype=torch.float64)
+    assert model_fingerprint(model, attributes=False) != before

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import types
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -517,3 +520,175 @@ def test_precompile_leaves_the_callers_rng_alone(seed):
     torch.manual_seed(123)
     fast.precompile(1, 4)
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_moving_the_optimized_model_frees_its_cached_steps_now():
+    # _apply promises to free the static buffers (and graphs) at once, not at the next call.
+    fast = cc.optimize(ContextMixModel(seed=3), gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    fast.generate(ids)
+    assert fast.cached_steps == 1
+    fast.to(torch.float64)
+    assert fast.cached_steps == 0
+
+
+def test_precompile_then_a_forward_updating_its_attributes_keeps_the_step(monkeypatch,
+                                                                          graphs_possible):
+    # precompile runs the step (the forward updates its own attribute); the fingerprint must
+    # be taken after it, or the first generate() drops the precompiled step and compiles again.
+    from credit_compile import api
+
+    class MarkingModel(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            self.has_run = True  # written, never read: no dynamo guard, but the fingerprint sees it
+            return super().forward(input_ids, attention_mask, position_ids)
+
+    make_runner = cc.runner.make_runner
+    built = []
+    monkeypatch.setattr(api, "make_runner",
+                        lambda *a, **k: built.append(1) or make_runner(*a, **k))
+    fast = cc.optimize(MarkingModel(seed=3), gen_length=8, block_length=4)
+    fast.precompile(1, 4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    out = fast.generate(ids)
+    assert len(built) == 1
+    assert out.stats["compile_seconds"] == 0.0
+
+
+def _fake_cuda_setup():
+    state = types.SimpleNamespace(device=torch.device("cuda"))
+    return types.SimpleNamespace(state=state, step_function=lambda: (lambda: None))
+
+
+def test_a_failed_capture_falls_back_to_the_compiled_step_under_auto(monkeypatch, caplog):
+    # cuda_graphs="auto" promises the compiled step when capture fails; "on" raises.
+    from credit_compile import runner
+
+    def failing_capture(*args, **kwargs):
+        raise RuntimeError("capture failed: an op synchronised")
+
+    monkeypatch.setattr(runner, "CudaGraphStepRunner", failing_capture)
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        out = runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="auto")
+    assert isinstance(out, runner.CompiledStepRunner)
+    assert "CUDA graph capture failed" in caplog.text
+    with pytest.raises(RuntimeError, match="capture failed"):
+        runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="on")
+
+
+def test_verify_sees_a_first_call_that_differs_from_the_second(monkeypatch):
+    # The first (compiling) call's tokens must equal too, not only the second's.
+    model = ContextMixModel(seed=6)
+    ids = torch.randint(0, 30, (1, 4), generator=torch.Generator().manual_seed(0))
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    original, calls = fast.generate, []
+
+    def first_call_corrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 1:
+            out.sequences[0, -1] = (out.sequences[0, -1] + 1) % 30
+        return out
+
+    monkeypatch.setattr(fast, "generate", first_call_corrupted)
+    report = cc.verify(fast, ids)
+    assert not report.tokens_equal and not report.ok
+
+
+def test_verify_reports_the_first_calls_compile_seconds():
+    # compile_seconds is the first call's compile time (the second compiles nothing).
+    report = cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), gen_length=8,
+                       block_length=4)
+    assert report.ok and report.compile_seconds > 0 and report.runner == "compiled"
+
+
+def test_verify_sees_an_nfe_difference(monkeypatch):
+    # Same tokens but another NFE is a mismatch.
+    model = ContextMixModel(seed=6)
+    ids = torch.randint(0, 30, (1, 4), generator=torch.Generator().manual_seed(0))
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    original = fast.generate
+
+    def more_forwards(*args, **kwargs):
+        out = original(*args, **kwargs)
+        out.nfe += 1
+        return out
+
+    monkeypatch.setattr(fast, "generate", more_forwards)
+    report = cc.verify(fast, ids)
+    assert report.tokens_equal and report.nfe_optimized == report.nfe_reference + 1
+    assert not report.ok
+
+
+def test_verify_measures_the_compiled_forward(monkeypatch):
+    # max_logit_difference compares the eager forward with the compiled one; a backend whose
+    # compiled forward is off by 0.5 must show in it.
+    import importlib
+
+    # The submodule: the package's `verify` attribute is the function.
+    verify_module = importlib.import_module("credit_compile.verify")
+
+    def off_by_half(passes=None, **kwargs):
+        def backend(gm, example_inputs):
+            def run(*args):
+                return [o + 0.5 if isinstance(o, torch.Tensor) and o.is_floating_point() else o
+                        for o in gm(*args)]
+            return run
+        return backend
+
+    monkeypatch.setattr(verify_module, "make_backend", off_by_half)
+    report = cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), gen_length=8,
+                       block_length=4)
+    assert report.max_logit_difference == pytest.approx(0.5, abs=1e-4)
+
+
+def test_a_copy_made_during_a_call_can_generate(tmp_path):
+    # A copy taken inside the call (from a progress callback: a checkpointing server) must
+    # not inherit the lock owner, or its own generate() is refused as re-entry.
+    import copy
+
+    fast = cc.optimize(ContextMixModel(seed=3), gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    copies = []
+    fast.generate(ids, progress=lambda steps: copies.append(copy.deepcopy(fast)) if not copies
+                  else None)
+    out = copies[0].generate(ids)
+    assert torch.equal(out.sequences, fast.generate(ids).sequences)
+
+
+def test_llada_steps_is_part_of_the_compiled_step_key():
+    # `steps` sets the llada transfer schedule the compiled step reads.
+    model = ContextMixModel(seed=2)
+    fast = cc.optimize(model, strategy="llada", gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    for steps in (None, 4, 2):
+        out = fast.generate(ids, steps=steps)
+        ref = cc.generate_reference(model, ids, strategy="llada", gen_length=8, block_length=4,
+                                    steps=steps)
+        assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe, steps
+    assert fast.cached_steps == 3
+
+
+def test_precompile_pays_the_compile_and_generate_reports_none():
+    # precompile() returns the compile seconds and resets them; the generate() it
+    # prepared compiles nothing and reports 0.
+    model = ContextMixModel(seed=2)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    assert fast.precompile(1, 4) > 0
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    out = fast.generate(ids)
+    assert out.stats["compile_seconds"] == 0.0 and fast.cached_steps == 1
+    assert torch.equal(out.sequences, cc.generate_reference(model, ids, gen_length=8,
+                                                            block_length=4).sequences)
+
+
+def test_nested_wrappers_are_all_unwrapped():
+    # torch.compile(optimize(model)) is two wrappers deep; the model under both decides the
+    # forward signature (attention mask honoured), so a padded batch decodes as on the model.
+    model = ContextMixModel(seed=3)
+    wrapped = torch.compile(cc.optimize(model, gen_length=8, block_length=4))
+    ids = torch.tensor([[0, 5, 6], [4, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    expected = cc.generate_reference(model, ids, mask, gen_length=8, block_length=4)
+    out = cc.generate_reference(wrapped, ids, mask, gen_length=8, block_length=4)
+    assert torch.equal(out.sequences, expected.sequences)

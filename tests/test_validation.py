@@ -583,3 +583,13 @@ def test_precompile_arguments(bad):
     fast = cc.optimize(ContextMixModel(), compile=False, **small())
     with pytest.raises(ValueError, match=r"precompile\(batch_size=.*use a positive batch size"):
         fast.precompile(batch_size=bad, prompt_length=3)
+
+
+def test_a_training_model_whose_dropout_is_zero_is_not_warned_about():
+    # Only dropout that randomises the logits (p > 0) is worth the warning.
+    model = ContextMixModel(seed=3)
+    model.dropout = torch.nn.Dropout(0.0)
+    model.train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        cc.generate_reference(model, torch.tensor([[1, 2, 3]]), gen_length=8, block_length=4)
