@@ -32,6 +32,7 @@ from .runner import make_runner
 
 log = logging.getLogger("credit_compile")
 
+_DEFAULTS = DecodeConfig()
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -343,13 +344,12 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
     number of steps captured per replay)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
-    defaults = DecodeConfig()
     if config.strategy != "llada":
         drop["steps"] = None
     else:
-        drop["tau"] = defaults.tau
+        drop["tau"] = _DEFAULTS.tau
     if config.strategy != "credit":
-        drop.update({name: getattr(defaults, name)
+        drop.update({name: getattr(_DEFAULTS, name)
                      for name in ("alpha", "beta", "gamma", "credit_layout")})
     if config.strategy != "credit" or config.credit_layout != "sparse":
         drop["credit_slots"] = None
