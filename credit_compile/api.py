@@ -29,6 +29,7 @@ from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
 from .runner import make_runner
+from .torch_settings import torch_settings_key
 
 log = logging.getLogger("credit_compile")
 
@@ -46,8 +47,9 @@ class OptimizedModel(nn.Module):
         last_stats: timings of the last `generate()` call (compile seconds, decode seconds, runner);
             with several threads, read each call's own from `GenerationOutput.stats`.
         max_cached_steps: compiled steps kept, one per (batch size, prompt length or bucket,
-            padding, config); beyond it the least recently used is dropped with its buffers and
-            CUDA graph, and recompiled if its shapes come back.
+            padding, config, global torch settings such as autocast and TF32); beyond it the
+            least recently used is dropped with its buffers and CUDA graph, and recompiled if
+            its shapes come back.
     """
 
     def __init__(self, model: nn.Module, config: DecodeConfig, mask_id: int | None = None,
@@ -271,8 +273,9 @@ class OptimizedModel(nn.Module):
             self._fingerprint = fingerprint
         graphs = not trace and config.compile and (
             config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and state.device.type == "cuda"))
+        # Global settings in the key: a captured graph replays the kernels they chose.
         key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
-               state.device, _step_config(config, graphs))
+               state.device, _step_config(config, graphs), torch_settings_key())
         runner = self._runners.get(key)
         initial = state.tensors()
         if runner is not None:

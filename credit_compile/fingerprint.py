@@ -9,12 +9,17 @@ when it differs. It covers:
   otherwise be replayed from freed memory);
 - every module's train/eval mode and forward hooks;
 - every module's plain attributes (numbers, strings, bools, dtypes, devices, enums, tensors held
-  outside parameters and buffers, and tuples of these), and those of an object such as a
-  Hugging Face config held by a module, one level deep.
+  outside parameters and buffers, and tuples, lists and dicts of these, such as a config's
+  `rope_scaling`), and those of an object such as a Hugging Face config held by a module, one
+  level deep.
 
-Containers (dicts, lists) and other objects are not looked into: a change inside them is seen by
-the compiled step's guards, not by a graph. Where no graph can exist (a model off CUDA), the API
-asks for the weights alone, which the static buffers follow; dynamo's guards see the rest.
+Other objects, containers of more than `MAX_CONTAINER_ITEMS` items and containers nested deeper
+than `MAX_CONTAINER_DEPTH` are not looked into: a change inside them is seen by the compiled
+step's guards, not by a graph. Where no graph can exist (a model off CUDA), the API asks for the
+weights alone, which the static buffers follow; dynamo's guards see the rest.
+
+Global torch settings (autocast, TF32, attention backends) are not part of a model: the API keys
+its steps on `settings.torch_settings_key()` instead.
 """
 
 from __future__ import annotations
@@ -28,6 +33,10 @@ from torch import nn
 _PLAIN = (type(None), bool, int, str, torch.dtype, torch.device, enum.Enum)
 _NOT_FINGERPRINTED = object()
 _PLAIN_TENSORS = (torch.Tensor, nn.Parameter)
+# Bounds that keep the fingerprint cheap on attributes no forward reads item by item (a
+# tokenizer's vocabulary, a label map), and finite on a container that holds itself.
+MAX_CONTAINER_ITEMS = 64
+MAX_CONTAINER_DEPTH = 4
 # How each name in a module's __dict__ is read: nn.Module's own bookkeeping is either fingerprinted
 # in its own way (weights, forward hooks) or irrelevant to forward (backward and state-dict hooks).
 _WEIGHTS, _HOOKS, _SKIP, _ATTRIBUTE = range(4)
@@ -88,16 +97,25 @@ def _is_plain_object(value) -> bool:
     return hasattr(value, "__dict__") and not callable(value) and not isinstance(value, nn.Module)
 
 
-def _value_key(value):
+def _value_key(value, depth: int = 0):
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, float):
         return repr(value)  # NaN compares equal to itself this way
     if isinstance(value, torch.Tensor):
         return _tensor_key(value)
-    if isinstance(value, tuple):
-        keys = tuple(_value_key(v) for v in value)
-        return _NOT_FINGERPRINTED if any(k is _NOT_FINGERPRINTED for k in keys) else keys
+    if isinstance(value, (tuple, list, dict)):
+        if depth >= MAX_CONTAINER_DEPTH or len(value) > MAX_CONTAINER_ITEMS:
+            return _NOT_FINGERPRINTED
+        if isinstance(value, dict):
+            items = [(_value_key(k, depth + 1), _value_key(v, depth + 1)) for k, v in value.items()]
+            keys = tuple(item for pair in items for item in pair)
+        else:
+            keys = tuple(_value_key(v, depth + 1) for v in value)
+        if any(k is _NOT_FINGERPRINTED for k in keys):
+            return _NOT_FINGERPRINTED
+        # The type tells a dict's interleaved keys and values from a list of the same items.
+        return type(value).__name__, keys
     return _NOT_FINGERPRINTED
 
 

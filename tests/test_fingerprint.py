@@ -8,14 +8,15 @@ import torch
 from torch import nn
 from torch.testing._internal.two_tensor import TwoTensor
 
-from credit_compile.fingerprint import model_fingerprint
+from credit_compile.fingerprint import MAX_CONTAINER_ITEMS, model_fingerprint
 
 
 class Config:
     def __init__(self):
         self.scale = 1.0
         self.rope_theta = 10000.0
-        self.names = {"a": 1}  # containers are not looked into
+        self.rope_scaling = {"type": "linear", "factor": 2.0}
+        self.vocabulary = list(range(MAX_CONTAINER_ITEMS + 1))  # too big to be looked into
 
 
 def small_model() -> nn.Module:
@@ -23,6 +24,7 @@ def small_model() -> nn.Module:
     model[0].config = Config()
     model[0].soft_cap = float("nan")
     model[0].cache = torch.zeros(3)
+    model[0].head_scales = [1.0, (2, 3)]
     return model.eval()
 
 
@@ -37,6 +39,11 @@ CHANGES = {
     "config field": lambda m: setattr(m[0].config, "scale", 2.0),
     "tensor attribute": lambda m: setattr(m[0], "cache", torch.zeros(3)),
     "new attribute": lambda m: setattr(m[0], "flag", True),
+    "dict in the config": lambda m: m[0].config.rope_scaling.update(factor=4.0),
+    "key added to a dict": lambda m: m[0].config.rope_scaling.update(original=8),
+    "list item": lambda m: m[0].head_scales.__setitem__(0, 0.5),
+    "tuple in a list": lambda m: m[0].head_scales.__setitem__(1, (2, 4)),
+    "list as a dict": lambda m: setattr(m[0], "head_scales", {1.0: (2, 3)}),
 }
 
 
@@ -53,8 +60,14 @@ def test_no_change_keeps_it_equal():
     assert math.isnan(model[0].soft_cap)  # NaN must not make it differ from itself
     before = model_fingerprint(model)
     model(torch.zeros(1, 4))
-    model[0].config.names["a"] = 2  # inside a container: dynamo's guards see it, not this
+    model[0].config.vocabulary[0] = -1  # too big a container: dynamo's guards see it, not this
     assert model_fingerprint(model) == before
+
+
+def test_a_container_that_holds_itself_is_fingerprinted():
+    model = small_model()
+    model[0].head_scales.append(model[0].head_scales)
+    assert model_fingerprint(model) == model_fingerprint(model)
 
 
 def test_a_wrapper_subclass_weight_is_seen_through_its_inner_tensors():

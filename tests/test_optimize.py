@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import types
 
@@ -9,6 +10,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 from torch._dynamo.utils import counters
 from toy_models import ContextMixModel
 
@@ -311,6 +313,7 @@ MODEL_CHANGES = {
     # Each changes what the forward computes; a captured CUDA graph would replay the old one.
     "attribute": lambda model: setattr(model, "sharpness", 0.4),
     "config field": lambda model: setattr(model.config, "scale", 0.4),
+    "dict in the config": lambda model: model.config.rope_scaling.update(factor=0.4),
     "forward hook": lambda model: model.register_forward_hook(_scale_logits_hook),
 }
 
@@ -319,9 +322,11 @@ class ConfigScaledModel(ContextMixModel):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.config.scale = 3.0  # an instance field, as in a Hugging Face config
+        self.config.rope_scaling = {"type": "linear", "factor": 1.0}
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
-        return super().forward(input_ids, attention_mask, position_ids) * self.config.scale
+        scale = self.config.scale * self.config.rope_scaling["factor"]
+        return super().forward(input_ids, attention_mask, position_ids) * scale
 
 
 @pytest.fixture
@@ -347,6 +352,118 @@ def test_a_model_changed_between_calls_drops_the_cached_steps(change, caplog, gr
     assert ref.nfe != before.nfe  # the change matters to decoding
     assert out.stats["compile_seconds"] > 0 and fast.cached_steps == 1
     assert "recompiled" not in caplog.text  # a new step, not a guard failure inside the old one
+
+
+@contextlib.contextmanager
+def _deterministic_algorithms():
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype):
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
+@contextlib.contextmanager
+def _tf32_matmuls():
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+TORCH_SETTINGS = {
+    # Each chooses kernels a captured CUDA graph would keep replaying after it changed.
+    "autocast": lambda: torch.autocast("cpu", dtype=torch.bfloat16),
+    "attention backend": lambda: torch.nn.attention.sdpa_kernel(
+        torch.nn.attention.SDPBackend.MATH),
+    "deterministic algorithms": _deterministic_algorithms,
+    "default dtype": lambda: _default_dtype(torch.float64),
+    "tf32 matmuls": _tf32_matmuls,
+}
+
+
+def _runners_checking_their_settings(monkeypatch) -> list:
+    """make_runner replaced by one whose steps assert they run under the global torch settings
+    the runner was built under, as a captured graph silently assumes; returns the built list."""
+    from credit_compile import api
+    from credit_compile.torch_settings import torch_settings_key
+
+    make_runner, built = api.make_runner, []
+
+    def checking_make_runner(*args, **kwargs):
+        runner, settings = make_runner(*args, **kwargs), torch_settings_key()
+        step = runner.step
+
+        def step_under_its_settings():
+            assert torch_settings_key() == settings, "a step ran under settings it was not built for"
+            step()
+
+        runner.step = step_under_its_settings
+        built.append(runner)
+        return runner
+
+    monkeypatch.setattr(api, "make_runner", checking_make_runner)
+    return built
+
+
+@pytest.mark.parametrize("setting", sorted(TORCH_SETTINGS))
+def test_each_step_runs_under_the_torch_settings_it_was_built_under(setting, monkeypatch):
+    built = _runners_checking_their_settings(monkeypatch)
+    model = ContextMixModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    before = fast.generate(ids)
+    with TORCH_SETTINGS[setting]():
+        out = fast.generate(ids)
+        ref = cc.generate_reference(model, ids, gen_length=8, block_length=4)
+    assert_same_generation(ref, out)
+    assert len(built) == 2
+    assert_same_generation(before, fast.generate(ids))  # the first settings' step, found again
+    assert len(built) == 2 and fast.cached_steps == 2
+
+
+class MatmulMixModel(ContextMixModel):
+    """ContextMixModel's logits through a matmul, which autocast runs in bfloat16."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        g = torch.Generator().manual_seed(7)
+        self.mix = nn.Parameter(torch.eye(40) + 0.3 * torch.randn(40, 40, generator=g))
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        return super().forward(input_ids, attention_mask, position_ids) @ self.mix
+
+
+def test_a_compiled_step_under_autocast_is_a_step_of_its_own(caplog):
+    # Not a guard failure inside the float32 step: on CUDA that step is a graph that would replay
+    # float32 kernels under autocast.
+    model = MatmulMixModel(seed=3)
+    kwargs = dict(gen_length=8, block_length=4)
+    fast = cc.optimize(model, **kwargs)
+    ids, _ = make_prompts(2, 4, 1, padded=False)
+    fast.generate(ids)
+    with caplog.at_level("WARNING", logger="credit_compile"), \
+            torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fast.generate(ids)
+        ref = cc.generate_reference(model, ids, trace=True, **kwargs)
+    assert_same_generation(ref, out)
+    assert out.stats["compile_seconds"] > 0 and fast.cached_steps == 2
+    assert "recompiled" not in caplog.text
+    float32 = cc.generate_reference(model, ids, trace=True, **kwargs)
+    assert any(a.confidence != b.confidence  # autocast changes what is computed
+               for a, b in zip(ref.trace, float32.trace, strict=False))
 
 
 def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch,

@@ -339,3 +339,23 @@ def test_cuda_graph_is_recaptured_after_the_model_changed():
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     assert ref.nfe != before.nfe  # the hook changes decoding (NFE 32 -> 13 on the CPU)
     assert_same_as_reference(out, ref, model, ids, mask, kwargs)
+
+
+@needs_cuda
+def test_cuda_graph_under_autocast_is_a_graph_of_its_own():
+    # A graph replays the kernels chosen at capture: a float32 graph replayed under autocast
+    # would silently decode in float32. The step under autocast is compared with the same
+    # compiled step without graphs (the kernels a graph replays), not with eager bfloat16 cuBLAS.
+    model = build_model(get_config("tiny", init_std=0.5), device="cuda", seed=1)
+    ids, mask = prompts(2, 6, "cuda", padded=True, seed=2)
+    kwargs = dict(gen_length=32, block_length=8)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    float32 = fast.generate(ids, mask)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = fast.generate(ids, mask)
+        compiled = cc.optimize(model, cuda_graphs="off", **kwargs).generate(ids, mask)
+    assert out.stats["runner"] == "cuda_graph" and out.stats["compile_seconds"] > 0
+    assert fast.cached_steps == 2
+    assert torch.equal(out.sequences, compiled.sequences) and out.nfe == compiled.nfe
+    assert torch.equal(fast.generate(ids, mask).sequences, float32.sequences)
+    assert fast.cached_steps == 2  # the float32 graph, found again
