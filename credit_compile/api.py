@@ -170,7 +170,9 @@ class OptimizedModel(nn.Module):
         compile. `generate()` then reuses the step for a batch of `batch_size` prompts of
         `prompt_length` tokens; with `prompt_bucket` set, for every length of that bucket.
         `padded=True` prepares the step of a left-padded batch (an attention mask), which a
-        batch without padding does not use; with a bucket both are the same step.
+        batch without padding does not use; with a bucket both are the same step. Call it under
+        the global torch settings the requests run under (`torch.autocast`, TF32): a step is
+        compiled, and captured, for the settings of its call.
         """
         if not (_is_count(batch_size) and batch_size > 0
                 and _is_count(prompt_length) and prompt_length > (1 if padded else 0)):

@@ -434,6 +434,18 @@ def test_each_step_runs_under_the_torch_settings_it_was_built_under(setting, mon
     assert len(built) == 2 and fast.cached_steps == 2
 
 
+def test_precompile_serves_calls_under_the_settings_it_ran_under(monkeypatch):
+    built = _runners_checking_their_settings(monkeypatch)
+    fast = cc.optimize(ContextMixModel(seed=3), gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast.precompile(1, 4)
+        fast.generate(ids)
+    assert len(built) == 1
+    fast.generate(ids)
+    assert len(built) == 2
+
+
 class MatmulMixModel(ContextMixModel):
     """ContextMixModel's logits through a matmul, which autocast runs in bfloat16."""
 
