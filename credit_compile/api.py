@@ -253,8 +253,9 @@ class OptimizedModel(nn.Module):
     def _model_fingerprint(self) -> tuple:
         """The model as a cached step depends on it (fingerprint.py). A CUDA graph checks no
         guards, so on CUDA that is the whole model: weights, modes, hooks and attributes.
-        Elsewhere there are no graphs, and dynamo's guards see all but the weights, whose
-        device and storage the static buffers follow: those alone, at a third of the cost."""
+        Elsewhere there are no graphs, and dynamo's guards see all but the weights (whose
+        device and storage the static buffers follow) and the hooks: those alone, at a third of
+        the cost."""
         return model_fingerprint(self.model, attributes=_graphs_possible(self.model))
 
     def _refingerprint_after_the_call(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from torch import nn
 from torch.testing._internal.two_tensor import TwoTensor
@@ -81,15 +82,33 @@ def test_a_wrapper_subclass_weight_is_seen_through_its_inner_tensors():
     assert model_fingerprint(model) != before
 
 
-def test_weights_only_sees_the_weights_and_nothing_else():
-    # Where no CUDA graph can exist, dynamo's guards see modes, hooks and attributes.
+def test_weights_only_sees_the_weights_and_hooks_and_nothing_else():
+    # Where no CUDA graph can exist, dynamo's guards see modes and attributes, but not hooks
+    # (torch._dynamo.config.skip_nnmodule_hook_guards).
     model = small_model()
     before = model_fingerprint(model, attributes=False)
     CHANGES["train mode"](model)
     CHANGES["config field"](model)
     assert model_fingerprint(model, attributes=False) == before
-    CHANGES["weight re-assigned"](model)
-    assert model_fingerprint(model, attributes=False) != before
+    for change in ("weight re-assigned", "forward hook", "forward pre-hook"):
+        model = small_model()
+        before = model_fingerprint(model, attributes=False)
+        CHANGES[change](model)
+        assert model_fingerprint(model, attributes=False) != before, change
+
+
+@pytest.mark.parametrize("attributes", [True, False])
+@pytest.mark.parametrize("register", [nn.modules.module.register_module_forward_hook,
+                                      nn.modules.module.register_module_forward_pre_hook])
+def test_a_global_hook_added_or_removed_changes_it(register, attributes):
+    model = small_model()
+    before = model_fingerprint(model, attributes=attributes)
+    handle = register(lambda *args: None)
+    try:
+        assert model_fingerprint(model, attributes=attributes) != before
+    finally:
+        handle.remove()
+    assert model_fingerprint(model, attributes=attributes) == before
 
 
 def test_a_nan_attribute_set_again_keeps_the_fingerprint_equal():

@@ -478,6 +478,43 @@ def test_a_compiled_step_under_autocast_is_a_step_of_its_own(caplog):
                for a, b in zip(ref.trace, float32.trace, strict=False))
 
 
+def _force_token_7(module, args, logits):
+    return logits + 100.0 * torch.nn.functional.one_hot(torch.tensor(7), logits.shape[-1])
+
+
+HOOK_CHANGES = {
+    "forward hook added": lambda model: model.register_forward_hook(_force_token_7),
+    "global forward hook added": lambda model: nn.modules.module.register_module_forward_hook(
+        _force_token_7),
+    "forward hook removed": None,
+}
+
+
+@pytest.mark.parametrize("change", sorted(HOOK_CHANGES))
+def test_hooks_changed_between_calls_are_seen_without_graphs(change):
+    # Dynamo does not guard hooks (skip_nnmodule_hook_guards), so the compiled step itself,
+    # not only a CUDA graph, would keep the hooks it was traced with.
+    model = ContextMixModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    handles = []
+    if change == "forward hook removed":
+        handles.append(model.register_forward_hook(_force_token_7))
+    before = fast.generate(ids)
+    try:
+        if change == "forward hook removed":
+            handles.pop().remove()
+        else:
+            handles.append(HOOK_CHANGES[change](model))
+        out = fast.generate(ids)
+        ref = cc.generate_reference(model, ids, gen_length=8, block_length=4)
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert_same_generation(ref, out)
+    assert not torch.equal(ref.sequences, before.sequences)  # the hook matters to decoding
+
+
 def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch,
                                                                          graphs_possible):
     from credit_compile import api
