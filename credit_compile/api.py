@@ -227,8 +227,14 @@ class OptimizedModel(nn.Module):
             # optimize() applied it once; a model cast since (model.to) is decoded as it is.
             own = own.replace(dtype=None)
         config = resolve_config(own if base is None else base, overrides)
-        if config.mask_id is None and self._mask_id is not None:
-            config = config.replace(mask_id=self._mask_id)
+        if config.mask_id is None:
+            # Read from the model's config at each call, as the reference does: a config edited
+            # since optimize() decodes with its new mask token (the step cache keys on it).
+            mask_id = self._mask_id if self._mask_id is not None else describe_model(
+                self.model).mask_id
+            if mask_id is None:
+                raise ValueError(_NO_MASK_TOKEN)
+            config = config.replace(mask_id=mask_id)
         return config
 
     def _setup(self, input_ids, attention_mask, overrides: dict,
@@ -277,8 +283,9 @@ class OptimizedModel(nn.Module):
         graphs = not trace and config.compile and (
             config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and state.device.type == "cuda"))
         # Global settings in the key: a captured graph replays the kernels they chose.
+        # The end-of-text ids as resolved (from the model's config when the call gives none).
         key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
-               state.device, _step_config(config, graphs), torch_settings_key())
+               state.device, _step_config(config, graphs), fresh.eos_ids, torch_settings_key())
         runner = self._runners.get(key)
         initial = state.tensors()
         if runner is not None:
@@ -307,6 +314,10 @@ class OptimizedModel(nn.Module):
         return runner, initial
 
 
+_NO_MASK_TOKEN = ("the model has no mask token: its config has no `mask_token_id`; pass "
+                  "optimize(model, mask_id=<token id>) (126336 for LLaDA-8B)")
+
+
 def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: int | None = None,
              max_cached_steps: int = 8, **overrides) -> OptimizedModel:
     """Wrap `model` so that `generate()` runs through the compiled fast path.
@@ -326,14 +337,11 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     config = resolve_config(config, overrides)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     if info.mask_id is None:
-        raise ValueError(
-            "the model has no mask token: its config has no `mask_token_id`; pass "
-            "optimize(model, mask_id=<token id>) (126336 for LLaDA-8B)"
-        )
+        raise ValueError(_NO_MASK_TOKEN)
     if config.dtype is not None:
         model = model.to(_DTYPES[config.dtype])
     model.eval()
-    return OptimizedModel(model, config, mask_id=info.mask_id, max_cached_steps=max_cached_steps)
+    return OptimizedModel(model, config, mask_id=mask_id, max_cached_steps=max_cached_steps)
 
 
 def _checked_cache_size(value) -> int:

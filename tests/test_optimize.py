@@ -515,6 +515,40 @@ def test_hooks_changed_between_calls_are_seen_without_graphs(change):
     assert not torch.equal(ref.sequences, before.sequences)  # the hook matters to decoding
 
 
+CONFIG_TOKEN_CHANGES = {
+    # Read from the model's config at each call by the reference; a cached step must follow.
+    "eos token": (dict(early_stop=True), lambda config: setattr(config, "eos_token_id", 11)),
+    "eos tokens as a list": (dict(early_stop=True),
+                             lambda config: setattr(config, "eos_token_id", [11, 35])),
+    "mask token": ({}, lambda config: setattr(config, "mask_token_id", 38)),
+}
+
+
+@pytest.mark.parametrize("change", sorted(CONFIG_TOKEN_CHANGES))
+def test_token_ids_changed_in_the_model_config_are_decoded_with(change):
+    options, edit = CONFIG_TOKEN_CHANGES[change]
+    model = ContextMixModel(seed=3, eos_id=13)
+    kwargs = dict(gen_length=8, block_length=4, **options)
+    fast = cc.optimize(model, **kwargs)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    before = fast.generate(ids)
+    edit(model.config)
+    out = fast.generate(ids)
+    ref = cc.generate_reference(model, ids, **kwargs)
+    assert_same_generation(ref, out)
+    assert not torch.equal(ref.sequences, before.sequences)  # the change matters to decoding
+
+
+def test_a_model_config_that_lost_its_mask_token_is_refused_naming_the_fix():
+    model = ContextMixModel(seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    model.config.mask_token_id = None
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    for call in (lambda: fast.generate(ids), lambda: fast.precompile(1, 4)):
+        with pytest.raises(ValueError, match=r"no mask token.*optimize\(model, mask_id="):
+            call()
+
+
 def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch,
                                                                          graphs_possible):
     from credit_compile import api
