@@ -104,7 +104,17 @@ class OptimizedModel(nn.Module):
             return getattr(self._modules["model"], name)
 
     def state_dict(self, *args, **kwargs):
+        # The wrapped model's keys, so that a checkpoint loads into the plain model and back;
+        # inside a parent's state_dict too (it passes the prefix).
         return self.model.state_dict(*args, **kwargs)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        # Reached when a module holding this one loads its state_dict: the keys were saved
+        # without "model." (state_dict above), and the parent's loader descends into `model`.
+        inner = prefix + "model."
+        for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
+            state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # A copy in place keeps the cached steps valid (graphs read the weights' storage);

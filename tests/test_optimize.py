@@ -283,6 +283,31 @@ def test_options_the_step_does_not_read_reuse_the_compiled_step():
     assert fast.cached_steps == 5
 
 
+class Pipeline(nn.Module):
+    def __init__(self, seed):
+        super().__init__()
+        self.lm = cc.optimize(ContextMixModel(seed=seed), gen_length=8, block_length=4)
+        self.head = nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize("assign", [False, True])
+def test_a_module_holding_an_optimized_model_saves_and_loads_its_state(assign):
+    saved, loaded = Pipeline(seed=3), Pipeline(seed=9)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    loaded.lm.generate(ids)  # a cached step, which the load must not leave stale
+    state = saved.state_dict()
+    assert set(state) == {"lm.token", "lm.context", "lm.position", "head.weight", "head.bias"}
+    result = loaded.load_state_dict(state, assign=assign)  # strict: raises on a key mismatch
+    assert not result.missing_keys and not result.unexpected_keys
+    for (name, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    plain = ContextMixModel(seed=1)
+    plain.load_state_dict({k.removeprefix("lm."): v for k, v in state.items() if "lm." in k})
+    assert_same_generation(cc.generate_reference(plain, ids, gen_length=8, block_length=4),
+                           loaded.lm.generate(ids))
+
+
 def test_dtype_is_not_a_per_call_option():
     fast = cc.optimize(ContextMixModel(), gen_length=8, block_length=4, compile=False)
     ids, _ = make_prompts(1, 3, 0, padded=False)
