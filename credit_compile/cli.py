@@ -134,13 +134,18 @@ def _load(model_dir: str | None, device: str | None):
     from transformers import AutoTokenizer
 
     from .models import LLaDAModelLM
+    from .tokenizer import TOKENIZER_FILE, CharTokenizer
 
     model = LLaDAModelLM.from_pretrained(path).to(device).eval()
+    if (path / TOKENIZER_FILE).is_file():  # this project's tokenizer (the trainer writes it)
+        return model, CharTokenizer.from_pretrained(path), device
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as error:  # a checkpoint without tokenizer files
-        raise SystemExit(f"error: no tokenizer in {model_dir!r} ({error}); save one beside the "
-                         f"weights with tokenizer.save_pretrained") from error
+        raise SystemExit(
+            f"error: no tokenizer in {model_dir!r} ({error}); save one beside the weights with "
+            f"tokenizer.save_pretrained (a transformers tokenizer, or credit_compile.tokenizer."
+            f"CharTokenizer)") from error
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:  # LLaDA pads with end-of-text; padding is masked anyway
         tokenizer.pad_token = tokenizer.eos_token

@@ -52,6 +52,18 @@ def test_checkpoint_directory_round_trip(tmp_path, capsys):
         main(["generate", "--model", str(tmp_path), *SMALL])
 
 
+def test_a_checkpoint_with_this_projects_tokenizer_loads(tmp_path, capsys):
+    # What credit_compile.training.train writes: save_pretrained of the model and CharTokenizer.
+    from credit_compile.assets import load_default_model
+
+    model, tokenizer = load_default_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "0012+0034=", "--eager",
+                 *SMALL]) == 0
+    assert "'0012+0034=' -> '00046" in capsys.readouterr().out
+
+
 def test_bench_runs_a_benchmark_script(tmp_path, capsys, monkeypatch):
     # Another test may have imported the scripts' sibling module already; this one must not rely on it.
     monkeypatch.delitem(sys.modules, "provenance", raising=False)
