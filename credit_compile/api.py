@@ -193,8 +193,10 @@ class OptimizedModel(nn.Module):
         _refuse_dtype(overrides)
         config = self._config(overrides)
         device = next(self.model.parameters()).device
-        # Any in-vocabulary id does: the prompt's content does not change the compiled step.
-        input_ids = torch.full((batch_size, prompt_length), config.mask_id, device=device)
+        # Any in-vocabulary id but the mask does: the prompt's content does not change the
+        # compiled step (a vocabulary holds at least the mask token and one other).
+        input_ids = torch.full((batch_size, prompt_length), 0 if config.mask_id else 1,
+                               device=device)
         attention_mask = None
         if padded:
             attention_mask = torch.ones_like(input_ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
 
@@ -116,6 +117,18 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if isinstance(self.eos_token_id, list):  # hashable, as the step cache keys need
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        # numpy scalars (a sweep's np.arange, np.float32 from a config file) as Python numbers:
+        # they would otherwise fail the int checks with a message that reads as nonsense.
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, tuple):
+                object.__setattr__(self, name, tuple(_as_python_int(v) for v in value))
+            else:
+                object.__setattr__(self, name, _as_python_int(value))
+        for name in _REAL_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+                object.__setattr__(self, name, float(value))
         self.validate()
 
     def replace(self, **overrides) -> DecodeConfig:
@@ -163,11 +176,17 @@ class DecodeConfig:
         if self.steps is not None:
             need(_is_count(self.steps) and self.steps > 0,
                  f"steps={self.steps!r}: use a positive integer or None")
-            need(self.steps % self.num_blocks == 0,
+            # Only "llada" reads it: a base config's steps must not break a per-call strategy.
+            need(self.strategy != "llada" or self.steps % self.num_blocks == 0,
                  f"steps={self.steps} is not divisible by the number of blocks "
                  f"({self.num_blocks} = gen_length/block_length): use a multiple of "
                  f"{self.num_blocks}, for example "
                  f"{max(1, round(self.steps / self.num_blocks)) * self.num_blocks}")
+        for name in _REAL_FIELDS:
+            v = getattr(self, name)
+            need(not _is_real(v) or abs(v) <= _FLOAT32_MAX,
+                 f"{name}={v!r} overflows float32, in which the logits are computed: use a "
+                 f"value below 3.4e38")
         need(_is_real(self.alpha) and self.alpha >= 0,
              f"alpha={self.alpha!r}: use alpha >= 0 (0 is plain threshold decoding)")
         need(_is_real(self.beta) and 0.0 <= self.beta <= 1.0,
@@ -227,6 +246,20 @@ _HF_NAMES = {
     "pad_token_id": "eos_token_id (padding is given by attention_mask)",
     "guidance_scale": "cfg_scale",
 }
+
+
+_INT_FIELDS = ("gen_length", "block_length", "steps", "sync_every", "credit_slots", "mask_id",
+               "seed", "prompt_bucket", "batch_bucket", "eos_token_id")
+_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "temperature", "cfg_scale")
+_FLOAT32_MAX = 3.4028234663852886e38
+
+
+def _as_python_int(value):
+    """A numpy (or other) integer scalar as an int; anything else unchanged for validate()."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)) \
+            and type(value).__name__ != "bool_":
+        return int(value)
+    return value
 
 
 def _is_real(v) -> bool:

@@ -29,6 +29,7 @@ from .prompt_buckets import pad_batch_to_bucket, pad_prompts_to_bucket
 from .validation import (
     check_inputs,
     check_model_dtype,
+    check_no_mask_in_prompt,
     check_token_range,
     resolve_mask_id,
     warn_user,
@@ -53,6 +54,11 @@ class GenerationSetup:
 
 
 def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig:
+    if config is not None and not isinstance(config, DecodeConfig):
+        raise ValueError(
+            f"config must be a DecodeConfig, got {type(config).__name__}: pass "
+            f"config=DecodeConfig(**fields), or the fields as keyword arguments"
+        )
     config = config if config is not None else DecodeConfig()
     return config.replace(**overrides) if overrides else config
 
@@ -78,6 +84,7 @@ def setup_generation(
         info = ModelInfo(**{**info.__dict__, "vocab_size": probe_vocab_size(forward, input_ids)})
         check_token_range(input_ids, info.vocab_size)
     mask_id = resolve_mask_id(config, info)
+    check_no_mask_in_prompt(input_ids, attention_mask, mask_id)
     # The mask token is an id the vocabulary is known to hold; bucket padding is masked out anyway.
     input_ids, attention_mask, bucket_padding = pad_prompts_to_bucket(
         input_ids, attention_mask, config, info, pad_id=mask_id)
@@ -90,6 +97,11 @@ def setup_generation(
             raise ValueError(
                 "early_stop=True needs an end-of-text token: the model's config has no "
                 "`eos_token_id`; pass eos_token_id=<token id>"
+            )
+        if mask_id in eos_ids:
+            raise ValueError(
+                f"eos_token_id {mask_id} is the mask token, which is never committed, so "
+                f"early_stop would never fire on it: pass this model's end-of-text token"
             )
         outside = [e for e in eos_ids if not 0 <= e < info.vocab_size]
         if outside:

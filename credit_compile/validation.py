@@ -73,6 +73,23 @@ def check_model_dtype(model, config: DecodeConfig) -> None:
         )
 
 
+def check_no_mask_in_prompt(input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                            mask_id: int) -> None:
+    """Only the generated canvas is decoded: a mask token among the prompt's real tokens stays
+    masked, is returned as prompt, and changes every answer the model gives after it."""
+    found = input_ids == mask_id
+    if attention_mask is not None:
+        found &= attention_mask.bool()  # padding may be any token
+    if bool(found.any()):
+        row, column = (int(i) for i in found.nonzero()[0])
+        raise ValueError(
+            f"input_ids holds the mask token {mask_id} inside a prompt (row {row}, position "
+            f"{column}): the decoder fills only the generated tokens after the prompt, so it "
+            f"would stay masked and change the answer; remove it from the prompt (check the "
+            f"tokenizer did not turn the prompt's text into the mask token)"
+        )
+
+
 def check_token_range(input_ids: torch.Tensor, vocab_size: int) -> None:
     if bool(((input_ids < 0) | (input_ids >= vocab_size)).any()):
         raise ValueError(

@@ -80,6 +80,11 @@ CONFIG_ERRORS = [
     # gamma <= 0.
     (dict(gamma=0.0), r"gamma=0.0: use gamma > 0"),
     (dict(gamma=-1.0), r"use gamma > 0"),
+    # Finite in Python but not in float32, where alpha * log1p(C) and the Gumbel noise run.
+    (dict(alpha=1e39), r"alpha=1e\+39 overflows float32, in which the logits are computed: use a "
+     r"value below 3.4e38"),
+    (dict(gamma=4e38), r"gamma=4e\+38 overflows float32"),
+    (dict(strategy="llada", temperature=1e308), r"temperature=1e\+308 overflows float32"),
     # Sampling and guidance are for LLaDA's sampler only.
     (dict(strategy="credit", temperature=0.5),
      r"temperature=0.5 with strategy='credit': the credit and threshold strategies are greedy; "
@@ -136,6 +141,35 @@ def test_valid_edges_are_accepted():
     DecodeConfig(strategy="llada", gen_length=32, block_length=8, steps=4, temperature=2.0,
                  cfg_scale=3.0, remasking="random")
     DecodeConfig(gen_length=8, block_length=8, steps=None)
+
+
+def test_steps_are_ignored_outside_llada_as_documented(model, ids):
+    # A base config's steps (for "llada") must not break a call that picks another strategy.
+    config = DecodeConfig(strategy="llada", steps=6, gen_length=12, block_length=4)
+    out = cc.generate_reference(model, ids, config=config.replace(strategy="credit"))
+    assert out.nfe > 0 and config.replace(strategy="threshold", steps=5).steps == 5
+    model.calls = 0
+    assert_rejected(model, ids, r"steps=5 is not divisible", config=config, steps=5)
+
+
+def test_numpy_scalars_are_read_as_python_numbers():
+    np = pytest.importorskip("numpy")
+    config = DecodeConfig(gen_length=np.int64(8), block_length=np.int32(4), alpha=np.float32(0.5),
+                          seed=np.uint8(3), eos_token_id=[np.int64(5), 6])
+    assert (config.gen_length, config.block_length, config.seed) == (8, 4, 3)
+    assert type(config.gen_length) is int and type(config.alpha) is float
+    assert config.eos_token_id == (5, 6) and type(config.eos_token_id[0]) is int
+    with pytest.raises(ValueError, match=r"gen_length=.*use a positive integer"):
+        DecodeConfig(gen_length=np.float64(8.0))  # a float is still not a count
+
+
+@pytest.mark.parametrize("config", [{"gen_length": 8}, "credit"])
+def test_a_config_that_is_not_a_decode_config(model, ids, config):
+    assert_rejected(model, ids, r"config must be a DecodeConfig, got .*: pass "
+                                r"config=DecodeConfig\(\*\*fields\)", config=config)
+    fast = cc.optimize(ContextMixModel(), gen_length=8, block_length=4, compile=False)
+    with pytest.raises(ValueError, match=r"config must be a DecodeConfig"):
+        fast.generate(ids, config=config)
 
 
 @pytest.mark.parametrize("fields", [
@@ -363,6 +397,18 @@ def test_attention_mask_values_other_than_zero_and_one(model, ids):
                     attention_mask=torch.tensor([[0, 2, 1], [1, 1, 1]]), **small())
 
 
+def test_a_mask_token_inside_the_prompt_is_refused(model):
+    ids = torch.tensor([[1, 2, 3], [4, MASK, 6]])
+    assert_rejected(model, ids, r"input_ids holds the mask token 39 inside a prompt \(row 1, "
+                                r"position 1\): .* remove it from the prompt", **small())
+    padded = torch.tensor([[MASK, 2, 3], [4, 5, 6]])  # padding may be any token, the mask too
+    out = cc.generate_reference(model, padded, torch.tensor([[0, 1, 1], [1, 1, 1]]), **small())
+    assert not (out.generated == MASK).any()
+    model.calls = 0
+    assert_rejected(model, padded, r"mask token 39 inside a prompt \(row 0, position 0\)",
+                    torch.tensor([[1, 1, 1], [1, 1, 1]]), **small())
+
+
 def test_left_padded_mask_is_fine(model, ids):
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     out = cc.generate_reference(model, ids, mask, **small())
@@ -479,6 +525,13 @@ def test_a_generic_model_taking_position_ids_decodes_a_bucket_unchanged(ids):
 # ------------------------------------------------------------------------------------------------
 # Early stop
 # ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("eos", [MASK, (5, MASK)])
+def test_early_stop_on_the_mask_token_is_refused(model, ids, eos):
+    assert_rejected(model, ids, r"eos_token_id 39 is the mask token, which is never committed, so "
+                                r"early_stop would never fire on it", early_stop=True,
+                    eos_token_id=eos, **small())
+
 
 def test_early_stop_without_an_eos_token(model, ids):
     assert_rejected(model, ids, r"early_stop=True needs an end-of-text token: .* pass "
