@@ -101,7 +101,12 @@ class OptimizedModel(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._modules["model"], name)
+            # Through __dict__: an instance not yet initialised (unpickling) has no _modules,
+            # and reading it as an attribute would come back here.
+            model = self.__dict__.get("_modules", {}).get("model")
+            if model is None:
+                raise
+            return getattr(model, name)
 
     def state_dict(self, *args, **kwargs):
         # The wrapped model's keys, so that a checkpoint loads into the plain model and back;
@@ -123,9 +128,13 @@ class OptimizedModel(nn.Module):
 
     def _apply(self, fn, recurse=True):
         # Moving or casting the model invalidates every static buffer and compiled step; the
-        # weights check would catch it at the next call, this frees their memory now.
-        self._runners.clear()
-        return super()._apply(fn, recurse)
+        # weights check would catch it at the next call, this frees their memory now. A move
+        # that changes nothing (a server's defensive model.to(device)) keeps them.
+        before = model_fingerprint(self.model, attributes=False)
+        result = super()._apply(fn, recurse)
+        if model_fingerprint(self.model, attributes=False) != before:
+            self._runners.clear()
+        return result
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, config: DecodeConfig | None = None,

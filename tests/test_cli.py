@@ -237,3 +237,11 @@ def test_demo_exits_1_when_the_outputs_differ(monkeypatch, capsys):
     monkeypatch.setattr(reference, "generate", corrupted)
     assert main(["demo", "--prompt", "ab", *SMALL]) == 1
     assert "identical output: False" in capsys.readouterr().out
+
+
+def test_python_dash_m_runs_the_cli():
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-m", "credit_compile", "--help"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "generate" in done.stdout

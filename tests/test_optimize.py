@@ -757,6 +757,24 @@ def test_moving_the_optimized_model_frees_its_cached_steps_now():
     assert fast.cached_steps == 0
 
 
+@pytest.mark.parametrize("no_op", [lambda m: m.to("cpu"), lambda m: m.float(),
+                                   lambda m: m.to(torch.float32)])
+def test_a_move_that_changes_nothing_keeps_the_cached_steps(no_op):
+    # A server's defensive model.to(device) must not make the next request compile again.
+    fast = cc.optimize(ContextMixModel(seed=3), gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    fast.precompile(1, 4)
+    no_op(fast)
+    assert fast.cached_steps == 1
+    assert fast.generate(ids).stats["compile_seconds"] == 0
+
+
+def test_an_uninitialised_optimized_model_has_no_attributes_rather_than_recursing():
+    # What an unpickler or a custom copier meets before __setstate__.
+    bare = cc.OptimizedModel.__new__(cc.OptimizedModel)
+    assert not hasattr(bare, "generation_config")
+
+
 def test_precompile_then_a_forward_updating_its_attributes_keeps_the_step(monkeypatch,
                                                                           graphs_possible):
     # precompile runs the step (the forward updates its own attribute); the fingerprint must
