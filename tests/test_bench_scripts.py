@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -143,6 +144,93 @@ def test_generate_repeats_default_and_non_positive(bench_generate, tmp_path, mon
         assert exc.value.code == 2, bad
     assert seen == [3, 2]  # nothing ran
     assert "not a positive integer" in capsys.readouterr().err
+
+
+def test_step_roofline_counts_weight_bytes_and_flops(bench_generate):
+    # Written out from the config, not from the parameters the function sums: per layer the
+    # q/k/v/out projections (k and v have n_kv_heads heads) and the three MLP matrices.
+    from credit_compile.models import build_model, get_config
+
+    cfg = get_config("tiny-gqa", n_layers=3, mlp_hidden_size=48)
+    d, kv, hidden, vocab = cfg.d_model, cfg.effective_n_kv_heads * cfg.head_dim, 48, cfg.vocab_size
+    per_layer = 2 * d * d + 2 * d * kv + 3 * d * hidden
+    params = vocab * d * 2 + 3 * (per_layer + 2 * d) + d  # wte, ff_out, norms
+    batch, seq, block = 3, 40, 8
+    flops = 2 * 3 * per_layer * batch * seq + 4 * batch * seq * seq * d * 3 + 2 * d * vocab * batch * block
+    for dtype, size in ((torch.float32, 4), (torch.bfloat16, 2)):
+        model = build_model(cfg, dtype=dtype)
+        assert sum(p.numel() for p in model.parameters()) == params
+        roof = bench_generate.step_roofline(model, batch, seq, block)
+        assert roof == {"weight_bytes": params * size, "step_flops": flops}, dtype
+
+
+def test_generate_rows_hold_the_roofline_and_ratios(bench_generate, tmp_path, monkeypatch):
+    # The figures only a CUDA run records, from stand-in peaks, step times and a bare forward.
+    def fake_run_mode(mode, model, ids, mask, base, repeats):
+        return {"mode": mode, "nfe": 4, "seconds": 0.008, "tokens_per_s": 8 / 0.008,
+                "ms_per_step": 2.0, "compile_seconds": 0.0, "peak_memory_gb": None,
+                "config": {}, "sequences": ids}
+
+    monkeypatch.setattr(bench_generate, "run_mode", fake_run_mode)
+    monkeypatch.setattr(bench_generate, "measure_peaks",
+                        lambda device: {"peak_gbps": 100.0, "peak_tflops": 2.0})
+    monkeypatch.setattr(bench_generate, "bare_forward_graphed_ms", lambda *args: 0.5)
+    out = tmp_path / "rows.jsonl"
+    bench_generate.main(["--device", "cpu", "--modes", "llada-eager", "--batch", "2",
+                         "--gen-length", "8", "--block-length", "4", "--prompt-length", "6",
+                         "--repeats", "1", "--out", str(out)])
+    (row,) = read_rows(out)
+    from benchutil import bench_model
+
+    roof = bench_generate.step_roofline(bench_model("tiny", "cpu"), 2, 6 + 8, 4)
+    assert (row["weight_bytes"], row["step_flops"]) == (roof["weight_bytes"], roof["step_flops"])
+    assert row["achieved_gbps"] == pytest.approx(roof["weight_bytes"] / 2e-3 / 1e9)
+    assert row["fraction_of_peak_bw"] == pytest.approx(row["achieved_gbps"] / 100.0)
+    assert row["achieved_tflops"] == pytest.approx(roof["step_flops"] / 2e-3 / 1e12)
+    assert row["fraction_of_peak_flops"] == pytest.approx(row["achieved_tflops"] / 2.0)
+    assert row["step_over_bare_forward"] == pytest.approx(4.0)
+    assert row["bare_forward_graphed_ms"] == 0.5
+
+
+def test_run_mode_reports_the_median_run(bench_generate, monkeypatch):
+    # Three timed runs of 3, 1 and 2 s: the row is the median (2 s), whatever the order.
+    import types
+
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])
+    monkeypatch.setattr(bench_generate, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    generated = torch.zeros(3, 8, dtype=torch.long)
+    result = types.SimpleNamespace(generated=generated, nfe=5, sequences=generated)
+    monkeypatch.setattr(bench_generate.cc, "generate_reference", lambda *args, **kwargs: result)
+    ids = torch.zeros(3, 2, dtype=torch.long)
+    row = bench_generate.run_mode("threshold-eager", None, ids, None,
+                                  bench_generate.cc.DecodeConfig(gen_length=8, block_length=4), 3)
+    assert row["seconds"] == 2.0
+    assert row["tokens_per_s"] == pytest.approx(3 * 8 / 2.0)  # every row's tokens
+    assert row["ms_per_step"] == pytest.approx(1e3 * 2.0 / 5)
+    assert row["nfe"] == 5 and row["compile_seconds"] == 0.0
+
+
+def test_generate_prompts_never_hold_the_mask_or_spare_ids(bench_generate):
+    ids, mask = bench_generate.make_prompts(4, 64, vocab=128, mask_id=7, device="cpu")
+    assert ids.shape == (4, 64) and bool(mask.eq(1).all())
+    assert int(ids.max()) < 7 and len(ids.unique()) == 7
+
+
+def test_benchutil_presets_dtypes_and_int_flags(monkeypatch):
+    load("bench_generate", monkeypatch)  # puts benchmarks/ on sys.path
+    import argparse
+
+    import benchutil
+
+    assert [benchutil.is_tiny(p) for p in ("tiny", "tiny-gqa", "llada-8b")] == [True, True, False]
+    assert benchutil.bench_dtype("tiny-gqa") == torch.float32
+    assert benchutil.bench_dtype("llada-8b") == benchutil.bench_dtype("llada-moe-active") == torch.bfloat16
+    assert benchutil.bench_model_config("tiny-gqa").init_std == benchutil.TINY_INIT_STD
+    assert benchutil.bench_model_config("llada-8b").init_std == 0.02  # the preset's own
+    assert benchutil.positive_int("1") == 1 and benchutil.non_negative_int("0") == 0
+    for parse, bad in ((benchutil.positive_int, "0"), (benchutil.non_negative_int, "-1")):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse(bad)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -446,3 +446,206 @@ def test_lm_head_is_the_last_op():
     assert calls[-1].target is torch._C._nn.linear
     assert "ln_f" in str(calls[-2].args) or "ln_f" in str(calls[-2].kwargs)
     torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------------------------
+# Config fields the presets leave at one value: norms, QK norm, biases, activations
+# ----------------------------------------------------------------------------------------------
+
+
+def _ref_norm(x, sd, prefix, kind, eps):
+    """The official norms in float64: RMS (``w * x``), Gemma RMS (``x * (1 + w)``) or LayerNorm
+    (eps fixed at 1e-5), each with its optional bias."""
+    w, b = sd.get(prefix + ".weight"), sd.get(prefix + ".bias")
+    if kind in ("rms", "gemma_rms"):
+        y = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        if w is not None:
+            y = y * (1 + w) if kind == "gemma_rms" else y * w
+    else:
+        mean = x.mean(-1, keepdim=True)
+        y = (x - mean) / torch.sqrt((x - mean).pow(2).mean(-1, keepdim=True) + 1e-5)
+        if w is not None:
+            y = y * w
+    return y if b is None else y + b
+
+
+_REF_ACT = {"silu": lambda g: g * torch.sigmoid(g), "gelu": torch.nn.functional.gelu,
+            "relu": torch.relu}
+
+
+def _ref_forward_general(model: LLaDAModelLM, ids):
+    """`_ref_forward` (no mask) for every norm kind, QK norm, biases and activation."""
+    cfg = model.config
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    t = "model.transformer."
+    B, L = ids.shape
+    H, Hkv = cfg.n_heads, cfg.effective_n_kv_heads
+    Dh = cfg.d_model // H
+    kind, eps = str(cfg.layer_norm_type), cfg.rms_norm_eps
+    pos = torch.arange(L).expand(B, L)
+
+    def lin(x, name):
+        y = torch.einsum("bld,od->blo", x, sd[name + ".weight"])
+        return y + sd[name + ".bias"] if name + ".bias" in sd else y
+
+    x = sd[t + "wte.weight"][ids]
+    for i in range(cfg.n_layers):
+        p = f"{t}blocks.{i}."
+        h = _ref_norm(x, sd, p + "attn_norm", kind, eps)
+        q, k, v = lin(h, p + "q_proj"), lin(h, p + "k_proj"), lin(h, p + "v_proj")
+        if cfg.attention_layer_norm:
+            q, k = _ref_norm(q, sd, p + "q_norm", kind, eps), _ref_norm(k, sd, p + "k_norm", kind, eps)
+        q = _ref_rope(q.view(B, L, H, Dh).permute(0, 2, 1, 3), pos, cfg.rope_theta)
+        k = _ref_rope(k.view(B, L, Hkv, Dh).permute(0, 2, 1, 3), pos, cfg.rope_theta)
+        v = v.view(B, L, Hkv, Dh).permute(0, 2, 1, 3)
+        kv_of = torch.arange(H) // (H // Hkv)
+        s = torch.einsum("bhqd,bhkd->bhqk", q, k[:, kv_of]) / math.sqrt(Dh)
+        a = torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v[:, kv_of])
+        x = x + lin(a.permute(0, 2, 1, 3).reshape(B, L, H * Dh), p + "attn_out")
+        h = _ref_norm(x, sd, p + "ff_norm", kind, eps)
+        x = x + lin(_REF_ACT[cfg.activation_type](lin(h, p + "ff_proj")) * lin(h, p + "up_proj"),
+                    p + "ff_out")
+    return lin(_ref_norm(x, sd, t + "ln_f", kind, eps), t + "ff_out")
+
+
+_NORM_CASES = {
+    "gemma-rms-bias-qknorm-gelu": dict(layer_norm_type="gemma_rms", bias_for_layer_norm=True,
+                                       attention_layer_norm=True, activation_type="gelu"),
+    "layernorm-bias-relu": dict(layer_norm_type="default", bias_for_layer_norm=True,
+                                activation_type="relu"),
+    "low-precision-layernorm-qknorm-gqa": dict(layer_norm_type="low_precision",
+                                              attention_layer_norm=True, n_kv_heads=2),
+    "rms-qkv-bias-large-eps": dict(include_qkv_bias=True, rms_norm_eps=0.1,
+                                   attention_layer_norm=True,
+                                   attention_layer_norm_with_affine=False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(_NORM_CASES))
+def test_norm_attention_and_activation_variants_match_the_reference(case):
+    model = _randomize(build_model(get_config("tiny", rope_theta=100.0, **_NORM_CASES[case])))
+    ids = torch.randint(0, PAD, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids).logits, _ref_forward_general(model, ids).float(),
+                                   atol=2e-5, rtol=1e-4)
+
+
+def test_norm_classes_follow_the_config():
+    from credit_compile.models.modeling_llada import LLaDALayerNorm, LLaDARMSNorm
+
+    for kind, cls in [("rms", LLaDARMSNorm), ("gemma_rms", LLaDARMSNorm),
+                      ("default", LLaDALayerNorm), ("low_precision", LLaDALayerNorm)]:
+        block = build_model(get_config("tiny", layer_norm_type=kind, attention_layer_norm=True)
+                            ).model.transformer.blocks[0]
+        for norm in (block.attn_norm, block.ff_norm, block.q_norm, block.k_norm):
+            assert type(norm) is cls, kind
+            assert getattr(norm, "gemma", False) == (kind == "gemma_rms")
+    # bias_for_layer_norm=None follows include_bias; an explicit value wins.
+    for over, has_bias in [({"bias_for_layer_norm": None, "include_bias": True}, True),
+                           ({"bias_for_layer_norm": False, "include_bias": True}, False),
+                           ({"bias_for_layer_norm": True, "include_bias": False}, True)]:
+        model = build_model(get_config("tiny", **over))
+        assert (model.model.transformer.ln_f.bias is not None) == has_bias, over
+
+
+def test_rope_full_precision_rounds_once():
+    # In bf16, full precision computes the rotation in float32 and rounds once at the end;
+    # without it every product and sum rounds to bf16.
+    from credit_compile.models.modeling_llada import apply_rotary, rotary_cos_sin
+
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(2, 4, 64, 16, generator=g).to(torch.bfloat16) for _ in range(2))
+    cos, sin = rotary_cos_sin(torch.arange(64)[None] * 37, 16, 10000.0)
+    exact = apply_rotary(q.float(), k.float(), cos, sin, full_precision=True)
+    full = apply_rotary(q, k, cos, sin, full_precision=True)
+    low = apply_rotary(q, k, cos, sin, full_precision=False)
+    for got, want in zip(full, exact, strict=True):
+        assert got.dtype == torch.bfloat16 and torch.equal(got, want.to(torch.bfloat16))
+    assert not all(torch.equal(a, b) for a, b in zip(low, full, strict=True))
+
+
+def test_random_init_of_a_fresh_model():
+    """`LLaDAModelLM(config)` (training from scratch): linear and embedding weights ~ N(0, init_std),
+    biases 0, norm weights 1, as the official reset_parameters."""
+    torch.manual_seed(0)
+    model = LLaDAModelLM(get_config("tiny", init_std=0.1, include_bias=True,
+                                    bias_for_layer_norm=True, attention_layer_norm=True))
+    for name, p in model.named_parameters():
+        if "norm" in name or "ln_f" in name:
+            expected = 1.0 if name.endswith(".weight") else 0.0
+            assert torch.equal(p, torch.full_like(p, expected)), name
+        elif name.endswith(".bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        else:
+            assert 0.08 < p.std().item() < 0.12, (name, p.std().item())
+
+
+def test_build_model_init_matches_its_docstring():
+    model = build_model(get_config("tiny", include_bias=True, bias_for_layer_norm=True,
+                                   attention_layer_norm=True, init_std=0.1))
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif name.endswith(".bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        else:
+            assert 0.08 < p.std().item() < 0.12, (name, p.std().item())
+    # A config dict is accepted as well as a preset name or an LLaDAConfig.
+    as_dict = build_model(dict(PRESETS["tiny"]), seed=5)
+    assert all(torch.equal(a, b) for a, b in zip(as_dict.state_dict().values(),
+                                                 build_model("tiny", seed=5).state_dict().values(),
+                                                 strict=True))
+    with pytest.raises(TypeError):
+        build_model(42)
+
+
+def test_derived_config_values():
+    assert get_config("tiny", mlp_hidden_size=None, mlp_ratio=3).intermediate_size == 96
+    block = build_model(get_config("tiny", mlp_hidden_size=None, mlp_ratio=3)).model.transformer.blocks[0]
+    assert block.ff_proj.weight.shape == (96, 32)
+    # include_qkv_bias: biases on the q/k/v projections only (include_bias: on every linear).
+    block = build_model(get_config("tiny", include_qkv_bias=True)).model.transformer.blocks[0]
+    assert all(getattr(block, n).bias is not None for n in ("q_proj", "k_proj", "v_proj"))
+    assert all(getattr(block, n).bias is None for n in ("attn_out", "ff_proj", "up_proj", "ff_out"))
+    # Multi-query attention: one key/value head unless n_kv_heads says otherwise (then it must agree).
+    assert get_config("tiny", n_kv_heads=None, multi_query_attention=True).effective_n_kv_heads == 1
+    assert get_config("tiny", n_kv_heads=None, multi_query_attention=False).effective_n_kv_heads == 4
+    with pytest.raises(ValueError, match="multi_query_attention"):
+        _ = get_config("tiny", n_kv_heads=2, multi_query_attention=True).effective_n_kv_heads
+    # transformers' tie_word_embeddings is another name for weight_tying.
+    assert LLaDAConfig(tie_word_embeddings=True).weight_tying is True
+    assert LLaDAConfig(tie_word_embeddings=False, weight_tying=True).weight_tying is False
+    # embedding_size rows of wte and logit columns, beyond vocab_size (padded vocabularies).
+    wide = build_model(get_config("tiny", embedding_size=160))
+    assert wide.model.transformer.wte.weight.shape == (160, 32)
+    with torch.no_grad():
+        assert wide(torch.zeros(1, 3, dtype=torch.long)).logits.shape == (1, 3, 160)
+    moe = get_config("llada-moe-active")
+    assert (moe.n_layers, moe.n_heads, moe.head_dim, moe.vocab_size, moe.rope_theta) == (
+        16, 16, 128, 157184, 50000.0)
+    assert (moe.max_sequence_length, moe.mask_token_id, moe.eos_token_id) == (8192, 156895, 156892)
+
+
+@pytest.mark.parametrize("over", [
+    dict(d_model=36, n_heads=8),             # not divisible by n_heads (head dim 4 even)
+    dict(n_kv_heads=3),                      # n_heads not a multiple of n_kv_heads
+    dict(d_model=12, n_heads=4),             # odd head dimension: no rotary pairs
+    dict(embedding_size=100),                # fewer embedding rows than the vocabulary
+    dict(layer_norm_type="rmsnorm"),
+    dict(alibi=True),
+    dict(block_group_size=2),
+], ids=lambda over: next(iter(over)))
+def test_more_unsupported_settings_are_refused(over):
+    with pytest.raises(ValueError):
+        get_config("tiny", **over)
+
+
+def test_forward_refuses_what_it_does_not_do():
+    model = build_model("tiny")
+    ids = torch.randint(0, PAD, (1, 4))
+    with torch.no_grad():
+        model(ids, use_cache=False, output_attentions=None, past_key_values=None)  # asks nothing
+        for name, value in [("use_cache", True), ("output_hidden_states", True),
+                            ("labels", ids), ("past_key_values", ())]:
+            with pytest.raises(TypeError, match=name):
+                model(ids, **{name: value})

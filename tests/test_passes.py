@@ -526,6 +526,58 @@ def test_gumbel_fp64_elision_declines_a_broadcasting_division():
     assert out.shape == ref.shape == (2, 2, 4) and torch.equal(out, ref)
 
 
+def greedy_returning_its_noise(logits):
+    x = logits.to(torch.float64)
+    noise = torch.rand_like(x, dtype=torch.float64)
+    return (x.exp() / (-torch.log(noise)) ** 0).argmax(-1), noise  # the draw is used elsewhere
+
+
+def greedy_keeping_the_upcast(logits):
+    x = logits.to(torch.float64)
+    noise = torch.rand_like(x, dtype=torch.float64)
+    return (x.exp() / (-torch.log(noise)) ** 0).argmax(-1), x.sum()  # the cast has another user
+
+
+def greedy_with_rand_and_double(logits):
+    """The other spellings of the pattern: `.double()` and `torch.rand(shape, dtype=...)`."""
+    x = logits.double()
+    noise = torch.rand(x.shape, dtype=torch.float64)
+    return torch.argmax(x.exp() / (-torch.log(noise)) ** 0, dim=-1)
+
+
+def test_gumbel_fp64_elision_declines_a_noise_used_elsewhere():
+    fn, graphs = compile_recording(greedy_returning_its_noise, [GumbelFP64Elision()])
+    logits = torch.randn(2, 4, 50)
+    torch.manual_seed(3)
+    ref = greedy_returning_its_noise(logits)
+    torch.manual_seed(3)
+    out = fn(logits)
+    assert pass_count("gumbel_fp64_elision") == 0
+    for a, b in zip(ref, out, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_gumbel_fp64_elision_keeps_an_upcast_with_other_users():
+    fn, graphs = compile_recording(greedy_keeping_the_upcast, [GumbelFP64Elision()])
+    logits = torch.randn(2, 4, 50, dtype=torch.float32)
+    top, total = fn(logits)
+    ref_top, ref_total = greedy_keeping_the_upcast(logits)
+    assert pass_count("gumbel_fp64_elision") == 1
+    assert torch.equal(top, ref_top) and total.dtype == torch.float64
+    torch.testing.assert_close(total, ref_total)
+    (gm,) = graphs
+    assert calls(gm, torch.rand_like) == 0 and methods(gm, "to") == 1
+
+
+def test_gumbel_fp64_elision_matches_double_and_rand():
+    fn, graphs = compile_recording(greedy_with_rand_and_double, [GumbelFP64Elision()])
+    logits = torch.randn(2, 4, 50) * 4
+    assert torch.equal(fn(logits), greedy_with_rand_and_double(logits))
+    assert pass_count("gumbel_fp64_elision") == 1
+    (gm,) = graphs
+    assert calls(gm, torch.rand) == 0 and methods(gm, "double") == 0
+
+
 # ------------------------------------------------------------------------------------------------
 # Together: the denoising step, optimum composition, identity
 # ------------------------------------------------------------------------------------------------

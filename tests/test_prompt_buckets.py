@@ -164,3 +164,63 @@ def test_one_compiled_step_serves_every_batch_size_of_a_bucket(default, prompts)
         reference = cc.generate_reference(model, ids[:rows], mask[:rows], **DECODE)
         assert torch.equal(out.sequences, reference.sequences)
     assert optimized.cached_steps == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# The padding itself and the state built from it (unit level, no model)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_prompt_padding_is_on_the_left_and_masked():
+    from credit_compile.prompt_buckets import pad_prompts_to_bucket
+
+    info = ModelInfo("generic", 0, None, 10, None, True, takes_position_ids=True)
+    config = cc.DecodeConfig(gen_length=4, block_length=4, prompt_bucket=4)
+    ids = torch.tensor([[5, 6, 7], [0, 8, 9]])
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    padded, padded_mask, added = pad_prompts_to_bucket(ids, mask, config, info, pad_id=3)
+    assert added == 1
+    assert padded.tolist() == [[3, 5, 6, 7], [3, 0, 8, 9]]
+    assert padded_mask.tolist() == [[0, 1, 1, 1], [0, 0, 1, 1]]
+    # At a multiple already: nothing added, and the mask is still returned (one graph per bucket).
+    same, same_mask, added = pad_prompts_to_bucket(padded, None, config, info, pad_id=3)
+    assert added == 0 and same is padded and same_mask.tolist() == [[1] * 4] * 2
+
+
+def test_batch_padding_copies_the_last_row():
+    from credit_compile.prompt_buckets import pad_batch_to_bucket
+
+    config = cc.DecodeConfig(gen_length=4, block_length=4, batch_bucket=4)
+    ids = torch.tensor([[1, 2], [3, 4], [0, 5]])
+    mask = torch.tensor([[1, 1], [1, 1], [0, 1]])
+    padded, padded_mask, rows = pad_batch_to_bucket(ids, mask, config)
+    assert rows == 3
+    assert padded.tolist() == [[1, 2], [3, 4], [0, 5], [0, 5]]
+    assert padded_mask.tolist() == [[1, 1], [1, 1], [0, 1], [0, 1]]
+    assert pad_batch_to_bucket(ids[:2], None, config)[0].tolist() == [[1, 2], [3, 4], [3, 4], [3, 4]]
+    full = torch.zeros(8, 2, dtype=torch.long)
+    assert pad_batch_to_bucket(full, None, config)[0] is full
+
+
+def test_state_drops_an_all_ones_mask_unless_a_bucket_keeps_it():
+    from credit_compile.decoding.state import prepare_state
+
+    ids = torch.tensor([[5, 6, 7], [4, 8, 9]])
+    geometry = dict(gen_length=4, block_length=2, mask_id=11)
+    state = prepare_state(ids, torch.ones_like(ids), **geometry)
+    assert state.attention_mask is None and state.position_ids is None  # the unmasked forward
+    kept = prepare_state(ids, torch.ones_like(ids), keep_attention_mask=True, **geometry)
+    assert kept.attention_mask.tolist() == [[1] * 7] * 2
+    assert kept.position_ids.tolist() == [list(range(7))] * 2
+    padded = prepare_state(ids, torch.tensor([[0, 0, 1], [0, 1, 1]]), **geometry)
+    assert padded.attention_mask.tolist() == [[0, 0, 1, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1, 1]]
+    assert padded.position_ids.tolist() == [[0, 0, 0, 1, 2, 3, 4], [0, 0, 1, 2, 3, 4, 5]]
+    assert padded.prompt_mask.tolist() == [[True] * 3 + [False] * 4] * 2  # pads included
+    assert padded.x[:, 3:].eq(11).all() and padded.gen_start == 3 and padded.num_blocks == 2
+    assert padded.output_rows == 2
+    # Every buffer a runner must reload between calls, and no None.
+    names = {"x", "attention_mask", "position_ids", "prompt_mask", "block_offsets", "block_index",
+             "step_in_block", "nfe", "done", "last_commit", "last_conf", "last_block"}
+    padded.buffers["credit"] = torch.zeros(1)
+    assert set(padded.tensors()) == names | {"buffers.credit"}
+    assert set(state.tensors()) == names - {"attention_mask", "position_ids"}

@@ -57,3 +57,25 @@ def test_outside_a_checkout_is_unknown(provenance, monkeypatch, tmp_path_factory
     monkeypatch.setattr(module, "ROOT", tmp_path_factory.mktemp("no_git"))
     monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path_factory.getbasetemp()))
     assert module.git_commit() == "unknown"
+
+
+@pytest.mark.parametrize("path", ["passes/credit_fusion.py", "benchmarks/bench_generate.py",
+                                  "pyproject.toml"])
+def test_every_measured_tree_counts(provenance, path):
+    # Not only the package: the passes and the benchmark scripts are measured code too.
+    module, root, _ = provenance
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    (root / path).parent.mkdir(parents=True, exist_ok=True)
+    (root / path).write_text("v1\n")
+    subprocess.run([*git, "add", "-A"], cwd=root, check=True)
+    subprocess.run([*git, "commit", "-qm", "two"], cwd=root, check=True)
+    head = module.git_commit()
+    assert not head.endswith("-dirty")
+    (root / path).write_text("v2\n")
+    assert module.git_commit() == f"{head}-dirty"
+
+
+def test_an_empty_explicit_commit_falls_back_to_git(provenance, monkeypatch):
+    module, _, head = provenance
+    monkeypatch.setenv("CREDIT_COMPILE_COMMIT", "")
+    assert module.git_commit() == head

@@ -172,6 +172,19 @@ def test_a_config_that_is_not_a_decode_config(model, ids, config):
         fast.generate(ids, config=config)
 
 
+def test_zero_ids_and_eos_lists_are_accepted():
+    # 0 is a valid token id and seed; a list of EOS ids (as configs write them) becomes a tuple,
+    # hashable for the step cache; every id of a tuple is checked, not just one.
+    config = DecodeConfig(mask_id=0, seed=0, eos_token_id=0)
+    assert (config.mask_id, config.seed, config.eos_token_id) == (0, 0, 0)
+    listed = DecodeConfig(eos_token_id=[2, 7])
+    assert listed.eos_token_id == (2, 7) and hash(listed) == hash(DecodeConfig(eos_token_id=(2, 7)))
+    assert DecodeConfig().replace(eos_token_id=[3]).eos_token_id == (3,)
+    for bad in [(2, -1), (-1, 2), (2, True), (2, 7.0), ()]:
+        with pytest.raises(ValueError, match="eos_token_id"):
+            DecodeConfig(eos_token_id=bad)
+
+
 @pytest.mark.parametrize("fields", [
     dict(alpha=float("inf")),
     dict(strategy="llada", temperature=float("inf")),
