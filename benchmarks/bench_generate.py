@@ -91,7 +91,7 @@ def step_roofline(model, batch: int, seq: int, block: int) -> dict:
     attention, and the LM head over the block only (block-sliced)."""
     cfg = model.config
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    head = cfg.d_model * cfg.embedding_size
+    head = cfg.d_model * cfg.padded_vocab_size
     body_params = sum(p.numel() for n, p in model.named_parameters()
                       if ".blocks." in n and p.dim() == 2)
     flops = (2 * body_params * batch * seq

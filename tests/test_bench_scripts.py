@@ -162,6 +162,10 @@ def test_step_roofline_counts_weight_bytes_and_flops(bench_generate):
         assert sum(p.numel() for p in model.parameters()) == params
         roof = bench_generate.step_roofline(model, batch, seq, block)
         assert roof == {"weight_bytes": params * size, "step_flops": flops}, dtype
+    # A config without embedding_size (the official default) reads the vocabulary size instead.
+    model = build_model(get_config("tiny-gqa", n_layers=3, mlp_hidden_size=48,
+                                   embedding_size=None))
+    assert bench_generate.step_roofline(model, batch, seq, block)["step_flops"] == flops
 
 
 def test_generate_rows_hold_the_roofline_and_ratios(bench_generate, tmp_path, monkeypatch):
