@@ -5,8 +5,8 @@
 
 The returned `OptimizedModel` behaves like the model it wraps (forward, state_dict, to(), eval(),
 save_pretrained and any other attribute are the wrapped model's) and adds `generate()`. Generation
-state is allocated once per (batch, prompt length, padding, config) and reused: a second call with
-the same shapes recompiles nothing and replays the same CUDA graph.
+state is allocated once per (batch, prompt length, padding, config, global torch settings) and
+reused: a second call with the same shapes recompiles nothing and replays the same CUDA graph.
 """
 
 from __future__ import annotations
@@ -116,9 +116,11 @@ class OptimizedModel(nn.Module):
     def _load_from_state_dict(self, state_dict, prefix, *args):
         # Reached when a module holding this one loads its state_dict: the keys were saved
         # without "model." (state_dict above), and the parent's loader descends into `model`.
-        inner = prefix + "model."
-        for key in [k for k in state_dict if k.startswith(prefix) and not k.startswith(inner)]:
-            state_dict[inner + key[len(prefix):]] = state_dict.pop(key)
+        # A key is moved when it names one of the wrapped model's own entries (which may begin
+        # with "model." themselves, as a Hugging Face model's do).
+        own = set(self.model.state_dict(keep_vars=True))
+        for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] in own]:
+            state_dict[prefix + "model." + key[len(prefix):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args)
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
@@ -362,7 +364,10 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     if config.dtype is not None:
         model = model.to(_DTYPES[config.dtype])
     model.eval()
-    return OptimizedModel(model, config, mask_id=mask_id, max_cached_steps=max_cached_steps)
+    # A mask token the caller named (argument or config) holds for every call; otherwise each
+    # call reads the model's config, as the reference does.
+    named = mask_id if mask_id is not None else config.mask_id
+    return OptimizedModel(model, config, mask_id=named, max_cached_steps=max_cached_steps)
 
 
 def _checked_cache_size(value) -> int:

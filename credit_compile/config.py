@@ -36,9 +36,9 @@ class DecodeConfig:
         gen_length: number of tokens to generate (the canvas after the prompt).
         block_length: the canvas is decoded left to right in blocks of this many positions;
             must divide `gen_length`.
-        steps: total denoising steps of the "llada" strategy; must be a multiple of the number of
-            blocks. None means one token per step (`gen_length`). Ignored by "credit"/"threshold",
-            which stop a block as soon as it is filled.
+        steps: total denoising steps of the "llada" strategy; there it must be a multiple of the
+            number of blocks. None means one token per step (`gen_length`). Ignored (and not
+            checked) by "credit"/"threshold", which stop a block as soon as it is filled.
         alpha: credit fusion strength, fused logits are `l + alpha * log1p(C)`; >= 0. alpha = 0
             is plain threshold decoding.
         beta: credit decay per step after the block's first, in [0, 1].
@@ -129,6 +129,8 @@ class DecodeConfig:
             value = getattr(self, name)
             if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
                 object.__setattr__(self, name, float(value))
+        for name in ("early_stop", "compile"):
+            object.__setattr__(self, name, _as_python_bool(getattr(self, name)))
         self.validate()
 
     def replace(self, **overrides) -> DecodeConfig:
@@ -256,10 +258,16 @@ _FLOAT32_MAX = 3.4028234663852886e38
 
 def _as_python_int(value):
     """A numpy (or other) integer scalar as an int; anything else unchanged for validate()."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)) \
-            and type(value).__name__ != "bool_":
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
         return int(value)
     return value
+
+
+def _as_python_bool(value):
+    """A numpy bool as a bool (it is no numbers.Integral, and `is True` checks fail on it)."""
+    kind = type(value)
+    return bool(value) if kind.__module__ == "numpy" and kind.__name__ in ("bool", "bool_") \
+        else value
 
 
 def _is_real(v) -> bool:

@@ -16,10 +16,11 @@ when it differs. It covers:
   `rope_scaling`), and those of an object such as a Hugging Face config held by a module, one
   level deep.
 
-Other objects, containers of more than `MAX_CONTAINER_ITEMS` items and containers nested deeper
-than `MAX_CONTAINER_DEPTH` are not looked into: a change inside them is seen by the compiled
-step's guards, not by a graph. Where no graph can exist (a model off CUDA), the API asks for the
-weights and hooks alone (`attributes=False`), which dynamo's guards do not cover; they see the rest.
+Other objects, attributes whose containers hold more than `MAX_CONTAINER_ITEMS` items in all,
+and containers nested deeper than `MAX_CONTAINER_DEPTH` are not looked into: a change inside them
+is seen by the compiled step's guards, not by a graph. Where no graph can exist (a model off
+CUDA), the API asks for the weights and hooks alone (`attributes=False`), which dynamo's guards do
+not cover; they see the rest.
 
 Global torch settings (autocast, TF32, attention backends) are not part of a model: the API keys
 its steps on `torch_settings.torch_settings_key()` instead.
@@ -112,7 +113,7 @@ def _is_plain_object(value) -> bool:
     return hasattr(value, "__dict__") and not callable(value) and not isinstance(value, nn.Module)
 
 
-def _value_key(value, depth: int = 0):
+def _value_key(value, depth: int = 0, budget: list[int] | None = None):
     if isinstance(value, _PLAIN):
         return value
     if isinstance(value, float):
@@ -120,13 +121,17 @@ def _value_key(value, depth: int = 0):
     if isinstance(value, torch.Tensor):
         return _tensor_key(value)
     if isinstance(value, (tuple, list, dict)):
-        if depth >= MAX_CONTAINER_DEPTH or len(value) > MAX_CONTAINER_ITEMS:
+        # One budget for the whole attribute: nested containers cannot multiply the cost.
+        budget = [MAX_CONTAINER_ITEMS] if budget is None else budget
+        budget[0] -= len(value)
+        if depth >= MAX_CONTAINER_DEPTH or budget[0] < 0:
             return _NOT_FINGERPRINTED
         if isinstance(value, dict):
-            items = [(_value_key(k, depth + 1), _value_key(v, depth + 1)) for k, v in value.items()]
+            items = [(_value_key(k, depth + 1, budget), _value_key(v, depth + 1, budget))
+                     for k, v in value.items()]
             keys = tuple(item for pair in items for item in pair)
         else:
-            keys = tuple(_value_key(v, depth + 1) for v in value)
+            keys = tuple(_value_key(v, depth + 1, budget) for v in value)
         if any(k is _NOT_FINGERPRINTED for k in keys):
             return _NOT_FINGERPRINTED
         # The type tells a dict's interleaved keys and values from a list of the same items.

@@ -11,7 +11,9 @@ the earlier settings finds the earlier step again.
 Dynamo guards most of these for a compiled step without graphs (its GlobalStateGuard); keying on
 them there too gives a step per setting instead of a recompile inside the old one.
 Not covered: torch function modes and dispatch modes active around the call (`with
-torch.device(...)`), which the captured step does not see either.
+torch.device(...)`), which the captured step does not see either, and the cuDNN flags
+(`cudnn.allow_tf32`, `cudnn.benchmark`, `cudnn.deterministic`), which choose convolution kernels
+only: LLaDA has no convolutions.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ _AUTOCAST_DEVICES = ("cpu", "cuda")
 
 
 def torch_settings_key() -> tuple:
-    """The current autocast, matmul-precision, attention-backend, determinism and default-dtype
-    settings. Cheap (a few microseconds): read on every generate() call."""
+    """The current autocast, matmul-precision and accumulation, BLAS-library, attention-backend,
+    determinism and default-dtype settings. Cheap (about 10 microseconds): read on every
+    generate() call."""
     matmul = torch.backends.cuda.matmul
     autocast = tuple(
         (device, torch.get_autocast_dtype(device)) if torch.is_autocast_enabled(device) else None
@@ -34,6 +37,9 @@ def torch_settings_key() -> tuple:
         _float32_matmul_precision(),
         matmul.allow_fp16_reduced_precision_reduction,
         matmul.allow_bf16_reduced_precision_reduction,
+        getattr(matmul, "allow_fp16_accumulation", None),  # float16 GEMMs accumulating in fp16
+        torch.backends.cuda.preferred_blas_library(),  # cuBLAS or cuBLASLt
+        torch.backends.cuda.fp16_bf16_reduction_math_sdp_allowed(),
         torch.backends.cuda.flash_sdp_enabled(),
         torch.backends.cuda.mem_efficient_sdp_enabled(),
         torch.backends.cuda.math_sdp_enabled(),

@@ -65,6 +65,19 @@ def test_no_change_keeps_it_equal():
     assert model_fingerprint(model) == before
 
 
+def test_nested_containers_share_one_size_budget():
+    # 64 lists of 64 items: each under the bound, together far over it (a per-layer table).
+    model = small_model()
+    model[0].table = [list(range(MAX_CONTAINER_ITEMS)) for _ in range(MAX_CONTAINER_ITEMS)]
+    before = model_fingerprint(model)
+    model[0].table[5][5] = -1
+    assert model_fingerprint(model) == before  # not looked into: dynamo's guards see it
+    model[0].table = [[1, 2], [3, 4]]
+    before = model_fingerprint(model)
+    model[0].table[1][1] = 5
+    assert model_fingerprint(model) != before
+
+
 def test_a_container_that_holds_itself_is_fingerprinted():
     model = small_model()
     model[0].head_scales.append(model[0].head_scales)

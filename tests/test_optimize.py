@@ -284,10 +284,28 @@ def test_options_the_step_does_not_read_reuse_the_compiled_step():
 
 
 class Pipeline(nn.Module):
-    def __init__(self, seed):
+    def __init__(self, seed, model=None):
         super().__init__()
-        self.lm = cc.optimize(ContextMixModel(seed=seed), gen_length=8, block_length=4)
+        model = ContextMixModel(seed=seed) if model is None else model
+        self.lm = cc.optimize(model, gen_length=8, block_length=4)
         self.head = nn.Linear(2, 2)
+
+
+@pytest.mark.parametrize("strict", [True, False])
+def test_a_module_holding_an_optimized_llada_model_loads_its_state(strict):
+    # The project's model keeps its network under `model.`, as Hugging Face models do: a saved
+    # key such as lm.model.transformer... must not be mistaken for one already under `model`.
+    from credit_compile.models import build_model
+
+    saved = Pipeline(0, build_model("tiny", seed=1))
+    loaded = Pipeline(0, build_model("tiny", seed=2))
+    state = saved.state_dict()
+    assert "lm.model.transformer.wte.weight" in state
+    result = loaded.load_state_dict(state, strict=strict)
+    assert not result.missing_keys and not result.unexpected_keys
+    for (name, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
 
 
 @pytest.mark.parametrize("assign", [False, True])
@@ -562,6 +580,18 @@ def test_token_ids_changed_in_the_model_config_are_decoded_with(change):
     ref = cc.generate_reference(model, ids, **kwargs)
     assert_same_generation(ref, out)
     assert not torch.equal(ref.sequences, before.sequences)  # the change matters to decoding
+
+
+def test_a_mask_token_named_in_the_optimize_config_holds_for_calls_with_their_own_config():
+    model = ContextMixModel(seed=3)
+    model.config.mask_token_id = None
+    fast = cc.optimize(model, cc.DecodeConfig(mask_id=MASK, gen_length=8, block_length=4),
+                       compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    out = fast.generate(ids, config=cc.DecodeConfig(gen_length=8, block_length=4, compile=False))
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4, mask_id=MASK)
+    assert_same_generation(ref, out)
+    assert fast.resolved_config(cc.DecodeConfig()).mask_id == MASK
 
 
 def test_a_model_config_that_lost_its_mask_token_is_refused_naming_the_fix():

@@ -14,6 +14,8 @@ def restore_settings():
     before = (torch.get_float32_matmul_precision(), matmul.allow_fp16_reduced_precision_reduction,
               matmul.allow_bf16_reduced_precision_reduction, torch.get_default_dtype())
     yield
+    matmul.allow_fp16_accumulation = False
+    torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(False)
     matmul.fp32_precision = "ieee"  # leaves the newer flags' mode for the legacy setter below
     torch.set_float32_matmul_precision(before[0])
     matmul.allow_fp16_reduced_precision_reduction = before[1]
@@ -32,6 +34,10 @@ CHANGES = {
         torch.backends.cuda.matmul, "allow_fp16_reduced_precision_reduction", False),
     "bf16 reduced-precision reductions": lambda: setattr(
         torch.backends.cuda.matmul, "allow_bf16_reduced_precision_reduction", False),
+    "fp16 accumulation": lambda: setattr(torch.backends.cuda.matmul, "allow_fp16_accumulation",
+                                         True),
+    "fp16/bf16 reductions in math attention": lambda: (
+        torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(True)),
     "flash attention off": lambda: torch.backends.cuda.enable_flash_sdp(False),
     "memory-efficient attention off": lambda: torch.backends.cuda.enable_mem_efficient_sdp(False),
     "math attention off": lambda: torch.backends.cuda.enable_math_sdp(False),
@@ -77,8 +83,6 @@ def test_the_newer_and_legacy_tf32_flags_mixed_do_not_raise(restore_settings):
     # Torch's legacy getters raise once the newer fp32_precision flags were written; a generate()
     # call must not fail because the caller set TF32 either way.
     torch.backends.cuda.matmul.fp32_precision = "tf32"
-    with pytest.raises(RuntimeError):
-        torch.get_float32_matmul_precision()
     key = torch_settings_key()
     torch.backends.cuda.matmul.fp32_precision = "ieee"
     assert torch_settings_key() != key

@@ -161,6 +161,8 @@ def test_numpy_scalars_are_read_as_python_numbers():
     assert config.eos_token_id == (5, 6) and type(config.eos_token_id[0]) is int
     with pytest.raises(ValueError, match=r"gen_length=.*use a positive integer"):
         DecodeConfig(gen_length=np.float64(8.0))  # a float is still not a count
+    flags = DecodeConfig(compile=np.False_, early_stop=np.True_, eos_token_id=2)
+    assert flags.compile is False and flags.early_stop is True
 
 
 @pytest.mark.parametrize("config", [{"gen_length": 8}, "credit"])
