@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.testing._internal.two_tensor import TwoTensor
 
-from credit_compile.fingerprint import MAX_CONTAINER_ITEMS, model_fingerprint
+from credit_compile.fingerprint import MAX_CONTAINER_DEPTH, MAX_CONTAINER_ITEMS, model_fingerprint
 
 
 class Config:
@@ -39,6 +39,7 @@ CHANGES = {
     "float attribute": lambda m: setattr(m[1], "p", 0.2),
     "config field": lambda m: setattr(m[0].config, "scale", 2.0),
     "tensor attribute": lambda m: setattr(m[0], "cache", torch.zeros(3)),
+    "tensor attribute reshaped": lambda m: setattr(m[0], "cache", m[0].cache.view(3, 1)),  # same storage
     "new attribute": lambda m: setattr(m[0], "flag", True),
     "dict in the config": lambda m: m[0].config.rope_scaling.update(factor=4.0),
     "key added to a dict": lambda m: m[0].config.rope_scaling.update(original=8),
@@ -142,4 +143,35 @@ def test_weights_only_sees_a_reassigned_buffer():
     model[0].register_buffer("rope", torch.zeros(4))
     before = model_fingerprint(model, attributes=False)
     model[0].rope = torch.zeros(4, dtype=torch.float64)
+    assert model_fingerprint(model, attributes=False) != before
+
+
+def nested(depth: int, leaf) -> list:
+    return [leaf] if depth == 1 else [nested(depth - 1, leaf)]
+
+
+def test_container_bounds_are_inclusive():
+    # Looked into: up to MAX_CONTAINER_ITEMS items, up to MAX_CONTAINER_DEPTH containers deep.
+    # One more (a vocabulary, a deeper nest) is left to dynamo's guards.
+    for attribute, value, change in [
+            ("table", list(range(MAX_CONTAINER_ITEMS)), lambda v: v.__setitem__(-1, -1)),
+            ("nest", nested(MAX_CONTAINER_DEPTH, 1), lambda v: v[0][0][0].__setitem__(0, 2))]:
+        model = small_model()
+        setattr(model[0], attribute, value)
+        before = model_fingerprint(model)
+        change(value)
+        assert model_fingerprint(model) != before, attribute
+    model = small_model()
+    model[0].nest = nested(MAX_CONTAINER_DEPTH + 1, 1)
+    before = model_fingerprint(model)
+    model[0].nest[0][0][0][0][0] = 2
+    assert model_fingerprint(model) == before
+
+
+def test_weights_only_sees_a_buffer_reshaped_in_its_storage():
+    # A view with another shape shares the data pointer, dtype and device: the shape tells it.
+    model = small_model()
+    model[0].register_buffer("rope", torch.zeros(4))
+    before = model_fingerprint(model, attributes=False)
+    model[0].rope = model[0].rope.view(2, 2)
     assert model_fingerprint(model, attributes=False) != before

@@ -62,3 +62,18 @@ def test_missing_passes_names_the_fix(monkeypatch):
     with pytest.raises(ModuleNotFoundError, match=r"pip install -e \.") as raised:
         backend.make_backend()
     assert raised.value.name == "credit_compile.passes"
+
+
+def test_a_missing_module_inside_the_passes_is_not_blamed_on_the_checkout(monkeypatch):
+    # Only credit_compile.passes itself missing gets the install hint; a module the passes import
+    # (a dependency) missing is reported as it is.
+    from credit_compile import backend
+
+    def not_found(name, package=None):
+        raise ModuleNotFoundError("No module named 'some_dependency'", name="some_dependency")
+
+    monkeypatch.setattr(backend.importlib, "import_module", not_found)
+    with pytest.raises(ModuleNotFoundError, match="some_dependency") as raised:
+        backend.make_backend()
+    assert raised.value.name == "some_dependency"
+    assert "pip install" not in str(raised.value)

@@ -690,6 +690,85 @@ def test_a_pass_uuid_covers_the_helpers_it_matches_with(monkeypatch):
     assert BlockSlicedLMHead().uuid() != before
 
 
+def test_a_pass_uuid_covers_the_shared_guards(monkeypatch):
+    # The guards every pass matches with (touched_between, storage_of) live in base.py: an edit
+    # there must change each pass's cache key too.
+    import inspect
+
+    from credit_compile.passes import base
+
+    before = BlockSlicedLMHead().uuid()
+    real = inspect.getsource
+
+    def edited(obj):
+        source = real(obj)
+        return source.replace('or name == "setitem"', "") if obj is base else source
+
+    monkeypatch.setattr(inspect, "getsource", edited)
+    assert BlockSlicedLMHead().uuid() != before
+
+
+class FirstPassHere(GraphPass):
+    name = "first_pass_here"
+
+    def rewrite(self, graph_module):
+        return 0
+
+
+class SecondPassHere(FirstPassHere):
+    name = "second_pass_here"
+
+
+def test_two_passes_in_one_module_have_their_own_uuids():
+    # Same module source, other class: the class name tells them apart in Inductor's cache.
+    assert FirstPassHere().uuid() != SecondPassHere().uuid()
+    assert FirstPassHere().uuid() == FirstPassHere().uuid()
+
+
+class AddToSub(GraphPass):
+    """Turns every `a + b` into `a - b`: a rewrite whose effect shows in the output."""
+
+    name = "add_to_sub"
+
+    def rewrite(self, graph_module):
+        adds = [n for n in graph_module.graph.nodes if n.target is operator.add]
+        for node in adds:
+            node.target = operator.sub
+        return len(adds)
+
+
+@pytest.mark.parametrize("lazy", [True, False], ids=["lazy_graph_module", "eager_graph_module"])
+def test_passes_only_backend_runs_the_rewritten_graph_and_counts_every_rewrite(lazy):
+    # inductor=False must run the graph as the passes left it (recompiled), not the old code; with
+    # TORCH_COMPILE_USE_LAZY_GRAPH_MODULE=0 Dynamo hands over a module whose code is already made.
+    backend = make_backend([AddToSub()], inductor=False)
+    with torch._dynamo.config.patch(use_lazy_graph_module=lazy):
+        fn = torch.compile(lambda x: (x + 1) * (x + 2), backend=backend, fullgraph=True)
+        x = torch.arange(4.0)
+        torch.testing.assert_close(fn(x), (x - 1) * (x - 2))
+    assert pass_count("add_to_sub") == 2  # the counter adds the rewrite count, not 1 per graph
+
+
+def test_an_empty_pass_list_runs_no_passes():
+    # passes=[] (verify's bare forward) means none, not the default passes.
+    backend = make_backend([], inductor=False)
+    assert backend.passes == [] and backend.pipeline.passes == ()
+    assert [p.name for p in make_backend(inductor=False).passes] == [p.name for p in default_passes()]
+    head = Head("module")
+    h, positions = head_inputs()
+    with torch.no_grad():
+        out = torch.compile(head, backend=backend, fullgraph=True)(h, positions)
+    torch.testing.assert_close(out, head(h, positions), atol=1e-5, rtol=0)
+    assert pass_count("block_sliced_lm_head") == 0
+
+
+def test_pipeline_key_changes_with_a_pass_source(monkeypatch):
+    # The pipeline's key names each pass's own uuid (its source), not only the pass names.
+    before = PassPipeline(default_passes()).uuid()
+    monkeypatch.setattr(BlockSlicedLMHead, "uuid", lambda self: "edited")
+    assert PassPipeline(default_passes()).uuid() != before
+
+
 def test_pipeline_is_a_custom_graph_pass_keyed_by_its_passes():
     from torch._inductor.custom_graph_pass import CustomGraphPass
 

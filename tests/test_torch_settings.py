@@ -12,7 +12,8 @@ from credit_compile.torch_settings import torch_settings_key
 def restore_settings():
     matmul = torch.backends.cuda.matmul
     before = (torch.get_float32_matmul_precision(), matmul.allow_fp16_reduced_precision_reduction,
-              matmul.allow_bf16_reduced_precision_reduction, torch.get_default_dtype())
+              matmul.allow_bf16_reduced_precision_reduction, torch.get_default_dtype(),
+              torch.is_autocast_cache_enabled())
     yield
     matmul.allow_fp16_accumulation = False
     torch.backends.cuda.allow_fp16_bf16_reduction_math_sdp(False)
@@ -21,6 +22,7 @@ def restore_settings():
     matmul.allow_fp16_reduced_precision_reduction = before[1]
     matmul.allow_bf16_reduced_precision_reduction = before[2]
     torch.set_default_dtype(before[3])
+    torch.set_autocast_cache_enabled(before[4])
     torch.use_deterministic_algorithms(False)
     for name in ("flash", "mem_efficient", "math", "cudnn"):
         getattr(torch.backends.cuda, f"enable_{name}_sdp")(True)
@@ -44,6 +46,7 @@ CHANGES = {
     "cudnn attention off": lambda: torch.backends.cuda.enable_cudnn_sdp(False),
     "deterministic algorithms": lambda: torch.use_deterministic_algorithms(True),
     "default dtype": lambda: torch.set_default_dtype(torch.float64),
+    "autocast weight-cast cache off": lambda: torch.set_autocast_cache_enabled(False),
 }
 
 
