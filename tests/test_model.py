@@ -51,9 +51,24 @@ def _randomize(model: LLaDAModelLM, seed: int = 1, scale: float = 0.25) -> LLaDA
 # ----------------------------------------------------------------------------------------------
 
 
-def _ref_rms(x, w, eps):
-    y = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return y if w is None else y * w
+def _ref_norm(x, sd, prefix, kind, eps):
+    """The official norms in float64: RMS (``w * x``), Gemma RMS (``x * (1 + w)``) or LayerNorm
+    (eps fixed at 1e-5), each with its optional bias."""
+    w, b = sd.get(prefix + ".weight"), sd.get(prefix + ".bias")
+    if kind in ("rms", "gemma_rms"):
+        y = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+        if w is not None:
+            y = y * (1 + w) if kind == "gemma_rms" else y * w
+    else:
+        mean = x.mean(-1, keepdim=True)
+        y = (x - mean) / torch.sqrt((x - mean).pow(2).mean(-1, keepdim=True) + 1e-5)
+        if w is not None:
+            y = y * w
+    return y if b is None else y + b
+
+
+_REF_ACT = {"silu": lambda g: g * torch.sigmoid(g), "gelu": torch.nn.functional.gelu,
+            "relu": torch.relu}
 
 
 def _ref_rope(t, pos, theta, interleaved=False):
@@ -74,13 +89,14 @@ def _ref_rope(t, pos, theta, interleaved=False):
 
 
 def _ref_forward(model: LLaDAModelLM, ids, mask=None, interleaved_rope=False):
+    """The logits in float64: every norm kind, QK norm, bias and activation the config allows."""
     cfg = model.config
     sd = {k: v.double() for k, v in model.state_dict().items()}
     t = "model.transformer."
     B, L = ids.shape
     H, Hkv = cfg.n_heads, cfg.effective_n_kv_heads
     Dh = cfg.d_model // H
-    eps = cfg.rms_norm_eps
+    kind, eps = str(cfg.layer_norm_type), cfg.rms_norm_eps
     if mask is None:
         pos = torch.arange(L).expand(B, L)
         keep = torch.ones(B, L, dtype=torch.bool)
@@ -97,10 +113,13 @@ def _ref_forward(model: LLaDAModelLM, ids, mask=None, interleaved_rope=False):
         x = x * math.sqrt(cfg.d_model)
     for i in range(cfg.n_layers):
         p = f"{t}blocks.{i}."
-        h = _ref_rms(x, sd[p + "attn_norm.weight"], eps)
-        q = lin(h, p + "q_proj").view(B, L, H, Dh).permute(0, 2, 1, 3)
-        k = lin(h, p + "k_proj").view(B, L, Hkv, Dh).permute(0, 2, 1, 3)
-        v = lin(h, p + "v_proj").view(B, L, Hkv, Dh).permute(0, 2, 1, 3)
+        h = _ref_norm(x, sd, p + "attn_norm", kind, eps)
+        q, k, v = lin(h, p + "q_proj"), lin(h, p + "k_proj"), lin(h, p + "v_proj")
+        if cfg.attention_layer_norm:
+            q, k = _ref_norm(q, sd, p + "q_norm", kind, eps), _ref_norm(k, sd, p + "k_norm", kind, eps)
+        q = q.view(B, L, H, Dh).permute(0, 2, 1, 3)
+        k = k.view(B, L, Hkv, Dh).permute(0, 2, 1, 3)
+        v = v.view(B, L, Hkv, Dh).permute(0, 2, 1, 3)
         q = _ref_rope(q, pos, cfg.rope_theta, interleaved_rope)
         k = _ref_rope(k, pos, cfg.rope_theta, interleaved_rope)
         kv_of = torch.arange(H) // (H // Hkv)  # query head h reads key/value head h // group
@@ -109,10 +128,10 @@ def _ref_forward(model: LLaDAModelLM, ids, mask=None, interleaved_rope=False):
         s = s.masked_fill(~keep[:, None, None, :], float("-inf"))
         a = torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v)
         x = x + lin(a.permute(0, 2, 1, 3).reshape(B, L, H * Dh), p + "attn_out")
-        h = _ref_rms(x, sd[p + "ff_norm.weight"], eps)
-        gate = lin(h, p + "ff_proj")
-        x = x + lin(gate * torch.sigmoid(gate) * lin(h, p + "up_proj"), p + "ff_out")
-    x = _ref_rms(x, sd[t + "ln_f.weight"], eps)
+        h = _ref_norm(x, sd, p + "ff_norm", kind, eps)
+        gate = _REF_ACT[cfg.activation_type](lin(h, p + "ff_proj"))
+        x = x + lin(gate * lin(h, p + "up_proj"), p + "ff_out")
+    x = _ref_norm(x, sd, t + "ln_f", kind, eps)
     head = t + ("wte" if cfg.weight_tying else "ff_out")
     logits = lin(x, head) if not cfg.weight_tying else torch.einsum("bld,vd->blv", x, sd[head + ".weight"])
     if cfg.scale_logits:
@@ -453,59 +472,6 @@ def test_lm_head_is_the_last_op():
 # ----------------------------------------------------------------------------------------------
 
 
-def _ref_norm(x, sd, prefix, kind, eps):
-    """The official norms in float64: RMS (``w * x``), Gemma RMS (``x * (1 + w)``) or LayerNorm
-    (eps fixed at 1e-5), each with its optional bias."""
-    w, b = sd.get(prefix + ".weight"), sd.get(prefix + ".bias")
-    if kind in ("rms", "gemma_rms"):
-        y = x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-        if w is not None:
-            y = y * (1 + w) if kind == "gemma_rms" else y * w
-    else:
-        mean = x.mean(-1, keepdim=True)
-        y = (x - mean) / torch.sqrt((x - mean).pow(2).mean(-1, keepdim=True) + 1e-5)
-        if w is not None:
-            y = y * w
-    return y if b is None else y + b
-
-
-_REF_ACT = {"silu": lambda g: g * torch.sigmoid(g), "gelu": torch.nn.functional.gelu,
-            "relu": torch.relu}
-
-
-def _ref_forward_general(model: LLaDAModelLM, ids):
-    """`_ref_forward` (no mask) for every norm kind, QK norm, biases and activation."""
-    cfg = model.config
-    sd = {k: v.double() for k, v in model.state_dict().items()}
-    t = "model.transformer."
-    B, L = ids.shape
-    H, Hkv = cfg.n_heads, cfg.effective_n_kv_heads
-    Dh = cfg.d_model // H
-    kind, eps = str(cfg.layer_norm_type), cfg.rms_norm_eps
-    pos = torch.arange(L).expand(B, L)
-
-    def lin(x, name):
-        y = torch.einsum("bld,od->blo", x, sd[name + ".weight"])
-        return y + sd[name + ".bias"] if name + ".bias" in sd else y
-
-    x = sd[t + "wte.weight"][ids]
-    for i in range(cfg.n_layers):
-        p = f"{t}blocks.{i}."
-        h = _ref_norm(x, sd, p + "attn_norm", kind, eps)
-        q, k, v = lin(h, p + "q_proj"), lin(h, p + "k_proj"), lin(h, p + "v_proj")
-        if cfg.attention_layer_norm:
-            q, k = _ref_norm(q, sd, p + "q_norm", kind, eps), _ref_norm(k, sd, p + "k_norm", kind, eps)
-        q = _ref_rope(q.view(B, L, H, Dh).permute(0, 2, 1, 3), pos, cfg.rope_theta)
-        k = _ref_rope(k.view(B, L, Hkv, Dh).permute(0, 2, 1, 3), pos, cfg.rope_theta)
-        v = v.view(B, L, Hkv, Dh).permute(0, 2, 1, 3)
-        kv_of = torch.arange(H) // (H // Hkv)
-        s = torch.einsum("bhqd,bhkd->bhqk", q, k[:, kv_of]) / math.sqrt(Dh)
-        a = torch.einsum("bhqk,bhkd->bhqd", s.softmax(-1), v[:, kv_of])
-        x = x + lin(a.permute(0, 2, 1, 3).reshape(B, L, H * Dh), p + "attn_out")
-        h = _ref_norm(x, sd, p + "ff_norm", kind, eps)
-        x = x + lin(_REF_ACT[cfg.activation_type](lin(h, p + "ff_proj")) * lin(h, p + "up_proj"),
-                    p + "ff_out")
-    return lin(_ref_norm(x, sd, t + "ln_f", kind, eps), t + "ff_out")
 
 
 _NORM_CASES = {
@@ -526,7 +492,7 @@ def test_norm_attention_and_activation_variants_match_the_reference(case):
     model = _randomize(build_model(get_config("tiny", rope_theta=100.0, **_NORM_CASES[case])))
     ids = torch.randint(0, PAD, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model(ids).logits, _ref_forward_general(model, ids).float(),
+        torch.testing.assert_close(model(ids).logits, _ref_forward(model, ids).float(),
                                    atol=2e-5, rtol=1e-4)
 
 
