@@ -673,36 +673,27 @@ def test_pass_identity_and_order():
     assert uuids == [p.uuid() for p in default_passes()]  # stable across instances
 
 
-def test_a_pass_uuid_covers_the_helpers_it_matches_with(monkeypatch):
-    # The patterns live in module-level helpers: an edit there must change the cache key too.
+@pytest.mark.parametrize("module_name, old, new", [
+    # The patterns live in module-level helpers of the pass's own module...
+    ("block_sliced_lm_head", "_CASTS = (", '_CASTS = ("half",'),
+    # ...and the guards every pass matches with (touched_between, storage_of) in base.py.
+    ("base", 'or name == "setitem"', ""),
+])
+def test_a_pass_uuid_covers_the_code_it_matches_with(monkeypatch, module_name, old, new):
+    # An edit there must change the pass's Inductor cache key too.
+    import importlib
     import inspect
 
-    from credit_compile.passes import block_sliced_lm_head as module
-
+    module = importlib.import_module(f"credit_compile.passes.{module_name}")
     before = BlockSlicedLMHead().uuid()
     real = inspect.getsource
 
     def edited(obj):
         source = real(obj)
-        return source.replace('_CASTS = (', '_CASTS = ("half",') if obj is module else source
-
-    monkeypatch.setattr(inspect, "getsource", edited)
-    assert BlockSlicedLMHead().uuid() != before
-
-
-def test_a_pass_uuid_covers_the_shared_guards(monkeypatch):
-    # The guards every pass matches with (touched_between, storage_of) live in base.py: an edit
-    # there must change each pass's cache key too.
-    import inspect
-
-    from credit_compile.passes import base
-
-    before = BlockSlicedLMHead().uuid()
-    real = inspect.getsource
-
-    def edited(obj):
-        source = real(obj)
-        return source.replace('or name == "setitem"', "") if obj is base else source
+        if obj is module:
+            assert old in source  # the edit must happen for the test to mean anything
+            return source.replace(old, new)
+        return source
 
     monkeypatch.setattr(inspect, "getsource", edited)
     assert BlockSlicedLMHead().uuid() != before
