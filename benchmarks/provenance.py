@@ -2,7 +2,8 @@
 
 `CREDIT_COMPILE_COMMIT` wins when set: the lent GPU machines get a copy of the working tree
 without `.git`. Otherwise git's short HEAD, with `-dirty` when the package, the passes or the
-benchmark scripts have uncommitted changes (result files and docs do not count).
+benchmark scripts have uncommitted changes or untracked files (result files and docs do not
+count; ignored files neither).
 """
 
 from __future__ import annotations
@@ -23,8 +24,10 @@ def git_commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=True,
                               capture_output=True, text=True, timeout=10).stdout.strip()
-        changed = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", *MEASURED_CODE],
-                                 cwd=ROOT, capture_output=True, timeout=10).returncode
+        # Untracked files count: a new module the package imports changes what runs.
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=all", "--", *MEASURED_CODE],
+            cwd=ROOT, check=True, capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):  # no git, not a checkout
         return "unknown"
     return f"{head}-dirty" if changed else head

@@ -66,6 +66,7 @@ class OptimizedModel(nn.Module):
         # The model as the cached steps last saw it (fingerprint.py): a change drops them.
         self._fingerprint: tuple = ()
         self.last_stats: dict = {}
+        self.register_load_state_dict_post_hook(OptimizedModel._missing_keys_as_saved)
 
     def __getstate__(self):
         # A lock does not copy or pickle, and compiled steps belong to this process: a copy
@@ -121,7 +122,20 @@ class OptimizedModel(nn.Module):
         own = set(self.model.state_dict(keep_vars=True))
         for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix):] in own]:
             state_dict[prefix + "model." + key[len(prefix):]] = state_dict.pop(key)
+        self._loading_prefix = prefix
         super()._load_from_state_dict(state_dict, prefix, *args)
+
+    @staticmethod
+    def _missing_keys_as_saved(module: OptimizedModel, incompatible_keys) -> None:
+        # A load_state_dict post-hook: the wrapped model reports the keys it missed under
+        # `prefix + "model."`; the caller saved and knows them without it (state_dict above).
+        # Unexpected keys need nothing: only keys naming the model's own entries were moved.
+        prefix = module.__dict__.pop("_loading_prefix", None)
+        if prefix is None:
+            return
+        inner = prefix + "model."
+        missing = incompatible_keys.missing_keys
+        missing[:] = [prefix + k[len(inner):] if k.startswith(inner) else k for k in missing]
 
     def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
         # A copy in place keeps the cached steps valid (graphs read the weights' storage);
@@ -132,10 +146,13 @@ class OptimizedModel(nn.Module):
         # Moving or casting the model invalidates every static buffer and compiled step; the
         # weights check would catch it at the next call, this frees their memory now. A move
         # that changes nothing (a server's defensive model.to(device)) keeps them.
-        before = model_fingerprint(self.model, attributes=False)
-        result = super()._apply(fn, recurse)
-        if model_fingerprint(self.model, attributes=False) != before:
-            self._runners.clear()
+        # Under the call lock: a move from another thread waits for the running generate(),
+        # which would otherwise decode with weights moving under it and lose its runner.
+        with self._exclusive("model.to()/cast"):
+            before = model_fingerprint(self.model, attributes=False)
+            result = super()._apply(fn, recurse)
+            if model_fingerprint(self.model, attributes=False) != before:
+                self._runners.clear()
         return result
 
     @torch.no_grad()
@@ -223,13 +240,14 @@ class OptimizedModel(nn.Module):
         return seconds
 
     @contextlib.contextmanager
-    def _exclusive(self):
+    def _exclusive(self, what: str = "generate()/precompile()"):
         """The lock, refusing re-entry (a nested call would decode in this one's buffers), and
         the same autograd mode for every call."""
         if self._lock_owner == threading.get_ident():
             raise RuntimeError(
-                "generate()/precompile() called while this thread is inside generate() (from a "
-                "progress callback?): the calls share buffers; make the second call after the first"
+                f"{what} called while this thread is inside generate() (from a progress "
+                f"callback?): the call decodes in this model's buffers and weights; make the "
+                f"second call after the first"
             )
         # Static buffers outlive the call: made under a caller's inference_mode they would be
         # inference tensors, and the next call outside it could not update them in place.

@@ -163,12 +163,13 @@ def _prompts(args, tokenizer, device):
     return prompts, ids, None if mask is None else mask.to(device)
 
 
-def _progress_bar(total: int):
+def _progress_bar(total: int | None):
+    """A bar of `total` steps, or a count of steps when the number is not known in advance."""
     from tqdm import tqdm
 
     bar = tqdm(total=total, desc="denoising steps", unit="step", file=sys.stderr, leave=False)
     # Steps run after completion are no-ops: the bar stops at its total.
-    return bar, lambda steps: bar.update(min(steps, total) - bar.n)
+    return bar, lambda steps: bar.update((steps if total is None else min(steps, total)) - bar.n)
 
 
 def cmd_generate(args) -> int:
@@ -178,9 +179,9 @@ def cmd_generate(args) -> int:
     config = _decode_config(args)  # a bad option fails before the model loads
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
-    # LLaDA's sampler takes `total_steps`; the others at most one step per token.
-    bar, progress = _progress_bar(config.total_steps if config.strategy == "llada"
-                                  else config.gen_length)
+    # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
+    # no count known in advance says (a bar to gen_length would stop far short of its end).
+    bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None)
     start = time.perf_counter()
     try:
         if args.eager:

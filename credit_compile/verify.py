@@ -37,6 +37,8 @@ class VerifyReport:
         nfe_reference, nfe_optimized: forward evaluations of each path.
         max_logit_difference: max |eager - compiled| over the first step's logits (the forward
             compiled without the FX passes).
+        max_logit_magnitude: max |eager| over the same logits: the scale the difference is read
+            against (0.35 in bf16 is rounding next to logits of 30, a bug next to logits of 1).
         reference_seconds, optimized_seconds: decode time of each (the optimized one without
             compilation, measured on a second call).
         compile_seconds: compilation time of the optimized path's first call.
@@ -52,6 +54,7 @@ class VerifyReport:
     optimized_seconds: float
     compile_seconds: float
     runner: str
+    max_logit_magnitude: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -60,6 +63,9 @@ class VerifyReport:
     def __str__(self) -> str:
         lines = [f"credit_compile verify: {'OK' if self.ok else 'MISMATCH'}"]
         lines += [f"  {k}: {v}" for k, v in asdict(self).items()]
+        if self.max_logit_magnitude > 0:
+            lines.append(f"  relative logit difference: "
+                         f"{self.max_logit_difference / self.max_logit_magnitude:.2e}")
         if self.optimized_seconds > 0:
             lines.append(f"  speedup: {self.reference_seconds / self.optimized_seconds:.2f}x")
         return "\n".join(lines)
@@ -111,20 +117,25 @@ def _compare(optimized: OptimizedModel, input_ids, attention_mask,
 
     diff = (reference.sequences != fast.sequences).nonzero()
     first_difference = tuple(int(v) for v in diff[0]) if len(diff) else None
+    logit_difference, logit_magnitude = _first_step_logit_difference(
+        eager_model, input_ids, attention_mask, config)
     return VerifyReport(
         tokens_equal=first_difference is None and torch.equal(first.sequences, fast.sequences),
         first_difference=first_difference,
         nfe_reference=reference.nfe,
         nfe_optimized=fast.nfe,
-        max_logit_difference=_first_step_logit_difference(eager_model, input_ids, attention_mask, config),
+        max_logit_difference=logit_difference,
         reference_seconds=reference_seconds,
         optimized_seconds=optimized_seconds,
         compile_seconds=compile_seconds,
         runner=runner,
+        max_logit_magnitude=logit_magnitude,
     )
 
 
-def _first_step_logit_difference(model, input_ids, attention_mask, config) -> float:
+def _first_step_logit_difference(model, input_ids, attention_mask,
+                                 config) -> tuple[float, float]:
+    """(max |eager - compiled|, max |eager|) over the first step's logits."""
     setup = setup_generation(model, input_ids, attention_mask, config)
     state = setup.state
     args = (state.x, state.attention_mask, state.position_ids)
@@ -133,4 +144,5 @@ def _first_step_logit_difference(model, input_ids, attention_mask, config) -> fl
     # verify() of every shape on this model.
     compiled = torch.compile(with_own_code(setup.forward), backend=make_backend(passes=[]),
                              fullgraph=True)(*args)
-    return float((eager.float() - compiled.float()).abs().max())
+    eager = eager.float()
+    return float((eager - compiled.float()).abs().max()), float(eager.abs().max())

@@ -111,6 +111,27 @@ def test_an_error_starts_its_own_line_after_the_progress_bar(capsys):
     assert last_line.startswith("error: a row of attention_mask is all padding"), err
 
 
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
+    from credit_compile import cli
+
+    bars = []
+
+    def recorded(total):
+        bar, progress = real(total)
+        bars.append(bar)
+        return bar, progress
+
+    real = cli._progress_bar
+    monkeypatch.setattr(cli, "_progress_bar", recorded)
+    assert main(["generate", "--prompt", "0012+0034=", "--strategy", strategy, "--eager",
+                 *SMALL]) == 0
+    (bar,) = bars
+    # llada runs its total_steps; credit and threshold stop when the canvas is committed, which
+    # no total said in advance: a count of the steps run.
+    assert bar.total == (bar.n if strategy == "llada" else None) and bar.n > 0
+
+
 def test_steps_without_the_llada_strategy_is_refused(capsys):
     assert main(["generate", "--prompt", "ab", "--steps", "4", *SMALL]) == 2
     assert "--steps applies to --strategy llada only" in capsys.readouterr().err

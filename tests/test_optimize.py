@@ -150,6 +150,46 @@ def test_generate_inside_generate_is_refused_not_a_deadlock():
                            fast.generate(ids))  # the lock was released
 
 
+def test_moving_the_model_waits_for_a_running_generate():
+    import threading
+
+    model = ContextMixModel(seed=1)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    ids = make_prompts(1, 3, 0, padded=False)[0]
+    inside, release, moved = threading.Event(), threading.Event(), threading.Event()
+
+    def hold(_steps):
+        inside.set()
+        assert release.wait(10)
+
+    def move():
+        fast.to(torch.float64)
+        moved.set()
+
+    decoding = threading.Thread(target=lambda: fast.generate(ids, progress=hold))
+    decoding.start()
+    assert inside.wait(10)
+    mover = threading.Thread(target=move)
+    mover.start()
+    assert not moved.wait(0.3)  # blocked on the call lock, the weights untouched
+    assert fast.model.token.dtype == torch.float32
+    release.set()
+    decoding.join(10)
+    mover.join(10)
+    assert moved.is_set() and fast.model.token.dtype == torch.float64
+
+
+def test_moving_the_model_inside_its_own_generate_is_refused():
+    fast = cc.optimize(ContextMixModel(seed=1), gen_length=8, block_length=4, compile=False)
+    ids = make_prompts(1, 3, 0, padded=False)[0]
+    with pytest.raises(RuntimeError, match=r"model.to\(\)/cast called while this thread is "
+                                           r"inside generate\(\)"):
+        fast.generate(ids, progress=lambda _steps: fast.to(torch.float64))
+    assert fast.model.token.dtype == torch.float32
+    fast.to(torch.float64)  # the lock was released
+    assert fast.model.token.dtype == torch.float64
+
+
 def test_inference_mode_before_or_after_a_normal_call():
     # A server that warms up under torch.inference_mode() and serves without it (or the other
     # way round): buffers made under inference mode could not be updated in place afterwards.
@@ -306,6 +346,28 @@ def test_a_module_holding_an_optimized_llada_model_loads_its_state(strict):
     for (name, a), (_, b) in zip(saved.state_dict().items(), loaded.state_dict().items(),
                                  strict=True):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("llada", [False, True])
+def test_keys_missing_from_a_parents_state_are_named_as_saved(llada):
+    # The wrapped model reports what it missed under `lm.model.`; the caller's checkpoint names
+    # those keys `lm.` (and an LLaDA model's own keys begin with `model.`).
+    from credit_compile.models import build_model
+
+    loaded = Pipeline(0, build_model("tiny", seed=2) if llada else None)
+    state = Pipeline(0, build_model("tiny", seed=1) if llada else None).state_dict()
+    gone = "lm.model.transformer.wte.weight" if llada else "lm.token"
+    del state[gone]
+    state["lm.model.nothing" if llada else "lm.nothing"] = torch.zeros(1)
+    result = loaded.load_state_dict(state, strict=False)
+    assert result.missing_keys == [gone]
+    assert result.unexpected_keys == ["lm.model.nothing" if llada else "lm.nothing"]
+    with pytest.raises(RuntimeError) as error:
+        loaded.load_state_dict(state)
+    assert f'Missing key(s) in state_dict: "{gone}"' in str(error.value)
+    # A load of the wrapped model's own layout, at the top, is named as it was.
+    assert cc.optimize(ContextMixModel(), gen_length=8, block_length=4).load_state_dict(
+        {}, strict=False).missing_keys == ["token", "context", "position"]
 
 
 @pytest.mark.parametrize("assign", [False, True])
@@ -910,9 +972,12 @@ def test_verify_measures_the_compiled_forward(monkeypatch):
         return backend
 
     monkeypatch.setattr(verify_module, "make_backend", off_by_half)
-    report = cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), gen_length=8,
-                       block_length=4)
+    ids = torch.randint(0, 30, (1, 4))
+    report = cc.verify(ContextMixModel(seed=6), ids, gen_length=8, block_length=4)
     assert report.max_logit_difference == pytest.approx(0.5, abs=1e-4)
+    eager = ContextMixModel(seed=6)(torch.cat([ids, torch.full((1, 8), MASK)], 1))
+    assert report.max_logit_magnitude == pytest.approx(float(eager.abs().max()), rel=1e-6)
+    assert f"relative logit difference: {0.5 / report.max_logit_magnitude:.2e}" in str(report)
 
 
 def test_a_copy_made_during_a_call_can_generate(tmp_path):

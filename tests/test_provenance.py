@@ -46,6 +46,17 @@ def test_changed_code_is_dirty(provenance):
     assert module.git_commit() == f"{head}-dirty"
 
 
+def test_an_untracked_file_in_the_measured_code_is_dirty(provenance):
+    module, root, head = provenance
+    (root / ".gitignore").write_text("__pycache__/\n")
+    (root / "credit_compile/__pycache__").mkdir()
+    (root / "credit_compile/__pycache__/api.pyc").write_text("")  # ignored: still clean
+    (root / "benchmarks/results/new.jsonl").write_text("row\n")  # results: still clean
+    assert module.git_commit() == head
+    (root / "credit_compile/new_module.py").write_text("v1\n")
+    assert module.git_commit() == f"{head}-dirty"
+
+
 def test_explicit_commit_wins(provenance, monkeypatch):
     module, _, _ = provenance
     monkeypatch.setenv("CREDIT_COMPILE_COMMIT", "abc1234")
