@@ -10,8 +10,10 @@ Modes (each row's ratio is against the eager LLaDA baseline sampler measured in 
   credit-eager           CreditDecoding, eager (dense credit)
   credit-compiled        CreditDecoding, optimize(): compiled step + fused op + passes
   credit-compiled-sparse the same with the sparse credit layout
+  credit-compiled-layers-once  the same with compile_layers_once (one layer compiled for all)
   credit-graphs          optimize() + CUDA graphs, sparse credit (the default; CUDA only)
   credit-graphs-dense    the same with the dense credit layout
+  credit-graphs-layers-once    credit-graphs with compile_layers_once
 Also on CUDA: `forward-graphed`, the bare compiled + graphed forward of one step (hidden states,
 block-sliced LM head), the floor the decoding logic is measured against.
 
@@ -48,7 +50,8 @@ from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
-         "credit-compiled-sparse", "credit-graphs", "credit-graphs-dense"]
+         "credit-compiled-sparse", "credit-compiled-layers-once", "credit-graphs",
+         "credit-graphs-dense", "credit-graphs-layers-once"]
 
 
 def sync(device):
@@ -138,6 +141,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
             strategy="credit", compile=True,
             credit_layout="dense" if mode in ("credit-compiled", "credit-graphs-dense") else "sparse",
             cuda_graphs="on" if mode.startswith("credit-graphs") else "off",
+            compile_layers_once=mode.endswith("-layers-once"),
         )
         fast = cc.optimize(model, cfg)
         call = lambda: fast.generate(ids, mask)  # noqa: E731

@@ -9,11 +9,13 @@
 #   bash benchmarks/gpu_session.sh gen256b8     # gen 256, B=8, every mode
 #   bash benchmarks/gpu_session.sh op           # bench_credit_op (fused op vs eager chain)
 #   bash benchmarks/gpu_session.sh buckets      # 6 requests of varied prompt lengths, bucket 0/256
+#   bash benchmarks/gpu_session.sh compile      # cold 8B compile, with and without compile_layers_once
 #   bash benchmarks/gpu_session.sh suite        # the whole test suite with CUDA available
 #
 # Order for a 30-minute lease (about 1.5 min to start): tests (~3 min), gen1024 (~7), gen1024b8
-# (~6), gen256b1 (~5), gen256b8 (~6), then op (~2), buckets (~7: one 8B compile per distinct
-# length without a bucket) and suite if time is left. Estimates: each compiled 8B mode compiles
+# (~6), gen256b1 (~7), gen256b8 (~8), then compile (~4), op (~2), buckets (~7: one 8B compile
+# per distinct length without a bucket) and suite if time is left. gen256b1/b8 run every mode,
+# the two compile_layers_once modes included (estimated, not yet measured: ~1 min each). Estimates: each compiled 8B mode compiles
 # for 27-52 s (measured, docs/performance.md). Rows are appended as measured, so a stage cut by
 # the limit keeps what it finished.
 # Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
@@ -38,13 +40,15 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT"
-GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=()
+GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() COMPILE_DRY=()
 if [ "$DRY_RUN" = 1 ]; then
     GEN_DRY=(--preset tiny --gen-length 8 --block-length 4 --prompt-length 4 --repeats 1
              --modes llada-eager credit-eager --device cpu)
     BUCKETS_DRY=(--preset tiny --requests 2 --min-length 2 --max-length 3 --buckets 0 4
                  --gen-length 4 --block-length 4 --warm-cache --device cpu)
     OP_DRY=(--quick --no-compile --device cpu)
+    COMPILE_DRY=(--preset tiny --layers 1 --prompt-length 2 --gen-length 4 --block-length 4
+                 --repeats 1 --device cpu)
     TESTS_DRY=(--collect-only)
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
@@ -89,12 +93,17 @@ buckets)
         --max-length 240 --buckets 0 256 --gen-length 64 --block-length 32 \
         --out "$OUT/prompt_buckets.jsonl" "${BUCKETS_DRY[@]}" 2>&1 | tee "$OUT/buckets.log"
     ;;
+compile)
+    python3 benchmarks/bench_compile_time.py --preset llada-8b --layers 32 --prompt-length 32 \
+        --gen-length 64 --block-length 32 --out "$OUT/compile_time.jsonl" "${COMPILE_DRY[@]}" \
+        2>&1 | tee "$OUT/compile.log"
+    ;;
 gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
         --modes llada-eager threshold-eager credit-graphs
     ;;
 *)
-    echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, op, buckets or suite" >&2
+    echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite" >&2
     exit 2
     ;;
 esac

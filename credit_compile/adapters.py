@@ -133,11 +133,16 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
-def make_forward(model: nn.Module, info: ModelInfo) -> ForwardFn:
-    """forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]."""
+def make_forward(model: nn.Module, info: ModelInfo, *,
+                 compile_layers_once: bool = False) -> ForwardFn:
+    """forward(input_ids, attention_mask, position_ids) -> logits [B, T, V].
+
+    `compile_layers_once` asks this project's model to compile one layer for all (other models
+    have no such switch: the caller warns)."""
     if info.kind == "credit_compile":
         def forward(input_ids, attention_mask, position_ids):
-            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         compile_layers_once=compile_layers_once).logits
     elif info.takes_position_ids:
         def forward(input_ids, attention_mask, position_ids):
             if attention_mask is None:

@@ -30,6 +30,7 @@ from .engine import GenerationSetup, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
 from .runner import make_runner
 from .torch_settings import torch_settings_key
+from .validation import warn_user
 
 log = logging.getLogger("credit_compile")
 
@@ -282,10 +283,18 @@ class OptimizedModel(nn.Module):
                base: DecodeConfig | None = None) -> GenerationSetup:
         config = self._config(overrides, base)
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
+        layers_once = config.compile and config.compile_layers_once
+        if layers_once and info.kind != "credit_compile":
+            warn_user(
+                f"compile_layers_once=True has no effect on {type(self.model).__name__}: only "
+                f"credit_compile's own LLaDA model marks its layers; each layer is compiled as "
+                f"before (load the checkpoint with credit_compile.models.LLaDAModelLM."
+                f"from_pretrained, or leave compile_layers_once off)")
         # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
         # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
         return setup_generation(self.model, input_ids, attention_mask, config, info=info,
-                                forward=make_forward(self.model, info),
+                                forward=make_forward(self.model, info,
+                                                     compile_layers_once=layers_once),
                                 use_op=config.credit_layout == "sparse")
 
     def _loaded_runner(self, fresh: GenerationSetup, trace: bool):
@@ -398,7 +407,7 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
     in those share one step: the seed and dtype (read before the step), the buckets (their
     shapes are in the key), `steps` and the credit fields outside their strategies, `tau` in
-    "llada", and `credit_slots` outside sparse credit.
+    "llada", `credit_slots` outside sparse credit, and `compile_layers_once` without compile.
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
     number of steps captured per replay)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
@@ -413,6 +422,8 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
         drop["credit_slots"] = None
     if not graphs:
         drop.update(sync_every=1, cuda_graphs="off")
+    if not config.compile:
+        drop["compile_layers_once"] = False
     return dataclasses.replace(config, **drop)
 
 

@@ -56,6 +56,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="stop a row once it has committed end-of-text with no mask before it")
     p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"])
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
+    p.add_argument("--compile-layers-once", action="store_true",
+                   help="compile one transformer layer for all of them (faster compile)")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-bucket", type=int, default=None,
@@ -85,6 +87,7 @@ def _decode_config(args):
         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
         early_stop=args.early_stop, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
+        compile_layers_once=args.compile_layers_once,
         dtype=args.dtype, seed=args.seed, prompt_bucket=args.prompt_bucket,
         batch_bucket=args.batch_bucket,
     )
@@ -248,7 +251,7 @@ def cmd_demo(args) -> int:
     return 0 if same else 1
 
 
-BENCHMARKS = ("generate", "quality", "credit_op", "prompt_buckets")
+BENCHMARKS = ("generate", "quality", "credit_op", "prompt_buckets", "compile_time")
 
 
 def cmd_bench(args) -> int:

@@ -114,6 +114,35 @@ def test_generate_rows_record_the_decode_config(eager_rows):
     assert configs["credit-eager"]["credit_layout"] == "dense"
 
 
+@pytest.mark.parametrize("mode, layers_once, graphs, layout", [
+    ("credit-compiled", False, "off", "dense"),
+    ("credit-compiled-sparse", False, "off", "sparse"),
+    ("credit-compiled-layers-once", True, "off", "sparse"),
+    ("credit-graphs", False, "on", "sparse"),
+    ("credit-graphs-dense", False, "on", "dense"),
+    ("credit-graphs-layers-once", True, "on", "sparse"),
+])
+def test_generate_compiled_modes_configure_what_they_name(bench_generate, monkeypatch, mode,
+                                                          layers_once, graphs, layout):
+    seen = []
+
+    class Configured(Exception):
+        pass
+
+    def optimize_stand_in(model, config):
+        seen.append(config)
+        raise Configured
+
+    monkeypatch.setattr(bench_generate.cc, "optimize", optimize_stand_in)
+    with pytest.raises(Configured):
+        bench_generate.run_mode(mode, None, torch.zeros(1, 2, dtype=torch.long), None,
+                                bench_generate.cc.DecodeConfig(gen_length=8, block_length=4), 1)
+    (config,) = seen
+    assert (config.compile_layers_once, config.cuda_graphs, config.credit_layout) == (
+        layers_once, graphs, layout)
+    assert config.compile and config.strategy == "credit"
+
+
 def test_generate_tiny_preset_nfe_is_not_the_whole_block_artefact(eager_rows):
     # The tiny preset's own init (0.02) ties every confidence: one step per block (NFE 4 here).
     nfe = {r["mode"]: r["nfe"] for r in eager_rows}
@@ -336,3 +365,49 @@ def test_plot_keeps_runs_of_other_commits_dtypes_and_blocks_apart(tmp_path, monk
     output = tmp_path / "plot.png"
     plot.main(["--input", str(data), "--output", str(output)])
     assert png_width(output) == 4 * 5 * 120  # four panels of 5 inches at 120 dpi
+
+
+# ------------------------------------------------------------------------------------------------
+# bench_compile_time.py
+# ------------------------------------------------------------------------------------------------
+
+def test_compile_time_measures_each_setting_cold_in_a_process_of_its_own(tmp_path, monkeypatch):
+    bench = load("bench_compile_time", monkeypatch)
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--layers", "1", "--prompt-length", "2", "--gen-length", "4",
+                       "--block-length", "4", "--repeats", "1", "--device", "cpu",
+                       "--out", str(out)]) == 0
+    without, once = read_rows(out)
+    assert (without["compile_layers_once"], once["compile_layers_once"]) == (False, True)
+    for row in (without, once):
+        assert row["layers"] == 1 and row["device"] == "cpu" and row["torch"] == torch.__version__
+        assert row["commit"] and row["runner"] == "compiled" and row["nfe"] >= 1
+        # A cold cache: the first call compiled (seconds, not the milliseconds of a cache hit).
+        assert row["compile_seconds"] > 0.5 and row["tokens_equal_reference"] is True
+    assert once["compile_speedup"] == without["compile_seconds"] / once["compile_seconds"]
+
+
+def test_compile_time_ratios_are_against_the_same_layer_count(tmp_path, monkeypatch):
+    bench = load("bench_compile_time", monkeypatch)
+    seconds = {(2, False): 8.0, (2, True): 4.0, (8, False): 30.0, (8, True): 6.0}
+
+    def fake_child(spec):  # no processes, no compiles
+        return {"compile_seconds": seconds[spec["layers"], spec["compile_layers_once"]],
+                "ms_per_step": 2.0 if spec["compile_layers_once"] else 4.0, "nfe": 3,
+                "runner": "compiled", "tokens_equal_reference": True, "dtype": "float32",
+                "device_name": "cpu", "torch": "x"}
+
+    monkeypatch.setattr(bench, "run_child", fake_child)
+    out = tmp_path / "rows.jsonl"
+    assert bench.main(["--layers", "2", "8", "--out", str(out)]) == 0
+    rows = read_rows(out)
+    assert [r.get("compile_speedup") for r in rows] == [None, 2.0, None, 5.0]
+    assert [r.get("step_time_ratio") for r in rows] == [None, 0.5, None, 0.5]
+
+
+def test_compile_time_refuses_a_block_that_does_not_divide(tmp_path, monkeypatch):
+    bench = load("bench_compile_time", monkeypatch)
+    monkeypatch.setattr(bench, "run_child", lambda spec: pytest.fail("a child ran"))
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--gen-length", "8", "--block-length", "3", "--out", str(tmp_path / "r")])
+    assert exc.value.code == 2

@@ -138,6 +138,14 @@ def test_steps_without_the_llada_strategy_is_refused(capsys):
     assert main(["generate", "--prompt", "ab", "--strategy", "llada", "--steps", "4", *SMALL]) == 0
 
 
+def test_compile_layers_once_reaches_the_config():
+    from credit_compile.cli import _decode_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _decode_config(parse(["generate", "--compile-layers-once"])).compile_layers_once
+    assert not _decode_config(parse(["generate"])).compile_layers_once
+
+
 def test_llada_sampler_options_reach_the_config():
     from credit_compile.cli import _decode_config, build_parser
 

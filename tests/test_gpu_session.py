@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "op", "buckets", "suite"]
+STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets",
+          "suite"]
 
 
 def run_stage(stage: str, out: Path) -> subprocess.CompletedProcess:
@@ -29,7 +30,8 @@ def test_every_stage_runs_dry(stage, tmp_path):
     done = run_stage(stage, tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {"gen1024": "generate", "gen1024b8": "generate", "gen256b1": "generate",
-            "gen256b8": "generate", "op": "credit_op", "buckets": "prompt_buckets"}
+            "gen256b8": "generate", "op": "credit_op", "buckets": "prompt_buckets",
+            "compile": "compile_time"}
     if stage in rows:
         lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
         assert lines and all("commit" in json.loads(line) for line in lines)

@@ -102,6 +102,7 @@ CONFIG_ERRORS = [
     (dict(cuda_graphs="on", compile=False), r"cuda_graphs='on' with compile=False: .*set "
      r"compile=True, or cuda_graphs='auto'"),
     (dict(compile="yes"), r"compile='yes': use True or False"),
+    (dict(compile_layers_once=1), r"compile_layers_once=1: use True or False"),
     (dict(dtype="float64"), r"dtype='float64': use one of"),
     # Counts.
     (dict(gen_length=0), r"gen_length=0: use a positive integer"),

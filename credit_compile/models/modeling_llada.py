@@ -256,6 +256,17 @@ class LLaDABlock(nn.Module):
         return x + self.mlp(self.ff_norm(x))
 
 
+def _run_block(block: LLaDABlock, x, cos, sin, attn_mask):
+    return block(x, cos, sin, attn_mask)
+
+
+# `_run_block` as a nested compile region: torch.compile traces and compiles the first layer's
+# call and reuses it for every other layer (they differ only in their weights, which become the
+# region's inputs); in eager mode a plain call. Marking it touches no global state and does not
+# import dynamo.
+_run_block_compiled_once = torch.compiler.nested_compile_region(_run_block)
+
+
 class LLaDAModel(nn.Module):
     """Holds ``transformer`` = ModuleDict(wte, blocks, ln_f[, ff_out]) as in the official code."""
 
@@ -335,12 +346,15 @@ class LLaDAModelLM(PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        compile_layers_once: bool = False,
     ) -> torch.Tensor:
         """Final hidden states after ``ln_f``: ``[B, L, d_model]``.
 
         attention_mask: ``[B, L]`` with 1 (or True) for tokens to attend to; None attends to all.
         position_ids: ``[B, L]`` or ``[1, L]``; None gives ``cumsum(attention_mask) - 1`` clamped
         at 0 (or ``0..L-1`` without a mask).
+        compile_layers_once: under torch.compile, compile one layer and reuse it for all (a
+            nested compile region); no effect in eager mode.
         """
         cfg = self.config
         t = self.model.transformer
@@ -354,8 +368,9 @@ class LLaDAModelLM(PreTrainedModel):
                 position_ids = positions_from_mask(attention_mask)
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         cos, sin = rotary_cos_sin(position_ids, cfg.d_model // cfg.n_heads, self._rope_theta[0])
+        run_block = _run_block_compiled_once if compile_layers_once else _run_block
         for block in t.blocks:
-            x = block(x, cos, sin, attn_mask)
+            x = run_block(block, x, cos, sin, attn_mask)
         return t.ln_f(x)
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -375,9 +390,10 @@ class LLaDAModelLM(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        compile_layers_once: bool = False,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple[torch.Tensor]:
-        """Logits for every position (non-causal).
+        """Logits for every position (non-causal). `compile_layers_once`: see `forward_hidden`.
 
         Extra keyword arguments of the official forward are accepted only when they ask for
         nothing this model does not do (``use_cache``/``output_*`` False or None, no
@@ -386,7 +402,8 @@ class LLaDAModelLM(PreTrainedModel):
         for name, value in kwargs.items():
             if value is not None and value is not False:
                 raise TypeError(f"LLaDAModelLM.forward does not support {name}={value!r}")
-        logits = self.lm_head(self.forward_hidden(input_ids, attention_mask, position_ids))
+        logits = self.lm_head(self.forward_hidden(input_ids, attention_mask, position_ids,
+                                                  compile_layers_once))
         if return_dict is False:
             return (logits,)
         return CausalLMOutputWithPast(logits=logits)

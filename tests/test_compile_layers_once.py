@@ -1,0 +1,158 @@
+"""compile_layers_once: the step compiles one transformer layer for all of them (a nested compile
+region) and decodes the same tokens as the eager reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch._dynamo.utils import counters
+from toy_models import ContextMixModel
+
+import credit_compile as cc
+from credit_compile import api
+from credit_compile.assets import has_default_model, load_default_model
+from credit_compile.backend import make_backend
+from credit_compile.models import build_model
+from credit_compile.models.presets import get_config
+from credit_compile.passes import pass_count
+
+
+def layered_model(layers: int, seed: int = 0):
+    # init_std 0.5: confident enough that decoding commits about one token per step (at the
+    # presets' 0.02 every confidence ties and whole blocks commit at once).
+    config = get_config("tiny")
+    config.n_layers, config.init_std = layers, 0.5
+    return build_model(config, seed=seed)
+
+
+@pytest.fixture
+def step_graphs(monkeypatch):
+    """The FX graphs dynamo hands the credit_compile backend, one per compiled step."""
+    graphs = []
+
+    def recording(**kwargs):
+        backend = make_backend(**kwargs)
+
+        def record(gm, example_inputs):
+            graphs.append(gm)
+            return backend(gm, example_inputs)
+        return record
+
+    monkeypatch.setattr(api, "make_backend", recording)
+    return graphs
+
+
+def layer_calls(gm) -> list[str]:
+    """The subgraph each invoke_subgraph node of the step's graph calls."""
+    return [node.args[0].target for node in gm.graph.nodes
+            if node.target is torch.ops.higher_order.invoke_subgraph]
+
+
+def test_one_layer_is_traced_and_called_for_every_layer(step_graphs):
+    model = layered_model(3)
+    ids = torch.randint(0, 120, (1, 5), generator=torch.Generator().manual_seed(0))
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile_layers_once=True)
+    fast.generate(ids)
+    (gm,) = step_graphs
+    assert layer_calls(gm) == ["subgraph_0"] * 3  # one region, called by each layer
+
+
+def test_without_it_every_layer_is_inlined(step_graphs):
+    fast = cc.optimize(layered_model(3), gen_length=8, block_length=4)
+    fast.generate(torch.randint(0, 120, (1, 5)))
+    (gm,) = step_graphs
+    assert layer_calls(gm) == []
+
+
+CONFIGS = st.sampled_from([
+    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="dense"),  # the credit-fusion pass's graph
+    dict(strategy="threshold", tau=0.7),
+    dict(strategy="llada"),
+    dict(strategy="llada", temperature=0.8, seed=4),  # the Gumbel pass's graph
+])
+
+
+@settings(max_examples=6, deadline=None)
+@given(config=CONFIGS, layers=st.integers(1, 3), batch=st.integers(1, 2),
+       prompt_length=st.integers(2, 6), padded=st.booleans(), seed=st.integers(0, 2**16))
+def test_tokens_equal_the_reference(config, layers, batch, prompt_length, padded, seed):
+    model = layered_model(layers, seed=seed % 7)
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 120, (batch, prompt_length), generator=g)
+    mask = None
+    if padded and batch > 1:
+        mask = torch.ones_like(ids)
+        mask[1, :prompt_length // 2] = 0
+    decode = dict(gen_length=8, block_length=4, **config)
+    ref = cc.generate_reference(model, ids, mask, **decode)
+    heads = pass_count("block_sliced_lm_head")
+    out = cc.optimize(model, compile_layers_once=True, **decode).generate(ids, mask)
+    assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
+    assert pass_count("block_sliced_lm_head") == heads + 1  # the passes still see the head
+
+
+@pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+def test_the_trained_model_decodes_the_same_tokens():
+    from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set
+
+    model, tokenizer = load_default_model("cpu")
+    batch = tokenizer([prompt for _, prompt, _ in held_out_set(6, seed=3)])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    decode = dict(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH)
+    ref = cc.generate_reference(model, ids, mask, **decode)
+    out = cc.optimize(model, compile_layers_once=True, **decode).generate(ids, mask)
+    assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
+
+
+def test_it_is_part_of_the_step_key():
+    fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
+    ids = torch.randint(0, 120, (1, 5))
+    fast.generate(ids)
+    fast.generate(ids, compile_layers_once=True)
+    assert fast.cached_steps == 2
+    fast.generate(ids, compile_layers_once=True)
+    assert fast.cached_steps == 2
+
+
+def test_without_compile_it_shares_the_eager_step():
+    fast = cc.optimize(layered_model(2), gen_length=8, block_length=4, compile=False)
+    ids = torch.randint(0, 120, (1, 5))
+    fast.generate(ids)
+    fast.generate(ids, compile_layers_once=True)
+    assert fast.cached_steps == 1
+
+
+def test_eager_forward_is_unchanged():
+    model = layered_model(2)
+    ids = torch.randint(0, 120, (2, 7))
+    assert torch.equal(model(ids).logits, model(ids, compile_layers_once=True).logits)
+
+
+def test_a_model_without_marked_layers_warns_and_decodes_as_before():
+    model = ContextMixModel(seed=2)
+    ids = torch.randint(0, 30, (1, 4))
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile_layers_once=True)
+    with pytest.warns(UserWarning, match=r"compile_layers_once=True has no effect on "
+                                         r"ContextMixModel.*from_pretrained"):
+        out = fast.generate(ids)
+    assert torch.equal(out.sequences,
+                       cc.generate_reference(model, ids, gen_length=8, block_length=4).sequences)
+
+
+def test_no_warning_when_nothing_is_compiled(recwarn):
+    cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4, compile=False,
+                compile_layers_once=True).generate(torch.randint(0, 30, (1, 4)))
+    assert not [w for w in recwarn if "compile_layers_once" in str(w.message)]
+
+
+def test_a_second_call_compiles_nothing():
+    # The region's guards hold across calls: no recompile of the step.
+    fast = cc.optimize(layered_model(4), gen_length=8, block_length=4, compile_layers_once=True)
+    ids = torch.randint(0, 120, (1, 5))
+    before = counters["stats"]["unique_graphs"]
+    fast.generate(ids)
+    fast.generate(ids)
+    assert counters["stats"]["unique_graphs"] - before == 1
