@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .adapters import describe_model, make_forward, probe_vocab_size, unwrap_model
+from .adapters import describe_model, probe_vocab_size, unwrap_model
 from .backend import make_backend
 from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
@@ -293,8 +293,6 @@ class OptimizedModel(nn.Module):
         # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
         # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
         return setup_generation(self.model, input_ids, attention_mask, config, info=info,
-                                forward=make_forward(self.model, info,
-                                                     compile_layers_once=layers_once),
                                 use_op=config.credit_layout == "sparse")
 
     def _loaded_runner(self, fresh: GenerationSetup, trace: bool):

@@ -77,7 +77,10 @@ def setup_generation(
     check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
-    forward = forward if forward is not None else make_forward(model, info)
+    if forward is None:
+        # A switch for the compiler: the eager reference's forward runs the same either way.
+        forward = make_forward(model, info, compile_layers_once=config.compile
+                               and config.compile_layers_once)
     input_ids, attention_mask = _on_model_device(model, input_ids, attention_mask)
     input_ids, attention_mask = check_inputs(input_ids, attention_mask, config, info)
     if info.vocab_size is None:

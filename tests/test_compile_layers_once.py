@@ -107,6 +107,28 @@ def test_the_trained_model_decodes_the_same_tokens():
     assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
 
 
+def test_verify_measures_the_forward_compiled_as_configured(monkeypatch):
+    import importlib
+
+    verify_module = importlib.import_module("credit_compile.verify")
+    graphs = []
+
+    def recording(**kwargs):
+        backend = make_backend(**kwargs)
+
+        def record(gm, example_inputs):
+            graphs.append(gm)
+            return backend(gm, example_inputs)
+        return record
+
+    monkeypatch.setattr(verify_module, "make_backend", recording)
+    report = cc.verify(layered_model(2), torch.randint(0, 120, (1, 5)), gen_length=8,
+                       block_length=4, compile_layers_once=True)
+    assert report.ok and report.max_logit_difference < 1e-4
+    (gm,) = graphs
+    assert layer_calls(gm) == ["subgraph_0"] * 2
+
+
 def test_it_is_part_of_the_step_key():
     fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
     ids = torch.randint(0, 120, (1, 5))
