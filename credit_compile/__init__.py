@@ -19,3 +19,15 @@ __all__ += ["OptimizedModel", "optimize"]
 from .verify import VerifyReport, verify  # noqa: E402
 
 __all__ += ["VerifyReport", "verify"]
+
+# Subpackages as attributes (`credit_compile.assets.load_default_model()`, as the README writes),
+# imported on first use: `models` imports transformers, which `import credit_compile` need not.
+_SUBPACKAGES = ("assets", "models", "passes", "tokenizer", "training")
+
+
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -88,7 +88,12 @@ class OptimizedModel(nn.Module):
 
     @max_cached_steps.setter
     def max_cached_steps(self, value: int) -> None:
-        self._max_cached_steps = _checked_cache_size(value)
+        # A lower limit frees the steps beyond it now (a server reclaiming memory), under the
+        # call lock: a running call keeps its step until it returns.
+        value = _checked_cache_size(value)
+        with self._exclusive("setting max_cached_steps"):
+            self._max_cached_steps = value
+            self._drop_beyond_limit()
 
     @property
     def cached_steps(self) -> int:
@@ -352,14 +357,17 @@ class OptimizedModel(nn.Module):
                 runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
                                      unroll=unroll)
             self._runners[key] = runner
-            while len(self._runners) > self.max_cached_steps:
-                dropped, _ = self._runners.popitem(last=False)
-                log.warning(
-                    "credit_compile: dropped the compiled step of canvas shape %s "
-                    "(max_cached_steps=%d); it compiles again if that shape returns: raise "
-                    "max_cached_steps, or set prompt_bucket to need fewer shapes",
-                    dropped[0], self.max_cached_steps)
+            self._drop_beyond_limit()
         return runner, initial
+
+    def _drop_beyond_limit(self) -> None:
+        while len(self._runners) > self.max_cached_steps:
+            dropped, _ = self._runners.popitem(last=False)
+            log.warning(
+                "credit_compile: dropped the compiled step of canvas shape %s "
+                "(max_cached_steps=%d); it compiles again if that shape returns: raise "
+                "max_cached_steps, or set prompt_bucket to need fewer shapes",
+                dropped[0], self.max_cached_steps)
 
 
 _NO_MASK_TOKEN = ("the model has no mask token: its config has no `mask_token_id`; pass "

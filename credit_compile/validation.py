@@ -155,12 +155,16 @@ def check_inputs(
     if attention_mask is None:
         _refuse_unmasked_padding(input_ids, info.pad_id)
         return input_ids.long(), None
-    if not isinstance(attention_mask, torch.Tensor) or attention_mask.shape != input_ids.shape:
-        shape = getattr(attention_mask, "shape", None)
+    if not isinstance(attention_mask, torch.Tensor):
         raise ValueError(
-            f"attention_mask shape {tuple(shape) if shape is not None else None} differs from "
-            f"input_ids shape {tuple(input_ids.shape)}: pass the mask the tokenizer returned with "
-            f"these input_ids"
+            f"attention_mask must be a torch.Tensor like input_ids, got "
+            f"{type(attention_mask).__name__}: use torch.as_tensor(attention_mask), or a "
+            f"tokenizer with return_tensors='pt'"
+        )
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(
+            f"attention_mask shape {tuple(attention_mask.shape)} differs from input_ids shape "
+            f"{tuple(input_ids.shape)}: pass the mask the tokenizer returned with these input_ids"
         )
     attention_mask = attention_mask.to(input_ids.device)
     if bool(((attention_mask != 0) & (attention_mask != 1)).any()):

@@ -77,3 +77,18 @@ def test_a_missing_module_inside_the_passes_is_not_blamed_on_the_checkout(monkey
         backend.make_backend()
     assert raised.value.name == "some_dependency"
     assert "pip install" not in str(raised.value)
+
+
+def test_subpackages_are_attributes_of_the_package_imported_on_first_use():
+    # The README writes credit_compile.assets.load_default_model(); error messages name
+    # credit_compile.models.LLaDAModelLM. Neither may cost `import credit_compile` transformers.
+    code = (
+        "import sys, credit_compile as cc\n"
+        "assert 'transformers' not in sys.modules and 'credit_compile.models' not in sys.modules\n"
+        "assert callable(cc.assets.load_default_model) and cc.models.LLaDAModelLM\n"
+        "assert cc.passes.pass_count and cc.tokenizer.CharTokenizer and cc.training\n"
+        "try:\n    cc.no_such_thing\nexcept AttributeError as e:\n    assert 'no_such_thing' in str(e)\n"
+        "else:\n    raise SystemExit('no AttributeError')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert done.returncode == 0, done.stderr

@@ -95,6 +95,31 @@ def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
             fast.max_cached_steps = bad
 
 
+def test_lowering_max_cached_steps_drops_the_least_recently_used_now(caplog):
+    # A server lowering the limit to free memory must not wait for a new shape to arrive.
+    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=False)
+    for length in (3, 4, 5, 6, 4):
+        fast.generate(prompts(1, length, "cpu")[0])
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        fast.max_cached_steps = 2
+    assert sorted(key[0] for key in fast._runners) == [(1, 4 + 4), (1, 6 + 4)]
+    assert sum("dropped the compiled step" in r.message for r in caplog.records) == 2
+    fast.max_cached_steps = 8  # raising it drops nothing
+    assert fast.cached_steps == 2
+
+
+def test_max_cached_steps_is_not_changed_from_inside_a_call():
+    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=False)
+
+    def lower(_steps):
+        fast.max_cached_steps = 1
+
+    with pytest.raises(RuntimeError, match=r"setting max_cached_steps called while this thread "
+                                           r"is inside generate\(\)"):
+        fast.generate(prompts(1, 3, "cpu")[0], progress=lower)
+    assert fast.max_cached_steps == 8
+
+
 def test_a_dropped_compiled_step_is_freed():
     import gc
     import weakref

@@ -385,9 +385,17 @@ def test_config_passed_as_the_attention_mask(model, ids):
         cc.generate_reference(model, ids, DecodeConfig(**small()))
 
 
-def test_attention_mask_not_a_tensor(model, ids):
-    assert_rejected(model, ids, r"pass the mask the tokenizer returned with these input_ids",
-                    attention_mask=[[1, 1, 1], [1, 1, 1]], **small())
+@pytest.mark.parametrize("kind", ["list", "ndarray"])
+def test_attention_mask_not_a_tensor(model, ids, kind):
+    # A list is what a tokenizer returns without return_tensors; the shape message said "shape
+    # None differs", and for a numpy mask "(2, 3) differs from (2, 3)".
+    mask = [[1, 1, 1], [1, 1, 1]]
+    if kind == "ndarray":
+        mask = pytest.importorskip("numpy").array(mask)
+    assert_rejected(model, ids, rf"attention_mask must be a torch.Tensor like input_ids, got "
+                                rf"{kind}: use torch.as_tensor\(attention_mask\), or a tokenizer "
+                                rf"with return_tensors='pt'",
+                    attention_mask=mask, **small())
 
 
 @pytest.mark.parametrize("mask", [
