@@ -66,9 +66,10 @@ class DecodeConfig:
         compile: run the denoising step through torch.compile with the credit_compile backend.
         compile_layers_once: compile the model's transformer layer once and reuse it for every
             layer (`torch.compiler.nested_compile_region`) instead of tracing and compiling each
-            layer of the step: on a 2-core CPU a 32-layer step compiled 2.8x faster (torch 2.13;
-            1.3x on torch 2.11 at 16 layers) with the same tokens (docs/performance.md). Inductor
-            no longer fuses across layer boundaries; off by default until measured on a GPU.
+            layer of the step: on a 2-core CPU a 32-layer step compiled 2.3x faster on torch 2.13
+            and 1.9x on torch 2.11, with the same tokens (docs/performance.md). Inductor no longer
+            fuses across layer boundaries (on torch 2.11 the CPU step ran 11% slower); off by
+            default until measured on a GPU.
             Applies to this project's LLaDA model; other models are compiled as before, with a
             warning.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
