@@ -200,8 +200,10 @@ def graphs_on_cpu(monkeypatch):
     dict(strategy="llada", temperature=0.7, seed=5),
     dict(strategy="llada", remasking="random", seed=6, sync_every=2),
     dict(strategy="llada", temperature=0.7),  # the caller seeds the global RNG
+    dict(strategy="credit", compile_layers_once=True, sync_every=2),
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
-        "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed"])
+        "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
+        "credit-layers-once-sync2"])
 def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
     kwargs = dict(config, gen_length=16, block_length=8)
@@ -250,6 +252,20 @@ def test_cuda_graph_replay_equals_reference(config, padded):
     again = fast.generate(ids2, mask2)
     ref2 = cc.generate_reference(model, ids2, mask2, **kwargs)
     assert_same_as_reference(again, ref2, model, ids2, mask2, kwargs)
+
+
+@needs_cuda
+@pytest.mark.parametrize("config", [dict(strategy="credit"), dict(strategy="credit", sync_every=3),
+                                    dict(strategy="llada", temperature=0.7, seed=3)])
+def test_cuda_graph_with_compile_layers_once_equals_reference(config):
+    model = build_model(get_config("tiny", init_std=0.5, n_layers=3), device="cuda", seed=1)
+    ids, mask = prompts(3, 6, "cuda", padded=True, seed=2)
+    kwargs = dict(config, gen_length=32, block_length=8)
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    fast = cc.optimize(model, cuda_graphs="on", compile_layers_once=True, **kwargs)
+    out = fast.generate(ids, mask)
+    assert fast.last_stats["runner"] == "cuda_graph"
+    assert_same_as_reference(out, ref, model, ids, mask, kwargs)
 
 
 @needs_cuda
