@@ -27,9 +27,8 @@ def layered_model(layers: int, seed: int = 0):
     return build_model(config, seed=seed)
 
 
-@pytest.fixture
-def step_graphs(monkeypatch):
-    """The FX graphs dynamo hands the credit_compile backend, one per compiled step."""
+def record_graphs(monkeypatch, module) -> list:
+    """The FX graphs dynamo hands the backends `module` makes, in order."""
     graphs = []
 
     def recording(**kwargs):
@@ -40,8 +39,14 @@ def step_graphs(monkeypatch):
             return backend(gm, example_inputs)
         return record
 
-    monkeypatch.setattr(api, "make_backend", recording)
+    monkeypatch.setattr(module, "make_backend", recording)
     return graphs
+
+
+@pytest.fixture
+def step_graphs(monkeypatch):
+    """The FX graphs of the optimized model's compiled steps, one per step."""
+    return record_graphs(monkeypatch, api)
 
 
 def layer_calls(gm) -> list[str]:
@@ -110,18 +115,8 @@ def test_the_trained_model_decodes_the_same_tokens():
 def test_verify_measures_the_forward_compiled_as_configured(monkeypatch):
     import importlib
 
-    verify_module = importlib.import_module("credit_compile.verify")
-    graphs = []
-
-    def recording(**kwargs):
-        backend = make_backend(**kwargs)
-
-        def record(gm, example_inputs):
-            graphs.append(gm)
-            return backend(gm, example_inputs)
-        return record
-
-    monkeypatch.setattr(verify_module, "make_backend", recording)
+    # The submodule: the package's `verify` attribute is the function.
+    graphs = record_graphs(monkeypatch, importlib.import_module("credit_compile.verify"))
     report = cc.verify(layered_model(2), torch.randint(0, 120, (1, 5)), gen_length=8,
                        block_length=4, compile_layers_once=True)
     assert report.ok and report.max_logit_difference < 1e-4
