@@ -15,9 +15,9 @@
 # Order for a 30-minute lease (about 1.5 min to start): tests (~3 min), gen1024 (~7), gen1024b8
 # (~6), gen256b1 (~7), gen256b8 (~8), then compile (~4), op (~2), buckets (~7: one 8B compile
 # per distinct length without a bucket) and suite if time is left. gen256b1/b8 run every mode,
-# the two compile_layers_once modes included (estimated, not yet measured: ~1 min each). Estimates: each compiled 8B mode compiles
-# for 27-52 s (measured, docs/performance.md). Rows are appended as measured, so a stage cut by
-# the limit keeps what it finished.
+# the two compile_layers_once modes included (~1 min each, estimated). Each compiled 8B mode
+# compiles for 27-52 s (measured, docs/performance.md). Rows are appended as measured, so a stage
+# cut by the limit keeps what it finished.
 # Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
 # sequence length T = prompt + gen, not on how much is generated. A full gen-1024 run at B=8
 # takes about 6 minutes per eager mode (1024 steps of ~340 ms), more than one command may run;
