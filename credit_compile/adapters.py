@@ -138,11 +138,12 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
     """forward(input_ids, attention_mask, position_ids) -> logits [B, T, V].
 
     `compile_layers_once` asks this project's model to compile one layer for all (other models
-    have no such switch: the caller warns)."""
+    have no such switch: the caller warns). This project's model also takes the KV cache's
+    `kv_cache=` and `cache_positions=` (others are refused a cache before this is called)."""
     if info.kind == "credit_compile":
-        def forward(input_ids, attention_mask, position_ids):
+        def forward(input_ids, attention_mask, position_ids, **kv_cache):
             return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                         compile_layers_once=compile_layers_once).logits
+                         compile_layers_once=compile_layers_once, **kv_cache).logits
     elif info.takes_position_ids:
         def forward(input_ids, attention_mask, position_ids):
             if attention_mask is None:

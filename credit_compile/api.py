@@ -185,10 +185,11 @@ class OptimizedModel(nn.Module):
         # `sync_every` steps; a CPU device has no queue, and a step after completion costs a
         # whole forward: check every call there.
         every = 1 if trace or runner.state.device.type != "cuda" else max(
-            1, config.sync_every // runner.steps_per_call)
+            1, config.host_sync_every // runner.steps_per_call)
         out = run_generation(
             runner.step, runner.state, max_steps=fresh.strategy.max_steps(), sync_every=every,
             trace=trace, progress=progress, steps_per_call=runner.steps_per_call,
+            on_sync=runner.synced,
         )
         if runner.state.device.type == "cuda":
             torch.cuda.synchronize(runner.state.device)
@@ -352,7 +353,7 @@ class OptimizedModel(nn.Module):
                                   state.buffers["credit"].shape[-1])
             backend = make_backend(config=config) if config.compile else None
             cuda_graphs = "off" if trace else config.cuda_graphs
-            unroll = config.sync_every if cuda_graphs != "off" else 1
+            unroll = config.host_sync_every if cuda_graphs != "off" else 1
             with rng_untouched(state.device):  # warm-up steps before capture draw numbers
                 runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
                                      unroll=unroll)
@@ -428,6 +429,8 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
         drop["credit_slots"] = None
     if not graphs:
         drop.update(sync_every=1, cuda_graphs="off")
+    else:
+        drop["sync_every"] = config.host_sync_every
     if not config.compile:
         drop["compile_layers_once"] = False
     return dataclasses.replace(config, **drop)

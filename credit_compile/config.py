@@ -16,11 +16,13 @@ Strategy = Literal["credit", "threshold", "llada"]
 Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
+KVCache = Literal["none", "dual"]
 
 STRATEGIES = ("credit", "threshold", "llada")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
+KV_CACHES = ("none", "dual")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -72,6 +74,17 @@ class DecodeConfig:
             default until measured on a GPU.
             Applies to this project's LLaDA model; other models are compiled as before, with a
             warning.
+        kv_cache: "none" runs the model on the whole canvas at every step (exact). "dual" is
+            Fast-dLLM's DualCache, an approximation: a block's first step runs the whole canvas and
+            keeps every layer's keys and values; its later steps run the model on the block's
+            positions only, attending to the kept keys and values of the prefix and the suffix
+            (stale by the tokens committed since), with the block's own recomputed. Tokens can
+            differ from "none" (docs/quality.md measures how much); the eager reference decodes
+            the same way, so optimized and reference stay equal. Needs this project's LLaDA
+            model (others are refused). With random draws ("llada" with temperature > 0 or
+            random remasking) completion is checked after every step whatever `sync_every` says:
+            a block may end inside a window of unchecked steps, and the idle steps after it
+            would draw numbers the reference does not.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.
             `generate(trace=True)`, which reads every step on the host, runs without graphs.
@@ -117,6 +130,7 @@ class DecodeConfig:
     dtype: str | None = None
     compile: bool = True
     compile_layers_once: bool = False
+    kv_cache: KVCache = "none"
     cuda_graphs: CudaGraphs = "auto"
     sync_every: int = 4
     seed: int | None = None
@@ -166,6 +180,14 @@ class DecodeConfig:
     @property
     def steps_per_block(self) -> int:
         return self.total_steps // self.num_blocks
+
+    @property
+    def host_sync_every(self) -> int:
+        """`sync_every` as the fast path applies it: 1 where idle steps inside a block would
+        draw random numbers (a KV cache with the "llada" sampler's random draws)."""
+        random_draws = self.strategy == "llada" and (
+            self.temperature != 0 or self.remasking == "random")
+        return 1 if self.kv_cache != "none" and random_draws else self.sync_every
 
     @property
     def num_credit_slots(self) -> int:
@@ -225,6 +247,8 @@ class DecodeConfig:
             need(_is_count(self.credit_slots) and self.credit_slots > 0,
                  f"credit_slots={self.credit_slots!r}: use a positive integer or None (exact)")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}: use one of {DTYPES}")
+        need(self.kv_cache in KV_CACHES,
+             f"kv_cache={self.kv_cache!r}: use one of {KV_CACHES}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
         for name in ("compile", "compile_layers_once"):

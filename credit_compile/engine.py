@@ -44,13 +44,34 @@ class GenerationSetup:
     strategy: Strategy
     state: DecodeState
     eos_ids: tuple[int, ...] | None
+    # (shape, dtype) of each of the KV cache's keys and values; None without a cache.
+    kv_cache_layout: tuple[tuple[int, ...], torch.dtype] | None = None
 
     def step_function(self) -> Callable[[], None]:
-        """The denoising step bound to this generation's forward, strategy and state."""
-        return functools.partial(
+        """The denoising step bound to this generation's forward, strategy and state (without a
+        KV cache; see `step_functions`)."""
+        if self.kv_cache_layout is not None:
+            raise ValueError("with a KV cache a generation has two step functions: use "
+                             "step_functions() and the schedule of make_schedule()")
+        return self.step_functions()["step"]
+
+    def step_functions(self) -> dict[str, Callable[[], None]]:
+        """The denoising step(s) by phase: {"step": ...}, or with a KV cache {"refresh": ...,
+        "cached": ...}. Allocates the KV cache, on the first call only: a runner reusing this
+        state's buffers for later calls makes none."""
+        step = functools.partial(
             denoise_step, self.forward, self.strategy, self.state,
             cfg_scale=self.config.cfg_scale, eos_ids=self.eos_ids,
         )
+        if self.kv_cache_layout is None:
+            return {"step": step}
+        if self.state.kv_cache is None:
+            shape, dtype = self.kv_cache_layout
+            # Uninitialised: every block's first step writes it whole before it is read.
+            self.state.kv_cache = tuple(
+                torch.empty(shape, dtype=dtype, device=self.state.device) for _ in range(2))
+        return {phase: functools.partial(step, cache_phase=phase)
+                for phase in ("refresh", "cached")}
 
 
 def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig:
@@ -77,6 +98,7 @@ def setup_generation(
     check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
+    _check_kv_cache_support(config, info)
     if forward is None:
         # A switch for the compiler: the eager reference's forward runs the same either way.
         forward = make_forward(model, info, compile_layers_once=config.compile
@@ -121,9 +143,32 @@ def setup_generation(
     )
     strategy = make_strategy(config, mask_id, use_op=use_op)
     strategy.allocate(state, info.vocab_size)
+    kv_cache_layout = None
+    if config.kv_cache != "none":
+        rows = state.batch_size * (2 if config.cfg_scale > 0 else 1)  # guidance doubles the batch
+        kv_cache_layout = (model.kv_cache_shape(rows, state.x.shape[1]),
+                           _floating_dtype(model))
     if config.seed is not None:
         torch.manual_seed(config.seed)
-    return GenerationSetup(config, info, forward, strategy, state, eos_ids)
+    return GenerationSetup(config, info, forward, strategy, state, eos_ids, kv_cache_layout)
+
+
+def _check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
+    if config.kv_cache != "none" and info.kind != "credit_compile":
+        raise ValueError(
+            f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
+            f"reads and writes the cache; this model is a {info.kind} one. Load the checkpoint "
+            f"with credit_compile.models.LLaDAModelLM.from_pretrained(path) (the official LLaDA "
+            f"layout loads as is), or use kv_cache='none'")
+
+
+def _floating_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's weights, which its keys and values come out in (without
+    autocast; under autocast the cache holds them exactly and casts back on reading)."""
+    for parameter in model.parameters():
+        if parameter.is_floating_point():
+            return parameter.dtype
+    return torch.get_default_dtype()
 
 
 def _warn_if_dropout_is_active(model: nn.Module) -> None:

@@ -2,7 +2,8 @@
 
 `generate(model, input_ids, strategy=...)` runs LLaDA's original sampler ("llada"), threshold
 parallel decoding ("threshold", Fast-dLLM) or CreditDecoding ("credit") with the shared
-denoising step executed eagerly and a host completion check after every step.
+denoising step executed eagerly and a host completion check after every step (with
+`kv_cache="dual"`, a block's refreshing first step and its cached others, decided after each).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torch import nn
 from .config import DecodeConfig
 from .decoding.loop import GenerationOutput, run_generation
 from .engine import resolve_config, setup_generation
+from .runner import EagerStepRunner
 
 
 @torch.no_grad()
@@ -28,8 +30,8 @@ def generate(
 ) -> GenerationOutput:
     """Decode eagerly. `overrides` are `DecodeConfig` fields (gen_length=..., strategy=...)."""
     config = resolve_config(config, overrides)
-    setup = setup_generation(model, input_ids, attention_mask, config)
+    runner = EagerStepRunner(setup_generation(model, input_ids, attention_mask, config))
     return run_generation(
-        setup.step_function(), setup.state,
-        max_steps=setup.strategy.max_steps(), sync_every=1, trace=trace, progress=progress,
+        runner.step, runner.state, max_steps=runner.setup.strategy.max_steps(), sync_every=1,
+        trace=trace, progress=progress, on_sync=runner.synced,
     )

@@ -8,8 +8,10 @@
   `unroll` steps per graph) and replayed; the host reads the device-side `done` flag between
   replays only.
 
-Every runner exposes `step()` (one call = `steps_per_call` denoising steps) and `reload(fresh)`
-which copies a prepared state's tensors into the static buffers (new prompts, same shapes).
+Every runner exposes `step()` (one call = `steps_per_call` denoising steps), `synced()` (after
+each host check) and `reload(fresh)` which copies a prepared state's tensors into the static
+buffers (new prompts, same shapes). With a KV cache a generation has two step functions, a
+block's refresh and its cached steps, and the runner's `schedule` says which runs next.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import types
 
 import torch
 
+from .decoding.schedule import make_schedule
 from .decoding.state import DecodeState
 from .engine import GenerationSetup
 
@@ -33,23 +36,34 @@ def copy_state_(static: DecodeState, initial: dict[str, torch.Tensor]) -> None:
 
 
 class EagerStepRunner:
+    """The step function(s) as Python calls their ops; `schedule` picks the phase of each step
+    (the one step, or with a KV cache a block's refresh and its cached steps)."""
+
     kind = "eager"
     steps_per_call = 1
 
     def __init__(self, setup: GenerationSetup):
         self.setup = setup
         self.state = setup.state
-        self._step = setup.step_function()
+        self.schedule = make_schedule(setup.config.kv_cache, setup.state)
+        self._steps = setup.step_functions()
         self.compile_seconds = 0.0
 
     def step(self) -> None:
-        self._step()
+        self.run_phase(self.schedule.next_phase())
+
+    def run_phase(self, phase: str) -> None:
+        self._steps[phase]()
+
+    def synced(self) -> None:
+        self.schedule.synced()
 
     def ensure_compiled(self) -> None:
         """Compile now rather than on the first step (the step's state is reloaded before use)."""
 
     def reload(self, initial: dict[str, torch.Tensor]) -> None:
         copy_state_(self.state, initial)
+        self.schedule.reset()
 
 
 def with_own_code(fn: types.FunctionType) -> types.FunctionType:
@@ -71,37 +85,45 @@ class CompiledStepRunner(EagerStepRunner):
 
     def __init__(self, setup: GenerationSetup, backend):
         super().__init__(setup)
-        step = setup.step_function()
+        self._steps = {phase: self._compiled_step(step, backend)
+                       for phase, step in self._steps.items()}
+        self._backend = backend
+        self._compiled: set[str] = set()
 
+    @staticmethod
+    def _compiled_step(step, backend):
         def denoise_step_compiled() -> None:
             step()
 
-        self._step = torch.compile(with_own_code(denoise_step_compiled), backend=backend,
-                                   fullgraph=True, dynamic=False)
-        self._backend = backend
-        self._compiled = False
+        return torch.compile(with_own_code(denoise_step_compiled), backend=backend,
+                             fullgraph=True, dynamic=False)
 
-    def step(self) -> None:
+    def run_phase(self, phase: str) -> None:
         compiled_before = getattr(self._backend, "graphs_compiled", None)
         start = time.perf_counter()
-        self._step()
-        if not self._compiled or getattr(self._backend, "graphs_compiled", None) != compiled_before:
-            # A compiling call's time is compile time, not decoding time: the first call's, and
-            # any later one whose guards failed (a changed global setting, a mutated module).
-            if self._compiled:
+        self._steps[phase]()
+        if phase not in self._compiled or \
+                getattr(self._backend, "graphs_compiled", None) != compiled_before:
+            # A compiling call's time is compile time, not decoding time: each phase's first
+            # call's, and any later one whose guards failed (a changed global setting, a mutated
+            # module).
+            if phase in self._compiled:
                 log.warning("credit_compile: the compiled step recompiled (a dynamo guard failed: "
                             "a global torch setting or a model attribute changed since the first "
                             "call); TORCH_LOGS=recompiles names the guard")
             self.compile_seconds += time.perf_counter() - start
-            self._compiled = True
+            self._compiled.add(phase)
 
     def ensure_compiled(self) -> None:
-        if not self._compiled:
-            self.step()
+        for phase in self.schedule.phases:
+            if phase not in self._compiled:
+                self.run_phase(phase)
 
 
 class CudaGraphStepRunner(EagerStepRunner):
-    """Replays the compiled step as a CUDA graph of `unroll` steps.
+    """Replays the compiled step as CUDA graphs of `unroll` steps: one per phase of the schedule,
+    each that phase's step followed by the steps that follow it unchecked (with a KV cache: the
+    refresh then `unroll - 1` cached steps, and `unroll` cached steps).
 
     Capture needs the step warmed up (compiled, autotuned, allocator pools settled); warm-up steps
     mutate the state, so the caller reloads the prompts afterwards (`reload`).
@@ -112,27 +134,40 @@ class CudaGraphStepRunner(EagerStepRunner):
     def __init__(self, compiled: CompiledStepRunner, unroll: int = 1, warmup_steps: int = 2):
         super().__init__(compiled.setup)
         self.steps_per_call = unroll
+        self.schedule = compiled.schedule
         start = time.perf_counter()  # the first warm-up step compiles: this covers it
+        self.graphs = {}
         # Streams and the capture belong to the model's GPU, which need not be the current one.
         with torch.cuda.device(self.state.device):
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
                 for _ in range(warmup_steps):
-                    compiled.step()
+                    for phase in self.schedule.phases:
+                        compiled.run_phase(phase)
             torch.cuda.current_stream().wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            # thread_local: a server's other threads may use CUDA (copy prompts in) meanwhile.
-            # Its own stream: torch.cuda.graph's default capture stream belongs to whichever
-            # device was current at the process's first capture.
-            with torch.cuda.graph(self.graph, stream=stream, capture_error_mode="thread_local"):
-                for _ in range(unroll):
-                    compiled.step()
+            for phase in self.schedule.phases:
+                graph = torch.cuda.CUDAGraph()
+                # thread_local: a server's other threads may use CUDA (copy prompts in)
+                # meanwhile. Its own stream: torch.cuda.graph's default capture stream belongs
+                # to whichever device was current at the process's first capture.
+                with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+                    for captured in unrolled_phases(self.schedule, phase, unroll):
+                        compiled.run_phase(captured)
+                self.graphs[phase] = graph
             torch.cuda.synchronize()
         self.compile_seconds = time.perf_counter() - start
 
-    def step(self) -> None:
-        self.graph.replay()
+    def run_phase(self, phase: str) -> None:
+        self.graphs[phase].replay()
+
+
+def unrolled_phases(schedule, first: str, unroll: int) -> list[str]:
+    """The phases of `unroll` steps run without a host check, the first of phase `first`."""
+    phases = [first]
+    while len(phases) < unroll:
+        phases.append(schedule.following(phases[-1]))
+    return phases
 
 
 def make_runner(setup: GenerationSetup, *, backend=None, cuda_graphs: str = "off",

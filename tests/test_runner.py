@@ -10,7 +10,7 @@ import torch
 import credit_compile as cc
 from credit_compile.engine import setup_generation
 from credit_compile.models import build_model, get_config
-from credit_compile.runner import CompiledStepRunner, EagerStepRunner
+from credit_compile.runner import CompiledStepRunner, EagerStepRunner, unrolled_phases
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -170,12 +170,14 @@ class ReplayOnCPU(EagerStepRunner):
         super().__init__(compiled.setup)
         self.steps_per_call = unroll
         self.compiled = compiled
+        self.schedule = compiled.schedule
         for _ in range(warmup_steps):
-            compiled.step()
+            for phase in self.schedule.phases:
+                compiled.run_phase(phase)
 
-    def step(self):
-        for _ in range(self.steps_per_call):
-            self.compiled.step()
+    def run_phase(self, phase):
+        for captured in unrolled_phases(self.schedule, phase, self.steps_per_call):
+            self.compiled.run_phase(captured)
 
 
 @pytest.fixture
@@ -201,9 +203,15 @@ def graphs_on_cpu(monkeypatch):
     dict(strategy="llada", remasking="random", seed=6, sync_every=2),
     dict(strategy="llada", temperature=0.7),  # the caller seeds the global RNG
     dict(strategy="credit", compile_layers_once=True, sync_every=2),
+    # A KV cache: a refresh graph and a cached one; blocks end inside replays of 3 steps.
+    dict(strategy="credit", kv_cache="dual", sync_every=3),
+    dict(strategy="llada", kv_cache="dual", steps=8, sync_every=3),
+    # Random draws with a cache: completion is checked after every step, whatever sync_every.
+    dict(strategy="llada", kv_cache="dual", temperature=0.7, seed=5),
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
         "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
-        "credit-layers-once-sync2"])
+        "credit-layers-once-sync2", "credit-dual-cache-sync3", "llada-dual-cache-sync3",
+        "llada-dual-cache-gumbel"])
 def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
     kwargs = dict(config, gen_length=16, block_length=8)
@@ -218,7 +226,7 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
         ref = cc.generate_reference(model, ids, mask, **kwargs)
         assert_same_as_reference(out, ref, model, ids, mask, kwargs)
         # Progress counts denoising steps, not replays of several.
-        unroll = kwargs.get("sync_every", 4)
+        unroll = cc.DecodeConfig(**kwargs).host_sync_every
         assert reported[-1] == out.steps_run >= out.nfe
         assert all(n % unroll == 0 for n in reported)
 
@@ -266,6 +274,28 @@ def test_cuda_graph_with_compile_layers_once_equals_reference(config):
     out = fast.generate(ids, mask)
     assert fast.last_stats["runner"] == "cuda_graph"
     assert_same_as_reference(out, ref, model, ids, mask, kwargs)
+
+
+@needs_cuda
+@pytest.mark.parametrize("config", [
+    dict(strategy="credit"),
+    dict(strategy="credit", sync_every=3, credit_layout="dense"),
+    dict(strategy="threshold", sync_every=5),
+    dict(strategy="llada", steps=16, sync_every=2),
+    dict(strategy="llada", temperature=0.7, seed=3),  # checks after every step
+    dict(strategy="llada", cfg_scale=1.5, sync_every=3),  # a cache of twice the batch
+    dict(strategy="credit", compile_layers_once=True, sync_every=3),
+])
+def test_cuda_graph_with_kv_cache_equals_reference(config):
+    model = build_model(get_config("tiny", init_std=0.5, n_layers=3), device="cuda", seed=1)
+    kwargs = dict(config, gen_length=32, block_length=8, kv_cache="dual")
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    for seed in (2, 3):  # the second call replays both graphs with new prompts
+        ids, mask = prompts(3, 6, "cuda", padded=True, seed=seed)
+        ref = cc.generate_reference(model, ids, mask, **kwargs)
+        out = fast.generate(ids, mask)
+        assert fast.last_stats["runner"] == "cuda_graph"
+        assert_same_as_reference(out, ref, model, ids, mask, kwargs)
 
 
 @needs_cuda

@@ -65,12 +65,15 @@ def run_generation(
     trace: bool = False,
     progress: Callable[[int], None] | None = None,
     steps_per_call: int = 1,
+    on_sync: Callable[[], None] | None = None,
 ) -> GenerationOutput:
     """Call `step()` until `state.done`, checking on the host every `sync_every` calls.
 
     One call runs `steps_per_call` denoising steps (a CUDA graph of several); `progress` and
-    `steps_run` count steps.
+    `steps_run` count steps. `on_sync` is called after each check that found decoding unfinished
+    (a step schedule reading where the next block begins).
     """
+    window = sync_every * steps_per_call
     snapshots = [] if trace else None
     steps_run = 0
     while True:
@@ -84,7 +87,11 @@ def run_generation(
             progress(steps_run)
         if bool(state.done):
             break
-        if steps_run > max_steps + sync_every * steps_per_call:
+        if on_sync is not None:
+            on_sync()
+        # Idle steps are allowed for: those after completion, and with a KV cache those after a
+        # block ends inside a window (its next block's cached steps wait for the refresh).
+        if steps_run > max_steps + window * (1 + state.num_blocks):
             raise RuntimeError(
                 f"decoding did not finish within {max_steps} steps: no token was committed. "
                 f"Non-finite logits do that (NaN confidences pass no threshold): float16 "

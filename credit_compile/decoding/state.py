@@ -37,6 +37,10 @@ class DecodeState:
         output_start: canvas columns added by prompt bucketing, left out of the returned
             sequences.
         output_rows: the rows returned (the batch before batch bucketing added copies).
+        kv_cache: (keys, values) of every layer for `kv_cache="dual"`, each
+            [n_layers, B, n_kv_heads, T, head_dim], or None. Not in `tensors()`: every block's
+            first step overwrites it before any step reads it, so a new call reloads nothing
+            into it (a copy per call would cost the size of the cache).
     """
 
     x: torch.Tensor
@@ -58,6 +62,7 @@ class DecodeState:
     buffers: dict[str, torch.Tensor] = field(default_factory=dict)
     output_start: int = 0
     output_rows: int | None = None
+    kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @property
     def batch_size(self) -> int:

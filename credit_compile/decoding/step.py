@@ -8,32 +8,48 @@ block advance are computed on the device, and a step after completion changes no
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Literal
 
 import torch
 
 from .state import DecodeState
 from .strategies import Strategy
 
-# forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]
-ForwardFn = Callable[[torch.Tensor, torch.Tensor | None, torch.Tensor | None], torch.Tensor]
+# forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]; a model with a KV cache
+# also takes kv_cache=(keys, values) and cache_positions= (see LLaDAModelLM.forward_hidden).
+ForwardFn = Callable[..., torch.Tensor]
+# None: no KV cache. "refresh": a block's first step, which stores the cache. "cached": its
+# other steps, which run the block's tokens only.
+CachePhase = Literal["refresh", "cached"] | None
 
 
-def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor, cfg_scale: float):
+def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor, cfg_scale: float,
+                 cache_phase: CachePhase = None):
     """Logits of the current block's positions; classifier-free guidance when cfg_scale > 0.
 
     The block is sliced right after the model's LM head so the block-sliced-LM-head pass can move
-    the slice before it.
+    the slice before it. With a KV cache, the "refresh" phase runs the whole canvas and stores its
+    keys and values; the "cached" phase runs the block's tokens only, against the stored ones.
     """
+    x, attention_mask, position_ids = state.x, state.attention_mask, state.position_ids
+    if cfg_scale != 0:
+        unconditional = torch.where(state.prompt_mask, state.mask_id, state.x)
+
+        def twice(t):
+            return None if t is None else torch.cat([t, t])
+
+        x = torch.cat([x, unconditional])
+        attention_mask, position_ids = twice(attention_mask), twice(position_ids)
+    if cache_phase == "cached":
+        logits = forward(
+            x.index_select(1, positions), attention_mask,
+            None if position_ids is None else position_ids.index_select(1, positions),
+            kv_cache=state.kv_cache, cache_positions=positions)
+    else:
+        cache = {} if cache_phase is None else {"kv_cache": state.kv_cache}
+        logits = forward(x, attention_mask, position_ids, **cache).index_select(1, positions)
     if cfg_scale == 0:
-        return forward(state.x, state.attention_mask, state.position_ids).index_select(1, positions)
-    unconditional = torch.where(state.prompt_mask, state.mask_id, state.x)
-
-    def twice(t):
-        return None if t is None else torch.cat([t, t])
-
-    logits = forward(
-        torch.cat([state.x, unconditional]), twice(state.attention_mask), twice(state.position_ids)
-    ).index_select(1, positions)
+        return logits
     cond, uncond = logits.chunk(2)
     cond, uncond = cond.float(), uncond.float()
     return uncond + (cfg_scale + 1) * (cond - uncond)
@@ -59,14 +75,22 @@ def denoise_step(
     *,
     cfg_scale: float = 0.0,
     eos_ids: tuple[int, ...] | None = None,
+    cache_phase: CachePhase = None,
 ) -> None:
-    """Run one denoising step on `state`, in place."""
+    """Run one denoising step on `state`, in place.
+
+    A "cached" step at a block's first step (`step_in_block == 0`: the block began inside a
+    window of unchecked steps) changes nothing, like a step after completion: that block's first
+    step must be a "refresh", which the host runs after its next check.
+    """
     num_blocks, block_length, mask_id = state.num_blocks, state.block_length, state.mask_id
     active = ~state.done
+    if cache_phase == "cached":
+        active = active & (state.step_in_block > 0)
     block = state.block_index.clamp(max=num_blocks - 1)
     positions = state.gen_start + block * block_length + state.block_offsets
 
-    logits = block_logits(forward, state, positions, cfg_scale)
+    logits = block_logits(forward, state, positions, cfg_scale, cache_phase)
     current = state.x.index_select(1, positions)
     masked = (current == mask_id) & active
     x0, conf = strategy.propose(logits, masked, state)
@@ -95,6 +119,8 @@ def denoise_step(
     state.last_conf.copy_(conf)
     state.last_block.copy_(block)
     state.nfe.add_(active.long())
-    state.step_in_block.copy_(torch.where(next_block == state.block_index, state.step_in_block + 1, 0))
+    # An idle step (done, or "cached" at a block's first step) leaves the step count alone.
+    steps_here = torch.where(next_block == state.block_index, state.step_in_block + 1, 0)
+    state.step_in_block.copy_(torch.where(active, steps_here, state.step_in_block))
     state.block_index.copy_(next_block)
     state.done.copy_(next_block >= num_blocks)

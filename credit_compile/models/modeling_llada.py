@@ -21,7 +21,8 @@ Deliberate differences from the official code (none changes a single-sequence re
   (clamped at 0), so a left-padded batch gives each row the logits it gets alone. The official
   forward drops the mask (ML-GSAI/LLaDA issue 90) and always uses positions ``0..L-1``; with an
   all-ones mask or none, both agree;
-- no KV cache, no dropout, no activation checkpointing, no FSDP hooks (inference model);
+- no autoregressive KV cache (an optional DualCache of Fast-dLLM's for block decoding instead),
+  no dropout, no activation checkpointing, no FSDP hooks (inference model);
 - no data-dependent Python control flow, no ``.item()``, no RoPE cache dictionary: the cos/sin
   tables are computed from ``position_ids`` inside the graph, so ``torch.compile(fullgraph=True)``
   traces the whole forward;
@@ -222,7 +223,17 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None,
+        cache_keys: torch.Tensor | None = None,
+        cache_values: torch.Tensor | None = None,
+        cache_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Attention of ``x_normed``'s tokens over the keys and values of the whole sequence.
+
+        With a cache (``cache_keys``/``cache_values`` ``[B, n_kv_heads, T, head_dim]``): without
+        ``cache_positions`` the tokens are the whole sequence and their keys and values are
+        stored; with them the tokens sit at those canvas positions, their keys and values replace
+        the stored ones there, and they attend to all ``T`` stored ones (Fast-dLLM's DualCache).
+        """
         B, L, D = x_normed.shape
         q = self.q_proj(x_normed)
         k = self.k_proj(x_normed)
@@ -234,6 +245,14 @@ class LLaDABlock(nn.Module):
         k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, cos, sin, self.rope_full_precision)
+        if cache_keys is not None:
+            if cache_positions is None:
+                cache_keys.copy_(k)
+                cache_values.copy_(v)
+            else:
+                cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
+                cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
+                k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
         if self.n_kv_heads != self.n_heads:
             groups = self.n_heads // self.n_kv_heads
             k = k.repeat_interleave(groups, dim=1)
@@ -251,13 +270,18 @@ class LLaDABlock(nn.Module):
         cos: torch.Tensor,
         sin: torch.Tensor,
         attn_mask: torch.Tensor | None = None,
+        cache_keys: torch.Tensor | None = None,
+        cache_values: torch.Tensor | None = None,
+        cache_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        x = x + self.attention(self.attn_norm(x), cos, sin, attn_mask)
+        x = x + self.attention(self.attn_norm(x), cos, sin, attn_mask, cache_keys, cache_values,
+                               cache_positions)
         return x + self.mlp(self.ff_norm(x))
 
 
-def _run_block(block: LLaDABlock, x, cos, sin, attn_mask):
-    return block(x, cos, sin, attn_mask)
+def _run_block(block: LLaDABlock, x, cos, sin, attn_mask, cache_keys=None, cache_values=None,
+               cache_positions=None):
+    return block(x, cos, sin, attn_mask, cache_keys, cache_values, cache_positions)
 
 
 # `_run_block` as a nested compile region: torch.compile traces and compiles the first layer's
@@ -347,6 +371,8 @@ class LLaDAModelLM(PreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         compile_layers_once: bool = False,
+        kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache_positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Final hidden states after ``ln_f``: ``[B, L, d_model]``.
 
@@ -355,23 +381,68 @@ class LLaDAModelLM(PreTrainedModel):
         at 0 (or ``0..L-1`` without a mask).
         compile_layers_once: under torch.compile, compile one layer and reuse it for all (a
             nested compile region); no effect in eager mode.
+        kv_cache: (keys, values), each ``[n_layers, B, n_kv_heads, T, head_dim]``, for
+            Fast-dLLM's DualCache (see `kv_cache_shape`). Without ``cache_positions`` the input is
+            the whole sequence (``T`` tokens) and every layer's keys and values are stored in it
+            (the hidden states are those of the plain forward). With them the input is the
+            ``[B, len(cache_positions)]`` tokens at those positions of the sequence: their keys and
+            values replace the stored ones there and they attend to all ``T`` stored ones, so
+            the rest of the sequence is seen as it was when stored (an approximation once it
+            changed). ``attention_mask`` is then the whole sequence's ``[B, T]``, and
+            ``position_ids`` (default: from the mask or ``cache_positions``) the input tokens'.
+        cache_positions: ``[Lq]`` int64 canvas positions of the input tokens (cached mode).
         """
         cfg = self.config
         t = self.model.transformer
         x = F.embedding(input_ids, t.wte.weight)
         if cfg.input_emb_norm:
             x = x * (cfg.d_model**0.5)
+        if cache_positions is not None and kv_cache is None:
+            raise ValueError("cache_positions without kv_cache: pass the (keys, values) cache "
+                             "that a forward of the whole sequence filled")
         if position_ids is None:
-            if attention_mask is None:
+            if cache_positions is not None:
+                position_ids = cache_positions.unsqueeze(0) if attention_mask is None else \
+                    positions_from_mask(attention_mask).index_select(1, cache_positions)
+            elif attention_mask is None:
                 position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).unsqueeze(0)
             else:
                 position_ids = positions_from_mask(attention_mask)
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         cos, sin = rotary_cos_sin(position_ids, cfg.d_model // cfg.n_heads, self._rope_theta[0])
         run_block = _run_block_compiled_once if compile_layers_once else _run_block
-        for block in t.blocks:
-            x = run_block(block, x, cos, sin, attn_mask)
+        if kv_cache is None:
+            for block in t.blocks:
+                x = run_block(block, x, cos, sin, attn_mask)
+        else:
+            keys, values = kv_cache
+            self._check_kv_cache(keys, values, input_ids, cache_positions)
+            for i, block in enumerate(t.blocks):
+                x = run_block(block, x, cos, sin, attn_mask, keys[i], values[i], cache_positions)
         return t.ln_f(x)
+
+    def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
+        """Shape of each of the keys and values tensors of a `kv_cache` for ``[batch_size,
+        seq_len]`` sequences."""
+        cfg = self.config
+        return (cfg.n_layers, batch_size, cfg.effective_n_kv_heads, seq_len,
+                cfg.d_model // cfg.n_heads)
+
+    def _check_kv_cache(self, keys, values, input_ids, cache_positions) -> None:
+        # Shapes are static under torch.compile: these checks cost the compiled step nothing.
+        batch, length = input_ids.shape
+        seq_len = keys.shape[3] if keys.dim() == 5 else -1
+        expected = self.kv_cache_shape(batch, length if cache_positions is None else seq_len)
+        for name, cache in (("keys", keys), ("values", values)):
+            if tuple(cache.shape) != expected:
+                raise ValueError(
+                    f"kv_cache {name} of shape {tuple(cache.shape)} for input_ids of shape "
+                    f"{(batch, length)}: allocate it with model.kv_cache_shape(batch_size, "
+                    f"seq_len) = {expected}")
+        if cache_positions is not None and cache_positions.shape != (length,):
+            raise ValueError(
+                f"cache_positions of shape {tuple(cache_positions.shape)} for {length} input "
+                f"tokens: give one canvas position per input token")
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., embedding_size]`` from final (normed) hidden states: one ``F.linear``."""
@@ -391,9 +462,12 @@ class LLaDAModelLM(PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         return_dict: bool | None = None,
         compile_layers_once: bool = False,
+        kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple[torch.Tensor]:
-        """Logits for every position (non-causal). `compile_layers_once`: see `forward_hidden`.
+        """Logits for every input position (non-causal). `compile_layers_once`, `kv_cache` and
+        `cache_positions`: see `forward_hidden`.
 
         Extra keyword arguments of the official forward are accepted only when they ask for
         nothing this model does not do (``use_cache``/``output_*`` False or None, no
@@ -403,7 +477,7 @@ class LLaDAModelLM(PreTrainedModel):
             if value is not None and value is not False:
                 raise TypeError(f"LLaDAModelLM.forward does not support {name}={value!r}")
         logits = self.lm_head(self.forward_hidden(input_ids, attention_mask, position_ids,
-                                                  compile_layers_once))
+                                                  compile_layers_once, kv_cache, cache_positions))
         if return_dict is False:
             return (logits,)
         return CausalLMOutputWithPast(logits=logits)
