@@ -14,6 +14,12 @@ Modes (each row's ratio is against the eager LLaDA baseline sampler measured in 
   credit-graphs          optimize() + CUDA graphs, sparse credit (the default; CUDA only)
   credit-graphs-dense    the same with the dense credit layout
   credit-graphs-layers-once    credit-graphs with compile_layers_once
+  credit-dual-cache-eager      CreditDecoding with kv_cache="dual" (Fast-dLLM's DualCache), eager
+  credit-compiled-dual-cache   optimize() with kv_cache="dual", no graphs
+  credit-graphs-dual-cache     optimize() with kv_cache="dual" + CUDA graphs (CUDA only)
+The dual-cache modes are approximate: their tokens are checked against credit-dual-cache-eager,
+and `token_agreement_with_credit_eager` says how many agree with exact (uncached) decoding. Their
+roofline averages a block's full step and its cached ones (weights, plus the cache read).
 Also on CUDA: `forward-graphed`, the bare compiled + graphed forward of one step (hidden states,
 block-sliced LM head), the floor the decoding logic is measured against.
 
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -51,7 +58,9 @@ from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
          "credit-compiled-sparse", "credit-compiled-layers-once", "credit-graphs",
-         "credit-graphs-dense", "credit-graphs-layers-once"]
+         "credit-graphs-dense", "credit-graphs-layers-once", "credit-dual-cache-eager",
+         "credit-compiled-dual-cache", "credit-graphs-dual-cache"]
+DUAL_CACHE = "-dual-cache"
 
 
 def sync(device):
@@ -89,18 +98,37 @@ def measure_peaks(device) -> dict:
     return {"peak_gbps": gbps, "peak_tflops": tflops}
 
 
-def step_roofline(model, batch: int, seq: int, block: int) -> dict:
-    """Bytes and FLOPs of one denoising step: every weight read once; matmuls over `seq` tokens,
-    attention, and the LM head over the block only (block-sliced)."""
+def step_roofline(model, batch: int, seq: int, block: int, tokens: int | None = None) -> dict:
+    """Bytes and FLOPs of one denoising step: every weight read once; matmuls over `tokens` of
+    the `seq` (all of them by default; a cached step's block), their attention over all `seq`,
+    and the LM head over the block only (block-sliced)."""
     cfg = model.config
+    tokens = seq if tokens is None else tokens
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     head = cfg.d_model * cfg.padded_vocab_size
     body_params = sum(p.numel() for n, p in model.named_parameters()
                       if ".blocks." in n and p.dim() == 2)
-    flops = (2 * body_params * batch * seq
-             + 4 * batch * seq * seq * cfg.d_model * cfg.n_layers
+    flops = (2 * body_params * batch * tokens
+             + 4 * batch * tokens * seq * cfg.d_model * cfg.n_layers
              + 2 * head * batch * block)
     return {"weight_bytes": weight_bytes, "step_flops": flops}
+
+
+def dual_cache_roofline(model, batch: int, seq: int, block: int, nfe: int,
+                        num_blocks: int) -> dict:
+    """A dual-cache generation's step, averaged: each block's first step is a full one, its
+    others run the block's tokens and read every layer's cached keys and values."""
+    full, cached = step_roofline(model, batch, seq, block), step_roofline(model, batch, seq,
+                                                                           block, tokens=block)
+    keys = 2 * batch * seq * math.prod(model.kv_cache_shape(1, 1)) * \
+        next(model.parameters()).element_size()
+    cached_steps = max(nfe - num_blocks, 0)
+    return {
+        "weight_bytes": full["weight_bytes"] + keys * cached_steps / max(nfe, 1),
+        "step_flops": (full["step_flops"] * min(num_blocks, nfe)
+                       + cached["step_flops"] * cached_steps) / max(nfe, 1),
+        "kv_cache_bytes": keys,
+    }
 
 
 TRAINED = "trained"
@@ -133,8 +161,9 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
     if mode == "llada-eager":
         cfg = eager.replace(strategy="llada", steps=base.gen_length)
         call = lambda: cc.generate_reference(model, ids, mask, config=cfg)  # noqa: E731
-    elif mode in ("threshold-eager", "credit-eager"):
-        cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense")
+    elif mode in ("threshold-eager", "credit-eager", "credit-dual-cache-eager"):
+        cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense",
+                            kv_cache="dual" if DUAL_CACHE in mode else "none")
         call = lambda: cc.generate_reference(model, ids, mask, config=cfg)  # noqa: E731
     else:
         cfg = base.replace(
@@ -142,6 +171,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
             credit_layout="dense" if mode in ("credit-compiled", "credit-graphs-dense") else "sparse",
             cuda_graphs="on" if mode.startswith("credit-graphs") else "off",
             compile_layers_once=mode.endswith("-layers-once"),
+            kv_cache="dual" if DUAL_CACHE in mode else "none",
         )
         fast = cc.optimize(model, cfg)
         call = lambda: fast.generate(ids, mask)  # noqa: E731
@@ -275,25 +305,35 @@ def main(argv=None) -> int:
             roof = step_roofline(model, batch, seq, block)
             floor_ms = bare_forward_graphed_ms(model, ids, base)
             baseline = None
-            reference_tokens = None
+            eager_tokens = {}  # credit-eager's and credit-dual-cache-eager's
             for mode in modes:
                 result = run_mode(mode, model, ids, mask, base, repeats)
                 sequences = result.pop("sequences")
-                if mode == "credit-eager":
-                    reference_tokens = sequences
+                if mode in ("credit-eager", "credit-dual-cache-eager"):
+                    eager_tokens[mode] = sequences
                 baseline = baseline or (result if mode == "llada-eager" else None)
+                step = roof if DUAL_CACHE not in mode else dual_cache_roofline(
+                    model, batch, seq, block, result["nfe"], gen_length // block)
                 row = {**meta, "batch": batch, "gen_length": gen_length, "block_length": block,
-                       "prompt_length": prompt_length, **roof, **result,
+                       "prompt_length": prompt_length, **step, **result,
                        "bare_forward_graphed_ms": floor_ms}
-                if reference_tokens is not None and mode.startswith("credit-") and mode != "credit-eager":
-                    row["equals_credit_eager"] = bool(torch.equal(sequences, reference_tokens))
+                # A fast path is checked against the eager reference decoding as it does.
+                reference = "credit-dual-cache-eager" if DUAL_CACHE in mode else "credit-eager"
+                if reference in eager_tokens and mode.startswith("credit-") and mode != reference:
+                    row[f"equals_{reference.replace('-', '_')}"] = bool(
+                        torch.equal(sequences, eager_tokens[reference]))
+                if DUAL_CACHE in mode and "credit-eager" in eager_tokens:
+                    prompt_end = ids.shape[1]
+                    row["token_agreement_with_credit_eager"] = (
+                        sequences[:, prompt_end:] == eager_tokens["credit-eager"][:, prompt_end:]
+                    ).float().mean().item()
                 if baseline:
                     row["speedup_vs_llada_eager"] = result["tokens_per_s"] / baseline["tokens_per_s"]
                 step_s = result["ms_per_step"] / 1e3
                 if peaks["peak_gbps"]:
-                    row["achieved_gbps"] = roof["weight_bytes"] / step_s / 1e9
+                    row["achieved_gbps"] = step["weight_bytes"] / step_s / 1e9
                     row["fraction_of_peak_bw"] = row["achieved_gbps"] / peaks["peak_gbps"]
-                    row["achieved_tflops"] = roof["step_flops"] / step_s / 1e12
+                    row["achieved_tflops"] = step["step_flops"] / step_s / 1e12
                     row["fraction_of_peak_flops"] = row["achieved_tflops"] / peaks["peak_tflops"]
                 if floor_ms:
                     row["step_over_bare_forward"] = result["ms_per_step"] / floor_ms
@@ -305,11 +345,11 @@ def main(argv=None) -> int:
                                                       "tokens_per_s", "ms_per_step")}), flush=True)
 
     print(f"\n{meta['device']}  torch {meta['torch']}  commit {meta['commit']}  preset {args.preset}")
-    header = (f"{'mode':<24}{'B':>3}{'gen':>6}{'NFE':>6}{'tok/s':>10}{'ms/step':>10}"
+    header = (f"{'mode':<28}{'B':>3}{'gen':>6}{'NFE':>6}{'tok/s':>10}{'ms/step':>10}"
               f"{'compile s':>10}{'vs base':>9}{'vs fwd':>8}{'peak GB':>9}")
     print(header)
     for r in rows:
-        print(f"{r['mode']:<24}{r['batch']:>3}{r['gen_length']:>6}{r['nfe']:>6}"
+        print(f"{r['mode']:<28}{r['batch']:>3}{r['gen_length']:>6}{r['nfe']:>6}"
               f"{r['tokens_per_s']:>10.1f}{r['ms_per_step']:>10.2f}{r['compile_seconds']:>10.1f}"
               f"{r.get('speedup_vs_llada_eager', float('nan')):>8.2f}x"
               f"{r.get('step_over_bare_forward', float('nan')):>7.2f}x"

@@ -11,7 +11,9 @@ forward passes; accuracy is exact match of the text before the first EOS, except
 `permute` task, where any ordering of the prompt's digits counts (`tasks.is_correct`).
 
 Settings: LLaDA's sampler at several step counts; threshold decoding and CreditDecoding over tau;
-CreditDecoding over alpha at two taus; both over block length. The summary gives, for every
+CreditDecoding over alpha at two taus; both over block length; both with kv_cache="dual"
+(Fast-dLLM's DualCache, approximate) over block length and at two taus, beside the same settings
+without it (`kv_cache` sweep rows against their uncached `tau`/`block` twins). The summary gives, for every
 CreditDecoding point, the NFE threshold decoding needs for the same accuracy (linear interpolation
 on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL, each with the
 full DecodeConfig it decoded with under "config"; the plot is redrawn from this run.
@@ -37,6 +39,8 @@ TAUS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 ALPHAS = (0.3, 1.0, 1.5, 2.5)
 ALPHA_TAUS = (0.7, 0.9)
 BLOCKS = (4, 16)
+CACHE_TAUS = (0.7, 0.9)
+SWEEPS = ("steps", "tau", "alpha", "block", "kv_cache")
 
 
 def decode_config(decode: dict):
@@ -81,6 +85,11 @@ def configs(alpha: float):
         yield "threshold", "block", {"strategy": "threshold", "tau": 0.9, "block_length": block}
         yield "credit", "block", {"strategy": "credit", "tau": 0.9, "alpha": alpha,
                                   "block_length": block}
+    for block, tau in [(BLOCK, t) for t in CACHE_TAUS] + [(b, 0.9) for b in BLOCKS]:
+        yield "threshold", "kv_cache", {"strategy": "threshold", "tau": tau,
+                                        "block_length": block, "kv_cache": "dual"}
+        yield "credit", "kv_cache", {"strategy": "credit", "tau": tau, "alpha": alpha,
+                                     "block_length": block, "kv_cache": "dual"}
 
 
 def threshold_nfe_at(accuracy: float, curve) -> float | None:
@@ -133,6 +142,15 @@ def plot(rows, path: Path, alpha: float) -> None:
         for x, y, v in pts:
             ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(3, -10),
                         fontsize=7, color=color)
+    cached = {"threshold": "tab:blue", "credit": "tab:red"}
+    for method, color in cached.items():
+        pts = [(r["mean_nfe"], r["accuracy"]) for r in rows
+               if r["sweep"] == "kv_cache" and r["method"] == method
+               and r["block_length"] == BLOCK]
+        if pts:
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="D", facecolors="none",
+                       edgecolors=color, label=f"{method}, kv_cache='dual' (tau {CACHE_TAUS})",
+                       zorder=3)
     alpha_pts = [(r["mean_nfe"], r["accuracy"], r["alpha"], r["tau"]) for r in rows
                  if r["sweep"] == "alpha"]
     if alpha_pts:
@@ -166,6 +184,8 @@ def main(argv=None) -> int:
                         help="held-out items of these tasks only (default: every task)")
     parser.add_argument("--quick", action="store_true",
                         help="only the LLaDA and tau sweeps (checkpoint selection)")
+    parser.add_argument("--sweeps", nargs="+", default=SWEEPS, choices=SWEEPS,
+                        help="the sweeps to run (default: all)")
     parser.add_argument("--output", default=str(HERE / "results" / "quality.jsonl"))
     parser.add_argument("--plot", default=str(HERE.parent / "docs" / "quality.png"))
     args = parser.parse_args(argv)
@@ -186,7 +206,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     for method, sweep, decode in configs(args.alpha):
-        if args.quick and sweep not in ("steps", "tau"):
+        if (args.quick and sweep not in ("steps", "tau")) or sweep not in args.sweeps:
             continue
         config = decode_config(decode)
         start = time.perf_counter()
@@ -202,7 +222,7 @@ def main(argv=None) -> int:
         by_task = " ".join(f"{t}={a:.2f}" for t, a in row["accuracy_by_task"].items())
         knob = (f"steps={decode['steps']}" if "steps" in decode else
                 f"tau={decode['tau']} alpha={decode.get('alpha', 0)}")
-        knob += f" block={decode['block_length']}"
+        knob += f" block={decode['block_length']}" + (" dual-cache" if "kv_cache" in decode else "")
         print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  "
               f"{by_task}", flush=True)
     print("\nCreditDecoding against threshold decoding at matched accuracy (block 8):")

@@ -3,7 +3,7 @@
 # device tool's 10-minute limit). Everything it writes lands in $OUT (default ./gpu_out).
 #
 #   bash benchmarks/gpu_session.sh tests        # every GPU test (-k cuda), verbose, junit XML
-#   bash benchmarks/gpu_session.sh gen1024      # bench_generate llada-8b, B=1, gen 1024, 5 modes
+#   bash benchmarks/gpu_session.sh gen1024      # bench_generate llada-8b, B=1, gen 1024, 6 modes
 #   bash benchmarks/gpu_session.sh gen1024b8    # B=8 at gen 1024's sequence length (see below)
 #   bash benchmarks/gpu_session.sh gen256b1     # gen 256, B=1, every mode
 #   bash benchmarks/gpu_session.sh gen256b8     # gen 256, B=8, every mode
@@ -86,7 +86,8 @@ gen256b8)
     ;;
 gen1024)
     gen gen1024_b1 --batch 1 --gen-length 1024 \
-        --modes llada-eager threshold-eager credit-eager credit-compiled credit-graphs
+        --modes llada-eager threshold-eager credit-eager credit-compiled credit-graphs \
+        credit-graphs-dual-cache
     ;;
 buckets)
     python3 benchmarks/bench_prompt_buckets.py --preset llada-8b --requests 6 --min-length 16 \
@@ -100,7 +101,7 @@ compile)
     ;;
 gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
-        --modes llada-eager threshold-eager credit-graphs
+        --modes llada-eager threshold-eager credit-graphs credit-graphs-dual-cache
     ;;
 *)
     echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite" >&2

@@ -58,6 +58,10 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--compile-layers-once", action="store_true",
                    help="compile one transformer layer for all of them (faster compile)")
+    p.add_argument("--kv-cache", default="none", choices=["none", "dual"],
+                   help="dual: Fast-dLLM's DualCache, a block's later steps run its tokens only "
+                        "against the keys and values kept at its first (approximate; "
+                        "credit_compile's LLaDA model only)")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-bucket", type=int, default=None,
@@ -87,7 +91,7 @@ def _decode_config(args):
         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
         early_stop=args.early_stop, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
-        compile_layers_once=args.compile_layers_once,
+        compile_layers_once=args.compile_layers_once, kv_cache=args.kv_cache,
         dtype=args.dtype, seed=args.seed, prompt_bucket=args.prompt_bucket,
         batch_bucket=args.batch_bucket,
     )

@@ -66,6 +66,23 @@ def test_rows_record_the_full_decode_config(bench, tmp_path):
         assert {"beta", "gamma", "temperature", "credit_layout", "sync_every"} <= set(config)
 
 
+def test_the_kv_cache_sweep_decodes_with_the_cache_beside_its_uncached_twins(bench, tmp_path):
+    import json
+
+    import torch
+
+    out = tmp_path / "quality.jsonl"
+    assert bench.main(["--n", "1", "--sweeps", "kv_cache", "--tasks", "add", "--threads",
+                       str(torch.get_num_threads()), "--output", str(out), "--plot", ""]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert rows and all(r["sweep"] == "kv_cache" and r["config"]["kv_cache"] == "dual"
+                        for r in rows)
+    # Each cached setting has its uncached twin among the tau and block sweeps.
+    uncached = {(m, d["tau"], d["block_length"]) for m, sweep, d in bench.configs(0.7)
+                if sweep in ("tau", "block")}
+    assert {(r["method"], r["tau"], r["block_length"]) for r in rows} <= uncached
+
+
 @pytest.mark.parametrize("bad", [["--n", "0"], ["--threads", "0"], ["--tasks", "bogus"]])
 def test_bad_flags_are_usage_errors(bench, bad):
     with pytest.raises(SystemExit) as exc:

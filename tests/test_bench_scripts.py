@@ -114,16 +114,18 @@ def test_generate_rows_record_the_decode_config(eager_rows):
     assert configs["credit-eager"]["credit_layout"] == "dense"
 
 
-@pytest.mark.parametrize("mode, layers_once, graphs, layout", [
-    ("credit-compiled", False, "off", "dense"),
-    ("credit-compiled-sparse", False, "off", "sparse"),
-    ("credit-compiled-layers-once", True, "off", "sparse"),
-    ("credit-graphs", False, "on", "sparse"),
-    ("credit-graphs-dense", False, "on", "dense"),
-    ("credit-graphs-layers-once", True, "on", "sparse"),
+@pytest.mark.parametrize("mode, layers_once, graphs, layout, kv_cache", [
+    ("credit-compiled", False, "off", "dense", "none"),
+    ("credit-compiled-sparse", False, "off", "sparse", "none"),
+    ("credit-compiled-layers-once", True, "off", "sparse", "none"),
+    ("credit-graphs", False, "on", "sparse", "none"),
+    ("credit-graphs-dense", False, "on", "dense", "none"),
+    ("credit-graphs-layers-once", True, "on", "sparse", "none"),
+    ("credit-compiled-dual-cache", False, "off", "sparse", "dual"),
+    ("credit-graphs-dual-cache", False, "on", "sparse", "dual"),
 ])
 def test_generate_compiled_modes_configure_what_they_name(bench_generate, monkeypatch, mode,
-                                                          layers_once, graphs, layout):
+                                                          layers_once, graphs, layout, kv_cache):
     seen = []
 
     class Configured(Exception):
@@ -138,9 +140,39 @@ def test_generate_compiled_modes_configure_what_they_name(bench_generate, monkey
         bench_generate.run_mode(mode, None, torch.zeros(1, 2, dtype=torch.long), None,
                                 bench_generate.cc.DecodeConfig(gen_length=8, block_length=4), 1)
     (config,) = seen
-    assert (config.compile_layers_once, config.cuda_graphs, config.credit_layout) == (
-        layers_once, graphs, layout)
+    assert (config.compile_layers_once, config.cuda_graphs, config.credit_layout,
+            config.kv_cache) == (layers_once, graphs, layout, kv_cache)
     assert config.compile and config.strategy == "credit"
+
+
+def test_generate_dual_cache_rows_are_checked_against_their_own_reference(bench_generate,
+                                                                           tmp_path):
+    out = tmp_path / "rows.jsonl"
+    assert bench_generate.main(["--preset", "tiny", "--device", "cpu", "--modes", "credit-eager",
+                                "credit-dual-cache-eager", "credit-compiled-dual-cache",
+                                "--gen-length", str(GEN), "--block-length", str(BLOCK),
+                                "--repeats", "1", "--out", str(out)]) == 0
+    exact, cached_eager, cached = read_rows(out)
+    assert cached_eager["config"]["kv_cache"] == "dual" and not cached_eager["config"]["compile"]
+    assert cached["equals_credit_dual_cache_eager"] is True
+    assert "equals_credit_eager" not in cached  # approximate: agreement is reported instead
+    assert 0 <= cached["token_agreement_with_credit_eager"] <= 1
+    # A cached step reads the cache and runs fewer tokens than a full one: fewer FLOPs per step.
+    assert cached["kv_cache_bytes"] > 0 and cached["step_flops"] < exact["step_flops"]
+
+
+def test_dual_cache_roofline_averages_full_and_cached_steps(bench_generate):
+    from credit_compile.models import build_model
+
+    model = build_model("tiny")
+    full = bench_generate.step_roofline(model, 2, 48, 16)
+    block = bench_generate.step_roofline(model, 2, 48, 16, tokens=16)
+    # 3 blocks, 9 steps: 3 full steps and 6 cached ones.
+    mixed = bench_generate.dual_cache_roofline(model, 2, 48, 16, nfe=9, num_blocks=3)
+    assert mixed["step_flops"] == pytest.approx((3 * full["step_flops"] + 6 * block["step_flops"]) / 9)
+    # keys and values: 2 layers x 2 rows x 48 positions x 32 channels x 4 bytes, each.
+    assert mixed["kv_cache_bytes"] == 2 * 2 * 2 * 48 * 32 * 4
+    assert mixed["weight_bytes"] == full["weight_bytes"] + mixed["kv_cache_bytes"] * 6 / 9
 
 
 def test_generate_tiny_preset_nfe_is_not_the_whole_block_artefact(eager_rows):

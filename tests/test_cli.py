@@ -146,6 +146,17 @@ def test_compile_layers_once_reaches_the_config():
     assert not _decode_config(parse(["generate"])).compile_layers_once
 
 
+def test_kv_cache_reaches_the_config_and_decodes(capsys):
+    from credit_compile.cli import _decode_config, build_parser
+
+    parse = build_parser().parse_args
+    assert _decode_config(parse(["generate", "--kv-cache", "dual"])).kv_cache == "dual"
+    assert _decode_config(parse(["generate"])).kv_cache == "none"
+    # The embedded model is this project's LLaDA model: the cache applies to it.
+    assert main(["generate", "--prompt", "ab", "--kv-cache", "dual", "--no-compile",
+                 *SMALL]) == 0
+
+
 def test_llada_sampler_options_reach_the_config():
     from credit_compile.cli import _decode_config, build_parser
 

@@ -1,0 +1,280 @@
+"""kv_cache="dual" (Fast-dLLM's DualCache): the model's cached forward, its exactness where
+nothing it keeps can go stale, and the fast paths equal to the eager reference decoding with it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from toy_models import ContextMixModel
+
+import credit_compile as cc
+from credit_compile.assets import has_default_model, load_default_model
+from credit_compile.decoding.loop import run_generation
+from credit_compile.engine import setup_generation
+from credit_compile.models import build_model
+from credit_compile.models.presets import get_config
+from credit_compile.passes import pass_count
+from credit_compile.runner import EagerStepRunner
+
+
+def layered_model(layers: int, seed: int = 0, preset: str = "tiny"):
+    # init_std 0.5: confident enough to commit about one token per step, so blocks take several
+    # steps and the cached steps do work (at the presets' 0.02 a block commits at once).
+    return build_model(get_config(preset, n_layers=layers, init_std=0.5), seed=seed)
+
+
+def prompts(batch: int, length: int, seed: int = 0, padded: bool = True):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 120, (batch, length), generator=g)
+    mask = None
+    if padded and batch > 1:
+        mask = torch.ones_like(ids)
+        mask[1, :length // 2] = 0
+    return ids, mask
+
+
+def empty_cache(model, batch, length):
+    # NaN-filled: a read of anything the forward did not write shows in its output.
+    shape = model.kv_cache_shape(batch, length)
+    return torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+
+
+# --- the model's forward with a cache -------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
+@torch.no_grad()
+def test_refresh_returns_the_plain_logits_and_fills_the_cache(preset):
+    model = layered_model(2, preset=preset)
+    ids, mask = prompts(2, 12, seed=1)
+    keys, values = empty_cache(model, 2, 12)
+    refreshed = model(ids, mask, kv_cache=(keys, values)).logits
+    assert torch.equal(refreshed, model(ids, mask).logits)
+    assert not keys.isnan().any() and not values.isnan().any()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-gqa"])
+@settings(max_examples=10, deadline=None)
+@given(start=st.integers(0, 11), length=st.integers(1, 6), padded=st.booleans(),
+       seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_cached_forward_of_an_unchanged_sequence_equals_the_plain_one(preset, start, length,
+                                                                       padded, seed):
+    # Nothing is stale: the kept keys and values are the sequence's own.
+    model = layered_model(2, seed=seed % 5, preset=preset)
+    ids, mask = prompts(2, 18, seed=seed, padded=padded)
+    cache = empty_cache(model, 2, 18)
+    plain = model(ids, mask, kv_cache=cache).logits
+    positions = torch.arange(start, start + length)
+    cached = model(ids[:, positions], mask, kv_cache=cache, cache_positions=positions).logits
+    # Float rounding only: the GEMMs see other row counts.
+    scale = plain.abs().max().item()
+    torch.testing.assert_close(cached, plain[:, positions], atol=2e-6 * scale, rtol=1e-5)
+
+
+@torch.no_grad()
+def test_one_layer_cache_is_exact_after_the_block_changes_and_two_layers_are_not():
+    # In one layer the kept keys and values of the rest depend on their own tokens only, so new
+    # tokens in the block leave nothing stale; from the second layer on they do.
+    positions = torch.arange(8, 14)
+    ids, mask = prompts(2, 20, seed=3)
+    changed = ids.clone()
+    changed[:, positions] = torch.randint(0, 120, (2, len(positions)),
+                                          generator=torch.Generator().manual_seed(4))
+    errors = {}
+    for layers in (1, 2):
+        model = layered_model(layers, seed=2)
+        cache = empty_cache(model, 2, 20)
+        model(ids, mask, kv_cache=cache)
+        cached = model(changed[:, positions], mask, kv_cache=cache,
+                       cache_positions=positions).logits
+        exact = model(changed, mask).logits[:, positions]
+        errors[layers] = ((cached - exact).abs().max() / exact.abs().max()).item()
+    assert errors[1] < 2e-6
+    assert errors[2] > 1e-3  # the approximation this test would see in one layer
+
+
+def test_a_cache_of_the_wrong_shape_names_the_fix():
+    model = layered_model(2)
+    ids = torch.randint(0, 120, (2, 10))
+    keys, values = empty_cache(model, 1, 10)
+    with pytest.raises(ValueError, match=r"kv_cache keys of shape .*model.kv_cache_shape"):
+        model(ids, kv_cache=(keys, values))
+    keys, values = empty_cache(model, 2, 10)
+    with pytest.raises(ValueError, match=r"one canvas position per input token"):
+        model(ids[:, :3], kv_cache=(keys, values), cache_positions=torch.arange(4))
+    with pytest.raises(ValueError, match=r"cache_positions without kv_cache"):
+        model(ids[:, :3], cache_positions=torch.arange(3))
+
+
+# --- decoding with the cache ----------------------------------------------------------------
+
+DECODE_CONFIGS = st.sampled_from([
+    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="dense"),
+    dict(strategy="threshold", tau=0.7),
+    dict(strategy="llada"),
+    dict(strategy="llada", cfg_scale=1.0),
+    dict(strategy="llada", temperature=0.8, seed=4),
+])
+
+
+@settings(max_examples=12, deadline=None)
+@given(config=DECODE_CONFIGS, batch=st.integers(1, 3), prompt_length=st.integers(2, 7),
+       padded=st.booleans(), block_length=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**16))
+def test_with_one_layer_the_cache_decodes_the_uncached_tokens(config, batch, prompt_length,
+                                                              padded, block_length, seed):
+    model = layered_model(1, seed=seed % 7)
+    ids, mask = prompts(batch, prompt_length, seed=seed, padded=padded)
+    decode = dict(config, gen_length=16, block_length=block_length)
+    uncached = cc.generate_reference(model, ids, mask, **decode)
+    cached = cc.generate_reference(model, ids, mask, kv_cache="dual", **decode)
+    assert torch.equal(cached.sequences, uncached.sequences) and cached.nfe == uncached.nfe
+
+
+class ForwardLengths:
+    """The sequence length of every forward the model runs."""
+
+    def __init__(self, model):
+        self.lengths = []
+        model.register_forward_pre_hook(
+            lambda module, args, kwargs: self.lengths.append(args[0].shape[1]),
+            with_kwargs=True)
+
+
+def test_a_block_runs_the_whole_canvas_once_then_its_own_tokens():
+    model = layered_model(2, seed=1)
+    lengths = ForwardLengths(model)
+    ids, mask = prompts(2, 6, seed=5)
+    out = cc.generate_reference(model, ids, mask, gen_length=16, block_length=8,
+                                kv_cache="dual", trace=True)
+    canvas = 6 + 16
+    blocks = [step.block for step in out.trace]
+    firsts = [i for i, block in enumerate(blocks) if i == 0 or blocks[i - 1] != block]
+    assert lengths.lengths == [canvas if i in firsts else 8 for i in range(out.nfe)]
+    assert out.nfe > len(firsts)  # cached steps ran
+
+
+def test_a_cached_step_at_a_blocks_first_step_changes_nothing():
+    # The host runs a refresh after its next check; the cached steps before it are idle.
+    model = layered_model(2)
+    for strategy in ("credit", "llada"):
+        config = cc.DecodeConfig(strategy=strategy, gen_length=8, block_length=4,
+                                 kv_cache="dual")
+        setup = setup_generation(model, *prompts(2, 5), config)
+        steps = setup.step_functions()
+        before = {name: t.clone() for name, t in setup.state.tensors().items()}
+        with torch.no_grad():
+            steps["cached"]()
+        assert not setup.state.last_commit.any()
+        # The last step's proposals (for traces) are the only record of it.
+        for name, tensor in setup.state.tensors().items():
+            if name != "last_conf":
+                assert torch.equal(tensor, before[name]), name
+        with torch.no_grad():
+            steps["refresh"]()
+        assert int(setup.state.nfe) == 1
+
+
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy):
+    # Blocks end inside windows of 3: the idle cached steps after them wait for the refresh.
+    model = layered_model(2, seed=3)
+    ids, mask = prompts(3, 5, seed=6)
+    config = cc.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, kv_cache="dual")
+    ref = cc.generate_reference(model, ids, mask, config)
+    runner = EagerStepRunner(setup_generation(model, ids, mask, config))
+    out = run_generation(runner.step, runner.state, max_steps=config.gen_length, sync_every=3,
+                         on_sync=runner.synced)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    assert out.steps_run > out.nfe  # some steps were idle
+
+
+@pytest.mark.parametrize("config", [
+    dict(strategy="credit"),
+    dict(strategy="credit", credit_layout="dense", credit_slots=None),
+    dict(strategy="threshold", tau=0.7),
+    dict(strategy="llada", steps=8),
+    dict(strategy="llada", cfg_scale=1.5),
+    dict(strategy="llada", temperature=0.8, seed=7),
+    dict(strategy="credit", early_stop=True, eos_token_id=5),
+    dict(strategy="credit", prompt_bucket=8),
+    dict(strategy="credit", compile_layers_once=True),
+], ids=["credit", "credit-dense", "threshold", "llada", "llada-cfg", "llada-gumbel",
+        "credit-early-stop", "credit-prompt-bucket", "credit-layers-once"])
+def test_the_optimized_model_equals_the_reference(config):
+    model = layered_model(2, seed=1)
+    decode = dict(config, gen_length=16, block_length=4, kv_cache="dual")
+    fast = cc.optimize(model, **decode)
+    for seed in (1, 2):  # the second call reloads new prompts into the same buffers
+        ids, mask = prompts(3, 6, seed=seed)
+        ref = cc.generate_reference(model, ids, mask, trace=True, **decode)
+        out = fast.generate(ids, mask, trace=True)
+        assert fast.last_stats["runner"] == "compiled"
+        assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+        assert [s.committed for s in out.trace] == [s.committed for s in ref.trace]
+    assert fast.cached_steps == 1
+
+
+def test_the_passes_fire_in_both_steps():
+    model = layered_model(2)
+    heads, fusions = pass_count("block_sliced_lm_head"), pass_count("credit_fusion")
+    cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual",
+                credit_layout="dense").generate(prompts(1, 5)[0])
+    # The refresh slices the LM head to the block; the cached step computes the block only.
+    assert pass_count("block_sliced_lm_head") == heads + 1
+    assert pass_count("credit_fusion") == fusions + 2
+
+
+def test_the_cache_is_allocated_once_and_not_reloaded():
+    model = layered_model(2)
+    fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual")
+    fast.generate(prompts(2, 5, seed=1)[0])
+    (runner,) = fast._runners.values()
+    keys, values = runner.state.kv_cache
+    assert keys.shape == model.kv_cache_shape(2, 13) == values.shape
+    assert not any(t is keys or t is values for t in runner.state.tensors().values())
+    pointer = keys.data_ptr()
+    fast.generate(prompts(2, 5, seed=2)[0])
+    assert runner.state.kv_cache[0].data_ptr() == pointer
+
+
+def test_it_is_part_of_the_step_key():
+    fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
+    ids = prompts(1, 5)[0]
+    fast.generate(ids)
+    fast.generate(ids, kv_cache="dual")
+    assert fast.cached_steps == 2
+
+
+def test_random_draws_are_checked_after_every_step():
+    gumbel = cc.DecodeConfig(strategy="llada", temperature=0.5, kv_cache="dual", sync_every=4)
+    assert gumbel.host_sync_every == 1
+    assert gumbel.replace(remasking="random", temperature=0.0).host_sync_every == 1
+    assert gumbel.replace(temperature=0.0).host_sync_every == 4  # greedy: no draws
+    assert gumbel.replace(kv_cache="none").host_sync_every == 4
+
+
+def test_other_models_are_refused_naming_the_fix():
+    model = ContextMixModel(seed=1)
+    ids = torch.randint(0, 30, (1, 4))
+    match = r"kv_cache='dual' needs credit_compile's own LLaDA model.*from_pretrained"
+    with pytest.raises(ValueError, match=match):
+        cc.generate_reference(model, ids, gen_length=8, block_length=4, kv_cache="dual")
+    with pytest.raises(ValueError, match=match):
+        cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual").generate(ids)
+
+
+@pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+def test_the_trained_model_with_the_cache_equals_its_reference():
+    from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set
+
+    model, tokenizer = load_default_model("cpu")
+    batch = tokenizer([prompt for _, prompt, _ in held_out_set(6, seed=3)])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    decode = dict(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH, kv_cache="dual")
+    ref = cc.generate_reference(model, ids, mask, **decode)
+    out = cc.optimize(model, **decode).generate(ids, mask)
+    assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
