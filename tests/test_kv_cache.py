@@ -278,3 +278,21 @@ def test_the_trained_model_with_the_cache_equals_its_reference():
     ref = cc.generate_reference(model, ids, mask, **decode)
     out = cc.optimize(model, **decode).generate(ids, mask)
     assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
+
+
+def test_precompile_compiles_both_steps():
+    model = layered_model(2)
+    fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual")
+    assert fast.precompile(2, 5) > 0
+    ids = prompts(2, 5, seed=4)[0]
+    out = fast.generate(ids)
+    assert fast.last_stats["compile_seconds"] == 0.0  # neither step compiled in the call
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4, kv_cache="dual")
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
+def test_verify_decodes_both_paths_with_the_cache():
+    model = layered_model(2, seed=2)
+    report = cc.verify(model, prompts(2, 5, seed=3)[0], gen_length=8, block_length=4,
+                       kv_cache="dual")
+    assert report.ok and report.tokens_equal
