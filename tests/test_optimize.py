@@ -892,7 +892,8 @@ def test_precompile_then_a_forward_updating_its_attributes_keeps_the_step(monkey
 
 def _fake_cuda_setup():
     state = types.SimpleNamespace(device=torch.device("cuda"))
-    return types.SimpleNamespace(state=state, step_function=lambda: (lambda: None))
+    return types.SimpleNamespace(state=state, config=cc.DecodeConfig(),
+                                 step_functions=lambda: {"step": lambda: None})
 
 
 def test_a_failed_capture_falls_back_to_the_compiled_step_under_auto(monkeypatch, caplog):
