@@ -296,6 +296,13 @@ class OptimizedModel(nn.Module):
                 f"credit_compile's own LLaDA model marks its layers; each layer is compiled as "
                 f"before (load the checkpoint with credit_compile.models.LLaDAModelLM."
                 f"from_pretrained, or leave compile_layers_once off)")
+        elif layers_once and not unwrap_model(self.model).layers_alike():
+            warn_user(
+                "compile_layers_once=True has no effect: the model's layers differ in more than "
+                "their weights (a hook on a layer, or an adapter on some layers), and one "
+                "compiled layer would run the first layer's code for all; each layer is "
+                "compiled as before (remove the hooks or adapters, or leave "
+                "compile_layers_once off)")
         # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
         # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
         return setup_generation(self.model, input_ids, attention_mask, config, info=info,

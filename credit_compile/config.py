@@ -72,8 +72,9 @@ class DecodeConfig:
             and 1.9x on torch 2.11, with the same tokens (docs/performance.md). Inductor no longer
             fuses across layer boundaries (on torch 2.11 the CPU step ran 11% slower); off by
             default until measured on a GPU.
-            Applies to this project's LLaDA model; other models are compiled as before, with a
-            warning.
+            Applies to this project's LLaDA model when its layers differ in their weights alone
+            (no hooks on a layer, no adapter on some); otherwise, and for other models, each
+            layer is compiled as before, with a warning.
         kv_cache: "none" runs the model on the whole canvas at every step (exact). "dual" is
             Fast-dLLM's DualCache, an approximation: a block's first step runs the whole canvas and
             keeps every layer's keys and values; its later steps run the model on the block's

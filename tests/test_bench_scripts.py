@@ -403,6 +403,7 @@ def test_plot_keeps_runs_of_other_commits_dtypes_and_blocks_apart(tmp_path, monk
 # bench_compile_time.py
 # ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compile_time_measures_each_setting_cold_in_a_process_of_its_own(tmp_path, monkeypatch):
     bench = load("bench_compile_time", monkeypatch)
     out = tmp_path / "rows.jsonl"

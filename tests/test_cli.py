@@ -75,6 +75,7 @@ def test_bench_runs_a_benchmark_script(tmp_path, capsys, monkeypatch):
     assert "credit-eager" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_bench_prompt_buckets_runs_each_setting_in_its_own_process(tmp_path, capsys, monkeypatch):
     import json
 

@@ -173,3 +173,43 @@ def test_a_second_call_compiles_nothing():
     fast.generate(ids)
     fast.generate(ids)
     assert counters["stats"]["unique_graphs"] - before == 1
+
+
+def test_a_hook_on_a_later_layer_is_honoured():
+    # Found by review: the shared region ran the first layer's trace for all, dropping a hook
+    # on layer 1 without a word. Now the layers are compiled one by one, with a warning.
+    model = layered_model(3, seed=1)
+    model.model.transformer.blocks[1].register_forward_hook(lambda m, i, out: out + 1.0)
+    ids = torch.randint(0, 120, (2, 5), generator=torch.Generator().manual_seed(0))
+    decode = dict(gen_length=8, block_length=4)
+    ref = cc.generate_reference(model, ids, **decode)
+    fast = cc.optimize(model, compile_layers_once=True, **decode)
+    with pytest.warns(UserWarning, match=r"layers differ in more than their weights"):
+        out = fast.generate(ids)
+    assert torch.equal(out.sequences, ref.sequences)
+
+
+def test_a_layer_with_an_adapter_compiles_each_layer_instead_of_crashing(step_graphs):
+    from torch import nn
+
+    class LoRA(nn.Module):  # an adapter on one layer only (PEFT's layers_to_transform)
+        def __init__(self, base):
+            super().__init__()
+            self.base = base
+            self.a = nn.Parameter(torch.full((2, base.in_features), 0.1))
+            self.b = nn.Parameter(torch.full((base.out_features, 2), 0.1))
+
+        def forward(self, t):
+            return self.base(t) + t @ self.a.T @ self.b.T
+
+    model = layered_model(2, seed=1)
+    block = model.model.transformer.blocks[1]
+    block.q_proj = LoRA(block.q_proj)
+    ids = torch.randint(0, 120, (1, 5), generator=torch.Generator().manual_seed(0))
+    decode = dict(gen_length=8, block_length=4)
+    ref = cc.generate_reference(model, ids, **decode)
+    with pytest.warns(UserWarning, match=r"an adapter on some layers"):
+        out = cc.optimize(model, compile_layers_once=True, **decode).generate(ids)
+    assert torch.equal(out.sequences, ref.sequences)
+    (gm,) = step_graphs
+    assert layer_calls(gm) == []  # every layer inlined

@@ -291,6 +291,20 @@ def _run_block(block: LLaDABlock, x, cos, sin, attn_mask, cache_keys=None, cache
 _run_block_compiled_once = torch.compiler.nested_compile_region(_run_block)
 
 
+def _layers_alike(blocks: nn.ModuleList) -> bool:
+    """Whether the layers differ in their weights alone: the same submodule tree, parameter
+    shapes and dtypes, and no hooks (a nested compile region reuses the first layer's trace
+    without comparing them)."""
+    def signature(block):
+        return ([(name, type(m)) for name, m in block.named_modules()],
+                [(name, p.shape, p.dtype) for name, p in block.named_parameters()])
+
+    if any(m._forward_hooks or m._forward_pre_hooks for b in blocks for m in b.modules()):
+        return False
+    first = signature(blocks[0]) if len(blocks) else None
+    return all(signature(b) == first for b in blocks)
+
+
 class LLaDAModel(nn.Module):
     """Holds ``transformer`` = ModuleDict(wte, blocks, ln_f[, ff_out]) as in the official code."""
 
@@ -410,6 +424,12 @@ class LLaDAModelLM(PreTrainedModel):
                 position_ids = positions_from_mask(attention_mask)
         attn_mask = None if attention_mask is None else attention_mask.bool()[:, None, None, :]
         cos, sin = rotary_cos_sin(position_ids, cfg.d_model // cfg.n_heads, self._rope_theta[0])
+        # One subgraph serves every layer only when they differ in their weights alone: dynamo
+        # reuses the first layer's trace without comparing hooks (one on a later layer was
+        # dropped, silently) or submodules (an adapter on one layer failed the trace). Checked
+        # while tracing only: the eager forward ignores the flag anyway.
+        if compile_layers_once and torch.compiler.is_compiling() and not self.layers_alike():
+            compile_layers_once = False
         run_block = _run_block_compiled_once if compile_layers_once else _run_block
         if kv_cache is None:
             for block in t.blocks:
@@ -420,6 +440,12 @@ class LLaDAModelLM(PreTrainedModel):
             for i, block in enumerate(t.blocks):
                 x = run_block(block, x, cos, sin, attn_mask, keys[i], values[i], cache_positions)
         return t.ln_f(x)
+
+    def layers_alike(self) -> bool:
+        """Whether `compile_layers_once` can compile one layer for all: the layers differ in
+        their weights alone (no hooks on them, no adapter on one layer); otherwise each layer is
+        compiled as without it."""
+        return _layers_alike(self.model.transformer.blocks)
 
     def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
         """Shape of each of the keys and values tensors of a `kv_cache` for ``[batch_size,
