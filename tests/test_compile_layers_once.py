@@ -8,23 +8,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch._dynamo.utils import counters
-from toy_models import ContextMixModel
+from toy_models import ContextMixModel, layered_model, token_prompts
 
 import credit_compile as cc
 from credit_compile import api
 from credit_compile.assets import has_default_model, load_default_model
 from credit_compile.backend import make_backend
-from credit_compile.models import build_model
-from credit_compile.models.presets import get_config
 from credit_compile.passes import pass_count
-
-
-def layered_model(layers: int, seed: int = 0):
-    # init_std 0.5: confident enough that decoding commits about one token per step (at the
-    # presets' 0.02 every confidence ties and whole blocks commit at once).
-    config = get_config("tiny")
-    config.n_layers, config.init_std = layers, 0.5
-    return build_model(config, seed=seed)
 
 
 def record_graphs(monkeypatch, module) -> list:
@@ -85,12 +75,7 @@ CONFIGS = st.sampled_from([
        prompt_length=st.integers(2, 6), padded=st.booleans(), seed=st.integers(0, 2**16))
 def test_tokens_equal_the_reference(config, layers, batch, prompt_length, padded, seed):
     model = layered_model(layers, seed=seed % 7)
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 120, (batch, prompt_length), generator=g)
-    mask = None
-    if padded and batch > 1:
-        mask = torch.ones_like(ids)
-        mask[1, :prompt_length // 2] = 0
+    ids, mask = token_prompts(batch, prompt_length, seed=seed, padded=padded)
     decode = dict(gen_length=8, block_length=4, **config)
     ref = cc.generate_reference(model, ids, mask, **decode)
     heads = pass_count("block_sliced_lm_head")

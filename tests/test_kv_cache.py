@@ -7,32 +7,14 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from toy_models import ContextMixModel
+from toy_models import ContextMixModel, layered_model, token_prompts
 
 import credit_compile as cc
 from credit_compile.assets import has_default_model, load_default_model
 from credit_compile.decoding.loop import run_generation
 from credit_compile.engine import setup_generation
-from credit_compile.models import build_model
-from credit_compile.models.presets import get_config
 from credit_compile.passes import pass_count
 from credit_compile.runner import EagerStepRunner
-
-
-def layered_model(layers: int, seed: int = 0, preset: str = "tiny"):
-    # init_std 0.5: confident enough to commit about one token per step, so blocks take several
-    # steps and the cached steps do work (at the presets' 0.02 a block commits at once).
-    return build_model(get_config(preset, n_layers=layers, init_std=0.5), seed=seed)
-
-
-def prompts(batch: int, length: int, seed: int = 0, padded: bool = True):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 120, (batch, length), generator=g)
-    mask = None
-    if padded and batch > 1:
-        mask = torch.ones_like(ids)
-        mask[1, :length // 2] = 0
-    return ids, mask
 
 
 def empty_cache(model, batch, length):
@@ -48,7 +30,7 @@ def empty_cache(model, batch, length):
 @torch.no_grad()
 def test_refresh_returns_the_plain_logits_and_fills_the_cache(preset):
     model = layered_model(2, preset=preset)
-    ids, mask = prompts(2, 12, seed=1)
+    ids, mask = token_prompts(2, 12, seed=1)
     keys, values = empty_cache(model, 2, 12)
     refreshed = model(ids, mask, kv_cache=(keys, values)).logits
     assert torch.equal(refreshed, model(ids, mask).logits)
@@ -64,7 +46,7 @@ def test_cached_forward_of_an_unchanged_sequence_equals_the_plain_one(preset, st
                                                                        padded, seed):
     # Nothing is stale: the kept keys and values are the sequence's own.
     model = layered_model(2, seed=seed % 5, preset=preset)
-    ids, mask = prompts(2, 18, seed=seed, padded=padded)
+    ids, mask = token_prompts(2, 18, seed=seed, padded=padded)
     cache = empty_cache(model, 2, 18)
     plain = model(ids, mask, kv_cache=cache).logits
     positions = torch.arange(start, start + length)
@@ -81,7 +63,7 @@ def test_one_layer_cache_is_exact_after_the_block_changes_and_two_layers_are_not
     # In one layer the kept keys and values of the rest depend on their own tokens only, so new
     # tokens in the block leave nothing stale; from the second layer on they do.
     positions = torch.arange(8, 14)
-    ids, mask = prompts(2, 20, seed=3)
+    ids, mask = token_prompts(2, 20, seed=3)
     changed = ids.clone()
     changed[:, positions] = torch.randint(0, 120, (2, len(positions)),
                                           generator=torch.Generator().manual_seed(4))
@@ -129,7 +111,7 @@ DECODE_CONFIGS = st.sampled_from([
 def test_with_one_layer_the_cache_decodes_the_uncached_tokens(config, batch, prompt_length,
                                                               padded, block_length, seed):
     model = layered_model(1, seed=seed % 7)
-    ids, mask = prompts(batch, prompt_length, seed=seed, padded=padded)
+    ids, mask = token_prompts(batch, prompt_length, seed=seed, padded=padded)
     decode = dict(config, gen_length=16, block_length=block_length)
     uncached = cc.generate_reference(model, ids, mask, **decode)
     cached = cc.generate_reference(model, ids, mask, kv_cache="dual", **decode)
@@ -149,7 +131,7 @@ class ForwardLengths:
 def test_a_block_runs_the_whole_canvas_once_then_its_own_tokens():
     model = layered_model(2, seed=1)
     lengths = ForwardLengths(model)
-    ids, mask = prompts(2, 6, seed=5)
+    ids, mask = token_prompts(2, 6, seed=5)
     out = cc.generate_reference(model, ids, mask, gen_length=16, block_length=8,
                                 kv_cache="dual", trace=True)
     canvas = 6 + 16
@@ -165,7 +147,7 @@ def test_a_cached_step_at_a_blocks_first_step_changes_nothing():
     for strategy in ("credit", "llada"):
         config = cc.DecodeConfig(strategy=strategy, gen_length=8, block_length=4,
                                  kv_cache="dual")
-        setup = setup_generation(model, *prompts(2, 5), config)
+        setup = setup_generation(model, *token_prompts(2, 5), config)
         steps = setup.step_functions()
         before = {name: t.clone() for name, t in setup.state.tensors().items()}
         with torch.no_grad():
@@ -184,7 +166,7 @@ def test_a_cached_step_at_a_blocks_first_step_changes_nothing():
 def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy):
     # Blocks end inside windows of 3: the idle cached steps after them wait for the refresh.
     model = layered_model(2, seed=3)
-    ids, mask = prompts(3, 5, seed=6)
+    ids, mask = token_prompts(3, 5, seed=6)
     config = cc.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, kv_cache="dual")
     ref = cc.generate_reference(model, ids, mask, config)
     runner = EagerStepRunner(setup_generation(model, ids, mask, config))
@@ -211,7 +193,7 @@ def test_the_optimized_model_equals_the_reference(config):
     decode = dict(config, gen_length=16, block_length=4, kv_cache="dual")
     fast = cc.optimize(model, **decode)
     for seed in (1, 2):  # the second call reloads new prompts into the same buffers
-        ids, mask = prompts(3, 6, seed=seed)
+        ids, mask = token_prompts(3, 6, seed=seed)
         ref = cc.generate_reference(model, ids, mask, trace=True, **decode)
         out = fast.generate(ids, mask, trace=True)
         assert fast.last_stats["runner"] == "compiled"
@@ -224,7 +206,7 @@ def test_the_passes_fire_in_both_steps():
     model = layered_model(2)
     heads, fusions = pass_count("block_sliced_lm_head"), pass_count("credit_fusion")
     cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual",
-                credit_layout="dense").generate(prompts(1, 5)[0])
+                credit_layout="dense").generate(token_prompts(1, 5)[0])
     # The refresh slices the LM head to the block; the cached step computes the block only.
     assert pass_count("block_sliced_lm_head") == heads + 1
     assert pass_count("credit_fusion") == fusions + 2
@@ -233,19 +215,19 @@ def test_the_passes_fire_in_both_steps():
 def test_the_cache_is_allocated_once_and_not_reloaded():
     model = layered_model(2)
     fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual")
-    fast.generate(prompts(2, 5, seed=1)[0])
+    fast.generate(token_prompts(2, 5, seed=1)[0])
     (runner,) = fast._runners.values()
     keys, values = runner.state.kv_cache
     assert keys.shape == model.kv_cache_shape(2, 13) == values.shape
     assert not any(t is keys or t is values for t in runner.state.tensors().values())
     pointer = keys.data_ptr()
-    fast.generate(prompts(2, 5, seed=2)[0])
+    fast.generate(token_prompts(2, 5, seed=2)[0])
     assert runner.state.kv_cache[0].data_ptr() == pointer
 
 
 def test_it_is_part_of_the_step_key():
     fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
-    ids = prompts(1, 5)[0]
+    ids = token_prompts(1, 5)[0]
     fast.generate(ids)
     fast.generate(ids, kv_cache="dual")
     assert fast.cached_steps == 2
@@ -286,7 +268,7 @@ def test_precompile_compiles_both_steps():
     model = layered_model(2)
     fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual")
     assert fast.precompile(2, 5) > 0
-    ids = prompts(2, 5, seed=4)[0]
+    ids = token_prompts(2, 5, seed=4)[0]
     out = fast.generate(ids)
     assert fast.last_stats["compile_seconds"] == 0.0  # neither step compiled in the call
     ref = cc.generate_reference(model, ids, gen_length=8, block_length=4, kv_cache="dual")
@@ -295,7 +277,7 @@ def test_precompile_compiles_both_steps():
 
 def test_verify_decodes_both_paths_with_the_cache():
     model = layered_model(2, seed=2)
-    report = cc.verify(model, prompts(2, 5, seed=3)[0], gen_length=8, block_length=4,
+    report = cc.verify(model, token_prompts(2, 5, seed=3)[0], gen_length=8, block_length=4,
                        kv_cache="dual")
     assert report.ok and report.tokens_equal
 
@@ -304,7 +286,7 @@ def test_under_autocast_the_cache_keeps_the_lower_precision_values():
     # A float32 model under bfloat16 autocast: its keys come out in bfloat16 and the float32
     # cache holds them exactly; the cached step casts them back, as the reference does.
     model = layered_model(2, seed=4)
-    ids, mask = prompts(2, 6, seed=7)
+    ids, mask = token_prompts(2, 6, seed=7)
     decode = dict(gen_length=16, block_length=4, kv_cache="dual")
     with torch.autocast("cpu", dtype=torch.bfloat16):
         ref = cc.generate_reference(model, ids, mask, **decode)

@@ -55,3 +55,25 @@ class ContextMixModel(nn.Module):
         ctx = ctx / weights.sum(-1)[:, None, None]
         logits = self.token[input_ids] + self.position[positions] + ctx
         return logits * self.sharpness
+
+
+def layered_model(layers: int, seed: int = 0, preset: str = "tiny"):
+    """The project's LLaDA model at a preset's shapes with `layers` layers, drawn with init_std
+    0.5: confident enough that decoding commits about one token per step (at the presets' 0.02
+    every confidence ties and whole blocks commit at once)."""
+    from credit_compile.models import build_model
+    from credit_compile.models.presets import get_config
+
+    return build_model(get_config(preset, n_layers=layers, init_std=0.5), seed=seed)
+
+
+def token_prompts(batch: int, length: int, seed: int = 0, padded: bool = True):
+    """`batch` random prompts of ordinary tokens (ids below 120) and, when `padded` and there are
+    two rows or more, an attention mask left-padding the second row by half its length."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 120, (batch, length), generator=g)
+    mask = None
+    if padded and batch > 1:
+        mask = torch.ones_like(ids)
+        mask[1, :length // 2] = 0
+    return ids, mask
