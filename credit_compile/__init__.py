@@ -14,8 +14,9 @@ __all__ = ["DecodeConfig", "GenerationOutput", "generate_reference"]
 __version__ = "0.1.0"
 
 from .api import OptimizedModel, optimize  # noqa: E402
+from .runner import CompileError  # noqa: E402
 
-__all__ += ["OptimizedModel", "optimize"]
+__all__ += ["CompileError", "OptimizedModel", "optimize"]
 from .verify import VerifyReport, verify  # noqa: E402
 
 __all__ += ["VerifyReport", "verify"]

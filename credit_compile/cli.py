@@ -312,11 +312,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from .runner import CompileError  # after parsing: --help needs no torch
+
     try:
         return args.func(args)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except CompileError as error:
+        # The message names the API's way out; give this command's. The chained cause (the
+        # model line that broke the graph) goes with it.
+        print(f"error: {error.__cause__!r}\n{error}\nOn the command line: --no-compile.",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -29,6 +29,25 @@ from .engine import GenerationSetup
 log = logging.getLogger("credit_compile")
 
 
+class CompileError(RuntimeError):
+    """torch.compile could not capture the denoising step as one graph; the cause is chained.
+
+    Raised instead of dynamo's own error so that the message names the way out (an eager step,
+    or a forward without graph breaks) beside the model line dynamo reports."""
+
+
+def compile_failure_message(error: Exception) -> str:
+    summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    return (
+        f"credit_compile could not compile the denoising step as one graph "
+        f"(torch.compile(fullgraph=True), which CUDA graph replay needs): "
+        f"{type(error).__name__}: {summary}\n"
+        f"The model's forward must trace without graph breaks: no .item(), print() or Python "
+        f"branch on a tensor's value; the line that broke is in the error this one chains. "
+        f"To decode without compiling (the reference's tokens, without the speedup), pass "
+        f"optimize(model, compile=False).")
+
+
 def copy_state_(static: DecodeState, initial: dict[str, torch.Tensor]) -> None:
     """Load a prepared state's tensors (`DecodeState.tensors()`) into the static buffers."""
     for name, buffer in static.tensors().items():
@@ -101,7 +120,11 @@ class CompiledStepRunner(EagerStepRunner):
     def run_phase(self, phase: str) -> None:
         compiled_before = getattr(self._backend, "graphs_compiled", None)
         start = time.perf_counter()
-        self._steps[phase]()
+        try:
+            self._steps[phase]()
+        except torch._dynamo.exc.TorchDynamoException as error:
+            # Only compiling raises dynamo's exceptions: a compiled graph raises the ops' own.
+            raise CompileError(compile_failure_message(error)) from error
         if phase not in self._compiled or \
                 getattr(self._backend, "graphs_compiled", None) != compiled_before:
             # A compiling call's time is compile time, not decoding time: each phase's first
@@ -189,6 +212,8 @@ def make_runner(setup: GenerationSetup, *, backend=None, cuda_graphs: str = "off
         )
     try:
         return CudaGraphStepRunner(compiled, unroll=unroll)
+    except CompileError:
+        raise  # the compiled step the fallback would run fails the same way
     except Exception as error:  # capture can fail on ops that sync or allocate dynamically
         if cuda_graphs == "on":
             raise

@@ -286,3 +286,19 @@ def test_python_dash_m_runs_the_cli():
     done = subprocess.run([sys.executable, "-m", "credit_compile", "--help"], capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "generate" in done.stdout
+
+
+def test_a_step_that_does_not_compile_is_a_clear_error(monkeypatch, capsys):
+    import credit_compile.api as api
+    from credit_compile.runner import CompileError
+
+    def not_compiling(*args, **kwargs):
+        try:
+            raise RuntimeError("dynamo: graph break on .item() at model.py:12")
+        except RuntimeError as cause:
+            raise CompileError("could not compile; optimize(model, compile=False)") from cause
+
+    monkeypatch.setattr(api.OptimizedModel, "generate", not_compiling)
+    assert main(["generate", "--prompt", "ab", *SMALL]) == 1
+    err = capsys.readouterr().err
+    assert "model.py:12" in err and "--no-compile" in err

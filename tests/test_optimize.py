@@ -912,6 +912,46 @@ def test_a_failed_capture_falls_back_to_the_compiled_step_under_auto(monkeypatch
         runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="on")
 
 
+def test_a_compile_error_is_not_taken_for_a_failed_capture(monkeypatch, caplog):
+    # Under "auto" a failed capture falls back to the compiled step; a step that does not
+    # compile would fail there again, behind a warning blaming the capture.
+    from credit_compile import runner
+
+    def failing_compile(*args, **kwargs):
+        raise runner.CompileError("could not compile")
+
+    monkeypatch.setattr(runner, "CudaGraphStepRunner", failing_compile)
+    with caplog.at_level(logging.WARNING, logger="credit_compile"), \
+            pytest.raises(cc.CompileError, match="could not compile"):
+        runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="auto")
+    assert "CUDA graph capture failed" not in caplog.text
+
+
+class GraphBreakingModel(ContextMixModel):
+    """A forward that branches on a tensor's value: a graph break, which fullgraph refuses."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        if (input_ids == self.config.mask_token_id).sum().item() > 3:
+            input_ids = input_ids.clone()
+        return super().forward(input_ids, attention_mask, position_ids)
+
+
+def test_a_model_that_does_not_compile_gets_an_error_naming_the_eager_way():
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast = cc.optimize(GraphBreakingModel(seed=2), gen_length=8, block_length=4)
+    with pytest.raises(cc.CompileError, match=r"compile=False") as raised:
+        fast.generate(ids)
+    assert isinstance(raised.value.__cause__, torch._dynamo.exc.TorchDynamoException)
+    assert "item" in str(raised.value.__cause__)  # dynamo's own account, with the model line
+    with pytest.raises(cc.CompileError):
+        fast.precompile(1, 5)
+    # The way out it names works, and decodes the reference's tokens.
+    eager = cc.optimize(GraphBreakingModel(seed=2), gen_length=8, block_length=4, compile=False)
+    reference = cc.generate_reference(GraphBreakingModel(seed=2), ids,
+                                      config=eager.resolved_config())
+    assert torch.equal(eager.generate(ids).sequences, reference.sequences)
+
+
 def test_verify_sees_a_first_call_that_differs_from_the_second(monkeypatch):
     # The first (compiling) call's tokens must equal too, not only the second's.
     model = ContextMixModel(seed=6)
