@@ -12,9 +12,11 @@
 #   bash benchmarks/gpu_session.sh compile      # cold 8B compile, with and without compile_layers_once
 #   bash benchmarks/gpu_session.sh suite        # the whole test suite with CUDA available
 #
-# Order for a 30-minute lease (about 1.5 min to start): tests (~3 min), gen1024 (~7), gen1024b8
-# (~6), gen256b1 (~7), gen256b8 (~8), then compile (~4), op (~2), buckets (~7: one 8B compile
-# per distinct length without a bucket) and suite if time is left. gen256b1/b8 run every mode,
+# A session is lent 15 minutes of device time in all, the start (about 1.5 min) and idle waits
+# included, and a machine goes back 30 s after a call: run the stages back to back. What issue 5
+# still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~6) in the
+# next; then gen256b1 (~7), gen256b8 (~8), compile (~4), op (~2), buckets (~7: one 8B compile per
+# distinct length without a bucket) and suite. (Times were estimated for a 30-minute lease.) gen256b1/b8 run every mode,
 # the two compile_layers_once modes included (~1 min each, estimated). Each compiled 8B mode
 # compiles for 27-52 s (measured, docs/performance.md). Rows are appended as measured, so a stage
 # cut by the limit keeps what it finished.

@@ -93,7 +93,7 @@ class OptimizedModel(nn.Module):
         value = _checked_cache_size(value)
         with self._exclusive("setting max_cached_steps"):
             self._max_cached_steps = value
-            self._drop_beyond_limit()
+            self._drop_beyond_limit(lowered=True)
 
     @property
     def cached_steps(self) -> int:
@@ -368,9 +368,13 @@ class OptimizedModel(nn.Module):
             self._drop_beyond_limit()
         return runner, initial
 
-    def _drop_beyond_limit(self) -> None:
+    def _drop_beyond_limit(self, lowered: bool = False) -> None:
         while len(self._runners) > self.max_cached_steps:
             dropped, _ = self._runners.popitem(last=False)
+            if lowered:  # asked for: no advice to raise the limit just lowered
+                log.info("credit_compile: freed the compiled step of canvas shape %s "
+                         "(max_cached_steps lowered to %d)", dropped[0], self.max_cached_steps)
+                continue
             log.warning(
                 "credit_compile: dropped the compiled step of canvas shape %s "
                 "(max_cached_steps=%d); it compiles again if that shape returns: raise "
