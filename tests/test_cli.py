@@ -75,23 +75,6 @@ def test_bench_runs_a_benchmark_script(tmp_path, capsys, monkeypatch):
     assert "credit-eager" in capsys.readouterr().out
 
 
-@pytest.mark.slow
-def test_bench_prompt_buckets_runs_each_setting_in_its_own_process(tmp_path, capsys, monkeypatch):
-    import json
-
-    monkeypatch.delitem(sys.modules, "provenance", raising=False)
-    out = tmp_path / "rows.jsonl"
-    code = main(["bench", "prompt_buckets", "--requests", "2", "--min-length", "2",
-                 "--max-length", "3", "--buckets", "0", "4", "--gen-length", "4",
-                 "--block-length", "4", "--warm-cache", "--out", str(out)])
-    assert code == 0
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["prompt_bucket"] for r in rows] == [None, 4]
-    assert rows[1]["compiled_steps"] == 1 and rows[0]["compiled_steps"] == rows[0]["distinct_lengths"]
-    assert all(r["tokens_equal_unbucketed"] and r["compile_seconds"] > 0 for r in rows)
-    assert "vs none" in capsys.readouterr().out
-
-
 @pytest.mark.parametrize("device, says", [
     ("bogus", r"--device 'bogus' is not a device"),
     ("mps", r"credit_compile runs on cpu or cuda"),

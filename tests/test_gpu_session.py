@@ -35,6 +35,33 @@ def test_every_stage_runs_dry(stage, tmp_path):
     if stage in rows:
         lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
         assert lines and all("commit" in json.loads(line) for line in lines)
+        # The two stages whose scripts compile in processes of their own are checked here, on
+        # the rows of this run, rather than by running them a second time elsewhere.
+        check = {"compile": check_compile_time_rows, "buckets": check_prompt_bucket_rows}.get(stage)
+        if check:
+            check([json.loads(line) for line in lines], done.stdout)
+
+
+def check_compile_time_rows(rows: list[dict], stdout: str) -> None:
+    """bench_compile_time measures each setting cold, in a process of its own."""
+    import torch
+
+    without, once = rows
+    assert (without["compile_layers_once"], once["compile_layers_once"]) == (False, True)
+    for row in (without, once):
+        assert row["layers"] == 1 and row["device"] == "cpu" and row["torch"] == torch.__version__
+        assert row["commit"] and row["runner"] == "compiled" and row["nfe"] >= 1
+        # A cold cache: the first call compiled (seconds, not the milliseconds of a cache hit).
+        assert row["compile_seconds"] > 0.5 and row["tokens_equal_reference"] is True
+    assert once["compile_speedup"] == without["compile_seconds"] / once["compile_seconds"]
+
+
+def check_prompt_bucket_rows(rows: list[dict], stdout: str) -> None:
+    """bench_prompt_buckets runs each setting in its own process, one compile per bucket."""
+    assert [r["prompt_bucket"] for r in rows] == [None, 4]
+    assert rows[1]["compiled_steps"] == 1 and rows[0]["compiled_steps"] == rows[0]["distinct_lengths"]
+    assert all(r["tokens_equal_unbucketed"] and r["compile_seconds"] > 0 for r in rows)
+    assert "vs none" in stdout
 
 
 def test_a_broken_stage_fails_the_dry_run(tmp_path):
