@@ -38,12 +38,19 @@ class CompileError(RuntimeError):
 
 def compile_failure_message(error: Exception) -> str:
     summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, torch._dynamo.exc.BackendCompilerFailed):
+        # Traced whole, then the passes or Inductor failed: not the model's to fix.
+        cause = ("The step traced as one graph, and the compiler behind it (this project's "
+                 "passes, then Inductor) failed on it: a bug to report with the error this one "
+                 "chains. ")
+    else:
+        cause = ("The model's forward must trace without graph breaks: no .item(), print() or "
+                 "Python branch on a tensor's value; the line that broke is in the error this "
+                 "one chains. ")
     return (
         f"credit_compile could not compile the denoising step as one graph "
         f"(torch.compile(fullgraph=True), which CUDA graph replay needs): "
-        f"{type(error).__name__}: {summary}\n"
-        f"The model's forward must trace without graph breaks: no .item(), print() or Python "
-        f"branch on a tensor's value; the line that broke is in the error this one chains. "
+        f"{type(error).__name__}: {summary}\n{cause}"
         f"To decode without compiling (the reference's tokens, without the speedup), pass "
         f"optimize(model, compile=False).")
 

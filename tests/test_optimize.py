@@ -943,6 +943,7 @@ def test_a_model_that_does_not_compile_gets_an_error_naming_the_eager_way():
         fast.generate(ids)
     assert isinstance(raised.value.__cause__, torch._dynamo.exc.TorchDynamoException)
     assert "item" in str(raised.value.__cause__)  # dynamo's own account, with the model line
+    assert "graph breaks" in str(raised.value)
     with pytest.raises(cc.CompileError):
         fast.precompile(1, 5)
     # The way out it names works, and decodes the reference's tokens.
@@ -950,6 +951,22 @@ def test_a_model_that_does_not_compile_gets_an_error_naming_the_eager_way():
     reference = cc.generate_reference(GraphBreakingModel(seed=2), ids,
                                       config=eager.resolved_config())
     assert torch.equal(eager.generate(ids).sequences, reference.sequences)
+
+
+def test_a_failing_compiler_backend_is_not_blamed_on_the_model():
+    from credit_compile import runner
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("lowering failed")
+
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    setup = cc.engine.setup_generation(ContextMixModel(seed=2), ids, None,
+                                       cc.DecodeConfig(gen_length=8, block_length=4))
+    compiled = runner.CompiledStepRunner(setup, backend=failing_backend)
+    with pytest.raises(cc.CompileError, match="compile=False") as raised:
+        compiled.step()
+    assert "a bug to report" in str(raised.value) and "graph breaks" not in str(raised.value)
+    assert "lowering failed" in str(raised.value.__cause__)
 
 
 def test_verify_sees_a_first_call_that_differs_from_the_second(monkeypatch):
