@@ -93,6 +93,32 @@ def test_a_cache_of_the_wrong_shape_names_the_fix():
         model(ids[:, :3], cache_positions=torch.arange(3))
 
 
+@torch.no_grad()
+def test_a_cache_that_would_decode_wrong_logits_is_refused():
+    # Each of these ran before and gave logits off by about 10 from the plain forward's.
+    model = layered_model(2)
+    ids, mask = token_prompts(2, 10, seed=1)
+    shape, block = model.kv_cache_shape(2, 10), torch.arange(6, 10)
+    one = torch.zeros(shape)
+    with pytest.raises(ValueError, match=r"share their memory: allocate two tensors"):
+        model(ids, mask, kv_cache=(one, one))
+    as_ints = (torch.zeros(shape, dtype=torch.long), torch.zeros(shape, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"dtype torch.int64 .*floating-point"):
+        model(ids, mask, kv_cache=as_ints)
+    with pytest.raises(ValueError, match=r"keys of dtype torch.float32 and values of dtype "
+                                         r"torch.bfloat16"):
+        model(ids, mask, kv_cache=(torch.zeros(shape), torch.zeros(shape, dtype=torch.bfloat16)))
+    cache = empty_cache(model, 2, 10)
+    model(ids, mask, kv_cache=cache)
+    with pytest.raises(ValueError, match=r"give the whole sequence's \[B, T\] = \(2, 10\) mask"):
+        model(ids[:, block], mask[:, block], kv_cache=cache, cache_positions=block)
+    # Two views of one allocation are two tensors: accepted, and exact.
+    pair = torch.zeros(2, *shape)
+    model(ids, mask, kv_cache=(pair[0], pair[1]))
+    cached = model(ids[:, block], mask, kv_cache=(pair[0], pair[1]), cache_positions=block)
+    assert torch.allclose(cached.logits, model(ids, mask).logits[:, block], atol=1e-5)
+
+
 # --- decoding with the cache ----------------------------------------------------------------
 
 DECODE_CONFIGS = st.sampled_from([

@@ -414,6 +414,8 @@ class LLaDAModelLM(PreTrainedModel):
         if cache_positions is not None and kv_cache is None:
             raise ValueError("cache_positions without kv_cache: pass the (keys, values) cache "
                              "that a forward of the whole sequence filled")
+        if kv_cache is not None:  # before the positions, which read the mask
+            self._check_kv_cache(*kv_cache, input_ids, attention_mask, cache_positions)
         if position_ids is None:
             if cache_positions is not None:
                 position_ids = cache_positions.unsqueeze(0) if attention_mask is None else \
@@ -436,7 +438,6 @@ class LLaDAModelLM(PreTrainedModel):
                 x = run_block(block, x, cos, sin, attn_mask)
         else:
             keys, values = kv_cache
-            self._check_kv_cache(keys, values, input_ids, cache_positions)
             for i, block in enumerate(t.blocks):
                 x = run_block(block, x, cos, sin, attn_mask, keys[i], values[i], cache_positions)
         return t.ln_f(x)
@@ -454,8 +455,10 @@ class LLaDAModelLM(PreTrainedModel):
         return (cfg.n_layers, batch_size, cfg.effective_n_kv_heads, seq_len,
                 cfg.d_model // cfg.n_heads)
 
-    def _check_kv_cache(self, keys, values, input_ids, cache_positions) -> None:
-        # Shapes are static under torch.compile: these checks cost the compiled step nothing.
+    def _check_kv_cache(self, keys, values, input_ids, attention_mask, cache_positions) -> None:
+        # Shapes, dtypes and devices are static under torch.compile: these checks cost the
+        # compiled step nothing. (Repeated cache_positions are not looked for: that needs their
+        # values, a device sync per step.)
         batch, length = input_ids.shape
         seq_len = keys.shape[3] if keys.dim() == 5 else -1
         expected = self.kv_cache_shape(batch, length if cache_positions is None else seq_len)
@@ -465,10 +468,30 @@ class LLaDAModelLM(PreTrainedModel):
                     f"kv_cache {name} of shape {tuple(cache.shape)} for input_ids of shape "
                     f"{(batch, length)}: allocate it with model.kv_cache_shape(batch_size, "
                     f"seq_len) = {expected}")
+            # An integer cache would truncate the keys and values it stores, silently.
+            if not cache.is_floating_point() or cache.device != input_ids.device:
+                raise ValueError(
+                    f"kv_cache {name} of dtype {cache.dtype} on {cache.device} for input_ids on "
+                    f"{input_ids.device}: allocate keys and values as floating-point tensors "
+                    f"on the model's device (the dtype its layers compute in)")
+        if keys.dtype != values.dtype:
+            raise ValueError(f"kv_cache keys of dtype {keys.dtype} and values of dtype "
+                             f"{values.dtype}: allocate both in one dtype")
+        # One tensor given as both would store the values over the keys. Eager only: a traced
+        # tensor has no address, and the compiled step's cache is the engine's own pair.
+        if not torch.compiler.is_compiling() and keys.data_ptr() == values.data_ptr():
+            raise ValueError("kv_cache keys and values share their memory: allocate two tensors "
+                             "(the values would overwrite the keys)")
         if cache_positions is not None and cache_positions.shape != (length,):
             raise ValueError(
                 f"cache_positions of shape {tuple(cache_positions.shape)} for {length} input "
                 f"tokens: give one canvas position per input token")
+        if cache_positions is not None and attention_mask is not None and \
+                tuple(attention_mask.shape) != (batch, seq_len):
+            raise ValueError(
+                f"attention_mask of shape {tuple(attention_mask.shape)} in a cached forward of "
+                f"{seq_len} stored positions: give the whole sequence's [B, T] = "
+                f"{(batch, seq_len)} mask, the one the cache was filled with")
 
     def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., embedding_size]`` from final (normed) hidden states: one ``F.linear``."""
