@@ -26,7 +26,7 @@ from .backend import make_backend
 from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
-from .engine import GenerationSetup, resolve_config, setup_generation
+from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
 from .runner import make_runner
 from .torch_settings import torch_settings_key
@@ -406,6 +406,7 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     if info.mask_id is None:
         raise ValueError(_NO_MASK_TOKEN)
+    check_kv_cache_support(config, info)  # here, not at the first request
     if config.dtype is not None:
         model = model.to(_DTYPES[config.dtype])
     model.eval()

@@ -98,7 +98,7 @@ def setup_generation(
     check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
-    _check_kv_cache_support(config, info)
+    check_kv_cache_support(config, info)
     if forward is None:
         # A switch for the compiler: the eager reference's forward runs the same either way.
         forward = make_forward(model, info, compile_layers_once=config.compile
@@ -153,7 +153,7 @@ def setup_generation(
     return GenerationSetup(config, info, forward, strategy, state, eos_ids, kv_cache_layout)
 
 
-def _check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
+def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
     if config.kv_cache != "none" and info.kind != "credit_compile":
         raise ValueError(
             f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
