@@ -16,10 +16,10 @@
 # included, and a machine goes back 30 s after a call: run the stages back to back. What issue 5
 # still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~6) in the
 # next; then gen256b1 (~7), gen256b8 (~8), compile (~4), op (~2), buckets (~7: one 8B compile per
-# distinct length without a bucket) and suite. (Times were estimated for a 30-minute lease.) gen256b1/b8 run every mode,
-# the two compile_layers_once modes included (~1 min each, estimated). Each compiled 8B mode
-# compiles for 27-52 s (measured, docs/performance.md). Rows are appended as measured, so a stage
-# cut by the limit keeps what it finished.
+# distinct length without a bucket) and suite. (Times were estimated for a 30-minute lease.)
+# gen256b1/b8 run every mode, the two compile_layers_once modes included (~1 min each,
+# estimated). Each compiled 8B mode compiles for 27-52 s (measured, docs/performance.md). Rows are
+# appended as measured, so a stage cut by the limit keeps what it finished.
 # Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
 # sequence length T = prompt + gen, not on how much is generated. A full gen-1024 run at B=8
 # takes about 6 minutes per eager mode (1024 steps of ~340 ms), more than one command may run;

@@ -37,7 +37,7 @@ class CompileError(RuntimeError):
 
 
 def compile_failure_message(error: Exception) -> str:
-    summary = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    summary = next(iter(str(error).strip().splitlines()), "")  # its first line
     if isinstance(error, torch._dynamo.exc.BackendCompilerFailed):
         # Traced whole, then the passes or Inductor failed: not the model's to fix.
         cause = ("The step traced as one graph, and the compiler behind it (this project's "
