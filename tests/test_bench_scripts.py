@@ -1,7 +1,7 @@
 """The benchmark scripts' own logic: mode order, recorded configs, flags, the plot's input checks.
 
-Tiny and eager only (a second or so each); the compiled modes are stood in for where only the
-bookkeeping around them is under test.
+Tiny and mostly eager (a second or so each); the compiled modes are stood in for where only the
+bookkeeping around them is under test, and the one that compiles is marked slow.
 """
 
 from __future__ import annotations
@@ -145,6 +145,7 @@ def test_generate_compiled_modes_configure_what_they_name(bench_generate, monkey
     assert config.compile and config.strategy == "credit"
 
 
+@pytest.mark.slow  # compiles the cached and the full step (about a minute); bench logic only
 def test_generate_dual_cache_rows_are_checked_against_their_own_reference(bench_generate,
                                                                            tmp_path):
     out = tmp_path / "rows.jsonl"
