@@ -7,10 +7,10 @@ Importing the package changes no compiler setting; those are applied inside the 
 """
 
 from .config import DecodeConfig
-from .decoding.loop import GenerationOutput
+from .decoding.loop import FinishedBlock, GenerationOutput
 from .reference import generate as generate_reference
 
-__all__ = ["DecodeConfig", "GenerationOutput", "generate_reference"]
+__all__ = ["DecodeConfig", "FinishedBlock", "GenerationOutput", "generate_reference"]
 __version__ = "0.1.0"
 
 from .api import OptimizedModel, optimize  # noqa: E402

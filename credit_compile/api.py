@@ -163,9 +163,14 @@ class OptimizedModel(nn.Module):
 
     @torch.no_grad()
     def generate(self, input_ids, attention_mask=None, *, config: DecodeConfig | None = None,
-                 trace: bool = False, progress=None, **overrides) -> GenerationOutput:
+                 trace: bool = False, progress=None, on_block=None,
+                 **overrides) -> GenerationOutput:
         """Decode with this model's config, or `config`; `overrides` are DecodeConfig fields for
         this call (`dtype` is not one: optimize() casts the model once).
+
+        `progress(steps)` is called at each host check; `on_block(FinishedBlock)` with each block
+        of the output once no later step can change it, in order (streaming: on CUDA a block
+        arrives at the first check after it, every `sync_every` steps).
 
         Prompts on another device (tokenized on the CPU) are moved to the model's. Thread-safe:
         concurrent calls run one at a time (batch the prompts into one call to decode them
@@ -173,9 +178,10 @@ class OptimizedModel(nn.Module):
         """
         _refuse_dtype(overrides)
         with self._exclusive():
-            return self._generate(input_ids, attention_mask, config, trace, progress, overrides)
+            return self._generate(input_ids, attention_mask, config, trace, progress, on_block,
+                                  overrides)
 
-    def _generate(self, input_ids, attention_mask, config, trace, progress,
+    def _generate(self, input_ids, attention_mask, config, trace, progress, on_block,
                   overrides) -> GenerationOutput:
         fresh = self._setup(input_ids, attention_mask, overrides, base=config)
         config = fresh.config
@@ -189,7 +195,7 @@ class OptimizedModel(nn.Module):
         out = run_generation(
             runner.step, runner.state, max_steps=fresh.strategy.max_steps(), sync_every=every,
             trace=trace, progress=progress, steps_per_call=runner.steps_per_call,
-            on_sync=runner.synced,
+            on_sync=runner.synced, on_block=on_block,
         )
         if runner.state.device.type == "cuda":
             torch.cuda.synchronize(runner.state.device)
@@ -252,8 +258,8 @@ class OptimizedModel(nn.Module):
         the same autograd mode for every call."""
         if self._lock_owner == threading.get_ident():
             raise RuntimeError(
-                f"{what} called while this thread is inside generate() (from a progress "
-                f"callback?): the call decodes in this model's buffers and weights; make the "
+                f"{what} called while this thread is inside generate() (from a progress or "
+                f"on_block callback?): the call decodes in this model's buffers and weights; make the "
                 f"second call after the first"
             )
         # Static buffers outlive the call: made under a caller's inference_mode they would be

@@ -179,6 +179,19 @@ def _progress_bar(total: int | None):
     return bar, lambda steps: bar.update((steps if total is None else min(steps, total)) - bar.n)
 
 
+def _block_printer(bar, prompts, tokenizer):
+    """An `on_block` that prints each finished block's text per prompt as it arrives (through
+    the bar, which would otherwise draw over the line)."""
+
+    def print_block(block) -> None:
+        for prompt, row in zip(prompts, block.tokens, strict=True):
+            text = tokenizer.decode(row, skip_special_tokens=True)
+            bar.write(f"block {block.index}: {prompt!r} -> {text!r}", file=sys.stdout)
+        sys.stdout.flush()
+
+    return print_block
+
+
 def cmd_generate(args) -> int:
     from .api import optimize
     from .reference import generate as generate_reference
@@ -189,12 +202,15 @@ def cmd_generate(args) -> int:
     # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
     # no count known in advance says (a bar to gen_length would stop far short of its end).
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None)
+    on_block = _block_printer(bar, prompts, tokenizer) if args.stream else None
     start = time.perf_counter()
     try:
         if args.eager:
-            out = generate_reference(model, ids, mask, config, progress=progress)
+            out = generate_reference(model, ids, mask, config, progress=progress,
+                                     on_block=on_block)
         else:
-            out = optimize(model, config).generate(ids, mask, progress=progress)
+            out = optimize(model, config).generate(ids, mask, progress=progress,
+                                                   on_block=on_block)
     finally:
         bar.close()  # before any error message, which would otherwise follow the bar's line
     seconds = time.perf_counter() - start
@@ -303,6 +319,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=fn)
         if name == "generate":
             p.add_argument("--eager", action="store_true", help="use the eager reference")
+            p.add_argument("--stream", action="store_true",
+                           help="print each block's text as soon as it is final")
     bench = sub.add_parser("bench", help="run a benchmark (arguments after the suite go to it)")
     bench.add_argument("suite", choices=BENCHMARKS)
     bench.add_argument("rest", nargs=argparse.REMAINDER)

@@ -26,12 +26,14 @@ def generate(
     *,
     trace: bool = False,
     progress=None,
+    on_block=None,
     **overrides,
 ) -> GenerationOutput:
-    """Decode eagerly. `overrides` are `DecodeConfig` fields (gen_length=..., strategy=...)."""
+    """Decode eagerly. `overrides` are `DecodeConfig` fields (gen_length=..., strategy=...);
+    `progress` and `on_block` as in `OptimizedModel.generate`."""
     config = resolve_config(config, overrides)
     runner = EagerStepRunner(setup_generation(model, input_ids, attention_mask, config))
     return run_generation(
         runner.step, runner.state, max_steps=runner.setup.strategy.max_steps(), sync_every=1,
-        trace=trace, progress=progress, on_sync=runner.synced,
+        trace=trace, progress=progress, on_sync=runner.synced, on_block=on_block,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import sys
 
 import pytest
@@ -17,6 +18,17 @@ def test_generate_prints_text_nfe_and_speed(capsys):
     assert "'ab' -> " in out.out and "'hello' -> " in out.out
     assert "NFE" in out.out and "tokens/s" in out.out
     assert "randomly initialised" not in out.err  # the shipped default model, not a random one
+
+
+def test_generate_streams_each_block_as_it_is_final(capsys):
+    assert main(["generate", "--prompt", "0012+0034=", "--stream", "--eager", *SMALL]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    streamed = [line for line in lines if line.startswith("block ")]
+    assert [line.split(":")[0] for line in streamed] == ["block 0", "block 1"]
+    # The blocks' texts, joined, are the text printed at the end.
+    final = next(line for line in lines if line.startswith("'0012+0034=' -> "))
+    texts = [line.split(" -> ", 1)[1] for line in streamed]
+    assert "".join(map(ast.literal_eval, texts)) == ast.literal_eval(final.split(" -> ", 1)[1])
 
 
 def test_verify_and_demo_report_identical_output(capsys):

@@ -221,9 +221,11 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
     fast = cc.optimize(model, cuda_graphs="on", **kwargs)
     for seed in (2, 3):  # the second call reloads new prompts into the same static buffers
         ids, mask = prompts(3, 6, "cpu", padded=True, seed=seed)
-        reported = []
+        reported, streamed = [], []
         torch.manual_seed(100 + seed)
-        out = fast.generate(ids, mask, progress=reported.append)
+        out = fast.generate(ids, mask, progress=reported.append,
+                            on_block=lambda block, at=reported, to=streamed: to.append(
+                                (at[-1], block)))
         assert fast.last_stats["runner"] == "cuda_graph"
         torch.manual_seed(100 + seed)
         ref = cc.generate_reference(model, ids, mask, **kwargs)
@@ -232,6 +234,11 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
         unroll = cc.DecodeConfig(**kwargs).host_sync_every
         assert reported[-1] == out.steps_run >= out.nfe
         assert all(n % unroll == 0 for n in reported)
+        # Blocks stream at the checks between replays, each once, as the output has them.
+        assert [block.index for _, block in streamed] == [0, 1]
+        assert all(torch.equal(block.tokens, out.sequences[:, block.start:block.start + 8])
+                   for _, block in streamed)
+        assert streamed[0][0] < streamed[-1][0] == out.steps_run
 
 
 @needs_cuda

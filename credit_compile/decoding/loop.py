@@ -31,6 +31,21 @@ class StepTrace:
 
 
 @dataclass
+class FinishedBlock:
+    """A block of the output that no later step changes (for `on_block`, streaming).
+
+    Attributes:
+        index: the block's index, 0 for the first block after the prompt.
+        start: the column of `GenerationOutput.sequences` where the block begins.
+        tokens: [B, block_length] the block's tokens, a copy.
+    """
+
+    index: int
+    start: int
+    tokens: torch.Tensor
+
+
+@dataclass
 class GenerationOutput:
     """Result of `generate()`.
 
@@ -66,16 +81,19 @@ def run_generation(
     progress: Callable[[int], None] | None = None,
     steps_per_call: int = 1,
     on_sync: Callable[[], None] | None = None,
+    on_block: Callable[[FinishedBlock], None] | None = None,
 ) -> GenerationOutput:
     """Call `step()` until `state.done`, checking on the host every `sync_every` calls.
 
     One call runs `steps_per_call` denoising steps (a CUDA graph of several); `progress` and
     `steps_run` count steps. `on_sync` is called after each check that found decoding unfinished
-    (a step schedule reading where the next block begins).
+    (a step schedule reading where the next block begins). `on_block` is given each block once
+    it is final, in order, at the first check after it (streaming).
     """
     window = sync_every * steps_per_call
     snapshots = [] if trace else None
     steps_run = 0
+    streamed = 0
     while True:
         for _ in range(sync_every):
             step()
@@ -85,7 +103,10 @@ def run_generation(
                                   state.last_conf.clone(), state.nfe.clone()))
         if progress is not None:
             progress(steps_run)
-        if bool(state.done):
+        done = bool(state.done)
+        if on_block is not None:
+            streamed = _stream_finished_blocks(state, streamed, on_block)
+        if done:
             break
         if on_sync is not None:
             on_sync()
@@ -105,6 +126,22 @@ def run_generation(
         trace=None if snapshots is None else _to_trace(snapshots, state),
         steps_run=steps_run,
     )
+
+
+def _stream_finished_blocks(state: DecodeState, streamed: int,
+                            on_block: Callable[[FinishedBlock], None]) -> int:
+    """Give `on_block` the blocks before the one being decoded (`block_index`, num_blocks when
+    done) not given yet; returns how many have been. They are final: a step writes masked
+    positions only, and every block before `block_index` has none left in any row."""
+    finished = int(state.block_index)
+    for index in range(streamed, finished):
+        columns = state.gen_start + index * state.block_length
+        on_block(FinishedBlock(
+            index=index,
+            start=columns - state.output_start,
+            tokens=state.x[:state.output_rows, columns:columns + state.block_length].clone(),
+        ))
+    return max(streamed, finished)
 
 
 def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
