@@ -23,7 +23,8 @@ roofline averages a block's full step and its cached ones (weights, plus the cac
 Also on CUDA: `forward-graphed`, the bare compiled + graphed forward of one step (hidden states,
 block-sliced LM head), the floor the decoding logic is measured against.
 
-Per row: NFE, tokens/s, ms per step, compile seconds, peak memory, and a roofline of one step
+Per row: NFE, tokens/s, ms per step, first_block_ms (latency to the first block a streaming
+server could send, `generate(on_block=...)`), compile seconds, peak memory, and a roofline of one step
 (weight bytes and FLOPs against the device's measured peak bandwidth and matmul rate). Rows are
 appended to benchmarks/results/generate.jsonl with device, torch version, git commit and the
 DecodeConfig each mode ran with. The selected modes run in the order above, whatever the order of
@@ -160,11 +161,11 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
     eager = base.replace(compile=False, cuda_graphs="off", sync_every=1)
     if mode == "llada-eager":
         cfg = eager.replace(strategy="llada", steps=base.gen_length)
-        call = lambda: cc.generate_reference(model, ids, mask, config=cfg)  # noqa: E731
+        call = lambda **kw: cc.generate_reference(model, ids, mask, config=cfg, **kw)  # noqa: E731
     elif mode in ("threshold-eager", "credit-eager", "credit-dual-cache-eager"):
         cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense",
                             kv_cache="dual" if DUAL_CACHE in mode else "none")
-        call = lambda: cc.generate_reference(model, ids, mask, config=cfg)  # noqa: E731
+        call = lambda **kw: cc.generate_reference(model, ids, mask, config=cfg, **kw)  # noqa: E731
     else:
         cfg = base.replace(
             strategy="credit", compile=True,
@@ -174,7 +175,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
             kv_cache="dual" if DUAL_CACHE in mode else "none",
         )
         fast = cc.optimize(model, cfg)
-        call = lambda: fast.generate(ids, mask)  # noqa: E731
+        call = lambda **kw: fast.generate(ids, mask, **kw)  # noqa: E731
     compile_seconds = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -183,13 +184,17 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
         call()
         sync(device)
         compile_seconds = time.perf_counter() - start
-    times, out = [], None
+    times, first_block_times, out = [], [], None
     for _ in range(repeats):
+        # Latency to the first block a server could send (streaming): the host reads it at the
+        # completion check that already waits for the device, so the timing is unchanged.
+        arrivals = []
         sync(device)
         start = time.perf_counter()
-        out = call()
+        out = call(on_block=lambda block, into=arrivals: into.append(time.perf_counter()))
         sync(device)
         times.append(time.perf_counter() - start)
+        first_block_times.append(arrivals[0] - start)
     seconds = sorted(times)[len(times) // 2]
     tokens = out.generated.numel()
     return {
@@ -198,6 +203,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
         "seconds": seconds,
         "tokens_per_s": tokens / seconds,
         "ms_per_step": 1e3 * seconds / max(out.nfe, 1),
+        "first_block_ms": 1e3 * sorted(first_block_times)[len(first_block_times) // 2],
         "compile_seconds": compile_seconds,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
         "config": dataclasses.asdict(cfg),
@@ -346,14 +352,15 @@ def main(argv=None) -> int:
 
     print(f"\n{meta['device']}  torch {meta['torch']}  commit {meta['commit']}  preset {args.preset}")
     header = (f"{'mode':<28}{'B':>3}{'gen':>6}{'NFE':>6}{'tok/s':>10}{'ms/step':>10}"
-              f"{'compile s':>10}{'vs base':>9}{'vs fwd':>8}{'peak GB':>9}")
+              f"{'compile s':>10}{'vs base':>9}{'vs fwd':>8}{'peak GB':>9}{'1st blk ms':>11}")
     print(header)
     for r in rows:
         print(f"{r['mode']:<28}{r['batch']:>3}{r['gen_length']:>6}{r['nfe']:>6}"
               f"{r['tokens_per_s']:>10.1f}{r['ms_per_step']:>10.2f}{r['compile_seconds']:>10.1f}"
               f"{r.get('speedup_vs_llada_eager', float('nan')):>8.2f}x"
               f"{r.get('step_over_bare_forward', float('nan')):>7.2f}x"
-              f"{(r['peak_memory_gb'] or float('nan')):>9.1f}")
+              f"{(r['peak_memory_gb'] or float('nan')):>9.1f}"
+              f"{r.get('first_block_ms', float('nan')):>11.1f}")
     return 0
 
 

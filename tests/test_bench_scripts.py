@@ -259,14 +259,20 @@ def test_generate_rows_hold_the_roofline_and_ratios(bench_generate, tmp_path, mo
 
 
 def test_run_mode_reports_the_median_run(bench_generate, monkeypatch):
-    # Three timed runs of 3, 1 and 2 s: the row is the median (2 s), whatever the order.
+    # Three timed runs of 3, 1 and 2 s, their first blocks streamed after 1, 0.5 and 0.2 s: the
+    # row has the medians (2 s, 0.5 s), whatever the order.
     import types
 
-    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])
+    clock = iter([0.0, 1.0, 3.0, 10.0, 10.5, 11.0, 20.0, 20.2, 22.0])
     monkeypatch.setattr(bench_generate, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
     generated = torch.zeros(3, 8, dtype=torch.long)
     result = types.SimpleNamespace(generated=generated, nfe=5, sequences=generated)
-    monkeypatch.setattr(bench_generate.cc, "generate_reference", lambda *args, **kwargs: result)
+
+    def generate_streaming(*args, on_block, **kwargs):
+        on_block(None)  # the first block arrives (the clock's middle reading)
+        return result
+
+    monkeypatch.setattr(bench_generate.cc, "generate_reference", generate_streaming)
     ids = torch.zeros(3, 2, dtype=torch.long)
     row = bench_generate.run_mode("threshold-eager", None, ids, None,
                                   bench_generate.cc.DecodeConfig(gen_length=8, block_length=4), 3)
@@ -274,6 +280,7 @@ def test_run_mode_reports_the_median_run(bench_generate, monkeypatch):
     assert row["tokens_per_s"] == pytest.approx(3 * 8 / 2.0)  # every row's tokens
     assert row["ms_per_step"] == pytest.approx(1e3 * 2.0 / 5)
     assert row["nfe"] == 5 and row["compile_seconds"] == 0.0
+    assert row["first_block_ms"] == pytest.approx(500.0)
 
 
 def test_generate_prompts_never_hold_the_mask_or_spare_ids(bench_generate):
