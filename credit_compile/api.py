@@ -431,15 +431,18 @@ def _checked_cache_size(value) -> int:
 def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
     in those share one step: the seed and dtype (read before the step), the buckets (their
-    shapes are in the key), `steps` and the credit fields outside their strategies, `tau` in
-    "llada", `credit_slots` outside sparse credit, and `compile_layers_once` without compile.
+    shapes are in the key), `steps`, `factor` and the credit fields outside their strategies,
+    `tau` in "llada" and "factor", `credit_slots` outside sparse credit, and
+    `compile_layers_once` without compile.
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
     number of steps captured per replay)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
     if config.strategy != "llada":
         drop["steps"] = None
-    else:
+    if config.strategy in ("llada", "factor"):
         drop["tau"] = _DEFAULTS.tau
+    if config.strategy != "factor":
+        drop["factor"] = _DEFAULTS.factor
     if config.strategy != "credit":
         drop.update({name: getattr(_DEFAULTS, name)
                      for name in ("alpha", "beta", "gamma", "credit_layout")})

@@ -34,7 +34,7 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
-    p.add_argument("--strategy", default="credit", choices=["credit", "threshold", "llada"])
+    p.add_argument("--strategy", default="credit", choices=["credit", "threshold", "factor", "llada"])
     p.add_argument("--gen-length", type=int, default=None,
                    help="tokens to generate (default: 16 on the embedded model, whose answers "
                         "are EOS-padded to 16 tokens, else 64)")
@@ -47,6 +47,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--beta", type=float, default=0.8)
     p.add_argument("--gamma", type=float, default=0.2)
     p.add_argument("--tau", type=float, default=0.9)
+    p.add_argument("--factor", type=float, default=1.0,
+                   help="--strategy factor: commit the n most confident tokens, n the longest "
+                        "run of sorted confidences c_i >= 1 - factor/(i+1)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=0.0,
                    help="classifier-free guidance scale (--strategy llada)")
@@ -88,6 +91,7 @@ def _decode_config(args):
         strategy=args.strategy, gen_length=_or(args.gen_length, 16 if embedded else 64),
         block_length=_or(args.block_length, 8 if embedded else 16),
         steps=args.steps, alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau=args.tau,
+        factor=args.factor,
         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
         early_stop=args.early_stop, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,

@@ -12,13 +12,13 @@ import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-Strategy = Literal["credit", "threshold", "llada"]
+Strategy = Literal["credit", "threshold", "factor", "llada"]
 Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
 KVCache = Literal["none", "dual"]
 
-STRATEGIES = ("credit", "threshold", "llada")
+STRATEGIES = ("credit", "threshold", "factor", "llada")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
@@ -33,8 +33,10 @@ class DecodeConfig:
     Attributes:
         strategy: "credit" (CreditDecoding: trace credits fused into the logits, threshold commits),
             "threshold" (Fast-dLLM parallel decoding: commit every masked token whose confidence is
-            at least `tau`, at least the best one each step) or "llada" (LLaDA's original sampler:
-            a fixed number of tokens per step, low-confidence or random remasking).
+            at least `tau`, at least the best one each step), "factor" (Fast-dLLM's factor-based
+            parallel decoding: commit the n most confident masked tokens, n set by `factor`) or
+            "llada" (LLaDA's original sampler: a fixed number of tokens per step, low-confidence
+            or random remasking).
         gen_length: number of tokens to generate (the canvas after the prompt).
         block_length: the canvas is decoded left to right in blocks of this many positions;
             must divide `gen_length`.
@@ -46,6 +48,10 @@ class DecodeConfig:
         beta: credit decay per step after the block's first, in [0, 1].
         gamma: exponent on the top-1 probability added as credit, > 0.
         tau: confidence threshold of "credit"/"threshold", in (0, 1].
+        factor: the "factor" strategy's parallelism, > 0: with the block's masked confidences
+            sorted, c_1 >= c_2 >= ..., a step commits the n most confident, n the longest prefix
+            with c_i >= 1 - factor / (i + 1) for each i >= 2 (the best always commits; Fast-dLLM,
+            Wu et al. 2025). Larger commits more per step; Fast-dLLM's scripts use 1.
         temperature: Gumbel-noise temperature of the "llada" sampler (float64 noise, as the
             original); 0 is greedy. "credit" and "threshold" are greedy only.
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
@@ -122,6 +128,7 @@ class DecodeConfig:
     beta: float = 0.8
     gamma: float = 0.2
     tau: float = 0.9
+    factor: float = 1.0
     temperature: float = 0.0
     cfg_scale: float = 0.0
     remasking: Remasking = "low_confidence"
@@ -231,6 +238,8 @@ class DecodeConfig:
              f"gamma={self.gamma!r}: use gamma > 0")
         need(_is_real(self.tau) and 0.0 < self.tau <= 1.0,
              f"tau={self.tau!r}: use a threshold in (0, 1]")
+        need(_is_real(self.factor) and self.factor > 0,
+             f"factor={self.factor!r}: use factor > 0 (Fast-dLLM's scripts use 1)")
         need(_is_real(self.temperature) and self.temperature >= 0,
              f"temperature={self.temperature!r}: use temperature >= 0")
         need(_is_real(self.cfg_scale) and self.cfg_scale >= 0,
@@ -239,8 +248,9 @@ class DecodeConfig:
              f"remasking={self.remasking!r}: use one of {REMASKINGS}")
         if self.strategy != "llada":
             need(self.temperature == 0,
-                 f"temperature={self.temperature} with strategy={self.strategy!r}: the credit and "
-                 f"threshold strategies are greedy; use temperature=0 or strategy='llada'")
+                 f"temperature={self.temperature} with strategy={self.strategy!r}: the credit, "
+                 f"threshold and factor strategies are greedy; use temperature=0 or "
+                 f"strategy='llada'")
             need(self.cfg_scale == 0,
                  f"cfg_scale={self.cfg_scale} with strategy={self.strategy!r}: classifier-free "
                  f"guidance is implemented for strategy='llada' only; use cfg_scale=0")
@@ -290,7 +300,7 @@ _HF_NAMES = {
 
 _INT_FIELDS = ("gen_length", "block_length", "steps", "sync_every", "credit_slots", "mask_id",
                "seed", "prompt_bucket", "batch_bucket", "eos_token_id")
-_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "temperature", "cfg_scale")
+_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "temperature", "cfg_scale")
 _FLOAT32_MAX = 3.4028234663852886e38
 
 

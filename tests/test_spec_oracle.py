@@ -8,6 +8,9 @@ and steps, written from the spec:
 - CreditDecoding: C = beta*C (every step after the block's first) + p(v*)**gamma on still-masked
   positions; fused logits l + alpha*log1p(C); commit masked positions whose softmax confidence
   is >= min(max conf - 1e-5, tau); the mask token is never a candidate. alpha=0 is threshold.
+- Fast-dLLM's factor rule: commit the n most confident masked positions (ties by position), n
+  the longest run of the sorted confidences with c_i >= 1 - factor/(i+1) for i >= 2; the most
+  confident always commits.
 - LLaDA (temperature 0): per block, `steps_per_block` steps; each commits the k most confident
   masked positions of the block, k = the block's masks at its start split evenly over the steps,
   the first (masks % steps) steps taking one more; CFG combines un + (s+1)*(cond - un) with the
@@ -96,6 +99,27 @@ class SpecDecoder:
                 first = False
         return self
 
+    def factor(self, factor):
+        for block in range(self.blocks):
+            start, end = self.span(block)
+            while bool((self.x[:, start:end] == MASK).any()):
+                logits = self.logits()[:, start:end]
+                masked = self.x[:, start:end] == MASK
+                confidence, tokens = torch.softmax(logits, -1).max(-1)
+                chosen = []
+                for row in range(self.x.shape[0]):
+                    # sorted() is stable: equal confidences keep their position order.
+                    order = sorted((i for i in range(self.block_length) if masked[row][i]),
+                                   key=lambda i, row=row: -float(confidence[row][i]))
+                    n = min(1, len(order))
+                    while n < len(order) and float(confidence[row][order[n]]) >= 1 - factor / (n + 2):
+                        n += 1
+                    picked = torch.zeros(self.block_length, dtype=torch.bool)
+                    picked[order[:n]] = True
+                    chosen.append(picked)
+                self.commit(block, chosen, tokens)
+        return self
+
     def llada(self, steps, cfg_scale):
         per_block = steps // self.blocks
         for block in range(self.blocks):
@@ -152,6 +176,24 @@ def test_credit_and_threshold_follow_the_spec(batch, length, seed, padded, block
                                 credit_layout=layout, trace=True)
     assert torch.equal(out.sequences, spec.x)
     assert reference_steps(out) == spec.steps  # the same positions at every step
+    assert out.nfe == len(spec.steps)
+
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
+    padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8), (6, 3)]),
+    factor=st.sampled_from([0.1, 0.5, 1.0, 2.0, 4.0]), sharpness=st.sampled_from([1.5, 3.0, 6.0]),
+)
+def test_factor_decoding_follows_the_spec(batch, length, seed, padded, blocks, factor, sharpness):
+    gen_length, block_length = blocks
+    model = ContextMixModel(seed=seed % 5, sharpness=sharpness)
+    ids, mask = prompts(batch, length, seed, padded)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length).factor(factor)
+    out = cc.generate_reference(model, ids, mask, strategy="factor", factor=factor,
+                                gen_length=gen_length, block_length=block_length, trace=True)
+    assert torch.equal(out.sequences, spec.x)
+    assert reference_steps(out) == spec.steps
     assert out.nfe == len(spec.steps)
 
 

@@ -87,14 +87,19 @@ CONFIG_ERRORS = [
     (dict(strategy="llada", temperature=1e308), r"temperature=1e\+308 overflows float32"),
     # Sampling and guidance are for LLaDA's sampler only.
     (dict(strategy="credit", temperature=0.5),
-     r"temperature=0.5 with strategy='credit': the credit and threshold strategies are greedy; "
-     r"use temperature=0 or strategy='llada'"),
+     r"temperature=0.5 with strategy='credit': the credit, threshold and factor strategies are "
+     r"greedy; use temperature=0 or strategy='llada'"),
+    (dict(strategy="factor", temperature=0.5), r"use temperature=0 or strategy='llada'"),
+    (dict(factor=0.0), r"factor=0.0: use factor > 0 \(Fast-dLLM's scripts use 1\)"),
+    (dict(factor=-1.0), r"use factor > 0"),
+    (dict(factor=float("nan")), r"use factor > 0"),
     (dict(strategy="threshold", temperature=1.0), r"use temperature=0 or strategy='llada'"),
     (dict(strategy="credit", cfg_scale=1.0), r"use cfg_scale=0"),
     (dict(strategy="llada", temperature=-1.0), r"use temperature >= 0"),
     (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
     # Names and enumerations.
-    (dict(strategy="beam"), r"strategy='beam': use one of \('credit', 'threshold', 'llada'\)"),
+    (dict(strategy="beam"),
+     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada'\)"),
     (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
     (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
     (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),

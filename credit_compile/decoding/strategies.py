@@ -93,6 +93,36 @@ class ThresholdStrategy(Strategy):
         return threshold_commit_sync_free(conf, masked, self.config.tau)
 
 
+class FactorStrategy(ThresholdStrategy):
+    """Fast-dLLM's factor-based parallel decoding: greedy proposals, a commit count per step set
+    by the sorted confidences (Wu et al. 2025, "Fast-dLLM", the factor rule of its parallel
+    decoding; `get_transfer_index_dynamic` in its LLaDA code)."""
+
+    name = "factor"
+
+    def select(self, conf, masked, state):
+        return factor_commit_sync_free(conf, masked, self.config.factor)
+
+
+def factor_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, factor: float) -> torch.Tensor:
+    """Commit the n most confident masked positions of each row: with their confidences sorted,
+    c_1 >= c_2 >= ... >= c_N, n is the longest prefix with c_i >= 1 - factor / (i + 1) for each
+    i >= 2 (the best always commits; ties ranked by position).
+
+    Fast-dLLM's loop also commits all N when only the last one fails its bound; that is left out
+    here, so n is the rule's: the tokens differ from Fast-dLLM's in that case alone.
+    """
+    conf = torch.where(masked, conf, NEG_INF)
+    ranks = rank_descending_sync_free(conf)
+    ordered = torch.sort(conf, dim=-1, descending=True, stable=True).values
+    i = torch.arange(1, conf.shape[-1] + 1, device=conf.device, dtype=conf.dtype)
+    bound = torch.where(i == 1, NEG_INF, 1 - factor / (i + 1))
+    # Unmasked entries sort last at -inf and fail every bound, so they end the prefix too.
+    passes = (ordered >= bound) & (ordered > NEG_INF)
+    n = passes.long().cumprod(-1).sum(-1, keepdim=True)
+    return masked & (ranks < n)
+
+
 class CreditStrategy(ThresholdStrategy):
     """CreditDecoding: the threshold commit on logits fused with trace credits.
 
@@ -209,6 +239,8 @@ def make_strategy(config: DecodeConfig, mask_id: int, use_op: bool = False) -> S
         return CreditStrategy(config, mask_id, use_op=use_op)
     if config.strategy == "threshold":
         return ThresholdStrategy(config, mask_id)
+    if config.strategy == "factor":
+        return FactorStrategy(config, mask_id)
     return LLaDAStrategy(config, mask_id)
 
 
