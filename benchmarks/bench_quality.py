@@ -1,5 +1,5 @@
 """Held-out accuracy against NFE for the shipped default model: LLaDA's sampler, threshold
-decoding and CreditDecoding.
+decoding, Fast-dLLM's factor rule and CreditDecoding.
 
     python benchmarks/bench_quality.py [--n 200] [--seed 1234]
         [--output benchmarks/results/quality.jsonl] [--plot docs/quality.png]
@@ -13,7 +13,8 @@ forward passes; accuracy is exact match of the text before the first EOS, except
 Settings: LLaDA's sampler at several step counts; threshold decoding and CreditDecoding over tau;
 CreditDecoding over alpha at two taus; both over block length; both with kv_cache="dual"
 (Fast-dLLM's DualCache, approximate) over block length and at two taus, beside the same settings
-without it (`kv_cache` sweep rows against their uncached `tau`/`block` twins). The summary gives, for every
+without it (`kv_cache` sweep rows against their uncached `tau`/`block` twins); the factor rule
+over its factor (`factor` sweep). The summary gives, for every
 CreditDecoding point, the NFE threshold decoding needs for the same accuracy (linear interpolation
 on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL, each with the
 full DecodeConfig it decoded with under "config"; the plot is redrawn from this run.
@@ -40,7 +41,8 @@ ALPHAS = (0.3, 1.0, 1.5, 2.5)
 ALPHA_TAUS = (0.7, 0.9)
 BLOCKS = (4, 16)
 CACHE_TAUS = (0.7, 0.9)
-SWEEPS = ("steps", "tau", "alpha", "block", "kv_cache")
+FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
+SWEEPS = ("steps", "tau", "alpha", "block", "kv_cache", "factor")
 
 
 def decode_config(decode: dict):
@@ -90,6 +92,8 @@ def configs(alpha: float):
                                         "block_length": block, "kv_cache": "dual"}
         yield "credit", "kv_cache", {"strategy": "credit", "tau": tau, "alpha": alpha,
                                      "block_length": block, "kv_cache": "dual"}
+    for factor in FACTORS:
+        yield "factor", "factor", {"strategy": "factor", "factor": factor, "block_length": BLOCK}
 
 
 def threshold_nfe_at(accuracy: float, curve) -> float | None:
@@ -132,10 +136,12 @@ def plot(rows, path: Path, alpha: float) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     styles = {"llada": ("tab:gray", "s", "LLaDA sampler (steps)"),
               "threshold": ("tab:blue", "o", "threshold (tau)"),
+              "factor": ("tab:green", "v", "Fast-dLLM factor rule (factor)"),
               "credit": ("tab:red", "^", f"CreditDecoding (tau, alpha={alpha:g})")}
     for method, (color, marker, label) in styles.items():
-        pts = sorted((r["mean_nfe"], r["accuracy"], r.get("steps") or r.get("tau"))
-                     for r in rows if r["method"] == method and r["sweep"] in ("steps", "tau"))
+        pts = sorted((r["mean_nfe"], r["accuracy"], r.get("steps") or r.get("tau") or r["factor"])
+                     for r in rows
+                     if r["method"] == method and r["sweep"] in ("steps", "tau", "factor"))
         if not pts:
             continue
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, color=color, label=label)
@@ -221,6 +227,7 @@ def main(argv=None) -> int:
             f.write(json.dumps(row) + "\n")
         by_task = " ".join(f"{t}={a:.2f}" for t, a in row["accuracy_by_task"].items())
         knob = (f"steps={decode['steps']}" if "steps" in decode else
+                f"factor={decode['factor']}" if "factor" in decode else
                 f"tau={decode['tau']} alpha={decode.get('alpha', 0)}")
         knob += f" block={decode['block_length']}" + (" dual-cache" if "kv_cache" in decode else "")
         print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  "

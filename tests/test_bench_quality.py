@@ -83,6 +83,20 @@ def test_the_kv_cache_sweep_decodes_with_the_cache_beside_its_uncached_twins(ben
     assert {(r["method"], r["tau"], r["block_length"]) for r in rows} <= uncached
 
 
+def test_the_factor_sweep_decodes_with_each_factor_and_is_plotted(bench, tmp_path):
+    import json
+
+    import torch
+
+    out, png = tmp_path / "quality.jsonl", tmp_path / "quality.png"
+    assert bench.main(["--n", "1", "--sweeps", "factor", "--tasks", "add", "--threads",
+                       str(torch.get_num_threads()), "--output", str(out), "--plot", str(png)]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["config"]["factor"] for r in rows] == list(bench.FACTORS)
+    assert all(r["method"] == r["config"]["strategy"] == "factor" for r in rows)
+    assert png.stat().st_size > 0
+
+
 @pytest.mark.parametrize("bad", [["--n", "0"], ["--threads", "0"], ["--tasks", "bogus"]])
 def test_bad_flags_are_usage_errors(bench, bad):
     with pytest.raises(SystemExit) as exc:
