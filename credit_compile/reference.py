@@ -1,7 +1,8 @@
 """Eager reference decoders: the oracle every fast path is checked against.
 
 `generate(model, input_ids, strategy=...)` runs LLaDA's original sampler ("llada"), threshold
-parallel decoding ("threshold", Fast-dLLM) or CreditDecoding ("credit") with the shared
+parallel decoding ("threshold", Fast-dLLM), Fast-dLLM's factor rule ("factor") or
+CreditDecoding ("credit") with the shared
 denoising step executed eagerly and a host completion check after every step (with
 `kv_cache="dual"`, a block's refreshing first step and its cached others, decided after each).
 """
