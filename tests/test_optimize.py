@@ -45,6 +45,7 @@ CONFIGS = st.sampled_from([
     dict(strategy="credit", alpha=1.5, beta=0.5, gamma=0.5, tau=0.7),
     dict(strategy="credit", credit_layout="sparse", credit_slots=2, tau=0.95),
     dict(strategy="threshold", tau=0.8),
+    dict(strategy="factor", factor=2.0),
     dict(strategy="llada"),
     dict(strategy="llada", remasking="random", seed=3),
     dict(strategy="llada", temperature=0.7, seed=5, steps=8),

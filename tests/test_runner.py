@@ -211,10 +211,11 @@ def graphs_on_cpu(monkeypatch):
     dict(strategy="llada", kv_cache="dual", steps=8, sync_every=3),
     # Random draws with a cache: completion is checked after every step, whatever sync_every.
     dict(strategy="llada", kv_cache="dual", temperature=0.7, seed=5),
+    dict(strategy="factor", factor=2.0, kv_cache="dual", sync_every=3),
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
         "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
         "credit-layers-once-sync2", "credit-dual-cache-sync3", "llada-dual-cache-sync3",
-        "llada-dual-cache-gumbel"])
+        "llada-dual-cache-gumbel", "factor-dual-cache-sync3"])
 def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
     kwargs = dict(config, gen_length=16, block_length=8)
@@ -246,6 +247,7 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
     dict(strategy="credit", credit_layout="dense"),
     dict(strategy="credit", credit_layout="sparse"),
     dict(strategy="threshold"),
+    dict(strategy="factor", factor=2.0, sync_every=3),
     dict(strategy="llada"),
     dict(strategy="credit", sync_every=3),
     # Captured random draws: the graph-safe generator gives each replay fresh numbers, and the
