@@ -222,7 +222,7 @@ def cmd_generate(args) -> int:
         print(f"{prompt!r} -> {tokenizer.decode(row, skip_special_tokens=True)!r}")
     tokens = out.generated.numel()
     print(f"NFE {out.nfe}  tokens {tokens}  {tokens / seconds:.1f} tokens/s "
-          f"({seconds:.2f} s{'' if args.eager else ', compilation included'})")
+          f"({seconds:.2f} s{'' if args.eager or args.no_compile else ', compilation included'})")
     return 0
 
 

@@ -20,6 +20,16 @@ def test_generate_prints_text_nfe_and_speed(capsys):
     assert "randomly initialised" not in out.err  # the shipped default model, not a random one
 
 
+def test_generate_with_the_factor_rule_and_without_compiling(capsys):
+    assert main(["generate", "--prompt", "0012+0034=", "--strategy", "factor", "--factor", "2",
+                 "--no-compile", *SMALL]) == 0
+    out = capsys.readouterr().out
+    assert "'0012+0034=' -> " in out and "tokens/s" in out
+    assert "compilation included" not in out  # nothing was compiled
+    assert _decode_config(build_parser().parse_args(
+        ["generate", "--strategy", "factor", "--factor", "2"])).factor == 2.0
+
+
 def test_generate_streams_each_block_as_it_is_final(capsys):
     assert main(["generate", "--prompt", "0012+0034=", "--stream", "--eager", *SMALL]) == 0
     lines = capsys.readouterr().out.splitlines()
