@@ -192,11 +192,19 @@ class OptimizedModel(nn.Module):
         # whole forward: check every call there.
         every = 1 if trace or runner.state.device.type != "cuda" else max(
             1, config.host_sync_every // runner.steps_per_call)
-        out = run_generation(
-            runner.step, runner.state, max_steps=fresh.strategy.max_steps(), sync_every=every,
-            trace=trace, progress=progress, steps_per_call=runner.steps_per_call,
-            on_sync=runner.synced, on_block=on_block,
-        )
+        try:
+            out = run_generation(
+                runner.step, runner.state, max_steps=fresh.strategy.max_steps(),
+                sync_every=every, trace=trace, progress=progress,
+                steps_per_call=runner.steps_per_call, on_sync=runner.synced, on_block=on_block,
+            )
+        except BaseException:
+            # A callback that raised (a streaming client gone) ends the call: the next one must
+            # not report this one's compile time, nor see this forward's attribute updates as
+            # the caller's.
+            runner.compile_seconds = 0.0
+            self._refingerprint_after_the_call()
+            raise
         if runner.state.device.type == "cuda":
             torch.cuda.synchronize(runner.state.device)
         elapsed = time.perf_counter() - start

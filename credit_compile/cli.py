@@ -183,14 +183,25 @@ def _progress_bar(total: int | None):
     return bar, lambda steps: bar.update((steps if total is None else min(steps, total)) - bar.n)
 
 
-def _block_printer(bar, prompts, tokenizer):
-    """An `on_block` that prints each finished block's text per prompt as it arrives (through
-    the bar, which would otherwise draw over the line)."""
+def _block_printer(bar, prompts, tokenizer, num_blocks: int):
+    """An `on_block` that prints, per prompt, the text each finished block adds (through the
+    bar, which would otherwise draw over the line).
+
+    The text so far is decoded whole and the new part printed: a character whose bytes a
+    byte-level tokenizer splits across two blocks decodes as U+FFFD alone, so a trailing one is
+    held back until the next block completes it (or the last block prints it as it is)."""
+    tokens: list[list[int]] = [[] for _ in prompts]
+    shown = [""] * len(prompts)
 
     def print_block(block) -> None:
-        for prompt, row in zip(prompts, block.tokens, strict=True):
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            bar.write(f"block {block.index}: {prompt!r} -> {text!r}", file=sys.stdout)
+        for row, (prompt, new) in enumerate(zip(prompts, block.tokens, strict=True)):
+            tokens[row].extend(new.tolist())
+            text = tokenizer.decode(tokens[row], skip_special_tokens=True)
+            if block.index < num_blocks - 1:
+                text = text.rstrip("\ufffd")
+            added = text[len(shown[row]):] if text.startswith(shown[row]) else text
+            shown[row] = text
+            bar.write(f"block {block.index}: {prompt!r} -> {added!r}", file=sys.stdout)
         sys.stdout.flush()
 
     return print_block
@@ -206,7 +217,7 @@ def cmd_generate(args) -> int:
     # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
     # no count known in advance says (a bar to gen_length would stop far short of its end).
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None)
-    on_block = _block_printer(bar, prompts, tokenizer) if args.stream else None
+    on_block = _block_printer(bar, prompts, tokenizer, config.num_blocks) if args.stream else None
     start = time.perf_counter()
     try:
         if args.eager:

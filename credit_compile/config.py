@@ -56,7 +56,8 @@ class DecodeConfig:
             original); 0 is greedy. "credit" and "threshold" are greedy only.
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
             sees the prompt masked); 0 disables it.
-        remasking: "low_confidence" or "random" ("llada" only).
+        remasking: "low_confidence" or "random" ("llada" only; the other strategies commit by
+            confidence and refuse "random").
         mask_id: the mask token; None takes it from the model's config (`mask_token_id`).
         eos_token_id: end-of-text token for `early_stop`, or several (a tuple: end-of-text and
             end-of-turn, say; the first fills the rest of a finished row); None takes them from
@@ -251,6 +252,11 @@ class DecodeConfig:
                  f"temperature={self.temperature} with strategy={self.strategy!r}: the credit, "
                  f"threshold and factor strategies are greedy; use temperature=0 or "
                  f"strategy='llada'")
+            # The others commit by confidence: a random order would be silently ignored.
+            need(self.remasking == "low_confidence",
+                 f"remasking={self.remasking!r} with strategy={self.strategy!r}: random "
+                 f"remasking is implemented for strategy='llada' only; use "
+                 f"remasking='low_confidence' or strategy='llada'")
             need(self.cfg_scale == 0,
                  f"cfg_scale={self.cfg_scale} with strategy={self.strategy!r}: classifier-free "
                  f"guidance is implemented for strategy='llada' only; use cfg_scale=0")

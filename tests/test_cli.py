@@ -41,6 +41,28 @@ def test_generate_streams_each_block_as_it_is_final(capsys):
     assert "".join(map(ast.literal_eval, texts)) == ast.literal_eval(final.split(" -> ", 1)[1])
 
 
+def test_a_character_split_across_blocks_is_printed_whole(capsys):
+    # A byte-level tokenizer: "café ok" is 8 bytes, and blocks of 4 split the two of "é".
+    import types
+
+    import torch
+
+    from credit_compile.cli import _block_printer
+    from credit_compile.decoding.loop import FinishedBlock
+
+    class ByteTokenizer:
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    data = torch.tensor([list("café ok".encode())])
+    bar = types.SimpleNamespace(write=lambda line, file: print(line, file=file))
+    send = _block_printer(bar, ["p"], ByteTokenizer(), num_blocks=2)
+    for index in (0, 1):
+        send(FinishedBlock(index, 4 * index, data[:, 4 * index:4 * index + 4]))
+    assert capsys.readouterr().out.splitlines() == ["block 0: 'p' -> 'caf'",
+                                                    "block 1: 'p' -> 'é ok'"]
+
+
 def test_verify_and_demo_report_identical_output(capsys):
     assert main(["verify", "--prompt", "xyz", *SMALL]) == 0
     assert "tokens_equal: True" in capsys.readouterr().out

@@ -95,6 +95,10 @@ CONFIG_ERRORS = [
     (dict(factor=float("nan")), r"use factor > 0"),
     (dict(strategy="threshold", temperature=1.0), r"use temperature=0 or strategy='llada'"),
     (dict(strategy="credit", cfg_scale=1.0), r"use cfg_scale=0"),
+    (dict(strategy="factor", remasking="random"),
+     r"remasking='random' with strategy='factor': random remasking is implemented for "
+     r"strategy='llada' only; use remasking='low_confidence' or strategy='llada'"),
+    (dict(strategy="threshold", remasking="random"), r"use remasking='low_confidence'"),
     (dict(strategy="llada", temperature=-1.0), r"use temperature >= 0"),
     (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
     # Names and enumerations.
