@@ -53,7 +53,7 @@ class DecodeConfig:
             with c_i >= 1 - factor / (i + 1) for each i >= 2 (the best always commits; Fast-dLLM,
             Wu et al. 2025). Larger commits more per step; Fast-dLLM's scripts use 1.
         temperature: Gumbel-noise temperature of the "llada" sampler (float64 noise, as the
-            original); 0 is greedy. "credit" and "threshold" are greedy only.
+            original); 0 is greedy. "credit", "threshold" and "factor" are greedy only.
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
             sees the prompt masked); 0 disables it.
         remasking: "low_confidence" or "random" ("llada" only; the other strategies commit by
