@@ -114,13 +114,10 @@ def factor_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, factor: fl
     """
     conf = torch.where(masked, conf, NEG_INF)
     ranks = rank_descending_sync_free(conf)
-    ordered = torch.sort(conf, dim=-1, descending=True, stable=True).values
-    i = torch.arange(1, conf.shape[-1] + 1, device=conf.device, dtype=conf.dtype)
-    bound = torch.where(i == 1, NEG_INF, 1 - factor / (i + 1))
-    # Unmasked entries sort last at -inf and fail every bound, so they end the prefix too.
-    passes = (ordered >= bound) & (ordered > NEG_INF)
-    n = passes.long().cumprod(-1).sum(-1, keepdim=True)
-    return masked & (ranks < n)
+    # Each position against the bound of its own rank: the bounds rise with the rank as the
+    # confidences fall, so the positions that pass are always a prefix of the ranking.
+    bound = torch.where(ranks == 0, NEG_INF, 1 - factor / (ranks + 2))
+    return masked & (conf >= bound)
 
 
 class CreditStrategy(ThresholdStrategy):
