@@ -11,9 +11,10 @@ forward passes; accuracy is exact match of the text before the first EOS, except
 `permute` task, where any ordering of the prompt's digits counts (`tasks.is_correct`).
 
 Settings: LLaDA's sampler at several step counts; threshold decoding and CreditDecoding over tau;
-CreditDecoding over alpha at two taus; both over block length; both with kv_cache="dual"
-(Fast-dLLM's DualCache, approximate) over block length and at two taus, beside the same settings
-without it (`kv_cache` sweep rows against their uncached `tau`/`block` twins); the factor rule
+CreditDecoding over alpha at two taus; both over block length; both with each KV cache
+(kv_cache="prompt" and "dual", Fast-dLLM's PrefixCache made static and its DualCache, both
+approximate) over block length and at two taus, beside the same settings without it (`kv_cache`
+sweep rows against their uncached `tau`/`block` twins); the factor rule
 over its factor (`factor` sweep). The summary gives, for every
 CreditDecoding point, the NFE threshold decoding needs for the same accuracy (linear interpolation
 on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL, each with the
@@ -41,6 +42,7 @@ ALPHAS = (0.3, 1.0, 1.5, 2.5)
 ALPHA_TAUS = (0.7, 0.9)
 BLOCKS = (4, 16)
 CACHE_TAUS = (0.7, 0.9)
+CACHES = ("prompt", "dual")
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
 SWEEPS = ("steps", "tau", "alpha", "block", "kv_cache", "factor")
 
@@ -87,11 +89,12 @@ def configs(alpha: float):
         yield "threshold", "block", {"strategy": "threshold", "tau": 0.9, "block_length": block}
         yield "credit", "block", {"strategy": "credit", "tau": 0.9, "alpha": alpha,
                                   "block_length": block}
-    for block, tau in [(BLOCK, t) for t in CACHE_TAUS] + [(b, 0.9) for b in BLOCKS]:
-        yield "threshold", "kv_cache", {"strategy": "threshold", "tau": tau,
-                                        "block_length": block, "kv_cache": "dual"}
-        yield "credit", "kv_cache", {"strategy": "credit", "tau": tau, "alpha": alpha,
-                                     "block_length": block, "kv_cache": "dual"}
+    for cache in CACHES:
+        for block, tau in [(BLOCK, t) for t in CACHE_TAUS] + [(b, 0.9) for b in BLOCKS]:
+            yield "threshold", "kv_cache", {"strategy": "threshold", "tau": tau,
+                                            "block_length": block, "kv_cache": cache}
+            yield "credit", "kv_cache", {"strategy": "credit", "tau": tau, "alpha": alpha,
+                                         "block_length": block, "kv_cache": cache}
     for factor in FACTORS:
         yield "factor", "factor", {"strategy": "factor", "factor": factor, "block_length": BLOCK}
 
@@ -149,14 +152,15 @@ def plot(rows, path: Path, alpha: float) -> None:
             ax.annotate(f"{v:g}", (x, y), textcoords="offset points", xytext=(3, -10),
                         fontsize=7, color=color)
     cached = {"threshold": "tab:blue", "credit": "tab:red"}
-    for method, color in cached.items():
+    for (method, color), (cache, marker) in itertools.product(cached.items(),
+                                                              zip(CACHES, "PD", strict=True)):
         pts = [(r["mean_nfe"], r["accuracy"]) for r in rows
                if r["sweep"] == "kv_cache" and r["method"] == method
-               and r["block_length"] == BLOCK]
+               and r["block_length"] == BLOCK and r["kv_cache"] == cache]
         if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker="D", facecolors="none",
-                       edgecolors=color, label=f"{method}, kv_cache='dual' (tau {CACHE_TAUS})",
-                       zorder=3)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker,
+                       facecolors="none", edgecolors=color,
+                       label=f"{method}, kv_cache='{cache}' (tau {CACHE_TAUS})", zorder=3)
     alpha_pts = [(r["mean_nfe"], r["accuracy"], r["alpha"], r["tau"]) for r in rows
                  if r["sweep"] == "alpha"]
     if alpha_pts:
@@ -229,7 +233,8 @@ def main(argv=None) -> int:
         knob = (f"steps={decode['steps']}" if "steps" in decode else
                 f"factor={decode['factor']}" if "factor" in decode else
                 f"tau={decode['tau']} alpha={decode.get('alpha', 0)}")
-        knob += f" block={decode['block_length']}" + (" dual-cache" if "kv_cache" in decode else "")
+        knob += f" block={decode['block_length']}" + (
+            f" {decode['kv_cache']}-cache" if "kv_cache" in decode else "")
         print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  "
               f"{by_task}", flush=True)
     print("\nCreditDecoding against threshold decoding at matched accuracy (block 8):")

@@ -61,10 +61,11 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--compile-layers-once", action="store_true",
                    help="compile one transformer layer for all of them (faster compile)")
-    p.add_argument("--kv-cache", default="none", choices=["none", "dual"],
-                   help="dual: Fast-dLLM's DualCache, a block's later steps run its tokens only "
-                        "against the keys and values kept at its first (approximate; "
-                        "credit_compile's LLaDA model only)")
+    p.add_argument("--kv-cache", default="none", choices=["none", "prompt", "dual"],
+                   help="approximate, credit_compile's LLaDA model only. prompt: a block's later "
+                        "steps run the generated region against the prompt's keys and values "
+                        "kept at its first step; dual: Fast-dLLM's DualCache, the block's "
+                        "tokens only against the kept ones of the rest")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-bucket", type=int, default=None,

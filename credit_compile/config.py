@@ -16,13 +16,13 @@ Strategy = Literal["credit", "threshold", "factor", "llada"]
 Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
-KVCache = Literal["none", "dual"]
+KVCache = Literal["none", "prompt", "dual"]
 
 STRATEGIES = ("credit", "threshold", "factor", "llada")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
-KV_CACHES = ("none", "dual")
+KV_CACHES = ("none", "prompt", "dual")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -82,15 +82,20 @@ class DecodeConfig:
             Applies to this project's LLaDA model when its layers differ in their weights alone
             (no hooks on a layer, no adapter on some); otherwise, and for other models, each
             layer is compiled as before, with a warning.
-        kv_cache: "none" runs the model on the whole canvas at every step (exact). "dual" is
-            Fast-dLLM's DualCache, an approximation: a block's first step runs the whole canvas and
-            keeps every layer's keys and values; its later steps run the model on the block's
-            positions only, attending to the kept keys and values of the prefix and the suffix
-            (stale by the tokens committed since), with the block's own recomputed. Tokens can
-            differ from "none" (docs/quality.md measures how much); the eager reference decodes
-            the same way, so optimized and reference stay equal. Needs this project's LLaDA
-            model (others are refused). Memory: keys and values of every layer and position,
-            kept per compiled step (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
+        kv_cache: "none" runs the model on the whole canvas at every step (exact). The caches
+            are approximations: a block's first step runs the whole canvas and keeps every
+            layer's keys and values; its later steps run the model on part of the canvas,
+            attending to the kept keys and values of the rest (stale by the tokens committed
+            since) and to their own, recomputed. "prompt" recomputes the generated region and
+            keeps the prompt's: Fast-dLLM's PrefixCache with static shapes (that one recomputes
+            from the block's start, a length that changes every block; here the committed
+            blocks are recomputed too, so nothing is staler than there). It saves the most on
+            long prompts. "dual" is Fast-dLLM's DualCache: the block's positions only, against
+            the kept prefix and suffix; the cheapest and the least exact. Tokens can differ from
+            "none" (docs/quality.md measures how much); the eager reference decodes the same
+            way, so optimized and reference stay equal. Needs this project's LLaDA model
+            (others are refused). Memory: keys and values of every layer and position, kept
+            per compiled step (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
             With random draws ("llada" with temperature > 0 or
             random remasking) completion is checked after every step whatever `sync_every` says:
             a block may end inside a window of unchecked steps, and the idle steps after it
@@ -267,7 +272,9 @@ class DecodeConfig:
                  f"credit_slots={self.credit_slots!r}: use a positive integer or None (exact)")
         need(self.dtype in DTYPES, f"dtype={self.dtype!r}: use one of {DTYPES}")
         need(self.kv_cache in KV_CACHES,
-             f"kv_cache={self.kv_cache!r}: use one of {KV_CACHES}")
+             f"kv_cache={self.kv_cache!r}: use one of {KV_CACHES}"
+             + (" (Fast-dLLM's PrefixCache is 'prompt' here: the same idea with static shapes)"
+                if self.kv_cache == "prefix" else ""))
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
         for name in ("compile", "compile_layers_once"):

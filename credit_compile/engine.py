@@ -70,7 +70,8 @@ class GenerationSetup:
             # Uninitialised: every block's first step writes it whole before it is read.
             self.state.kv_cache = tuple(
                 torch.empty(shape, dtype=dtype, device=self.state.device) for _ in range(2))
-        return {phase: functools.partial(step, cache_phase=phase)
+        return {phase: functools.partial(step, cache_phase=phase,
+                                         cached_span=self.config.kv_cache)
                 for phase in ("refresh", "cached")}
 
 

@@ -4,7 +4,7 @@
 parallel decoding ("threshold", Fast-dLLM), Fast-dLLM's factor rule ("factor") or
 CreditDecoding ("credit") with the shared
 denoising step executed eagerly and a host completion check after every step (with
-`kv_cache="dual"`, a block's refreshing first step and its cached others, decided after each).
+a KV cache, a block's refreshing first step and its cached others, decided after each).
 """
 
 from __future__ import annotations

@@ -75,8 +75,9 @@ def test_the_kv_cache_sweep_decodes_with_the_cache_beside_its_uncached_twins(ben
     assert bench.main(["--n", "1", "--sweeps", "kv_cache", "--tasks", "add", "--threads",
                        str(torch.get_num_threads()), "--output", str(out), "--plot", ""]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rows and all(r["sweep"] == "kv_cache" and r["config"]["kv_cache"] == "dual"
+    assert rows and all(r["sweep"] == "kv_cache" and r["config"]["kv_cache"] == r["kv_cache"]
                         for r in rows)
+    assert {r["kv_cache"] for r in rows} == {"prompt", "dual"}
     # Each cached setting has its uncached twin among the tau and block sweeps.
     uncached = {(m, d["tau"], d["block_length"]) for m, sweep, d in bench.configs(0.7)
                 if sweep in ("tau", "block")}

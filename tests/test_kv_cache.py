@@ -1,5 +1,7 @@
-"""kv_cache="dual" (Fast-dLLM's DualCache): the model's cached forward, its exactness where
-nothing it keeps can go stale, and the fast paths equal to the eager reference decoding with it."""
+"""The KV caches, kv_cache="dual" (Fast-dLLM's DualCache: a block's later steps run its tokens
+only) and kv_cache="prompt" (they run the generated region, only the prompt's keys and values
+kept): the model's cached forward against an independent oracle, its exactness where nothing it
+keeps can go stale, and the fast paths equal to the eager reference decoding with them."""
 
 from __future__ import annotations
 
@@ -80,6 +82,43 @@ def test_one_layer_cache_is_exact_after_the_block_changes_and_two_layers_are_not
     assert errors[2] > 1e-3  # the approximation this test would see in one layer
 
 
+@pytest.mark.parametrize("span", ["block", "generated"])
+@torch.no_grad()
+def test_a_cached_forward_sees_the_rest_as_the_refresh_left_it(span):
+    # The oracle: a plain forward of the changed sequence whose key and value projections
+    # outside the recomputed span are replaced, in every layer, by the refresh's. A cache that
+    # kept a row it should recompute, or recomputed one it should keep, differs from it.
+    model = layered_model(3, seed=5, preset="tiny-gqa")
+    ids, mask = token_prompts(2, 20, seed=8)
+    recomputed = torch.arange(8, 12) if span == "block" else torch.arange(8, 20)
+    changed = ids.clone()
+    changed[:, 8:12] = torch.randint(0, 120, (2, 4), generator=torch.Generator().manual_seed(9))
+    kept = torch.ones(20, dtype=torch.bool)
+    kept[recomputed] = False
+
+    projections, handles = {}, []
+    for layer, block in enumerate(model.model.transformer.blocks):
+        for name in ("k_proj", "v_proj"):
+            def hook(module, args, output, key=(layer, name)):
+                if key not in projections:  # the refresh: record
+                    projections[key] = output
+                    return output
+                return torch.where(kept[None, :, None], projections[key], output)
+            handles.append(getattr(block, name).register_forward_hook(hook))
+    cache = empty_cache(model, 2, 20)
+    model(ids, mask, kv_cache=cache)
+    oracle = model(changed, mask).logits[:, recomputed]
+    for handle in handles:
+        handle.remove()
+
+    cached = model(changed[:, recomputed], mask, kv_cache=cache,
+                   cache_positions=recomputed).logits
+    scale = oracle.abs().max().item()
+    torch.testing.assert_close(cached, oracle, atol=2e-5 * scale, rtol=0)
+    exact = model(changed, mask).logits[:, recomputed]
+    assert (exact - oracle).abs().max() > 1e-2 * scale  # the test sees stale rows
+
+
 def test_a_cache_of_the_wrong_shape_names_the_fix():
     model = layered_model(2)
     ids = torch.randint(0, 120, (2, 10))
@@ -131,16 +170,18 @@ DECODE_CONFIGS = st.sampled_from([
 ])
 
 
-@settings(max_examples=8, deadline=None)
-@given(config=DECODE_CONFIGS, batch=st.integers(1, 3), prompt_length=st.integers(2, 7),
-       padded=st.booleans(), block_length=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**16))
-def test_with_one_layer_the_cache_decodes_the_uncached_tokens(config, batch, prompt_length,
-                                                              padded, block_length, seed):
+@settings(max_examples=12, deadline=None)
+@given(config=DECODE_CONFIGS, kv_cache=st.sampled_from(["prompt", "dual"]),
+       batch=st.integers(1, 3), prompt_length=st.integers(2, 7), padded=st.booleans(),
+       block_length=st.sampled_from([2, 4, 8]), seed=st.integers(0, 2**16))
+def test_with_one_layer_the_cache_decodes_the_uncached_tokens(config, kv_cache, batch,
+                                                              prompt_length, padded,
+                                                              block_length, seed):
     model = layered_model(1, seed=seed % 7)
     ids, mask = token_prompts(batch, prompt_length, seed=seed, padded=padded)
     decode = dict(config, gen_length=16, block_length=block_length)
     uncached = cc.generate_reference(model, ids, mask, **decode)
-    cached = cc.generate_reference(model, ids, mask, kv_cache="dual", **decode)
+    cached = cc.generate_reference(model, ids, mask, kv_cache=kv_cache, **decode)
     assert torch.equal(cached.sequences, uncached.sequences) and cached.nfe == uncached.nfe
 
 
@@ -154,25 +195,28 @@ class ForwardLengths:
             with_kwargs=True)
 
 
-def test_a_block_runs_the_whole_canvas_once_then_its_own_tokens():
+@pytest.mark.parametrize("kv_cache, cached_length", [("dual", 8), ("prompt", 16)])
+def test_a_block_runs_the_whole_canvas_once_then_its_span(kv_cache, cached_length):
     model = layered_model(2, seed=1)
     lengths = ForwardLengths(model)
     ids, mask = token_prompts(2, 6, seed=5)
     out = cc.generate_reference(model, ids, mask, gen_length=16, block_length=8,
-                                kv_cache="dual", trace=True)
+                                kv_cache=kv_cache, trace=True)
     canvas = 6 + 16
     blocks = [step.block for step in out.trace]
     firsts = [i for i, block in enumerate(blocks) if i == 0 or blocks[i - 1] != block]
-    assert lengths.lengths == [canvas if i in firsts else 8 for i in range(out.nfe)]
+    assert lengths.lengths == [canvas if i in firsts else cached_length
+                               for i in range(out.nfe)]
     assert out.nfe > len(firsts)  # cached steps ran
 
 
-def test_a_cached_step_at_a_blocks_first_step_changes_nothing():
+@pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
+def test_a_cached_step_at_a_blocks_first_step_changes_nothing(kv_cache):
     # The host runs a refresh after its next check; the cached steps before it are idle.
     model = layered_model(2)
     for strategy in ("credit", "llada"):
         config = cc.DecodeConfig(strategy=strategy, gen_length=8, block_length=4,
-                                 kv_cache="dual")
+                                 kv_cache=kv_cache)
         setup = setup_generation(model, *token_prompts(2, 5), config)
         steps = setup.step_functions()
         before = {name: t.clone() for name, t in setup.state.tensors().items()}
@@ -188,12 +232,14 @@ def test_a_cached_step_at_a_blocks_first_step_changes_nothing():
         assert int(setup.state.nfe) == 1
 
 
+@pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
 @pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
-def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy):
+def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy, kv_cache):
     # Blocks end inside windows of 3: the idle cached steps after them wait for the refresh.
     model = layered_model(2, seed=3)
     ids, mask = token_prompts(3, 5, seed=6)
-    config = cc.DecodeConfig(strategy=strategy, gen_length=16, block_length=4, kv_cache="dual")
+    config = cc.DecodeConfig(strategy=strategy, gen_length=16, block_length=4,
+                             kv_cache=kv_cache)
     ref = cc.generate_reference(model, ids, mask, config)
     runner = EagerStepRunner(setup_generation(model, ids, mask, config))
     out = run_generation(runner.step, runner.state, max_steps=config.gen_length, sync_every=3,
@@ -220,10 +266,15 @@ _MAIN_STACK_ONLY = pytest.mark.slow
     pytest.param(dict(strategy="credit", prompt_bucket=8), id="credit-prompt-bucket",
                  marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="credit", compile_layers_once=True), id="credit-layers-once"),
+    pytest.param(dict(strategy="credit", kv_cache="prompt"), id="prompt-credit"),
+    pytest.param(dict(strategy="llada", cfg_scale=1.5, kv_cache="prompt"), id="prompt-llada-cfg",
+                 marks=_MAIN_STACK_ONLY),
+    pytest.param(dict(strategy="threshold", prompt_bucket=8, kv_cache="prompt"),
+                 id="prompt-threshold-bucket", marks=_MAIN_STACK_ONLY),
 ])
 def test_the_optimized_model_equals_the_reference(config):
     model = layered_model(2, seed=1)
-    decode = dict(config, gen_length=16, block_length=4, kv_cache="dual")
+    decode = {"kv_cache": "dual", **config, "gen_length": 16, "block_length": 4}
     fast = cc.optimize(model, **decode)
     for seed in (1, 2):  # the second call reloads new prompts into the same buffers
         ids, mask = token_prompts(3, 6, seed=seed)
@@ -235,13 +286,15 @@ def test_the_optimized_model_equals_the_reference(config):
     assert fast.cached_steps == 1
 
 
-def test_the_passes_fire_in_both_steps():
+@pytest.mark.parametrize("kv_cache, sliced_heads", [("dual", 1), ("prompt", 2)])
+def test_the_passes_fire_in_both_steps(kv_cache, sliced_heads):
     model = layered_model(2)
     heads, fusions = pass_count("block_sliced_lm_head"), pass_count("credit_fusion")
-    cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual",
+    cc.optimize(model, gen_length=8, block_length=4, kv_cache=kv_cache,
                 credit_layout="dense").generate(token_prompts(1, 5)[0])
-    # The refresh slices the LM head to the block; the cached step computes the block only.
-    assert pass_count("block_sliced_lm_head") == heads + 1
+    # The refresh slices the LM head to the block. The dual cache's cached step computes the
+    # block only; the prompt cache's computes the generated region, sliced to the block too.
+    assert pass_count("block_sliced_lm_head") == heads + sliced_heads
     assert pass_count("credit_fusion") == fusions + 2
 
 
@@ -263,7 +316,8 @@ def test_it_is_part_of_the_step_key():
     ids = token_prompts(1, 5)[0]
     fast.generate(ids)
     fast.generate(ids, kv_cache="dual")
-    assert fast.cached_steps == 2
+    fast.generate(ids, kv_cache="prompt")
+    assert fast.cached_steps == 3
 
 
 def test_random_draws_are_checked_after_every_step():

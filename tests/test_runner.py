@@ -212,10 +212,11 @@ def graphs_on_cpu(monkeypatch):
     # Random draws with a cache: completion is checked after every step, whatever sync_every.
     dict(strategy="llada", kv_cache="dual", temperature=0.7, seed=5),
     dict(strategy="factor", factor=2.0, kv_cache="dual", sync_every=3),
+    dict(strategy="credit", kv_cache="prompt", sync_every=3),
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
         "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
         "credit-layers-once-sync2", "credit-dual-cache-sync3", "llada-dual-cache-sync3",
-        "llada-dual-cache-gumbel", "factor-dual-cache-sync3"])
+        "llada-dual-cache-gumbel", "factor-dual-cache-sync3", "credit-prompt-cache-sync3"])
 def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
     kwargs = dict(config, gen_length=16, block_length=8)
@@ -297,10 +298,12 @@ def test_cuda_graph_with_compile_layers_once_equals_reference(config):
     dict(strategy="llada", temperature=0.7, seed=3),  # checks after every step
     dict(strategy="llada", cfg_scale=1.5, sync_every=3),  # a cache of twice the batch
     dict(strategy="credit", compile_layers_once=True, sync_every=3),
+    dict(strategy="credit", sync_every=3, kv_cache="prompt"),
+    dict(strategy="llada", cfg_scale=1.5, sync_every=3, kv_cache="prompt"),
 ])
 def test_cuda_graph_with_kv_cache_equals_reference(config):
     model = build_model(get_config("tiny", init_std=0.5, n_layers=3), device="cuda", seed=1)
-    kwargs = dict(config, gen_length=32, block_length=8, kv_cache="dual")
+    kwargs = {"kv_cache": "dual", **config, "gen_length": 32, "block_length": 8}
     fast = cc.optimize(model, cuda_graphs="on", **kwargs)
     for seed in (2, 3):  # the second call replays both graphs with new prompts
         ids, mask = prompts(3, 6, "cuda", padded=True, seed=seed)

@@ -49,6 +49,7 @@ CONFIGS = [
     dict(strategy="llada"),
     dict(strategy="llada", temperature=0.7, seed=3),
     dict(strategy="credit", kv_cache="dual"),
+    dict(strategy="threshold", kv_cache="prompt"),
 ]
 
 

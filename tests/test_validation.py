@@ -107,7 +107,9 @@ CONFIG_ERRORS = [
     (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
     (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
     (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),
-    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'dual'\)"),
+    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual'\) "
+                              r"\(Fast-dLLM's PrefixCache is 'prompt' here"),
+    (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual'\)$"),
     # Graphs replay the compiled step: without it "on" would silently run eagerly.
     (dict(cuda_graphs="on", compile=False), r"cuda_graphs='on' with compile=False: .*set "
      r"compile=True, or cuda_graphs='auto'"),

@@ -31,9 +31,10 @@ class SingleStep:
         """Called when new prompts are loaded."""
 
 
-class DualCacheSchedule(SingleStep):
-    """Fast-dLLM's DualCache: "refresh" (the whole canvas, storing every layer's keys and values)
-    at each block's first step, "cached" (the block's tokens against the stored ones) after it."""
+class CacheSchedule(SingleStep):
+    """A KV cache (`kv_cache` "prompt" or "dual"): "refresh" (the whole canvas, storing every
+    layer's keys and values) at each block's first step, "cached" (part of the canvas against
+    the stored rest) after it."""
 
     phases = ("refresh", "cached")
 
@@ -58,4 +59,4 @@ class DualCacheSchedule(SingleStep):
 
 
 def make_schedule(kv_cache: str, state: DecodeState) -> SingleStep:
-    return SingleStep() if kv_cache == "none" else DualCacheSchedule(state)
+    return SingleStep() if kv_cache == "none" else CacheSchedule(state)

@@ -37,7 +37,7 @@ class DecodeState:
         output_start: canvas columns added by prompt bucketing, left out of the returned
             sequences.
         output_rows: the rows returned (the batch before batch bucketing added copies).
-        kv_cache: (keys, values) of every layer for `kv_cache="dual"`, each
+        kv_cache: (keys, values) of every layer for `kv_cache` "prompt" or "dual", each
             [n_layers, B, n_kv_heads, T, head_dim], or None. Not in `tensors()`: every block's
             first step overwrites it before any step reads it, so a new call reloads nothing
             into it (a copy per call would cost the size of the cache).

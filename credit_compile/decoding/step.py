@@ -19,17 +19,21 @@ from .strategies import Strategy
 # also takes kv_cache=(keys, values) and cache_positions= (see LLaDAModelLM.forward_hidden).
 ForwardFn = Callable[..., torch.Tensor]
 # None: no KV cache. "refresh": a block's first step, which stores the cache. "cached": its
-# other steps, which run the block's tokens only.
+# other steps, which run part of the canvas (the `CachedSpan`) against the stored rest.
 CachePhase = Literal["refresh", "cached"] | None
+# What a "cached" step runs: the block's tokens ("dual", Fast-dLLM's DualCache) or the whole
+# generated region ("prompt": only the prompt's keys and values are reused).
+CachedSpan = Literal["dual", "prompt"]
 
 
 def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor, cfg_scale: float,
-                 cache_phase: CachePhase = None):
+                 cache_phase: CachePhase = None, cached_span: CachedSpan = "dual"):
     """Logits of the current block's positions; classifier-free guidance when cfg_scale > 0.
 
     The block is sliced right after the model's LM head so the block-sliced-LM-head pass can move
     the slice before it. With a KV cache, the "refresh" phase runs the whole canvas and stores its
-    keys and values; the "cached" phase runs the block's tokens only, against the stored ones.
+    keys and values; the "cached" phase runs the block's tokens only ("dual"), or the generated
+    region ("prompt", a static span whatever the block), against the stored ones.
     """
     x, attention_mask, position_ids = state.x, state.attention_mask, state.position_ids
     if cfg_scale != 0:
@@ -41,10 +45,14 @@ def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor
         x = torch.cat([x, unconditional])
         attention_mask, position_ids = twice(attention_mask), twice(position_ids)
     if cache_phase == "cached":
+        run = positions if cached_span == "dual" else \
+            torch.arange(state.gen_start, state.x.shape[1], device=positions.device)
         logits = forward(
-            x.index_select(1, positions), attention_mask,
-            None if position_ids is None else position_ids.index_select(1, positions),
-            kv_cache=state.kv_cache, cache_positions=positions)
+            x.index_select(1, run), attention_mask,
+            None if position_ids is None else position_ids.index_select(1, run),
+            kv_cache=state.kv_cache, cache_positions=run)
+        if cached_span != "dual":
+            logits = logits.index_select(1, positions - state.gen_start)
     else:
         cache = {} if cache_phase is None else {"kv_cache": state.kv_cache}
         logits = forward(x, attention_mask, position_ids, **cache).index_select(1, positions)
@@ -76,6 +84,7 @@ def denoise_step(
     cfg_scale: float = 0.0,
     eos_ids: tuple[int, ...] | None = None,
     cache_phase: CachePhase = None,
+    cached_span: CachedSpan = "dual",
 ) -> None:
     """Run one denoising step on `state`, in place.
 
@@ -90,7 +99,7 @@ def denoise_step(
     block = state.block_index.clamp(max=num_blocks - 1)
     positions = state.gen_start + block * block_length + state.block_offsets
 
-    logits = block_logits(forward, state, positions, cfg_scale, cache_phase)
+    logits = block_logits(forward, state, positions, cfg_scale, cache_phase, cached_span)
     current = state.x.index_select(1, positions)
     masked = (current == mask_id) & active
     x0, conf = strategy.propose(logits, masked, state)
