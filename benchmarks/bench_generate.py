@@ -17,7 +17,11 @@ Modes (each row's ratio is against the eager LLaDA baseline sampler measured in 
   credit-dual-cache-eager      CreditDecoding with kv_cache="dual" (Fast-dLLM's DualCache), eager
   credit-compiled-dual-cache   optimize() with kv_cache="dual", no graphs
   credit-graphs-dual-cache     optimize() with kv_cache="dual" + CUDA graphs (CUDA only)
-The dual-cache modes are approximate: their tokens are checked against credit-dual-cache-eager,
+  credit-prompt-cache-eager, credit-compiled-prompt-cache, credit-graphs-prompt-cache
+                               the same three with kv_cache="prompt" (the generated region runs,
+                               the prompt's keys and values are kept: worth it on long prompts,
+                               --prompt-length)
+The cache modes are approximate: their tokens are checked against the eager mode of their cache,
 and `token_agreement_with_credit_eager` says how many agree with exact (uncached) decoding. Their
 roofline averages a block's full step and its cached ones (weights, plus the cache read).
 Also on CUDA: `forward-graphed`, the bare compiled + graphed forward of one step (hidden states,
@@ -60,8 +64,14 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODES = ["llada-eager", "threshold-eager", "credit-eager", "credit-compiled",
          "credit-compiled-sparse", "credit-compiled-layers-once", "credit-graphs",
          "credit-graphs-dense", "credit-graphs-layers-once", "credit-dual-cache-eager",
-         "credit-compiled-dual-cache", "credit-graphs-dual-cache"]
-DUAL_CACHE = "-dual-cache"
+         "credit-compiled-dual-cache", "credit-graphs-dual-cache", "credit-prompt-cache-eager",
+         "credit-compiled-prompt-cache", "credit-graphs-prompt-cache"]
+CACHED_EAGER = {"dual": "credit-dual-cache-eager", "prompt": "credit-prompt-cache-eager"}
+
+
+def kv_cache_of(mode: str) -> str:
+    """The `kv_cache` a mode decodes with: "dual", "prompt" or "none"."""
+    return next((cache for cache in CACHED_EAGER if f"-{cache}-cache" in mode), "none")
 
 
 def sync(device):
@@ -115,12 +125,13 @@ def step_roofline(model, batch: int, seq: int, block: int, tokens: int | None = 
     return {"weight_bytes": weight_bytes, "step_flops": flops}
 
 
-def dual_cache_roofline(model, batch: int, seq: int, block: int, nfe: int,
-                        num_blocks: int) -> dict:
-    """A dual-cache generation's step, averaged: each block's first step is a full one, its
-    others run the block's tokens and read every layer's cached keys and values."""
-    full, cached = step_roofline(model, batch, seq, block), step_roofline(model, batch, seq,
-                                                                           block, tokens=block)
+def cached_roofline(model, batch: int, seq: int, block: int, nfe: int, num_blocks: int,
+                    cached_tokens: int) -> dict:
+    """A cached generation's step, averaged: each block's first step is a full one, its others
+    run `cached_tokens` (the block's with the dual cache, the generated region's with the prompt
+    cache) and read every layer's cached keys and values."""
+    full = step_roofline(model, batch, seq, block)
+    cached = step_roofline(model, batch, seq, block, tokens=cached_tokens)
     keys = 2 * batch * seq * math.prod(model.kv_cache_shape(1, 1)) * \
         next(model.parameters()).element_size()
     cached_steps = max(nfe - num_blocks, 0)
@@ -162,9 +173,9 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
     if mode == "llada-eager":
         cfg = eager.replace(strategy="llada", steps=base.gen_length)
         call = lambda **kw: cc.generate_reference(model, ids, mask, config=cfg, **kw)  # noqa: E731
-    elif mode in ("threshold-eager", "credit-eager", "credit-dual-cache-eager"):
+    elif mode in ("threshold-eager", "credit-eager", *CACHED_EAGER.values()):
         cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense",
-                            kv_cache="dual" if DUAL_CACHE in mode else "none")
+                            kv_cache=kv_cache_of(mode))
         call = lambda **kw: cc.generate_reference(model, ids, mask, config=cfg, **kw)  # noqa: E731
     else:
         cfg = base.replace(
@@ -172,7 +183,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
             credit_layout="dense" if mode in ("credit-compiled", "credit-graphs-dense") else "sparse",
             cuda_graphs="on" if mode.startswith("credit-graphs") else "off",
             compile_layers_once=mode.endswith("-layers-once"),
-            kv_cache="dual" if DUAL_CACHE in mode else "none",
+            kv_cache=kv_cache_of(mode),
         )
         fast = cc.optimize(model, cfg)
         call = lambda **kw: fast.generate(ids, mask, **kw)  # noqa: E731
@@ -311,24 +322,26 @@ def main(argv=None) -> int:
             roof = step_roofline(model, batch, seq, block)
             floor_ms = bare_forward_graphed_ms(model, ids, base)
             baseline = None
-            eager_tokens = {}  # credit-eager's and credit-dual-cache-eager's
+            eager_tokens = {}  # credit-eager's and each cache's eager mode's
             for mode in modes:
                 result = run_mode(mode, model, ids, mask, base, repeats)
                 sequences = result.pop("sequences")
-                if mode in ("credit-eager", "credit-dual-cache-eager"):
+                if mode in ("credit-eager", *CACHED_EAGER.values()):
                     eager_tokens[mode] = sequences
                 baseline = baseline or (result if mode == "llada-eager" else None)
-                step = roof if DUAL_CACHE not in mode else dual_cache_roofline(
-                    model, batch, seq, block, result["nfe"], gen_length // block)
+                cache = kv_cache_of(mode)
+                step = roof if cache == "none" else cached_roofline(
+                    model, batch, seq, block, result["nfe"], gen_length // block,
+                    cached_tokens=block if cache == "dual" else gen_length)
                 row = {**meta, "batch": batch, "gen_length": gen_length, "block_length": block,
                        "prompt_length": prompt_length, **step, **result,
                        "bare_forward_graphed_ms": floor_ms}
                 # A fast path is checked against the eager reference decoding as it does.
-                reference = "credit-dual-cache-eager" if DUAL_CACHE in mode else "credit-eager"
+                reference = CACHED_EAGER.get(cache, "credit-eager")
                 if reference in eager_tokens and mode.startswith("credit-") and mode != reference:
                     row[f"equals_{reference.replace('-', '_')}"] = bool(
                         torch.equal(sequences, eager_tokens[reference]))
-                if DUAL_CACHE in mode and "credit-eager" in eager_tokens:
+                if cache != "none" and "credit-eager" in eager_tokens:
                     prompt_end = ids.shape[1]
                     row["token_agreement_with_credit_eager"] = (
                         sequences[:, prompt_end:] == eager_tokens["credit-eager"][:, prompt_end:]

@@ -123,6 +123,8 @@ def test_generate_rows_record_the_decode_config(eager_rows):
     ("credit-graphs-layers-once", True, "on", "sparse", "none"),
     ("credit-compiled-dual-cache", False, "off", "sparse", "dual"),
     ("credit-graphs-dual-cache", False, "on", "sparse", "dual"),
+    ("credit-compiled-prompt-cache", False, "off", "sparse", "prompt"),
+    ("credit-graphs-prompt-cache", False, "on", "sparse", "prompt"),
 ])
 def test_generate_compiled_modes_configure_what_they_name(bench_generate, monkeypatch, mode,
                                                           layers_once, graphs, layout, kv_cache):
@@ -162,18 +164,30 @@ def test_generate_dual_cache_rows_are_checked_against_their_own_reference(bench_
     assert cached["kv_cache_bytes"] > 0 and cached["step_flops"] < exact["step_flops"]
 
 
-def test_dual_cache_roofline_averages_full_and_cached_steps(bench_generate):
+def test_cache_roofline_averages_full_and_cached_steps(bench_generate):
     from credit_compile.models import build_model
 
     model = build_model("tiny")
     full = bench_generate.step_roofline(model, 2, 48, 16)
     block = bench_generate.step_roofline(model, 2, 48, 16, tokens=16)
     # 3 blocks, 9 steps: 3 full steps and 6 cached ones.
-    mixed = bench_generate.dual_cache_roofline(model, 2, 48, 16, nfe=9, num_blocks=3)
+    mixed = bench_generate.cached_roofline(model, 2, 48, 16, nfe=9, num_blocks=3,
+                                           cached_tokens=16)
     assert mixed["step_flops"] == pytest.approx((3 * full["step_flops"] + 6 * block["step_flops"]) / 9)
     # keys and values: 2 layers x 2 rows x 48 positions x 32 channels x 4 bytes, each.
     assert mixed["kv_cache_bytes"] == 2 * 2 * 2 * 48 * 32 * 4
     assert mixed["weight_bytes"] == full["weight_bytes"] + mixed["kv_cache_bytes"] * 6 / 9
+    # The prompt cache's cached steps run the generated region: between the two.
+    region = bench_generate.cached_roofline(model, 2, 48, 16, nfe=9, num_blocks=3,
+                                            cached_tokens=32)
+    assert mixed["step_flops"] < region["step_flops"] < full["step_flops"]
+
+
+def test_every_cache_mode_names_its_cache_and_its_eager_reference(bench_generate):
+    for mode in bench_generate.MODES:
+        cache = bench_generate.kv_cache_of(mode)
+        assert cache == ("dual" if "dual" in mode else "prompt" if "prompt" in mode else "none")
+        assert cache == "none" or bench_generate.CACHED_EAGER[cache] in bench_generate.MODES
 
 
 def test_generate_tiny_preset_nfe_is_not_the_whole_block_artefact(eager_rows):
