@@ -12,6 +12,7 @@ from credit_compile.cli import _decode_config, build_parser, main
 SMALL = ["--gen-length", "8", "--block-length", "4", "--cuda-graphs", "off"]
 
 
+@pytest.mark.slow  # the min-versions stack leaves it out (CI time); the main stack runs it
 def test_generate_prints_text_nfe_and_speed(capsys):
     assert main(["generate", "--prompt", "ab", "--prompt", "hello", *SMALL]) == 0
     out = capsys.readouterr()
@@ -63,6 +64,7 @@ def test_a_character_split_across_blocks_is_printed_whole(capsys):
                                                     "block 1: 'p' -> 'é ok'"]
 
 
+@pytest.mark.slow  # the min-versions stack leaves it out (CI time); the main stack runs it
 def test_verify_and_demo_report_identical_output(capsys):
     assert main(["verify", "--prompt", "xyz", *SMALL]) == 0
     assert "tokens_equal: True" in capsys.readouterr().out
@@ -77,6 +79,7 @@ def test_bad_option_is_a_clear_error(capsys):
     assert "prompt_bucket=0: use a positive number of tokens" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the min-versions stack leaves it out (CI time); the main stack runs it
 def test_verify_with_a_prompt_bucket(capsys):
     prompts = ["--prompt", "0012+0034=", "--prompt", "R12="]
     assert main(["verify", *prompts, "--prompt-bucket", "16", *SMALL]) == 0

@@ -212,7 +212,8 @@ def graphs_on_cpu(monkeypatch):
     # Random draws with a cache: completion is checked after every step, whatever sync_every.
     dict(strategy="llada", kv_cache="dual", temperature=0.7, seed=5),
     dict(strategy="factor", factor=2.0, kv_cache="dual", sync_every=3),
-    dict(strategy="credit", kv_cache="prompt", sync_every=3),
+    pytest.param(dict(strategy="credit", kv_cache="prompt", sync_every=3),
+                 marks=pytest.mark.slow),  # the dual cache's protocol: main stack only
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
         "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
         "credit-layers-once-sync2", "credit-dual-cache-sync3", "llada-dual-cache-sync3",
