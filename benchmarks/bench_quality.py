@@ -14,8 +14,10 @@ Settings: LLaDA's sampler at several step counts; threshold decoding and CreditD
 CreditDecoding over alpha at two taus; both over block length; both with each KV cache
 (kv_cache="prompt" and "dual", Fast-dLLM's PrefixCache made static and its DualCache, both
 approximate) over block length and at two taus, beside the same settings without it (`kv_cache`
-sweep rows against their uncached `tau`/`block` twins); the factor rule
-over its factor (`factor` sweep). The summary gives, for every
+sweep rows against their uncached `tau`/`block` twins), and with the cache refreshed every
+k steps of a block too (`kv_refresh` sweep, tau 0.9); the factor rule over its factor (`factor`
+sweep). Every row counts the full-canvas forwards per item (`mean_full_forwards`: NFE without a
+cache; with one, the refreshes). The summary gives, for every
 CreditDecoding point, the NFE threshold decoding needs for the same accuracy (linear interpolation
 on threshold's accuracy-NFE curve) and the ratio. Rows are appended to the JSONL, each with the
 full DecodeConfig it decoded with under "config"; the plot is redrawn from this run.
@@ -43,8 +45,9 @@ ALPHA_TAUS = (0.7, 0.9)
 BLOCKS = (4, 16)
 CACHE_TAUS = (0.7, 0.9)
 CACHES = ("prompt", "dual")
+REFRESHES = ((BLOCK, 2), (16, 2), (16, 4))  # (block_length, kv_cache_refresh)
 FACTORS = (0.25, 0.5, 1.0, 2.0, 4.0)
-SWEEPS = ("steps", "tau", "alpha", "block", "kv_cache", "factor")
+SWEEPS = ("steps", "tau", "alpha", "block", "kv_cache", "kv_refresh", "factor")
 
 
 def decode_config(decode: dict):
@@ -58,17 +61,28 @@ def evaluate(model, tokenizer, items, config) -> dict:
     from credit_compile.reference import generate
     from credit_compile.training.tasks import is_correct
 
-    correct, nfe, per_task = 0, 0, {}
-    for task, prompt, answer in items:
-        batch = tokenizer([prompt])
-        out = generate(model, batch["input_ids"], batch["attention_mask"], config=config)
-        ok = is_correct(task, prompt, answer, tokenizer.answer(out.generated[0]))
-        correct += ok
-        nfe += out.nfe
-        hit, total = per_task.get(task, (0, 0))
-        per_task[task] = (hit + ok, total + 1)
+    correct, nfe, full, per_task = 0, 0, 0, {}
+    canvas = [0]
+
+    def count_full_forwards(module, args, kwargs):
+        nonlocal full
+        full += (args[0] if args else kwargs["input_ids"]).shape[1] == canvas[0]
+
+    hook = model.register_forward_pre_hook(count_full_forwards, with_kwargs=True)
+    try:
+        for task, prompt, answer in items:
+            batch = tokenizer([prompt])
+            canvas[0] = batch["input_ids"].shape[1] + config.gen_length
+            out = generate(model, batch["input_ids"], batch["attention_mask"], config=config)
+            ok = is_correct(task, prompt, answer, tokenizer.answer(out.generated[0]))
+            correct += ok
+            nfe += out.nfe
+            hit, total = per_task.get(task, (0, 0))
+            per_task[task] = (hit + ok, total + 1)
+    finally:
+        hook.remove()
     n = len(items)
-    return {"accuracy": correct / n, "mean_nfe": nfe / n,
+    return {"accuracy": correct / n, "mean_nfe": nfe / n, "mean_full_forwards": full / n,
             "accuracy_by_task": {t: h / c for t, (h, c) in sorted(per_task.items())}}
 
 
@@ -95,6 +109,13 @@ def configs(alpha: float):
                                             "block_length": block, "kv_cache": cache}
             yield "credit", "kv_cache", {"strategy": "credit", "tau": tau, "alpha": alpha,
                                          "block_length": block, "kv_cache": cache}
+    for cache in CACHES:
+        for block, refresh in REFRESHES:
+            for method in ("threshold", "credit"):
+                yield method, "kv_refresh", {
+                    "strategy": method, "tau": 0.9, **({"alpha": alpha} if method == "credit"
+                                                      else {}),
+                    "block_length": block, "kv_cache": cache, "kv_cache_refresh": refresh}
     for factor in FACTORS:
         yield "factor", "factor", {"strategy": "factor", "factor": factor, "block_length": BLOCK}
 
@@ -234,9 +255,10 @@ def main(argv=None) -> int:
                 f"factor={decode['factor']}" if "factor" in decode else
                 f"tau={decode['tau']} alpha={decode.get('alpha', 0)}")
         knob += f" block={decode['block_length']}" + (
-            f" {decode['kv_cache']}-cache" if "kv_cache" in decode else "")
-        print(f"{method:9s} {knob:28s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f}  "
-              f"{by_task}", flush=True)
+            f" {decode['kv_cache']}-cache" if "kv_cache" in decode else "") + (
+            f"/{decode['kv_cache_refresh']}" if "kv_cache_refresh" in decode else "")
+        print(f"{method:9s} {knob:38s} acc {row['accuracy']:.3f} NFE {row['mean_nfe']:.2f} "
+              f"full {row['mean_full_forwards']:.2f}  {by_task}", flush=True)
     print("\nCreditDecoding against threshold decoding at matched accuracy (block 8):")
     for m in matched_accuracy(rows):
         ref = "outside threshold's range" if m["threshold_nfe"] is None else (

@@ -66,6 +66,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                         "steps run the generated region against the prompt's keys and values "
                         "kept at its first step; dual: Fast-dLLM's DualCache, the block's "
                         "tokens only against the kept ones of the rest")
+    p.add_argument("--kv-cache-refresh", type=int, default=None, metavar="K",
+                   help="with --kv-cache, also refresh the cache every K steps of a block "
+                        "(default: at a block's first step only)")
     p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompt-bucket", type=int, default=None,
@@ -97,8 +100,8 @@ def _decode_config(args):
         early_stop=args.early_stop, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
         compile_layers_once=args.compile_layers_once, kv_cache=args.kv_cache,
-        dtype=args.dtype, seed=args.seed, prompt_bucket=args.prompt_bucket,
-        batch_bucket=args.batch_bucket,
+        kv_cache_refresh=args.kv_cache_refresh, dtype=args.dtype, seed=args.seed,
+        prompt_bucket=args.prompt_bucket, batch_bucket=args.batch_bucket,
     )
 
 

@@ -100,6 +100,12 @@ class DecodeConfig:
             random remasking) completion is checked after every step whatever `sync_every` says:
             a block may end inside a window of unchecked steps, and the idle steps after it
             would draw numbers the reference does not.
+        kv_cache_refresh: with a KV cache, also refresh it (a full step that stores it anew)
+            every this many steps of a block: at the block's steps 0, k, 2k, ... None refreshes
+            at a block's first step only (Fast-dLLM's schedule). A smaller k is staler by fewer
+            commits and costs more full steps; 1 makes every step a full one (the tokens of
+            kv_cache="none"). The host places the refreshes, so on CUDA completion is checked
+            every gcd(sync_every, k) steps (`host_sync_every`).
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.
             `generate(trace=True)`, which reads every step on the host, runs without graphs.
@@ -147,6 +153,7 @@ class DecodeConfig:
     compile: bool = True
     compile_layers_once: bool = False
     kv_cache: KVCache = "none"
+    kv_cache_refresh: int | None = None
     cuda_graphs: CudaGraphs = "auto"
     sync_every: int = 4
     seed: int | None = None
@@ -203,7 +210,12 @@ class DecodeConfig:
         draw random numbers (a KV cache with the "llada" sampler's random draws)."""
         random_draws = self.strategy == "llada" and (
             self.temperature != 0 or self.remasking == "random")
-        return 1 if self.kv_cache != "none" and random_draws else self.sync_every
+        if self.kv_cache != "none" and random_draws:
+            return 1
+        if self.kv_cache != "none" and self.kv_cache_refresh is not None:
+            # Windows start at multiples of this within a block, so a refresh always opens one.
+            return math.gcd(self.sync_every, self.kv_cache_refresh)
+        return self.sync_every
 
     @property
     def num_credit_slots(self) -> int:
@@ -275,6 +287,13 @@ class DecodeConfig:
              f"kv_cache={self.kv_cache!r}: use one of {KV_CACHES}"
              + (" (Fast-dLLM's PrefixCache is 'prompt' here: the same idea with static shapes)"
                 if self.kv_cache == "prefix" else ""))
+        if self.kv_cache_refresh is not None:
+            need(_is_count(self.kv_cache_refresh) and self.kv_cache_refresh > 0,
+                 f"kv_cache_refresh={self.kv_cache_refresh!r}: use a positive number of steps "
+                 f"or None (refresh at a block's first step only)")
+            need(self.kv_cache != "none",
+                 f"kv_cache_refresh={self.kv_cache_refresh} with kv_cache='none': there is no "
+                 f"cache to refresh; set kv_cache='prompt' or 'dual', or leave it None")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
         for name in ("compile", "compile_layers_once"):
@@ -312,7 +331,7 @@ _HF_NAMES = {
 
 
 _INT_FIELDS = ("gen_length", "block_length", "steps", "sync_every", "credit_slots", "mask_id",
-               "seed", "prompt_bucket", "batch_bucket", "eos_token_id")
+               "seed", "prompt_bucket", "batch_bucket", "eos_token_id", "kv_cache_refresh")
 _REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "temperature", "cfg_scale")
 _FLOAT32_MAX = 3.4028234663852886e38
 

@@ -71,7 +71,7 @@ class EagerStepRunner:
     def __init__(self, setup: GenerationSetup):
         self.setup = setup
         self.state = setup.state
-        self.schedule = make_schedule(setup.config.kv_cache, setup.state)
+        self.schedule = make_schedule(setup.config, setup.state)
         self._steps = setup.step_functions()
         self.compile_seconds = 0.0
 

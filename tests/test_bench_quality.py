@@ -84,6 +84,37 @@ def test_the_kv_cache_sweep_decodes_with_the_cache_beside_its_uncached_twins(ben
     assert {(r["method"], r["tau"], r["block_length"]) for r in rows} <= uncached
 
 
+def test_the_refresh_sweep_counts_the_full_forwards_it_runs(bench, tmp_path):
+    import json
+
+    import torch
+
+    out = tmp_path / "quality.jsonl"
+    assert bench.main(["--n", "2", "--sweeps", "kv_refresh", "--tasks", "add", "--threads",
+                       str(torch.get_num_threads()), "--output", str(out), "--plot", ""]) == 0
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert {(r["kv_cache"], r["block_length"], r["kv_cache_refresh"]) for r in rows} == {
+        (cache, block, k) for cache in bench.CACHES for block, k in bench.REFRESHES}
+    for r in rows:
+        assert r["config"]["kv_cache_refresh"] == r["kv_cache_refresh"]
+        # A refresh per block at least, one per step at most.
+        assert bench.GEN // r["block_length"] <= r["mean_full_forwards"] <= r["mean_nfe"]
+
+
+def test_full_forwards_are_the_nfe_without_a_cache_and_one_per_block_with_it(bench):
+    from credit_compile.assets import load_default_model
+    from credit_compile.training.tasks import held_out_set
+
+    model, tokenizer = load_default_model("cpu")
+    items = held_out_set(3, seed=5)
+    plain = bench.evaluate(model, tokenizer, items, bench.decode_config({"block_length": 8}))
+    assert plain["mean_full_forwards"] == plain["mean_nfe"]
+    cached = bench.evaluate(model, tokenizer, items,
+                            bench.decode_config({"block_length": 8, "kv_cache": "dual"}))
+    assert cached["mean_full_forwards"] == bench.GEN // 8 < cached["mean_nfe"]
+    assert not model._forward_pre_hooks  # the counter is removed
+
+
 def test_the_factor_sweep_decodes_with_each_factor(bench, tmp_path):
     import json
 

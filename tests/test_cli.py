@@ -183,6 +183,8 @@ def test_kv_cache_reaches_the_config_and_decodes(capsys):
     parse = build_parser().parse_args
     assert _decode_config(parse(["generate", "--kv-cache", "dual"])).kv_cache == "dual"
     assert _decode_config(parse(["generate", "--kv-cache", "prompt"])).kv_cache == "prompt"
+    assert _decode_config(parse(["generate", "--kv-cache", "dual", "--kv-cache-refresh",
+                                 "3"])).kv_cache_refresh == 3
     assert _decode_config(parse(["generate"])).kv_cache == "none"
     # The embedded model is this project's LLaDA model: the cache applies to it.
     assert main(["generate", "--prompt", "ab", "--kv-cache", "dual", "--no-compile",

@@ -185,6 +185,22 @@ def test_with_one_layer_the_cache_decodes_the_uncached_tokens(config, kv_cache, 
     assert torch.equal(cached.sequences, uncached.sequences) and cached.nfe == uncached.nfe
 
 
+@settings(max_examples=10, deadline=None)
+@given(config=DECODE_CONFIGS, kv_cache=st.sampled_from(["prompt", "dual"]),
+       layers=st.integers(2, 3), batch=st.integers(1, 3), padded=st.booleans(),
+       block_length=st.sampled_from([4, 8]), seed=st.integers(0, 2**16))
+def test_refreshing_at_every_step_decodes_the_uncached_tokens(config, kv_cache, layers, batch,
+                                                              padded, block_length, seed):
+    # Every step a refresh: every step sees the whole canvas as it is, stale nowhere.
+    model = layered_model(layers, seed=seed % 7)
+    ids, mask = token_prompts(batch, 5, seed=seed, padded=padded)
+    decode = dict(config, gen_length=16, block_length=block_length)
+    uncached = cc.generate_reference(model, ids, mask, **decode)
+    cached = cc.generate_reference(model, ids, mask, kv_cache=kv_cache, kv_cache_refresh=1,
+                                   **decode)
+    assert torch.equal(cached.sequences, uncached.sequences) and cached.nfe == uncached.nfe
+
+
 class ForwardLengths:
     """The sequence length of every forward the model runs."""
 
@@ -208,6 +224,18 @@ def test_a_block_runs_the_whole_canvas_once_then_its_span(kv_cache, cached_lengt
     assert lengths.lengths == [canvas if i in firsts else cached_length
                                for i in range(out.nfe)]
     assert out.nfe > len(firsts)  # cached steps ran
+
+
+@pytest.mark.parametrize("refresh", [2, 3])
+def test_refreshes_fall_on_the_blocks_steps_0_k_2k(refresh):
+    model = layered_model(2, seed=1)
+    lengths = ForwardLengths(model)
+    ids, mask = token_prompts(2, 6, seed=5)
+    out = cc.generate_reference(model, ids, mask, gen_length=16, block_length=8, kv_cache="dual",
+                                kv_cache_refresh=refresh, steps=16, strategy="llada", trace=True)
+    # The llada sampler's 8 steps per block: steps 0..7 of each block, twice.
+    assert [step.block for step in out.trace] == [0] * 8 + [1] * 8
+    assert lengths.lengths == [6 + 16 if i % 8 % refresh == 0 else 8 for i in range(16)]
 
 
 @pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
@@ -248,6 +276,26 @@ def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy, kv_c
     assert out.steps_run > out.nfe  # some steps were idle
 
 
+@pytest.mark.parametrize("sync_every, refresh, window", [(4, 2, 2), (6, 3, 3), (4, 3, 1)])
+def test_with_refreshes_the_host_checks_where_each_refresh_opens_a_window(sync_every, refresh,
+                                                                           window):
+    model = layered_model(2, seed=3)
+    ids, mask = token_prompts(3, 5, seed=6)
+    config = cc.DecodeConfig(strategy="threshold", gen_length=16, block_length=8, tau=0.99,
+                             kv_cache="prompt", kv_cache_refresh=refresh, sync_every=sync_every)
+    assert config.host_sync_every == window
+    ref = cc.generate_reference(model, ids, mask, config)
+    runs = {}
+    for every in (window, sync_every):
+        runner = EagerStepRunner(setup_generation(model, ids, mask, config))
+        runs[every] = run_generation(runner.step, runner.state, max_steps=config.gen_length,
+                                     sync_every=every, on_sync=runner.synced)
+    out = runs[window]
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    if window != sync_every:  # windows of sync_every steps would miss refreshes
+        assert not torch.equal(runs[sync_every].sequences, ref.sequences)
+
+
 # The min-versions CI stack runs the first, the Gumbel (float64 elision pass) and the
 # layers-once configs; the others (`slow`) exercise no torch-version-specific path of their own.
 _MAIN_STACK_ONLY = pytest.mark.slow
@@ -270,6 +318,8 @@ _MAIN_STACK_ONLY = pytest.mark.slow
     pytest.param(dict(strategy="credit", kv_cache="prompt"), id="prompt-credit",
                  marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="llada", cfg_scale=1.5, kv_cache="prompt"), id="prompt-llada-cfg",
+                 marks=_MAIN_STACK_ONLY),
+    pytest.param(dict(strategy="credit", kv_cache_refresh=2), id="credit-refresh-2",
                  marks=_MAIN_STACK_ONLY),
 ])
 def test_the_optimized_model_equals_the_reference(config):
@@ -328,6 +378,10 @@ def test_random_draws_are_checked_after_every_step():
     assert gumbel.replace(remasking="random", temperature=0.0).host_sync_every == 1
     assert gumbel.replace(temperature=0.0).host_sync_every == 4  # greedy: no draws
     assert gumbel.replace(kv_cache="none").host_sync_every == 4
+    assert gumbel.replace(kv_cache_refresh=6).host_sync_every == 1  # draws: every step anyway
+    greedy = gumbel.replace(temperature=0.0)
+    assert [greedy.replace(kv_cache_refresh=k).host_sync_every for k in (1, 2, 3, 4, 8, 6)] == \
+        [1, 2, 1, 4, 4, 2]
 
 
 def test_other_models_are_refused_naming_the_fix():

@@ -214,10 +214,14 @@ def graphs_on_cpu(monkeypatch):
     dict(strategy="factor", factor=2.0, kv_cache="dual", sync_every=3),
     pytest.param(dict(strategy="credit", kv_cache="prompt", sync_every=3),
                  marks=pytest.mark.slow),  # the dual cache's protocol: main stack only
+    # Refreshes every 2 steps: replays of 2 (gcd(4, 2)), each refresh opening one.
+    pytest.param(dict(strategy="llada", steps=8, kv_cache="dual", kv_cache_refresh=2,
+                      sync_every=4), marks=pytest.mark.slow),
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
         "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
         "credit-layers-once-sync2", "credit-dual-cache-sync3", "llada-dual-cache-sync3",
-        "llada-dual-cache-gumbel", "factor-dual-cache-sync3", "credit-prompt-cache-sync3"])
+        "llada-dual-cache-gumbel", "factor-dual-cache-sync3", "credit-prompt-cache-sync3",
+        "llada-dual-cache-refresh2"])
 def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
     kwargs = dict(config, gen_length=16, block_length=8)
@@ -301,6 +305,7 @@ def test_cuda_graph_with_compile_layers_once_equals_reference(config):
     dict(strategy="credit", compile_layers_once=True, sync_every=3),
     dict(strategy="credit", sync_every=3, kv_cache="prompt"),
     dict(strategy="llada", cfg_scale=1.5, sync_every=3, kv_cache="prompt"),
+    dict(strategy="llada", steps=16, sync_every=4, kv_cache_refresh=2),
 ])
 def test_cuda_graph_with_kv_cache_equals_reference(config):
     model = build_model(get_config("tiny", init_std=0.5, n_layers=3), device="cuda", seed=1)

@@ -110,6 +110,11 @@ CONFIG_ERRORS = [
     (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual'\) "
                               r"\(Fast-dLLM's PrefixCache is 'prompt' here"),
     (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual'\)$"),
+    (dict(kv_cache="dual", kv_cache_refresh=0), r"kv_cache_refresh=0: use a positive number of "
+                                                r"steps or None"),
+    (dict(kv_cache="dual", kv_cache_refresh=2.5), r"kv_cache_refresh=2.5: use a positive"),
+    (dict(kv_cache_refresh=2), r"kv_cache_refresh=2 with kv_cache='none': there is no cache to "
+                               r"refresh; set kv_cache='prompt' or 'dual', or leave it None"),
     # Graphs replay the compiled step: without it "on" would silently run eagerly.
     (dict(cuda_graphs="on", compile=False), r"cuda_graphs='on' with compile=False: .*set "
      r"compile=True, or cuda_graphs='auto'"),

@@ -8,6 +8,7 @@ nothing (`denoise_step`), and the refresh runs right after the next check.
 
 from __future__ import annotations
 
+from ..config import DecodeConfig
 from .state import DecodeState
 
 
@@ -33,13 +34,18 @@ class SingleStep:
 
 class CacheSchedule(SingleStep):
     """A KV cache (`kv_cache` "prompt" or "dual"): "refresh" (the whole canvas, storing every
-    layer's keys and values) at each block's first step, "cached" (part of the canvas against
-    the stored rest) after it."""
+    layer's keys and values) at each block's first step, and with `refresh_every` at its steps
+    k, 2k, ...; "cached" (part of the canvas against the stored rest) at the others.
+
+    The host checks every gcd(sync_every, k) steps (`DecodeConfig.host_sync_every`), and a
+    block's first step always follows a check (the cached steps before it are idle), so within
+    a block the checks fall on multiples of that and every refresh opens a window."""
 
     phases = ("refresh", "cached")
 
-    def __init__(self, state: DecodeState):
+    def __init__(self, state: DecodeState, refresh_every: int | None = None):
         self.state = state
+        self.refresh_every = refresh_every
         self.reset()
 
     def next_phase(self) -> str:
@@ -52,11 +58,15 @@ class CacheSchedule(SingleStep):
 
     def synced(self) -> None:
         # A read of the device after the loop's own (`done`), so the queue is already drained.
-        self._refresh_due = bool(self.state.step_in_block == 0)
+        step = int(self.state.step_in_block)
+        self._refresh_due = step == 0 or (
+            self.refresh_every is not None and step % self.refresh_every == 0)
 
     def reset(self) -> None:
         self._refresh_due = True
 
 
-def make_schedule(kv_cache: str, state: DecodeState) -> SingleStep:
-    return SingleStep() if kv_cache == "none" else CacheSchedule(state)
+def make_schedule(config: DecodeConfig, state: DecodeState) -> SingleStep:
+    if config.kv_cache == "none":
+        return SingleStep()
+    return CacheSchedule(state, config.kv_cache_refresh)
