@@ -5,8 +5,8 @@
 #   bash benchmarks/gpu_session.sh tests        # every GPU test (-k cuda), verbose, junit XML
 #   bash benchmarks/gpu_session.sh gen1024      # bench_generate llada-8b, B=1, gen 1024, 6 modes
 #   bash benchmarks/gpu_session.sh gen1024b8    # B=8 at gen 1024's sequence length (see below)
-#   bash benchmarks/gpu_session.sh gen256b1     # gen 256, B=1, every mode
-#   bash benchmarks/gpu_session.sh gen256b8     # gen 256, B=8, every mode
+#   bash benchmarks/gpu_session.sh gen256b1     # gen 256, B=1, every mode but the prompt cache's
+#   bash benchmarks/gpu_session.sh gen256b8     # gen 256, B=8, the same
 #   bash benchmarks/gpu_session.sh op           # bench_credit_op (fused op vs eager chain)
 #   bash benchmarks/gpu_session.sh buckets      # 6 requests of varied prompt lengths, bucket 0/256
 #   bash benchmarks/gpu_session.sh compile      # cold 8B compile, with and without compile_layers_once
@@ -14,11 +14,11 @@
 #
 # A session is lent 15 minutes of device time in all, the start (about 1.5 min) and idle waits
 # included, and a machine goes back 30 s after a call: run the stages back to back. What issue 5
-# still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~6) in the
-# next; then gen256b1 (~7), gen256b8 (~8), compile (~4), op (~2), buckets (~7: one 8B compile per
-# distinct length without a bucket) and suite. (Times were estimated for a 30-minute lease.)
-# gen256b1/b8 run every mode, the two compile_layers_once modes included (~1 min each,
-# estimated). Each compiled 8B mode compiles for 27-52 s (measured, docs/performance.md). Rows are
+# still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~8, with
+# the prompt cache's graphed mode) in the next; then gen256b1 (~7), gen256b8 (~8), compile (~4),
+# op (~2), buckets (~7: one 8B compile per distinct length without a bucket) and suite. (Times
+# were estimated for a 30-minute lease.) gen256b1/b8 run every mode but the prompt cache's, the
+# two compile_layers_once modes included (~1 min each, estimated). Each compiled 8B mode compiles for 27-52 s (measured, docs/performance.md). Rows are
 # appended as measured, so a stage cut by the limit keeps what it finished.
 # Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
 # sequence length T = prompt + gen, not on how much is generated. A full gen-1024 run at B=8
@@ -58,6 +58,12 @@ fi
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
     | tee "$OUT/versions.txt"
 
+# Every mode but the prompt cache's, which pays on long prompts only: gen1024b8 (prompt 800)
+# measures it.
+GEN256_MODES=(llada-eager threshold-eager credit-eager credit-compiled credit-compiled-sparse
+    credit-compiled-layers-once credit-graphs credit-graphs-dense credit-graphs-layers-once
+    credit-dual-cache-eager credit-compiled-dual-cache credit-graphs-dual-cache)
+
 gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/generate.jsonl
     local name=$1; shift
     python3 benchmarks/bench_generate.py --preset llada-8b --block-length 32 \
@@ -81,10 +87,10 @@ op)
         | tee "$OUT/op.log"
     ;;
 gen256b1)
-    gen gen256_b1 --batch 1 --gen-length 256
+    gen gen256_b1 --batch 1 --gen-length 256 --modes "${GEN256_MODES[@]}"
     ;;
 gen256b8)
-    gen gen256_b8 --batch 8 --gen-length 256
+    gen gen256_b8 --batch 8 --gen-length 256 --modes "${GEN256_MODES[@]}"
     ;;
 gen1024)
     gen gen1024_b1 --batch 1 --gen-length 1024 \
@@ -103,7 +109,8 @@ compile)
     ;;
 gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
-        --modes llada-eager threshold-eager credit-graphs credit-graphs-dual-cache
+        --modes llada-eager threshold-eager credit-graphs credit-graphs-dual-cache \
+        credit-graphs-prompt-cache
     ;;
 *)
     echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite" >&2
