@@ -14,8 +14,8 @@
 #
 # A session is lent 15 minutes of device time in all, the start (about 1.5 min) and idle waits
 # included, and a machine goes back 30 s after a call: run the stages back to back. What issue 5
-# still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~8, with
-# the prompt cache's graphed mode) in the next; then gen256b1 (~7), gen256b8 (~8), compile (~4),
+# still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~9, with
+# the caches' eager and graphed modes) in the next; then gen256b1 (~7), gen256b8 (~8), compile (~4),
 # op (~2), buckets (~7: one 8B compile per distinct length without a bucket) and suite. (Times
 # were estimated for a 30-minute lease.) gen256b1/b8 run every mode but the prompt cache's, the
 # two compile_layers_once modes included (~1 min each, estimated). Each compiled 8B mode compiles for 27-52 s (measured, docs/performance.md). Rows are
@@ -109,8 +109,8 @@ compile)
     ;;
 gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
-        --modes llada-eager threshold-eager credit-graphs credit-graphs-dual-cache \
-        credit-graphs-prompt-cache
+        --modes llada-eager threshold-eager credit-graphs credit-dual-cache-eager \
+        credit-graphs-dual-cache credit-prompt-cache-eager credit-graphs-prompt-cache
     ;;
 *)
     echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite" >&2

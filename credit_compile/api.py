@@ -442,8 +442,8 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     shapes are in the key), `steps`, `factor` and the credit fields outside their strategies,
     `tau` in "llada" and "factor", `credit_slots` outside sparse credit, and
     `compile_layers_once` without compile.
-    Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `sync_every` is the
-    number of steps captured per replay)."""
+    Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `host_sync_every` is
+    the number of steps captured per replay, and stays)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
     if config.strategy != "llada":
         drop["steps"] = None

@@ -105,7 +105,9 @@ class DecodeConfig:
             at a block's first step only (Fast-dLLM's schedule). A smaller k is staler by fewer
             commits and costs more full steps; 1 makes every step a full one (the tokens of
             kv_cache="none"). The host places the refreshes, so on CUDA completion is checked
-            every gcd(sync_every, k) steps (`host_sync_every`).
+            every gcd(sync_every, k) steps (`host_sync_every`, also the steps per CUDA graph):
+            choose k a multiple or a divisor of `sync_every`, or every step is checked. A call
+            overriding kv_cache="none" drops the refresh with the cache.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.
             `generate(trace=True)`, which reads every step on the host, runs without graphs.

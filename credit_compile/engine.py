@@ -82,6 +82,9 @@ def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig
             f"config=DecodeConfig(**fields), or the fields as keyword arguments"
         )
     config = config if config is not None else DecodeConfig()
+    if overrides.get("kv_cache") == "none" and "kv_cache_refresh" not in overrides:
+        # A call turning a refreshed cache off means no cache, not an invalid refresh.
+        overrides = {**overrides, "kv_cache_refresh": None}
     return config.replace(**overrides) if overrides else config
 
 

@@ -276,13 +276,16 @@ def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy, kv_c
     assert out.steps_run > out.nfe  # some steps were idle
 
 
+@pytest.mark.parametrize("strategy", [dict(strategy="threshold", tau=0.99),
+                                      dict(strategy="credit"),
+                                      dict(strategy="llada", steps=12)])
 @pytest.mark.parametrize("sync_every, refresh, window", [(4, 2, 2), (6, 3, 3), (4, 3, 1)])
-def test_with_refreshes_the_host_checks_where_each_refresh_opens_a_window(sync_every, refresh,
-                                                                           window):
+def test_with_refreshes_the_host_checks_where_each_refresh_opens_a_window(strategy, sync_every,
+                                                                           refresh, window):
     model = layered_model(2, seed=3)
     ids, mask = token_prompts(3, 5, seed=6)
-    config = cc.DecodeConfig(strategy="threshold", gen_length=16, block_length=8, tau=0.99,
-                             kv_cache="prompt", kv_cache_refresh=refresh, sync_every=sync_every)
+    config = cc.DecodeConfig(**strategy, gen_length=16, block_length=8, kv_cache="prompt",
+                             kv_cache_refresh=refresh, sync_every=sync_every)
     assert config.host_sync_every == window
     ref = cc.generate_reference(model, ids, mask, config)
     runs = {}
@@ -292,8 +295,31 @@ def test_with_refreshes_the_host_checks_where_each_refresh_opens_a_window(sync_e
                                      sync_every=every, on_sync=runner.synced)
     out = runs[window]
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
-    if window != sync_every:  # windows of sync_every steps would miss refreshes
+    if window != sync_every and strategy["strategy"] == "threshold":
+        # Windows of sync_every steps would miss refreshes (tau 0.99: blocks last long enough).
         assert not torch.equal(runs[sync_every].sequences, ref.sequences)
+
+
+def test_refreshing_at_every_step_compiles_no_cached_step():
+    model = layered_model(2)
+    config = cc.DecodeConfig(gen_length=8, block_length=4, kv_cache="dual", kv_cache_refresh=1)
+    runner = EagerStepRunner(setup_generation(model, *token_prompts(2, 5), config))
+    assert runner.schedule.phases == ("refresh",)
+    assert [runner.schedule.next_phase() for _ in range(3)] == ["refresh"] * 3
+    assert runner.schedule.following("refresh") == "refresh"
+
+
+def test_a_call_turning_the_cache_off_drops_its_refresh():
+    model = layered_model(2, seed=2)
+    ids, mask = token_prompts(2, 5, seed=1)
+    fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="prompt",
+                       kv_cache_refresh=2, compile=False)
+    out = fast.generate(ids, mask, kv_cache="none")
+    assert fast.resolved_config(kv_cache="none").kv_cache_refresh is None
+    ref = cc.generate_reference(model, ids, mask, gen_length=8, block_length=4)
+    assert torch.equal(out.sequences, ref.sequences)
+    with pytest.raises(ValueError, match=r"kv_cache_refresh=2 with kv_cache='none'"):
+        fast.generate(ids, mask, kv_cache="none", kv_cache_refresh=2)  # asked for: refused
 
 
 # The min-versions CI stack runs the first, the Gumbel (float64 elision pass) and the

@@ -2,8 +2,8 @@
 refreshing first step and its cached others.
 
 Sync-free by construction: the host learns where a block begins only at its completion checks
-(every `sync_every` steps), so a cached step that finds itself at a block's first step changes
-nothing (`denoise_step`), and the refresh runs right after the next check.
+(every `DecodeConfig.host_sync_every` steps), so a cached step that finds itself at a block's
+first step changes nothing (`denoise_step`), and the refresh runs right after the next check.
 """
 
 from __future__ import annotations
@@ -46,15 +46,17 @@ class CacheSchedule(SingleStep):
     def __init__(self, state: DecodeState, refresh_every: int | None = None):
         self.state = state
         self.refresh_every = refresh_every
+        if refresh_every == 1:  # every step a refresh: no cached step to compile or capture
+            self.phases = ("refresh",)
         self.reset()
 
     def next_phase(self) -> str:
-        phase = "refresh" if self._refresh_due else "cached"
+        phase = "refresh" if self._refresh_due or self.refresh_every == 1 else "cached"
         self._refresh_due = False
         return phase
 
     def following(self, phase: str) -> str:
-        return "cached"
+        return "refresh" if self.refresh_every == 1 else "cached"
 
     def synced(self) -> None:
         # A read of the device after the loop's own (`done`), so the queue is already drained.
