@@ -375,6 +375,12 @@ class OptimizedModel(nn.Module):
             backend = make_backend(config=config) if config.compile else None
             cuda_graphs = "off" if trace else config.cuda_graphs
             unroll = config.host_sync_every if cuda_graphs != "off" else 1
+            if graphs and refresh_checks_every_step(config):
+                warn_user(
+                    f"kv_cache_refresh={config.kv_cache_refresh} and sync_every="
+                    f"{config.sync_every} share no factor, so completion is checked, and a CUDA "
+                    f"graph replayed, after every step (each refresh must open a replay window): "
+                    f"choose kv_cache_refresh a multiple or a divisor of sync_every")
             with rng_untouched(state.device):  # warm-up steps before capture draw numbers
                 runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
                                      unroll=unroll)
@@ -434,6 +440,13 @@ def _checked_cache_size(value) -> int:
     if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
         raise ValueError(f"max_cached_steps={value!r}: use a positive integer (default 8)")
     return value
+
+
+def refresh_checks_every_step(config: DecodeConfig) -> bool:
+    """Whether `kv_cache_refresh` alone brings the host's checks (and a CUDA graph's steps) down
+    to one step: an interval sharing no factor with `sync_every`."""
+    return (config.kv_cache_refresh is not None and config.host_sync_every == 1
+            and config.replace(kv_cache_refresh=None).host_sync_every > 1)
 
 
 def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:

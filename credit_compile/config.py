@@ -106,7 +106,8 @@ class DecodeConfig:
             commits and costs more full steps; 1 makes every step a full one (the tokens of
             kv_cache="none"). The host places the refreshes, so on CUDA completion is checked
             every gcd(sync_every, k) steps (`host_sync_every`, also the steps per CUDA graph):
-            choose k a multiple or a divisor of `sync_every`, or every step is checked. A call
+            choose k a multiple or a divisor of `sync_every`, or every step is checked (with
+            CUDA graphs, a warning says so). A call
             overriding kv_cache="none" drops the refresh with the cache.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.

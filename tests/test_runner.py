@@ -248,6 +248,33 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
         assert streamed[0][0] < streamed[-1][0] == out.steps_run
 
 
+def test_a_refresh_sharing_no_factor_with_sync_every_is_named():
+    from credit_compile.api import refresh_checks_every_step
+
+    cached = cc.DecodeConfig(kv_cache="dual", sync_every=4)
+    assert [refresh_checks_every_step(cached.replace(kv_cache_refresh=k))
+            for k in (None, 1, 2, 3, 5, 8)] == [False, True, False, True, True, False]
+    assert not refresh_checks_every_step(cached.replace(kv_cache_refresh=3, sync_every=1))
+    # Random draws check every step anyway: the refresh is not the cause.
+    assert not refresh_checks_every_step(cached.replace(kv_cache_refresh=3, strategy="llada",
+                                                        temperature=0.5))
+
+
+@pytest.mark.slow  # compiles a cached model's two steps; main stack only
+def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on_cpu):
+    model = build_model(get_config("tiny", init_std=0.5), seed=1)
+    kwargs = dict(gen_length=16, block_length=8, kv_cache="dual", kv_cache_refresh=3,
+                  sync_every=4)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    ids, mask = prompts(2, 6, "cpu", padded=True, seed=2)
+    with pytest.warns(UserWarning, match=r"kv_cache_refresh=3 and sync_every=4 share no factor"
+                                         r".*a multiple or a divisor of sync_every"):
+        out = fast.generate(ids, mask)
+    assert fast.last_stats["runner"] == "cuda_graph"
+    ref = cc.generate_reference(model, ids, mask, **kwargs)
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
 @needs_cuda
 @pytest.mark.parametrize("config", [
     dict(strategy="credit", credit_layout="dense"),
