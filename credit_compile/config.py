@@ -89,9 +89,10 @@ class DecodeConfig:
             since) and to their own, recomputed. "prompt" recomputes the generated region and
             keeps the prompt's: Fast-dLLM's PrefixCache with static shapes (that one recomputes
             from the block's start, a length that changes every block; here the committed
-            blocks are recomputed too, so nothing is staler than there). It saves the most on
-            long prompts. "dual" is Fast-dLLM's DualCache: the block's positions only, against
-            the kept prefix and suffix; the cheapest and the least exact. Tokens can differ from
+            blocks are recomputed too, so nothing is staler than there). It saves the prompt's
+            share of a step, so it pays on long prompts. "dual" is Fast-dLLM's DualCache: the
+            block's positions only, against the kept prefix and suffix; the cheapest step, and
+            the most kept. Tokens can differ from
             "none" (docs/quality.md measures how much); the eager reference decodes the same
             way, so optimized and reference stay equal. Needs this project's LLaDA model
             (others are refused). Memory: keys and values of every layer and position, kept
@@ -107,8 +108,8 @@ class DecodeConfig:
             kv_cache="none"). The host places the refreshes, so on CUDA completion is checked
             every gcd(sync_every, k) steps (`host_sync_every`, also the steps per CUDA graph):
             choose k a multiple or a divisor of `sync_every`, or every step is checked (with
-            CUDA graphs, a warning says so). A call
-            overriding kv_cache="none" drops the refresh with the cache.
+            CUDA graphs, a warning says so). A call overriding kv_cache="none" drops the
+            refresh with the cache.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.
             `generate(trace=True)`, which reads every step on the host, runs without graphs.
