@@ -9,8 +9,9 @@ Importing the package changes no compiler setting; those are applied inside the 
 from .config import DecodeConfig
 from .decoding.loop import FinishedBlock, GenerationOutput
 from .reference import generate as generate_reference
+from .text_stream import TextStream
 
-__all__ = ["DecodeConfig", "FinishedBlock", "GenerationOutput", "generate_reference"]
+__all__ = ["DecodeConfig", "FinishedBlock", "GenerationOutput", "TextStream", "generate_reference"]
 __version__ = "0.1.0"
 
 from .api import OptimizedModel, optimize  # noqa: E402

@@ -189,22 +189,14 @@ def _progress_bar(total: int | None):
 
 def _block_printer(bar, prompts, tokenizer, num_blocks: int):
     """An `on_block` that prints, per prompt, the text each finished block adds (through the
-    bar, which would otherwise draw over the line).
+    bar, which would otherwise draw over the line); `TextStream` holds back a character cut
+    across blocks until it is whole."""
+    from .text_stream import TextStream
 
-    The text so far is decoded whole and the new part printed: a character whose bytes a
-    byte-level tokenizer splits across two blocks decodes as U+FFFD alone, so a trailing one is
-    held back until the next block completes it (or the last block prints it as it is)."""
-    tokens: list[list[int]] = [[] for _ in prompts]
-    shown = [""] * len(prompts)
+    stream = TextStream(tokenizer, num_blocks=num_blocks)
 
     def print_block(block) -> None:
-        for row, (prompt, new) in enumerate(zip(prompts, block.tokens, strict=True)):
-            tokens[row].extend(new.tolist())
-            text = tokenizer.decode(tokens[row], skip_special_tokens=True)
-            if block.index < num_blocks - 1:
-                text = text.rstrip("\ufffd")
-            added = text[len(shown[row]):] if text.startswith(shown[row]) else text
-            shown[row] = text
+        for prompt, added in zip(prompts, stream.add(block), strict=True):
             bar.write(f"block {block.index}: {prompt!r} -> {added!r}", file=sys.stdout)
         sys.stdout.flush()
 
