@@ -34,6 +34,10 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+    p.add_argument("--chat", action="store_true",
+                   help="wrap each prompt as a user turn in the tokenizer's chat template, with "
+                        "the assistant's turn opened (instruction-tuned models, e.g. "
+                        "LLaDA-8B-Instruct; a base model takes the text as it is)")
     p.add_argument("--strategy", default="credit", choices=["credit", "threshold", "factor", "llada"])
     p.add_argument("--gen-length", type=int, default=None,
                    help="tokens to generate (default: 16 on the embedded model, whose answers "
@@ -169,13 +173,27 @@ def _load(model_dir: str | None, device: str | None):
 
 def _prompts(args, tokenizer, device):
     prompts = args.prompt or ["0012+0034="]
+    texts = [_chat_turn(tokenizer, prompt) for prompt in prompts] if args.chat else prompts
     # Prompts of different lengths are padded (transformers tokenizers pad only when asked).
-    batch = tokenizer(prompts, return_tensors="pt", padding=len(prompts) > 1)
+    batch = tokenizer(texts, return_tensors="pt", padding=len(prompts) > 1)
     if hasattr(batch, "to"):
         batch = batch.to(device)
     ids = batch["input_ids"].to(device)
     mask = batch.get("attention_mask")
     return prompts, ids, None if mask is None else mask.to(device)
+
+
+def _chat_turn(tokenizer, prompt: str) -> str:
+    """`prompt` as a user turn of the tokenizer's chat template, the assistant's turn opened, as
+    text (tokenized as a plain prompt after, as LLaDA's own generate.py does)."""
+    if not callable(getattr(tokenizer, "apply_chat_template", None)) or not getattr(
+            tokenizer, "chat_template", None):
+        raise ValueError(f"--chat needs a tokenizer with a chat template, and this "
+                         f"{type(tokenizer).__name__} has none: drop --chat (a base model "
+                         f"takes the prompt as it is), or load an instruction-tuned "
+                         f"checkpoint whose tokenizer_config.json has one")
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
+                                         add_generation_prompt=True, tokenize=False)
 
 
 def _progress_bar(total: int | None):

@@ -200,20 +200,29 @@ def test_llada_sampler_options_reach_the_config():
     assert (config.cfg_scale, config.remasking, config.early_stop) == (1.5, "random", True)
 
 
-def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_lengths(tmp_path,
-                                                                                       capsys):
+def _digit_tokenizer():
+    """A transformers tokenizer over the default model's characters, with a chat template that
+    wraps a user turn in R...= and opens the assistant's turn with P."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from credit_compile.assets import load_default_model
-
-    model, _ = load_default_model()
     vocab = {c: i for i, c in enumerate("0123456789+=RSP?")}
     vocab.update({"<eos>": 30, "<mask>": 31})
     backend = Tokenizer(models.WordLevel(vocab, unk_token="?"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<eos>",
                                         pad_token="<eos>", mask_token="<mask>", unk_token="?")
+    tokenizer.chat_template = ("{% for m in messages %}R{{ m['content'] }}={% endfor %}"
+                               "{% if add_generation_prompt %}P{% endif %}")
+    return tokenizer
+
+
+def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_lengths(tmp_path,
+                                                                                       capsys):
+    from credit_compile.assets import load_default_model
+
+    model, _ = load_default_model()
+    tokenizer = _digit_tokenizer()  # right-padding, as transformers' default: the CLI sets left
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     prompts = ["--prompt", "0012+0034=", "--prompt", "S42="]
@@ -230,6 +239,36 @@ def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_le
     assert main(["generate", "--model", str(tmp_path), *prompts, "--eager", "--dtype",
                  "bfloat16", *SMALL]) == 0
     assert "compilation included" not in capsys.readouterr().out
+
+
+def test_chat_wraps_each_prompt_in_the_tokenizers_template(tmp_path, capsys):
+    import types
+
+    from credit_compile.assets import load_default_model
+    from credit_compile.cli import _prompts
+
+    tokenizer = _digit_tokenizer()
+    tokenizer.padding_side = "left"  # as the CLI's loader sets it
+    args = types.SimpleNamespace(prompt=["12", "345"], chat=True)
+    prompts, ids, mask = _prompts(args, tokenizer, "cpu")
+    assert prompts == ["12", "345"]  # printed as given
+    # R=12 1 2 '='=11 P=14, left-padded with <eos>=30
+    assert ids.tolist() == [[30, 12, 1, 2, 11, 14], [12, 3, 4, 5, 11, 14]]
+    assert mask.tolist() == [[0, 1, 1, 1, 1, 1], [1] * 6]
+    args.chat = False
+    assert _prompts(args, tokenizer, "cpu")[1].tolist() == [[30, 1, 2], [3, 4, 5]]
+    model, _ = load_default_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    assert main(["generate", "--model", str(tmp_path), "--chat", "--prompt", "12", *SMALL]) == 0
+    assert "'12' -> " in capsys.readouterr().out
+
+
+def test_chat_without_a_template_is_a_clear_error(capsys):
+    # The embedded model's tokenizer has none.
+    assert main(["generate", "--chat", "--prompt", "12", *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert "--chat needs a tokenizer with a chat template" in err and "drop --chat" in err
 
 
 def test_bench_passes_on_a_script_exit_message(tmp_path, capsys, monkeypatch):
