@@ -326,6 +326,7 @@ class OptimizedModel(nn.Module):
         """The cached runner for these shapes, loaded with `fresh`'s prompts."""
         runner, initial = self._runner_for(fresh, trace)
         runner.reload(initial)
+        runner.schedule.use_refresh_every(fresh.config.kv_cache_refresh)
         # Prompts of one bucket share the runner but not their bucket padding.
         runner.state.output_start = fresh.state.output_start
         runner.state.output_rows = fresh.state.output_rows
@@ -454,7 +455,8 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     in those share one step: the seed and dtype (read before the step), the buckets (their
     shapes are in the key), `steps`, `factor` and the credit fields outside their strategies,
     `tau` in "llada" and "factor", `credit_slots` outside sparse credit, and
-    `compile_layers_once` without compile.
+    `compile_layers_once` without compile, and `kv_cache_refresh` but for 1 (the host places
+    the refreshes, through the runner's schedule, set per call; 1 compiles no cached step).
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `host_sync_every` is
     the number of steps captured per replay, and stays)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
@@ -475,6 +477,8 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
         drop["sync_every"] = config.host_sync_every
     if not config.compile:
         drop["compile_layers_once"] = False
+    if config.kv_cache_refresh != 1:
+        drop["kv_cache_refresh"] = None
     return dataclasses.replace(config, **drop)
 
 

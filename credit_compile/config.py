@@ -108,8 +108,9 @@ class DecodeConfig:
             kv_cache="none"). The host places the refreshes, so on CUDA completion is checked
             every gcd(sync_every, k) steps (`host_sync_every`, also the steps per CUDA graph):
             choose k a multiple or a divisor of `sync_every`, or every step is checked (with
-            CUDA graphs, a warning says so). A call overriding kv_cache="none" drops the
-            refresh with the cache.
+            CUDA graphs, a warning says so). k=1 leaves the host nothing to place and keeps
+            `sync_every`. Calls differing only in k (other than 1) share one compiled step. A
+            call overriding kv_cache="none" drops the refresh with the cache.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.
             `generate(trace=True)`, which reads every step on the host, runs without graphs.
@@ -211,12 +212,16 @@ class DecodeConfig:
     @property
     def host_sync_every(self) -> int:
         """`sync_every` as the fast path applies it: 1 where idle steps inside a block would
-        draw random numbers (a KV cache with the "llada" sampler's random draws)."""
+        draw random numbers (a KV cache with the "llada" sampler's random draws), and
+        gcd(sync_every, kv_cache_refresh) where the host places refreshes."""
         random_draws = self.strategy == "llada" and (
             self.temperature != 0 or self.remasking == "random")
-        if self.kv_cache != "none" and random_draws:
+        # A refresh at every step leaves no cached step: none idle, none for the host to place.
+        if self.kv_cache == "none" or self.kv_cache_refresh == 1:
+            return self.sync_every
+        if random_draws:
             return 1
-        if self.kv_cache != "none" and self.kv_cache_refresh is not None:
+        if self.kv_cache_refresh is not None:
             # Windows start at multiples of this within a block, so a refresh always opens one.
             return math.gcd(self.sync_every, self.kv_cache_refresh)
         return self.sync_every

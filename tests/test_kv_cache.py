@@ -398,6 +398,23 @@ def test_it_is_part_of_the_step_key():
     assert fast.cached_steps == 3
 
 
+def test_calls_differing_only_in_the_refresh_interval_share_a_step():
+    # The host places the refreshes; only an interval of 1 (no cached step) compiles anew.
+    model = layered_model(2, seed=1)
+    decode = dict(gen_length=16, block_length=8, kv_cache="dual", strategy="llada", steps=16)
+    fast = cc.optimize(model, **decode)
+    ids, mask = token_prompts(3, 6, seed=2)
+    outputs = {}
+    for refresh, cached_steps in ((2, 1), (3, 1), (None, 1), (1, 2), (3, 2)):
+        out = fast.generate(ids, mask, kv_cache_refresh=refresh)
+        assert fast.cached_steps == cached_steps
+        ref = cc.generate_reference(model, ids, mask, kv_cache_refresh=refresh, **decode)
+        assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+        outputs[refresh] = out.sequences
+    # The intervals decode differently here, so a schedule left at the first call's would fail.
+    assert not torch.equal(outputs[2], outputs[3]) and not torch.equal(outputs[3], outputs[None])
+
+
 def test_random_draws_are_checked_after_every_step():
     gumbel = cc.DecodeConfig(strategy="llada", temperature=0.5, kv_cache="dual", sync_every=4)
     assert gumbel.host_sync_every == 1
@@ -405,9 +422,11 @@ def test_random_draws_are_checked_after_every_step():
     assert gumbel.replace(temperature=0.0).host_sync_every == 4  # greedy: no draws
     assert gumbel.replace(kv_cache="none").host_sync_every == 4
     assert gumbel.replace(kv_cache_refresh=6).host_sync_every == 1  # draws: every step anyway
+    # Every step a refresh: no cached step, so none idle and none for the host to place.
+    assert gumbel.replace(kv_cache_refresh=1).host_sync_every == 4
     greedy = gumbel.replace(temperature=0.0)
     assert [greedy.replace(kv_cache_refresh=k).host_sync_every for k in (1, 2, 3, 4, 8, 6)] == \
-        [1, 2, 1, 4, 4, 2]
+        [4, 2, 1, 4, 4, 2]
 
 
 def test_other_models_are_refused_naming_the_fix():

@@ -217,11 +217,14 @@ def graphs_on_cpu(monkeypatch):
     # Refreshes every 2 steps: replays of 2 (gcd(4, 2)), each refresh opening one.
     pytest.param(dict(strategy="llada", steps=8, kv_cache="dual", kv_cache_refresh=2,
                       sync_every=4), marks=pytest.mark.slow),
+    # A refresh at every step: no cached step, so replays of sync_every steps, draws included.
+    pytest.param(dict(strategy="llada", kv_cache="dual", kv_cache_refresh=1, temperature=0.7,
+                      seed=5, sync_every=4), marks=pytest.mark.slow),
 ], ids=["credit-dense", "credit-sparse-sync3", "threshold-sync5", "llada", "llada-sync3",
         "llada-gumbel-seeded", "llada-random-remasking-seeded", "llada-gumbel-global-seed",
         "credit-layers-once-sync2", "credit-dual-cache-sync3", "llada-dual-cache-sync3",
         "llada-dual-cache-gumbel", "factor-dual-cache-sync3", "credit-prompt-cache-sync3",
-        "llada-dual-cache-refresh2"])
+        "llada-dual-cache-refresh2", "llada-gumbel-refresh1-sync4"])
 def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
     kwargs = dict(config, gen_length=16, block_length=8)
@@ -253,7 +256,7 @@ def test_a_refresh_sharing_no_factor_with_sync_every_is_named():
 
     cached = cc.DecodeConfig(kv_cache="dual", sync_every=4)
     assert [refresh_checks_every_step(cached.replace(kv_cache_refresh=k))
-            for k in (None, 1, 2, 3, 5, 8)] == [False, True, False, True, True, False]
+            for k in (None, 1, 2, 3, 5, 8)] == [False, False, False, True, True, False]
     assert not refresh_checks_every_step(cached.replace(kv_cache_refresh=3, sync_every=1))
     # Random draws check every step anyway: the refresh is not the cause.
     assert not refresh_checks_every_step(cached.replace(kv_cache_refresh=3, strategy="llada",
@@ -273,6 +276,27 @@ def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on
     assert fast.last_stats["runner"] == "cuda_graph"
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
+@pytest.mark.slow  # compiles three cached models' steps; main stack only
+def test_calls_differing_in_kv_cache_refresh_share_graphs_of_one_replay_length(graphs_on_cpu):
+    # Refreshing every 2 or every 6 steps of a block, with sync_every=4, replays 2 steps a time
+    # (gcd): the same graphs, the host placing the refreshes. Every 4 (None) or every step (1)
+    # needs graphs of their own.
+    model = build_model(get_config("tiny", init_std=0.5), seed=1)
+    kwargs = dict(strategy="llada", steps=16, gen_length=16, block_length=8, kv_cache="dual",
+                  sync_every=4)
+    fast = cc.optimize(model, cuda_graphs="on", **kwargs)
+    ids, mask = prompts(3, 6, "cpu", padded=True, seed=2)
+    outputs = {}
+    for refresh, cached_steps in ((2, 1), (6, 1), (2, 1), (None, 2), (1, 3)):
+        out = fast.generate(ids, mask, kv_cache_refresh=refresh)
+        assert fast.last_stats["runner"] == "cuda_graph" and fast.cached_steps == cached_steps
+        ref = cc.generate_reference(model, ids, mask, kv_cache_refresh=refresh, **kwargs)
+        assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+        outputs[refresh] = out.sequences
+    # The intervals decode differently here, so a schedule left at the first call's would fail.
+    assert not torch.equal(outputs[2], outputs[6])
 
 
 @needs_cuda

@@ -28,6 +28,9 @@ class SingleStep:
     def synced(self) -> None:
         """Called after each host completion check that found decoding unfinished."""
 
+    def use_refresh_every(self, refresh_every: int | None) -> None:
+        """A call's `kv_cache_refresh`: calls differing only in it share a compiled step."""
+
     def reset(self) -> None:
         """Called when new prompts are loaded."""
 
@@ -66,6 +69,14 @@ class CacheSchedule(SingleStep):
 
     def reset(self) -> None:
         self._refresh_due = True
+
+    def use_refresh_every(self, refresh_every: int | None) -> None:
+        # Every interval but 1 runs the same two steps, and the same graphs for one
+        # host_sync_every (which the step key holds); 1 runs the refresh alone.
+        if (refresh_every == 1) != (self.refresh_every == 1):
+            raise ValueError(f"kv_cache_refresh={refresh_every!r} needs a step of its own: this "
+                             f"one was built for {self.refresh_every!r}")
+        self.refresh_every = refresh_every
 
 
 def make_schedule(config: DecodeConfig, state: DecodeState) -> SingleStep:
