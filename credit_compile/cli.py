@@ -61,6 +61,11 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="which tokens --strategy llada commits each step")
     p.add_argument("--early-stop", action="store_true",
                    help="stop a row once it has committed end-of-text with no mask before it")
+    p.add_argument("--suppress-tokens", type=int, nargs="+", default=None, metavar="ID",
+                   help="token ids never proposed (LLaDA's logits_eos_inf: 126081 on LLaDA-8B)")
+    p.add_argument("--commit-last-tokens", type=int, nargs="+", default=None, metavar="ID",
+                   help="--strategy llada: proposals of these ids commit last (LLaDA's "
+                        "confidence_eos_eot_inf: 126081 126348 on LLaDA-8B-Instruct)")
     p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"])
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--compile-layers-once", action="store_true",
@@ -101,7 +106,8 @@ def _decode_config(args):
         steps=args.steps, alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau=args.tau,
         factor=args.factor,
         temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-        early_stop=args.early_stop, credit_layout=args.credit_layout,
+        early_stop=args.early_stop, suppress_tokens=args.suppress_tokens,
+        commit_last_tokens=args.commit_last_tokens, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
         compile_layers_once=args.compile_layers_once, kv_cache=args.kv_cache,
         kv_cache_refresh=args.kv_cache_refresh, dtype=args.dtype, seed=args.seed,

@@ -64,6 +64,18 @@ class DecodeConfig:
             the model's config, which may list several.
         early_stop: once a row has committed an end-of-text token with no mask before it, fill the
             rest of its canvas with end-of-text and stop decoding it.
+        suppress_tokens: token ids never proposed, in every strategy: their logits are -inf at
+            every step, as the mask token's (transformers' name). LLaDA's official
+            `logits_eos_inf=True` (Appendix B.4 of the paper: an instruction-tuned model
+            otherwise ends its answers too early) is suppress_tokens=(126081,) on LLaDA-8B.
+            A row cannot end on a suppressed end-of-text token, so `early_stop` with every
+            end-of-text id suppressed is refused.
+        commit_last_tokens: "llada" with low-confidence remasking only: a proposal of one of
+            these ids has confidence 0 (the confidence softmax leaves them out, as it leaves out
+            the mask token), so a step commits it only when its count leaves no other choice.
+            LLaDA's official `confidence_eos_eot_inf=True` aims at end-of-text 126081 and
+            end-of-turn 126348 on LLaDA-8B-Instruct (its code, as written, takes out 126348
+            only).
         credit_layout: "sparse" (default) keeps `credit_slots` (token id, credit) pairs per
             position, exact when `credit_slots >= block_length`; "dense" keeps a float32 credit of
             shape [batch, block, vocab] (as dInfer). Sparse is the default by measurement: on an
@@ -152,6 +164,8 @@ class DecodeConfig:
     mask_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
     early_stop: bool = False
+    suppress_tokens: tuple[int, ...] | None = None
+    commit_last_tokens: tuple[int, ...] | None = None
     credit_layout: CreditLayout = "sparse"
     credit_slots: int | None = None
     dtype: str | None = None
@@ -168,6 +182,12 @@ class DecodeConfig:
     def __post_init__(self) -> None:
         if isinstance(self.eos_token_id, list):  # hashable, as the step cache keys need
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        for name in _TOKEN_SET_FIELDS:  # a tuple, hashable; one id as a tuple of one
+            value = getattr(self, name)
+            if isinstance(value, list):
+                object.__setattr__(self, name, tuple(value))
+            elif isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                object.__setattr__(self, name, (value,))
         # numpy scalars (a sweep's np.arange, np.float32 from a config file) as Python numbers:
         # they would otherwise fail the int checks with a message that reads as nonsense.
         for name in _INT_FIELDS:
@@ -327,6 +347,18 @@ class DecodeConfig:
         eos_ids = eos if isinstance(eos, tuple) and eos else (eos,)
         need(eos is None or all(_is_count(v) and v >= 0 for v in eos_ids),
              f"eos_token_id={eos!r}: use a non-negative integer, a tuple of them, or None")
+        for name in _TOKEN_SET_FIELDS:
+            ids = getattr(self, name)
+            need(ids is None or (isinstance(ids, tuple) and ids and all(
+                _is_count(v) and v >= 0 for v in ids)),
+                f"{name}={ids!r}: use a token id, a tuple or list of them (non-negative "
+                f"integers), or None")
+        if self.commit_last_tokens is not None:
+            need(self.strategy == "llada" and self.remasking == "low_confidence",
+                 f"commit_last_tokens with strategy={self.strategy!r}, remasking="
+                 f"{self.remasking!r}: it orders the commits of the 'llada' sampler's "
+                 f"low-confidence remasking; elsewhere use suppress_tokens (never proposed), "
+                 f"or leave it None")
 
 
 # transformers' generate() names users bring along, and ours for the same thing.
@@ -339,8 +371,10 @@ _HF_NAMES = {
 }
 
 
+_TOKEN_SET_FIELDS = ("suppress_tokens", "commit_last_tokens")
 _INT_FIELDS = ("gen_length", "block_length", "steps", "sync_every", "credit_slots", "mask_id",
-               "seed", "prompt_bucket", "batch_bucket", "eos_token_id", "kv_cache_refresh")
+               "seed", "prompt_bucket", "batch_bucket", "eos_token_id", "kv_cache_refresh",
+               *_TOKEN_SET_FIELDS)
 _REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "temperature", "cfg_scale")
 _FLOAT32_MAX = 3.4028234663852886e38
 

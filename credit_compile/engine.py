@@ -62,6 +62,7 @@ class GenerationSetup:
         step = functools.partial(
             denoise_step, self.forward, self.strategy, self.state,
             cfg_scale=self.config.cfg_scale, eos_ids=self.eos_ids,
+            suppress_ids=self.config.suppress_tokens,
         )
         if self.kv_cache_layout is None:
             return {"step": step}
@@ -118,6 +119,12 @@ def setup_generation(
     input_ids, attention_mask, bucket_padding = pad_prompts_to_bucket(
         input_ids, attention_mask, config, info, pad_id=mask_id)
     input_ids, attention_mask, real_rows = pad_batch_to_bucket(input_ids, attention_mask, config)
+    for name in ("suppress_tokens", "commit_last_tokens"):
+        outside = [t for t in getattr(config, name) or () if t >= info.vocab_size]
+        if outside:
+            raise ValueError(
+                f"{name} holds {outside[0]}, outside the model's vocabulary of "
+                f"{info.vocab_size} tokens: pass this model's token ids")
     eos_ids = None
     if config.early_stop:
         eos_ids = token_ids(config.eos_token_id) if config.eos_token_id is not None \
@@ -139,6 +146,11 @@ def setup_generation(
                 f"{info.vocab_size} tokens, so early_stop would never fire: pass this model's "
                 f"end-of-text token"
             )
+        if set(eos_ids) <= set(config.suppress_tokens or ()):
+            raise ValueError(
+                f"early_stop=True ends a row on end-of-text {eos_ids}, which suppress_tokens "
+                f"never lets be proposed, so it would never fire: drop early_stop, or take "
+                f"the end-of-text token out of suppress_tokens")
     state = prepare_state(
         input_ids, attention_mask,
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask_id,

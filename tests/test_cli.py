@@ -295,14 +295,17 @@ def test_every_decode_flag_reaches_the_config():
                      "--alpha", "0.5", "--beta", "0.6", "--gamma", "0.3", "--tau", "0.85",
                      "--credit-layout", "dense", "--no-compile", "--cuda-graphs", "off",
                      "--seed", "7", "--prompt-bucket", "16", "--batch-bucket", "4",
-                     "--dtype", "bfloat16", "--early-stop")
+                     "--dtype", "bfloat16", "--early-stop", "--suppress-tokens", "3", "5")
     got = {k: getattr(config, k) for k in (
         "gen_length", "block_length", "alpha", "beta", "gamma", "tau", "credit_layout", "compile",
-        "cuda_graphs", "seed", "prompt_bucket", "batch_bucket", "dtype", "early_stop")}
+        "cuda_graphs", "seed", "prompt_bucket", "batch_bucket", "dtype", "early_stop",
+        "suppress_tokens")}
     assert got == dict(gen_length=32, block_length=8, alpha=0.5, beta=0.6, gamma=0.3, tau=0.85,
                        credit_layout="dense", compile=False, cuda_graphs="off", seed=7,
-                       prompt_bucket=16, batch_bucket=4, dtype="bfloat16", early_stop=True)
+                       prompt_bucket=16, batch_bucket=4, dtype="bfloat16", early_stop=True,
+                       suppress_tokens=(3, 5))
     assert _config().compile is True
+    assert _config("--strategy", "llada", "--commit-last-tokens", "9").commit_last_tokens == (9,)
 
 
 def test_gen_and_block_length_defaults_depend_on_the_model():

@@ -12,9 +12,11 @@ and steps, written from the spec:
   the longest run of the sorted confidences with c_i >= 1 - factor/(i+1) for i >= 2; the most
   confident always commits.
 - LLaDA (temperature 0): per block, `steps_per_block` steps; each commits the k most confident
-  masked positions of the block, k = the block's masks at its start split evenly over the steps,
-  the first (masks % steps) steps taking one more; CFG combines un + (s+1)*(cond - un) with the
-  prompt masked in the unconditional branch.
+  masked positions of the block (ties by position), k = the block's masks at its start split
+  evenly over the steps, the first (masks % steps) steps taking one more; CFG combines
+  un + (s+1)*(cond - un) with the prompt masked in the unconditional branch.
+- Token options: `suppress_tokens` are never proposed (their logits -inf, as the mask token's);
+  `commit_last_tokens` (LLaDA) leave the confidence softmax, so their proposals score 0.
 
 A batch decodes its blocks together: a row that has filled the current block waits for the others.
 """
@@ -32,8 +34,10 @@ MASK = 39
 
 
 class SpecDecoder:
-    def __init__(self, model, input_ids, attention_mask, gen_length, block_length):
+    def __init__(self, model, input_ids, attention_mask, gen_length, block_length,
+                 suppress=()):
         batch, prompt_length = input_ids.shape
+        self.suppress = list(suppress)
         self.model, self.block_length = model, block_length
         self.prompt_length, self.blocks = prompt_length, gen_length // block_length
         self.x = torch.full((batch, prompt_length + gen_length), MASK, dtype=torch.long)
@@ -56,7 +60,7 @@ class SpecDecoder:
             unconditional[:, :self.prompt_length] = MASK
             un = run(unconditional)
             cond = un + (cfg_scale + 1) * (cond - un)
-        cond[..., MASK] = float("-inf")
+        cond[..., [MASK, *self.suppress]] = float("-inf")
         return cond
 
     def span(self, block):
@@ -120,7 +124,7 @@ class SpecDecoder:
                 self.commit(block, chosen, tokens)
         return self
 
-    def llada(self, steps, cfg_scale):
+    def llada(self, steps, cfg_scale, commit_last=()):
         per_block = steps // self.blocks
         for block in range(self.blocks):
             start, end = self.span(block)
@@ -128,17 +132,27 @@ class SpecDecoder:
             for step in range(per_block):
                 logits = self.logits(cfg_scale)[:, start:end]
                 masked = self.x[:, start:end] == MASK
-                confidence, tokens = torch.softmax(logits, -1).max(-1)
+                tokens = logits.argmax(-1)
+                scored = logits.clone()
+                scored[..., list(commit_last)] = float("-inf")
+                confidence = torch.softmax(scored, -1).gather(-1, tokens[..., None])[..., 0]
                 confidence = torch.where(masked, confidence, float("-inf"))
                 chosen = []
                 for row in range(self.x.shape[0]):
                     base, extra = divmod(int(counts[row]), per_block)
                     k = base + (1 if step < extra else 0)
                     picked = torch.zeros(self.block_length, dtype=torch.bool)
-                    picked[confidence[row].topk(k).indices] = True
+                    # Ties (commit-last proposals all score 0) by position.
+                    order = sorted(range(self.block_length),
+                                   key=lambda i, row=row: -float(confidence[row][i]))
+                    picked[order[:k]] = True
                     chosen.append(picked)
                 self.commit(block, chosen, tokens)
         return self
+
+
+# No option, or ids of this model's tokens (its vocabulary: 0..39, 39 the mask).
+SUPPRESS = st.sampled_from([(), (), (0, 5, 17), tuple(range(0, 39, 2))])
 
 
 def prompts(batch, length, seed, padded):
@@ -164,16 +178,19 @@ def reference_steps(out):
     alpha=st.sampled_from([0.0, 0.7, 2.0]), beta=st.sampled_from([0.0, 0.5, 0.8, 1.0]),
     gamma=st.sampled_from([0.2, 1.0]), tau=st.sampled_from([0.5, 0.9, 1.0]),
     layout=st.sampled_from(["dense", "sparse"]), sharpness=st.sampled_from([0.5, 1.5, 3.0]),
+    suppress=SUPPRESS,
 )
 def test_credit_and_threshold_follow_the_spec(batch, length, seed, padded, blocks, alpha, beta,
-                                              gamma, tau, layout, sharpness):
+                                              gamma, tau, layout, sharpness, suppress):
     gen_length, block_length = blocks
     model = ContextMixModel(seed=seed % 5, sharpness=sharpness)
     ids, mask = prompts(batch, length, seed, padded)
-    spec = SpecDecoder(model, ids, mask, gen_length, block_length).credit(alpha, beta, gamma, tau)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length, suppress).credit(
+        alpha, beta, gamma, tau)
     out = cc.generate_reference(model, ids, mask, gen_length=gen_length, block_length=block_length,
                                 alpha=alpha, beta=beta, gamma=gamma, tau=tau,
-                                credit_layout=layout, trace=True)
+                                credit_layout=layout, suppress_tokens=suppress or None,
+                                trace=True)
     assert torch.equal(out.sequences, spec.x)
     assert reference_steps(out) == spec.steps  # the same positions at every step
     assert out.nfe == len(spec.steps)
@@ -184,14 +201,17 @@ def test_credit_and_threshold_follow_the_spec(batch, length, seed, padded, block
     batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
     padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8), (6, 3)]),
     factor=st.sampled_from([0.1, 0.5, 1.0, 2.0, 4.0]), sharpness=st.sampled_from([1.5, 3.0, 6.0]),
+    suppress=SUPPRESS,
 )
-def test_factor_decoding_follows_the_spec(batch, length, seed, padded, blocks, factor, sharpness):
+def test_factor_decoding_follows_the_spec(batch, length, seed, padded, blocks, factor, sharpness,
+                                          suppress):
     gen_length, block_length = blocks
     model = ContextMixModel(seed=seed % 5, sharpness=sharpness)
     ids, mask = prompts(batch, length, seed, padded)
-    spec = SpecDecoder(model, ids, mask, gen_length, block_length).factor(factor)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length, suppress).factor(factor)
     out = cc.generate_reference(model, ids, mask, strategy="factor", factor=factor,
-                                gen_length=gen_length, block_length=block_length, trace=True)
+                                gen_length=gen_length, block_length=block_length,
+                                suppress_tokens=suppress or None, trace=True)
     assert torch.equal(out.sequences, spec.x)
     assert reference_steps(out) == spec.steps
     assert out.nfe == len(spec.steps)
@@ -202,17 +222,20 @@ def test_factor_decoding_follows_the_spec(batch, length, seed, padded, blocks, f
     batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
     padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8)]),
     steps_per_block=st.sampled_from([1, 3, 4]), cfg_scale=st.sampled_from([0.0, 1.5]),
+    suppress=SUPPRESS, commit_last=SUPPRESS,
 )
 def test_llada_greedy_sampler_follows_the_spec(batch, length, seed, padded, blocks,
-                                              steps_per_block, cfg_scale):
+                                              steps_per_block, cfg_scale, suppress, commit_last):
     gen_length, block_length = blocks
     steps = steps_per_block * (gen_length // block_length)
     model = ContextMixModel(seed=seed % 5)
     ids, mask = prompts(batch, length, seed, padded)
-    spec = SpecDecoder(model, ids, mask, gen_length, block_length).llada(steps, cfg_scale)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length, suppress).llada(
+        steps, cfg_scale, commit_last)
     out = cc.generate_reference(model, ids, mask, strategy="llada", gen_length=gen_length,
                                 block_length=block_length, steps=steps, cfg_scale=cfg_scale,
-                                trace=True)
+                                suppress_tokens=suppress or None,
+                                commit_last_tokens=commit_last or None, trace=True)
     assert torch.equal(out.sequences, spec.x)
     assert reference_steps(out) == spec.steps
     assert out.nfe == steps

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from .state import DecodeState
-from .strategies import Strategy
+from .strategies import Strategy, without_tokens_sync_free
 
 # forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]; a model with a KV cache
 # also takes kv_cache=(keys, values) and cache_positions= (see LLaDAModelLM.forward_hidden).
@@ -83,10 +83,11 @@ def denoise_step(
     *,
     cfg_scale: float = 0.0,
     eos_ids: tuple[int, ...] | None = None,
+    suppress_ids: tuple[int, ...] | None = None,
     cache_phase: CachePhase = None,
     cached_span: CachedSpan = "dual",
 ) -> None:
-    """Run one denoising step on `state`, in place.
+    """Run one denoising step on `state`, in place. `suppress_ids` are never proposed.
 
     A "cached" step at a block's first step (`step_in_block == 0`: the block began inside a
     window of unchecked steps) changes nothing, like a step after completion: that block's first
@@ -100,6 +101,8 @@ def denoise_step(
     positions = state.gen_start + block * block_length + state.block_offsets
 
     logits = block_logits(forward, state, positions, cfg_scale, cache_phase, cached_span)
+    if suppress_ids is not None:
+        logits = without_tokens_sync_free(logits, suppress_ids)
     current = state.x.index_select(1, positions)
     masked = (current == mask_id) & active
     x0, conf = strategy.propose(logits, masked, state)

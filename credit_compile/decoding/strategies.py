@@ -166,7 +166,8 @@ class LLaDAStrategy(Strategy):
     as the official code whenever p(mask) is negligible, as in a trained model. Random draws
     (Gumbel noise, random remasking) cover the current block only, not the whole sequence, so a
     seed draws other numbers than the official code does, from the same distribution. The
-    official chat options `logits_eos_inf` and `confidence_eos_eot_inf` are not implemented.
+    official options `logits_eos_inf` and `confidence_eos_eot_inf` are `suppress_tokens` (every
+    strategy, applied by the step) and `commit_last_tokens` (here) with the ids given.
     """
 
     name = "llada"
@@ -181,6 +182,8 @@ class LLaDAStrategy(Strategy):
         logits = masked_vocab_logits(block_logits, self.mask_id)
         x0 = add_gumbel_noise(logits, cfg.temperature).argmax(-1)
         if cfg.remasking == "low_confidence":
+            if cfg.commit_last_tokens is not None:  # their proposals' confidence: 0
+                logits = without_tokens_sync_free(logits, cfg.commit_last_tokens)
             conf = torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
         else:
             conf = torch.rand(x0.shape, device=x0.device)
@@ -200,6 +203,17 @@ class LLaDAStrategy(Strategy):
 
     def max_steps(self) -> int:
         return self.config.total_steps
+
+
+def without_tokens_sync_free(logits: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
+    """`logits` with the columns of `token_ids` at -inf: a softmax leaves them out and an argmax
+    never picks them. The ids are compared with an arange, as the mask token's column is: no
+    host-to-device copy, which a CUDA graph could not capture."""
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    hit = vocab == token_ids[0]
+    for token_id in token_ids[1:]:
+        hit = hit | (vocab == token_id)
+    return logits.masked_fill(hit, NEG_INF)
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
