@@ -352,6 +352,35 @@ def test_mask_column_never_chosen(layout):
         assert (dense[..., MASK_ID] == 0).all(), name
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_suppressed_columns_at_minus_infinity(layout):
+    """`suppress_tokens` reach the op as -inf logits: whole tiles of them (the first 300
+    columns: every tile of the split launch's first chunk, a tile of 128) must not turn the
+    running softmax into NaN, and none is chosen."""
+    batch, block, vocab = 2, 3, 700
+    logits = make_logits(batch, block, vocab, torch.float32, 6)
+    logits[..., :300] = float("-inf")
+    logits[..., 450] = float("-inf")
+    impls = implementations(layout)
+    if TRITON_PROBLEM is None:
+        impls.append(("triton_tile_128", triton_launcher(layout, block_v=128)))
+    for name, impl in impls:
+        state_ref = fresh_state(layout, batch, block, vocab)
+        state = fresh_state(layout, batch, block, vocab, device=DEV)
+        masked = torch.ones(batch, block, dtype=torch.bool)
+        for step in range(3):
+            f = step == 0
+            ref = reference_fn(layout)(logits, *state_ref, masked, torch.tensor(f), 0.7, 0.8,
+                                       0.2, MASK_ID)
+            x0, conf = impl(logits.to(DEV), *state, masked.to(DEV), torch.tensor(f, device=DEV),
+                            0.7, 0.8, 0.2, MASK_ID)
+            assert ((x0.cpu() >= 300) & (x0.cpu() != 450)).all(), name
+            assert torch.equal(x0.cpu(), ref[0]), name
+            assert torch.isfinite(conf).all(), name
+            torch.testing.assert_close(conf.cpu(), ref[1], atol=1e-6, rtol=1e-5)
+        assert_state(layout, state, state_ref, 1e-6, 1e-5)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_alpha_zero_is_plain_softmax(layout, dtype):
