@@ -325,7 +325,7 @@ class DecodeConfig:
                  f"cache to refresh; set kv_cache='prompt' or 'dual', or leave it None")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
-        for name in ("compile", "compile_layers_once"):
+        for name in ("early_stop", "compile", "compile_layers_once"):
             need(isinstance(getattr(self, name), bool),
                  f"{name}={getattr(self, name)!r}: use True or False")
         need(self.compile or self.cuda_graphs != "on",

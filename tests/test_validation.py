@@ -120,6 +120,9 @@ CONFIG_ERRORS = [
      r"compile=True, or cuda_graphs='auto'"),
     (dict(compile="yes"), r"compile='yes': use True or False"),
     (dict(compile_layers_once=1), r"compile_layers_once=1: use True or False"),
+    # A string from a config file: "false" is truthy, and would have turned early stop on.
+    (dict(early_stop="false"), r"early_stop='false': use True or False"),
+    (dict(early_stop=[]), r"early_stop=\[\]: use True or False"),
     (dict(dtype="float64"), r"dtype='float64': use one of"),
     # Counts.
     (dict(gen_length=0), r"gen_length=0: use a positive integer"),
