@@ -271,7 +271,8 @@ def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on
     fast = cc.optimize(model, cuda_graphs="on", **kwargs)
     ids, mask = prompts(2, 6, "cpu", padded=True, seed=2)
     with pytest.warns(UserWarning, match=r"kv_cache_refresh=3 and sync_every=4 share no factor"
-                                         r".*a multiple or a divisor of sync_every"):
+                                         r".*one step per replay.*a multiple or a divisor of "
+                                         r"sync_every"):
         out = fast.generate(ids, mask)
     assert fast.last_stats["runner"] == "cuda_graph"
     ref = cc.generate_reference(model, ids, mask, **kwargs)
@@ -297,6 +298,20 @@ def test_calls_differing_in_kv_cache_refresh_share_graphs_of_one_replay_length(g
         outputs[refresh] = out.sequences
     # The intervals decode differently here, so a schedule left at the first call's would fail.
     assert not torch.equal(outputs[2], outputs[6])
+
+
+@needs_cuda
+@pytest.mark.parametrize("compile_step", [False, True])
+def test_a_refresh_sharing_no_factor_warns_on_cuda_without_graphs(compile_step):
+    # Without graphs the host still syncs at every check, so every step.
+    model = build_model(get_config("tiny", init_std=0.5), device="cuda", seed=1)
+    kwargs = dict(gen_length=16, block_length=8, kv_cache="dual", kv_cache_refresh=3,
+                  sync_every=4)
+    fast = cc.optimize(model, cuda_graphs="off", compile=compile_step, **kwargs)
+    ids, mask = prompts(2, 6, "cuda", padded=True, seed=2)
+    with pytest.warns(UserWarning, match=r"kv_cache_refresh=3 and sync_every=4 share no factor"):
+        out = fast.generate(ids, mask)
+    assert torch.equal(out.sequences, cc.generate_reference(model, ids, mask, **kwargs).sequences)
 
 
 @needs_cuda
