@@ -261,19 +261,25 @@ def test_a_cached_step_at_a_blocks_first_step_changes_nothing(kv_cache):
 
 
 @pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+@pytest.mark.parametrize("strategy", [
+    dict(strategy="credit"), dict(strategy="threshold"), dict(strategy="llada"),
+    # One step per block: every step leaves its block, so an idle cached step at a block's first
+    # step must not move decoding on (it did, skipping blocks, when a mutant let it).
+    dict(strategy="llada", steps=4)], ids=["credit", "threshold", "llada", "llada-1-per-block"])
 def test_windows_of_unchecked_steps_decode_as_checking_every_step(strategy, kv_cache):
     # Blocks end inside windows of 3: the idle cached steps after them wait for the refresh.
     model = layered_model(2, seed=3)
     ids, mask = token_prompts(3, 5, seed=6)
-    config = cc.DecodeConfig(strategy=strategy, gen_length=16, block_length=4,
-                             kv_cache=kv_cache)
-    ref = cc.generate_reference(model, ids, mask, config)
+    config = cc.DecodeConfig(**strategy, gen_length=16, block_length=4, kv_cache=kv_cache)
+    ref = cc.generate_reference(model, ids, mask, config, trace=True)
     runner = EagerStepRunner(setup_generation(model, ids, mask, config))
     out = run_generation(runner.step, runner.state, max_steps=config.gen_length, sync_every=3,
-                         on_sync=runner.synced)
+                         on_sync=runner.synced, trace=True)
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
     assert out.steps_run > out.nfe  # some steps were idle
+    # The trace leaves the idle steps out: step for step the reference's.
+    assert [(s.block, s.committed) for s in out.trace] == [
+        (s.block, s.committed) for s in ref.trace]
 
 
 @pytest.mark.parametrize("strategy", [dict(strategy="threshold", tau=0.99),

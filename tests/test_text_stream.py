@@ -65,6 +65,24 @@ def test_the_pieces_add_up_to_the_whole_text(rows, block_length, known_blocks):
         assert "".join(p[row] for p in pieces) == data.decode("utf-8", errors="replace")
 
 
+class CleanUpTokenizer:
+    """a, space, comma, b by id (0 decodes to nothing), with a clean-up rule that looks back
+    ("a ," decodes as ","), as transformers' clean-up rules can: the text of more tokens can be
+    shorter than the text already returned."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join({0: "", 1: "a", 2: " ", 3: ",", 4: "b"}[i] for i in ids).replace(
+            "a ,", ",")
+
+
+def test_text_already_returned_is_never_returned_again():
+    # "a " is returned; "a ," decodes as ",", shorter than that; "a ,bb" as ",bb": only the
+    # part beyond the length returned comes out, never "a " again, never "bb" for one "b".
+    stream = cc.TextStream(CleanUpTokenizer(), num_blocks=3)
+    pieces = [stream.add(block)[0] for block in blocks_of([[1, 2, 3, 0, 4, 4]], 2)]
+    assert pieces == ["a ", "", "b"]
+
+
 def test_decode_kwargs_reach_the_tokenizer():
     block = blocks_of([[1, 9, 2]], 3)[0]
     assert cc.TextStream(DigitTokenizer()).add(block) == ["12"]
