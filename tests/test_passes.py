@@ -227,6 +227,20 @@ def mask_column_at_plus_inf(logits, credit, masked, first_step):
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
+def shifted_vocabulary(logits, credit, masked, first_step):
+    """arange(V, 2V): another vocabulary (ids V..2V-1); its `== V + MASK` masks column MASK,
+    which the op, given mask_id V + MASK, would not."""
+    vocab_size = logits.shape[-1]
+    raw = torch.where(torch.arange(vocab_size, 2 * vocab_size) == vocab_size + MASK,
+                      float("-inf"), logits.float())
+    top, prob = top1_and_prob(raw)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
 def unbatched(logits, credit, masked, first_step):
     """One sequence, 2-D logits and credit: the op's schema wants [B, Lb, V]."""
     return credit_step_dense_eager(logits[0], credit[0], masked[0], first_step, ALPHA, BETA, GAMMA, MASK)
@@ -261,7 +275,8 @@ def test_credit_fusion_reads_keyword_inputs():
                                 credit_read_mid_update, unbatched, float_vocabulary,
                                 credit_read_through_a_view, mask_written_after_the_increment,
                                 mask_written_by_setitem_after_the_increment,
-                                decay_not_reset_on_first_step, mask_column_at_plus_inf])
+                                decay_not_reset_on_first_step, mask_column_at_plus_inf,
+                                shifted_vocabulary])
 @pytest.mark.parametrize("first", [False, True])
 def test_credit_fusion_does_not_fire_on_near_misses(fn, first):
     compiled, graphs = compile_recording(fn, [CreditFusion()])
@@ -350,6 +365,15 @@ class HeadSlicingVocab(nn.Module):
         return self.linear(h).index_select(2, positions)  # columns, not positions
 
 
+class HeadSlicingRows(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(8, 24)
+
+    def forward(self, h, positions):
+        return self.linear(h).index_select(0, positions[:1] - 4)  # batch rows, not positions
+
+
 class HeadWithScaledLogitsUsedElsewhere(nn.Module):
     """The scaled full logits (an intermediate, not the linear's output) have a second user."""
 
@@ -362,7 +386,7 @@ class HeadWithScaledLogitsUsedElsewhere(nn.Module):
         return scaled.index_select(1, positions), scaled.sum()
 
 
-@pytest.mark.parametrize("module", [HeadWithFullLogits, HeadSlicingVocab,
+@pytest.mark.parametrize("module", [HeadWithFullLogits, HeadSlicingVocab, HeadSlicingRows,
                                     HeadWithScaledLogitsUsedElsewhere])
 def test_block_sliced_lm_head_does_not_fire_when_full_logits_are_needed(module):
     model = module()
@@ -410,6 +434,21 @@ def test_block_sliced_lm_head_does_not_move_in_place_ops_it_cannot(fn):
     assert pass_count("block_sliced_lm_head") == 0
     for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+def test_block_sliced_lm_head_fires_after_an_in_place_write_before_the_head():
+    # Writes before the matched chain change nothing it moves: only those inside it count.
+    def scale_hidden_then_head(h, weight, positions):
+        h = h.clone()
+        h.mul_(2.0)
+        return F.linear(h, weight).index_select(1, positions)
+
+    fn, _ = compile_recording(scale_hidden_then_head, [BlockSlicedLMHead()])
+    h, positions = head_inputs()
+    weight = torch.randn(24, 8)
+    out, ref = fn(h, weight, positions), scale_hidden_then_head(h, weight, positions)
+    assert pass_count("block_sliced_lm_head") == 1
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
 
 
 def test_block_sliced_lm_head_does_not_fire_when_h_changes_before_the_slice():
