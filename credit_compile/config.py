@@ -343,6 +343,10 @@ class DecodeConfig:
             v = getattr(self, name)
             need(v is None or (_is_count(v) and v >= 0),
                  f"{name}={v!r}: use a non-negative integer or None")
+        # torch.manual_seed takes 64 bits and would fail with "Overflow when unpacking long long".
+        need(not _is_count(self.seed) or self.seed < 2**64,
+             f"seed={self.seed!r} does not fit torch's 64-bit seed: use a seed below 2**64 "
+             f"(for example seed % 2**64)")
         eos = self.eos_token_id
         eos_ids = eos if isinstance(eos, tuple) and eos else (eos,)
         need(eos is None or all(_is_count(v) and v >= 0 for v in eos_ids),

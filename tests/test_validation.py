@@ -133,6 +133,8 @@ CONFIG_ERRORS = [
     (dict(credit_slots=0), r"use a positive integer or None \(exact\)"),
     (dict(mask_id=-3), r"mask_id=-3: use a non-negative integer or None"),
     (dict(seed=-1), r"seed=-1: use a non-negative integer or None"),
+    (dict(seed=2**64), r"seed=18446744073709551616 does not fit torch's 64-bit seed: use a seed "
+                       r"below 2\*\*64"),
     (dict(prompt_bucket=0), r"prompt_bucket=0: use a positive number of tokens .* or None"),
     (dict(prompt_bucket=-8), r"prompt_bucket=-8: use a positive number of tokens"),
     (dict(prompt_bucket=16.0), r"prompt_bucket=16.0: use a positive number of tokens"),
