@@ -362,6 +362,14 @@ class OptimizedModel(nn.Module):
         # The end-of-text ids as resolved (from the model's config when the call gives none).
         key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
                state.device, _step_config(config, graphs), fresh.eos_ids, torch_settings_key())
+        if (graphs or state.device.type == "cuda") and refresh_checks_every_step(config):
+            # Per call: a step built for another interval (not in the key) may serve this one.
+            warn_user(
+                f"kv_cache_refresh={config.kv_cache_refresh} and sync_every="
+                f"{config.sync_every} share no factor, so completion is checked after every "
+                f"step, a host sync each (each refresh must open a window of unchecked "
+                f"steps; with CUDA graphs, one step per replay): choose kv_cache_refresh a "
+                f"multiple or a divisor of sync_every")
         runner = self._runners.get(key)
         initial = state.tensors()
         if runner is not None:
@@ -376,13 +384,6 @@ class OptimizedModel(nn.Module):
             backend = make_backend(config=config) if config.compile else None
             cuda_graphs = "off" if trace else config.cuda_graphs
             unroll = config.host_sync_every if cuda_graphs != "off" else 1
-            if (graphs or state.device.type == "cuda") and refresh_checks_every_step(config):
-                warn_user(
-                    f"kv_cache_refresh={config.kv_cache_refresh} and sync_every="
-                    f"{config.sync_every} share no factor, so completion is checked after every "
-                    f"step, a host sync each (each refresh must open a window of unchecked "
-                    f"steps; with CUDA graphs, one step per replay): choose kv_cache_refresh a "
-                    f"multiple or a divisor of sync_every")
             with rng_untouched(state.device):  # warm-up steps before capture draw numbers
                 runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
                                      unroll=unroll)

@@ -121,7 +121,8 @@ class DecodeConfig:
             every gcd(sync_every, k) steps (`host_sync_every`, also the steps per CUDA graph):
             choose k a multiple or a divisor of `sync_every`, or every step is checked (with
             CUDA graphs, a warning says so). k=1 leaves the host nothing to place and keeps
-            `sync_every`. Calls differing only in k (other than 1) share one compiled step. A
+            `sync_every`. Calls differing only in k (other than 1) share one compiled step;
+            with CUDA graphs, those whose `host_sync_every` is the same (one graph length). A
             call overriding kv_cache="none" drops the refresh with the cache.
         cuda_graphs: "auto" replays the compiled step as a CUDA graph when on CUDA, "on" requires
             it (an error when impossible, and with compile=False), "off" never uses it.

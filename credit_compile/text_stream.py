@@ -53,6 +53,10 @@ class TextStream:
             raise ValueError(f"block {block.index} given where block {self._next_index} was "
                              f"expected: give add() every block of one generate() call, in "
                              f"order (a new call needs a new TextStream)")
+        if self.num_blocks is not None and block.index >= self.num_blocks:
+            raise ValueError(f"block {block.index} of a generation of {self.num_blocks} blocks "
+                             f"(num_blocks): give the num_blocks of the call's own config "
+                             f"(model.resolved_config(**overrides).num_blocks)")
         rows = block.tokens.tolist()
         if not self._tokens:
             self._tokens = [[] for _ in rows]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 
 import pytest
 import torch
@@ -277,6 +278,15 @@ def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on
     assert fast.last_stats["runner"] == "cuda_graph"
     ref = cc.generate_reference(model, ids, mask, **kwargs)
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    # Per call: a model whose graphs of one step were built for sync_every=1 (the interval is
+    # no part of the step key) still warns when a call brings the coprime pair.
+    fresh = cc.optimize(model, cuda_graphs="on", **{**kwargs, "sync_every": 1})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fresh.generate(ids, mask)
+    with pytest.warns(UserWarning, match=r"kv_cache_refresh=3 and sync_every=4 share no factor"):
+        fresh.generate(ids, mask, sync_every=4)
+    assert fresh.cached_steps == 1
 
 
 @pytest.mark.slow  # compiles three cached models' steps; main stack only

@@ -107,6 +107,16 @@ def test_the_streamed_text_of_an_early_stopped_generation_is_its_answer():
         assert "".join(p[row] for p in pieces) == answer == stream.text[row]
 
 
+def test_a_block_beyond_num_blocks_is_refused():
+    # A num_blocks too small would have flushed a cut character mid-answer, for good.
+    stream = cc.TextStream(ByteTokenizer(), num_blocks=2)
+    blocks = blocks_of([list("café ok".encode())], 2)
+    stream.add(blocks[0]), stream.add(blocks[1])
+    with pytest.raises(ValueError, match=r"block 2 of a generation of 2 blocks \(num_blocks\): "
+                                         r"give the num_blocks of the call's own config"):
+        stream.add(blocks[2])
+
+
 @pytest.mark.parametrize("misuse, says", [
     (lambda s, b: (s.add(b[1]),), "block 1 given where block 0 was expected"),
     (lambda s, b: (s.add(b[0]), s.add(b[0])), "block 0 given where block 1"),
