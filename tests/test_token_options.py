@@ -86,20 +86,23 @@ def test_commit_last_proposals_score_zero():
 
 @pytest.mark.parametrize("config, commit_last", [
     (dict(strategy="credit", credit_layout="dense"), False),  # through the credit-fusion pass
-    (dict(strategy="credit", kv_cache="prompt"), False),  # the sparse op, a cached step
+    pytest.param(dict(strategy="credit", kv_cache="prompt"), False,  # the sparse op, cached
+                 marks=pytest.mark.slow),  # the min-versions stack leaves it out (CI time)
     (dict(strategy="llada", cfg_scale=1.5), True),
 ])
 def test_the_optimized_model_equals_the_reference(config, commit_last):
-    model = layered_model(2, seed=1)
+    model = layered_model(1, seed=1)
     ids, mask = token_prompts(3, 6, seed=2)
     decode = dict(config, gen_length=8, block_length=4)
     plain = cc.generate_reference(model, ids, mask, **decode).generated
     # Tokens the plain decode chose: options on them change the decode.
     chosen = sorted(set(plain[:, :2].flatten().tolist()))
-    if commit_last:
-        decode["commit_last_tokens"] = chosen[:1]
-        assert not torch.equal(cc.generate_reference(model, ids, mask, **decode).generated, plain)
-    suppress = tuple(chosen[1:] if commit_last else chosen)
+    if commit_last:  # the first chosen token that, committed last, changes the decode
+        late = next(token for token in chosen if not torch.equal(cc.generate_reference(
+            model, ids, mask, commit_last_tokens=token, **decode).generated, plain))
+        decode["commit_last_tokens"] = late
+        chosen.remove(late)
+    suppress = tuple(chosen)
     fusions = pass_count("credit_fusion")
     ref = cc.generate_reference(model, ids, mask, suppress_tokens=suppress, **decode)
     out = cc.optimize(model, suppress_tokens=suppress, **decode).generate(ids, mask)
