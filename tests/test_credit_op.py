@@ -330,24 +330,35 @@ def test_ties_take_first_index(layout):
             torch.testing.assert_close(conf.cpu(), probs.max(-1).values, atol=1e-6, rtol=1e-5)
 
 
+def same_logits_steps(layout, impl, logits, alpha, beta, gamma, steps=3):
+    """`steps` steps of impl (on DEV) and of the eager twin with the same logits and every
+    position masked, the first a block's first: [(x0, conf, ref x0, ref conf)], and the states."""
+    batch, block, vocab = logits.shape
+    state_ref = fresh_state(layout, batch, block, vocab)
+    state = fresh_state(layout, batch, block, vocab, device=DEV)
+    masked = torch.ones(batch, block, dtype=torch.bool)
+    results = []
+    for step in range(steps):
+        first = step == 0
+        ref = reference_fn(layout)(logits, *state_ref, masked, torch.tensor(first), alpha, beta,
+                                   gamma, MASK_ID)
+        x0, conf = impl(logits.to(DEV), *state, masked.to(DEV), torch.tensor(first, device=DEV),
+                        alpha, beta, gamma, MASK_ID)
+        results.append((x0, conf, *ref))
+    return results, state, state_ref
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_mask_column_never_chosen(layout):
     batch, block, vocab = 2, 2, 333
     logits = make_logits(batch, block, vocab, torch.float32, 5)
     logits[..., MASK_ID] = 100.0
     for name, impl in implementations(layout):
-        state_ref = fresh_state(layout, batch, block, vocab)
-        state = fresh_state(layout, batch, block, vocab, device=DEV)
-        masked = torch.ones(batch, block, dtype=torch.bool)
-        for step in range(3):
-            f = step == 0
-            ref = reference_fn(layout)(logits, *state_ref, masked, torch.tensor(f), 2.0, 0.9,
-                                       0.5, MASK_ID)
-            x0, conf = impl(logits.to(DEV), *state, masked.to(DEV), torch.tensor(f, device=DEV),
-                            2.0, 0.9, 0.5, MASK_ID)
+        steps, state, _ = same_logits_steps(layout, impl, logits, 2.0, 0.9, 0.5)
+        for x0, conf, ref_x0, ref_conf in steps:
             assert (x0 != MASK_ID).all(), name
-            assert torch.equal(x0.cpu(), ref[0]), name
-            torch.testing.assert_close(conf.cpu(), ref[1], atol=1e-6, rtol=1e-5)
+            assert torch.equal(x0.cpu(), ref_x0), name
+            torch.testing.assert_close(conf.cpu(), ref_conf, atol=1e-6, rtol=1e-5)
         dense = state[0] if layout == "dense" else dense_from_sparse(*state, vocab)
         assert (dense[..., MASK_ID] == 0).all(), name
 
@@ -365,19 +376,12 @@ def test_suppressed_columns_at_minus_infinity(layout):
     if TRITON_PROBLEM is None:
         impls.append(("triton_tile_128", triton_launcher(layout, block_v=128)))
     for name, impl in impls:
-        state_ref = fresh_state(layout, batch, block, vocab)
-        state = fresh_state(layout, batch, block, vocab, device=DEV)
-        masked = torch.ones(batch, block, dtype=torch.bool)
-        for step in range(3):
-            f = step == 0
-            ref = reference_fn(layout)(logits, *state_ref, masked, torch.tensor(f), 0.7, 0.8,
-                                       0.2, MASK_ID)
-            x0, conf = impl(logits.to(DEV), *state, masked.to(DEV), torch.tensor(f, device=DEV),
-                            0.7, 0.8, 0.2, MASK_ID)
+        steps, state, state_ref = same_logits_steps(layout, impl, logits, 0.7, 0.8, 0.2)
+        for x0, conf, ref_x0, ref_conf in steps:
             assert ((x0.cpu() >= 300) & (x0.cpu() != 450)).all(), name
-            assert torch.equal(x0.cpu(), ref[0]), name
+            assert torch.equal(x0.cpu(), ref_x0), name
             assert torch.isfinite(conf).all(), name
-            torch.testing.assert_close(conf.cpu(), ref[1], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(conf.cpu(), ref_conf, atol=1e-6, rtol=1e-5)
         assert_state(layout, state, state_ref, 1e-6, 1e-5)
 
 

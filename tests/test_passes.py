@@ -216,15 +216,20 @@ def decay_not_reset_on_first_step(logits, credit, masked, first_step):
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
-def mask_column_at_plus_inf(logits, credit, masked, first_step):
-    """+inf, not -inf, in the mask column: the mask token always wins (the op excludes it)."""
-    raw = torch.where(torch.arange(logits.shape[-1]) == MASK, float("inf"), logits.float())
+def credit_chain_after_raw(raw, credit, masked, first_step):
+    """The dense chain from the masked-vocabulary logits on (near misses differ before it)."""
     top, prob = top1_and_prob(raw)
     credit.mul_(torch.where(first_step, 0.0, BETA))
     credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
     fused = raw + ALPHA * torch.log1p(credit)
     x0 = fused.argmax(-1)
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def mask_column_at_plus_inf(logits, credit, masked, first_step):
+    """+inf, not -inf, in the mask column: the mask token always wins (the op excludes it)."""
+    raw = torch.where(torch.arange(logits.shape[-1]) == MASK, float("inf"), logits.float())
+    return credit_chain_after_raw(raw, credit, masked, first_step)
 
 
 def shifted_vocabulary(logits, credit, masked, first_step):
@@ -233,12 +238,7 @@ def shifted_vocabulary(logits, credit, masked, first_step):
     vocab_size = logits.shape[-1]
     raw = torch.where(torch.arange(vocab_size, 2 * vocab_size) == vocab_size + MASK,
                       float("-inf"), logits.float())
-    top, prob = top1_and_prob(raw)
-    credit.mul_(torch.where(first_step, 0.0, BETA))
-    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
-    fused = raw + ALPHA * torch.log1p(credit)
-    x0 = fused.argmax(-1)
-    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return credit_chain_after_raw(raw, credit, masked, first_step)
 
 
 def unbatched(logits, credit, masked, first_step):
