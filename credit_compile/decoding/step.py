@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 
 from .state import DecodeState
-from .strategies import Strategy, without_tokens_sync_free
+from .strategies import Strategy, is_any_of_sync_free, without_tokens_sync_free
 
 # forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]; a model with a KV cache
 # also takes kv_cache=(keys, values) and cache_positions= (see LLaDAModelLM.forward_hidden).
@@ -67,9 +67,7 @@ def fill_after_eos_sync_free(gen: torch.Tensor, mask_id: int,
                              eos_ids: tuple[int, ...]) -> torch.Tensor:
     """Fill every mask after a row's first end-of-text token (any of `eos_ids`) that has no mask
     before it, with the first of `eos_ids`."""
-    is_eos = gen == eos_ids[0]
-    for eos_id in eos_ids[1:]:
-        is_eos = is_eos | (gen == eos_id)
+    is_eos = is_any_of_sync_free(gen, eos_ids)
     masks_so_far = (gen == mask_id).long().cumsum(-1)
     settled_eos = is_eos & (masks_so_far == 0)
     after_eos = settled_eos.long().cumsum(-1) > 0

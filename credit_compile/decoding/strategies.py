@@ -205,15 +205,20 @@ class LLaDAStrategy(Strategy):
         return self.config.total_steps
 
 
-def without_tokens_sync_free(logits: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
-    """`logits` with the columns of `token_ids` at -inf: a softmax leaves them out and an argmax
-    never picks them. The ids are compared with an arange, as the mask token's column is: no
-    host-to-device copy, which a CUDA graph could not capture."""
-    vocab = torch.arange(logits.shape[-1], device=logits.device)
-    hit = vocab == token_ids[0]
+def is_any_of_sync_free(values: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
+    """values == any of `token_ids`, compared with Python ints: no host-to-device copy of the
+    ids, which a CUDA graph could not capture."""
+    hit = values == token_ids[0]
     for token_id in token_ids[1:]:
-        hit = hit | (vocab == token_id)
-    return logits.masked_fill(hit, NEG_INF)
+        hit = hit | (values == token_id)
+    return hit
+
+
+def without_tokens_sync_free(logits: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
+    """`logits` with the columns of `token_ids` at -inf (as the mask token's column): a softmax
+    leaves them out and an argmax never picks them."""
+    vocab = torch.arange(logits.shape[-1], device=logits.device)
+    return logits.masked_fill(is_any_of_sync_free(vocab, token_ids), NEG_INF)
 
 
 def add_gumbel_noise(logits: torch.Tensor, temperature: float) -> torch.Tensor:
