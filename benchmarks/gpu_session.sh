@@ -13,13 +13,15 @@
 #   bash benchmarks/gpu_session.sh suite        # the whole test suite with CUDA available
 #
 # A session is lent 15 minutes of device time in all, the start (about 1.5 min) and idle waits
-# included, and a machine goes back 30 s after a call: run the stages back to back. What issue 5
-# still needs, in order: tests (~3 min) and gen1024 (~7) in one session, gen1024b8 (~9, with
-# the caches' eager and graphed modes) in the next; then gen256b1 (~7), gen256b8 (~8), compile (~4),
-# op (~2), buckets (~7: one 8B compile per distinct length without a bucket) and suite. (Times
-# were estimated for a 30-minute lease.) gen256b1/b8 run every mode but the prompt cache's, the
-# two compile_layers_once modes included (~1 min each, estimated). Each compiled 8B mode compiles for 27-52 s (measured, docs/performance.md). Rows are
-# appended as measured, so a stage cut by the limit keeps what it finished.
+# included, and a machine goes back 30 s after a call: run the stages back to back, and
+# give_back after the last. Stage times are estimates (~): tests (~3 min) and gen1024 (~7) fill
+# one session (about 11.5 of the 15 minutes with the start, no room to rerun either); gen1024b8
+# (~9, with the caches' eager and graphed modes) needs a session to itself. Then gen256b1 (~7),
+# gen256b8 (~8), compile (~4), op (~2), buckets (~7: one 8B compile per distinct length without
+# a bucket) and suite. gen256b1/b8 run every mode but the prompt cache's, the two
+# compile_layers_once modes included (~1 min each). Each compiled 8B mode compiles for 27-52 s
+# (measured, docs/performance.md). Rows are appended as measured, so a stage cut by the limit
+# keeps what it finished.
 # Each step runs the model over the whole sequence, so a step's cost depends on the batch and the
 # sequence length T = prompt + gen, not on how much is generated. A full gen-1024 run at B=8
 # takes about 6 minutes per eager mode (1024 steps of ~340 ms), more than one command may run;
@@ -29,10 +31,16 @@
 #
 # The device image has no .git: set CREDIT_COMPILE_COMMIT to the commit being measured so the
 # result rows record it. Copy $OUT/*.jsonl rows into benchmarks/results/ afterwards.
-# The lent image (torch 2.11, triton 3.6, transformers 5.17) lacks optimum and has no network:
-# carry its wheel (pip download --no-deps --only-binary=:all: -d .whl optimum) and run first
-#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl
-#   python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . ; export PYTHONPATH=/tmp/site
+# The lent image (torch 2.11, triton 3.6, transformers 5.17; hypothesis and pytest included)
+# lacks optimum and has no network: carry its wheel (pip download --no-deps --only-binary=:all:
+# -d .whl optimum) and begin each device command with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl; export PYTHONPATH=/tmp/site
+# No install of this package there: `pip install -e .` needs setuptools >= 77 (pyproject's
+# license form), which the image may predate. Where `credit_compile.passes` does not import,
+# this script copies the package, passes/ joined under it as installs do, to a temporary
+# folder put first on PYTHONPATH (FROM_SOURCE=1 forces it; the first line printed says which).
+# The tests stage stops at the third failure: each failing equality test decodes and compiles
+# again to report its first divergence, and one capture bug fails dozens of them.
 #
 # DRY_RUN=1 runs every stage's command on the CPU at toy sizes (flags appended after the stage's
 # own override them): a stage whose flags a script no longer takes fails here, in CI
@@ -55,7 +63,15 @@ if [ "$DRY_RUN" = 1 ]; then
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 fi
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+if [ "${FROM_SOURCE:-0}" = 1 ] || ! python3 -P -c "import credit_compile.passes" 2>/dev/null; then
+    SOURCE_COPY=$(mktemp -d)
+    trap 'rm -rf "$SOURCE_COPY"' EXIT
+    cp -r credit_compile "$SOURCE_COPY/" && rm -rf "$SOURCE_COPY/credit_compile/passes" \
+        && cp -r passes "$SOURCE_COPY/credit_compile/passes" || exit 1
+    export PYTHONPATH="$SOURCE_COPY${PYTHONPATH:+:$PYTHONPATH}"
+fi
+python3 -P -c "import torch, triton, credit_compile.passes as p
+print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile', p.__file__)" \
     | tee "$OUT/versions.txt"
 
 # Every mode but the prompt cache's, which pays on long prompts only: gen1024b8 (prompt 800)
@@ -75,7 +91,7 @@ tests)
     # The GPU tests only (their names say cuda); -rA prints every outcome and the diagnostics.
     # -P: the checkout is not put first on sys.path, where credit_compile lacks its passes/
     # (they join the package when installed).
-    python3 -P -m pytest -q -rA -p no:cacheprovider -k cuda tests --junitxml="$OUT/gpu_tests.xml" \
+    python3 -P -m pytest -q -rA -p no:cacheprovider --maxfail=3 -k cuda tests --junitxml="$OUT/gpu_tests.xml" \
         "${TESTS_DRY[@]}" 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
 suite)
