@@ -101,12 +101,12 @@ def token_ids(value) -> tuple[int, ...] | None:
     return None
 
 
-def _logits_of(output) -> torch.Tensor:
+def _logits_of(output, input_ids: torch.Tensor) -> torch.Tensor:
     """The logits of a forward's output: a tensor, an output with `.logits` (transformers), a
-    mapping with "logits", or a tuple led by them (return_dict=False)."""
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
+    mapping with "logits", or a tuple led by them (return_dict=False), checked to hold a row of
+    logits per input token (shapes are static under torch.compile: the check costs the compiled
+    step nothing)."""
+    logits = output if isinstance(output, torch.Tensor) else getattr(output, "logits", None)
     if logits is None and isinstance(output, Mapping):
         logits = output.get("logits")
     if logits is None and isinstance(output, (tuple, list)) and output:
@@ -116,6 +116,13 @@ def _logits_of(output) -> torch.Tensor:
             f"the model's forward returned {type(output).__name__}, not logits: credit_compile "
             f"needs forward(input_ids, attention_mask=None) to return a [batch, length, vocab] "
             f"tensor, an output with `.logits`, or a tuple whose first element is the logits"
+        )
+    if logits.dim() != 3 or logits.shape[:2] != input_ids.shape:
+        raise ValueError(
+            f"the model's forward returned logits of shape {tuple(logits.shape)} for input_ids "
+            f"of shape {tuple(input_ids.shape)}: credit_compile needs [batch, length, vocab] "
+            f"logits, one row per input token at its own position (a diffusion LM's mask "
+            f"predictions; a causal LM's logits, shifted to predict the next token, do not fit)"
         )
     return logits
 
@@ -147,17 +154,17 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
     elif info.takes_position_ids:
         def forward(input_ids, attention_mask, position_ids):
             if attention_mask is None:
-                return _logits_of(model(input_ids))
+                return _logits_of(model(input_ids), input_ids)
             return _logits_of(model(input_ids, attention_mask=attention_mask,
-                                    position_ids=position_ids))
+                                    position_ids=position_ids), input_ids)
     elif info.honours_attention_mask:
         def forward(input_ids, attention_mask, position_ids):
             if attention_mask is None:
-                return _logits_of(model(input_ids))
-            return _logits_of(model(input_ids, attention_mask=attention_mask))
+                return _logits_of(model(input_ids), input_ids)
+            return _logits_of(model(input_ids, attention_mask=attention_mask), input_ids)
     else:
         def forward(input_ids, attention_mask, position_ids):
-            return _logits_of(model(input_ids))
+            return _logits_of(model(input_ids), input_ids)
     return forward
 
 

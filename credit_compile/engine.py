@@ -125,6 +125,11 @@ def setup_generation(
             raise ValueError(
                 f"{name} holds {outside[0]}, outside the model's vocabulary of "
                 f"{info.vocab_size} tokens: pass this model's token ids")
+    if len(set(config.suppress_tokens or ()) | {mask_id}) >= info.vocab_size:
+        raise ValueError(
+            f"suppress_tokens leaves no token to propose: with the mask token {mask_id} (never "
+            f"proposed either) it covers all {info.vocab_size} tokens of the vocabulary; "
+            f"suppress fewer tokens")
     eos_ids = None
     if config.early_stop:
         eos_ids = token_ids(config.eos_token_id) if config.eos_token_id is not None \

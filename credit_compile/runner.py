@@ -55,6 +55,18 @@ def compile_failure_message(error: Exception) -> str:
         f"optimize(model, compile=False).")
 
 
+def raised_while_tracing(error: BaseException) -> bool:
+    """Whether dynamo failed on a Python exception the traced code raised (it would raise in
+    eager too), rather than on code it cannot trace."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, torch._dynamo.exc.ObservedException):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def copy_state_(static: DecodeState, initial: dict[str, torch.Tensor]) -> None:
     """Load a prepared state's tensors (`DecodeState.tensors()`) into the static buffers."""
     for name, buffer in static.tensors().items():
@@ -111,6 +123,7 @@ class CompiledStepRunner(EagerStepRunner):
 
     def __init__(self, setup: GenerationSetup, backend):
         super().__init__(setup)
+        self._eager_steps = dict(self._steps)
         self._steps = {phase: self._compiled_step(step, backend)
                        for phase, step in self._steps.items()}
         self._backend = backend
@@ -131,6 +144,10 @@ class CompiledStepRunner(EagerStepRunner):
             self._steps[phase]()
         except torch._dynamo.exc.TorchDynamoException as error:
             # Only compiling raises dynamo's exceptions: a compiled graph raises the ops' own.
+            if raised_while_tracing(error):
+                # The step's own code raised as it traced (a model's output failing its check):
+                # the user's error, not the compiler's. The eager step raises it as it is.
+                self._eager_steps[phase]()
             raise CompileError(compile_failure_message(error)) from error
         if phase not in self._compiled or \
                 getattr(self._backend, "graphs_compiled", None) != compiled_before:

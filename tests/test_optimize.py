@@ -954,6 +954,31 @@ def test_a_model_that_does_not_compile_gets_an_error_naming_the_eager_way():
     assert torch.equal(eager.generate(ids).sequences, reference.sequences)
 
 
+class RaisingModel(ContextMixModel):
+    """A forward that raises a Python exception of its own: in eager, or only as it traces."""
+
+    def __init__(self, only_when_traced: bool):
+        super().__init__(seed=2)
+        self.only_when_traced = only_when_traced
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        if not self.only_when_traced or torch.compiler.is_compiling():
+            raise ValueError(f"this model takes at most 4 tokens, not {input_ids.shape[1]}")
+        return super().forward(input_ids, attention_mask, position_ids)
+
+
+def test_a_model_raising_its_own_error_as_it_traces_gets_that_error_not_a_compile_error():
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast = cc.optimize(RaisingModel(only_when_traced=False), gen_length=8, block_length=4)
+    with pytest.raises(ValueError, match="at most 4 tokens, not 13") as raised:
+        fast.generate(ids)
+    assert not isinstance(raised.value, cc.CompileError)
+    # Raised under tracing only, the eager step runs: then it is the compiler's failure.
+    fast = cc.optimize(RaisingModel(only_when_traced=True), gen_length=8, block_length=4)
+    with pytest.raises(cc.CompileError, match="compile=False"):
+        fast.generate(ids)
+
+
 def test_a_failing_compiler_backend_is_not_blamed_on_the_model():
     from credit_compile import runner
 

@@ -43,6 +43,18 @@ def test_ids_outside_the_vocabulary_are_refused():
                     commit_last_tokens=99, compile=False).generate(ids)
 
 
+def test_suppressing_every_token_but_the_mask_is_refused():
+    model = ContextMixModel(vocab_size=40, mask_id=39)
+    ids = torch.tensor([[1, 2, 3]])
+    decode = dict(gen_length=4, block_length=4)
+    with pytest.raises(ValueError, match=r"suppress_tokens leaves no token to propose: with the "
+                                         r"mask token 39 .* covers all 40 tokens"):
+        cc.generate_reference(model, ids, suppress_tokens=tuple(range(39)), **decode)
+    # One token left: every position takes it.
+    out = cc.generate_reference(model, ids, suppress_tokens=tuple(range(38)), **decode)
+    assert (out.generated == 38).all()
+
+
 def test_early_stop_on_suppressed_end_of_text_alone_is_refused():
     model = ContextMixModel(vocab_size=40, mask_id=39)
     ids = torch.tensor([[1, 2, 3]])
