@@ -393,7 +393,11 @@ class OptimizedModel(nn.Module):
 
     def _drop_beyond_limit(self, lowered: bool = False) -> None:
         while len(self._runners) > self.max_cached_steps:
-            dropped, _ = self._runners.popitem(last=False)
+            dropped, runner = self._runners.popitem(last=False)
+            if runner.kind == "eager":  # its buffers only: nothing to compile again
+                log.debug("credit_compile: freed the eager step of canvas shape %s "
+                          "(max_cached_steps=%d)", dropped[0], self.max_cached_steps)
+                continue
             if lowered:  # asked for: no advice to raise the limit just lowered
                 log.info("credit_compile: freed the compiled step of canvas shape %s "
                          "(max_cached_steps lowered to %d)", dropped[0], self.max_cached_steps)

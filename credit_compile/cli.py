@@ -47,14 +47,20 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=None,
                    help="total denoising steps of --strategy llada (default: one per token); "
                         "credit and threshold stop a block once it is filled")
-    p.add_argument("--alpha", type=float, default=0.7)
-    p.add_argument("--beta", type=float, default=0.8)
-    p.add_argument("--gamma", type=float, default=0.2)
-    p.add_argument("--tau", type=float, default=0.9)
+    p.add_argument("--alpha", type=float, default=0.7,
+                   help="weight of the trace credit fused into the logits, l + alpha*log1p(C) "
+                        "(0: plain threshold decoding)")
+    p.add_argument("--beta", type=float, default=0.8,
+                   help="decay of the credit at each step of a block")
+    p.add_argument("--gamma", type=float, default=0.2,
+                   help="exponent of the top-1 probability a step adds to the credit")
+    p.add_argument("--tau", type=float, default=0.9,
+                   help="confidence threshold of the parallel commits (credit, threshold)")
     p.add_argument("--factor", type=float, default=1.0,
                    help="--strategy factor: commit the n most confident tokens, n the longest "
                         "run of sorted confidences c_i >= 1 - factor/(i+1)")
-    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--temperature", type=float, default=0.0,
+                   help="--strategy llada: Gumbel-noise sampling temperature (0: greedy)")
     p.add_argument("--cfg-scale", type=float, default=0.0,
                    help="classifier-free guidance scale (--strategy llada)")
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"],
@@ -66,7 +72,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--commit-last-tokens", type=int, nargs="+", default=None, metavar="ID",
                    help="--strategy llada: proposals of these ids commit last (LLaDA's "
                         "confidence_eos_eot_inf: 126081 126348 on LLaDA-8B-Instruct)")
-    p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"])
+    p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"],
+                   help="credit over the whole vocabulary (dense) or the tokens ever top-1 "
+                        "(sparse, exact, less memory)")
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     p.add_argument("--compile-layers-once", action="store_true",
                    help="compile one transformer layer for all of them (faster compile)")
@@ -78,8 +86,14 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-cache-refresh", type=int, default=None, metavar="K",
                    help="with --kv-cache, also refresh the cache every K steps of a block "
                         "(default: at a block's first step only)")
-    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
+                   help="replay the compiled step as a CUDA graph (auto: on CUDA)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
+    p.add_argument("--mask-id", type=int, default=None,
+                   help="the model's mask token (default: its config's mask_token_id)")
+    p.add_argument("--eos-token-id", type=int, nargs="+", default=None, metavar="ID",
+                   help="end-of-text token(s) of --early-stop (default: its config's "
+                        "eos_token_id)")
     p.add_argument("--prompt-bucket", type=int, default=None,
                    help="left-pad prompts to a multiple of this many tokens, so nearby prompt "
                         "lengths share one compiled step (tokens unchanged up to float rounding)")
@@ -100,6 +114,12 @@ def _decode_config(args):
                          f"takes as many steps as its threshold needs: drop --steps or use "
                          f"--strategy llada")
     embedded = args.model is None
+    if not args.prompt and not embedded:
+        raise ValueError("no --prompt: give one (repeat --prompt for a batch); only the "
+                         "embedded default model has a default prompt")
+    if not args.chat and "" in (args.prompt or ()):
+        raise ValueError("--prompt '' is empty: the model needs a prompt to answer (give it "
+                         "text, or use --chat, whose template gives the turn's text)")
     return DecodeConfig(
         strategy=args.strategy, gen_length=_or(args.gen_length, 16 if embedded else 64),
         block_length=_or(args.block_length, 8 if embedded else 16),
@@ -111,7 +131,8 @@ def _decode_config(args):
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
         compile_layers_once=args.compile_layers_once, kv_cache=args.kv_cache,
         kv_cache_refresh=args.kv_cache_refresh, dtype=args.dtype, seed=args.seed,
-        prompt_bucket=args.prompt_bucket, batch_bucket=args.batch_bucket,
+        prompt_bucket=args.prompt_bucket, batch_bucket=args.batch_bucket, mask_id=args.mask_id,
+        eos_token_id=args.eos_token_id,
     )
 
 
@@ -206,7 +227,7 @@ def _progress_bar(total: int | None):
     """A bar of `total` steps, or a count of steps when the number is not known in advance."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="denoising steps", unit="step", file=sys.stderr, leave=False)
+    bar = tqdm(total=total, desc="denoising", unit=" steps", file=sys.stderr, leave=False)
     # Steps run after completion are no-ops: the bar stops at its total.
     return bar, lambda steps: bar.update((steps if total is None else min(steps, total)) - bar.n)
 
@@ -268,15 +289,19 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
-def _best_of(generate, device, repeats: int = 3):
-    """(output, seconds): the fastest of `repeats` timed calls after an untimed one (which
-    compiles, or warms the allocator), so that one call slowed by a busy machine does not make
-    the speedup."""
+def _best_of(generate, device, min_calls: int = 3, budget_seconds: float = 2.0,
+             max_calls: int = 50):
+    """(output, seconds): the fastest of the timed calls after an untimed one (which compiles,
+    or warms the allocator). At least `min_calls` of them, and more while they have taken less
+    than `budget_seconds` (at most `max_calls`): a call of milliseconds is timed many times, so
+    that one slowed by a busy machine does not make the speedup, and a call of seconds (an 8B
+    eager decode) only `min_calls` times."""
     import torch
 
     out = generate()
     seconds = []
-    for _ in range(repeats):
+    while len(seconds) < max_calls and (len(seconds) < min_calls or
+                                        sum(seconds) < budget_seconds):
         start = time.perf_counter()
         out = generate()
         if torch.device(device).type == "cuda":
@@ -293,9 +318,9 @@ def cmd_demo(args) -> int:
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     fast = optimize(model, config)
-    # Two eager calls (an 8B eager decode is long), three optimized after the compiling one.
+    # One timed eager call at least (an 8B eager decode is long), three optimized.
     eager, eager_seconds = _best_of(lambda: generate_reference(model, ids, mask, config), device,
-                                    repeats=1)
+                                    min_calls=1)
     optimized, fast_seconds = _best_of(lambda: fast.generate(ids, mask), device)
     for name, out, sec in (("eager", eager, eager_seconds), ("optimized", optimized, fast_seconds)):
         text = tokenizer.decode(out.generated[0], skip_special_tokens=True)
@@ -339,6 +364,15 @@ def cmd_bench(args) -> int:
     return 0
 
 
+class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Says an option's default where it has one (not for flags, or a None its help explains)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="credit-compile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -348,7 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("verify", cmd_verify, "compare the optimized path with the eager reference"),
         ("demo", cmd_demo, "eager and optimized side by side"),
     ):
-        p = sub.add_parser(name, help=help_text)
+        p = sub.add_parser(name, help=help_text,
+                           formatter_class=_DefaultsHelpFormatter)
         _add_model_args(p)
         _add_decode_args(p)
         p.set_defaults(func=fn)

@@ -366,13 +366,19 @@ class DecodeConfig:
                  f"or leave it None")
 
 
-# transformers' generate() names users bring along, and ours for the same thing.
+# Names users bring along from transformers' generate() and from Fast-dLLM's and dInfer's
+# generate functions and flags, and ours for the same thing.
 _HF_NAMES = {
     "max_new_tokens": "gen_length",
     "max_length": "gen_length",
     "do_sample": "temperature (with strategy='llada')",
     "pad_token_id": "eos_token_id (padding is given by attention_mask)",
     "guidance_scale": "cfg_scale",
+    "threshold": "tau (with strategy='threshold', or 'credit')",
+    "block_size": "block_length",
+    "use_cache": "kv_cache='prompt' (Fast-dLLM's prefix cache)",
+    "dual_cache": "kv_cache='dual'",
+    "cache": "kv_cache ('prompt' or 'dual')",
 }
 
 

@@ -39,8 +39,8 @@ class VerifyReport:
             compiled without the FX passes).
         max_logit_magnitude: max |eager| over the same logits: the scale the difference is read
             against (0.35 in bf16 is rounding next to logits of 30, a bug next to logits of 1).
-        reference_seconds, optimized_seconds: decode time of each (the optimized one without
-            compilation, measured on a second call).
+        reference_seconds, optimized_seconds: decode time of one call each (the optimized one
+            without compilation, measured on a second call): a rough figure on a busy machine.
         compile_seconds: compilation time of the optimized path's first call.
         runner: how the optimized step ran ("compiled", "cuda_graph", ...).
     """
@@ -67,7 +67,9 @@ class VerifyReport:
             lines.append(f"  relative logit difference: "
                          f"{self.max_logit_difference / self.max_logit_magnitude:.2e}")
         if self.optimized_seconds > 0:
-            lines.append(f"  speedup: {self.reference_seconds / self.optimized_seconds:.2f}x")
+            # One call each: a rough figure (`credit-compile demo` times several calls).
+            lines.append(f"  speedup: {self.reference_seconds / self.optimized_seconds:.2f}x "
+                         f"(one call each)")
         return "\n".join(lines)
 
 

@@ -88,7 +88,7 @@ def test_verify_with_a_prompt_bucket(capsys):
 
 def test_missing_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["generate", "--model", str(tmp_path / "nope"), *SMALL])
+        main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "ab", *SMALL])
 
 
 def test_checkpoint_directory_round_trip(tmp_path, capsys):
@@ -96,7 +96,7 @@ def test_checkpoint_directory_round_trip(tmp_path, capsys):
 
     build_model("tiny").save_pretrained(tmp_path)
     with pytest.raises(SystemExit, match="no tokenizer"):
-        main(["generate", "--model", str(tmp_path), *SMALL])
+        main(["generate", "--model", str(tmp_path), "--prompt", "ab", *SMALL])
 
 
 def test_a_checkpoint_with_this_projects_tokenizer_loads(tmp_path, capsys):
@@ -135,11 +135,19 @@ def test_unusable_device_is_a_clear_error(device, says):
 
 
 def test_an_error_starts_its_own_line_after_the_progress_bar(capsys):
-    assert main(["generate", "--prompt", "", *SMALL]) == 2
+    assert main(["generate", "--prompt", "1" * 58]) == 2  # with gen_length, beyond the context
     err = capsys.readouterr().err
     # The bar is cleared first (tqdm ends its line with a carriage return), not glued to the error.
     last_line = err.rstrip("\n").split("\n")[-1].split("\r")[-1]
-    assert last_line.startswith("error: a row of attention_mask is all padding"), err
+    assert last_line.startswith("error: prompt length 58 + gen_length 16 = 74 exceeds"), err
+
+
+def test_an_empty_prompt_and_a_model_without_one_are_refused(capsys, tmp_path):
+    assert main(["generate", "--prompt", "", *SMALL]) == 2
+    assert "error: --prompt '' is empty" in capsys.readouterr().err
+    # The embedded model has a default prompt; a checkpoint of the user's does not.
+    assert main(["generate", "--model", str(tmp_path), *SMALL]) == 2
+    assert "error: no --prompt: give one" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
@@ -295,15 +303,17 @@ def test_every_decode_flag_reaches_the_config():
                      "--alpha", "0.5", "--beta", "0.6", "--gamma", "0.3", "--tau", "0.85",
                      "--credit-layout", "dense", "--no-compile", "--cuda-graphs", "off",
                      "--seed", "7", "--prompt-bucket", "16", "--batch-bucket", "4",
-                     "--dtype", "bfloat16", "--early-stop", "--suppress-tokens", "3", "5")
+                     "--dtype", "bfloat16", "--early-stop", "--suppress-tokens", "3", "5",
+                     "--mask-id", "31", "--eos-token-id", "2", "4")
     got = {k: getattr(config, k) for k in (
         "gen_length", "block_length", "alpha", "beta", "gamma", "tau", "credit_layout", "compile",
         "cuda_graphs", "seed", "prompt_bucket", "batch_bucket", "dtype", "early_stop",
-        "suppress_tokens")}
+        "suppress_tokens", "mask_id", "eos_token_id")}
     assert got == dict(gen_length=32, block_length=8, alpha=0.5, beta=0.6, gamma=0.3, tau=0.85,
                        credit_layout="dense", compile=False, cuda_graphs="off", seed=7,
                        prompt_bucket=16, batch_bucket=4, dtype="bfloat16", early_stop=True,
-                       suppress_tokens=(3, 5))
+                       suppress_tokens=(3, 5), mask_id=31, eos_token_id=(2, 4))
+    assert _config("--eos-token-id", "2").eos_token_id in (2, (2,))
     assert _config().compile is True
     assert _config("--strategy", "llada", "--commit-last-tokens", "9").commit_last_tokens == (9,)
 
@@ -312,7 +322,7 @@ def test_gen_and_block_length_defaults_depend_on_the_model():
     # The embedded model answers in 16 tokens; a checkpoint given by --model gets 64 / 16.
     embedded = _config()
     assert (embedded.gen_length, embedded.block_length) == (16, 8)
-    other = _config("--model", "/some/checkpoint")
+    other = _config("--model", "/some/checkpoint", "--prompt", "hi")
     assert (other.gen_length, other.block_length) == (64, 16)
 
 
@@ -377,3 +387,30 @@ def test_a_step_that_does_not_compile_is_a_clear_error(monkeypatch, capsys):
     assert main(["generate", "--prompt", "ab", *SMALL]) == 1
     err = capsys.readouterr().err
     assert "model.py:12" in err and "--no-compile" in err
+
+
+def test_help_gives_each_option_with_a_default_its_value():
+    from credit_compile.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    text = " ".join(sub.choices["generate"].format_help().split())
+    for says in ("(default: 0.9)", "(default: 0.7)", "(default: sparse)", "(default: auto)",
+                 "seed of the random draws (default: 0)"):
+        assert says in text
+    assert "(default: None)" not in text and "(default: False)" not in text
+
+
+def test_demo_times_fast_calls_many_times_and_slow_ones_at_least_once():
+    from credit_compile.cli import _best_of
+
+    calls = []
+
+    def generate():
+        calls.append(1)
+        return len(calls)
+
+    out, seconds = _best_of(generate, "cpu", min_calls=1, budget_seconds=0.0)
+    assert (out, len(calls)) == (2, 2) and seconds >= 0  # the untimed call, then one
+    calls.clear()
+    out, _ = _best_of(generate, "cpu", min_calls=3, budget_seconds=60.0, max_calls=20)
+    assert (out, len(calls)) == (21, 21)  # calls of microseconds: up to max_calls

@@ -141,15 +141,20 @@ def test_a_dropped_compiled_step_is_freed():
     assert not [name for name in vars(runner_module) if name.startswith("__compiled_fn")]
 
 
-def test_dropping_a_step_says_so(caplog):
-    model = build_model("tiny")
-    fast = cc.optimize(model, gen_length=4, block_length=4, compile=False, max_cached_steps=1)
+@pytest.mark.parametrize("compile", [True, False])
+def test_dropping_a_step_says_so_when_it_compiles_again(caplog, compile):
+    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=compile,
+                       max_cached_steps=1)
     with caplog.at_level(logging.WARNING, logger="credit_compile"):
         fast.generate(prompts(1, 3, "cpu")[0])
         assert not caplog.records
         fast.generate(prompts(1, 4, "cpu")[0])
-    assert any("dropped the compiled step of canvas shape (1, 7)" in r.message
-               and "max_cached_steps=1" in r.message for r in caplog.records)
+    assert fast.cached_steps == 1
+    said = [r.message for r in caplog.records if "dropped the compiled step" in r.message]
+    if compile:
+        assert any("canvas shape (1, 7)" in m and "max_cached_steps=1" in m for m in said)
+    else:  # an eager step's buffers are freed quietly: nothing compiles again
+        assert not said
 
 
 def test_eager_runner_when_compile_is_off():

@@ -250,6 +250,14 @@ def test_transformers_names_point_to_ours(model, ids):
         DecodeConfig().replace(guidance_scale=1.0)
 
 
+@pytest.mark.parametrize("theirs, ours", [
+    ("threshold", "tau"), ("block_size", "block_length"), ("use_cache", "kv_cache='prompt'"),
+    ("dual_cache", "kv_cache='dual'")])
+def test_fast_dllm_and_dinfer_names_point_to_ours(model, ids, theirs, ours):
+    with pytest.raises(ValueError, match=rf"for '{theirs}' use .{re.escape(ours)}"):
+        cc.generate_reference(model, ids, **{theirs: 0.9})
+
+
 def test_unknown_override_lists_every_unknown_name(model, ids):
     with pytest.raises(ValueError, match=r"\['beta2', 'gen_lenght'\]"):
         cc.generate_reference(model, ids, gen_lenght=8, beta2=0.1)
