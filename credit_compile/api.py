@@ -166,7 +166,9 @@ class OptimizedModel(nn.Module):
                  trace: bool = False, progress=None, on_block=None,
                  **overrides) -> GenerationOutput:
         """Decode with this model's config, or `config`; `overrides` are DecodeConfig fields for
-        this call (`dtype` is not one: optimize() casts the model once).
+        this call (`dtype` is not one: optimize() casts the model once). A `config` replaces
+        the model's whole, defaults included: to change a few fields, pass them as overrides
+        (or `config=model.decode_config.replace(...)`).
 
         `progress(steps)` is called at each host check; `on_block(FinishedBlock)` with each block
         of the output once no later step can change it, in order (streaming: on CUDA a block
@@ -419,7 +421,9 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
 
     Args:
         model: the project's LLaDAModelLM, the official remote-code LLaDAModelLM, or any module
-            whose forward(input_ids, attention_mask=None) returns logits.
+            whose forward(input_ids, attention_mask=None) returns logits. It is put in eval
+            mode, and with `dtype` cast, in place (as `model.to` does): the returned model
+            shares its weights.
         config: decoding defaults (DecodeConfig); `overrides` change its fields.
         mask_id: the mask token when the model's config has no `mask_token_id`.
         max_cached_steps: compiled steps (shapes) kept before the least recently used is
