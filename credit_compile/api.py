@@ -388,7 +388,7 @@ class OptimizedModel(nn.Module):
             unroll = config.host_sync_every if cuda_graphs != "off" else 1
             with rng_untouched(state.device):  # warm-up steps before capture draw numbers
                 runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
-                                     unroll=unroll)
+                                     unroll=unroll, on_compile_error=config.on_compile_error)
             self._runners[key] = runner
             self._drop_beyond_limit()
         return runner, initial
@@ -396,13 +396,14 @@ class OptimizedModel(nn.Module):
     def _drop_beyond_limit(self, lowered: bool = False) -> None:
         while len(self._runners) > self.max_cached_steps:
             dropped, runner = self._runners.popitem(last=False)
+            what = "eager step" if runner.kind == "eager" else "compiled step"
+            if lowered:  # asked for: no advice to raise the limit just lowered
+                log.info("credit_compile: freed the %s of canvas shape %s (max_cached_steps "
+                         "lowered to %d)", what, dropped[0], self.max_cached_steps)
+                continue
             if runner.kind == "eager":  # its buffers only: nothing to compile again
                 log.debug("credit_compile: freed the eager step of canvas shape %s "
                           "(max_cached_steps=%d)", dropped[0], self.max_cached_steps)
-                continue
-            if lowered:  # asked for: no advice to raise the limit just lowered
-                log.info("credit_compile: freed the compiled step of canvas shape %s "
-                         "(max_cached_steps lowered to %d)", dropped[0], self.max_cached_steps)
                 continue
             log.warning(
                 "credit_compile: dropped the compiled step of canvas shape %s "
@@ -464,9 +465,10 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
     in those share one step: the seed and dtype (read before the step), the buckets (their
     shapes are in the key), `steps`, `factor` and the credit fields outside their strategies,
-    `tau` in "llada" and "factor", `credit_slots` outside sparse credit, and
-    `compile_layers_once` without compile, and `kv_cache_refresh` but for 1 (the host places
-    the refreshes, through the runner's schedule, set per call; 1 compiles no cached step).
+    `tau` in "llada" and "factor", `credit_slots` outside sparse credit,
+    `compile_layers_once` and `on_compile_error` without compile, and `kv_cache_refresh` but
+    for 1 (the host places the refreshes, through the runner's schedule, set per call; 1
+    compiles no cached step).
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `host_sync_every` is
     the number of steps captured per replay, and stays)."""
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
@@ -486,7 +488,7 @@ def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     else:
         drop["sync_every"] = config.host_sync_every
     if not config.compile:
-        drop["compile_layers_once"] = False
+        drop.update(compile_layers_once=False, on_compile_error="raise")
     if config.kv_cache_refresh != 1:
         drop["kv_cache_refresh"] = None
     return dataclasses.replace(config, **drop)

@@ -76,6 +76,9 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
                    help="credit over the whole vocabulary (dense) or the tokens ever top-1 "
                         "(sparse, exact, less memory)")
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
+    p.add_argument("--on-compile-error", default="raise", choices=["raise", "eager"],
+                   help="a step that does not compile as one graph: raise, or warn and run it "
+                        "eagerly (the reference's tokens, without the speedup)")
     p.add_argument("--compile-layers-once", action="store_true",
                    help="compile one transformer layer for all of them (faster compile)")
     p.add_argument("--kv-cache", default="none", choices=["none", "prompt", "dual"],
@@ -129,7 +132,8 @@ def _decode_config(args):
         early_stop=args.early_stop, suppress_tokens=args.suppress_tokens,
         commit_last_tokens=args.commit_last_tokens, credit_layout=args.credit_layout,
         compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
-        compile_layers_once=args.compile_layers_once, kv_cache=args.kv_cache,
+        compile_layers_once=args.compile_layers_once, on_compile_error=args.on_compile_error,
+        kv_cache=args.kv_cache,
         kv_cache_refresh=args.kv_cache_refresh, dtype=args.dtype, seed=args.seed,
         prompt_bucket=args.prompt_bucket, batch_bucket=args.batch_bucket, mask_id=args.mask_id,
         eos_token_id=args.eos_token_id,
@@ -410,7 +414,8 @@ def main(argv=None) -> int:
     except CompileError as error:
         # The message names the API's way out; give this command's. The chained cause (the
         # model line that broke the graph) goes with it.
-        print(f"error: {error.__cause__!r}\n{error}\nOn the command line: --no-compile.",
+        print(f"error: {error.__cause__!r}\n{error}\nOn the command line: --no-compile, or "
+              f"--on-compile-error eager (a warning, then the eager step).",
               file=sys.stderr)
         return 1
 

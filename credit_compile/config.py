@@ -16,12 +16,14 @@ Strategy = Literal["credit", "threshold", "factor", "llada"]
 Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
+OnCompileError = Literal["raise", "eager"]
 KVCache = Literal["none", "prompt", "dual"]
 
 STRATEGIES = ("credit", "threshold", "factor", "llada")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
+ON_COMPILE_ERROR = ("raise", "eager")
 KV_CACHES = ("none", "prompt", "dual")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
@@ -94,6 +96,12 @@ class DecodeConfig:
             Applies to this project's LLaDA model when its layers differ in their weights alone
             (no hooks on a layer, no adapter on some); otherwise, and for other models, each
             layer is compiled as before, with a warning.
+        on_compile_error: what a step that torch.compile cannot capture as one graph (a model
+            whose forward breaks the graph, or a compiler failure) does. "raise" (default):
+            `CompileError`, naming the cause and the way out. "eager": one warning naming the
+            cause, then that shape's step runs eagerly, with the reference's tokens and without
+            the speedup, so a server keeps serving. An exception the model's own code raises
+            (bad input) is raised either way.
         kv_cache: "none" runs the model on the whole canvas at every step (exact). The caches
             are approximations: a block's first step runs the whole canvas and keeps every
             layer's keys and values; its later steps run the model on part of the canvas,
@@ -172,6 +180,7 @@ class DecodeConfig:
     dtype: str | None = None
     compile: bool = True
     compile_layers_once: bool = False
+    on_compile_error: OnCompileError = "raise"
     kv_cache: KVCache = "none"
     kv_cache_refresh: int | None = None
     cuda_graphs: CudaGraphs = "auto"
@@ -324,6 +333,8 @@ class DecodeConfig:
             need(self.kv_cache != "none",
                  f"kv_cache_refresh={self.kv_cache_refresh} with kv_cache='none': there is no "
                  f"cache to refresh; set kv_cache='prompt' or 'dual', or leave it None")
+        need(self.on_compile_error in ON_COMPILE_ERROR,
+             f"on_compile_error={self.on_compile_error!r}: use one of {ON_COMPILE_ERROR}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
              f"cuda_graphs={self.cuda_graphs!r}: use one of {CUDA_GRAPH_MODES}")
         for name in ("early_stop", "compile", "compile_layers_once"):

@@ -121,8 +121,10 @@ def with_own_code(fn: types.FunctionType) -> types.FunctionType:
 class CompiledStepRunner(EagerStepRunner):
     kind = "compiled"
 
-    def __init__(self, setup: GenerationSetup, backend):
+    def __init__(self, setup: GenerationSetup, backend, on_compile_error: str = "raise"):
         super().__init__(setup)
+        self.on_compile_error = on_compile_error
+        self.fell_back = False  # on_compile_error="eager" after a failed compile: eager steps
         self._eager_steps = dict(self._steps)
         self._steps = {phase: self._compiled_step(step, backend)
                        for phase, step in self._steps.items()}
@@ -138,17 +140,28 @@ class CompiledStepRunner(EagerStepRunner):
                              fullgraph=True, dynamic=False)
 
     def run_phase(self, phase: str) -> None:
+        if self.fell_back:
+            self._eager_steps[phase]()
+            return
         compiled_before = getattr(self._backend, "graphs_compiled", None)
         start = time.perf_counter()
         try:
             self._steps[phase]()
         except torch._dynamo.exc.TorchDynamoException as error:
             # Only compiling raises dynamo's exceptions: a compiled graph raises the ops' own.
-            if raised_while_tracing(error):
+            stepped = raised_while_tracing(error)
+            if stepped:
                 # The step's own code raised as it traced (a model's output failing its check):
-                # the user's error, not the compiler's. The eager step raises it as it is.
+                # the user's error, not the compiler's. The eager step raises it as it is (or,
+                # raised under tracing only, takes this step).
                 self._eager_steps[phase]()
-            raise CompileError(compile_failure_message(error)) from error
+            if self.on_compile_error != "eager":
+                raise CompileError(compile_failure_message(error)) from error
+            self._fall_back_to_eager(error)
+            self.compile_seconds += time.perf_counter() - start
+            if not stepped:
+                self._eager_steps[phase]()
+            return
         if phase not in self._compiled or \
                 getattr(self._backend, "graphs_compiled", None) != compiled_before:
             # A compiling call's time is compile time, not decoding time: each phase's first
@@ -161,9 +174,17 @@ class CompiledStepRunner(EagerStepRunner):
             self.compile_seconds += time.perf_counter() - start
             self._compiled.add(phase)
 
+    def _fall_back_to_eager(self, error: Exception) -> None:
+        summary = next(iter(str(error).strip().splitlines()), "")
+        log.warning("credit_compile: could not compile the denoising step as one graph (%s: %s); "
+                    "on_compile_error='eager': this shape's step runs eagerly (the reference's "
+                    "tokens, without the speedup)", type(error).__name__, summary)
+        self.fell_back = True
+        self.kind = "eager"
+
     def ensure_compiled(self) -> None:
         for phase in self.schedule.phases:
-            if phase not in self._compiled:
+            if phase not in self._compiled and not self.fell_back:
                 self.run_phase(phase)
 
 
@@ -182,7 +203,8 @@ class CudaGraphStepRunner(EagerStepRunner):
         super().__init__(compiled.setup)
         self.steps_per_call = unroll
         self.schedule = compiled.schedule
-        start = time.perf_counter()  # the first warm-up step compiles: this covers it
+        compiled_before = compiled.compile_seconds  # when make_runner compiled it first
+        start = time.perf_counter()  # else the first warm-up step compiles: this covers it
         self.graphs = {}
         # Streams and the capture belong to the model's GPU, which need not be the current one.
         with torch.cuda.device(self.state.device):
@@ -203,7 +225,7 @@ class CudaGraphStepRunner(EagerStepRunner):
                         compiled.run_phase(captured)
                 self.graphs[phase] = graph
             torch.cuda.synchronize()
-        self.compile_seconds = time.perf_counter() - start
+        self.compile_seconds = compiled_before + time.perf_counter() - start
 
     def run_phase(self, phase: str) -> None:
         self.graphs[phase].replay()
@@ -218,11 +240,12 @@ def unrolled_phases(schedule, first: str, unroll: int) -> list[str]:
 
 
 def make_runner(setup: GenerationSetup, *, backend=None, cuda_graphs: str = "off",
-                unroll: int = 1) -> EagerStepRunner:
-    """The fastest runner the config allows: eager, compiled, or compiled + CUDA graph."""
+                unroll: int = 1, on_compile_error: str = "raise") -> EagerStepRunner:
+    """The fastest runner the config allows: eager, compiled, or compiled + CUDA graph (with
+    on_compile_error="eager", a compiled runner whose step did not compile runs it eagerly)."""
     if backend is None:
         return EagerStepRunner(setup)
-    compiled = CompiledStepRunner(setup, backend)
+    compiled = CompiledStepRunner(setup, backend, on_compile_error)
     on_cuda = setup.state.device.type == "cuda"
     if cuda_graphs == "off" or (cuda_graphs == "auto" and not on_cuda):
         if cuda_graphs == "auto":
@@ -234,12 +257,27 @@ def make_runner(setup: GenerationSetup, *, backend=None, cuda_graphs: str = "off
             f"cuda_graphs='on' but the model runs on {setup.state.device}: move the model to CUDA "
             f"or use cuda_graphs='auto'/'off'"
         )
+    return with_graphs(compiled, unroll=unroll, required=cuda_graphs == "on")
+
+
+def with_graphs(compiled: CompiledStepRunner, *, unroll: int, required: bool,
+                graph_runner=None) -> EagerStepRunner:
+    """`compiled` replayed by `graph_runner` (default CudaGraphStepRunner) in graphs of `unroll`
+    steps; or `compiled` itself where its step fell back to eager (on_compile_error="eager"),
+    or capture failed and graphs are not `required`."""
+    graph_runner = graph_runner or CudaGraphStepRunner
+    if compiled.on_compile_error == "eager":
+        # Compiled before capture, so that a step falling back to eager is not captured (the
+        # caller reloads the state these steps change).
+        compiled.ensure_compiled()
+        if compiled.fell_back:
+            return compiled
     try:
-        return CudaGraphStepRunner(compiled, unroll=unroll)
+        return graph_runner(compiled, unroll=unroll)
     except CompileError:
         raise  # the compiled step the fallback would run fails the same way
     except Exception as error:  # capture can fail on ops that sync or allocate dynamically
-        if cuda_graphs == "on":
+        if required:
             raise
         log.warning("credit_compile: CUDA graph capture failed (%s); running the compiled step "
                     "without graphs", error)

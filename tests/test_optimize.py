@@ -979,6 +979,64 @@ def test_a_model_raising_its_own_error_as_it_traces_gets_that_error_not_a_compil
         fast.generate(ids)
 
 
+def test_on_compile_error_eager_warns_once_and_decodes_the_reference_tokens(caplog):
+    ids, mask = make_prompts(2, 5, 0, padded=True)
+    fast = cc.optimize(GraphBreakingModel(seed=2), gen_length=8, block_length=4,
+                       on_compile_error="eager")
+    reference = cc.generate_reference(GraphBreakingModel(seed=2), ids, mask,
+                                      config=fast.resolved_config())
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        first = fast.generate(ids, mask)
+        second = fast.generate(ids, mask)
+    said = [r.message for r in caplog.records if "could not compile" in r.message]
+    assert len(said) == 1 and "data-dependent" in said[0] and "runs eagerly" in said[0]
+    for out in (first, second):
+        assert torch.equal(out.sequences, reference.sequences) and out.nfe == reference.nfe
+        assert out.stats["runner"] == "eager"
+    # A step that compiles is compiled as before: the option changes only the failure.
+    fine = cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4,
+                       on_compile_error="eager")
+    assert fine.generate(ids, mask).stats["runner"] == "compiled"
+    # precompile() of a shape that does not compile warns instead of raising.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        fast.precompile(1, 6)
+    assert "could not compile" in caplog.text
+    # The model's own exception is raised with it too (it is not the compiler's).
+    raising = cc.optimize(RaisingModel(only_when_traced=False), gen_length=8, block_length=4,
+                          on_compile_error="eager")
+    with pytest.raises(ValueError, match="at most 4 tokens"):
+        raising.generate(ids, mask)
+
+
+def test_on_compile_error_eager_after_an_exception_under_tracing_steps_once():
+    # The model raises only as dynamo traces it: the eager step run to tell has taken the step,
+    # which must not be taken twice (NFE and tokens as the reference's).
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast = cc.optimize(RaisingModel(only_when_traced=True), gen_length=8, block_length=4,
+                       on_compile_error="eager")
+    reference = cc.generate_reference(RaisingModel(only_when_traced=True), ids,
+                                      config=fast.resolved_config())
+    out = fast.generate(ids)
+    assert torch.equal(out.sequences, reference.sequences) and out.nfe == reference.nfe
+    assert out.stats["runner"] == "eager"
+
+
+def test_on_compile_error_is_validated_and_in_the_step_key():
+    with pytest.raises(ValueError, match=r"on_compile_error='ignore': use one of \('raise', "
+                                         r"'eager'\)"):
+        cc.DecodeConfig(on_compile_error="ignore")
+    fast = cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast.generate(ids)
+    fast.generate(ids, on_compile_error="eager")
+    assert fast.cached_steps == 2  # a raising step must not serve an 'eager' call, or back
+    eager = cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4, compile=False)
+    eager.generate(ids)
+    eager.generate(ids, on_compile_error="eager")
+    assert eager.cached_steps == 1  # without compile it changes nothing
+
+
 def test_a_failing_compiler_backend_is_not_blamed_on_the_model():
     from credit_compile import runner
 

@@ -105,7 +105,7 @@ def test_lowering_max_cached_steps_drops_the_least_recently_used_now(caplog):
         fast.max_cached_steps = 2
     assert sorted(key[0] for key in fast._runners) == [(1, 4 + 4), (1, 6 + 4)]
     # Asked for, so said at INFO, and without the overflow warning's advice to raise the limit.
-    assert sum("freed the compiled step" in r.message and "lowered to 2" in r.message
+    assert sum("freed the eager step" in r.message and "lowered to 2" in r.message
                and r.levelno == logging.INFO for r in caplog.records) == 2
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
     fast.max_cached_steps = 8  # raising it drops nothing
@@ -193,11 +193,60 @@ class ReplayOnCPU(EagerStepRunner):
 def graphs_on_cpu(monkeypatch):
     from credit_compile import api, runner
 
-    def make_runner(setup, *, backend=None, cuda_graphs="off", unroll=1):
-        compiled = runner.CompiledStepRunner(setup, backend)
-        return compiled if cuda_graphs == "off" else ReplayOnCPU(compiled, unroll=unroll)
+    def make_runner(setup, *, backend=None, cuda_graphs="off", unroll=1, on_compile_error="raise"):
+        compiled = runner.CompiledStepRunner(setup, backend, on_compile_error)
+        if cuda_graphs == "off":
+            return compiled
+        return runner.with_graphs(compiled, unroll=unroll, required=cuda_graphs == "on",
+                                  graph_runner=ReplayOnCPU)
 
     monkeypatch.setattr(api, "make_runner", make_runner)
+
+
+class GraphBreaking(torch.nn.Module):
+    """The tiny LLaDA behind a forward that reads a tensor's value (a graph break)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = build_model("tiny")
+        self.config = self.inner.config
+
+    def forward(self, input_ids, attention_mask=None):
+        if input_ids.sum().item() < 0:
+            input_ids = input_ids.abs()
+        return self.inner(input_ids, attention_mask=attention_mask)
+
+
+def test_a_step_falling_back_to_eager_is_not_captured(graphs_on_cpu, caplog):
+    model = GraphBreaking()
+    ids, mask = prompts(2, 5, "cpu", padded=True)
+    fast = cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on",
+                       on_compile_error="eager")
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        out = fast.generate(ids, mask)
+    assert out.stats["runner"] == "eager" and "could not compile" in caplog.text
+    ref = cc.generate_reference(model, ids, mask, config=fast.resolved_config())
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    with pytest.raises(cc.CompileError):  # and raised without the option, graphs or not
+        cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on").generate(ids, mask)
+
+
+def test_capture_failing_falls_back_to_the_compiled_step_unless_graphs_are_required(caplog):
+    from credit_compile import runner
+
+    def failing_capture(compiled, unroll):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    ids, mask = prompts(1, 5, "cpu", padded=False)
+    setup = setup_generation(build_model("tiny"), ids, mask, cc.DecodeConfig(gen_length=8,
+                                                                             block_length=4))
+    compiled = CompiledStepRunner(setup, backend="eager")
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        assert runner.with_graphs(compiled, unroll=2, required=False,
+                                  graph_runner=failing_capture) is compiled
+    assert "CUDA graph capture failed (operation not permitted" in caplog.text
+    with pytest.raises(RuntimeError, match="not permitted"):
+        runner.with_graphs(compiled, unroll=2, required=True, graph_runner=failing_capture)
 
 
 @pytest.mark.parametrize("config", [
