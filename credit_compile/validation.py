@@ -41,17 +41,29 @@ def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
     return mask_id
 
 
-def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None) -> None:
+def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None,
+                             eos_ids: tuple[int, ...] | None) -> None:
     """A batch whose rows end (or start) with the padding token, some rows but not all, is a
-    padded batch passed without its mask: its pads would be decoded as prompt."""
-    if pad_id is None or input_ids.shape[0] < 2:
+    padded batch passed without its mask: its pads would be decoded as prompt. A model whose
+    config names no pad token is checked for rows starting with its end-of-text token, which
+    tokenizers without a pad token pad with (no prompt begins with it; some end with it)."""
+    if input_ids.shape[0] < 2:
         return
-    for column, side in ((-1, "right"), (0, "left")):
-        pads = input_ids[:, column] == pad_id
+    if pad_id is not None:
+        checks = [(-1, "right", (pad_id,)), (0, "left", (pad_id,))]
+    else:
+        checks = [(0, "left", eos_ids)] if eos_ids else []
+    for column, side, ids in checks:
+        pads = torch.zeros_like(input_ids[:, column], dtype=torch.bool)
+        for token in ids:
+            pads |= input_ids[:, column] == token
         if bool(pads.any()) and not bool(pads.all()):
+            which = (f"the pad token {pad_id}" if pad_id is not None else
+                     f"the end-of-text token {ids[0] if len(ids) == 1 else ids} (the model "
+                     f"names no pad token; tokenizers without one pad with end-of-text)")
             raise ValueError(
                 f"input_ids look {side}-padded (some rows {'end' if side == 'right' else 'start'} "
-                f"with the pad token {pad_id}, others do not) but no attention_mask was given, so "
+                f"with {which}, others do not) but no attention_mask was given, so "
                 f"the padding would be read as prompt: if those are real tokens, pass "
                 f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
                 f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
@@ -153,7 +165,7 @@ def check_inputs(
     if info.vocab_size is not None:
         check_token_range(input_ids, info.vocab_size)
     if attention_mask is None:
-        _refuse_unmasked_padding(input_ids, info.pad_id)
+        _refuse_unmasked_padding(input_ids, info.pad_id, info.eos_ids)
         return input_ids.long(), None
     if not isinstance(attention_mask, torch.Tensor):
         raise ValueError(

@@ -537,6 +537,21 @@ def test_a_padded_batch_without_its_attention_mask_is_refused(ids_, side):
     cc.generate_reference(model, torch.cat([ids_[:1], ids_[:1]]), **small())
 
 
+def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_named():
+    model = CountingModel()
+    model.config.pad_token_id, model.config.eos_token_id = None, 2
+    padded = torch.tensor([[2, 2, 5, 6], [5, 6, 7, 8]])
+    assert_rejected(model, padded, r"input_ids look left-padded \(some rows start with the "
+                                   r"end-of-text token 2 \(the model names no pad token",
+                    **small())
+    cc.generate_reference(model, padded, torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), **small())
+    # Ending with end-of-text is a prompt's right; so is every row starting alike.
+    cc.generate_reference(model, torch.tensor([[5, 6, 2], [5, 6, 7]]), **small())
+    cc.generate_reference(model, torch.tensor([[2, 5, 6], [2, 6, 7]]), **small())
+    model.config.eos_token_id = None  # nothing names a padding token: nothing is refused
+    cc.generate_reference(model, padded, **small())
+
+
 def test_active_dropout_is_warned_about_at_the_callers_line(ids):
     class WithDropout(ContextMixModel):
         def __init__(self):
