@@ -349,7 +349,7 @@ def cmd_bench(args) -> int:
     if not script.is_file():
         raise SystemExit(
             f"error: {script} not found: the benchmarks ship with the source repository, not the "
-            f"wheel; run `pip install -e .` from a clone"
+            f"wheel; run this command from a clone's root (or after `pip install -e .` there)"
         )
     argv, path = sys.argv, list(sys.path)
     # As `python benchmarks/bench_x.py` would: the script's folder first on sys.path (the

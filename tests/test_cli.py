@@ -122,6 +122,17 @@ def test_bench_runs_a_benchmark_script(tmp_path, capsys, monkeypatch):
     assert "credit-eager" in capsys.readouterr().out
 
 
+def test_bench_outside_a_clone_says_where_to_run_it(tmp_path, monkeypatch):
+    from credit_compile import cli
+
+    # An installed wheel: no benchmarks/ beside the package, none in the working directory.
+    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site" / "credit_compile" / "cli.py"))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit, match=r"bench_generate.py not found: the benchmarks ship "
+                                         r"with the source repository.*from a clone's root"):
+        main(["bench", "generate"])
+
+
 @pytest.mark.parametrize("device, says", [
     ("bogus", r"--device 'bogus' is not a device"),
     ("mps", r"credit_compile runs on cpu or cuda"),
