@@ -656,3 +656,56 @@ def test_cuda_dispatcher_under_torch_compile(layout):
         torch.testing.assert_close(a[1], b[1], atol=1e-6, rtol=1e-5)
         for s_e, s_c in zip(state_eager, state_comp, strict=True):
             torch.testing.assert_close(s_e, s_c, atol=1e-6, rtol=1e-5)
+
+
+# Found by mutation testing (each test fails on its mutant).
+
+
+def test_row_groups_of_whole_sequences_hold_as_many_as_fit_the_bound():
+    # Several sequences fit one group, but not all of them.
+    for batch, block, vocab in [(5, 64, 126464), (9, 32, 126464)]:
+        seen = torch.zeros(batch, block, dtype=torch.int32)
+        sizes = []
+        for bs, ls in credit_step_cpu._row_groups(batch, block, vocab):
+            seen[bs, ls] += 1
+            assert ls == slice(0, block)
+            rows = (bs.stop - bs.start) * block
+            assert rows * vocab <= credit_step_cpu.ROW_CHUNK_ELEMS
+            sizes.append(bs.stop - bs.start)
+        assert (seen == 1).all()
+        assert max(sizes) == credit_step_cpu.ROW_CHUNK_ELEMS // (block * vocab)  # not one at a time
+
+
+@pytest.mark.parametrize("name", ["credit_step_dense", "credit_step_sparse"])
+def test_cpu_logits_take_the_plain_op_when_the_triton_ops_are_registered(monkeypatch, name):
+    # The Triton ops cannot run on CPU fake tensors under torch.compile: the device decides.
+    from credit_compile.ops import credit_step
+
+    monkeypatch.setattr(credit_step, "_TRITON_OPS_REGISTERED", True)
+    assert credit_step.dispatch_op(name, torch.zeros(1, 2, 8)) == getattr(
+        torch.ops.credit_compile, name)
+
+
+def test_registering_the_triton_ops_twice_is_fine():
+    pytest.importorskip("triton")
+    code = ("from credit_compile.ops import credit_step as c\n"
+            "assert not c.triton_ops_registered()\n"
+            "assert c.register_triton_ops() and c.triton_ops_registered()\n"
+            "assert c.register_triton_ops() and c.triton_ops_registered()\n")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_mask_column_loses_to_very_negative_logits():
+    # The mask column is -inf, not merely very negative: it loses to any finite logit.
+    mask_id = 3
+    logits = torch.full((1, 2, 6), -1e10)
+    logits[0, :, 1] = -2e10
+    logits[0, :, mask_id] = 50.0
+    credit = torch.zeros(1, 2, 6)
+    masked = torch.ones(1, 2, dtype=torch.bool)
+    x0, conf = credit_step_dense_eager(logits, credit, masked, torch.tensor(True), 0.7, 0.8, 0.2,
+                                       mask_id)
+    assert (x0 != mask_id).all()
+    assert (x0 == 0).all() and (credit[..., mask_id] == 0).all()

@@ -885,3 +885,162 @@ def test_credit_fusion_picks_the_triton_op_on_cuda(inductor):
     assert_same_state(ref, out)
     assert "credit_compile.credit_step_dense_triton.default" in op_targets(graphs[0])
     assert pass_count("credit_fusion") == 1 and pass_count("block_sliced_lm_head") == 1
+
+
+# Near misses and bookkeeping found by mutation testing (each test fails on its mutant).
+# ------------------------------------------------------------------------------------------------
+# CreditFusion near misses
+# ------------------------------------------------------------------------------------------------
+
+
+def float_mask(logits, credit, masked, first_step):
+    """A float `masked` (0.5 per masked position): the op's kernels read it as a flag."""
+    return credit_step_dense_eager(logits, credit, masked * 0.5, first_step, ALPHA, BETA, GAMMA, MASK)
+
+
+def per_row_first_step(logits, credit, masked, first_step):
+    """One first-step flag per batch row ([B, 1, 1]): the op reads a single flag."""
+    flags = torch.stack([first_step, ~first_step]).view(-1, 1, 1)
+    return credit_step_dense_eager(logits, credit, masked, flags, ALPHA, BETA, GAMMA, MASK)
+
+
+def logits_written_before_the_decay(logits, credit, masked, first_step):
+    logits = logits.clone()
+    raw = masked_vocab_logits(logits, MASK)
+    logits.mul_(-1.0)  # after the chain read them: the op, placed at the log1p, would see this
+    return credit_chain_after_raw(raw, credit, masked, first_step)
+
+
+def prob_of_unmasked_logits(logits, credit, masked, first_step):
+    """p* from the softmax over every column, mask token included (the op leaves it out)."""
+    raw = masked_vocab_logits(logits, MASK)
+    top = raw.argmax(-1)
+    prob = torch.softmax(logits.float(), -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = raw + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+def fused_from_unmasked_logits(logits, credit, masked, first_step):
+    """The credit boost added to the logits without the mask column at -inf."""
+    raw = masked_vocab_logits(logits, MASK)
+    top = raw.argmax(-1)
+    prob = torch.softmax(raw, -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
+    credit.mul_(torch.where(first_step, 0.0, BETA))
+    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
+    fused = logits.float() + ALPHA * torch.log1p(credit)
+    x0 = fused.argmax(-1)
+    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("fn", [float_mask, per_row_first_step, logits_written_before_the_decay,
+                                prob_of_unmasked_logits, fused_from_unmasked_logits])
+@pytest.mark.parametrize("first", [False, True])
+def test_credit_fusion_does_not_fire_where_the_op_would_read_other_inputs(fn, first):
+    compiled, graphs = compile_recording(fn, [CreditFusion()])
+    logits, credit, masked = credit_inputs()
+    first_step = torch.tensor(first)
+    ref_credit, out_credit = credit.clone(), credit.clone()
+    ref = fn(logits.clone(), ref_credit, masked.clone(), first_step)
+    out = compiled(logits.clone(), out_credit, masked.clone(), first_step)
+    assert pass_count("credit_fusion") == 0
+    assert calls(graphs[0], DENSE_OP) == 0
+    for a, b in zip(ref, out, strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0, equal_nan=True)
+    torch.testing.assert_close(out_credit, ref_credit, atol=1e-5, rtol=0, equal_nan=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# BlockSlicedLMHead near misses
+# ------------------------------------------------------------------------------------------------
+
+
+def _multiply_by_a_per_position_tensor(h, weight, positions):
+    return (F.linear(h, weight) * torch.arange(1.0, 13.0)[:, None]).index_select(1, positions)
+
+
+def _slice_vocab_of_an_unbatched_head(h, weight, positions):
+    return F.linear(h[0], weight).index_select(1, positions)  # [L, V]: dim 1 is the vocabulary
+
+
+def _softmax_over_positions(h, weight, positions):
+    return F.linear(h, weight).softmax(1).index_select(1, positions)  # mixes the positions
+
+
+def _hidden_written_through_out(h, weight, positions):
+    logits = F.linear(h, weight)
+    torch.mul(h, 2.0, out=h)  # an in-place write spelled with out=: the moved linear would see it
+    return logits.index_select(1, positions)
+
+
+@pytest.mark.parametrize("fn", [_multiply_by_a_per_position_tensor,
+                                _slice_vocab_of_an_unbatched_head, _softmax_over_positions,
+                                _hidden_written_through_out])
+def test_block_sliced_lm_head_does_not_fire_where_positions_mix_or_the_hidden_is_written(fn):
+    compiled, _ = compile_recording(fn, [BlockSlicedLMHead()])
+    h, positions = head_inputs()
+    weight = torch.randn(24, 8)
+    out, ref = compiled(h.clone(), weight, positions), fn(h.clone(), weight, positions)
+    assert pass_count("block_sliced_lm_head") == 0
+    for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# GumbelFP64Elision
+# ------------------------------------------------------------------------------------------------
+
+
+def greedy_with_uniform_draw(logits):
+    x0 = foreign_add_gumbel_noise(logits, 0).argmax(-1)
+    return x0, torch.empty(x0.shape).uniform_()  # a random *method*: eliding shifts its numbers
+
+
+def test_gumbel_fp64_elision_counts_a_random_method_as_a_draw():
+    compiled, graphs = compile_recording(greedy_with_uniform_draw, [GumbelFP64Elision()])
+    logits = torch.randn(2, 4, 50)
+    torch.manual_seed(7)
+    ref = greedy_with_uniform_draw(logits)
+    torch.manual_seed(7)
+    out = compiled(logits)
+    assert pass_count("gumbel_fp64_elision") == 0
+    assert calls(graphs[0], torch.rand_like) == 1
+    for a, b in zip(ref, out, strict=True):
+        assert torch.equal(a, b)
+
+
+def two_greedy_samplers(a, b):
+    return greedy_sampler(a), greedy_sampler(b)
+
+
+def test_gumbel_fp64_elision_counts_every_rewrite():
+    compiled, graphs = compile_recording(two_greedy_samplers, [GumbelFP64Elision()])
+    a, b = torch.randn(2, 4, 50) * 4, torch.randn(3, 50) * 4
+    out = compiled(a, b)
+    ref = two_greedy_samplers(a, b)
+    assert pass_count("gumbel_fp64_elision") == 2  # the counter adds one per rewrite
+    assert calls(graphs[0], torch.rand_like) == 0
+    assert all(torch.equal(x, y) for x, y in zip(out, ref, strict=True))
+
+
+# ------------------------------------------------------------------------------------------------
+# PassPipeline
+# ------------------------------------------------------------------------------------------------
+
+
+class Recorder(GraphPass):
+    def __init__(self, name, seen):
+        self.name, self.seen = name, seen
+
+    def rewrite(self, graph_module):
+        self.seen.append(self.name)
+        return 0
+
+
+def test_pipeline_runs_its_passes_in_order():
+    seen = []
+    gm = torch.fx.symbolic_trace(lambda x: x + 1)
+    PassPipeline([Recorder("first", seen), Recorder("second", seen), Recorder("third", seen)])(gm.graph)
+    assert seen == ["first", "second", "third"]

@@ -581,3 +581,34 @@ def test_cuda_graph_under_autocast_is_a_graph_of_its_own():
     assert torch.equal(out.sequences, compiled.sequences) and out.nfe == compiled.nfe
     assert torch.equal(fast.generate(ids, mask).sequences, float32.sequences)
     assert fast.cached_steps == 2  # the float32 graph, found again
+
+
+def test_a_call_that_recompiles_counts_as_compile_time_and_says_so(caplog):
+    # Found by mutation testing: a recompiling call counted as decoding time, or not marked.
+    import time
+
+    from credit_compile.backend import make_backend
+
+    model = build_model(get_config("tiny"), seed=1)
+    ids = torch.randint(0, 100, (1, 4), generator=torch.Generator().manual_seed(0))
+    setup = setup_generation(model, ids, None, cc.DecodeConfig(gen_length=8, block_length=4))
+    backend = make_backend(inductor=False)
+    runner = CompiledStepRunner(setup, backend)
+    calls = []
+
+    def step(recompile):  # stands in for the compiled step: a guard failure compiles anew
+        calls.append(recompile)
+        if recompile:
+            backend.graphs_compiled += 1
+            time.sleep(0.05)
+
+    runner._steps["step"] = lambda: step(recompile=len(calls) in (0, 2))
+    runner.run_phase("step")  # the first call: compile time, no warning
+    first = runner.compile_seconds
+    assert first >= 0.05 and "recompiled" not in caplog.text
+    runner.run_phase("step")  # a plain call: decoding time
+    assert runner.compile_seconds == first
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        runner.run_phase("step")  # the guards failed: compiled again
+    assert runner.compile_seconds >= first + 0.05
+    assert "the compiled step recompiled" in caplog.text
