@@ -216,12 +216,17 @@ def decay_not_reset_on_first_step(logits, credit, masked, first_step):
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
-def credit_chain_after_raw(raw, credit, masked, first_step):
-    """The dense chain from the masked-vocabulary logits on (near misses differ before it)."""
-    top, prob = top1_and_prob(raw)
+def credit_chain_after_raw(raw, credit, masked, first_step, *, prob_of=None, boosted=None):
+    """The dense chain from the masked-vocabulary logits on (near misses differ before it, or
+    take p* from the softmax of `prob_of`, or add the boost to `boosted`, instead of `raw`)."""
+    if prob_of is None:
+        top, prob = top1_and_prob(raw)
+    else:
+        top = raw.argmax(-1)
+        prob = torch.softmax(prob_of, -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
     credit.mul_(torch.where(first_step, 0.0, BETA))
     credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
-    fused = raw + ALPHA * torch.log1p(credit)
+    fused = (raw if boosted is None else boosted) + ALPHA * torch.log1p(credit)
     x0 = fused.argmax(-1)
     return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
@@ -914,25 +919,13 @@ def logits_written_before_the_decay(logits, credit, masked, first_step):
 def prob_of_unmasked_logits(logits, credit, masked, first_step):
     """p* from the softmax over every column, mask token included (the op leaves it out)."""
     raw = masked_vocab_logits(logits, MASK)
-    top = raw.argmax(-1)
-    prob = torch.softmax(logits.float(), -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
-    credit.mul_(torch.where(first_step, 0.0, BETA))
-    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
-    fused = raw + ALPHA * torch.log1p(credit)
-    x0 = fused.argmax(-1)
-    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return credit_chain_after_raw(raw, credit, masked, first_step, prob_of=logits.float())
 
 
 def fused_from_unmasked_logits(logits, credit, masked, first_step):
     """The credit boost added to the logits without the mask column at -inf."""
     raw = masked_vocab_logits(logits, MASK)
-    top = raw.argmax(-1)
-    prob = torch.softmax(raw, -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)
-    credit.mul_(torch.where(first_step, 0.0, BETA))
-    credit.scatter_add_(-1, top.unsqueeze(-1), (prob.pow(GAMMA) * masked).unsqueeze(-1))
-    fused = logits.float() + ALPHA * torch.log1p(credit)
-    x0 = fused.argmax(-1)
-    return x0, torch.softmax(fused, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return credit_chain_after_raw(raw, credit, masked, first_step, boosted=logits.float())
 
 
 @pytest.mark.parametrize("fn", [float_mask, per_row_first_step, logits_written_before_the_decay,
