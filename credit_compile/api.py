@@ -28,7 +28,7 @@ from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
-from .runner import make_runner
+from .runner import CompiledStepRunner, make_runner
 from .torch_settings import torch_settings_key
 from .validation import warn_user
 
@@ -211,7 +211,8 @@ class OptimizedModel(nn.Module):
             torch.cuda.synchronize(runner.state.device)
         elapsed = time.perf_counter() - start
         # A compiled step without graphs compiles inside the loop (a graph before it).
-        compiled_inside = runner.compile_seconds if runner.kind == "compiled" else 0.0
+        compiled_inside = runner.compile_seconds if isinstance(runner, CompiledStepRunner) \
+            else 0.0
         self.last_stats = {
             "runner": runner.kind,
             "compile_seconds": runner.compile_seconds,
@@ -401,7 +402,7 @@ class OptimizedModel(nn.Module):
                 log.info("credit_compile: freed the %s of canvas shape %s (max_cached_steps "
                          "lowered to %d)", what, dropped[0], self.max_cached_steps)
                 continue
-            if runner.kind == "eager":  # its buffers only: nothing to compile again
+            if not isinstance(runner, CompiledStepRunner):  # buffers only: nothing compiles
                 log.debug("credit_compile: freed the eager step of canvas shape %s "
                           "(max_cached_steps=%d)", dropped[0], self.max_cached_steps)
                 continue

@@ -125,6 +125,7 @@ class CompiledStepRunner(EagerStepRunner):
         super().__init__(setup)
         self.on_compile_error = on_compile_error
         self.fell_back = False  # on_compile_error="eager" after a failed compile: eager steps
+        self.model_raised = False  # the eager step raised the model's own error as it compiled
         self._eager_steps = dict(self._steps)
         self._steps = {phase: self._compiled_step(step, backend)
                        for phase, step in self._steps.items()}
@@ -154,7 +155,9 @@ class CompiledStepRunner(EagerStepRunner):
                 # The step's own code raised as it traced (a model's output failing its check):
                 # the user's error, not the compiler's. The eager step raises it as it is (or,
                 # raised under tracing only, takes this step).
+                self.model_raised = True
                 self._eager_steps[phase]()
+                self.model_raised = False
             if self.on_compile_error != "eager":
                 raise CompileError(compile_failure_message(error)) from error
             self._fall_back_to_eager(error)
@@ -277,8 +280,8 @@ def with_graphs(compiled: CompiledStepRunner, *, unroll: int, required: bool,
     except CompileError:
         raise  # the compiled step the fallback would run fails the same way
     except Exception as error:  # capture can fail on ops that sync or allocate dynamically
-        if required:
-            raise
+        if required or compiled.model_raised:
+            raise  # the model's own error, raised as the warm-up compiled: not the capture's
         log.warning("credit_compile: CUDA graph capture failed (%s); running the compiled step "
                     "without graphs", error)
         return compiled

@@ -612,3 +612,26 @@ def test_a_call_that_recompiles_counts_as_compile_time_and_says_so(caplog):
         runner.run_phase("step")  # the guards failed: compiled again
     assert runner.compile_seconds >= first + 0.05
     assert "the compiled step recompiled" in caplog.text
+
+
+def test_the_models_own_error_in_the_warm_up_is_not_taken_for_a_failed_capture(caplog):
+    # Found by review: under cuda_graphs="auto" the warm-up compiles the step; a model raising
+    # there was logged as a failed capture and its step cached without graphs.
+    from credit_compile import runner
+
+    def refusing_forward(input_ids, attention_mask, position_ids, **kv_cache):
+        raise ValueError("this model refuses the canvas")
+
+    def warm_up_then_capture(compiled, unroll):
+        for phase in compiled.schedule.phases:
+            compiled.run_phase(phase)
+
+    ids, _ = prompts(1, 5, "cpu", padded=False)
+    setup = setup_generation(build_model("tiny"), ids, None,
+                             cc.DecodeConfig(gen_length=8, block_length=4),
+                             forward=refusing_forward)
+    compiled = CompiledStepRunner(setup, backend="eager")
+    with caplog.at_level(logging.WARNING, logger="credit_compile"), \
+            pytest.raises(ValueError, match="refuses the canvas"):
+        runner.with_graphs(compiled, unroll=1, required=False, graph_runner=warm_up_then_capture)
+    assert "capture failed" not in caplog.text
