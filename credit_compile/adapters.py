@@ -38,6 +38,11 @@ class ModelInfo:
             positions, which is why prompt buckets need them.
         pad_id: the padding token of the model's config, or None; used only to recognise a
             padded batch passed without its attention mask.
+        eos_padding_ids: where the config names no pad token, its end-of-text tokens (a
+            tokenizer without a pad token pads with them), used like `pad_id`. Not a call's
+            `eos_token_id` (that says where to stop, not how the prompt was padded), and None
+            where the begin-of-text token is one of them (GPT-2 style: every prompt may start
+            with it, so it cannot tell padding from prompt).
     """
 
     kind: str
@@ -48,6 +53,7 @@ class ModelInfo:
     honours_attention_mask: bool
     takes_position_ids: bool = False
     pad_id: int | None = None
+    eos_padding_ids: tuple[int, ...] | None = None
 
 
 def _is_project_model(model: nn.Module) -> bool:
@@ -88,7 +94,18 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
         honours_attention_mask=honours,
         takes_position_ids=positions,
         pad_id=from_config("pad_token_id"),
+        eos_padding_ids=_eos_padding_ids(config),
     )
+
+
+def _eos_padding_ids(config) -> tuple[int, ...] | None:
+    if token_ids(getattr(config, "pad_token_id", None)) is not None:
+        return None
+    eos_ids = token_ids(getattr(config, "eos_token_id", None))
+    bos_ids = token_ids(getattr(config, "bos_token_id", None)) or ()
+    if eos_ids is None or set(bos_ids) & set(eos_ids):
+        return None
+    return eos_ids
 
 
 def token_ids(value) -> tuple[int, ...] | None:

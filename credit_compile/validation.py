@@ -46,7 +46,8 @@ def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None,
     """A batch whose rows end (or start) with the padding token, some rows but not all, is a
     padded batch passed without its mask: its pads would be decoded as prompt. A model whose
     config names no pad token is checked for rows starting with its end-of-text token, which
-    tokenizers without a pad token pad with (no prompt begins with it; some end with it)."""
+    tokenizers without a pad token pad with (no prompt begins with it unless it is also the
+    begin-of-text token, see `ModelInfo.eos_padding_ids`; some prompts end with it)."""
     if input_ids.shape[0] < 2:
         return
     if pad_id is not None:
@@ -165,7 +166,7 @@ def check_inputs(
     if info.vocab_size is not None:
         check_token_range(input_ids, info.vocab_size)
     if attention_mask is None:
-        _refuse_unmasked_padding(input_ids, info.pad_id, info.eos_ids)
+        _refuse_unmasked_padding(input_ids, info.pad_id, info.eos_padding_ids)
         return input_ids.long(), None
     if not isinstance(attention_mask, torch.Tensor):
         raise ValueError(

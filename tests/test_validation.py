@@ -550,6 +550,13 @@ def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_n
     cc.generate_reference(model, torch.tensor([[2, 5, 6], [2, 6, 7]]), **small())
     model.config.eos_token_id = None  # nothing names a padding token: nothing is refused
     cc.generate_reference(model, padded, **small())
+    # A call's end-of-text says where to stop, not how the prompt was padded.
+    cc.generate_reference(model, padded, **small(eos_token_id=2))
+    # GPT-2 style, begin-of-text is end-of-text: prompts may start with it, nothing is refused.
+    model.config.eos_token_id, model.config.bos_token_id = 2, 2
+    cc.generate_reference(model, padded, **small())
+    model.config.bos_token_id, model.calls = 1, 0  # another begin-of-text: refused again
+    assert_rejected(model, padded, r"input_ids look left-padded", **small())
 
 
 def test_active_dropout_is_warned_about_at_the_callers_line(ids):
