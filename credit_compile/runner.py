@@ -276,12 +276,19 @@ def with_graphs(compiled: CompiledStepRunner, *, unroll: int, required: bool,
         if compiled.fell_back:
             return compiled
     try:
-        return graph_runner(compiled, unroll=unroll)
+        graphed = graph_runner(compiled, unroll=unroll)
     except CompileError:
         raise  # the compiled step the fallback would run fails the same way
     except Exception as error:  # capture can fail on ops that sync or allocate dynamically
+        if compiled.fell_back:
+            return compiled  # a recompile in the warm-up failed: its eager step, uncaptured
         if required or compiled.model_raised:
             raise  # the model's own error, raised as the warm-up compiled: not the capture's
         log.warning("credit_compile: CUDA graph capture failed (%s); running the compiled step "
                     "without graphs", error)
         return compiled
+    if compiled.fell_back:
+        # A guard failed in the warm-up and its recompile failed (on_compile_error="eager"):
+        # the graphs captured the eager step, whose Python does not run on replay.
+        return compiled
+    return graphed

@@ -231,6 +231,38 @@ def test_a_step_falling_back_to_eager_is_not_captured(graphs_on_cpu, caplog):
         cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on").generate(ids, mask)
 
 
+@pytest.mark.parametrize("capture_then_fails", [False, True])
+def test_a_recompile_failing_in_the_graph_warm_up_is_not_captured(capture_then_fails, caplog):
+    """on_compile_error="eager" compiles before capture; a guard failing in the warm-up after
+    that recompiles, and where that fails the step runs eagerly: the graphs must not replay it,
+    and capturing the eager step failing is no capture failure (graphs "on" raised it)."""
+    from credit_compile import runner
+
+    captured = []
+
+    class RecompileFailingInWarmUp(ReplayOnCPU):
+        def __init__(self, compiled, unroll=1):
+            def recompile_fails():
+                raise torch._dynamo.exc.TorchDynamoException("a recompile failed")
+
+            compiled._steps = {phase: recompile_fails for phase in compiled._steps}
+            super().__init__(compiled, unroll)
+            captured.append(self)
+            if capture_then_fails:
+                raise RuntimeError("operation not permitted when stream is capturing")
+
+    model = build_model("tiny")
+    ids, mask = prompts(2, 5, "cpu", padded=True)
+    config = cc.DecodeConfig(gen_length=8, block_length=4, on_compile_error="eager")
+    compiled = CompiledStepRunner(setup_generation(model, ids, mask, config), backend="eager",
+                                  on_compile_error="eager")
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        chosen = runner.with_graphs(compiled, unroll=2, required=True,
+                                    graph_runner=RecompileFailingInWarmUp)
+    assert captured and chosen is compiled and compiled.kind == "eager"
+    assert "a recompile failed" in caplog.text
+
+
 def test_capture_failing_falls_back_to_the_compiled_step_unless_graphs_are_required(caplog):
     from credit_compile import runner
 
