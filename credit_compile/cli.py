@@ -41,7 +41,8 @@ def _add_decode_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="credit", choices=["credit", "threshold", "factor", "llada"])
     p.add_argument("--gen-length", type=int, default=None,
                    help="tokens to generate (default: 16 on the embedded model, whose answers "
-                        "are EOS-padded to 16 tokens, else 64)")
+                        "are EOS-padded to 16 tokens, else 64, or less where the model's "
+                        "context leaves less after the prompt)")
     p.add_argument("--block-length", type=int, default=None,
                    help="block length (default: 8 on the embedded model, else 16)")
     p.add_argument("--steps", type=int, default=None,
@@ -138,6 +139,27 @@ def _decode_config(args):
         prompt_bucket=args.prompt_bucket, batch_bucket=args.batch_bucket, mask_id=args.mask_id,
         eos_token_id=args.eos_token_id,
     )
+
+
+def _fit_default_gen_length(args, config, model, ids):
+    """`config` with the default gen_length of a --model checkpoint lowered to what its context
+    leaves after the prompt (a multiple of block_length), said on stderr; an explicit
+    --gen-length, or one that fits, is kept (validation names the fix where nothing fits)."""
+    import dataclasses
+
+    from .adapters import describe_model
+
+    if args.gen_length is not None or args.model is None:
+        return config
+    max_length = describe_model(model).max_length
+    room = None if max_length is None else max_length - ids.shape[1]
+    fitting = None if room is None else room // config.block_length * config.block_length
+    if not fitting or fitting >= config.gen_length:
+        return config
+    print(f"--gen-length {fitting}: what the model's context of {max_length} tokens leaves after "
+          f"a prompt of {ids.shape[1]} (default {config.gen_length}; give --gen-length to choose)",
+          file=sys.stderr)
+    return dataclasses.replace(config, gen_length=fitting)
 
 
 def load_model_and_tokenizer(model_dir: str | None, device: str | None, dtype: str | None = None):
@@ -259,6 +281,7 @@ def cmd_generate(args) -> int:
     config = _decode_config(args)  # a bad option fails before the model loads
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
+    config = _fit_default_gen_length(args, config, model, ids)
     # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
     # no count known in advance says (a bar to gen_length would stop far short of its end).
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None)
@@ -288,6 +311,7 @@ def cmd_verify(args) -> int:
     config = _decode_config(args)
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     _, ids, mask = _prompts(args, tokenizer, device)
+    config = _fit_default_gen_length(args, config, model, ids)
     report = verify(model, ids, mask, config)
     print(report)
     return 0 if report.ok else 1
@@ -321,6 +345,7 @@ def cmd_demo(args) -> int:
     config = _decode_config(args)  # a bad option fails before the model loads
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
+    config = _fit_default_gen_length(args, config, model, ids)
     fast = optimize(model, config)
     # One timed eager call at least (an 8B eager decode is long), three optimized.
     eager, eager_seconds = _best_of(lambda: generate_reference(model, ids, mask, config), device,

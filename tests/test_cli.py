@@ -337,6 +337,22 @@ def test_gen_and_block_length_defaults_depend_on_the_model():
     assert (other.gen_length, other.block_length) == (64, 16)
 
 
+def test_a_checkpoints_default_gen_length_fits_its_context(tmp_path, capsys):
+    # The default model's context is 64: the default 64 tokens after a prompt do not fit.
+    from credit_compile.assets import load_default_model
+
+    model, tokenizer = load_default_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    args = ["generate", "--model", str(tmp_path), "--prompt", "0012+0034=", "--eager"]
+    assert main([*args, "--block-length", "8"]) == 0
+    out = capsys.readouterr()
+    assert "--gen-length 48: what the model's context of 64 tokens leaves after a prompt of 10" \
+        in out.err and "NFE" in out.out
+    assert main([*args, "--gen-length", "64", "--block-length", "8"]) == 2  # asked for: kept
+    assert "exceeds the model's maximum sequence length 64" in capsys.readouterr().err
+
+
 def test_generate_eager_does_not_touch_the_optimized_path(monkeypatch, capsys):
     # --eager runs the reference; the optimized path is not used at all.
     import credit_compile.api as api
