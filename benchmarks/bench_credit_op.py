@@ -191,8 +191,8 @@ def op_config(layout, rows, vocab, dtype, device) -> dict | None:
     from credit_compile.ops.credit_step_sparse_triton import default_lane, launch_config
 
     elem = torch.empty((), dtype=dtype).element_size()
-    per = elem if layout == "sparse" else elem + 8
-    block_v, nsplit, chunk, warps = launch_config(rows, vocab, device, bytes_per_elem=per)
+    block_v, nsplit, chunk, warps = launch_config(rows, vocab, device, layout=layout,
+                                                  elem_size=elem)
     lane = default_lane(elem, block_v) if layout == "sparse" else min(DENSE_LANE, block_v)
     return {"block_v": block_v, "nsplit": nsplit, "num_warps": warps, "lane": lane}
 

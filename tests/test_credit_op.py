@@ -295,10 +295,26 @@ def test_launch_config_covers_vocab():
 
     for rows, vocab, nsplit, block_v in [(1, 126464, 7, 4096), (4, 1001, 3, 128), (2, 17, 5, 16),
                                          (9, 1001, None, None), (3, 126464, 40, 2048)]:
-        bv, ns, chunk, warps = launch_config(rows, vocab, torch.device("cpu"), bytes_per_elem=2,
-                                             block_v=block_v, nsplit=nsplit)
+        bv, ns, chunk, warps = launch_config(rows, vocab, torch.device("cpu"), layout="sparse",
+                                             elem_size=2, block_v=block_v, nsplit=nsplit)
         assert chunk % bv == 0 and bv & (bv - 1) == 0 and warps >= 1
         assert (ns - 1) * chunk < vocab <= ns * chunk  # every split non-empty, V covered
+
+
+@needs_triton
+def test_launch_config_tunes_by_layout_not_by_element_size(monkeypatch):
+    """The split rule is the kernel's: 200 rows on 132 SMs fill the GPU for the sparse kernel
+    (one program per row), not for the dense one. float64 logits, 8 bytes an entry like the dense
+    kernel's fp32 + credit, were tuned as dense."""
+    from credit_compile.ops import credit_step_sparse_triton as sparse
+
+    monkeypatch.setattr(sparse, "sm_count", lambda device: 132)
+    gpu = torch.device("cuda")
+    for elem_size in (2, 4, 8):
+        assert sparse.launch_config(200, 126464, gpu, layout="sparse", elem_size=elem_size)[1] == 1
+        assert sparse.launch_config(200, 126464, gpu, layout="dense", elem_size=elem_size)[1] > 1
+    with pytest.raises(ValueError, match="'sparse' or 'dense'"):
+        sparse.launch_config(200, 126464, gpu, layout="slots", elem_size=2)
 
 
 def implementations(layout):

@@ -281,8 +281,8 @@ def launch_credit_step_dense_triton(
     if rows == 0:
         return x0, conf
     block_v, nsplit, chunk, num_warps = launch_config(
-        rows, vocab, logits.device, bytes_per_elem=logits.element_size() + 8, block_v=block_v,
-        nsplit=nsplit, num_warps=num_warps)
+        rows, vocab, logits.device, layout="dense", elem_size=logits.element_size(),
+        block_v=block_v, nsplit=nsplit, num_warps=num_warps)
     lane = min(DENSE_LANE, block_v) if lane is None else lane
     ws = rows * nsplit if nsplit > 1 else 1  # partials, only used when the V axis is split
     wsf = torch.empty((ws, 5), dtype=torch.float32, device=logits.device)

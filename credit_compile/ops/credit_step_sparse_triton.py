@@ -282,7 +282,7 @@ def sm_count(device: torch.device) -> int:
 
 # GPU launch defaults, chosen with `benchmarks/bench_credit_op.py --sweep` on an H100 (CUDA-graph
 # timing; docs/credit_op.md has the numbers): (tile entries, warps) for the sparse kernel with
-# 16-bit logits, with fp32 logits, and for the dense kernel (bytes_per_elem > 4).
+# 16-bit logits, with 32- or 64-bit logits, and for the dense kernel (any logits).
 GPU_SPARSE_16BIT = (4096, 8)
 GPU_SPARSE_32BIT = (2048, 8)
 GPU_DENSE = (1024, 4)
@@ -297,23 +297,25 @@ MAX_SPLIT = 16
 MIN_TILES_PER_CHUNK = 2
 
 
-def launch_config(rows: int, vocab: int, device: torch.device, *, bytes_per_elem: int,
+def launch_config(rows: int, vocab: int, device: torch.device, *, layout: str, elem_size: int,
                   block_v: int | None = None, nsplit: int | None = None,
                   num_warps: int | None = None) -> tuple[int, int, int, int]:
     """(block_v, nsplit, chunk, num_warps) for `rows` rows of `vocab` entries, from the shapes
     and the device alone (static under torch.compile, no host sync).
 
-    `bytes_per_elem` is what one vocabulary entry moves: the logits' element size for the sparse
-    kernel, plus 8 (credit read and written) for the dense one. On CPU (the interpreter): one
-    tile of up to 4096 entries, no split. Keyword arguments override (tests, tuning sweeps).
+    `layout` is the kernel's credit layout ("sparse" or "dense": the dense kernel also reads and
+    writes 8 bytes of credit per vocabulary entry), `elem_size` the logits' element size. On CPU
+    (the interpreter): one tile of up to 4096 entries, no split. Keyword arguments override
+    (tests, tuning sweeps).
     """
+    if layout not in ("sparse", "dense"):
+        raise ValueError(f"layout={layout!r}: 'sparse' or 'dense'")
     on_gpu = device.type == "cuda"
-    dense = bytes_per_elem > 4
-    if dense:
+    if layout == "dense":
         gpu_block, gpu_warps = GPU_DENSE
         split_below, split_target = DENSE_SPLIT_BELOW, DENSE_SPLIT_TARGET
     else:
-        gpu_block, gpu_warps = GPU_SPARSE_16BIT if bytes_per_elem <= 2 else GPU_SPARSE_32BIT
+        gpu_block, gpu_warps = GPU_SPARSE_16BIT if elem_size <= 2 else GPU_SPARSE_32BIT
         split_below, split_target = SPARSE_SPLIT_BELOW, SPARSE_SPLIT_TARGET
     if block_v is None:
         block_v = gpu_block if on_gpu else 4096
@@ -384,8 +386,8 @@ def launch_credit_step_sparse_triton(
     if rows == 0:
         return x0, conf
     block_v, nsplit, chunk, num_warps = launch_config(
-        rows, vocab, logits.device, bytes_per_elem=logits.element_size(), block_v=block_v,
-        nsplit=nsplit, num_warps=num_warps)
+        rows, vocab, logits.device, layout="sparse", elem_size=logits.element_size(),
+        block_v=block_v, nsplit=nsplit, num_warps=num_warps)
     block_k = triton.next_power_of_2(max(slots, 1))
     lane = default_lane(logits.element_size(), block_v) if lane is None else lane
     common_strides = (
