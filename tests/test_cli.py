@@ -182,6 +182,37 @@ def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
     assert bar.total == (bar.n if strategy == "llada" else None) and bar.n > 0
 
 
+def test_the_optimized_path_streams_and_reports_progress_as_eager_does(monkeypatch, capsys):
+    # Without --eager the callbacks go to optimize(...).generate: the bar counts its steps, and
+    # each block is printed through a TextStream told the call's block count (so the last block
+    # flushes a character held back, with no finish() to call).
+    from credit_compile import cli
+
+    bars, printers = [], []
+    real_bar, real_printer = cli._progress_bar, cli._block_printer
+    monkeypatch.setattr(cli, "_progress_bar",
+                        lambda total: bars.append(real_bar(total)) or bars[-1])
+    monkeypatch.setattr(cli, "_block_printer", lambda bar, prompts, tokenizer, num_blocks: (
+        printers.append(num_blocks) or real_printer(bar, prompts, tokenizer, num_blocks)))
+    assert main(["generate", "--prompt", "0012+0034=", "--stream", "--no-compile", *SMALL]) == 0
+    streamed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("block ")]
+    assert [line.split(":")[0] for line in streamed] == ["block 0", "block 1"]
+    assert printers == [2]
+    (bar, _), = bars
+    assert bar.n > 0
+
+
+def test_the_progress_bar_stops_at_its_total():
+    # Steps run after completion (a CUDA graph's replay of several) do not overfill the bar.
+    from credit_compile.cli import _progress_bar
+
+    bar, progress = _progress_bar(4)
+    progress(3)
+    progress(6)
+    assert bar.n == 4
+    bar.close()
+
+
 def test_steps_without_the_llada_strategy_is_refused(capsys):
     assert main(["generate", "--prompt", "ab", "--steps", "4", *SMALL]) == 2
     assert "--steps applies to --strategy llada only" in capsys.readouterr().err
@@ -327,6 +358,13 @@ def test_every_decode_flag_reaches_the_config():
     assert _config("--eos-token-id", "2").eos_token_id in (2, (2,))
     assert _config().compile is True
     assert _config("--strategy", "llada", "--commit-last-tokens", "9").commit_last_tokens == (9,)
+
+
+def test_the_llada_and_compile_error_flags_reach_the_config():
+    # Flags the test above leaves out: each must reach DecodeConfig, not its default.
+    config = _config("--strategy", "llada", "--steps", "4", "--temperature", "0.5",
+                     "--on-compile-error", "eager")
+    assert (config.steps, config.temperature, config.on_compile_error) == (4, 0.5, "eager")
 
 
 def test_gen_and_block_length_defaults_depend_on_the_model():

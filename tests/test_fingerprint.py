@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import math
 
 import pytest
@@ -12,10 +13,16 @@ from torch.testing._internal.two_tensor import TwoTensor
 from credit_compile.fingerprint import MAX_CONTAINER_DEPTH, MAX_CONTAINER_ITEMS, model_fingerprint
 
 
+class Mode(enum.Enum):
+    FAST = 1
+    EXACT = 2
+
+
 class Config:
     def __init__(self):
         self.scale = 1.0
         self.rope_theta = 10000.0
+        self.mode = Mode.FAST
         self.rope_scaling = {"type": "linear", "factor": 2.0}
         self.vocabulary = list(range(MAX_CONTAINER_ITEMS + 1))  # too big to be looked into
 
@@ -26,6 +33,7 @@ def small_model() -> nn.Module:
     model[0].soft_cap = float("nan")
     model[0].cache = torch.zeros(3)
     model[0].head_scales = [1.0, (2, 3)]
+    model[0].compute_dtype = torch.float32
     return model.eval()
 
 
@@ -46,6 +54,10 @@ CHANGES = {
     "list item": lambda m: m[0].head_scales.__setitem__(0, 0.5),
     "tuple in a list": lambda m: m[0].head_scales.__setitem__(1, (2, 4)),
     "list as a dict": lambda m: setattr(m[0], "head_scales", {1.0: (2, 3)}),
+    # Plain values the module docstring names besides numbers and strings (an enum in a config
+    # is read by value: a member is not looked into as an object there).
+    "dtype attribute": lambda m: setattr(m[0], "compute_dtype", torch.bfloat16),
+    "enum in the config": lambda m: setattr(m[0].config, "mode", Mode.EXACT),
 }
 
 
@@ -174,4 +186,24 @@ def test_weights_only_sees_a_buffer_reshaped_in_its_storage():
     model[0].register_buffer("rope", torch.zeros(4))
     before = model_fingerprint(model, attributes=False)
     model[0].rope = model[0].rope.view(2, 2)
+    assert model_fingerprint(model, attributes=False) != before
+
+
+@pytest.mark.parametrize("register", ["register_forward_hook", "register_forward_pre_hook"])
+def test_a_hook_added_beside_another_changes_it(register):
+    # Hooks are told by their handle ids: a hook dict read as a plain attribute holds functions,
+    # is not looked into, and would look the same with one hook or two.
+    model = small_model()
+    getattr(model[0], register)(lambda *args: None)
+    before = model_fingerprint(model)
+    getattr(model[0], register)(lambda *args: None)
+    assert model_fingerprint(model) != before
+
+
+def test_weights_only_sees_a_buffer_viewed_as_another_dtype():
+    # Same storage, shape and device, other dtype (a bit-cast view): the dtype tells it.
+    model = small_model()
+    model[0].register_buffer("rope", torch.zeros(4))
+    before = model_fingerprint(model, attributes=False)
+    model[0].rope = model[0].rope.view(torch.int32)
     assert model_fingerprint(model, attributes=False) != before

@@ -728,6 +728,36 @@ def test_verify_detects_a_difference(monkeypatch):
     assert report.first_difference == (0, ids.shape[1] + 7)
 
 
+def test_verify_names_the_first_of_several_differences(monkeypatch):
+    # (row, position) of the first differing token in row-major order, not any other one.
+    model = ContextMixModel(seed=6)
+    ids = torch.randint(0, 30, (2, 4), generator=torch.Generator().manual_seed(0))
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    original = fast.generate
+
+    def corrupted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        for row, column in ((0, 6), (0, 11), (1, 5)):
+            out.sequences[row, column] = (out.sequences[row, column] + 1) % 30
+        return out
+
+    monkeypatch.setattr(fast, "generate", corrupted)
+    assert cc.verify(fast, ids).first_difference == (0, 6)
+
+
+def test_verify_of_an_optimized_model_decodes_with_the_config_given():
+    # A `config` replaces the optimized model's own for both paths (here llada in 2 steps, an
+    # NFE the model's default credit decoding does not have).
+    model = ContextMixModel(seed=6)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    llada = cc.DecodeConfig(strategy="llada", steps=2, gen_length=8, block_length=4,
+                            compile=False)
+    assert cc.generate_reference(model, ids, gen_length=8, block_length=4).nfe != 2
+    report = cc.verify(fast, ids, config=llada)
+    assert report.ok and report.nfe_reference == report.nfe_optimized == 2
+
+
 def test_a_recompile_after_a_guarded_change_is_compile_time(caplog):
     class ListScaledModel(ContextMixModel):
         def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -889,6 +919,52 @@ def test_precompile_then_a_forward_updating_its_attributes_keeps_the_step(monkey
     out = fast.generate(ids)
     assert len(built) == 1
     assert out.stats["compile_seconds"] == 0.0
+
+
+def test_optimize_puts_the_model_in_eval_mode():
+    # Documented: the model is put in eval mode in place (a training model's dropout would
+    # randomise every call's logits).
+    model = ContextMixModel(seed=1).train()
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    assert not model.training and not fast.model.training
+
+
+def test_precompile_padded_prepares_the_step_of_a_padded_batch():
+    # padded=True builds an attention mask with padding; one of ones would be dropped (a batch
+    # without padding runs the unmasked forward) and prepare the other step.
+    fast = cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4, compile=False)
+    fast.precompile(2, 4, padded=True)
+    ids, mask = make_prompts(2, 4, seed=0, padded=True)
+    assert not bool(mask.all())
+    fast.generate(ids, mask)
+    assert fast.cached_steps == 1
+
+
+def test_a_callback_that_raises_keeps_the_step_of_a_forward_updating_its_attributes(
+        monkeypatch, graphs_possible):
+    # The fingerprint is taken again after an interrupted call too: the forward's own attribute
+    # updates are not the caller's change, and must not drop the step (a recompile and, on
+    # CUDA, a recapture at the next call).
+    from credit_compile import api
+
+    class CountingModel(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            self.calls = getattr(self, "calls", 0) + 1
+            return super().forward(input_ids, attention_mask, position_ids)
+
+    make_runner, built = cc.runner.make_runner, []
+    monkeypatch.setattr(api, "make_runner",
+                        lambda *a, **k: built.append(1) or make_runner(*a, **k))
+    fast = cc.optimize(CountingModel(seed=3), gen_length=8, block_length=4, compile=False)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+
+    def hang_up(block):
+        raise ConnectionError("client went away")
+
+    with pytest.raises(ConnectionError):
+        fast.generate(ids, on_block=hang_up)
+    fast.generate(ids)
+    assert len(built) == 1
 
 
 def _fake_cuda_setup():

@@ -110,6 +110,21 @@ def test_the_optimized_model_streams_what_the_reference_streams():
                for (_, a), (_, b) in zip(streamed.blocks, reference.blocks, strict=True))
 
 
+def test_streamed_blocks_are_copies_that_a_later_call_leaves_alone():
+    # A server may send the blocks after the call returns; the optimized model decodes the next
+    # call of the same shapes in the same static buffers, which must not rewrite them.
+    model = layered_model(1, seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    ids, mask = token_prompts(2, 4, seed=4)
+    kept = []
+    first = fast.generate(ids, mask, on_block=kept.append)
+    second = fast.generate(token_prompts(2, 4, seed=5)[0], mask)
+    assert not torch.equal(first.generated, second.generated)
+    assert [block.index for block in kept] == [0, 1]
+    for block in kept:
+        assert torch.equal(block.tokens, first.sequences[:, block.start:block.start + 4])
+
+
 def test_a_callback_that_raises_ends_the_call_and_releases_the_model():
     # A server's client went away: the error reaches the caller, and the next call decodes as
     # if the first had never run, its timings its own (the first call's compile is not its).

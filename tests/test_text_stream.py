@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from hypothesis import given
@@ -81,6 +83,40 @@ def test_text_already_returned_is_never_returned_again():
     stream = cc.TextStream(CleanUpTokenizer(), num_blocks=3)
     pieces = [stream.add(block)[0] for block in blocks_of([[1, 2, 3, 0, 4, 4]], 2)]
     assert pieces == ["a ", "", "b"]
+
+
+class HubStyleDigitTokenizer(DigitTokenizer):
+    """DigitTokenizer with transformers' default: special tokens kept unless asked."""
+
+    def decode(self, ids, skip_special_tokens=False):
+        return super().decode(ids, skip_special_tokens)
+
+
+def test_special_tokens_are_skipped_by_default_even_where_the_tokenizer_keeps_them():
+    # transformers' decode keeps special tokens by default; TextStream's own default drops the
+    # end-of-text tokens early_stop fills a row with, in add() and in `text` alike.
+    block = blocks_of([[1, 9, 2]], 3)[0]
+    stream = cc.TextStream(HubStyleDigitTokenizer())
+    assert stream.add(block) == ["12"] and stream.text == ["12"]
+    kept = cc.TextStream(DigitTokenizer(), skip_special_tokens=False)
+    assert kept.add(block) == ["192"] and kept.text == ["192"]
+
+
+class ByteFallbackTokenizer:
+    """Byte tokens decoded as a byte-fallback decoder does (sentencepiece-style vocabularies in
+    transformers): each byte of an incomplete character becomes its own U+FFFD."""
+
+    def decode(self, ids, skip_special_tokens=True):
+        text = bytes(ids).decode("utf-8", errors="surrogateescape")
+        return re.sub("[\udc80-\udcff]", "\ufffd", text)
+
+
+def test_a_character_cut_into_several_replacement_characters_is_held_back_whole():
+    # "€" is 3 bytes: after the first block of 2, its cut bytes decode to two U+FFFD, all held
+    # back (returning one would leave a stray U+FFFD in the streamed text).
+    stream = cc.TextStream(ByteFallbackTokenizer(), num_blocks=3)
+    pieces = [stream.add(block)[0] for block in blocks_of([list("€ ok".encode())], 2)]
+    assert pieces == ["", "€ ", "ok"]
 
 
 def test_decode_kwargs_reach_the_tokenizer():
