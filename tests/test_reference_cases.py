@@ -281,6 +281,33 @@ def test_llada_gumbel_noise_replays_the_original_formula_in_float64(temperature)
     assert len({tuple(r) for r in expected}) > 1  # the rows really were sampled
 
 
+def test_llada_low_confidence_ranks_by_the_clean_softmax_when_sampling():
+    # LLaDA samples x0 from the Gumbel-noised logits but ranks positions by the noise-free
+    # softmax probability of the sampled token (`p = softmax(logits)` in its generate.py).
+    # Replay the first step by hand with the same seed: the committed position and its
+    # confidence come from the clean softmax; ranking by the noisy softmax picks others.
+    batch, gen_length, seed, temperature = 8, 4, 11, 1.0
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(1 + gen_length, 4, generator=g) * 1.5
+    model = ScriptedModel([logits], mask_id=MASK)
+    out = cc.generate_reference(model, torch.zeros(batch, 1, dtype=torch.long), strategy="llada",
+                                gen_length=gen_length, block_length=gen_length, steps=gen_length,
+                                temperature=temperature, seed=seed, trace=True)
+    torch.manual_seed(seed)
+    u = torch.rand(batch, gen_length, 4, dtype=torch.float64)  # the first step's noise
+    clean = [[math.exp(float(logits[1 + i, v])) / sum(math.exp(float(logits[1 + i, w]))
+                                                       for w in range(3))
+              for v in range(3)] for i in range(gen_length)]
+    for b in range(batch):
+        sampled = [max(range(3), key=lambda v, i=i: float(logits[1 + i, v])
+                       - temperature * math.log(-math.log(float(u[b, i, v]))))
+                   for i in range(gen_length)]
+        conf = [clean[i][sampled[i]] for i in range(gen_length)]
+        best = max(range(gen_length), key=lambda i: (conf[i], -i))
+        assert out.trace[0].committed[b] == [1 + best], b
+        assert out.trace[0].confidence[b] == pytest.approx([conf[best]], abs=1e-6)
+
+
 def test_llada_sampling_never_commits_the_mask_token_at_high_temperature():
     # Uniform logits over the three real tokens: any of 0, 1, 2 is a valid sample, the mask never.
     model = ScriptedModel([torch.zeros(9, 4)], mask_id=MASK)
@@ -457,6 +484,17 @@ def test_an_end_of_text_id_outside_the_vocabulary_is_refused(outside):
     with pytest.raises(ValueError, match=rf"eos_token_id {outside} is outside the model's "
                                          r"vocabulary of 4 tokens, so early_stop would never fire"):
         run("threshold", gen_length=4, block_length=2, early_stop=True, eos_token_id=(2, outside))
+
+
+def test_a_negative_end_of_text_id_in_the_model_config_is_refused():
+    # DecodeConfig refuses a negative eos_token_id, the model's config is not checked there: its
+    # -1 can never be committed, so early_stop is refused rather than silently never firing.
+    model = ScriptedModel([rows([9, 0, 0], [0, 9, 0])], mask_id=MASK)
+    model.config.eos_token_id = -1
+    with pytest.raises(ValueError, match=r"eos_token_id -1 is outside the model's vocabulary of "
+                                         r"4 tokens, so early_stop would never fire"):
+        cc.generate_reference(model, PROMPT, strategy="threshold", gen_length=2, block_length=2,
+                              early_stop=True)
 
 
 def test_early_stop_llada():

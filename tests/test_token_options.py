@@ -66,6 +66,17 @@ def test_early_stop_on_suppressed_end_of_text_alone_is_refused():
     cc.generate_reference(model, ids, eos_token_id=(7, 8), suppress_tokens=7, **decode)
 
 
+def test_early_stop_on_end_of_text_suppressed_exactly_is_refused():
+    # suppress_tokens equal to the end-of-text ids (not only a superset of them) leaves a row no
+    # way to end either: refused the same way.
+    model = ContextMixModel(vocab_size=40, mask_id=39)
+    ids = torch.tensor([[1, 2, 3]])
+    decode = dict(gen_length=4, block_length=4, early_stop=True)
+    for eos in (7, (7, 8)):
+        with pytest.raises(ValueError, match=r"which suppress_tokens never lets be proposed"):
+            cc.generate_reference(model, ids, eos_token_id=eos, suppress_tokens=eos, **decode)
+
+
 @pytest.mark.parametrize("strategy", ["credit", "threshold", "factor", "llada"])
 def test_suppressed_tokens_never_appear(strategy):
     # The tokens the unsuppressed decode chose: suppressed, none of them appears, so the
