@@ -3,7 +3,8 @@
 Accepted models:
 - the project's `credit_compile.models.LLaDAModelLM` (honours attention masks and positions);
 - the official remote-code `LLaDAModelLM` (trust_remote_code): it ignores the attention mask
-  (ML-GSAI/LLaDA issue 90), so padded batches are refused rather than decoded wrongly;
+  (ML-GSAI/LLaDA issue 90), so the reference refuses padded batches rather than decoding them
+  wrongly (`optimize()` adopts it into the project's model instead: `models.remote`);
 - any module whose `forward(input_ids, attention_mask=None)` returns logits (or an output with
   `.logits`); its mask token comes from its config or the `mask_id` argument.
 """
@@ -179,6 +180,11 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
             if attention_mask is None:
                 return _logits_of(model(input_ids), input_ids)
             return _logits_of(model(input_ids, attention_mask=attention_mask), input_ids)
+    elif info.kind == "llada_remote":
+        # transformers 5 drops the official config's `use_cache`, which its forward reads when
+        # not given one.
+        def forward(input_ids, attention_mask, position_ids):
+            return _logits_of(model(input_ids, use_cache=False), input_ids)
     else:
         def forward(input_ids, attention_mask, position_ids):
             return _logits_of(model(input_ids), input_ids)

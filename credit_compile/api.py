@@ -28,6 +28,7 @@ from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
+from .models.remote import adopt_remote_llada, is_remote_llada
 from .runner import CompiledStepRunner, make_runner
 from .torch_settings import torch_settings_key
 from .validation import warn_user
@@ -425,7 +426,8 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         model: the project's LLaDAModelLM, the official remote-code LLaDAModelLM, or any module
             whose forward(input_ids, attention_mask=None) returns logits. It is put in eval
             mode, and with `dtype` cast, in place (as `model.to` does): the returned model
-            shares its weights.
+            shares its weights. The remote-code LLaDA is decoded by the project's LLaDA on its
+            own parameters (`models.remote`): `.model` is then that native module.
         config: decoding defaults (DecodeConfig); `overrides` change its fields.
         mask_id: the mask token when the model's config has no `mask_token_id`.
         max_cached_steps: compiled steps (shapes) kept before the least recently used is
@@ -436,6 +438,9 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     model = unwrap_model(model)
     _checked_cache_size(max_cached_steps)
     config = resolve_config(config, overrides)
+    if is_remote_llada(model):
+        model.eval()
+        model = adopt_remote_llada(model)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     if info.mask_id is None:
         raise ValueError(_NO_MASK_TOKEN)

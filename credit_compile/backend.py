@@ -55,6 +55,26 @@ def inductor_config_patches(deterministic_random: bool, pipeline=None) -> dict:
     return patches
 
 
+_LOGGER_METHODS = ("debug", "info", "warning", "warn", "error", "exception", "critical", "fatal",
+                   "log", "warning_once", "info_once", "warning_advice")  # the last: transformers'
+
+
+def dynamo_config_patches() -> dict:
+    """Dynamo settings for tracing the step, applied around each call of the compiled step: the
+    logging calls of a model's forward (transformers' `logger.warning_once` deprecations among
+    them) are skipped in the graph, where they would stop a `fullgraph=True` trace; the eager
+    forward still logs them."""
+    import logging
+
+    from torch._dynamo import config as dynamo_config
+
+    name = "ignore_logging_functions" if hasattr(dynamo_config, "ignore_logging_functions") \
+        else "ignore_logger_methods"  # torch 2.11's name
+    ignored = {getattr(logging.Logger, m) for m in _LOGGER_METHODS if hasattr(logging.Logger, m)}
+    ignored |= {getattr(logging, m) for m in _LOGGER_METHODS if hasattr(logging, m)}
+    return {name: set(getattr(dynamo_config, name)) | ignored}
+
+
 def make_backend(passes: Sequence | None = None, *, inductor: bool = True,
                  deterministic_random: bool = True, config=None):
     """A torch.compile backend running `passes` (default: `default_passes(config)`) then Inductor.

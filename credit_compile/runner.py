@@ -22,6 +22,7 @@ import types
 
 import torch
 
+from .backend import dynamo_config_patches
 from .decoding.schedule import make_schedule
 from .decoding.state import DecodeState
 from .engine import GenerationSetup
@@ -130,6 +131,7 @@ class CompiledStepRunner(EagerStepRunner):
         self._steps = {phase: self._compiled_step(step, backend)
                        for phase, step in self._steps.items()}
         self._backend = backend
+        self._dynamo_patches = dynamo_config_patches()
         self._compiled: set[str] = set()
 
     @staticmethod
@@ -147,7 +149,8 @@ class CompiledStepRunner(EagerStepRunner):
         compiled_before = getattr(self._backend, "graphs_compiled", None)
         start = time.perf_counter()
         try:
-            self._steps[phase]()
+            with torch._dynamo.config.patch(self._dynamo_patches):
+                self._steps[phase]()
         except torch._dynamo.exc.TorchDynamoException as error:
             # Only compiling raises dynamo's exceptions: a compiled graph raises the ops' own.
             stepped = raised_while_tracing(error)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .api import OptimizedModel, optimize, rng_untouched
-from .backend import make_backend
+from .backend import dynamo_config_patches, make_backend
 from .config import DecodeConfig
 from .engine import setup_generation
 from .reference import generate as generate_reference
@@ -144,7 +144,8 @@ def _first_step_logit_difference(model, input_ids, attention_mask,
     eager = setup.forward(*args)
     # A code object of its own: dynamo's per-code-object graph limit would otherwise count every
     # verify() of every shape on this model.
-    compiled = torch.compile(with_own_code(setup.forward), backend=make_backend(passes=[]),
-                             fullgraph=True)(*args)
+    with torch._dynamo.config.patch(dynamo_config_patches()):
+        compiled = torch.compile(with_own_code(setup.forward), backend=make_backend(passes=[]),
+                                 fullgraph=True)(*args)
     eager = eager.float()
     return float((eager - compiled.float()).abs().max()), float(eager.abs().max())

@@ -20,21 +20,15 @@ def ids(*shape):
 
 
 def test_padded_batch_refused_for_a_model_that_ignores_the_mask():
-    class LLaDAModelLM(torch.nn.Module):  # stands for the official remote code (issue 90)
-        def __init__(self):
-            super().__init__()
-            self.inner = ContextMixModel()
-            self.config = self.inner.config
+    from llada_remote import from_fixture  # stands for the official remote code (issue 90)
 
-        def forward(self, input_ids, attention_mask=None):
-            return self.inner(input_ids)
-
+    remote = from_fixture()
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     with pytest.raises(ValueError, match="issue 90"):
-        cc.generate_reference(LLaDAModelLM(), ids(2, 4), mask, gen_length=8, block_length=4)
+        cc.generate_reference(remote, ids(2, 4), mask, gen_length=8, block_length=4)
     # Unpadded batches are fine for it.
-    out = cc.generate_reference(LLaDAModelLM(), ids(2, 4), torch.ones(2, 4), gen_length=8, block_length=4)
-    assert (out.generated != 39).all()
+    out = cc.generate_reference(remote, ids(2, 4), torch.ones(2, 4), gen_length=8, block_length=4)
+    assert (out.generated != remote.config.mask_token_id).all()
 
 
 def test_optimized_path_raises_the_same_errors(model):

@@ -667,3 +667,44 @@ def test_the_models_own_error_in_the_warm_up_is_not_taken_for_a_failed_capture(c
             pytest.raises(ValueError, match="refuses the canvas"):
         runner.with_graphs(compiled, unroll=1, required=False, graph_runner=warm_up_then_capture)
     assert "capture failed" not in caplog.text
+
+
+class LoggingForward(torch.nn.Module):
+    """A model whose forward logs as transformers' models do (a config deprecation through
+    `logger.warning_once`, a module-level `logging.warning`, a plain `logger.info`)."""
+
+    def __init__(self):
+        super().__init__()
+        from toy_models import ContextMixModel
+        from transformers.utils import logging as hf_logging
+
+        self.inner = ContextMixModel(vocab_size=40, mask_id=39, max_len=32)
+        self.config = self.inner.config
+        self.hf_logger = hf_logging.get_logger("tests.logging_forward")
+        self.logger = logging.getLogger("tests.logging_forward")
+
+    def forward(self, input_ids, attention_mask=None):
+        self.hf_logger.warning_once("`use_return_dict` is deprecated! Use `return_dict` instead!")
+        self.logger.info("forward of %s", tuple(input_ids.shape))
+        logging.warning("a module-level logging call")
+        return self.inner(input_ids, attention_mask)
+
+
+def test_logging_in_the_forward_compiles_as_one_graph():
+    from torch._dynamo import config as dynamo_config
+    from torch._dynamo.utils import counters
+
+    ignored_before = set(dynamo_config.ignore_logger_methods)
+    model = LoggingForward()
+    ids = torch.randint(0, 30, (2, 4), generator=torch.Generator().manual_seed(0))
+    ref = cc.generate_reference(model, ids, gen_length=8, block_length=4)
+    counters.clear()
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    out = fast.generate(ids)
+    assert fast.last_stats["runner"] == "compiled"
+    assert not counters["graph_break"], dict(counters["graph_break"])
+    assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    # Applied for the step's calls only: no global setting changed.
+    assert set(dynamo_config.ignore_logger_methods) == ignored_before
+    report = cc.verify(model, ids, gen_length=8, block_length=4)  # compiles the forward alone
+    assert report.ok and report.max_logit_difference < 1e-5
