@@ -28,7 +28,6 @@ from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
-from .models.remote import adopt_remote_llada, is_remote_llada
 from .runner import CompiledStepRunner, make_runner
 from .torch_settings import torch_settings_key
 from .validation import warn_user
@@ -438,9 +437,7 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     model = unwrap_model(model)
     _checked_cache_size(max_cached_steps)
     config = resolve_config(config, overrides)
-    if is_remote_llada(model):
-        model.eval()
-        model = adopt_remote_llada(model)
+    model = _adopted(model)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     if info.mask_id is None:
         raise ValueError(_NO_MASK_TOKEN)
@@ -452,6 +449,19 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     # call reads the model's config, as the reference does.
     named = mask_id if mask_id is not None else config.mask_id
     return OptimizedModel(model, config, mask_id=named, max_cached_steps=max_cached_steps)
+
+
+def _adopted(model: nn.Module) -> nn.Module:
+    """The official remote-code LLaDA as the project's model on its parameters (models.remote),
+    put in eval mode; any other model as it is (without importing transformers)."""
+    if type(model).__name__ != "LLaDAModelLM":
+        return model
+    from .models.remote import adopt_remote_llada, is_remote_llada
+
+    if not is_remote_llada(model):
+        return model
+    model.eval()
+    return adopt_remote_llada(model)
 
 
 def _checked_cache_size(value) -> int:

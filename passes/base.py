@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+from numbers import Number
 
 import torch
 from optimum.fx.optimization import Transformation
@@ -45,6 +46,21 @@ class GraphPass(Transformation):
             digest.update(inspect.getsource(module).encode())
         digest.update(type(self).__qualname__.encode())
         return digest.hexdigest()
+
+
+def is_call(node, *targets) -> bool:
+    """Whether `node` calls one of the functions `targets`."""
+    return isinstance(node, torch.fx.Node) and node.op == "call_function" and node.target in targets
+
+
+def is_method(node, *names) -> bool:
+    """Whether `node` calls a tensor method named one of `names`."""
+    return isinstance(node, torch.fx.Node) and node.op == "call_method" and node.target in names
+
+
+def is_number(value) -> bool:
+    """A Python number constant of the graph (not a bool)."""
+    return isinstance(value, Number) and not isinstance(value, bool)
 
 
 def fake(node) -> torch.Tensor | None:

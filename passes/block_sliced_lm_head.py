@@ -28,32 +28,19 @@ full logits are needed elsewhere, slicing would not save the full matmul: the pa
 from __future__ import annotations
 
 import operator
-from numbers import Number
 
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from .base import GraphPass, fake, storage_of, touched_between
+from .base import GraphPass, fake, is_call, is_method, is_number, storage_of, touched_between
 
 _LINEAR = (torch._C._nn.linear, torch.nn.functional.linear)
 _CASTS = ("float", "half", "bfloat16", "double")
 
 
-def _fn(node, *targets) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
-
-
-def _method(node, *names) -> bool:
-    return isinstance(node, Node) and node.op == "call_method" and node.target in names
-
-
-def _number(value) -> bool:
-    return isinstance(value, Number) and not isinstance(value, bool)
-
-
 def _index_select(node):
     """`x.index_select(dim, index)` / `torch.index_select(x, dim, index)` -> (x, dim, index)."""
-    if not (_method(node, "index_select") or _fn(node, torch.index_select)):
+    if not (is_method(node, "index_select") or is_call(node, torch.index_select)):
         return None
     args = list(node.args) + [node.kwargs.get(k) for k in ("dim", "index")[len(node.args) - 1:]]
     if len(args) != 3 or set(node.kwargs) - {"dim", "index"}:
@@ -69,23 +56,23 @@ def _rowwise_input(node):
     """
     if not isinstance(node, Node) or node.kwargs:
         return None
-    if _method(node, *_CASTS) and len(node.args) == 1:
+    if is_method(node, *_CASTS) and len(node.args) == 1:
         return node.args[0]
-    if (_fn(node, torch.tanh) or _method(node, "tanh")) and len(node.args) == 1:
+    if (is_call(node, torch.tanh) or is_method(node, "tanh")) and len(node.args) == 1:
         return node.args[0]
-    if _method(node, "to") and len(node.args) == 2 and isinstance(node.args[1], torch.dtype):
+    if is_method(node, "to") and len(node.args) == 2 and isinstance(node.args[1], torch.dtype):
         return node.args[0]
-    is_mul = _fn(node, operator.mul, torch.mul) or _method(node, "mul", "__mul__", "__rmul__")
+    is_mul = is_call(node, operator.mul, torch.mul) or is_method(node, "mul", "__mul__", "__rmul__")
     if is_mul and len(node.args) == 2:
         a, b = node.args
-        if isinstance(a, Node) and _number(b):
+        if isinstance(a, Node) and is_number(b):
             return a
-        if isinstance(b, Node) and _number(a):
+        if isinstance(b, Node) and is_number(a):
             return b
-    is_div = _fn(node, operator.truediv, torch.div) or _method(node, "div", "__truediv__")
+    is_div = is_call(node, operator.truediv, torch.div) or is_method(node, "div", "__truediv__")
     if is_div and len(node.args) == 2:
         a, b = node.args
-        if isinstance(a, Node) and _number(b):
+        if isinstance(a, Node) and is_number(b):
             return a
     return None
 
@@ -95,7 +82,7 @@ def _in_place_rowwise(node: Node, target: Node) -> bool:
     if node.op != "call_method" or node.kwargs or node.users or node.args[:1] != (target,):
         return False
     if node.target in ("mul_", "div_"):
-        return len(node.args) == 2 and _number(node.args[1])
+        return len(node.args) == 2 and is_number(node.args[1])
     return node.target == "tanh_" and len(node.args) == 1
 
 
@@ -123,7 +110,7 @@ class BlockSlicedLMHead(GraphPass):
             return None
         source, dim, positions = selected
         chain: list[Node] = []  # position-wise ops, nearest to the slice first
-        while isinstance(source, Node) and not _fn(source, *_LINEAR):
+        while isinstance(source, Node) and not is_call(source, *_LINEAR):
             inner = _rowwise_input(source)
             if inner is None:
                 return None

@@ -31,24 +31,15 @@ from __future__ import annotations
 
 import math
 import operator
-from numbers import Number
 
 import torch
 from torch.fx import Graph, GraphModule, Node
 
-from .base import GraphPass, fake, storage_of, touched_between
+from .base import GraphPass, fake, is_call, is_method, is_number, storage_of, touched_between
 
 _SOFTMAX = (torch.softmax, torch.nn.functional.softmax, torch.Tensor.softmax)
 # Dynamo records some operators as dunder methods (`vocab.__eq__(5)` in torch 2.11).
 _MUL = ("mul", "__mul__", "__rmul__")
-
-
-def _fn(node, *targets) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
-
-
-def _method(node, *names) -> bool:
-    return isinstance(node, Node) and node.op == "call_method" and node.target in names
 
 
 def _arg(node: Node, index: int, name: str, default=None):
@@ -61,20 +52,16 @@ def _is_last_dim(dim, ndim: int) -> bool:
     return isinstance(dim, int) and not isinstance(dim, bool) and dim in (-1, ndim - 1)
 
 
-def _number(value) -> bool:
-    return isinstance(value, Number) and not isinstance(value, bool)
-
-
 def _unsqueeze_last(node, ndim: int):
     """`x.unsqueeze(-1)` -> x (ndim: the result's rank)."""
-    if _method(node, "unsqueeze") and _is_last_dim(_arg(node, 1, "dim"), ndim):
+    if is_method(node, "unsqueeze") and _is_last_dim(_arg(node, 1, "dim"), ndim):
         return node.args[0]
     return None
 
 
 def _argmax_last(node, ndim: int):
     """`x.argmax(-1)` / `torch.argmax(x, -1)` (keepdim False) -> x."""
-    if not (_method(node, "argmax") or _fn(node, torch.argmax)):
+    if not (is_method(node, "argmax") or is_call(node, torch.argmax)):
         return None
     if _arg(node, 2, "keepdim", False) or not _is_last_dim(_arg(node, 1, "dim"), ndim):
         return None
@@ -83,18 +70,18 @@ def _argmax_last(node, ndim: int):
 
 def _top_prob(node, ndim: int):
     """`softmax(x, -1).gather(-1, top.unsqueeze(-1)).squeeze(-1)` -> (x, top, inner nodes)."""
-    if not (_method(node, "squeeze") and _is_last_dim(_arg(node, 1, "dim"), ndim)):
+    if not (is_method(node, "squeeze") and _is_last_dim(_arg(node, 1, "dim"), ndim)):
         return None
     gather = node.args[0]
-    if not (_method(gather, "gather") and _is_last_dim(_arg(gather, 1, "dim"), ndim)):
+    if not (is_method(gather, "gather") and _is_last_dim(_arg(gather, 1, "dim"), ndim)):
         return None
     soft, index = gather.args[0], _arg(gather, 2, "index")
     top = _unsqueeze_last(index, ndim)
     if top is None:
         return None
-    if _fn(soft, *_SOFTMAX):
+    if is_call(soft, *_SOFTMAX):
         dim, dtype = _arg(soft, 1, "dim"), _arg(soft, 2, "dtype")
-    elif _method(soft, "softmax"):
+    elif is_method(soft, "softmax"):
         dim, dtype = _arg(soft, 1, "dim"), _arg(soft, 2, "dtype")
     else:
         return None
@@ -106,12 +93,12 @@ def _top_prob(node, ndim: int):
 
 def _scaled(node):
     """`c * x` / `x * c` with a Python number c -> (c, x)."""
-    if not (_fn(node, operator.mul, torch.mul) or _method(node, *_MUL)) or len(node.args) != 2:
+    if not (is_call(node, operator.mul, torch.mul) or is_method(node, *_MUL)) or len(node.args) != 2:
         return None
     a, b = node.args
-    if _number(a) and isinstance(b, Node):
+    if is_number(a) and isinstance(b, Node):
         return a, b
-    if _number(b) and isinstance(a, Node):
+    if is_number(b) and isinstance(a, Node):
         return b, a
     return None
 
@@ -119,16 +106,16 @@ def _scaled(node):
 def _masked_vocab(raw):
     """`torch.where(arange(V) == mask_id, -inf, logits.float())`
     -> (logits, mask_id, V, replaced nodes, nodes to erase when unused)."""
-    if not (_fn(raw, torch.where) and len(raw.args) == 3):
+    if not (is_call(raw, torch.where) and len(raw.args) == 3):
         return None
     cond, neg_inf, value = raw.args
-    if not (_number(neg_inf) and math.isinf(neg_inf) and neg_inf < 0):
+    if not (is_number(neg_inf) and math.isinf(neg_inf) and neg_inf < 0):
         return None
-    is_eq = _fn(cond, operator.eq, torch.eq) or _method(cond, "eq", "__eq__")
+    is_eq = is_call(cond, operator.eq, torch.eq) or is_method(cond, "eq", "__eq__")
     if not is_eq or len(cond.args) != 2:
         return None
     vocab, mask_id = cond.args
-    if not (_fn(vocab, torch.arange) and isinstance(mask_id, int) and not isinstance(mask_id, bool)):
+    if not (is_call(vocab, torch.arange) and isinstance(mask_id, int) and not isinstance(mask_id, bool)):
         return None
     if len(vocab.args) != 1 or not isinstance(vocab.args[0], int):
         return None  # arange(V) only: arange(start, end) / arange(0, V, step) are other vocabularies
@@ -136,10 +123,10 @@ def _masked_vocab(raw):
     if f_vocab is None or f_vocab.dtype != torch.int64 or set(vocab.kwargs) - {"device", "dtype"}:
         return None  # a float arange rounds large ids together: mask_id would match several
     nodes = [raw]
-    if _method(value, "float") and len(value.args) == 1 and not value.kwargs:
+    if is_method(value, "float") and len(value.args) == 1 and not value.kwargs:
         nodes.append(value)
         logits = value.args[0]
-    elif (_method(value, "to") and len(value.args) == 2 and value.args[1] is torch.float32
+    elif (is_method(value, "to") and len(value.args) == 2 and value.args[1] is torch.float32
           and not value.kwargs):
         nodes.append(value)
         logits = value.args[0]
@@ -157,7 +144,7 @@ class CreditFusion(GraphPass):
         graph = graph_module.graph
         count = 0
         for node in list(graph.nodes):
-            if _method(node, "scatter_add_") and not getattr(node, "_erased", False):
+            if is_method(node, "scatter_add_") and not getattr(node, "_erased", False):
                 order = {n: i for i, n in enumerate(graph.nodes)}
                 match = self._match(node, order)
                 if match is not None and self._replace(graph, match):
@@ -186,17 +173,17 @@ class CreditFusion(GraphPass):
         logits, mask_id, vocab_size, raw_nodes, optional = vocab_match
 
         # increment = prob.pow(gamma) * masked, prob = softmax(raw)[top]
-        if not (_fn(increment, operator.mul, torch.mul) or _method(increment, *_MUL)):
+        if not (is_call(increment, operator.mul, torch.mul) or is_method(increment, *_MUL)):
             return None
         if len(increment.args) != 2 or increment.kwargs:
             return None
         for powered, masked in (increment.args, reversed(increment.args)):  # noqa: B007 (used after break)
-            if _fn(powered, operator.pow, torch.pow) or _method(powered, "pow", "__pow__"):
+            if is_call(powered, operator.pow, torch.pow) or is_method(powered, "pow", "__pow__"):
                 break
         else:
             return None
         gamma = powered.args[1] if len(powered.args) == 2 else None
-        if not _number(gamma) or not isinstance(masked, Node):
+        if not is_number(gamma) or not isinstance(masked, Node):
             return None
         prob = _top_prob(powered.args[0], 3)
         if prob is None or prob[0] is not raw or prob[1] is not top:
@@ -210,17 +197,17 @@ class CreditFusion(GraphPass):
         if at == 0 or at + 1 >= len(credit_users):
             return None
         decay, log1p = credit_users[at - 1], credit_users[at + 1]
-        if not (_method(decay, "mul_") and len(decay.args) == 2 and decay.args[0] is credit):
+        if not (is_method(decay, "mul_") and len(decay.args) == 2 and decay.args[0] is credit):
             return None
         if decay.users or decay.kwargs:
             return None
         factor = decay.args[1]
-        if not (_fn(factor, torch.where) and len(factor.args) == 3 and not factor.kwargs):
+        if not (is_call(factor, torch.where) and len(factor.args) == 3 and not factor.kwargs):
             return None
         first_step, zero, beta = factor.args
-        if not (isinstance(first_step, Node) and _number(zero) and zero == 0 and _number(beta)):
+        if not (isinstance(first_step, Node) and is_number(zero) and zero == 0 and is_number(beta)):
             return None
-        if not (_fn(log1p, torch.log1p) or _method(log1p, "log1p")):
+        if not (is_call(log1p, torch.log1p) or is_method(log1p, "log1p")):
             return None
         if len(log1p.args) != 1 or log1p.kwargs or log1p.args[0] is not credit:
             return None
@@ -236,7 +223,7 @@ class CreditFusion(GraphPass):
         if len(boost.users) != 1:
             return None
         fused = next(iter(boost.users))
-        if not (_fn(fused, operator.add, torch.add) or _method(fused, "add", "__add__", "__radd__")):
+        if not (is_call(fused, operator.add, torch.add) or is_method(fused, "add", "__add__", "__radd__")):
             return None
         if len(fused.args) != 2 or fused.kwargs or set(fused.args) != {raw, boost}:
             return None
@@ -248,7 +235,7 @@ class CreditFusion(GraphPass):
         if x0 is None:
             return None
         for user in x0.users:
-            if not _method(user, "unsqueeze"):
+            if not is_method(user, "unsqueeze"):
                 continue
             for gather in user.users:
                 for squeeze in gather.users:

@@ -36,7 +36,7 @@ from numbers import Number
 import torch
 from torch.fx import GraphModule, Node
 
-from .base import GraphPass, fake
+from .base import GraphPass, fake, is_call, is_method
 
 _F = torch.nn.functional
 _RANDOM_FUNCTIONS = {
@@ -54,17 +54,9 @@ _RANDOM_METHODS = {
 }
 
 
-def _fn(node, *targets) -> bool:
-    return isinstance(node, Node) and node.op == "call_function" and node.target in targets
-
-
-def _method(node, *names) -> bool:
-    return isinstance(node, Node) and node.op == "call_method" and node.target in names
-
-
 def _unary(node, functions, methods):
     """`function(x)` / `x.method()` -> x."""
-    if (_fn(node, *functions) or _method(node, *methods)) and len(node.args) == 1 and not node.kwargs:
+    if (is_call(node, *functions) or is_method(node, *methods)) and len(node.args) == 1 and not node.kwargs:
         return node.args[0]
     return None
 
@@ -82,19 +74,19 @@ def _is_random(node: Node) -> bool:
 
 
 def _argmax_input(node):
-    if _method(node, "argmax") or _fn(node, torch.argmax):
+    if is_method(node, "argmax") or is_call(node, torch.argmax):
         return node.args[0] if node.args else node.kwargs.get("input")
     return None
 
 
 def _upcast_source(node):
     """`t.to(torch.float64)` / `t.double()` of a floating tensor t -> t (argmax(t) is the same)."""
-    if _method(node, "double") and len(node.args) == 1 and not node.kwargs:
+    if is_method(node, "double") and len(node.args) == 1 and not node.kwargs:
         source = node.args[0]
-    elif (_method(node, "to") and not node.kwargs and len(node.args) == 2
+    elif (is_method(node, "to") and not node.kwargs and len(node.args) == 2
           and node.args[1] is torch.float64):
         source = node.args[0]
-    elif _method(node, "to") and len(node.args) == 1 and node.kwargs == {"dtype": torch.float64}:
+    elif is_method(node, "to") and len(node.args) == 1 and node.kwargs == {"dtype": torch.float64}:
         source = node.args[0]
     else:
         return None
@@ -126,14 +118,14 @@ class GumbelFP64Elision(GraphPass):
     @staticmethod
     def _match(argmax: Node):
         division = _argmax_input(argmax)
-        if not (_fn(division, operator.truediv, torch.div, torch.true_divide)
-                or _method(division, "div", "true_divide", "__truediv__")):
+        if not (is_call(division, operator.truediv, torch.div, torch.true_divide)
+                or is_method(division, "div", "true_divide", "__truediv__")):
             return None
         if len(division.args) != 2 or division.kwargs:
             return None
         exp, power = division.args
         x = _unary(exp, (torch.exp,), ("exp",))
-        if x is None or not (_fn(power, operator.pow, torch.pow) or _method(power, "pow", "__pow__")):
+        if x is None or not (is_call(power, operator.pow, torch.pow) or is_method(power, "pow", "__pow__")):
             return None
         if len(power.args) != 2 or power.kwargs:
             return None
@@ -142,7 +134,7 @@ class GumbelFP64Elision(GraphPass):
             return None
         log = _unary(base, (operator.neg, torch.neg), ("neg", "__neg__"))
         noise = _unary(log, (torch.log,), ("log",)) if log is not None else None
-        if noise is None or not _fn(noise, torch.rand_like, torch.rand):
+        if noise is None or not is_call(noise, torch.rand_like, torch.rand):
             return None
         chain = [division, exp, power, base, log, noise]
         if any(len(node.users) != 1 for node in chain):

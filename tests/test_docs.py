@@ -16,8 +16,8 @@ DOCS = Path(__file__).resolve().parent.parent / "docs"
 RUN_MAIN = "asyncio.run(main())"
 
 
-def python_blocks(name: str) -> str:
-    return "\n".join(re.findall(r"```python\n(.*?)```", (DOCS / name).read_text(), re.S))
+def python_blocks(path: Path) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", path.read_text(), re.S)
 
 
 class RecordedEvents:
@@ -42,12 +42,24 @@ def serving():
 
     if not has_default_model():
         pytest.skip("default model files missing")
-    code = python_blocks("serving.md").rstrip()
+    code = python_blocks(DOCS / "serving.md")[0].rstrip()
     assert code.endswith(RUN_MAIN)
     namespace: dict = {"__name__": "serving_example"}
     exec(compile(code[:-len(RUN_MAIN)], "docs/serving.md", "exec"), namespace)
     namespace["threading"] = RecordedEvents()
     return namespace
+
+
+def test_the_readme_example_on_the_shipped_model_prints_its_answers(capsys):
+    from credit_compile.assets import has_default_model
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    readme = DOCS.parent / "README.md"
+    (code,) = [b for b in python_blocks(readme) if "load_default_model()" in b]
+    exec(compile(code, "README.md", "exec"), {"__name__": "readme_example"})
+    printed = capsys.readouterr().out
+    assert printed.startswith("['00046', '1234'] "), printed
 
 
 def test_the_serving_example_streams_the_answers_it_documents(serving, capsys):

@@ -1,16 +1,8 @@
 """The fused CreditDecoding step as torch operators, and the public dispatchers.
 
-One CreditDecoding step (Wang et al., 2025, "CreditDecoding: Accelerating Parallel Decoding in
-Diffusion Large Language Models with Trace Credits"), per position, with r the logits (the mask
-token's column at -inf), v* = argmax r, p* = softmax(r)[v*], d = 0 on the block's first step and
-beta afterwards:
-
-    C  <- d * C + p* ** gamma * [v == v*] * [position still masked]
-    f   = r + alpha * log1p(C)
-    x0  = argmax f (first index on ties),   conf = softmax(f)[x0]
-
-with the credit C dense (float32 [B, Lb, V]) or sparse (K slots (token id, credit) per position).
-The oracle is `credit_step_reference.py`; docs/credit_op.md has the derivations.
+One CreditDecoding step (the math: `credit_step_reference.py`, the oracle; derivations in
+docs/credit_op.md), with the credit dense (float32 [B, Lb, V]) or sparse (K slots (token id,
+credit) per position).
 
 Operators (schemas are part of the package's contract):
 

@@ -1,17 +1,10 @@
 """Plain-torch implementations of the fused credit step (CPU, and any device without Triton).
 
-The math is the one of `credit_step_reference.py` (CreditDecoding, Wang et al. 2025, "Accelerating
-Parallel Decoding in Diffusion Large Language Models with Trace Credits"):
-
-    v* = argmax r,  p* = softmax(r)[v*]          (r: logits, mask token's column at -inf)
-    C <- d * C + p* ** gamma * [v == v*] * [masked]     (d = 0 on the block's first step, else beta)
-    f  = r + alpha * log1p(C),  x0 = argmax f,  conf = softmax(f)[x0]
-
-Every row (position) is independent, so these implementations run the eager reference itself on
-groups of rows (views of the caller's tensors, so the credit state is updated in place). The
-results are the reference's bit for bit, and the float32 temporaries the reference creates
-(raw logits, softmax, fused logits, ...) are bounded by `ROW_CHUNK_ELEMS` entries per group
-instead of several [B, Lb, V] float32 tensors at once.
+The math is the one of `credit_step_reference.py`. Every row (position) is independent, so these
+implementations run the eager reference itself on groups of rows (views of the caller's tensors,
+so the credit state is updated in place). The results are the reference's bit for bit, and the
+float32 temporaries the reference creates (raw logits, softmax, fused logits, ...) are bounded by
+`ROW_CHUNK_ELEMS` entries per group instead of several [B, Lb, V] float32 tensors at once.
 """
 
 from __future__ import annotations

@@ -1,13 +1,8 @@
 """Triton kernels of one CreditDecoding step, dense credit layout (float32 [B, Lb, V]).
 
-The math (CreditDecoding, Wang et al. 2025, "Accelerating Parallel Decoding in Diffusion Large
-Language Models with Trace Credits"; the oracle is `credit_step_dense_eager` in
-`credit_step_reference.py`), per position (row), raw logits r (float32, mask column at -inf),
-credit C, decay d (0 on the block's first step, else beta):
-
-    v* = argmax r (first index),  m = r(v*),  s = sum_v exp(r(v) - m),  p* = 1 / s
-    C' = d * C + p* ** gamma * [v == v*] * [masked]
-    f  = r + alpha * log1p(C'),   x0 = argmax f (first index),   conf = softmax(f)[x0]
+The math is `credit_step_dense_eager`'s (`credit_step_reference.py`); in its notation, per
+position (row) with raw logits r, m = r(v*), s = sum_v exp(r(v) - m) (so p* = 1 / s), C' the
+updated credit and f = r + alpha * log1p(C') the fused logits.
 
 A single pass over V. The credit update changes one entry (v*) besides the decay, and v* is only
 known at the end of the pass over the logits. Instead of a first pass for v* and a second pass

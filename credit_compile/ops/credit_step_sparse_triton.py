@@ -1,15 +1,8 @@
 """Triton kernels of one CreditDecoding step, sparse credit layout (K slots per position).
 
-The math (CreditDecoding, Wang et al. 2025, "Accelerating Parallel Decoding in Diffusion Large
-Language Models with Trace Credits"; the oracle is `credit_step_sparse_eager` in
-`credit_step_reference.py`), per position (row) with raw logits r (float32, the mask token's column
-at -inf), credit C held in K slots (id_k, c_k) and decay d (0 on the block's first step, else beta):
-
-    v*  = argmax r (first index on ties),   m = r(v*),   s = sum_v exp(r(v) - m),   p* = 1 / s
-    c_k <- d * c_k;  the slot of v* (hit slot, else the argmin-credit slot, lowest index on ties)
-         becomes (v*, [hit] c_k + p* ** gamma) when the position is still masked
-    f   =  r + alpha * log1p(C)          (C = 0 off the slots)
-    x0  =  argmax f,   conf = softmax(f)[x0]
+The math is `credit_step_sparse_eager`'s (`credit_step_reference.py`): the credit C is held in
+K slots (id_k, c_k), C = 0 off them; in its notation, per position (row) with raw logits r,
+m = r(v*), s = sum_v exp(r(v) - m) (so p* = 1 / s) and f = r + alpha * log1p(C).
 
 Why only the top-1 raw logit and the K slots are needed (alpha >= 0, C >= 0):
 
