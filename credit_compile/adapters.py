@@ -145,16 +145,19 @@ def _logits_of(output, input_ids: torch.Tensor) -> torch.Tensor:
     return logits
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model under an OptimizedModel or a torch.compile wrapper (whose forward signature
-    and config hide the model's own)."""
-    from .api import OptimizedModel
+class ModelWrapper(nn.Module):
+    """A module that decodes another one, held as `.model` (`api.OptimizedModel`): what a model
+    is, is read from the wrapped one."""
 
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model under a ModelWrapper or a torch.compile wrapper (whose forward signature and
+    config hide the model's own)."""
     # A torch.compile wrapper exists only once dynamo is imported (importing it costs seconds).
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
     compiled = (eval_frame.OptimizedModule,) if eval_frame is not None else ()
-    while isinstance(model, (OptimizedModel, *compiled)):
-        model = model.model if isinstance(model, OptimizedModel) else model._orig_mod
+    while isinstance(model, (ModelWrapper, *compiled)):
+        model = model.model if isinstance(model, ModelWrapper) else model._orig_mod
     return model
 
 

@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .adapters import describe_model, probe_vocab_size, unwrap_model
+from .adapters import ModelWrapper, describe_model, probe_vocab_size, unwrap_model
 from .backend import make_backend
 from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
@@ -38,7 +38,7 @@ _DEFAULTS = DecodeConfig()
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class OptimizedModel(nn.Module):
+class OptimizedModel(ModelWrapper):
     """A model whose `generate()` runs CreditDecoding (or a baseline) through the fast path.
 
     Attributes:

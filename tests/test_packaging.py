@@ -92,3 +92,41 @@ def test_subpackages_are_attributes_of_the_package_imported_on_first_use():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
     assert done.returncode == 0, done.stderr
+
+
+def _package_imports() -> dict[str, set[str]]:
+    """Module -> the package's modules it imports (relative imports, at any depth of the file;
+    a parent package, which Python imports first anyway, is left out)."""
+    import ast
+
+    root = Path(__file__).resolve().parent.parent
+    files = {".".join(f.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): f
+             for f in (root / "credit_compile").rglob("*.py")}
+    edges: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        base = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.ImportFrom) and node.level):
+                continue
+            parts = base.split(".")[:len(base.split(".")) - node.level + 1]
+            target = ".".join(parts + ([node.module] if node.module else []))
+            for candidate in [target] + [f"{target}.{alias.name}" for alias in node.names]:
+                if candidate in files and candidate != name and not name.startswith(candidate + "."):
+                    edges[name].add(candidate)
+    return edges
+
+
+def test_no_import_cycle_inside_the_package():
+    edges = _package_imports()
+    assert edges["credit_compile.api"] >= {"credit_compile.adapters", "credit_compile.engine"}
+
+    def reaches(start: str) -> set[str]:
+        seen, todo = set(), [start]
+        while todo:
+            for nxt in edges[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    cycles = sorted(name for name in edges if name in reaches(name))
+    assert not cycles, f"modules on an import cycle: {cycles}"
