@@ -44,6 +44,8 @@ class ModelInfo:
             `eos_token_id` (that says where to stop, not how the prompt was padded), and None
             where the begin-of-text token is one of them (GPT-2 style: every prompt may start
             with it, so it cannot tell padding from prompt).
+        bos_ids: the begin-of-text tokens of the config, or None: every prompt may start with
+            them, so a batch whose rows all do is not taken for padding.
     """
 
     kind: str
@@ -55,6 +57,7 @@ class ModelInfo:
     takes_position_ids: bool = False
     pad_id: int | None = None
     eos_padding_ids: tuple[int, ...] | None = None
+    bos_ids: tuple[int, ...] | None = None
 
 
 def _is_project_model(model: nn.Module) -> bool:
@@ -96,6 +99,7 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
         takes_position_ids=positions,
         pad_id=from_config("pad_token_id"),
         eos_padding_ids=_eos_padding_ids(config),
+        bos_ids=token_ids(getattr(config, "bos_token_id", None)),
     )
 
 

@@ -246,10 +246,12 @@ class OptimizedModel(nn.Module):
         _refuse_dtype(overrides)
         config = self._config(overrides)
         device = next(self.model.parameters()).device
-        # Any in-vocabulary id but the mask does: the prompt's content does not change the
-        # compiled step (a vocabulary holds at least the mask token and one other).
-        input_ids = torch.full((batch_size, prompt_length), 0 if config.mask_id else 1,
-                               device=device)
+        # Any in-vocabulary id but the mask and the padding tokens does (a row led by padding
+        # needs a mask): the prompt's content does not change the compiled step.
+        info = describe_model(self.model)
+        taken = {config.mask_id, info.pad_id, *(info.eos_padding_ids or ())}
+        filler = min(set(range(len(taken) + 1)) - taken)
+        input_ids = torch.full((batch_size, prompt_length), filler, device=device)
         attention_mask = None
         if padded:
             attention_mask = torch.ones_like(input_ids)

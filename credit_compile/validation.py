@@ -11,6 +11,7 @@ import torch
 
 from .adapters import ModelInfo
 from .config import DecodeConfig
+from .decoding.strategies import is_any_of_sync_free
 
 # Frames skipped to reach the user's line: this package's, and torch's (no_grad decorators).
 _LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
@@ -41,34 +42,34 @@ def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
     return mask_id
 
 
-def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None,
-                             eos_ids: tuple[int, ...] | None) -> None:
-    """A batch whose rows end (or start) with the padding token, some rows but not all, is a
-    padded batch passed without its mask: its pads would be decoded as prompt. A model whose
-    config names no pad token is checked for rows starting with its end-of-text token, which
-    tokenizers without a pad token pad with (no prompt begins with it unless it is also the
-    begin-of-text token, see `ModelInfo.eos_padding_ids`; some prompts end with it)."""
-    if input_ids.shape[0] < 2:
-        return
-    if pad_id is not None:
-        checks = [(-1, "right", (pad_id,)), (0, "left", (pad_id,))]
+def _refuse_unmasked_padding(input_ids: torch.Tensor, info: ModelInfo) -> None:
+    """A batch passed without its attention mask whose padding would be decoded as prompt: rows
+    ending (or starting) with the pad token, some but not all, or every row starting with it (a
+    single padded row, or a batch padded to a fixed width). A model whose config names no pad
+    token is checked for rows starting with its end-of-text token, which tokenizers without one
+    pad with (see `ModelInfo.eos_padding_ids`; some prompts end with it). Rows that all start
+    with a begin-of-text token are prompts, whatever else that token is."""
+    if info.pad_id is not None:
+        checks = [(-1, "right", (info.pad_id,)), (0, "left", (info.pad_id,))]
     else:
-        checks = [(0, "left", eos_ids)] if eos_ids else []
+        checks = [(0, "left", info.eos_padding_ids)] if info.eos_padding_ids else []
     for column, side, ids in checks:
-        pads = torch.zeros_like(input_ids[:, column], dtype=torch.bool)
-        for token in ids:
-            pads |= input_ids[:, column] == token
-        if bool(pads.any()) and not bool(pads.all()):
-            which = (f"the pad token {pad_id}" if pad_id is not None else
-                     f"the end-of-text token {ids[0] if len(ids) == 1 else ids} (the model "
-                     f"names no pad token; tokenizers without one pad with end-of-text)")
-            raise ValueError(
-                f"input_ids look {side}-padded (some rows {'end' if side == 'right' else 'start'} "
-                f"with {which}, others do not) but no attention_mask was given, so "
-                f"the padding would be read as prompt: if those are real tokens, pass "
-                f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
-                f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
-            )
+        pads = is_any_of_sync_free(input_ids[:, column], ids)
+        every = bool(pads.all())
+        if not bool(pads.any()) or every and (side == "right" or set(ids) & set(info.bos_ids or ())):
+            continue  # a prompt may end with the pad token, or begin with begin-of-text
+        which = (f"the pad token {info.pad_id}" if info.pad_id is not None else
+                 f"the end-of-text token {ids[0] if len(ids) == 1 else ids} (the model "
+                 f"names no pad token; tokenizers without one pad with end-of-text)")
+        rows = ("every row starts" if every else
+                f"some rows {'end' if side == 'right' else 'start'}")
+        raise ValueError(
+            f"input_ids look {side}-padded ({rows} with {which}"
+            f"{'' if every else ', others do not'}) but no attention_mask was given, so the "
+            f"padding would be read as prompt: if those are real tokens, pass "
+            f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
+            f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
+        )
 
 
 def check_model_dtype(model, config: DecodeConfig) -> None:
@@ -166,7 +167,7 @@ def check_inputs(
     if info.vocab_size is not None:
         check_token_range(input_ids, info.vocab_size)
     if attention_mask is None:
-        _refuse_unmasked_padding(input_ids, info.pad_id, info.eos_padding_ids)
+        _refuse_unmasked_padding(input_ids, info)
         return input_ids.long(), None
     if not isinstance(attention_mask, torch.Tensor):
         raise ValueError(

@@ -940,6 +940,18 @@ def test_precompile_padded_prepares_the_step_of_a_padded_batch():
     assert fast.cached_steps == 1
 
 
+def test_precompile_prompts_start_with_no_padding_token():
+    # A row led by the pad (or end-of-text) token needs a mask: precompile's prompt of one
+    # repeated id avoids them, and the mask token.
+    model = ContextMixModel(seed=2, eos_id=1)
+    model.config.pad_token_id = 0
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    fast.precompile(2, 4)
+    model.config.pad_token_id = None  # end-of-text 1 pads where no pad token is named
+    fast.precompile(1, 4, mask_id=0)
+    assert fast.cached_steps == 2
+
+
 def test_a_callback_that_raises_keeps_the_step_of_a_forward_updating_its_attributes(
         monkeypatch, graphs_possible):
     # The fingerprint is taken again after an interrupted call too: the forward's own attribute

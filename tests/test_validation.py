@@ -532,9 +532,10 @@ def test_a_padded_batch_without_its_attention_mask_is_refused(ids_, side):
                     **small())
     # Real tokens that happen to be the pad token: the all-ones mask says so.
     cc.generate_reference(model, ids_, torch.ones_like(ids_), **small())
-    # One row, or every row alike: nothing tells padding from prompt, nothing is refused.
-    cc.generate_reference(model, ids_[:1], **small())
-    cc.generate_reference(model, torch.cat([ids_[:1], ids_[:1]]), **small())
+    # Every row ending alike is a prompt's right (every row starting with padding is not: below).
+    if side == "right":
+        cc.generate_reference(model, ids_[:1], **small())
+        cc.generate_reference(model, torch.cat([ids_[:1], ids_[:1]]), **small())
 
 
 def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_named():
@@ -545,9 +546,8 @@ def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_n
                                    r"end-of-text token 2 \(the model names no pad token",
                     **small())
     cc.generate_reference(model, padded, torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), **small())
-    # Ending with end-of-text is a prompt's right; so is every row starting alike.
+    # Ending with end-of-text is a prompt's right.
     cc.generate_reference(model, torch.tensor([[5, 6, 2], [5, 6, 7]]), **small())
-    cc.generate_reference(model, torch.tensor([[2, 5, 6], [2, 6, 7]]), **small())
     model.config.eos_token_id = None  # nothing names a padding token: nothing is refused
     cc.generate_reference(model, padded, **small())
     # A call's end-of-text says where to stop, not how the prompt was padded.
@@ -557,6 +557,41 @@ def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_n
     cc.generate_reference(model, padded, **small())
     model.config.bos_token_id, model.calls = 1, 0  # another begin-of-text: refused again
     assert_rejected(model, padded, r"input_ids look left-padded", **small())
+
+
+def test_every_row_starting_with_padding_without_a_mask_is_refused():
+    # The shipped model's single left-padded row decoded its padding as prompt ('344', not '1234').
+    from credit_compile.assets import has_default_model, load_default_model
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    model, tokenizer = load_default_model()
+    fast = cc.optimize(model, gen_length=16, block_length=8, compile=False)
+    padded = torch.tensor([[30, 30, 13, 4, 2, 1, 3, 11]])  # "S4213=" after two pads
+    fix = (r"input_ids look left-padded \(every row starts with the pad token 30\) but no "
+           r"attention_mask was given.* pass the tokenizer's attention_mask")
+    config = fast.resolved_config()
+    for decode in (fast.generate, lambda ids: cc.generate_reference(model, ids, config=config)):
+        with pytest.raises(ValueError, match=fix):
+            decode(padded)
+        with pytest.raises(ValueError, match=fix):
+            decode(padded.repeat(2, 1))
+    out = fast.generate(padded, torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]))
+    assert tokenizer.answer(out.generated[0]) == "1234"
+
+
+def test_rows_all_starting_with_end_of_text_or_begin_of_text():
+    model = CountingModel()
+    model.config.pad_token_id, model.config.eos_token_id = None, 2
+    assert_rejected(model, torch.tensor([[2, 5, 6], [2, 6, 7]]),
+                    r"every row starts with the end-of-text token 2 \(the model names no pad "
+                    r"token", **small())
+    assert_rejected(model, torch.tensor([[2, 5, 6]]), r"input_ids look left-padded", **small())
+    # A begin-of-text token leads every prompt: not padding, even where it is the pad token too.
+    model.config.bos_token_id = 2
+    cc.generate_reference(model, torch.tensor([[2, 5, 6], [2, 6, 7]]), **small())
+    model.config.pad_token_id = 2
+    cc.generate_reference(model, torch.tensor([[2, 5, 6]]), **small())
 
 
 def test_active_dropout_is_warned_about_at_the_callers_line(ids):
