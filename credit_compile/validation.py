@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 
 import torch
 
@@ -123,6 +124,16 @@ def check_inputs(
         raise ValueError(
             "a DecodeConfig was passed as attention_mask (the positional argument after "
             "input_ids): pass it by name, config=config"
+        )
+    if isinstance(input_ids, Mapping) and "input_ids" in input_ids:
+        # A tokenizer's whole output (a dict, transformers' BatchEncoding) given as input_ids.
+        keys = list(input_ids)
+        call = ("generate(**enc)" if set(keys) <= {"input_ids", "attention_mask"} else
+                "generate(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'])")
+        raise ValueError(
+            f"input_ids is the tokenizer's whole output ({type(input_ids).__name__} with keys "
+            f"{keys}), not its tensor of token ids: pass its entries by name, enc = "
+            f"tokenizer(prompts, return_tensors='pt'), then {call} (the attention mask with them)"
         )
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(

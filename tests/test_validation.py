@@ -390,6 +390,28 @@ def test_input_ids_not_a_tensor(model):
                                        r"use torch.tensor\(\[\[...\]\]\)", **small())
 
 
+def test_a_tokenizers_whole_output_as_input_ids_names_generate_with_its_entries(model, ids):
+    from transformers import BatchEncoding
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    for enc in ({"input_ids": ids, "attention_mask": mask},
+                BatchEncoding({"input_ids": ids, "attention_mask": mask})):
+        assert_rejected(model, enc, r"input_ids is the tokenizer's whole output \(\w+ with keys "
+                                    r"\['input_ids', 'attention_mask'\]\).* then "
+                                    r"generate\(\*\*enc\)", **small())
+        # The fix it names decodes, with the mask.
+        expected = cc.generate_reference(model, ids, mask, **small())
+        assert torch.equal(cc.generate_reference(model, **enc, **small()).sequences,
+                           expected.sequences)
+        fast = cc.optimize(model, compile=False, **small())
+        assert torch.equal(fast.generate(**enc).sequences, expected.sequences)
+        model.calls = 0
+    # A BERT-style tokenizer adds token_type_ids, which generate() does not take.
+    bert = BatchEncoding({"input_ids": ids, "token_type_ids": ids * 0, "attention_mask": mask})
+    assert_rejected(model, bert, r"then generate\(input_ids=enc\['input_ids'\], "
+                                 r"attention_mask=enc\['attention_mask'\]\)", **small())
+
+
 @pytest.mark.parametrize("bad_id", [-1, 40, 500])
 def test_token_ids_outside_the_vocabulary(model, bad_id):
     assert_rejected(model, torch.tensor([[1, bad_id, 3]]),
