@@ -21,7 +21,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .adapters import describe_model, probe_vocab_size, unwrap_model
+from .adapters import describe_model, make_forward, probe_vocab_size, unwrap_model
 from .backend import make_backend
 from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
@@ -31,7 +31,7 @@ from .fingerprint import model_fingerprint
 from .models.remote import adopt_remote_llada, is_remote_llada
 from .runner import CompiledStepRunner, make_runner
 from .torch_settings import torch_settings_key
-from .validation import warn_user
+from .validation import refuse_causal_attention, warn_user
 
 log = logging.getLogger("credit_compile")
 
@@ -426,10 +426,12 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
 
     Args:
         model: the project's LLaDAModelLM, the official remote-code LLaDAModelLM, or any module
-            whose forward(input_ids, attention_mask=None) returns logits. It is put in eval
-            mode, and with `dtype` cast, in place (as `model.to` does): the returned model
-            shares its weights. The remote-code LLaDA is decoded by the project's LLaDA on its
-            own parameters (`models.remote`): `.model` is then that native module.
+            whose forward(input_ids, attention_mask=None) returns logits, its attention
+            bidirectional (a causal LM is refused: its config's flags, or one forward of two
+            short rows, say which). It is put in eval mode, and with `dtype` cast, in place (as
+            `model.to` does): the returned model shares its weights. The remote-code LLaDA is
+            decoded by the project's LLaDA on its own parameters (`models.remote`): `.model` is
+            then that native module.
         config: decoding defaults (DecodeConfig); `overrides` change its fields.
         mask_id: the mask token when the model's config has no `mask_token_id`.
         max_cached_steps: compiled steps (shapes) kept before the least recently used is
@@ -440,16 +442,18 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     model = unwrap_model(model)
     _checked_cache_size(max_cached_steps)
     config = resolve_config(config, overrides)
+    model.eval()  # before the probe of its attention: active dropout would blur it
     if is_remote_llada(model):
-        model.eval()
-        model = adopt_remote_llada(model)
+        model = adopt_remote_llada(model).eval()
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
+    parameter = next(model.parameters(), None)
+    refuse_causal_attention(info, make_forward(model, info),
+                            parameter.device if parameter is not None else None)
     if info.mask_id is None:
         raise ValueError(_NO_MASK_TOKEN)
     check_kv_cache_support(config, info)  # here, not at the first request
     if config.dtype is not None:
         model = model.to(_DTYPES[config.dtype])
-    model.eval()
     # A mask token the caller named (argument or config) holds for every call; otherwise each
     # call reads the model's config, as the reference does.
     named = mask_id if mask_id is not None else config.mask_id

@@ -31,6 +31,7 @@ from .validation import (
     check_model_dtype,
     check_no_mask_in_prompt,
     check_token_range,
+    refuse_causal_attention,
     resolve_mask_id,
     warn_user,
 )
@@ -103,6 +104,7 @@ def setup_generation(
     check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
+    refuse_causal_attention(info)  # as its config says; optimize() also probes the model
     check_kv_cache_support(config, info)
     if forward is None:
         # A switch for the compiler: the eager reference's forward runs the same either way.

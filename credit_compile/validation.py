@@ -12,6 +12,7 @@ import torch
 
 from .adapters import ModelInfo
 from .config import DecodeConfig
+from .decoding.step import ForwardFn
 from .decoding.strategies import is_any_of_sync_free
 
 # Frames skipped to reach the user's line: this package's, and torch's (no_grad decorators).
@@ -71,6 +72,48 @@ def _refuse_unmasked_padding(input_ids: torch.Tensor, info: ModelInfo) -> None:
             f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
             f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
         )
+
+
+def refuse_causal_attention(info: ModelInfo, forward: ForwardFn | None = None,
+                            device: torch.device | None = None) -> None:
+    """A causal LM reads each position from the tokens before it, so it cannot fill a canvas of
+    masks from both sides: it would decode noise. Refused where its config says so, and, given
+    its `forward`, where the config is silent and a probe finds a later token changing its own
+    position's logits but no earlier one's. A model whose logits no token changes (a scripted
+    one) is no causal LM, and a forward the probe cannot run is left to generate() to report."""
+    if info.causal is False:
+        return
+    if info.causal:
+        why = "its config says so: is_causal or is_decoder"
+    elif forward is not None and _later_tokens_unseen(forward, info, device):
+        why = "a token changed its own position's logits and no earlier position's"
+    else:
+        return
+    raise ValueError(
+        f"this model's attention is causal ({why}): a causal LM predicts each token from the "
+        f"tokens before it, and diffusion decoding needs every position to see the whole "
+        f"canvas, so it would decode noise. Use a diffusion LM (LLaDA: "
+        f"credit_compile.models.LLaDAModelLM.from_pretrained, or the official checkpoint with "
+        f"trust_remote_code=True) or a bidirectional masked LM; a causal LM decodes with its "
+        f"own generate()"
+    )
+
+
+def _later_tokens_unseen(forward: ForwardFn, info: ModelInfo, device) -> bool:
+    """One forward of two rows of 4 tokens (fewer where the model takes fewer) that differ at
+    the last position only: True where only that position's logits change."""
+    length = min(4, info.max_length or 4)
+    if length < 2:
+        return False
+    rows = torch.zeros(2, length, dtype=torch.long, device=device)
+    rows[1, -1] = 1  # every vocabulary holds ids 0 and 1: the mask token and one other at least
+    try:
+        with torch.no_grad():
+            logits = forward(rows, None, None).float()
+    except Exception:  # noqa: BLE001 - generate() reports a forward that fails, with its checks
+        return False
+    change = (logits[0] - logits[1]).abs().amax(-1)  # per position
+    return bool(change[-1] > 0) and bool(change[:-1].max() <= 1e-5 * change[-1])
 
 
 def check_model_dtype(model, config: DecodeConfig) -> None:

@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from toy_models import ContextMixModel
+from toy_models import ContextMixModel, ScriptedModel
 
 import credit_compile as cc
 from credit_compile import DecodeConfig
@@ -742,6 +742,68 @@ def test_a_wrapped_model_is_decoded_as_the_model_it_wraps(wrap):
     assert torch.equal(out.sequences, expected.sequences)
     assert torch.equal(cc.optimize(wrapped, **small()).generate(ids, mask).sequences,
                        expected.sequences)
+
+
+CAUSAL = r"this model's attention is causal \({}\): a causal LM predicts each token from the tokens"
+PROBED = "a token changed its own position's logits and no earlier position's"
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=64))
+
+
+def test_a_causal_lm_is_refused_by_optimize_even_given_a_mask_token(ids):
+    # Its config is silent: one forward of two rows that differ in their last token shows that
+    # no earlier position sees it. Refused before the mask token is asked for.
+    for mask in ({}, {"mask_id": 63}):
+        with pytest.raises(ValueError, match=CAUSAL.format(PROBED) + r".* Use a diffusion LM"):
+            cc.optimize(tiny_gpt2(), gen_length=8, block_length=4, compile=False, **mask)
+
+
+def test_a_bidirectional_masked_lm_is_accepted(ids):
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=64,
+                                      max_position_embeddings=64))
+    fast = cc.optimize(bert, mask_id=63, gen_length=8, block_length=4, compile=False)
+    out = fast.generate(ids)
+    assert out.generated.shape == (2, 8) and not (out.generated == 63).any()
+
+
+class CausalMix(ContextMixModel):
+    """ContextMixModel whose context is the mean over the tokens up to each position."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        length = input_ids.shape[1]
+        seen = self.context[input_ids].cumsum(1) / torch.arange(1, length + 1)[:, None]
+        return (self.token[input_ids] + self.position[torch.arange(length)] + seen) * self.sharpness
+
+
+def test_a_causal_generic_model_is_refused_and_one_whose_logits_see_no_token_accepted(ids):
+    with pytest.raises(ValueError, match=CAUSAL.format(PROBED)):
+        cc.optimize(CausalMix(), **small())
+    # Logits that no token changes say nothing of the attention: no refusal.
+    script = [torch.randn(3 + 8, 40, generator=torch.Generator().manual_seed(0))]
+    cc.optimize(ScriptedModel(script, mask_id=MASK), compile=False, **small()).generate(ids)
+    # A bidirectional model changes earlier positions too.
+    cc.optimize(ContextMixModel(), compile=False, **small())
+
+
+def test_a_config_saying_its_attention_is_causal_is_refused_by_every_entry_point(model, ids):
+    for flag in ("is_decoder", "is_causal"):
+        setattr(model.config, flag, True)
+        assert_rejected(model, ids, CAUSAL.format("its config says so: is_causal or is_decoder"),
+                        **small())
+        with pytest.raises(ValueError, match="attention is causal"):
+            cc.optimize(model, **small())
+        delattr(model.config, flag)
+    # A config saying it is not causal is taken at its word (no probe).
+    causal = CausalMix()
+    causal.config.is_causal = False
+    cc.optimize(causal, compile=False, **small())
 
 
 def test_a_dtype_the_model_is_not_in_is_refused_not_ignored(ids):
