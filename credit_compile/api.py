@@ -23,7 +23,7 @@ from torch import nn
 
 from .adapters import describe_model, make_forward, probe_vocab_size, unwrap_model
 from .backend import make_backend
-from .config import DecodeConfig, _is_count
+from .config import DecodeConfig, _is_count, without_unread_options
 from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
@@ -35,7 +35,6 @@ from .validation import refuse_causal_attention, warn_user
 
 log = logging.getLogger("credit_compile")
 
-_DEFAULTS = DecodeConfig()
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -289,12 +288,13 @@ class OptimizedModel(nn.Module):
         """The config a generate() call with these arguments decodes with (mask token filled in)."""
         return self._config(overrides, base=config)
 
-    def _config(self, overrides: dict, base: DecodeConfig | None = None) -> DecodeConfig:
+    def _config(self, overrides: dict, base: DecodeConfig | None = None,
+                warn: bool = False) -> DecodeConfig:
         own = self.decode_config
         if base is None and own.dtype is not None:
             # optimize() applied it once; a model cast since (model.to) is decoded as it is.
             own = own.replace(dtype=None)
-        config = resolve_config(own if base is None else base, overrides)
+        config = resolve_config(own if base is None else base, overrides, warn=warn)
         if config.mask_id is None:
             # Read from the model's config at each call, as the reference does: a config edited
             # since optimize() decodes with its new mask token (the step cache keys on it).
@@ -307,7 +307,7 @@ class OptimizedModel(nn.Module):
 
     def _setup(self, input_ids, attention_mask, overrides: dict,
                base: DecodeConfig | None = None) -> GenerationSetup:
-        config = self._config(overrides, base)
+        config = self._config(overrides, base, warn=True)  # once per call: here
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
         layers_once = config.compile and config.compile_layers_once
         if layers_once and info.kind != "credit_compile":
@@ -441,7 +441,7 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
     model = unwrap_model(model)
     _checked_cache_size(max_cached_steps)
-    config = resolve_config(config, overrides)
+    config = resolve_config(config, overrides, warn=True)
     model.eval()  # before the probe of its attention: active dropout would blur it
     if is_remote_llada(model):
         model = adopt_remote_llada(model).eval()
@@ -476,25 +476,14 @@ def refresh_checks_every_step(config: DecodeConfig) -> bool:
 def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
     in those share one step: the seed and dtype (read before the step), the buckets (their
-    shapes are in the key), `steps`, `factor` and the credit fields outside their strategies,
-    `tau` in "llada" and "factor", `credit_slots` outside sparse credit,
-    `compile_layers_once` and `on_compile_error` without compile, and `kv_cache_refresh` but
-    for 1 (the host places the refreshes, through the runner's schedule, set per call; 1
-    compiles no cached step).
+    shapes are in the key), the options a strategy does not read (`config.READ_BY`: `steps`
+    outside "llada", the credit fields outside "credit", ...), `compile_layers_once` and
+    `on_compile_error` without compile, and `kv_cache_refresh` but for 1 (the host places the
+    refreshes, through the runner's schedule, set per call; 1 compiles no cached step).
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `host_sync_every` is
     the number of steps captured per replay, and stays)."""
+    config = without_unread_options(config)
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
-    if config.strategy != "llada":
-        drop["steps"] = None
-    if config.strategy in ("llada", "factor"):
-        drop["tau"] = _DEFAULTS.tau
-    if config.strategy != "factor":
-        drop["factor"] = _DEFAULTS.factor
-    if config.strategy != "credit":
-        drop.update({name: getattr(_DEFAULTS, name)
-                     for name in ("alpha", "beta", "gamma", "credit_layout")})
-    if config.strategy != "credit" or config.credit_layout != "sparse":
-        drop["credit_slots"] = None
     if not graphs:
         drop.update(sync_every=1, cuda_graphs="off")
     else:

@@ -33,6 +33,7 @@ from .validation import (
     check_token_range,
     refuse_causal_attention,
     resolve_mask_id,
+    warn_unread_options,
     warn_user,
 )
 
@@ -77,7 +78,10 @@ class GenerationSetup:
                 for phase in ("refresh", "cached")}
 
 
-def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig:
+def resolve_config(config: DecodeConfig | None, overrides: dict, *,
+                   warn: bool = False) -> DecodeConfig:
+    """`config` (or the defaults) with `overrides`; `warn` once about the options set that the
+    strategy does not read (a call's entry point asks for it)."""
     if config is not None and not isinstance(config, DecodeConfig):
         raise ValueError(
             f"config must be a DecodeConfig, got {type(config).__name__}: pass "
@@ -87,7 +91,10 @@ def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig
     if overrides.get("kv_cache") == "none" and "kv_cache_refresh" not in overrides:
         # A call turning a refreshed cache off means no cache, not an invalid refresh.
         overrides = {**overrides, "kv_cache_refresh": None}
-    return config.replace(**overrides) if overrides else config
+    resolved = config.replace(**overrides) if overrides else config
+    if warn:
+        warn_unread_options(config, overrides, resolved)
+    return resolved
 
 
 def setup_generation(

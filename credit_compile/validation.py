@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from .adapters import ModelInfo
-from .config import DecodeConfig
+from .config import READ_BY, DecodeConfig, unread_options
 from .decoding.step import ForwardFn
 from .decoding.strategies import is_any_of_sync_free
 
@@ -27,6 +27,29 @@ def warn_user(message: str) -> None:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def warn_unread_options(base: DecodeConfig, overrides: dict, config: DecodeConfig) -> None:
+    """One warning naming the options a call sets that its strategy does not read (`steps`
+    outside "llada", the credit options outside "credit": `config.READ_BY`): those of its
+    `overrides`, and those of a `base` config whose own strategy does not read them either. A
+    base config's options for its own strategy serve the calls that pick another one silently."""
+    base_unread = unread_options(base)
+    named = [name for name in unread_options(config) if name in overrides or name in base_unread]
+    if not named:
+        return
+    groups: dict[str, list[str]] = {}  # the options of each reader, as one clause
+    for name in named:
+        reader = " or ".join(repr(s) for s in READ_BY[name]) + (
+            " with credit_layout='sparse'" if name == "credit_slots" else "")
+        groups.setdefault(reader, []).append(name)
+    readers = "; ".join(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by "
+                        f"strategy {reader}" for reader, names in groups.items())
+    they, them = ("it changes", "it") if len(named) == 1 else ("they change", "them")
+    warn_user(
+        f"strategy={config.strategy!r} does not read "
+        f"{', '.join(f'{name}={getattr(config, name)!r}' for name in named)}, so {they} "
+        f"nothing ({readers}): leave {them} out, or choose the strategy that reads {them}")
 
 
 def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:

@@ -21,10 +21,11 @@ from torch import nn
 
 from .api import OptimizedModel, optimize, rng_untouched
 from .backend import dynamo_config_patches, make_backend
-from .config import DecodeConfig
+from .config import DecodeConfig, without_unread_options
 from .engine import setup_generation
 from .reference import generate as generate_reference
 from .runner import with_own_code
+from .validation import warn_unread_options
 
 
 @dataclass
@@ -93,10 +94,14 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     """
     if isinstance(model, OptimizedModel):
         optimized = model
-        config = optimized.resolved_config(config, **overrides)
+        resolved = optimized.resolved_config(config, **overrides)
+        warn_unread_options(optimized.decode_config if config is None else config, overrides,
+                            resolved)
+        config = resolved
     else:
-        optimized = optimize(model, config, **overrides)
+        optimized = optimize(model, config, **overrides)  # warns of options it does not read
         config = optimized.resolved_config()
+    config = without_unread_options(config)  # said once, above: not again at each decode
     samples = config.strategy == "llada" and (config.temperature > 0 or config.remasking == "random")
     if samples and config.seed is None:
         config = config.replace(seed=0)

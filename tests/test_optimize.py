@@ -290,6 +290,7 @@ def test_verify_an_optimized_model_with_a_config_and_its_mask_id():
     assert cc.verify(fast, ids, mask).ok  # the mask token given to optimize() reaches both
 
 
+@pytest.mark.filterwarnings("ignore:strategy=.* does not read:UserWarning")  # set on purpose
 def test_options_the_step_does_not_read_reuse_the_compiled_step():
     model = ContextMixModel(seed=2)
     fast = cc.optimize(model, gen_length=8, block_length=4)

@@ -169,10 +169,40 @@ def test_valid_edges_are_accepted():
 def test_steps_are_ignored_outside_llada_as_documented(model, ids):
     # A base config's steps (for "llada") must not break a call that picks another strategy.
     config = DecodeConfig(strategy="llada", steps=6, gen_length=12, block_length=4)
-    out = cc.generate_reference(model, ids, config=config.replace(strategy="credit"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor be warned about: they are the base's, for llada
+        out = cc.generate_reference(model, ids, config=config, strategy="credit")
     assert out.nfe > 0 and config.replace(strategy="threshold", steps=5).steps == 5
     model.calls = 0
     assert_rejected(model, ids, r"steps=5 is not divisible", config=config, steps=5)
+
+
+def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(model, ids):
+    # optimize(model, steps=...) decoded credit as if steps were not given, without a word.
+    says = (r"strategy='credit' does not read steps=4, so it changes nothing \(steps is read by "
+            r"strategy 'llada'\): leave it out, or choose the strategy that reads it")
+    with pytest.warns(UserWarning, match=says) as record:
+        fast = cc.optimize(model, compile=False, steps=4, **small())
+    assert len(record) == 1 and record[0].filename == __file__
+    for call in (lambda: fast.generate(ids), lambda: fast.precompile(2, 3),
+                 lambda: cc.generate_reference(model, ids, steps=4, **small()),
+                 lambda: cc.verify(fast, ids)):
+        with pytest.warns(UserWarning, match=says) as record:
+            call()
+        assert len([w for w in record if "does not read" in str(w.message)]) == 1
+    with pytest.warns(UserWarning, match=r"strategy='threshold' does not read steps=4, "
+                                         r"alpha=0.5, credit_slots=2, so they change nothing "
+                                         r"\(steps is read by strategy 'llada'; alpha is read by "
+                                         r"strategy 'credit'; credit_slots is read by strategy "
+                                         r"'credit' with credit_layout='sparse'\)"):
+        fast.generate(ids, strategy="threshold", alpha=0.5, credit_slots=2)
+    # Options a base config sets for its own strategy serve a call of another one silently.
+    llada = cc.optimize(model, compile=False, strategy="llada", steps=4, **small())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llada.generate(ids, strategy="credit")
+        cc.generate_reference(model, ids, config=llada.decode_config, strategy="threshold")
+        fast.generate(ids, strategy="llada")  # the base's steps=4, read at last
 
 
 def test_numpy_scalars_are_read_as_python_numbers():
