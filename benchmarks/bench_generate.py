@@ -174,8 +174,9 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
         cfg = eager.replace(strategy="llada", steps=base.gen_length)
         call = lambda **kw: cc.generate_reference(model, ids, mask, config=cfg, **kw)  # noqa: E731
     elif mode in ("threshold-eager", "credit-eager", *CACHED_EAGER.values()):
-        cfg = eager.replace(strategy=mode.split("-")[0], credit_layout="dense",
-                            kv_cache=kv_cache_of(mode))
+        strategy = mode.split("-")[0]  # dense credit is the eager reference's layout
+        cfg = eager.replace(strategy=strategy, kv_cache=kv_cache_of(mode),
+                            **({"credit_layout": "dense"} if strategy == "credit" else {}))
         call = lambda **kw: cc.generate_reference(model, ids, mask, config=cfg, **kw)  # noqa: E731
     else:
         cfg = base.replace(

@@ -44,6 +44,11 @@ class ModelInfo:
             `eos_token_id` (that says where to stop, not how the prompt was padded), and None
             where the begin-of-text token is one of them (GPT-2 style: every prompt may start
             with it, so it cannot tell padding from prompt).
+        bos_ids: the begin-of-text tokens of the config, or None: every prompt may start with
+            them, so a batch whose rows all do is not taken for padding.
+        causal: whether the model's attention is causal as its config says (transformers'
+            `is_causal`, or `is_decoder` set), False for the LLaDA models, None where the
+            config is silent (`optimize()` then probes the model).
     """
 
     kind: str
@@ -55,6 +60,8 @@ class ModelInfo:
     takes_position_ids: bool = False
     pad_id: int | None = None
     eos_padding_ids: tuple[int, ...] | None = None
+    bos_ids: tuple[int, ...] | None = None
+    causal: bool | None = None
 
 
 def _is_project_model(model: nn.Module) -> bool:
@@ -96,7 +103,19 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
         takes_position_ids=positions,
         pad_id=from_config("pad_token_id"),
         eos_padding_ids=_eos_padding_ids(config),
+        bos_ids=token_ids(getattr(config, "bos_token_id", None)),
+        causal=False if kind != "generic" else _causal_flag(config),
     )
+
+
+def _causal_flag(config) -> bool | None:
+    """What a config says of its attention: `is_causal` where it is a bool, True where
+    `is_decoder` is set (a BERT-style model used as a decoder), else None. Model types and
+    architecture names do not say: LLaDA loads through AutoModelForCausalLM and is bidirectional."""
+    is_causal = getattr(config, "is_causal", None)
+    if isinstance(is_causal, bool):
+        return is_causal
+    return True if getattr(config, "is_decoder", None) is True else None
 
 
 def _eos_padding_ids(config) -> tuple[int, ...] | None:

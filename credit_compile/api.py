@@ -21,20 +21,19 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from .adapters import ModelWrapper, describe_model, probe_vocab_size, unwrap_model
+from .adapters import ModelWrapper, describe_model, make_forward, probe_vocab_size, unwrap_model
 from .backend import make_backend
-from .config import DecodeConfig, _is_count
+from .config import DecodeConfig, _is_count, without_unread_options
 from .decoding.loop import GenerationOutput, run_generation
 from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
 from .runner import CompiledStepRunner, make_runner
 from .torch_settings import torch_settings_key
-from .validation import warn_user
+from .validation import refuse_causal_attention, warn_user
 
 log = logging.getLogger("credit_compile")
 
-_DEFAULTS = DecodeConfig()
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -245,10 +244,12 @@ class OptimizedModel(ModelWrapper):
         _refuse_dtype(overrides)
         config = self._config(overrides)
         device = next(self.model.parameters()).device
-        # Any in-vocabulary id but the mask does: the prompt's content does not change the
-        # compiled step (a vocabulary holds at least the mask token and one other).
-        input_ids = torch.full((batch_size, prompt_length), 0 if config.mask_id else 1,
-                               device=device)
+        # Any in-vocabulary id but the mask and the padding tokens does (a row led by padding
+        # needs a mask): the prompt's content does not change the compiled step.
+        info = describe_model(self.model)
+        taken = {config.mask_id, info.pad_id, *(info.eos_padding_ids or ())}
+        filler = min(set(range(len(taken) + 1)) - taken)
+        input_ids = torch.full((batch_size, prompt_length), filler, device=device)
         attention_mask = None
         if padded:
             attention_mask = torch.ones_like(input_ids)
@@ -286,12 +287,13 @@ class OptimizedModel(ModelWrapper):
         """The config a generate() call with these arguments decodes with (mask token filled in)."""
         return self._config(overrides, base=config)
 
-    def _config(self, overrides: dict, base: DecodeConfig | None = None) -> DecodeConfig:
+    def _config(self, overrides: dict, base: DecodeConfig | None = None,
+                warn: bool = False) -> DecodeConfig:
         own = self.decode_config
         if base is None and own.dtype is not None:
             # optimize() applied it once; a model cast since (model.to) is decoded as it is.
             own = own.replace(dtype=None)
-        config = resolve_config(own if base is None else base, overrides)
+        config = resolve_config(own if base is None else base, overrides, warn=warn)
         if config.mask_id is None:
             # Read from the model's config at each call, as the reference does: a config edited
             # since optimize() decodes with its new mask token (the step cache keys on it).
@@ -304,7 +306,7 @@ class OptimizedModel(ModelWrapper):
 
     def _setup(self, input_ids, attention_mask, overrides: dict,
                base: DecodeConfig | None = None) -> GenerationSetup:
-        config = self._config(overrides, base)
+        config = self._config(overrides, base, warn=True)  # once per call: here
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
         layers_once = config.compile and config.compile_layers_once
         if layers_once and info.kind != "credit_compile":
@@ -423,10 +425,12 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
 
     Args:
         model: the project's LLaDAModelLM, the official remote-code LLaDAModelLM, or any module
-            whose forward(input_ids, attention_mask=None) returns logits. It is put in eval
-            mode, and with `dtype` cast, in place (as `model.to` does): the returned model
-            shares its weights. The remote-code LLaDA is decoded by the project's LLaDA on its
-            own parameters (`models.remote`): `.model` is then that native module.
+            whose forward(input_ids, attention_mask=None) returns logits, its attention
+            bidirectional (a causal LM is refused: its config's flags, or one forward of two
+            short rows, say which). It is put in eval mode, and with `dtype` cast, in place (as
+            `model.to` does): the returned model shares its weights. The remote-code LLaDA is
+            decoded by the project's LLaDA on its own parameters (`models.remote`): `.model` is
+            then that native module.
         config: decoding defaults (DecodeConfig); `overrides` change its fields.
         mask_id: the mask token when the model's config has no `mask_token_id`.
         max_cached_steps: compiled steps (shapes) kept before the least recently used is
@@ -436,15 +440,18 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
     model = unwrap_model(model)
     _checked_cache_size(max_cached_steps)
-    config = resolve_config(config, overrides)
+    config = resolve_config(config, overrides, warn=True)
+    model.eval()  # before the probe of its attention: active dropout would blur it
     model = _adopted(model)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
+    parameter = next(model.parameters(), None)
+    refuse_causal_attention(info, make_forward(model, info),
+                            parameter.device if parameter is not None else None)
     if info.mask_id is None:
         raise ValueError(_NO_MASK_TOKEN)
     check_kv_cache_support(config, info)  # here, not at the first request
     if config.dtype is not None:
         model = model.to(_DTYPES[config.dtype])
-    model.eval()
     # A mask token the caller named (argument or config) holds for every call; otherwise each
     # call reads the model's config, as the reference does.
     named = mask_id if mask_id is not None else config.mask_id
@@ -452,16 +459,13 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
 
 
 def _adopted(model: nn.Module) -> nn.Module:
-    """The official remote-code LLaDA as the project's model on its parameters (models.remote),
-    put in eval mode; any other model as it is (without importing transformers)."""
+    """The official remote-code LLaDA as the project's model on its parameters (models.remote);
+    any other model as it is (without importing transformers)."""
     if type(model).__name__ != "LLaDAModelLM":
         return model
     from .models.remote import adopt_remote_llada, is_remote_llada
 
-    if not is_remote_llada(model):
-        return model
-    model.eval()
-    return adopt_remote_llada(model)
+    return adopt_remote_llada(model) if is_remote_llada(model) else model
 
 
 def _checked_cache_size(value) -> int:
@@ -480,25 +484,14 @@ def refresh_checks_every_step(config: DecodeConfig) -> bool:
 def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
     """`config` without the fields the compiled step does not read, so that calls differing only
     in those share one step: the seed and dtype (read before the step), the buckets (their
-    shapes are in the key), `steps`, `factor` and the credit fields outside their strategies,
-    `tau` in "llada" and "factor", `credit_slots` outside sparse credit,
-    `compile_layers_once` and `on_compile_error` without compile, and `kv_cache_refresh` but
-    for 1 (the host places the refreshes, through the runner's schedule, set per call; 1
-    compiles no cached step).
+    shapes are in the key), the options a strategy does not read (`config.READ_BY`: `steps`
+    outside "llada", the credit fields outside "credit", ...), `compile_layers_once` and
+    `on_compile_error` without compile, and `kv_cache_refresh` but for 1 (the host places the
+    refreshes, through the runner's schedule, set per call; 1 compiles no cached step).
     Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `host_sync_every` is
     the number of steps captured per replay, and stays)."""
+    config = without_unread_options(config)
     drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
-    if config.strategy != "llada":
-        drop["steps"] = None
-    if config.strategy in ("llada", "factor"):
-        drop["tau"] = _DEFAULTS.tau
-    if config.strategy != "factor":
-        drop["factor"] = _DEFAULTS.factor
-    if config.strategy != "credit":
-        drop.update({name: getattr(_DEFAULTS, name)
-                     for name in ("alpha", "beta", "gamma", "credit_layout")})
-    if config.strategy != "credit" or config.credit_layout != "sparse":
-        drop["credit_slots"] = None
     if not graphs:
         drop.update(sync_every=1, cuda_graphs="off")
     else:

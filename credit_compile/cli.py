@@ -317,46 +317,29 @@ def cmd_verify(args) -> int:
     return 0 if report.ok else 1
 
 
-def _best_of(generate, device, min_calls: int = 3, budget_seconds: float = 2.0,
-             max_calls: int = 50):
-    """(output, seconds): the fastest of the timed calls after an untimed one (which compiles,
-    or warms the allocator). At least `min_calls` of them, and more while they have taken less
-    than `budget_seconds` (at most `max_calls`): a call of milliseconds is timed many times, so
-    that one slowed by a busy machine does not make the speedup, and a call of seconds (an 8B
-    eager decode) only `min_calls` times."""
+def cmd_demo(args) -> int:
     import torch
 
-    out = generate()
-    seconds = []
-    while len(seconds) < max_calls and (len(seconds) < min_calls or
-                                        sum(seconds) < budget_seconds):
-        start = time.perf_counter()
-        out = generate()
-        if torch.device(device).type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds.append(time.perf_counter() - start)
-    return out, min(seconds)
-
-
-def cmd_demo(args) -> int:
     from .api import optimize
     from .reference import generate as generate_reference
+    from .verify import time_calls, timing_note
 
     config = _decode_config(args)  # a bad option fails before the model loads
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     config = _fit_default_gen_length(args, config, model, ids)
     fast = optimize(model, config)
-    # One timed eager call at least (an 8B eager decode is long), three optimized.
-    eager, eager_seconds = _best_of(lambda: generate_reference(model, ids, mask, config), device,
-                                    min_calls=1)
-    optimized, fast_seconds = _best_of(lambda: fast.generate(ids, mask), device)
+    eagers, eager_seconds = time_calls(lambda: generate_reference(model, ids, mask, config),
+                                       torch.device(device))
+    fasts, fast_seconds = time_calls(lambda: fast.generate(ids, mask), torch.device(device))
+    eager, optimized = eagers[-1], fasts[-1]
     for name, out, sec in (("eager", eager, eager_seconds), ("optimized", optimized, fast_seconds)):
         text = tokenizer.decode(out.generated[0], skip_special_tokens=True)
         print(f"{name:>9}: NFE {out.nfe:3d}  {sec * 1e3:8.1f} ms  {text!r}")
     same = bool((eager.sequences == optimized.sequences).all())
     print(f"identical output: {same}   speedup: {eager_seconds / fast_seconds:.2f}x "
-          f"(runner: {optimized.stats['runner']})")
+          f"({timing_note(len(eagers) - 1, len(fasts) - 1)}; runner: "
+          f"{optimized.stats['runner']})")
     return 0 if same else 1
 
 

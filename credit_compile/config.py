@@ -43,8 +43,10 @@ class DecodeConfig:
         block_length: the canvas is decoded left to right in blocks of this many positions;
             must divide `gen_length`.
         steps: total denoising steps of the "llada" strategy; there it must be a multiple of the
-            number of blocks. None means one token per step (`gen_length`). Ignored (and not
-            checked) by "credit"/"threshold", which stop a block as soon as it is filled.
+            number of blocks. None means one token per step (`gen_length`). Not read (nor
+            checked) by the other strategies, which stop a block as soon as it is filled: a
+            call setting it for them is warned, as for every option a strategy does not read
+            (`READ_BY`), unless a base config set it for "llada".
         alpha: credit fusion strength, fused logits are `l + alpha * log1p(C)`; >= 0. alpha = 0
             is plain threshold decoding.
         beta: credit decay per step after the block's first, in [0, 1].
@@ -377,6 +379,41 @@ class DecodeConfig:
                  f"or leave it None")
 
 
+# Options only some strategies read, and those strategies (`credit_slots` with the sparse credit
+# layout only). Set for another strategy, an option changes nothing: a call is warned
+# (validation.warn_unread_options), and the compiled step leaves it out of its key.
+READ_BY = {
+    "steps": ("llada",),
+    "alpha": ("credit",),
+    "beta": ("credit",),
+    "gamma": ("credit",),
+    "credit_layout": ("credit",),
+    "credit_slots": ("credit",),
+    "tau": ("credit", "threshold"),
+    "factor": ("factor",),
+}
+
+
+def strategy_reads(config: DecodeConfig, name: str) -> bool:
+    """Whether decoding with `config` reads option `name` (those outside READ_BY, always)."""
+    if name == "credit_slots" and config.credit_layout != "sparse":
+        return False
+    return config.strategy in READ_BY.get(name, STRATEGIES)
+
+
+def unread_options(config: DecodeConfig) -> tuple[str, ...]:
+    """The options `config` sets away from their defaults that its strategy does not read."""
+    return tuple(name for name in READ_BY if not strategy_reads(config, name)
+                 and getattr(config, name) != getattr(_DEFAULTS, name))
+
+
+def without_unread_options(config: DecodeConfig) -> DecodeConfig:
+    """`config` with the options its strategy does not read at their defaults (it decodes the
+    same)."""
+    return dataclasses.replace(config, **{name: getattr(_DEFAULTS, name) for name in READ_BY
+                                          if not strategy_reads(config, name)})
+
+
 # Names users bring along from transformers' generate() and from Fast-dLLM's and dInfer's
 # generate functions and flags, and ours for the same thing.
 _HF_NAMES = {
@@ -428,3 +465,6 @@ def _is_count(v) -> bool:
 def _a_divisor(n: int, near: int) -> int:
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - near), d))
+
+
+_DEFAULTS = DecodeConfig()  # after the helpers its validation calls

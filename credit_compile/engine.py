@@ -31,7 +31,9 @@ from .validation import (
     check_model_dtype,
     check_no_mask_in_prompt,
     check_token_range,
+    refuse_causal_attention,
     resolve_mask_id,
+    warn_unread_options,
     warn_user,
 )
 
@@ -76,7 +78,10 @@ class GenerationSetup:
                 for phase in ("refresh", "cached")}
 
 
-def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig:
+def resolve_config(config: DecodeConfig | None, overrides: dict, *,
+                   warn: bool = False) -> DecodeConfig:
+    """`config` (or the defaults) with `overrides`; `warn` once about the options set that the
+    strategy does not read (a call's entry point asks for it)."""
     if config is not None and not isinstance(config, DecodeConfig):
         raise ValueError(
             f"config must be a DecodeConfig, got {type(config).__name__}: pass "
@@ -86,7 +91,10 @@ def resolve_config(config: DecodeConfig | None, overrides: dict) -> DecodeConfig
     if overrides.get("kv_cache") == "none" and "kv_cache_refresh" not in overrides:
         # A call turning a refreshed cache off means no cache, not an invalid refresh.
         overrides = {**overrides, "kv_cache_refresh": None}
-    return config.replace(**overrides) if overrides else config
+    resolved = config.replace(**overrides) if overrides else config
+    if warn:
+        warn_unread_options(config, overrides, resolved)
+    return resolved
 
 
 def setup_generation(
@@ -103,6 +111,7 @@ def setup_generation(
     check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
+    refuse_causal_attention(info)  # as its config says; optimize() also probes the model
     check_kv_cache_support(config, info)
     if forward is None:
         # A switch for the compiler: the eager reference's forward runs the same either way.

@@ -32,7 +32,7 @@ def generate(
 ) -> GenerationOutput:
     """Decode eagerly. `overrides` are `DecodeConfig` fields (gen_length=..., strategy=...);
     `progress` and `on_block` as in `OptimizedModel.generate`."""
-    config = resolve_config(config, overrides)
+    config = resolve_config(config, overrides, warn=True)
     runner = EagerStepRunner(setup_generation(model, input_ids, attention_mask, config))
     return run_generation(
         runner.step, runner.state, max_steps=runner.setup.strategy.max_steps(), sync_every=1,

@@ -1,14 +1,15 @@
 """A character tokenizer for the shipped default model (synthetic arithmetic/string tasks).
 
 Vocabulary (32 ids, the model's ``embedding_size``): ``0``..``9`` are the digits, then the task
-symbols ``+``, ``=``, ``R`` (reverse), ``S`` (sort), space, ``?`` (any character outside the
-vocabulary is encoded as ``?``) and, appended later so the first ids kept their meaning, ``P``
+symbols ``+``, ``=``, ``R`` (reverse), ``S`` (sort), space, ``?`` and, appended later so the
+first ids kept their meaning, ``P``
 (permute) at 16; ids 17..29 are unused spare rows, 30 is EOS (also padding, as
 LLaDA pads with EOS) and 31 is ``[MASK]`` (the model config's ``mask_token_id``).
 
     tok = CharTokenizer()
     batch = tok(["123+989=", "R4321="], return_tensors="pt")   # left padded
     tok.decode([1, 1, 1, 2, 30, 30], skip_special_tokens=True)  # '1112'
+    tok(["hello"])  # ValueError: characters outside the vocabulary, listing the ones it knows
 
 `save_pretrained(dir)` / `from_pretrained(dir)` write and read one small JSON file
 (``char_tokenizer.json``).
@@ -55,8 +56,18 @@ class CharTokenizer:
         return self.vocab_size
 
     def encode(self, text: str) -> list[int]:
-        unk = self._ids[self.unknown]
-        return [self._ids.get(c, unk) for c in text]
+        """The ids of `text`'s characters; a character outside the vocabulary is refused (read as
+        the unknown character, it would make the model answer another prompt)."""
+        unknown = sorted(set(text) - set(self._ids))
+        if unknown:
+            tasks = (" (the default model's tasks: addition '0012+0034=', reversal 'R1234=', "
+                     "sorting 'S4213=', permutation 'P4213=')" if self.chars == DEFAULT_CHARS
+                     else "")
+            raise ValueError(
+                f"the prompt {text!r} holds characters this tokenizer does not know: "
+                f"{''.join(unknown)!r}; write it with the characters it knows, "
+                f"{self.chars!r}{tasks}")
+        return [self._ids[c] for c in text]
 
     def __call__(self, texts, return_tensors: str | None = "pt", padding: bool = True) -> dict:
         """Left-padded batch: ``input_ids`` (pad = EOS) and ``attention_mask`` (1 on real tokens).

@@ -2,7 +2,7 @@
 model's files are missing from an installation.
 
 Printable ASCII (32..126) maps to ids 0..94; `eos_token_id` 125 and `mask_token_id` 126 match the
-`tiny` preset. Other characters become '?'.
+`tiny` preset. A prompt holding any other character is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ class CharTokenizer:
     mask_token_id = 126
 
     def encode(self, text: str) -> list[int]:
-        return [(ord(c) if FIRST <= ord(c) <= LAST else ord("?")) - FIRST for c in text]
+        unknown = sorted({c for c in text if not FIRST <= ord(c) <= LAST})
+        if unknown:
+            raise ValueError(
+                f"the prompt {text!r} holds characters this tokenizer does not know: "
+                f"{''.join(unknown)!r}; it knows printable ASCII, ' ' to '~'")
+        return [ord(c) - FIRST for c in text]
 
     def __call__(self, texts: list[str], return_tensors: str = "pt", padding: bool = True) -> dict:
         """Left-padded batch (pad = eos), as LLaDA pads; one string is a batch of one. `padding`

@@ -6,11 +6,14 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from collections.abc import Mapping
 
 import torch
 
 from .adapters import ModelInfo
-from .config import DecodeConfig
+from .config import READ_BY, DecodeConfig, unread_options
+from .decoding.step import ForwardFn
+from .decoding.strategies import is_any_of_sync_free
 
 # Frames skipped to reach the user's line: this package's, and torch's (no_grad decorators).
 _LIBRARY_DIRS = tuple(os.path.dirname(os.path.abspath(f)) + os.sep
@@ -24,6 +27,29 @@ def warn_user(message: str) -> None:
     while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_LIBRARY_DIRS):
         level, frame = level + 1, frame.f_back
     warnings.warn(message, UserWarning, stacklevel=level)
+
+
+def warn_unread_options(base: DecodeConfig, overrides: dict, config: DecodeConfig) -> None:
+    """One warning naming the options a call sets that its strategy does not read (`steps`
+    outside "llada", the credit options outside "credit": `config.READ_BY`): those of its
+    `overrides`, and those of a `base` config whose own strategy does not read them either. A
+    base config's options for its own strategy serve the calls that pick another one silently."""
+    base_unread = unread_options(base)
+    named = [name for name in unread_options(config) if name in overrides or name in base_unread]
+    if not named:
+        return
+    groups: dict[str, list[str]] = {}  # the options of each reader, as one clause
+    for name in named:
+        reader = " or ".join(repr(s) for s in READ_BY[name]) + (
+            " with credit_layout='sparse'" if name == "credit_slots" else "")
+        groups.setdefault(reader, []).append(name)
+    readers = "; ".join(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by "
+                        f"strategy {reader}" for reader, names in groups.items())
+    they, them = ("it changes", "it") if len(named) == 1 else ("they change", "them")
+    warn_user(
+        f"strategy={config.strategy!r} does not read "
+        f"{', '.join(f'{name}={getattr(config, name)!r}' for name in named)}, so {they} "
+        f"nothing ({readers}): leave {them} out, or choose the strategy that reads {them}")
 
 
 def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
@@ -41,34 +67,76 @@ def resolve_mask_id(config: DecodeConfig, info: ModelInfo) -> int:
     return mask_id
 
 
-def _refuse_unmasked_padding(input_ids: torch.Tensor, pad_id: int | None,
-                             eos_ids: tuple[int, ...] | None) -> None:
-    """A batch whose rows end (or start) with the padding token, some rows but not all, is a
-    padded batch passed without its mask: its pads would be decoded as prompt. A model whose
-    config names no pad token is checked for rows starting with its end-of-text token, which
-    tokenizers without a pad token pad with (no prompt begins with it unless it is also the
-    begin-of-text token, see `ModelInfo.eos_padding_ids`; some prompts end with it)."""
-    if input_ids.shape[0] < 2:
-        return
-    if pad_id is not None:
-        checks = [(-1, "right", (pad_id,)), (0, "left", (pad_id,))]
+def _refuse_unmasked_padding(input_ids: torch.Tensor, info: ModelInfo) -> None:
+    """A batch passed without its attention mask whose padding would be decoded as prompt: rows
+    ending (or starting) with the pad token, some but not all, or every row starting with it (a
+    single padded row, or a batch padded to a fixed width). A model whose config names no pad
+    token is checked for rows starting with its end-of-text token, which tokenizers without one
+    pad with (see `ModelInfo.eos_padding_ids`; some prompts end with it). Rows that all start
+    with a begin-of-text token are prompts, whatever else that token is."""
+    if info.pad_id is not None:
+        checks = [(-1, "right", (info.pad_id,)), (0, "left", (info.pad_id,))]
     else:
-        checks = [(0, "left", eos_ids)] if eos_ids else []
+        checks = [(0, "left", info.eos_padding_ids)] if info.eos_padding_ids else []
     for column, side, ids in checks:
-        pads = torch.zeros_like(input_ids[:, column], dtype=torch.bool)
-        for token in ids:
-            pads |= input_ids[:, column] == token
-        if bool(pads.any()) and not bool(pads.all()):
-            which = (f"the pad token {pad_id}" if pad_id is not None else
-                     f"the end-of-text token {ids[0] if len(ids) == 1 else ids} (the model "
-                     f"names no pad token; tokenizers without one pad with end-of-text)")
-            raise ValueError(
-                f"input_ids look {side}-padded (some rows {'end' if side == 'right' else 'start'} "
-                f"with {which}, others do not) but no attention_mask was given, so "
-                f"the padding would be read as prompt: if those are real tokens, pass "
-                f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
-                f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
-            )
+        pads = is_any_of_sync_free(input_ids[:, column], ids)
+        every = bool(pads.all())
+        if not bool(pads.any()) or every and (side == "right" or set(ids) & set(info.bos_ids or ())):
+            continue  # a prompt may end with the pad token, or begin with begin-of-text
+        which = (f"the pad token {info.pad_id}" if info.pad_id is not None else
+                 f"the end-of-text token {ids[0] if len(ids) == 1 else ids} (the model "
+                 f"names no pad token; tokenizers without one pad with end-of-text)")
+        rows = ("every row starts" if every else
+                f"some rows {'end' if side == 'right' else 'start'}")
+        raise ValueError(
+            f"input_ids look {side}-padded ({rows} with {which}"
+            f"{'' if every else ', others do not'}) but no attention_mask was given, so the "
+            f"padding would be read as prompt: if those are real tokens, pass "
+            f"attention_mask=torch.ones_like(input_ids); else pass the tokenizer's "
+            f"attention_mask (padded on the left: tokenizer.padding_side = 'left')"
+        )
+
+
+def refuse_causal_attention(info: ModelInfo, forward: ForwardFn | None = None,
+                            device: torch.device | None = None) -> None:
+    """A causal LM reads each position from the tokens before it, so it cannot fill a canvas of
+    masks from both sides: it would decode noise. Refused where its config says so, and, given
+    its `forward`, where the config is silent and a probe finds a later token changing its own
+    position's logits but no earlier one's. A model whose logits no token changes (a scripted
+    one) is no causal LM, and a forward the probe cannot run is left to generate() to report."""
+    if info.causal is False:
+        return
+    if info.causal:
+        why = "its config says so: is_causal or is_decoder"
+    elif forward is not None and _later_tokens_unseen(forward, info, device):
+        why = "a token changed its own position's logits and no earlier position's"
+    else:
+        return
+    raise ValueError(
+        f"this model's attention is causal ({why}): a causal LM predicts each token from the "
+        f"tokens before it, and diffusion decoding needs every position to see the whole "
+        f"canvas, so it would decode noise. Use a diffusion LM (LLaDA: "
+        f"credit_compile.models.LLaDAModelLM.from_pretrained, or the official checkpoint with "
+        f"trust_remote_code=True) or a bidirectional masked LM; a causal LM decodes with its "
+        f"own generate()"
+    )
+
+
+def _later_tokens_unseen(forward: ForwardFn, info: ModelInfo, device) -> bool:
+    """One forward of two rows of 4 tokens (fewer where the model takes fewer) that differ at
+    the last position only: True where only that position's logits change."""
+    length = min(4, info.max_length or 4)
+    if length < 2:
+        return False
+    rows = torch.zeros(2, length, dtype=torch.long, device=device)
+    rows[1, -1] = 1  # every vocabulary holds ids 0 and 1: the mask token and one other at least
+    try:
+        with torch.no_grad():
+            logits = forward(rows, None, None).float()
+    except Exception:  # noqa: BLE001 - generate() reports a forward that fails, with its checks
+        return False
+    change = (logits[0] - logits[1]).abs().amax(-1)  # per position
+    return bool(change[-1] > 0) and bool(change[:-1].max() <= 1e-5 * change[-1])
 
 
 def check_model_dtype(model, config: DecodeConfig) -> None:
@@ -123,6 +191,16 @@ def check_inputs(
             "a DecodeConfig was passed as attention_mask (the positional argument after "
             "input_ids): pass it by name, config=config"
         )
+    if isinstance(input_ids, Mapping) and "input_ids" in input_ids:
+        # A tokenizer's whole output (a dict, transformers' BatchEncoding) given as input_ids.
+        keys = list(input_ids)
+        call = ("generate(**enc)" if set(keys) <= {"input_ids", "attention_mask"} else
+                "generate(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'])")
+        raise ValueError(
+            f"input_ids is the tokenizer's whole output ({type(input_ids).__name__} with keys "
+            f"{keys}), not its tensor of token ids: pass its entries by name, enc = "
+            f"tokenizer(prompts, return_tensors='pt'), then {call} (the attention mask with them)"
+        )
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(
             f"input_ids must be a torch.Tensor of token ids, got {type(input_ids).__name__}: "
@@ -166,7 +244,7 @@ def check_inputs(
     if info.vocab_size is not None:
         check_token_range(input_ids, info.vocab_size)
     if attention_mask is None:
-        _refuse_unmasked_padding(input_ids, info.pad_id, info.eos_padding_ids)
+        _refuse_unmasked_padding(input_ids, info)
         return input_ids.long(), None
     if not isinstance(attention_mask, torch.Tensor):
         raise ValueError(

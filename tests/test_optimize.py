@@ -275,6 +275,35 @@ def test_verify_report():
     assert "OK" in str(report)
 
 
+def test_verify_times_several_calls_and_reports_their_median():
+    # One timed call each made contradictory speedups on a busy machine.
+    report = cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), gen_length=8,
+                       block_length=4, compile=False, timed_calls=4)
+    assert report.ok and report.reference_calls >= 4 and report.optimized_calls >= 4
+    assert report.reference_seconds > 0 and report.optimized_seconds > 0
+    assert (f"(medians of {report.reference_calls} eager and {report.optimized_calls} optimized "
+            f"calls, each path's first call untimed)") in str(report)
+    with pytest.raises(ValueError, match=r"timed_calls=0: use a positive number of calls"):
+        cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), timed_calls=0)
+
+
+def test_time_calls_times_fast_calls_many_times_and_slow_ones_a_few_after_an_untimed_one():
+    from credit_compile.verify import time_calls
+
+    calls = []
+
+    def generate():
+        calls.append(1)
+        return len(calls)
+
+    outputs, median = time_calls(generate, torch.device("cpu"), min_calls=1, budget_seconds=0.0)
+    assert (outputs, len(calls)) == ([1, 2], 2) and median >= 0  # the untimed call, then one
+    calls.clear()
+    outputs, _ = time_calls(generate, torch.device("cpu"), min_calls=3, budget_seconds=60.0,
+                            max_calls=20)
+    assert len(outputs) == len(calls) == 21  # calls of microseconds: up to max_calls
+
+
 def test_verify_an_optimized_model_with_a_config_and_its_mask_id():
     class NoMaskInConfig(ContextMixModel):
         def __init__(self, **kw):
@@ -290,6 +319,7 @@ def test_verify_an_optimized_model_with_a_config_and_its_mask_id():
     assert cc.verify(fast, ids, mask).ok  # the mask token given to optimize() reaches both
 
 
+@pytest.mark.filterwarnings("ignore:strategy=.* does not read:UserWarning")  # set on purpose
 def test_options_the_step_does_not_read_reuse_the_compiled_step():
     model = ContextMixModel(seed=2)
     fast = cc.optimize(model, gen_length=8, block_length=4)
@@ -938,6 +968,18 @@ def test_precompile_padded_prepares_the_step_of_a_padded_batch():
     assert not bool(mask.all())
     fast.generate(ids, mask)
     assert fast.cached_steps == 1
+
+
+def test_precompile_prompts_start_with_no_padding_token():
+    # A row led by the pad (or end-of-text) token needs a mask: precompile's prompt of one
+    # repeated id avoids them, and the mask token.
+    model = ContextMixModel(seed=2, eos_id=1)
+    model.config.pad_token_id = 0
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile=False)
+    fast.precompile(2, 4)
+    model.config.pad_token_id = None  # end-of-text 1 pads where no pad token is named
+    fast.precompile(1, 4, mask_id=0)
+    assert fast.cached_steps == 2
 
 
 def test_a_callback_that_raises_keeps_the_step_of_a_forward_updating_its_attributes(

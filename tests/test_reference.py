@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,6 +93,7 @@ def scripted(seed, calls, length, vocab=4, scale=3.0):
     return [torch.randn(length, vocab, generator=g) * scale for _ in range(calls)]
 
 
+@pytest.mark.filterwarnings("ignore:strategy=.* does not read:UserWarning")  # drawn for all
 @settings(max_examples=40)
 @given(
     seed=st.integers(0, 10_000),

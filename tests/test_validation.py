@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from toy_models import ContextMixModel
+from toy_models import ContextMixModel, ScriptedModel
 
 import credit_compile as cc
 from credit_compile import DecodeConfig
@@ -169,10 +169,40 @@ def test_valid_edges_are_accepted():
 def test_steps_are_ignored_outside_llada_as_documented(model, ids):
     # A base config's steps (for "llada") must not break a call that picks another strategy.
     config = DecodeConfig(strategy="llada", steps=6, gen_length=12, block_length=4)
-    out = cc.generate_reference(model, ids, config=config.replace(strategy="credit"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor be warned about: they are the base's, for llada
+        out = cc.generate_reference(model, ids, config=config, strategy="credit")
     assert out.nfe > 0 and config.replace(strategy="threshold", steps=5).steps == 5
     model.calls = 0
     assert_rejected(model, ids, r"steps=5 is not divisible", config=config, steps=5)
+
+
+def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(model, ids):
+    # optimize(model, steps=...) decoded credit as if steps were not given, without a word.
+    says = (r"strategy='credit' does not read steps=4, so it changes nothing \(steps is read by "
+            r"strategy 'llada'\): leave it out, or choose the strategy that reads it")
+    with pytest.warns(UserWarning, match=says) as record:
+        fast = cc.optimize(model, compile=False, steps=4, **small())
+    assert len(record) == 1 and record[0].filename == __file__
+    for call in (lambda: fast.generate(ids), lambda: fast.precompile(2, 3),
+                 lambda: cc.generate_reference(model, ids, steps=4, **small()),
+                 lambda: cc.verify(fast, ids)):
+        with pytest.warns(UserWarning, match=says) as record:
+            call()
+        assert len([w for w in record if "does not read" in str(w.message)]) == 1
+    with pytest.warns(UserWarning, match=r"strategy='threshold' does not read steps=4, "
+                                         r"alpha=0.5, credit_slots=2, so they change nothing "
+                                         r"\(steps is read by strategy 'llada'; alpha is read by "
+                                         r"strategy 'credit'; credit_slots is read by strategy "
+                                         r"'credit' with credit_layout='sparse'\)"):
+        fast.generate(ids, strategy="threshold", alpha=0.5, credit_slots=2)
+    # Options a base config sets for its own strategy serve a call of another one silently.
+    llada = cc.optimize(model, compile=False, strategy="llada", steps=4, **small())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        llada.generate(ids, strategy="credit")
+        cc.generate_reference(model, ids, config=llada.decode_config, strategy="threshold")
+        fast.generate(ids, strategy="llada")  # the base's steps=4, read at last
 
 
 def test_numpy_scalars_are_read_as_python_numbers():
@@ -390,6 +420,28 @@ def test_input_ids_not_a_tensor(model):
                                        r"use torch.tensor\(\[\[...\]\]\)", **small())
 
 
+def test_a_tokenizers_whole_output_as_input_ids_names_generate_with_its_entries(model, ids):
+    from transformers import BatchEncoding
+
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    for enc in ({"input_ids": ids, "attention_mask": mask},
+                BatchEncoding({"input_ids": ids, "attention_mask": mask})):
+        assert_rejected(model, enc, r"input_ids is the tokenizer's whole output \(\w+ with keys "
+                                    r"\['input_ids', 'attention_mask'\]\).* then "
+                                    r"generate\(\*\*enc\)", **small())
+        # The fix it names decodes, with the mask.
+        expected = cc.generate_reference(model, ids, mask, **small())
+        assert torch.equal(cc.generate_reference(model, **enc, **small()).sequences,
+                           expected.sequences)
+        fast = cc.optimize(model, compile=False, **small())
+        assert torch.equal(fast.generate(**enc).sequences, expected.sequences)
+        model.calls = 0
+    # A BERT-style tokenizer adds token_type_ids, which generate() does not take.
+    bert = BatchEncoding({"input_ids": ids, "token_type_ids": ids * 0, "attention_mask": mask})
+    assert_rejected(model, bert, r"then generate\(input_ids=enc\['input_ids'\], "
+                                 r"attention_mask=enc\['attention_mask'\]\)", **small())
+
+
 @pytest.mark.parametrize("bad_id", [-1, 40, 500])
 def test_token_ids_outside_the_vocabulary(model, bad_id):
     assert_rejected(model, torch.tensor([[1, bad_id, 3]]),
@@ -532,9 +584,10 @@ def test_a_padded_batch_without_its_attention_mask_is_refused(ids_, side):
                     **small())
     # Real tokens that happen to be the pad token: the all-ones mask says so.
     cc.generate_reference(model, ids_, torch.ones_like(ids_), **small())
-    # One row, or every row alike: nothing tells padding from prompt, nothing is refused.
-    cc.generate_reference(model, ids_[:1], **small())
-    cc.generate_reference(model, torch.cat([ids_[:1], ids_[:1]]), **small())
+    # Every row ending alike is a prompt's right (every row starting with padding is not: below).
+    if side == "right":
+        cc.generate_reference(model, ids_[:1], **small())
+        cc.generate_reference(model, torch.cat([ids_[:1], ids_[:1]]), **small())
 
 
 def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_named():
@@ -545,9 +598,8 @@ def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_n
                                    r"end-of-text token 2 \(the model names no pad token",
                     **small())
     cc.generate_reference(model, padded, torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]]), **small())
-    # Ending with end-of-text is a prompt's right; so is every row starting alike.
+    # Ending with end-of-text is a prompt's right.
     cc.generate_reference(model, torch.tensor([[5, 6, 2], [5, 6, 7]]), **small())
-    cc.generate_reference(model, torch.tensor([[2, 5, 6], [2, 6, 7]]), **small())
     model.config.eos_token_id = None  # nothing names a padding token: nothing is refused
     cc.generate_reference(model, padded, **small())
     # A call's end-of-text says where to stop, not how the prompt was padded.
@@ -557,6 +609,41 @@ def test_a_batch_left_padded_with_end_of_text_is_refused_where_no_pad_token_is_n
     cc.generate_reference(model, padded, **small())
     model.config.bos_token_id, model.calls = 1, 0  # another begin-of-text: refused again
     assert_rejected(model, padded, r"input_ids look left-padded", **small())
+
+
+def test_every_row_starting_with_padding_without_a_mask_is_refused():
+    # The shipped model's single left-padded row decoded its padding as prompt ('344', not '1234').
+    from credit_compile.assets import has_default_model, load_default_model
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    model, tokenizer = load_default_model()
+    fast = cc.optimize(model, gen_length=16, block_length=8, compile=False)
+    padded = torch.tensor([[30, 30, 13, 4, 2, 1, 3, 11]])  # "S4213=" after two pads
+    fix = (r"input_ids look left-padded \(every row starts with the pad token 30\) but no "
+           r"attention_mask was given.* pass the tokenizer's attention_mask")
+    config = fast.resolved_config()
+    for decode in (fast.generate, lambda ids: cc.generate_reference(model, ids, config=config)):
+        with pytest.raises(ValueError, match=fix):
+            decode(padded)
+        with pytest.raises(ValueError, match=fix):
+            decode(padded.repeat(2, 1))
+    out = fast.generate(padded, torch.tensor([[0, 0, 1, 1, 1, 1, 1, 1]]))
+    assert tokenizer.answer(out.generated[0]) == "1234"
+
+
+def test_rows_all_starting_with_end_of_text_or_begin_of_text():
+    model = CountingModel()
+    model.config.pad_token_id, model.config.eos_token_id = None, 2
+    assert_rejected(model, torch.tensor([[2, 5, 6], [2, 6, 7]]),
+                    r"every row starts with the end-of-text token 2 \(the model names no pad "
+                    r"token", **small())
+    assert_rejected(model, torch.tensor([[2, 5, 6]]), r"input_ids look left-padded", **small())
+    # A begin-of-text token leads every prompt: not padding, even where it is the pad token too.
+    model.config.bos_token_id = 2
+    cc.generate_reference(model, torch.tensor([[2, 5, 6], [2, 6, 7]]), **small())
+    model.config.pad_token_id = 2
+    cc.generate_reference(model, torch.tensor([[2, 5, 6]]), **small())
 
 
 def test_active_dropout_is_warned_about_at_the_callers_line(ids):
@@ -685,6 +772,68 @@ def test_a_wrapped_model_is_decoded_as_the_model_it_wraps(wrap):
     assert torch.equal(out.sequences, expected.sequences)
     assert torch.equal(cc.optimize(wrapped, **small()).generate(ids, mask).sequences,
                        expected.sequences)
+
+
+CAUSAL = r"this model's attention is causal \({}\): a causal LM predicts each token from the tokens"
+PROBED = "a token changed its own position's logits and no earlier position's"
+
+
+def tiny_gpt2():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    return GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64, n_positions=64))
+
+
+def test_a_causal_lm_is_refused_by_optimize_even_given_a_mask_token(ids):
+    # Its config is silent: one forward of two rows that differ in their last token shows that
+    # no earlier position sees it. Refused before the mask token is asked for.
+    for mask in ({}, {"mask_id": 63}):
+        with pytest.raises(ValueError, match=CAUSAL.format(PROBED) + r".* Use a diffusion LM"):
+            cc.optimize(tiny_gpt2(), gen_length=8, block_length=4, compile=False, **mask)
+
+
+def test_a_bidirectional_masked_lm_is_accepted(ids):
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2,
+                                      intermediate_size=64, vocab_size=64,
+                                      max_position_embeddings=64))
+    fast = cc.optimize(bert, mask_id=63, gen_length=8, block_length=4, compile=False)
+    out = fast.generate(ids)
+    assert out.generated.shape == (2, 8) and not (out.generated == 63).any()
+
+
+class CausalMix(ContextMixModel):
+    """ContextMixModel whose context is the mean over the tokens up to each position."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        length = input_ids.shape[1]
+        seen = self.context[input_ids].cumsum(1) / torch.arange(1, length + 1)[:, None]
+        return (self.token[input_ids] + self.position[torch.arange(length)] + seen) * self.sharpness
+
+
+def test_a_causal_generic_model_is_refused_and_one_whose_logits_see_no_token_accepted(ids):
+    with pytest.raises(ValueError, match=CAUSAL.format(PROBED)):
+        cc.optimize(CausalMix(), **small())
+    # Logits that no token changes say nothing of the attention: no refusal.
+    script = [torch.randn(3 + 8, 40, generator=torch.Generator().manual_seed(0))]
+    cc.optimize(ScriptedModel(script, mask_id=MASK), compile=False, **small()).generate(ids)
+    # A bidirectional model changes earlier positions too.
+    cc.optimize(ContextMixModel(), compile=False, **small())
+
+
+def test_a_config_saying_its_attention_is_causal_is_refused_by_every_entry_point(model, ids):
+    for flag in ("is_decoder", "is_causal"):
+        setattr(model.config, flag, True)
+        assert_rejected(model, ids, CAUSAL.format("its config says so: is_causal or is_decoder"),
+                        **small())
+        with pytest.raises(ValueError, match="attention is causal"):
+            cc.optimize(model, **small())
+        delattr(model.config, flag)
+    # A config saying it is not causal is taken at its word (no probe).
+    causal = CausalMix()
+    causal.config.is_causal = False
+    cc.optimize(causal, compile=False, **small())
 
 
 def test_a_dtype_the_model_is_not_in_is_refused_not_ignored(ids):
