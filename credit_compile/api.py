@@ -12,24 +12,20 @@ reused: a second call with the same shapes recompiles nothing and replays the sa
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import threading
 import time
-from collections import OrderedDict
 
 import torch
 from torch import nn
 
-from .adapters import ModelWrapper, describe_model, make_forward, probe_vocab_size, unwrap_model
-from .backend import make_backend
-from .config import DecodeConfig, _is_count, without_unread_options
+from .adapters import ModelWrapper, describe_model, make_forward, unwrap_model
+from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
-from .decoding.strategies import check_logit_width
 from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
-from .runner import CompiledStepRunner, make_runner
-from .torch_settings import torch_settings_key
+from .runner import CompiledStepRunner
+from .step_cache import StepCache, checked_cache_size, rng_untouched
 from .validation import refuse_causal_attention, warn_user
 
 log = logging.getLogger("credit_compile")
@@ -57,22 +53,17 @@ class OptimizedModel(ModelWrapper):
         super().__init__()
         self.model = model
         self.decode_config = config
-        self._max_cached_steps = _checked_cache_size(max_cached_steps)
         self._mask_id = mask_id
-        self._runners: OrderedDict = OrderedDict()
+        self._steps = StepCache(max_cached_steps)
         # Calls share the static buffers of their shape: concurrent ones must run one at a time.
         self._lock = threading.Lock()
         self._lock_owner: int | None = None
-        # The model as the cached steps last saw it (fingerprint.py): a change drops them.
-        self._fingerprint: tuple = ()
         self.last_stats: dict = {}
         self.register_load_state_dict_post_hook(OptimizedModel._missing_keys_as_saved)
 
     def __getstate__(self):
-        # A lock does not copy or pickle, and compiled steps belong to this process: a copy
-        # starts with none and compiles its own.
+        # A lock does not copy or pickle (nor do compiled steps: StepCache copies empty).
         state = dict(self.__dict__)
-        state["_runners"] = OrderedDict()
         del state["_lock"]
         state["_lock_owner"] = None
         return state
@@ -83,21 +74,21 @@ class OptimizedModel(ModelWrapper):
 
     @property
     def max_cached_steps(self) -> int:
-        return self._max_cached_steps
+        return self._steps.max_size
 
     @max_cached_steps.setter
     def max_cached_steps(self, value: int) -> None:
         # A lower limit frees the steps beyond it now (a server reclaiming memory), under the
         # call lock: a running call keeps its step until it returns.
-        value = _checked_cache_size(value)
+        value = checked_cache_size(value)
         with self._exclusive("setting max_cached_steps"):
-            self._max_cached_steps = value
-            self._drop_beyond_limit(lowered=True)
+            self._steps.max_size = value
+            self._steps.drop_beyond_limit(lowered=True)
 
     @property
     def cached_steps(self) -> int:
         """How many compiled steps (shapes) are cached now."""
-        return len(self._runners)
+        return len(self._steps)
 
     # Behave like the wrapped model.
     def forward(self, *args, **kwargs):
@@ -157,7 +148,7 @@ class OptimizedModel(ModelWrapper):
             before = model_fingerprint(self.model, attributes=False)
             result = super()._apply(fn, recurse)
             if model_fingerprint(self.model, attributes=False) != before:
-                self._runners.clear()
+                self._steps.clear()
         return result
 
     @torch.no_grad()
@@ -204,7 +195,7 @@ class OptimizedModel(ModelWrapper):
             # not report this one's compile time, nor see this forward's attribute updates as
             # the caller's.
             runner.compile_seconds = 0.0
-            self._refingerprint_after_the_call()
+            self._steps.refingerprint_after_the_call(self.model)
             raise
         if runner.state.device.type == "cuda":
             torch.cuda.synchronize(runner.state.device)
@@ -218,7 +209,7 @@ class OptimizedModel(ModelWrapper):
             "decode_seconds": elapsed - compiled_inside,
         }
         runner.compile_seconds = 0.0  # reported once, by the call that compiled
-        self._refingerprint_after_the_call()
+        self._steps.refingerprint_after_the_call(self.model)
         out.stats = dict(self.last_stats)
         return out
 
@@ -261,7 +252,7 @@ class OptimizedModel(ModelWrapper):
             runner = self._loaded_runner(fresh, trace=False)
             runner.ensure_compiled()
             seconds, runner.compile_seconds = runner.compile_seconds, 0.0
-            self._refingerprint_after_the_call()
+            self._steps.refingerprint_after_the_call(self.model)
         return seconds
 
     @contextlib.contextmanager
@@ -322,14 +313,12 @@ class OptimizedModel(ModelWrapper):
                 "compiled layer would run the first layer's code for all; each layer is "
                 "compiled as before (remove the hooks or adapters, or leave "
                 "compile_layers_once off)")
-        # Dense credit reaches the fused op through the credit-fusion pass; the sparse layout's
-        # slot bookkeeping has no eager pattern worth matching, so its strategy calls the op.
         return setup_generation(self.model, input_ids, attention_mask, config, info=info,
-                                use_op=config.credit_layout == "sparse")
+                                optimized=True)
 
     def _loaded_runner(self, fresh: GenerationSetup, trace: bool):
         """The cached runner for these shapes, loaded with `fresh`'s prompts."""
-        runner, initial = self._runner_for(fresh, trace)
+        runner, initial = self._steps.runner_for(self.model, fresh, trace)
         runner.reload(initial)
         runner.schedule.use_refresh_every(fresh.config.kv_cache_refresh)
         # Prompts of one bucket share the runner but not their bucket padding.
@@ -337,82 +326,6 @@ class OptimizedModel(ModelWrapper):
         runner.state.output_rows = fresh.state.output_rows
         return runner
 
-    def _model_fingerprint(self) -> tuple:
-        """The model as a cached step depends on it (fingerprint.py). A CUDA graph checks no
-        guards, so on CUDA that is the whole model: weights, modes, hooks and attributes.
-        Elsewhere there are no graphs, and dynamo's guards see all but the weights (whose
-        device and storage the static buffers follow) and the hooks: those alone, at a third of
-        the cost."""
-        return model_fingerprint(self.model, attributes=_graphs_possible(self.model))
-
-    def _refingerprint_after_the_call(self) -> None:
-        # A forward may update its own attributes; a change the next call sees must be the
-        # caller's. Without attributes (no graphs possible) there is nothing to refresh.
-        if _graphs_possible(self.model):
-            self._fingerprint = self._model_fingerprint()
-
-    def _runner_for(self, fresh: GenerationSetup, trace: bool):
-        """The cached runner for these shapes and the initial state to load into it."""
-        config, state = fresh.config, fresh.state
-        fingerprint = self._model_fingerprint()
-        if fingerprint != self._fingerprint:
-            # Weights moved, cast or re-assigned (also through the wrapped model, which bypasses
-            # this module's _apply), or a module's mode, hooks or attributes changed since the
-            # last call: a captured CUDA graph would replay the old storage and the old forward.
-            self._runners.clear()
-            self._fingerprint = fingerprint
-        graphs = not trace and config.compile and (
-            config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and state.device.type == "cuda"))
-        # Global settings in the key: a captured graph replays the kernels they chose.
-        # The end-of-text ids as resolved (from the model's config when the call gives none).
-        key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
-               state.device, _step_config(config, graphs), fresh.eos_ids, torch_settings_key())
-        if (graphs or state.device.type == "cuda") and refresh_checks_every_step(config):
-            # Per call: a step built for another interval (not in the key) may serve this one.
-            warn_user(
-                f"kv_cache_refresh={config.kv_cache_refresh} and sync_every="
-                f"{config.sync_every} share no factor, so completion is checked after every "
-                f"step, a host sync each (each refresh must open a window of unchecked "
-                f"steps; with CUDA graphs, one step per replay): choose kv_cache_refresh a "
-                f"multiple or a divisor of sync_every")
-        runner = self._runners.get(key)
-        initial = state.tensors()
-        if runner is not None:
-            self._runners.move_to_end(key)
-        else:
-            # The runner keeps `fresh` as its static state (later calls copy into it); warm-up
-            # steps before CUDA-graph capture mutate it, so keep the initial values apart.
-            initial = {name: t.clone() for name, t in initial.items()}
-            if "credit" in state.buffers and config.compile:
-                check_logit_width(probe_vocab_size(fresh.forward, state.x),
-                                  state.buffers["credit"].shape[-1])
-            backend = make_backend(config=config) if config.compile else None
-            cuda_graphs = "off" if trace else config.cuda_graphs
-            unroll = config.host_sync_every if cuda_graphs != "off" else 1
-            with rng_untouched(state.device):  # warm-up steps before capture draw numbers
-                runner = make_runner(fresh, backend=backend, cuda_graphs=cuda_graphs,
-                                     unroll=unroll, on_compile_error=config.on_compile_error)
-            self._runners[key] = runner
-            self._drop_beyond_limit()
-        return runner, initial
-
-    def _drop_beyond_limit(self, lowered: bool = False) -> None:
-        while len(self._runners) > self.max_cached_steps:
-            dropped, runner = self._runners.popitem(last=False)
-            what = "eager step" if runner.kind == "eager" else "compiled step"
-            if lowered:  # asked for: no advice to raise the limit just lowered
-                log.info("credit_compile: freed the %s of canvas shape %s (max_cached_steps "
-                         "lowered to %d)", what, dropped[0], self.max_cached_steps)
-                continue
-            if not isinstance(runner, CompiledStepRunner):  # buffers only: nothing compiles
-                log.debug("credit_compile: freed the eager step of canvas shape %s "
-                          "(max_cached_steps=%d)", dropped[0], self.max_cached_steps)
-                continue
-            log.warning(
-                "credit_compile: dropped the compiled step of canvas shape %s "
-                "(max_cached_steps=%d); it compiles again if that shape returns: raise "
-                "max_cached_steps, or set prompt_bucket to need fewer shapes",
-                dropped[0], self.max_cached_steps)
 
 
 _NO_MASK_TOKEN = ("the model has no mask token: its config has no `mask_token_id`; pass "
@@ -439,7 +352,7 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
     model = unwrap_model(model)
-    _checked_cache_size(max_cached_steps)
+    checked_cache_size(max_cached_steps)
     config = resolve_config(config, overrides, warn=True)
     model.eval()  # before the probe of its attention: active dropout would blur it
     model = _adopted(model)
@@ -466,55 +379,6 @@ def _adopted(model: nn.Module) -> nn.Module:
     from .models.remote import adopt_remote_llada, is_remote_llada
 
     return adopt_remote_llada(model) if is_remote_llada(model) else model
-
-
-def _checked_cache_size(value) -> int:
-    if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
-        raise ValueError(f"max_cached_steps={value!r}: use a positive integer (default 8)")
-    return value
-
-
-def refresh_checks_every_step(config: DecodeConfig) -> bool:
-    """Whether `kv_cache_refresh` alone brings the host's checks (and a CUDA graph's steps) down
-    to one step: an interval sharing no factor with `sync_every`."""
-    return (config.kv_cache_refresh is not None and config.host_sync_every == 1
-            and config.replace(kv_cache_refresh=None).host_sync_every > 1)
-
-
-def _step_config(config: DecodeConfig, graphs: bool) -> DecodeConfig:
-    """`config` without the fields the compiled step does not read, so that calls differing only
-    in those share one step: the seed and dtype (read before the step), the buckets (their
-    shapes are in the key), the options a strategy does not read (`config.READ_BY`: `steps`
-    outside "llada", the credit fields outside "credit", ...), `compile_layers_once` and
-    `on_compile_error` without compile, and `kv_cache_refresh` but for 1 (the host places the
-    refreshes, through the runner's schedule, set per call; 1 compiles no cached step).
-    Without CUDA graphs, also `sync_every` and `cuda_graphs` (with graphs, `host_sync_every` is
-    the number of steps captured per replay, and stays)."""
-    config = without_unread_options(config)
-    drop = {"seed": None, "dtype": None, "prompt_bucket": None, "batch_bucket": None}
-    if not graphs:
-        drop.update(sync_every=1, cuda_graphs="off")
-    else:
-        drop["sync_every"] = config.host_sync_every
-    if not config.compile:
-        drop.update(compile_layers_once=False, on_compile_error="raise")
-    if config.kv_cache_refresh != 1:
-        drop["kv_cache_refresh"] = None
-    return dataclasses.replace(config, **drop)
-
-
-def rng_untouched(device: torch.device):
-    """The global RNG (CPU, and `device` on CUDA) as it was, after steps run only to compile or
-    capture: the draws of Gumbel noise and random remasking then start where the caller's seed
-    put them, as in the reference, instead of where the warm-up left them."""
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
-
-
-def _graphs_possible(model: nn.Module) -> bool:
-    parameter = next(model.parameters(), None)
-    return parameter is not None and parameter.device.type == "cuda"
 
 
 def _refuse_dtype(overrides: dict) -> None:

@@ -105,8 +105,10 @@ def setup_generation(
     *,
     info: ModelInfo | None = None,
     forward: ForwardFn | None = None,
-    use_op: bool = False,
+    optimized: bool = False,
 ) -> GenerationSetup:
+    """Validated inputs, the static state, the strategy and the forward of one generation.
+    `optimized`: for the fast path (the strategy may call the fused op), not the reference."""
     model = unwrap_model(model)
     check_model_dtype(model, config)
     _warn_if_dropout_is_active(model)
@@ -171,7 +173,7 @@ def setup_generation(
         keep_attention_mask=config.prompt_bucket is not None, output_start=bucket_padding,
         output_rows=real_rows,
     )
-    strategy = make_strategy(config, mask_id, use_op=use_op)
+    strategy = make_strategy(config, mask_id, optimized=optimized)
     strategy.allocate(state, info.vocab_size)
     kv_cache_layout = None
     if config.kv_cache != "none":

@@ -20,12 +20,13 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .api import OptimizedModel, optimize, rng_untouched
+from .api import OptimizedModel, optimize
 from .backend import dynamo_config_patches, make_backend
 from .config import DecodeConfig, without_unread_options
 from .engine import setup_generation
 from .reference import generate as generate_reference
 from .runner import with_own_code
+from .step_cache import rng_untouched
 from .validation import warn_unread_options
 
 

@@ -11,7 +11,7 @@ from torch._dynamo.utils import counters
 from toy_models import ContextMixModel, layered_model, token_prompts
 
 import credit_compile as cc
-from credit_compile import api
+from credit_compile import step_cache
 from credit_compile.assets import has_default_model, load_default_model
 from credit_compile.backend import make_backend
 from credit_compile.passes import pass_count
@@ -36,7 +36,7 @@ def record_graphs(monkeypatch, module) -> list:
 @pytest.fixture
 def step_graphs(monkeypatch):
     """The FX graphs of the optimized model's compiled steps, one per step."""
-    return record_graphs(monkeypatch, api)
+    return record_graphs(monkeypatch, step_cache)
 
 
 def layer_calls(gm) -> list[str]:

@@ -386,7 +386,7 @@ def test_the_cache_is_allocated_once_and_not_reloaded():
     model = layered_model(2)
     fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual")
     fast.generate(token_prompts(2, 5, seed=1)[0])
-    (runner,) = fast._runners.values()
+    (runner,) = fast._steps.runners()
     keys, values = runner.state.kv_cache
     assert keys.shape == model.kv_cache_shape(2, 13) == values.shape
     assert not any(t is keys or t is values for t in runner.state.tensors().values())

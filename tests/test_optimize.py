@@ -468,9 +468,9 @@ class ConfigScaledModel(ContextMixModel):
 @pytest.fixture
 def graphs_possible(monkeypatch):
     """The whole-model fingerprint CUDA models get (graphs check no guards), on the CPU."""
-    from credit_compile import api
+    from credit_compile import step_cache
 
-    monkeypatch.setattr(api, "_graphs_possible", lambda model: True)
+    monkeypatch.setattr(step_cache, "graphs_possible", lambda model: True)
 
 
 @pytest.mark.parametrize("change", sorted(MODEL_CHANGES))
@@ -533,10 +533,10 @@ TORCH_SETTINGS = {
 def _runners_checking_their_settings(monkeypatch) -> list:
     """make_runner replaced by one whose steps assert they run under the global torch settings
     the runner was built under, as a captured graph silently assumes; returns the built list."""
-    from credit_compile import api
+    from credit_compile import step_cache
     from credit_compile.torch_settings import torch_settings_key
 
-    make_runner, built = api.make_runner, []
+    make_runner, built = step_cache.make_runner, []
 
     def checking_make_runner(*args, **kwargs):
         runner, settings = make_runner(*args, **kwargs), torch_settings_key()
@@ -550,7 +550,7 @@ def _runners_checking_their_settings(monkeypatch) -> list:
         built.append(runner)
         return runner
 
-    monkeypatch.setattr(api, "make_runner", checking_make_runner)
+    monkeypatch.setattr(step_cache, "make_runner", checking_make_runner)
     return built
 
 
@@ -699,7 +699,7 @@ def test_a_model_config_that_lost_its_mask_token_is_refused_naming_the_fix():
 
 def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeypatch,
                                                                          graphs_possible):
-    from credit_compile import api
+    from credit_compile import step_cache
 
     class CountingModel(ContextMixModel):
         def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -707,7 +707,7 @@ def test_a_forward_that_updates_its_own_attributes_keeps_its_cached_step(monkeyp
             return super().forward(input_ids, attention_mask, position_ids)
 
     built = []
-    monkeypatch.setattr(api, "make_runner",
+    monkeypatch.setattr(step_cache, "make_runner",
                         lambda *a, **k: built.append(1) or make_runner(*a, **k))
     make_runner = cc.runner.make_runner
     fast = cc.optimize(CountingModel(seed=3), gen_length=8, block_length=4, compile=False)
@@ -932,7 +932,7 @@ def test_precompile_then_a_forward_updating_its_attributes_keeps_the_step(monkey
                                                                           graphs_possible):
     # precompile runs the step (the forward updates its own attribute); the fingerprint must
     # be taken after it, or the first generate() drops the precompiled step and compiles again.
-    from credit_compile import api
+    from credit_compile import step_cache
 
     class MarkingModel(ContextMixModel):
         def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -941,7 +941,7 @@ def test_precompile_then_a_forward_updating_its_attributes_keeps_the_step(monkey
 
     make_runner = cc.runner.make_runner
     built = []
-    monkeypatch.setattr(api, "make_runner",
+    monkeypatch.setattr(step_cache, "make_runner",
                         lambda *a, **k: built.append(1) or make_runner(*a, **k))
     fast = cc.optimize(MarkingModel(seed=3), gen_length=8, block_length=4)
     fast.precompile(1, 4)
@@ -987,7 +987,7 @@ def test_a_callback_that_raises_keeps_the_step_of_a_forward_updating_its_attribu
     # The fingerprint is taken again after an interrupted call too: the forward's own attribute
     # updates are not the caller's change, and must not drop the step (a recompile and, on
     # CUDA, a recapture at the next call).
-    from credit_compile import api
+    from credit_compile import step_cache
 
     class CountingModel(ContextMixModel):
         def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -995,7 +995,7 @@ def test_a_callback_that_raises_keeps_the_step_of_a_forward_updating_its_attribu
             return super().forward(input_ids, attention_mask, position_ids)
 
     make_runner, built = cc.runner.make_runner, []
-    monkeypatch.setattr(api, "make_runner",
+    monkeypatch.setattr(step_cache, "make_runner",
                         lambda *a, **k: built.append(1) or make_runner(*a, **k))
     fast = cc.optimize(CountingModel(seed=3), gen_length=8, block_length=4, compile=False)
     ids, _ = make_prompts(1, 4, 0, padded=False)

@@ -191,7 +191,7 @@ class ReplayOnCPU(EagerStepRunner):
 
 @pytest.fixture
 def graphs_on_cpu(monkeypatch):
-    from credit_compile import api, runner
+    from credit_compile import runner, step_cache
 
     def make_runner(setup, *, backend=None, cuda_graphs="off", unroll=1, on_compile_error="raise"):
         compiled = runner.CompiledStepRunner(setup, backend, on_compile_error)
@@ -200,7 +200,7 @@ def graphs_on_cpu(monkeypatch):
         return runner.with_graphs(compiled, unroll=unroll, required=cuda_graphs == "on",
                                   graph_runner=ReplayOnCPU)
 
-    monkeypatch.setattr(api, "make_runner", make_runner)
+    monkeypatch.setattr(step_cache, "make_runner", make_runner)
 
 
 class GraphBreaking(torch.nn.Module):
@@ -339,7 +339,7 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
 
 
 def test_a_refresh_sharing_no_factor_with_sync_every_is_named():
-    from credit_compile.api import refresh_checks_every_step
+    from credit_compile.step_cache import refresh_checks_every_step
 
     cached = cc.DecodeConfig(kv_cache="dual", sync_every=4)
     assert [refresh_checks_every_step(cached.replace(kv_cache_refresh=k))

@@ -123,15 +123,18 @@ def factor_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, factor: fl
 class CreditStrategy(ThresholdStrategy):
     """CreditDecoding: the threshold commit on logits fused with trace credits.
 
-    `use_op=False` runs the eager chain (the reference); the credit-fusion FX pass rewrites that
-    chain into the fused custom op when compiled. `use_op=True` calls the op directly.
+    The one place that decides between the fused op and the eager chain: the reference runs the
+    eager chain. On the fast path (`optimized`) the dense layout runs it too, and the
+    credit-fusion FX pass rewrites it into the fused op when compiled; the sparse layout's slot
+    bookkeeping has no eager pattern worth matching, so it calls the op directly. Which op
+    (Triton or plain torch) is `ops.credit_step.dispatch_op`'s choice, by device.
     """
 
     name = "credit"
 
-    def __init__(self, config: DecodeConfig, mask_id: int, use_op: bool = False):
+    def __init__(self, config: DecodeConfig, mask_id: int, optimized: bool = False):
         super().__init__(config, mask_id)
-        self.use_op = use_op
+        self.use_op = optimized and config.credit_layout == "sparse"
 
     def allocate(self, state, vocab_size):
         batch, block = state.batch_size, state.block_length
@@ -250,9 +253,9 @@ def rank_descending_sync_free(values: torch.Tensor) -> torch.Tensor:
     return ranks.scatter_(-1, order, positions)
 
 
-def make_strategy(config: DecodeConfig, mask_id: int, use_op: bool = False) -> Strategy:
+def make_strategy(config: DecodeConfig, mask_id: int, optimized: bool = False) -> Strategy:
     if config.strategy == "credit":
-        return CreditStrategy(config, mask_id, use_op=use_op)
+        return CreditStrategy(config, mask_id, optimized=optimized)
     if config.strategy == "threshold":
         return ThresholdStrategy(config, mask_id)
     if config.strategy == "factor":
