@@ -2,7 +2,7 @@
 # What a session with a lent GPU runs, one stage per device command (each stays under the
 # device tool's 10-minute limit). Everything it writes lands in $OUT (default ./gpu_out).
 #
-#   bash benchmarks/gpu_session.sh tests        # every GPU test (-k cuda), verbose, junit XML
+#   bash benchmarks/gpu_session.sh tests        # every GPU test (-m gpu), verbose, junit XML
 #   bash benchmarks/gpu_session.sh gen1024      # bench_generate llada-8b, B=1, gen 1024, 6 modes
 #   bash benchmarks/gpu_session.sh gen1024b8    # B=8 at gen 1024's sequence length (see below)
 #   bash benchmarks/gpu_session.sh gen256b1     # gen 256, B=1, every mode but the prompt cache's
@@ -88,10 +88,11 @@ gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/gener
 
 case "${1:-tests}" in
 tests)
-    # The GPU tests only (their names say cuda); -rA prints every outcome and the diagnostics.
+    # The GPU tests only (marked gpu: tests/cuda_marks.py); -rA prints every outcome and the
+    # diagnostics.
     # -P: the checkout is not put first on sys.path, where credit_compile lacks its passes/
     # (they join the package when installed).
-    python3 -P -m pytest -q -rA -p no:cacheprovider --maxfail=3 -k cuda tests --junitxml="$OUT/gpu_tests.xml" \
+    python3 -P -m pytest -q -rA -p no:cacheprovider --maxfail=3 -m gpu tests --junitxml="$OUT/gpu_tests.xml" \
         "${TESTS_DRY[@]}" 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
 suite)

@@ -46,6 +46,10 @@ class StepCache:
         # Compiled steps belong to this process: a copy starts with none and compiles its own.
         return {"max_size": self.max_size, "_runners": OrderedDict(), "_fingerprint": ()}
 
+    def keys(self) -> list:
+        """The keys, least recently used first (the canvas shape leads each)."""
+        return list(self._runners)
+
     def runners(self) -> list:
         return list(self._runners.values())
 

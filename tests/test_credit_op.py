@@ -14,6 +14,7 @@ import sys
 
 import pytest
 import torch
+from cuda_marks import CUDA, needs_cuda
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from triton_env import triton_kernel_problem
@@ -30,8 +31,6 @@ from credit_compile.ops.credit_step_reference import (
     sparse_fused_logits,
 )
 
-CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA device")
 TRITON_PROBLEM = triton_kernel_problem()
 needs_triton = pytest.mark.skipif(TRITON_PROBLEM is not None, reason=str(TRITON_PROBLEM))
 

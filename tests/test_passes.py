@@ -12,6 +12,7 @@ import operator
 import pytest
 import torch
 import torch.nn.functional as F
+from cuda_marks import needs_cuda
 from optimum.fx.optimization import ChangeTrueDivToMulByInverse, compose
 from torch import nn
 from torch._dynamo.utils import counters
@@ -877,8 +878,7 @@ def op_targets(gm) -> set[str]:
     return {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
 
 
-@pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@needs_cuda
 @pytest.mark.parametrize("inductor", [False, True], ids=["passes_only", "inductor"])
 def test_credit_fusion_picks_the_triton_op_on_cuda(inductor):
     from credit_compile import ops

@@ -7,13 +7,12 @@ import warnings
 
 import pytest
 import torch
+from cuda_marks import needs_cuda
 
 import credit_compile as cc
 from credit_compile.engine import setup_generation
 from credit_compile.models import build_model, get_config
 from credit_compile.runner import CompiledStepRunner, EagerStepRunner, unrolled_phases
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
 
 def prompts(batch, length, device, padded=False, seed=0):
@@ -88,7 +87,7 @@ def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
     for length in (3, 4, 3, 5):
         fast.generate(prompts(1, length, "cpu")[0])
     assert fast.cached_steps == 2
-    assert sorted(key[0] for key in fast._runners) == [(1, 3 + 4), (1, 5 + 4)]
+    assert sorted(key[0] for key in fast._steps.keys()) == [(1, 3 + 4), (1, 5 + 4)]
     for bad in (0, -1, 2.0, True):
         with pytest.raises(ValueError, match=r"max_cached_steps=.*: use a positive integer"):
             cc.optimize(model, max_cached_steps=bad)
@@ -103,7 +102,7 @@ def test_lowering_max_cached_steps_drops_the_least_recently_used_now(caplog):
         fast.generate(prompts(1, length, "cpu")[0])
     with caplog.at_level(logging.INFO, logger="credit_compile"):
         fast.max_cached_steps = 2
-    assert sorted(key[0] for key in fast._runners) == [(1, 4 + 4), (1, 6 + 4)]
+    assert sorted(key[0] for key in fast._steps.keys()) == [(1, 4 + 4), (1, 6 + 4)]
     # Asked for, so said at INFO, and without the overflow warning's advice to raise the limit.
     assert sum("freed the eager step" in r.message and "lowered to 2" in r.message
                and r.levelno == logging.INFO for r in caplog.records) == 2
@@ -132,7 +131,7 @@ def test_a_dropped_compiled_step_is_freed():
 
     fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, max_cached_steps=1)
     fast.generate(prompts(1, 3, "cpu")[0])
-    dropped = weakref.ref(next(iter(fast._runners.values())))
+    dropped = weakref.ref(fast._steps.runners()[0])
     fast.generate(prompts(1, 4, "cpu")[0])
     gc.collect()
     assert dropped() is None
@@ -537,7 +536,6 @@ def test_cuda_graph_replay_equals_reference_on_the_trained_model(config):
 
 
 @needs_cuda
-@pytest.mark.gpu
 def test_one_cuda_graph_serves_every_shape_of_a_bucket():
     # Captured once by precompile(), then replayed for prompts of every length in the bucket.
     from credit_compile.assets import has_default_model, load_default_model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from cuda_marks import CUDA_MARKS
 
 from credit_compile.torch_settings import torch_settings_key
 
@@ -57,14 +58,12 @@ def test_each_setting_changes_the_key(change, restore_settings):
     assert torch_settings_key() != before
 
 
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(),
-                                reason="needs a CUDA device (autocast('cuda') disables itself)")
 
 
 @pytest.mark.parametrize("device, dtype", [
     ("cpu", torch.bfloat16),
-    pytest.param("cuda", torch.float16, marks=needs_cuda),
-    pytest.param("cuda", torch.bfloat16, marks=needs_cuda),
+    pytest.param("cuda", torch.float16, marks=CUDA_MARKS),
+    pytest.param("cuda", torch.bfloat16, marks=CUDA_MARKS),
 ])
 def test_autocast_changes_the_key_by_device_and_dtype(device, dtype):
     before = torch_settings_key()
