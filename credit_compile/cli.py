@@ -295,6 +295,8 @@ def cmd_generate(args) -> int:
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     config = _fit_default_gen_length(args, config, model, ids)
+    # Before the bar: optimize()'s refusals and warnings print on lines of their own.
+    fast = None if args.eager else optimize(model, config)
     # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
     # no count known in advance says (a bar to gen_length would stop far short of its end).
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None,
@@ -302,12 +304,11 @@ def cmd_generate(args) -> int:
     on_block = _block_printer(bar, prompts, tokenizer, config.num_blocks) if args.stream else None
     start = time.perf_counter()
     try:
-        if args.eager:
+        if fast is None:
             out = generate_reference(model, ids, mask, config, progress=progress,
                                      on_block=on_block)
         else:
-            out = optimize(model, config).generate(ids, mask, progress=progress,
-                                                   on_block=on_block)
+            out = fast.generate(ids, mask, progress=progress, on_block=on_block)
     finally:
         bar.close()  # before any error message, which would otherwise follow the bar's line
     seconds = time.perf_counter() - start

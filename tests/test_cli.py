@@ -242,6 +242,20 @@ def test_the_first_call_says_it_compiles_and_reports_decoding_and_compile_time_a
     assert bars[-1][0].desc == "denoising"
 
 
+def test_an_option_the_strategy_does_not_read_is_warned_about_before_the_bar(monkeypatch):
+    # On a line of its own, not glued to the progress bar's.
+    from credit_compile import cli
+
+    warned_before_the_bar = []
+    real_bar = cli._progress_bar
+    monkeypatch.setattr(cli, "_progress_bar", lambda total, compiling=False: (
+        warned_before_the_bar.append(len(record)) or real_bar(total, compiling)))
+    with pytest.warns(UserWarning, match=r"strategy='threshold' does not read alpha=0.5") as record:
+        assert main(["generate", "--prompt", "0012+0034=", "--strategy", "threshold", "--alpha",
+                     "0.5", "--no-compile", *SMALL]) == 0
+    assert warned_before_the_bar == [1]
+
+
 def test_the_progress_bar_stops_at_its_total():
     # Steps run after completion (a CUDA graph's replay of several) do not overfill the bar.
     from credit_compile.cli import _progress_bar
