@@ -249,13 +249,26 @@ def _chat_turn(tokenizer, prompt: str) -> str:
                                          add_generation_prompt=True, tokenize=False)
 
 
-def _progress_bar(total: int | None):
-    """A bar of `total` steps, or a count of steps when the number is not known in advance."""
+COMPILING = "compiling the denoising step for this shape (first call only)"
+
+
+def _progress_bar(total: int | None, compiling: bool = False):
+    """A bar of `total` steps, or a count of steps when the number is not known in advance;
+    with `compiling`, it says so until the first steps are reported (a compile takes seconds to
+    a minute, before any step)."""
     from tqdm import tqdm
 
-    bar = tqdm(total=total, desc="denoising", unit=" steps", file=sys.stderr, leave=False)
-    # Steps run after completion are no-ops: the bar stops at its total.
-    return bar, lambda steps: bar.update((steps if total is None else min(steps, total)) - bar.n)
+    bar = tqdm(total=total, desc=COMPILING if compiling else "denoising", unit=" steps",
+               file=sys.stderr, leave=False)
+
+    def progress(steps: int) -> None:
+        if bar.desc != "denoising":  # compiled: its rate starts now
+            bar.set_description_str("denoising", refresh=False)
+            bar.reset(total=total)
+        # Steps run after completion are no-ops: the bar stops at its total.
+        bar.update((steps if total is None else min(steps, total)) - bar.n)
+
+    return bar, progress
 
 
 def _block_printer(bar, prompts, tokenizer, num_blocks: int):
@@ -282,26 +295,33 @@ def cmd_generate(args) -> int:
     model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     config = _fit_default_gen_length(args, config, model, ids)
+    # Before the bar: optimize()'s refusals and warnings print on lines of their own.
+    fast = None if args.eager else optimize(model, config)
     # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
     # no count known in advance says (a bar to gen_length would stop far short of its end).
-    bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None)
+    bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None,
+                                  compiling=config.compile and not args.eager)
     on_block = _block_printer(bar, prompts, tokenizer, config.num_blocks) if args.stream else None
     start = time.perf_counter()
     try:
-        if args.eager:
+        if fast is None:
             out = generate_reference(model, ids, mask, config, progress=progress,
                                      on_block=on_block)
         else:
-            out = optimize(model, config).generate(ids, mask, progress=progress,
-                                                   on_block=on_block)
+            out = fast.generate(ids, mask, progress=progress, on_block=on_block)
     finally:
         bar.close()  # before any error message, which would otherwise follow the bar's line
     seconds = time.perf_counter() - start
     for prompt, row in zip(prompts, out.generated, strict=True):
         print(f"{prompt!r} -> {tokenizer.decode(row, skip_special_tokens=True)!r}")
     tokens = out.generated.numel()
-    print(f"NFE {out.nfe}  tokens {tokens}  {tokens / seconds:.1f} tokens/s "
-          f"({seconds:.2f} s{'' if args.eager or args.no_compile else ', compilation included'})")
+    # The optimized path times its decoding apart from the step's compilation (first call of a
+    # shape only: a server pays it once).
+    stats = out.stats or {"decode_seconds": seconds, "compile_seconds": 0.0}
+    decode, compiled = stats["decode_seconds"], stats["compile_seconds"]
+    took = f"{decode * 1e3:.1f} ms" if decode < 1 else f"{decode:.2f} s"
+    print(f"NFE {out.nfe}  tokens {tokens}  {tokens / decode:.1f} tokens/s ({took} decoding"
+          + (f"; compiling the step took {compiled:.1f} s, once per shape)" if compiled else ")"))
     return 0
 
 

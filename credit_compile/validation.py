@@ -197,9 +197,9 @@ def check_inputs(
         call = ("generate(**enc)" if set(keys) <= {"input_ids", "attention_mask"} else
                 "generate(input_ids=enc['input_ids'], attention_mask=enc['attention_mask'])")
         raise ValueError(
-            f"input_ids is the tokenizer's whole output ({type(input_ids).__name__} with keys "
-            f"{keys}), not its tensor of token ids: pass its entries by name, enc = "
-            f"tokenizer(prompts, return_tensors='pt'), then {call} (the attention mask with them)"
+            f"input_ids is a tokenizer's whole output ({type(input_ids).__name__} with keys "
+            f"{keys}), not a tensor of token ids: pass its entries by name, {call} (its "
+            f"attention_mask goes with them)"
         )
     if not isinstance(input_ids, torch.Tensor):
         raise ValueError(

@@ -19,6 +19,7 @@ def test_generate_prints_text_nfe_and_speed(capsys):
     out = capsys.readouterr()
     assert "'R12=' -> " in out.out and "'S4213=' -> " in out.out
     assert "NFE" in out.out and "tokens/s" in out.out
+    assert re.search(r"decoding; compiling the step took \d+\.\d s, once per shape\)", out.out)
     assert "randomly initialised" not in out.err  # the shipped default model, not a random one
 
 
@@ -27,7 +28,7 @@ def test_generate_with_the_factor_rule_and_without_compiling(capsys):
                  "--no-compile", *SMALL]) == 0
     out = capsys.readouterr().out
     assert "'0012+0034=' -> " in out and "tokens/s" in out
-    assert "compilation included" not in out  # nothing was compiled
+    assert "compiling" not in out  # nothing was compiled
     assert _decode_config(build_parser().parse_args(
         ["generate", "--strategy", "factor", "--factor", "2"])).factor == 2.0
 
@@ -176,8 +177,8 @@ def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
 
     bars = []
 
-    def recorded(total):
-        bar, progress = real(total)
+    def recorded(total, compiling=False):
+        bar, progress = real(total, compiling)
         bars.append(bar)
         return bar, progress
 
@@ -199,8 +200,8 @@ def test_the_optimized_path_streams_and_reports_progress_as_eager_does(monkeypat
 
     bars, printers = [], []
     real_bar, real_printer = cli._progress_bar, cli._block_printer
-    monkeypatch.setattr(cli, "_progress_bar",
-                        lambda total: bars.append(real_bar(total)) or bars[-1])
+    monkeypatch.setattr(cli, "_progress_bar", lambda total, compiling=False: (
+        bars.append(real_bar(total, compiling)) or bars[-1]))
     monkeypatch.setattr(cli, "_block_printer", lambda bar, prompts, tokenizer, num_blocks: (
         printers.append(num_blocks) or real_printer(bar, prompts, tokenizer, num_blocks)))
     assert main(["generate", "--prompt", "0012+0034=", "--stream", "--no-compile", *SMALL]) == 0
@@ -209,6 +210,50 @@ def test_the_optimized_path_streams_and_reports_progress_as_eager_does(monkeypat
     assert printers == [2]
     (bar, _), = bars
     assert bar.n > 0
+
+
+def test_the_first_call_says_it_compiles_and_reports_decoding_and_compile_time_apart(
+        monkeypatch, capsys):
+    # The bar read "denoising: 0 steps" through a ~45 s compile, then "0.7 tokens/s" with the
+    # compile in. Here the step runs eagerly and the call reports a compile of 12.5 s.
+    import credit_compile.api as api
+    from credit_compile import cli
+
+    bars, seen = [], []
+    real_bar, real_generate = cli._progress_bar, api.OptimizedModel.generate
+    monkeypatch.setattr(cli, "_progress_bar", lambda total, compiling=False: (
+        bars.append(real_bar(total, compiling)) or bars[-1]))
+
+    def generate(self, ids, mask, progress=None, on_block=None):
+        seen.append(bars[0][0].desc)  # while the step compiles: before any step
+        out = real_generate(self, ids, mask, progress=progress, compile=False)
+        seen.append(bars[0][0].desc)
+        out.stats = {"runner": "compiled", "compile_seconds": 12.5, "decode_seconds": 0.5}
+        return out
+
+    monkeypatch.setattr(api.OptimizedModel, "generate", generate)
+    assert main(["generate", "--prompt", "0012+0034=", *SMALL]) == 0
+    assert seen == [cli.COMPILING, "denoising"]
+    assert cli.COMPILING == "compiling the denoising step for this shape (first call only)"
+    assert "NFE 2  tokens 8  16.0 tokens/s (500.0 ms decoding; compiling the step took 12.5 s, " \
+           "once per shape)" in capsys.readouterr().out
+    # Nothing to compile: the bar says so from the start.
+    assert main(["generate", "--prompt", "0012+0034=", "--eager", *SMALL]) == 0
+    assert bars[-1][0].desc == "denoising"
+
+
+def test_an_option_the_strategy_does_not_read_is_warned_about_before_the_bar(monkeypatch):
+    # On a line of its own, not glued to the progress bar's.
+    from credit_compile import cli
+
+    warned_before_the_bar = []
+    real_bar = cli._progress_bar
+    monkeypatch.setattr(cli, "_progress_bar", lambda total, compiling=False: (
+        warned_before_the_bar.append(len(record)) or real_bar(total, compiling)))
+    with pytest.warns(UserWarning, match=r"strategy='threshold' does not read alpha=0.5") as record:
+        assert main(["generate", "--prompt", "0012+0034=", "--strategy", "threshold", "--alpha",
+                     "0.5", "--no-compile", *SMALL]) == 0
+    assert warned_before_the_bar == [1]
 
 
 def test_the_progress_bar_stops_at_its_total():
@@ -297,7 +342,7 @@ def test_a_checkpoint_with_a_transformers_tokenizer_pads_prompts_of_different_le
     # --eager with --dtype runs the reference on the cast model (it ran float32 before).
     assert main(["generate", "--model", str(tmp_path), *prompts, "--eager", "--dtype",
                  "bfloat16", *SMALL]) == 0
-    assert "compilation included" not in capsys.readouterr().out
+    assert "compiling" not in capsys.readouterr().out
 
 
 def test_chat_wraps_each_prompt_in_the_tokenizers_template(tmp_path, capsys):
@@ -408,7 +453,7 @@ def test_generate_eager_does_not_touch_the_optimized_path(monkeypatch, capsys):
 
     monkeypatch.setattr(api, "optimize", no_optimize)
     assert main(["generate", "--eager", "--prompt", "R12=", *SMALL]) == 0
-    assert "compilation included" not in capsys.readouterr().out
+    assert "compiling" not in capsys.readouterr().out
 
 
 def test_verify_exits_1_on_a_mismatch(monkeypatch, capsys):

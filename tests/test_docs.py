@@ -129,3 +129,14 @@ def test_a_failed_call_reaches_the_consumer(serving):
     finally:
         serving["tokenizer"] = tokenizer
     assert asyncio.run(_collect(serving["answer"](["S4213="]))) == [["1234"], [""]]
+
+
+@pytest.mark.slow  # compiles the step: the min-versions stack leaves it out
+def test_the_first_hour_python_example_prints_the_answers_it_documents(capsys):
+    from credit_compile.assets import has_default_model
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    exec(compile(python_blocks("first-hour.md"), "docs/first-hour.md", "exec"), {})
+    answers, stats = capsys.readouterr().out.splitlines()
+    assert answers == "['00046', '1234']" and stats.startswith("2 {'runner': ")

@@ -426,9 +426,10 @@ def test_a_tokenizers_whole_output_as_input_ids_names_generate_with_its_entries(
     mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
     for enc in ({"input_ids": ids, "attention_mask": mask},
                 BatchEncoding({"input_ids": ids, "attention_mask": mask})):
-        assert_rejected(model, enc, r"input_ids is the tokenizer's whole output \(\w+ with keys "
-                                    r"\['input_ids', 'attention_mask'\]\).* then "
-                                    r"generate\(\*\*enc\)", **small())
+        assert_rejected(model, enc, r"input_ids is a tokenizer's whole output \(\w+ with keys "
+                                    r"\['input_ids', 'attention_mask'\]\), not a tensor of token "
+                                    r"ids: pass its entries by name, generate\(\*\*enc\)",
+                        **small())
         # The fix it names decodes, with the mask.
         expected = cc.generate_reference(model, ids, mask, **small())
         assert torch.equal(cc.generate_reference(model, **enc, **small()).sequences,
@@ -438,7 +439,7 @@ def test_a_tokenizers_whole_output_as_input_ids_names_generate_with_its_entries(
         model.calls = 0
     # A BERT-style tokenizer adds token_type_ids, which generate() does not take.
     bert = BatchEncoding({"input_ids": ids, "token_type_ids": ids * 0, "attention_mask": mask})
-    assert_rejected(model, bert, r"then generate\(input_ids=enc\['input_ids'\], "
+    assert_rejected(model, bert, r"by name, generate\(input_ids=enc\['input_ids'\], "
                                  r"attention_mask=enc\['attention_mask'\]\)", **small())
 
 
