@@ -2,9 +2,9 @@
 
 Vocabulary (32 ids, the model's ``embedding_size``): ``0``..``9`` are the digits, then the task
 symbols ``+``, ``=``, ``R`` (reverse), ``S`` (sort), space, ``?`` and, appended later so the
-first ids kept their meaning, ``P``
-(permute) at 16; ids 17..29 are unused spare rows, 30 is EOS (also padding, as
-LLaDA pads with EOS) and 31 is ``[MASK]`` (the model config's ``mask_token_id``).
+first ids kept their meaning, ``P`` (permute) at 16; ids 17..29 are unused spare rows, 30 is EOS
+(also padding, as LLaDA pads with EOS) and 31 is ``[MASK]`` (the model config's
+``mask_token_id``). A prompt holding any other character is refused.
 
     tok = CharTokenizer()
     batch = tok(["123+989=", "R4321="], return_tensors="pt")   # left padded

@@ -80,8 +80,10 @@ def _refuse_unmasked_padding(input_ids: torch.Tensor, info: ModelInfo) -> None:
         checks = [(0, "left", info.eos_padding_ids)] if info.eos_padding_ids else []
     for column, side, ids in checks:
         pads = is_any_of_sync_free(input_ids[:, column], ids)
+        if not bool(pads.any()):
+            continue
         every = bool(pads.all())
-        if not bool(pads.any()) or every and (side == "right" or set(ids) & set(info.bos_ids or ())):
+        if every and (side == "right" or set(ids) & set(info.bos_ids or ())):
             continue  # a prompt may end with the pad token, or begin with begin-of-text
         which = (f"the pad token {info.pad_id}" if info.pad_id is not None else
                  f"the end-of-text token {ids[0] if len(ids) == 1 else ids} (the model "

@@ -79,6 +79,7 @@ class VerifyReport:
 
 
 def timing_note(reference_calls: int, optimized_calls: int) -> str:
+    """How verify's and the CLI demo's times were taken, said beside each speedup."""
     return (f"medians of {reference_calls} eager and {optimized_calls} optimized calls, each "
             f"path's first call untimed")
 
