@@ -79,7 +79,8 @@ def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
     tok = CharTokenizer()
     for text in ["0123+0989=", "R4021=", "S9981=", "P4021=", "0"]:
         assert tok.decode(tok.encode(text)) == text
-    assert tok.decode(tok.encode("hello")) == "?????"  # unknown characters map to '?', no crash
+    with pytest.raises(ValueError, match="'ehlo'"):  # refused, not read as '?'
+        tok.encode("hello")
     batch = tok(["12+3=", "R1="])
     assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 5)
     assert batch["input_ids"][1, :2].tolist() == [tok.eos_token_id] * 2  # left padded with EOS
