@@ -32,78 +32,86 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
 
 
+# DecodeConfig fields that are not decoding flags: --dtype is a model argument, compile is
+# --no-compile. The CLI's own defaults where they differ from DecodeConfig's: gen_length and
+# block_length depend on the model (_decode_config), and sampling is seeded.
+_NOT_FLAGS = ("dtype", "compile")
+_CLI_DEFAULTS = {"seed": 0, "gen_length": None, "block_length": None}
+_CLI_HELP = {
+    "gen_length": "tokens to generate (default: 16 on the embedded model, whose answers are "
+                  "EOS-padded to 16 tokens, else 64, or less where the model's context leaves "
+                  "less after the prompt)",
+    "block_length": "block length (default: 8 on the embedded model, else 16)",
+}
+
+
 def _add_decode_args(p: argparse.ArgumentParser) -> None:
+    """--prompt, --chat, --no-compile, and a flag for every DecodeConfig field, its type, choices,
+    default and help read from the dataclass and its docstring (one source for both)."""
+    import dataclasses
+    import typing
+
+    from .config import DecodeConfig
+
     p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
     p.add_argument("--chat", action="store_true",
                    help="wrap each prompt as a user turn in the tokenizer's chat template, with "
                         "the assistant's turn opened (instruction-tuned models, e.g. "
                         "LLaDA-8B-Instruct; a base model takes the text as it is)")
-    p.add_argument("--strategy", default="credit", choices=["credit", "threshold", "factor", "llada"])
-    p.add_argument("--gen-length", type=int, default=None,
-                   help="tokens to generate (default: 16 on the embedded model, whose answers "
-                        "are EOS-padded to 16 tokens, else 64, or less where the model's "
-                        "context leaves less after the prompt)")
-    p.add_argument("--block-length", type=int, default=None,
-                   help="block length (default: 8 on the embedded model, else 16)")
-    p.add_argument("--steps", type=int, default=None,
-                   help="total denoising steps of --strategy llada (default: one per token); "
-                        "credit and threshold stop a block once it is filled")
-    p.add_argument("--alpha", type=float, default=0.7,
-                   help="weight of the trace credit fused into the logits, l + alpha*log1p(C) "
-                        "(0: plain threshold decoding)")
-    p.add_argument("--beta", type=float, default=0.8,
-                   help="decay of the credit at each step of a block")
-    p.add_argument("--gamma", type=float, default=0.2,
-                   help="exponent of the top-1 probability a step adds to the credit")
-    p.add_argument("--tau", type=float, default=0.9,
-                   help="confidence threshold of the parallel commits (credit, threshold)")
-    p.add_argument("--factor", type=float, default=1.0,
-                   help="--strategy factor: commit the n most confident tokens, n the longest "
-                        "run of sorted confidences c_i >= 1 - factor/(i+1)")
-    p.add_argument("--temperature", type=float, default=0.0,
-                   help="--strategy llada: Gumbel-noise sampling temperature (0: greedy)")
-    p.add_argument("--cfg-scale", type=float, default=0.0,
-                   help="classifier-free guidance scale (--strategy llada)")
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"],
-                   help="which tokens --strategy llada commits each step")
-    p.add_argument("--early-stop", action="store_true",
-                   help="stop a row once it has committed end-of-text with no mask before it")
-    p.add_argument("--suppress-tokens", type=int, nargs="+", default=None, metavar="ID",
-                   help="token ids never proposed (LLaDA's logits_eos_inf: 126081 on LLaDA-8B)")
-    p.add_argument("--commit-last-tokens", type=int, nargs="+", default=None, metavar="ID",
-                   help="--strategy llada: proposals of these ids commit last (LLaDA's "
-                        "confidence_eos_eot_inf: 126081 126348 on LLaDA-8B-Instruct)")
-    p.add_argument("--credit-layout", default="sparse", choices=["dense", "sparse"],
-                   help="credit over the whole vocabulary (dense) or the tokens ever top-1 "
-                        "(sparse, exact, less memory)")
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
-    p.add_argument("--on-compile-error", default="raise", choices=["raise", "eager"],
-                   help="a step that does not compile as one graph: raise, or warn and run it "
-                        "eagerly (the reference's tokens, without the speedup)")
-    p.add_argument("--compile-layers-once", action="store_true",
-                   help="compile one transformer layer for all of them (faster compile)")
-    p.add_argument("--kv-cache", default="none", choices=["none", "prompt", "dual"],
-                   help="approximate, credit_compile's LLaDA model only. prompt: a block's later "
-                        "steps run the generated region against the prompt's keys and values "
-                        "kept at its first step; dual: Fast-dLLM's DualCache, the block's "
-                        "tokens only against the kept ones of the rest")
-    p.add_argument("--kv-cache-refresh", type=int, default=None, metavar="K",
-                   help="with --kv-cache, also refresh the cache every K steps of a block "
-                        "(default: at a block's first step only)")
-    p.add_argument("--cuda-graphs", default="auto", choices=["auto", "on", "off"],
-                   help="replay the compiled step as a CUDA graph (auto: on CUDA)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random draws")
-    p.add_argument("--mask-id", type=int, default=None,
-                   help="the model's mask token (default: its config's mask_token_id)")
-    p.add_argument("--eos-token-id", type=int, nargs="+", default=None, metavar="ID",
-                   help="end-of-text token(s) of --early-stop (default: its config's "
-                        "eos_token_id)")
-    p.add_argument("--prompt-bucket", type=int, default=None,
-                   help="left-pad prompts to a multiple of this many tokens, so nearby prompt "
-                        "lengths share one compiled step (tokens unchanged up to float rounding)")
-    p.add_argument("--batch-bucket", type=int, default=None,
-                   help="pad the batch with copies of its last prompt to a multiple of this many "
-                        "rows, so nearby batch sizes share one compiled step")
+    hints, docs = typing.get_type_hints(DecodeConfig), _field_docs(DecodeConfig)
+    for field in dataclasses.fields(DecodeConfig):
+        if field.name in _NOT_FLAGS:
+            continue
+        default = _CLI_DEFAULTS.get(field.name, field.default)
+        help_text = _CLI_HELP.get(field.name) or docs[field.name]
+        if default is not None and default is not False and field.name not in _CLI_HELP:
+            help_text += " (default: %(default)s)"
+        p.add_argument(f"--{field.name.replace('_', '-')}", default=default,
+                       help=help_text.replace("%", "%%").replace("%%(default)s", "%(default)s"),
+                       **_flag_kind(hints[field.name]))
+
+
+def _flag_kind(hint) -> dict:
+    """argparse keywords for a DecodeConfig field of type `hint`."""
+    import typing
+
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is typing.Literal:
+        return {"choices": list(args)}
+    if hint is bool:
+        return {"action": "store_true"}
+    if hint in (int, float):
+        return {"type": hint}
+    if any(typing.get_origin(a) is tuple for a in args):  # token ids: one or several
+        return {"type": int, "nargs": "+", "metavar": "ID"}
+    if len(args) == 1 and args[0] in (int, float):
+        return {"type": args[0]}
+    raise TypeError(f"no command-line form for a DecodeConfig field of type {hint}")
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """Each field's entry in `cls`'s "Attributes:" docstring, up to the sentence that ends past
+    80 characters."""
+    import re
+
+    docs, name = {}, None
+    for line in cls.__doc__.split("Attributes:", 1)[1].splitlines():
+        entry = re.match(r"^ {8}(\w+): (.*)$", line)
+        if entry:
+            name = entry[1]
+            docs[name] = entry[2]
+        elif name and line.startswith(" " * 12):
+            docs[name] += " " + line.strip()
+    short = {}
+    for name, text in docs.items():
+        kept = ""
+        for sentence in re.split(r"(?<=\.)\s+(?=[A-Z`\"(])", text):
+            kept = f"{kept} {sentence}".strip()
+            if len(kept) > 80:
+                break
+        short[name] = kept
+    return short
 
 
 def _or(value, default):
@@ -111,6 +119,8 @@ def _or(value, default):
 
 
 def _decode_config(args):
+    import dataclasses
+
     from .config import DecodeConfig
 
     if args.steps is not None and args.strategy != "llada":
@@ -124,21 +134,12 @@ def _decode_config(args):
     if not args.chat and "" in (args.prompt or ()):
         raise ValueError("--prompt '' is empty: the model needs a prompt to answer (give it "
                          "text, or use --chat, whose template gives the turn's text)")
-    return DecodeConfig(
-        strategy=args.strategy, gen_length=_or(args.gen_length, 16 if embedded else 64),
-        block_length=_or(args.block_length, 8 if embedded else 16),
-        steps=args.steps, alpha=args.alpha, beta=args.beta, gamma=args.gamma, tau=args.tau,
-        factor=args.factor,
-        temperature=args.temperature, cfg_scale=args.cfg_scale, remasking=args.remasking,
-        early_stop=args.early_stop, suppress_tokens=args.suppress_tokens,
-        commit_last_tokens=args.commit_last_tokens, credit_layout=args.credit_layout,
-        compile=not getattr(args, "no_compile", False), cuda_graphs=args.cuda_graphs,
-        compile_layers_once=args.compile_layers_once, on_compile_error=args.on_compile_error,
-        kv_cache=args.kv_cache,
-        kv_cache_refresh=args.kv_cache_refresh, dtype=args.dtype, seed=args.seed,
-        prompt_bucket=args.prompt_bucket, batch_bucket=args.batch_bucket, mask_id=args.mask_id,
-        eos_token_id=args.eos_token_id,
-    )
+    fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
+              if f.name not in _NOT_FLAGS}
+    fields.update(gen_length=_or(args.gen_length, 16 if embedded else 64),
+                  block_length=_or(args.block_length, 8 if embedded else 16),
+                  compile=not getattr(args, "no_compile", False), dtype=args.dtype)
+    return DecodeConfig(**{name: value for name, value in fields.items() if value is not None})
 
 
 def _fit_default_gen_length(args, config, model, ids):

@@ -414,6 +414,22 @@ def test_every_decode_flag_reaches_the_config():
     assert _config("--strategy", "llada", "--commit-last-tokens", "9").commit_last_tokens == (9,)
 
 
+def test_every_decode_config_field_is_a_flag_made_from_the_dataclass():
+    import dataclasses
+
+    from credit_compile import DecodeConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    generate = {a.dest: a for a in sub.choices["generate"]._actions}
+    fields = {f.name for f in dataclasses.fields(DecodeConfig)} - {"compile"}
+    assert fields <= set(generate), fields - set(generate)
+    assert generate["strategy"].choices == ["credit", "threshold", "factor", "llada"]
+    assert generate["tau"].default == DecodeConfig().tau and generate["tau"].type is float
+    # Fields the hand-written flags had left out.
+    config = _config("--credit-slots", "3", "--sync-every", "2")
+    assert (config.credit_slots, config.sync_every) == (3, 2)
+
+
 def test_the_llada_and_compile_error_flags_reach_the_config():
     # Flags the test above leaves out: each must reach DecodeConfig, not its default.
     config = _config("--strategy", "llada", "--steps", "4", "--temperature", "0.5",
@@ -514,7 +530,7 @@ def test_help_gives_each_option_with_a_default_its_value():
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     text = " ".join(sub.choices["generate"].format_help().split())
     for says in ("(default: 0.9)", "(default: 0.7)", "(default: sparse)", "(default: auto)",
-                 "seed of the random draws (default: 0)"):
+                 "leaves the RNG alone. (default: 0)", "run the step eagerly"):
         assert says in text
     assert "(default: None)" not in text and "(default: False)" not in text
 
