@@ -22,8 +22,8 @@ from torch import nn
 from .adapters import ModelWrapper, describe_model, make_forward, unwrap_model
 from .config import DecodeConfig, _is_count
 from .decoding.loop import GenerationOutput, run_generation
-from .engine import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .fingerprint import model_fingerprint
+from .generation_setup import GenerationSetup, check_kv_cache_support, resolve_config, setup_generation
 from .runner import CompiledStepRunner
 from .step_cache import StepCache, checked_cache_size, rng_untouched
 from .validation import refuse_causal_attention, warn_user

@@ -193,11 +193,11 @@ def _load(model_dir: str | None, device: str | None):
         if has_default_model():
             model, tokenizer = load_default_model(device)
             return model, tokenizer, device
+        from .ascii_tokenizer import AsciiTokenizer
         from .models import build_model
-        from .toy_tokenizer import CharTokenizer
 
         print(RANDOM_MODEL_NOTE, file=sys.stderr)
-        return build_model("tiny", device=device, seed=0), CharTokenizer(), device
+        return build_model("tiny", device=device, seed=0), AsciiTokenizer(), device
     path = Path(model_dir)
     if not (path / "config.json").is_file():
         raise SystemExit(

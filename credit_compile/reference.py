@@ -14,7 +14,7 @@ from torch import nn
 
 from .config import DecodeConfig
 from .decoding.loop import GenerationOutput, run_generation
-from .engine import resolve_config, setup_generation
+from .generation_setup import resolve_config, setup_generation
 from .runner import EagerStepRunner
 
 

@@ -25,7 +25,7 @@ import torch
 from .backend import dynamo_config_patches
 from .decoding.schedule import make_schedule
 from .decoding.state import DecodeState
-from .engine import GenerationSetup
+from .generation_setup import GenerationSetup
 
 log = logging.getLogger("credit_compile")
 

@@ -21,8 +21,8 @@ from .adapters import probe_vocab_size
 from .backend import make_backend
 from .config import DecodeConfig, without_unread_options
 from .decoding.strategies import check_logit_width
-from .engine import GenerationSetup
 from .fingerprint import model_fingerprint
+from .generation_setup import GenerationSetup
 from .runner import CompiledStepRunner, make_runner
 from .torch_settings import torch_settings_key
 from .validation import warn_user

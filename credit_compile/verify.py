@@ -23,7 +23,7 @@ from torch import nn
 from .api import OptimizedModel, optimize
 from .backend import dynamo_config_patches, make_backend
 from .config import DecodeConfig, without_unread_options
-from .engine import setup_generation
+from .generation_setup import setup_generation
 from .reference import generate as generate_reference
 from .runner import with_own_code
 from .step_cache import rng_untouched

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from triton_env import triton_kernel_problem
 
 from credit_compile import ops
-from credit_compile.ops import credit_step_cpu
+from credit_compile.ops import credit_step_torch
 from credit_compile.ops.credit_step_reference import (
     EMPTY_SLOT,
     credit_step_dense_eager,
@@ -149,7 +149,7 @@ def run_sequence(layout, impl, shape, dtype, *, steps=6, alpha=1.5, beta=0.7, ga
 @pytest.fixture
 def small_row_groups(monkeypatch):
     """Make the plain ops process a few rows at a time (exercises their row grouping)."""
-    monkeypatch.setattr(credit_step_cpu, "ROW_CHUNK_ELEMS", 2048)
+    monkeypatch.setattr(credit_step_torch, "ROW_CHUNK_ELEMS", 2048)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -167,10 +167,10 @@ def test_cpu_op_matches_reference(layout, shape, dtype, atol, rtol, small_row_gr
 def test_row_groups_cover_everything():
     for batch, block, vocab in [(3, 5, 1001), (1, 64, 126464), (4, 300, 126464), (2, 1, 7)]:
         seen = torch.zeros(batch, block, dtype=torch.int32)
-        for bs, ls in credit_step_cpu._row_groups(batch, block, vocab):
+        for bs, ls in credit_step_torch._row_groups(batch, block, vocab):
             seen[bs, ls] += 1
             rows = (bs.stop - bs.start) * (ls.stop - ls.start)
-            assert rows == 1 or rows * vocab <= credit_step_cpu.ROW_CHUNK_ELEMS
+            assert rows == 1 or rows * vocab <= credit_step_torch.ROW_CHUNK_ELEMS
         assert (seen == 1).all()
 
 
@@ -681,14 +681,14 @@ def test_row_groups_of_whole_sequences_hold_as_many_as_fit_the_bound():
     for batch, block, vocab in [(5, 64, 126464), (9, 32, 126464)]:
         seen = torch.zeros(batch, block, dtype=torch.int32)
         sizes = []
-        for bs, ls in credit_step_cpu._row_groups(batch, block, vocab):
+        for bs, ls in credit_step_torch._row_groups(batch, block, vocab):
             seen[bs, ls] += 1
             assert ls == slice(0, block)
             rows = (bs.stop - bs.start) * block
-            assert rows * vocab <= credit_step_cpu.ROW_CHUNK_ELEMS
+            assert rows * vocab <= credit_step_torch.ROW_CHUNK_ELEMS
             sizes.append(bs.stop - bs.start)
         assert (seen == 1).all()
-        assert max(sizes) == credit_step_cpu.ROW_CHUNK_ELEMS // (block * vocab)  # not one at a time
+        assert max(sizes) == credit_step_torch.ROW_CHUNK_ELEMS // (block * vocab)  # not one at a time
 
 
 @pytest.mark.parametrize("name", ["credit_step_dense", "credit_step_sparse"])

@@ -93,10 +93,10 @@ def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
     assert tok.decode(1) == tok.decode(torch.tensor(1)) == tok.decode([1]) == "1"  # a lone id
 
 
-def test_toy_tokenizer_edges():
-    from credit_compile.toy_tokenizer import CharTokenizer as ToyTokenizer
+def test_ascii_tokenizer_edges():
+    from credit_compile.ascii_tokenizer import AsciiTokenizer
 
-    tok = ToyTokenizer()
+    tok = AsciiTokenizer()
     assert tok("hello")["input_ids"].shape == (1, 5)  # one string is one prompt, not five
     with pytest.raises(ValueError, match="no prompts"):
         tok([])

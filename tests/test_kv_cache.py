@@ -14,7 +14,7 @@ from toy_models import ContextMixModel, layered_model, token_prompts
 import credit_compile as cc
 from credit_compile.assets import has_default_model, load_default_model
 from credit_compile.decoding.loop import run_generation
-from credit_compile.engine import setup_generation
+from credit_compile.generation_setup import setup_generation
 from credit_compile.passes import pass_count
 from credit_compile.runner import EagerStepRunner
 

@@ -1162,7 +1162,7 @@ def test_a_failing_compiler_backend_is_not_blamed_on_the_model():
         raise RuntimeError("lowering failed")
 
     ids, _ = make_prompts(1, 5, 0, padded=False)
-    setup = cc.engine.setup_generation(ContextMixModel(seed=2), ids, None,
+    setup = cc.generation_setup.setup_generation(ContextMixModel(seed=2), ids, None,
                                        cc.DecodeConfig(gen_length=8, block_length=4))
     compiled = runner.CompiledStepRunner(setup, backend=failing_backend)
     with pytest.raises(cc.CompileError, match="compile=False") as raised:

@@ -118,7 +118,7 @@ def _package_imports() -> dict[str, set[str]]:
 
 def test_no_import_cycle_inside_the_package():
     edges = _package_imports()
-    assert edges["credit_compile.api"] >= {"credit_compile.adapters", "credit_compile.engine"}
+    assert edges["credit_compile.api"] >= {"credit_compile.adapters", "credit_compile.generation_setup"}
 
     def reaches(start: str) -> set[str]:
         seen, todo = set(), [start]

@@ -19,7 +19,7 @@ from torch._dynamo.utils import counters
 
 from credit_compile.backend import make_backend
 from credit_compile.config import DecodeConfig
-from credit_compile.engine import setup_generation
+from credit_compile.generation_setup import setup_generation
 from credit_compile.ops.credit_step_reference import (
     credit_step_dense_eager,
     masked_vocab_logits,

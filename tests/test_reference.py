@@ -13,7 +13,7 @@ from toy_models import ContextMixModel, ScriptedModel
 
 import credit_compile as cc
 from credit_compile import DecodeConfig
-from credit_compile.engine import setup_generation
+from credit_compile.generation_setup import setup_generation
 
 MASK = 3  # ScriptedModel cases: vocabulary of 4, token 3 is the mask
 

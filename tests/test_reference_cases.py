@@ -28,7 +28,7 @@ from credit_compile.decoding.strategies import (
     rank_descending_sync_free,
     threshold_commit_sync_free,
 )
-from credit_compile.engine import setup_generation
+from credit_compile.generation_setup import setup_generation
 
 MASK = 3
 PROMPT = torch.zeros(1, 1, dtype=torch.long)

@@ -16,7 +16,7 @@ from toy_models import ContextMixModel
 import credit_compile as cc
 from credit_compile import DecodeConfig
 from credit_compile.decoding.loop import run_generation
-from credit_compile.engine import setup_generation
+from credit_compile.generation_setup import setup_generation
 from credit_compile.ops.credit_step_reference import credit_step_dense_eager
 
 MASK = 39

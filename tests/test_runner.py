@@ -10,7 +10,7 @@ import torch
 from cuda_marks import needs_cuda
 
 import credit_compile as cc
-from credit_compile.engine import setup_generation
+from credit_compile.generation_setup import setup_generation
 from credit_compile.models import build_model, get_config
 from credit_compile.runner import CompiledStepRunner, EagerStepRunner, unrolled_phases
 

@@ -1,5 +1,5 @@
 """The two character tokenizers: the default model's (`credit_compile.tokenizer`) and the `tiny`
-fallback's (`credit_compile.toy_tokenizer`): special ids, answers, padding side, edges."""
+fallback's (`credit_compile.ascii_tokenizer`): special ids, answers, padding side, edges."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
+from credit_compile.ascii_tokenizer import AsciiTokenizer
 from credit_compile.tokenizer import CharTokenizer
-from credit_compile.toy_tokenizer import CharTokenizer as ToyTokenizer
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -59,8 +59,8 @@ def test_char_tokenizer_lists_and_return_tensors():
         tok(["1"], return_tensors="np")
 
 
-def test_toy_tokenizer_covers_printable_ascii_and_pads_left():
-    tok = ToyTokenizer()
+def test_ascii_tokenizer_covers_printable_ascii_and_pads_left():
+    tok = AsciiTokenizer()
     printable = "".join(chr(c) for c in range(32, 127))
     assert tok.encode(" ~") == [0, 94]
     assert tok.decode(tok.encode(printable)) == printable
@@ -85,4 +85,4 @@ def test_a_character_outside_the_vocabulary_is_refused_listing_those_it_knows():
         CharTokenizer(chars="01+=", unknown="+", eos_token_id=4, mask_token_id=5,
                       vocab_size=6).encode("0a1b")
     with pytest.raises(ValueError, match=r"does not know: '\\né'; it knows printable ASCII"):
-        ToyTokenizer()(["ok", "é\n"])
+        AsciiTokenizer()(["ok", "é\n"])

@@ -478,7 +478,7 @@ class LLaDAModelLM(PreTrainedModel):
             raise ValueError(f"kv_cache keys of dtype {keys.dtype} and values of dtype "
                              f"{values.dtype}: allocate both in one dtype")
         # One tensor given as both would store the values over the keys. Eager only: a traced
-        # tensor has no address, and the compiled step's cache is the engine's own pair.
+        # tensor has no address, and the compiled step's cache is the runner's own pair.
         if not torch.compiler.is_compiling() and keys.data_ptr() == values.data_ptr():
             raise ValueError("kv_cache keys and values share their memory: allocate two tensors "
                              "(the values would overwrite the keys)")

@@ -16,7 +16,6 @@ from .credit_step import (
     register_triton_ops,
     triton_ops_registered,
 )
-from .credit_step_cpu import credit_step_dense_cpu, credit_step_sparse_cpu
 from .credit_step_reference import (
     EMPTY_SLOT,
     credit_step_dense_eager,
@@ -24,6 +23,7 @@ from .credit_step_reference import (
     dense_from_sparse,
     empty_sparse_state,
 )
+from .credit_step_torch import credit_step_dense_torch, credit_step_sparse_torch
 
 _LAZY = {
     "launch_credit_step_dense_triton": ".credit_step_dense_triton",
@@ -45,11 +45,11 @@ __all__ = [
     "EMPTY_SLOT",
     "TRITON_AVAILABLE",
     "credit_step_dense",
-    "credit_step_dense_cpu",
+    "credit_step_dense_torch",
     "credit_step_dense_eager",
     "credit_step_dense_op",
     "credit_step_sparse",
-    "credit_step_sparse_cpu",
+    "credit_step_sparse_torch",
     "credit_step_sparse_eager",
     "credit_step_sparse_op",
     "dense_from_sparse",

@@ -34,7 +34,7 @@ import importlib.util
 
 import torch
 
-from .credit_step_cpu import credit_step_dense_cpu, credit_step_sparse_cpu
+from .credit_step_torch import credit_step_dense_torch, credit_step_sparse_torch
 
 TRITON_AVAILABLE: bool = importlib.util.find_spec("triton") is not None
 
@@ -63,7 +63,7 @@ def _outputs_like(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 credit_step_dense_op = torch.library.custom_op(
     "credit_compile::credit_step_dense",
-    credit_step_dense_cpu,
+    credit_step_dense_torch,
     mutates_args=("credit",),
     schema=DENSE_SCHEMA,
 )
@@ -76,7 +76,7 @@ def _dense_fake(logits, credit, masked, first_step, alpha, beta, gamma, mask_id)
 
 credit_step_sparse_op = torch.library.custom_op(
     "credit_compile::credit_step_sparse",
-    credit_step_sparse_cpu,
+    credit_step_sparse_torch,
     mutates_args=("slot_ids", "slot_credit"),
     schema=SPARSE_SCHEMA,
 )

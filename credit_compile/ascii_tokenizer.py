@@ -14,7 +14,7 @@ from .tokenizer import token_id_list
 FIRST, LAST = 32, 126
 
 
-class CharTokenizer:
+class AsciiTokenizer:
     eos_token_id = 125
     mask_token_id = 126
 

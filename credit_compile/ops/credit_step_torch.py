@@ -48,7 +48,7 @@ def _by_row_groups(eager_step, logits, state, masked, first_step, *scalars):
     return x0, conf
 
 
-def credit_step_dense_cpu(
+def credit_step_dense_torch(
     logits: torch.Tensor,
     credit: torch.Tensor,
     masked: torch.Tensor,
@@ -63,7 +63,7 @@ def credit_step_dense_cpu(
                           alpha, beta, gamma, mask_id)
 
 
-def credit_step_sparse_cpu(
+def credit_step_sparse_torch(
     logits: torch.Tensor,
     slot_ids: torch.Tensor,
     slot_credit: torch.Tensor,
