@@ -158,3 +158,14 @@ def test_tied_variant_is_adopted():
 def test_verify_of_the_remote_model():
     report = cc.verify(from_fixture(), FIXTURE["prompt"], strategy="threshold", **DECODE)
     assert report.ok and report.runner == "compiled"
+
+
+def test_padded_batch_refused_for_a_model_that_ignores_the_mask():
+    remote = from_fixture()
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    with pytest.raises(ValueError, match="issue 90"):
+        cc.generate_reference(remote, torch.randint(0, 30, (2, 4)), mask, gen_length=8, block_length=4)
+    # Unpadded batches are fine for it.
+    out = cc.generate_reference(remote, torch.randint(0, 30, (2, 4)), torch.ones(2, 4),
+                                gen_length=8, block_length=4)
+    assert (out.generated != remote.config.mask_token_id).all()

@@ -872,3 +872,12 @@ def test_a_training_model_whose_dropout_is_zero_is_not_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         cc.generate_reference(model, torch.tensor([[1, 2, 3]]), gen_length=8, block_length=4)
+
+
+def test_optimized_path_raises_the_same_errors():
+    fast = cc.optimize(ContextMixModel(vocab_size=40, mask_id=39, max_len=32), gen_length=8,
+                       block_length=4)
+    with pytest.raises(ValueError, match=r"use input_ids.long\(\)"):
+        fast.generate(torch.randint(0, 30, (1, 4)).float())
+    with pytest.raises(ValueError, match="choose a block_length"):
+        fast.generate(torch.randint(0, 30, (1, 4)), block_length=3)

@@ -77,3 +77,18 @@ def token_prompts(batch: int, length: int, seed: int = 0, padded: bool = True):
         mask = torch.ones_like(ids)
         mask[1, :length // 2] = 0
     return ids, mask
+
+
+def make_prompts(batch, length, seed, padded):
+    """`batch` random prompts of ids below 30; with `padded`, every row but the first left-padded
+    by a random amount (its mask returned), else no mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, 30, (batch, length), generator=g)
+    if not padded:
+        return ids, None
+    mask = torch.ones_like(ids)
+    for row in range(1, batch):
+        pad = int(torch.randint(0, length, (1,), generator=g))
+        mask[row, :pad] = 0
+        ids[row, :pad] = 0
+    return ids, mask
