@@ -9,11 +9,6 @@ from toy_models import ContextMixModel
 import credit_compile as cc
 
 
-@pytest.fixture
-def model():
-    return ContextMixModel(vocab_size=40, mask_id=39, max_len=32)
-
-
 def ids(*shape):
     return torch.randint(0, 30, shape)
 
