@@ -18,6 +18,7 @@ import torch  # noqa: E402
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
@@ -34,3 +35,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+@pytest.fixture
+def cheap_compile(monkeypatch):
+    """Optimized models compile their step with dynamo and the FX passes but run the traced graph
+    eagerly, without Inductor's code generation (seconds less per compile). For tests of what
+    surrounds the compiled step (the step cache, threads, warnings, the CLI's output, verify's
+    report); the tests that prove Inductor's code equal to the reference keep Inductor."""
+    import functools
+
+    from credit_compile import backend, step_cache
+
+    monkeypatch.setattr(step_cache, "make_backend",
+                        functools.partial(backend.make_backend, inductor=False))

@@ -10,6 +10,8 @@ import pytest
 
 from credit_compile.cli import _decode_config, build_parser, main
 
+pytestmark = pytest.mark.usefixtures("cheap_compile")  # the CLI around the step, not its code
+
 SMALL = ["--gen-length", "8", "--block-length", "4", "--cuda-graphs", "off"]
 
 

@@ -137,6 +137,7 @@ def test_the_first_hour_python_example_prints_the_answers_it_documents(capsys):
 
     if not has_default_model():
         pytest.skip("default model files missing")
-    exec(compile(python_blocks("first-hour.md"), "docs/first-hour.md", "exec"), {})
+    code = "\n".join(python_blocks(DOCS / "first-hour.md"))
+    exec(compile(code, "docs/first-hour.md", "exec"), {})
     answers, stats = capsys.readouterr().out.splitlines()
     assert answers == "['00046', '1234']" and stats.startswith("2 {'runner': ")
