@@ -37,6 +37,15 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 
+@pytest.fixture(autouse=True)
+def _cheap_compile_where_marked(request):
+    """`@pytest.mark.cheap_compile` (or a module's `pytestmark`) applies `cheap_compile`, but to
+    tests marked `inductor`."""
+    marked = request.node.get_closest_marker
+    if marked("cheap_compile") is not None and marked("inductor") is None:
+        request.getfixturevalue("cheap_compile")
+
+
 @pytest.fixture
 def cheap_compile(monkeypatch):
     """Optimized models compile their step with dynamo and the FX passes but run the traced graph
@@ -44,8 +53,11 @@ def cheap_compile(monkeypatch):
     surrounds the compiled step (the step cache, threads, warnings, the CLI's output, verify's
     report); the tests that prove Inductor's code equal to the reference keep Inductor."""
     import functools
+    import importlib
 
     from credit_compile import backend, step_cache
 
-    monkeypatch.setattr(step_cache, "make_backend",
-                        functools.partial(backend.make_backend, inductor=False))
+    verify = importlib.import_module("credit_compile.verify")  # the package's `verify` is a function
+    cheap = functools.partial(backend.make_backend, inductor=False)
+    monkeypatch.setattr(step_cache, "make_backend", cheap)
+    monkeypatch.setattr(verify, "make_backend", cheap)

@@ -10,7 +10,7 @@ import pytest
 
 from credit_compile.cli import _decode_config, build_parser, main
 
-pytestmark = pytest.mark.usefixtures("cheap_compile")  # the CLI around the step, not its code
+pytestmark = pytest.mark.cheap_compile  # the CLI around the step, not the step's code
 
 SMALL = ["--gen-length", "8", "--block-length", "4", "--cuda-graphs", "off"]
 

@@ -395,6 +395,7 @@ def test_the_cache_is_allocated_once_and_not_reloaded():
     assert runner.state.kv_cache[0].data_ptr() == pointer
 
 
+@pytest.mark.cheap_compile
 def test_it_is_part_of_the_step_key():
     fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
     ids = token_prompts(1, 5)[0]
@@ -404,6 +405,7 @@ def test_it_is_part_of_the_step_key():
     assert fast.cached_steps == 3
 
 
+@pytest.mark.cheap_compile
 def test_calls_differing_only_in_the_refresh_interval_share_a_step():
     # The host places the refreshes; only an interval of 1 (no cached step) compiles anew.
     model = layered_model(2, seed=1)

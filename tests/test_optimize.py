@@ -17,6 +17,10 @@ from toy_models import ContextMixModel, make_prompts
 import credit_compile as cc
 from credit_compile.passes import pass_count
 
+# What surrounds the compiled step (the step cache, threads, state, warnings) compiles cheaply;
+# the tests proving Inductor's code equal to the reference are marked `inductor`.
+pytestmark = pytest.mark.cheap_compile
+
 MASK = 39
 
 
@@ -55,6 +59,7 @@ CONFIGS = st.sampled_from([
     prompt_bucket=st.sampled_from([None, None, 4, 8]),
     batch_bucket=st.sampled_from([None, None, 2]),
 )
+@pytest.mark.inductor
 def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, padded, sync_every,
                                     prompt_bucket, batch_bucket):
     gen_length, block_length = blocks
@@ -67,6 +72,7 @@ def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, 
     assert_same_generation(ref, fast)
 
 
+@pytest.mark.inductor
 def test_no_graph_breaks_one_compile_and_none_on_second_call():
     torch._dynamo.reset()
     counters.clear()
@@ -85,6 +91,7 @@ def test_no_graph_breaks_one_compile_and_none_on_second_call():
     assert pass_count("credit_fusion") == 1
 
 
+@pytest.mark.inductor
 def test_second_call_reuses_state_and_matches_reference():
     model = ContextMixModel(seed=2)
     fast = cc.optimize(model, gen_length=8, block_length=4)
@@ -209,6 +216,7 @@ def test_a_copy_compiles_its_own_steps():
     assert_same_generation(first, twin.generate(ids))
 
 
+@pytest.mark.inductor
 def test_trace_matches_reference():
     model = ContextMixModel(seed=4)
     ids, _ = make_prompts(1, 3, 0, padded=False)
@@ -497,6 +505,7 @@ def _runners_checking_their_settings(monkeypatch) -> list:
     return built
 
 
+@pytest.mark.inductor
 @pytest.mark.parametrize("setting", sorted(TORCH_SETTINGS))
 def test_each_step_runs_under_the_torch_settings_it_was_built_under(setting, monkeypatch):
     built = _runners_checking_their_settings(monkeypatch)
@@ -513,6 +522,7 @@ def test_each_step_runs_under_the_torch_settings_it_was_built_under(setting, mon
     assert len(built) == 2 and fast.cached_steps == 2
 
 
+@pytest.mark.inductor
 def test_precompile_serves_calls_under_the_settings_it_ran_under(monkeypatch):
     built = _runners_checking_their_settings(monkeypatch)
     fast = cc.optimize(ContextMixModel(seed=3), gen_length=8, block_length=4, compile=False)
@@ -537,6 +547,7 @@ class MatmulMixModel(ContextMixModel):
         return super().forward(input_ids, attention_mask, position_ids) @ self.mix
 
 
+@pytest.mark.inductor
 def test_a_compiled_step_under_autocast_is_a_step_of_its_own(caplog):
     # Not a guard failure inside the float32 step: on CUDA that step is a graph that would replay
     # float32 kernels under autocast.
@@ -736,6 +747,7 @@ def test_no_forward_after_completion_on_the_cpu():
     assert out.steps_run == out.nfe
 
 
+@pytest.mark.inductor
 def test_a_restarted_server_compiles_the_step_from_inductors_cache(tmp_path, monkeypatch):
     # A fresh compile of the same step in a new process (here: dynamo reset, new wrapper) is
     # served from Inductor's on-disk caches: nothing in the backend's config patches or the pass
@@ -1042,6 +1054,7 @@ def test_on_compile_error_is_validated_and_in_the_step_key():
     assert eager.cached_steps == 1  # without compile it changes nothing
 
 
+@pytest.mark.inductor
 def test_a_failing_compiler_backend_is_not_blamed_on_the_model():
     from credit_compile import runner
 

@@ -91,6 +91,7 @@ def _unpadded_rows(prompts):
         yield ids[-int(mask.sum()):].unsqueeze(0)
 
 
+@pytest.mark.cheap_compile
 @needs_default_model
 def test_one_compiled_step_serves_every_length_of_a_bucket(default, prompts):
     model, _ = default
@@ -152,6 +153,7 @@ def test_batch_bucket_changes_no_token(default, prompts, decode, bucket):
     assert [t.committed for t in bucketed.trace] == [t.committed for t in plain.trace]
 
 
+@pytest.mark.cheap_compile
 @needs_default_model
 def test_one_compiled_step_serves_every_batch_size_of_a_bucket(default, prompts):
     model, _ = default

@@ -46,6 +46,7 @@ def assert_same_as_reference(out, ref, model, ids, mask, kwargs):
     assert same, describe_first_divergence(model, ids, mask, kwargs)
 
 
+@pytest.mark.cheap_compile
 def test_cpu_auto_falls_back_to_compiled_with_a_log_line(caplog):
     model = build_model("tiny")
     ids, _ = prompts(1, 4, "cpu")
@@ -81,6 +82,7 @@ def test_more_live_shapes_than_dynamos_recompile_limit():
         assert int(setup.state.nfe) == 1
 
 
+@pytest.mark.cheap_compile
 def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
     model = build_model("tiny")
     fast = cc.optimize(model, gen_length=4, block_length=4, compile=False, max_cached_steps=2)
@@ -95,6 +97,7 @@ def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
             fast.max_cached_steps = bad
 
 
+@pytest.mark.cheap_compile
 def test_lowering_max_cached_steps_drops_the_least_recently_used_now(caplog):
     # A server lowering the limit to free memory must not wait for a new shape to arrive.
     fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=False)
@@ -111,6 +114,7 @@ def test_lowering_max_cached_steps_drops_the_least_recently_used_now(caplog):
     assert fast.cached_steps == 2
 
 
+@pytest.mark.cheap_compile
 def test_max_cached_steps_is_not_changed_from_inside_a_call():
     fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=False)
 
@@ -123,6 +127,7 @@ def test_max_cached_steps_is_not_changed_from_inside_a_call():
     assert fast.max_cached_steps == 8
 
 
+@pytest.mark.cheap_compile
 def test_a_dropped_compiled_step_is_freed():
     import gc
     import weakref
@@ -140,6 +145,7 @@ def test_a_dropped_compiled_step_is_freed():
     assert not [name for name in vars(runner_module) if name.startswith("__compiled_fn")]
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.parametrize("compile", [True, False])
 def test_dropping_a_step_says_so_when_it_compiles_again(caplog, compile):
     fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=compile,
@@ -337,6 +343,7 @@ def test_unrolled_replay_protocol_equals_reference_on_cpu(config, graphs_on_cpu)
         assert streamed[0][0] < streamed[-1][0] == out.steps_run
 
 
+@pytest.mark.cheap_compile
 def test_a_refresh_sharing_no_factor_with_sync_every_is_named():
     from credit_compile.step_cache import refresh_checks_every_step
 
@@ -374,6 +381,7 @@ def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on
     assert fresh.cached_steps == 1
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.slow  # compiles three cached models' steps; main stack only
 def test_calls_differing_in_kv_cache_refresh_share_graphs_of_one_replay_length(graphs_on_cpu):
     # Refreshing every 2 or every 6 steps of a block, with sync_every=4, replays 2 steps a time
@@ -395,6 +403,7 @@ def test_calls_differing_in_kv_cache_refresh_share_graphs_of_one_replay_length(g
     assert not torch.equal(outputs[2], outputs[6])
 
 
+@pytest.mark.cheap_compile
 @needs_cuda
 @pytest.mark.parametrize("compile_step", [False, True])
 def test_a_refresh_sharing_no_factor_warns_on_cuda_without_graphs(compile_step):
@@ -613,6 +622,7 @@ def test_cuda_graph_under_autocast_is_a_graph_of_its_own():
     assert fast.cached_steps == 2  # the float32 graph, found again
 
 
+@pytest.mark.cheap_compile
 def test_a_call_that_recompiles_counts_as_compile_time_and_says_so(caplog):
     # Found by mutation testing: a recompiling call counted as decoding time, or not marked.
     import time
@@ -688,6 +698,7 @@ class LoggingForward(torch.nn.Module):
         return self.inner(input_ids, attention_mask)
 
 
+@pytest.mark.cheap_compile
 def test_logging_in_the_forward_compiles_as_one_graph():
     from torch._dynamo import config as dynamo_config
     from torch._dynamo.utils import counters

@@ -8,6 +8,9 @@ from toy_models import ContextMixModel, make_prompts
 
 import credit_compile as cc
 
+# verify's report and its plumbing; the compiled path's equality is test_optimize's.
+pytestmark = pytest.mark.cheap_compile
+
 MASK = 39
 
 
