@@ -59,20 +59,47 @@ _LOGGER_METHODS = ("debug", "info", "warning", "warn", "error", "exception", "cr
                    "log", "warning_once", "info_once", "warning_advice")  # the last: transformers'
 
 
+class _Ignored(str):
+    """A Logger method in dynamo's ignore set: found there by equality (dynamo looks a method up
+    with `in`), and a string to sort and write as JSON (torch 2.11 does both with that set when
+    it logs a compile's metrics, and logged an error at every compile for plain functions)."""
+
+    def __new__(cls, function):
+        ignored = super().__new__(cls, f"{function.__module__}.{function.__qualname__}")
+        ignored.function = function
+        return ignored
+
+    def __hash__(self):
+        return hash(self.function)
+
+    def __eq__(self, other):
+        return other is self.function or (isinstance(other, _Ignored)
+                                           and other.function is self.function)
+
+    def __reduce__(self):
+        return _Ignored, (self.function,)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def dynamo_config_patches() -> dict:
-    """Dynamo settings for tracing the step, applied around each call of the compiled step: the
-    logging calls of a model's forward (transformers' `logger.warning_once` deprecations among
-    them) are skipped in the graph, where they would stop a `fullgraph=True` trace; the eager
-    forward still logs them."""
+    """Dynamo settings for tracing the step, applied around each call of the compiled step, so
+    that the logging calls of a model's forward (transformers' `logger.warning_once`
+    deprecations among them) do not stop a `fullgraph=True` trace: Logger methods are skipped in
+    the graph (the eager forward still logs them), logging's module functions run after it."""
     import logging
 
     from torch._dynamo import config as dynamo_config
 
     name = "ignore_logging_functions" if hasattr(dynamo_config, "ignore_logging_functions") \
-        else "ignore_logger_methods"  # torch 2.11's name
-    ignored = {getattr(logging.Logger, m) for m in _LOGGER_METHODS if hasattr(logging.Logger, m)}
-    ignored |= {getattr(logging, m) for m in _LOGGER_METHODS if hasattr(logging, m)}
-    return {name: set(getattr(dynamo_config, name)) | ignored}
+        else "ignore_logger_methods"
+    methods = {_Ignored(getattr(logging.Logger, m)) for m in _LOGGER_METHODS
+               if hasattr(logging.Logger, m)}
+    functions = {getattr(logging, m) for m in _LOGGER_METHODS if hasattr(logging, m)}
+    return {name: set(getattr(dynamo_config, name)) | methods,
+            "reorderable_logging_functions":
+                set(dynamo_config.reorderable_logging_functions) | functions}
 
 
 def make_backend(passes: Sequence | None = None, *, inductor: bool = True,

@@ -127,7 +127,6 @@ def test_max_cached_steps_is_not_changed_from_inside_a_call():
     assert fast.max_cached_steps == 8
 
 
-@pytest.mark.cheap_compile
 def test_a_dropped_compiled_step_is_freed():
     import gc
     import weakref
@@ -145,7 +144,6 @@ def test_a_dropped_compiled_step_is_freed():
     assert not [name for name in vars(runner_module) if name.startswith("__compiled_fn")]
 
 
-@pytest.mark.cheap_compile
 @pytest.mark.parametrize("compile", [True, False])
 def test_dropping_a_step_says_so_when_it_compiles_again(caplog, compile):
     fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=compile,
@@ -699,7 +697,7 @@ class LoggingForward(torch.nn.Module):
 
 
 @pytest.mark.cheap_compile
-def test_logging_in_the_forward_compiles_as_one_graph():
+def test_logging_in_the_forward_compiles_as_one_graph(caplog):
     from torch._dynamo import config as dynamo_config
     from torch._dynamo.utils import counters
 
@@ -713,6 +711,8 @@ def test_logging_in_the_forward_compiles_as_one_graph():
     assert fast.last_stats["runner"] == "compiled"
     assert not counters["graph_break"], dict(counters["graph_break"])
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+    # torch 2.11 logged an error at each compile when it wrote the ignored functions as JSON.
+    assert not [r for r in caplog.records if r.name.startswith("torch") and r.levelno >= 40]
     # Applied for the step's calls only: no global setting changed.
     assert set(dynamo_config.ignore_logger_methods) == ignored_before
     report = cc.verify(model, ids, gen_length=8, block_length=4)  # compiles the forward alone
