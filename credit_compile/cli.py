@@ -3,7 +3,6 @@
     credit-compile generate --prompt "0002+0002="   # CreditDecoding through the optimized path
     credit-compile verify --prompt "0012+0034="   # eager reference vs optimized, a report
     credit-compile demo                           # both side by side: same output, the speedup
-    credit-compile bench generate --preset tiny   # benchmarks/bench_<suite>.py
 
 Without `--model`, the embedded default model is used: a small LLaDA-architecture diffusion LM
 trained by `python -m credit_compile.training.train` on synthetic tasks (4-digit addition
@@ -16,13 +15,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
-
-RANDOM_MODEL_NOTE = (
-    "note: no --model given and the embedded default model's files are missing from this "
-    "installation; using a randomly initialised tiny LLaDA with a character tokenizer, so the "
-    "text is noise (the decoding is real)"
-)
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -164,65 +156,11 @@ def _fit_default_gen_length(args, config, model, ids):
 
 
 def load_model_and_tokenizer(model_dir: str | None, device: str | None, dtype: str | None = None):
-    """The model (on `device`, cast to `dtype` when given: the eager reference and optimize()
-    then run the same weights) and its tokenizer."""
-    model, tokenizer, device = _load(model_dir, device)
-    if dtype is not None:
-        import torch
+    """The model and tokenizer of `--model` (models.loading), a note on stderr where a random
+    model stands in."""
+    from .models.loading import load_model_and_tokenizer as load
 
-        model = model.to(getattr(torch, dtype))
-    return model, tokenizer, device
-
-
-def _load(model_dir: str | None, device: str | None):
-    import torch
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        kind = torch.device(device).type
-    except RuntimeError as error:
-        raise SystemExit(f"error: --device {device!r} is not a device ({error}); use cpu or cuda") \
-            from error
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"error: --device {device!r} but CUDA is not available here; use --device cpu")
-    if kind not in ("cpu", "cuda"):
-        raise SystemExit(f"error: --device {device!r}: credit_compile runs on cpu or cuda")
-    if model_dir is None:
-        from .assets import has_default_model, load_default_model
-
-        if has_default_model():
-            model, tokenizer = load_default_model(device)
-            return model, tokenizer, device
-        from .ascii_tokenizer import AsciiTokenizer
-        from .models import build_model
-
-        print(RANDOM_MODEL_NOTE, file=sys.stderr)
-        return build_model("tiny", device=device, seed=0), AsciiTokenizer(), device
-    path = Path(model_dir)
-    if not (path / "config.json").is_file():
-        raise SystemExit(
-            f"error: no checkpoint at {model_dir!r}: expected a directory with config.json and "
-            f"weights (as saved by save_pretrained)"
-        )
-    from transformers import AutoTokenizer
-
-    from .models import LLaDAModelLM
-    from .tokenizer import TOKENIZER_FILE, CharTokenizer
-
-    model = LLaDAModelLM.from_pretrained(path).to(device).eval()
-    if (path / TOKENIZER_FILE).is_file():  # this project's tokenizer (the trainer writes it)
-        return model, CharTokenizer.from_pretrained(path), device
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except Exception as error:  # a checkpoint without tokenizer files
-        raise SystemExit(
-            f"error: no tokenizer in {model_dir!r} ({error}); save one beside the weights with "
-            f"tokenizer.save_pretrained (a transformers tokenizer, or credit_compile.tokenizer."
-            f"CharTokenizer)") from error
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:  # LLaDA pads with end-of-text; padding is masked anyway
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer, device
+    return load(model_dir, device, dtype, on_note=lambda note: print(note, file=sys.stderr))
 
 
 def _prompts(args, tokenizer, device):
@@ -364,39 +302,6 @@ def cmd_demo(args) -> int:
     return 0 if same else 1
 
 
-BENCHMARKS = ("generate", "quality", "credit_op", "prompt_buckets", "compile_time")
-
-
-def cmd_bench(args) -> int:
-    """Run benchmarks/bench_<suite>.py of the source checkout with the remaining arguments."""
-    import runpy
-
-    name = f"bench_{args.suite}.py"
-    candidates = [Path(__file__).resolve().parents[1] / "benchmarks" / name,  # editable install
-                  Path.cwd() / "benchmarks" / name]  # run from a clone
-    script = next((c for c in candidates if c.is_file()), candidates[-1])
-    if not script.is_file():
-        raise SystemExit(
-            f"error: {script} not found: the benchmarks ship with the source repository, not the "
-            f"wheel; run this command from a clone's root (or after `pip install -e .` there)"
-        )
-    argv, path = sys.argv, list(sys.path)
-    # As `python benchmarks/bench_x.py` would: the script's folder first on sys.path (the
-    # scripts import their sibling modules).
-    sys.argv = [str(script), *args.rest]
-    sys.path.insert(0, str(script.parent))
-    try:
-        runpy.run_path(str(script), run_name="__main__")
-    except SystemExit as done:
-        if isinstance(done.code, str):  # sys.exit("message"): Python prints it and exits 1
-            print(done.code, file=sys.stderr)
-            return 1
-        return int(done.code or 0)
-    finally:
-        sys.argv, sys.path[:] = argv, path
-    return 0
-
-
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Says an option's default where it has one (not for flags, or a None its help explains)."""
 
@@ -424,10 +329,6 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--eager", action="store_true", help="use the eager reference")
             p.add_argument("--stream", action="store_true",
                            help="print each block's text as soon as it is final")
-    bench = sub.add_parser("bench", help="run a benchmark (arguments after the suite go to it)")
-    bench.add_argument("suite", choices=BENCHMARKS)
-    bench.add_argument("rest", nargs=argparse.REMAINDER)
-    bench.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -90,17 +90,17 @@ def test_verify_with_a_prompt_bucket(capsys):
     assert "tokens_equal: True" in capsys.readouterr().out
 
 
-def test_missing_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match="no checkpoint"):
-        main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "R12=", *SMALL])
+def test_missing_checkpoint(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path / "nope"), "--prompt", "R12=", *SMALL]) == 2
+    assert "error: no checkpoint" in capsys.readouterr().err
 
 
 def test_checkpoint_directory_round_trip(tmp_path, capsys):
     from credit_compile.models import build_model
 
     build_model("tiny").save_pretrained(tmp_path)
-    with pytest.raises(SystemExit, match="no tokenizer"):
-        main(["generate", "--model", str(tmp_path), "--prompt", "R12=", *SMALL])
+    assert main(["generate", "--model", str(tmp_path), "--prompt", "R12=", *SMALL]) == 2
+    assert "error: no tokenizer" in capsys.readouterr().err
 
 
 def test_a_checkpoint_with_this_projects_tokenizer_loads(tmp_path, capsys):
@@ -115,38 +115,22 @@ def test_a_checkpoint_with_this_projects_tokenizer_loads(tmp_path, capsys):
     assert "'0012+0034=' -> '00046" in capsys.readouterr().out
 
 
-def test_bench_runs_a_benchmark_script(tmp_path, capsys, monkeypatch):
-    # Another test may have imported the scripts' sibling module already; this one must not rely on it.
-    monkeypatch.delitem(sys.modules, "provenance", raising=False)
-    out = tmp_path / "rows.jsonl"
-    code = main(["bench", "generate", "--preset", "tiny", "--modes", "llada-eager", "credit-eager",
-                 "--gen-length", "8", "--block-length", "4", "--repeats", "1", "--out", str(out)])
-    assert code == 0
-    assert len(out.read_text().splitlines()) == 2
-    assert "credit-eager" in capsys.readouterr().out
-
-
-def test_bench_outside_a_clone_says_where_to_run_it(tmp_path, monkeypatch):
-    from credit_compile import cli
-
-    # An installed wheel: no benchmarks/ beside the package, none in the working directory.
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "site" / "credit_compile" / "cli.py"))
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(SystemExit, match=r"bench_generate.py not found: the benchmarks ship "
-                                         r"with the source repository.*from a clone's root"):
-        main(["bench", "generate"])
-
-
 @pytest.mark.parametrize("device, says", [
-    ("bogus", r"--device 'bogus' is not a device"),
+    ("bogus", r"device 'bogus' is not a device"),
     ("mps", r"credit_compile runs on cpu or cuda"),
     pytest.param("cuda", r"CUDA is not available here; use --device cpu",
                  marks=pytest.mark.skipif(__import__("torch").cuda.is_available(),
                                           reason="CUDA is available")),
 ])
-def test_unusable_device_is_a_clear_error(device, says):
-    with pytest.raises(SystemExit, match=says):
-        main(["generate", "--device", device, *SMALL])
+def test_unusable_device_is_a_clear_error(device, says, capsys):
+    assert main(["generate", "--device", device, *SMALL]) == 2
+    assert re.search("error: " + says, capsys.readouterr().err)
+
+
+def test_bench_is_no_command_of_the_package():
+    # The benchmarks ship with the repository: python benchmarks/bench_<suite>.py from a clone.
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["bench", "generate"])
 
 
 def test_an_error_starts_its_own_line_after_the_progress_bar(capsys):
@@ -375,19 +359,6 @@ def test_chat_without_a_template_is_a_clear_error(capsys):
     assert main(["generate", "--chat", "--prompt", "12", *SMALL]) == 2
     err = capsys.readouterr().err
     assert "--chat needs a tokenizer with a chat template" in err and "drop --chat" in err
-
-
-def test_bench_passes_on_a_script_exit_message(tmp_path, capsys, monkeypatch):
-    # A script ending with sys.exit("message") exits 1 with the message, as Python would run it.
-    import credit_compile.cli as cli
-
-    script = tmp_path / "benchmarks" / "bench_generate.py"
-    script.parent.mkdir()
-    script.write_text("import sys\nsys.exit('error: no rows to plot')\n")
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(cli, "__file__", str(tmp_path / "pkg" / "cli.py"))
-    assert main(["bench", "generate"]) == 1
-    assert "error: no rows to plot" in capsys.readouterr().err
 
 
 def _config(*argv):
