@@ -1,0 +1,447 @@
+"""models/modeling_llada2.py and configuration_llada2.py: the native LLaDA2.x (Bailing-MoE-v2)
+model against the official modeling code, through the fixtures it recorded
+(tests/fixtures/llada2_tiny.*, written by tests/fixtures/record_llada2.py: the official file, its
+commit and the transformers version are in the JSON's `recorded_with`)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
+
+from credit_compile.models import LLaDA2Config, LLaDA2ModelLM, block_causal_mask
+from credit_compile.models.modeling_llada2 import LLaDA2Gate, LLaDA2SparseMoeBlock
+
+FIXTURES = Path(__file__).parent / "fixtures"
+META = json.loads((FIXTURES / "llada2_tiny.json").read_text())
+TENSORS = load_file(FIXTURES / "llada2_tiny.safetensors")
+WEIGHTS = {k: v for k, v in TENSORS.items() if k.startswith(("model.", "lm_head."))}
+MASK = META["mask_token_id"]
+EOS = META["config"]["eos_token_id"]
+BLOCK = META["block_length"]
+
+
+def tiny_config(**overrides) -> LLaDA2Config:
+    return LLaDA2Config(**{**META["config"], "mask_token_id": MASK, **overrides})
+
+
+def official_model() -> LLaDA2ModelLM:
+    """The recorded official weights in the native model."""
+    model = LLaDA2ModelLM(tiny_config()).eval()
+    model.load_state_dict(WEIGHTS, strict=True)
+    return model
+
+
+def block_mask_4d(length: int, block: int, dtype=torch.float32) -> torch.Tensor:
+    """The official generate()'s mask: log(tril(ones(blocks, blocks))) repeated on both axes."""
+    blocks = math.ceil(length / block)
+    tril = torch.tril(torch.ones(blocks, blocks)).repeat_interleave(block, 0).repeat_interleave(block, 1)
+    return tril[:length, :length][None, None].log().to(dtype)
+
+
+def close(actual, expected):
+    """float32 agreement: logits reach about 40 here, so 5e-5 is about 1e-6 of their scale."""
+    torch.testing.assert_close(actual, expected, atol=5e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# The official logits and layout
+# ----------------------------------------------------------------------------------------------
+
+
+def test_fixture_provenance_is_recorded():
+    rec = META["recorded_with"]
+    assert rec["official_source"].startswith("ZHZisZZ/dllm@") and rec["transformers"].startswith("4.")
+    assert set(rec["official_sha256"]) == {"configuration_llada2_moe.py", "modeling_llada2_moe.py"}
+
+
+def test_native_logits_equal_the_official_logits():
+    """The official forward's logits (float32) with the official generate()'s block mask and with
+    no mask, from every way of asking the native model for the same attention."""
+    model = official_model()
+    ids = TENSORS["input_ids"]
+    length = ids.shape[1]
+    with torch.no_grad():
+        close(model(ids, block_length=BLOCK).logits, TENSORS["logits_block"])
+        for dtype in (torch.float32, torch.bfloat16):  # generate() builds it in bfloat16
+            close(model(ids, attention_mask=block_mask_4d(length, BLOCK, dtype)).logits, TENSORS["logits_block"])
+        bool_mask = block_mask_4d(length, BLOCK) == 0
+        close(model(ids, attention_mask=bool_mask).logits, TENSORS["logits_block"])
+        close(model(ids, attention_mask=bool_mask.expand(2, 1, -1, -1),
+                    position_ids=torch.arange(length)[None]).logits, TENSORS["logits_block"])
+        close(model(ids).logits, TENSORS["logits_full"])
+        close(model(ids, attention_mask=torch.ones_like(ids)).logits, TENSORS["logits_full"])
+        # A block longer than the sequence is no mask at all.
+        close(model(ids, block_length=length).logits, TENSORS["logits_full"])
+
+
+def _layout_digest(model) -> tuple[int, str]:
+    lines = sorted(f"{name}:{tuple(t.shape)}" for name, t in model.state_dict().items())
+    return len(lines), hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
+
+def test_state_dict_names_and_shapes_equal_the_official_ones():
+    """Name for name and shape for shape (the routers' expert_bias buffers included): the tiny
+    model as recorded, and the recorded layouts of other variants and of LLaDA2.0-mini's real
+    config (built on the meta device)."""
+    native = LLaDA2ModelLM(tiny_config())
+    assert {k: tuple(v.shape) for k, v in native.state_dict().items()} == \
+        {k: tuple(v.shape) for k, v in WEIGHTS.items()}
+    assert set(META["state_dict_layouts"]) == {"tiny", "tiny_plain", "tiny_dense", "llada2_mini"}
+    for name, layout in META["state_dict_layouts"].items():
+        with torch.device("meta"):
+            model = LLaDA2ModelLM(LLaDA2Config(**layout["config"]))
+        assert _layout_digest(model) == (layout["entries"], layout["sha256"]), name
+
+
+def test_layers_are_dense_below_first_k_dense_replace_and_moe_above():
+    model = LLaDA2ModelLM(tiny_config(num_hidden_layers=4, first_k_dense_replace=2))
+    kinds = [type(layer.mlp).__name__ for layer in model.model.layers]
+    assert kinds == ["LLaDA2MLP", "LLaDA2MLP", "LLaDA2SparseMoeBlock", "LLaDA2SparseMoeBlock"]
+    assert all(type(layer.mlp).__name__ == "LLaDA2MLP"
+               for layer in LLaDA2ModelLM(tiny_config(num_experts=None)).model.layers)
+
+
+# ----------------------------------------------------------------------------------------------
+# The official generate(): its sampler rules, replayed on the native model
+# ----------------------------------------------------------------------------------------------
+
+
+def llada2_generate_reference(model, prompt, *, gen_length, block_length, steps, threshold=0.95,
+                              eos_early_stop=False, minimal_topk=1, eos_id=EOS, mask_id=MASK):
+    """LLaDA2's own generate() sampler at temperature 0, as read from the official code (batch 1):
+    blocks aligned to absolute positions from 0 over prompt + gen_length rounded up to blocks (the
+    prompt's tail shares the first denoised block); per block at most `steps` steps (`steps` capped
+    at gen_length // minimal_topk), each a forward of the window up to the block's end under the
+    block-causal mask; commit the masked positions whose top probability exceeds `threshold`, or,
+    when fewer than the schedule's count for the step, that many of the most confident ones; stop
+    after the block in which an EOS appears (eos_early_stop: as soon as a committed EOS has no mask
+    before it). Returns (the generated tokens up to and with the first EOS, the forward count)."""
+    steps = min(steps, gen_length // minimal_topk)
+    p = prompt.shape[1]
+    n_blocks = (p + gen_length + block_length - 1) // block_length
+    x = torch.full((1, n_blocks * block_length), mask_id, dtype=torch.long)
+    x[:, :p] = prompt
+    schedule = [block_length // steps + (1 if i < block_length % steps else 0) for i in range(steps)]
+    nfe = 0
+    for b in range(p // block_length, n_blocks):
+        end = (b + 1) * block_length
+        for step in range(steps):
+            active = x[0, end - block_length:end] == mask_id
+            if not active.any():
+                break
+            nfe += 1
+            logits = model(x[:, :end], block_length=block_length).logits[0, -block_length:]
+            probs = logits.float().softmax(-1)
+            conf, tokens = probs.max(-1)
+            conf = torch.where(active, conf, -torch.inf)
+            commit = conf > threshold
+            if int(commit.sum()) < schedule[step]:
+                commit = torch.zeros_like(commit)
+                commit[conf.topk(min(schedule[step], int(active.sum()))).indices] = True
+            x[0, end - block_length:end][commit] = tokens[commit]
+            if eos_early_stop and (tokens[commit] == eos_id).any():
+                eos = (x[0] == eos_id).nonzero()
+                if len(eos) and (x[0, p:int(eos[0])] != mask_id).all():
+                    return x[:, p:int(eos[0]) + 1], nfe
+        if (x[0, p:end] == eos_id).any():
+            break
+    out = x[0, p:p + gen_length]
+    eos = (out == eos_id).nonzero()
+    return out[:int(eos[0]) + 1 if len(eos) else gen_length][None], nfe
+
+
+@pytest.mark.parametrize("name", sorted(META["generate"]))
+def test_llada2_sampler_rules_on_the_native_model_give_the_official_generate_tokens(name):
+    """The official generate()'s tokens and forward count, recorded for each setting, from the
+    native model run under the rules above: the native block-causal forward over growing windows
+    is what the official one computed."""
+    settings = {k: v for k, v in META["generate"][name].items() if k not in ("temperature", "eos_id", "mask_id")}
+    with torch.no_grad():
+        tokens, nfe = llada2_generate_reference(official_model(), TENSORS["prompt"], **settings)
+    assert tokens.tolist() == TENSORS[f"generate_{name}"].tolist()
+    assert nfe == META["generate_nfe"][name]
+
+
+# ----------------------------------------------------------------------------------------------
+# The mixture of experts against a per-token loop
+# ----------------------------------------------------------------------------------------------
+
+
+def route_one_token(x, gate_weight, expert_bias, cfg):
+    """The official routing for one token, spelled out: sigmoid scores; on the biased scores each
+    group's score is the sum of its two best; the best `topk_group` groups; the best
+    `num_experts_per_tok` experts in them; their unbiased scores, normalised, scaled."""
+    scores = torch.sigmoid(gate_weight.float() @ x.float())
+    biased = scores + expert_bias.float()
+    size = cfg.num_experts // cfg.n_group
+    groups = [sorted(biased[g * size:(g + 1) * size].tolist(), reverse=True) for g in range(cfg.n_group)]
+    best_groups = sorted(range(cfg.n_group), key=lambda g: groups[g][0] + groups[g][1], reverse=True)
+    candidates = [e for e in range(cfg.num_experts) if e // size in best_groups[:cfg.topk_group]]
+    chosen = sorted(candidates, key=lambda e: biased[e].item(), reverse=True)[:cfg.num_experts_per_tok]
+    weights = scores[chosen]
+    if cfg.num_experts_per_tok > 1:
+        weights = weights / (weights.sum() + 1e-20)
+    return chosen, weights * cfg.routed_scaling_factor
+
+
+def moe_per_token(block: LLaDA2SparseMoeBlock, x: torch.Tensor, cfg) -> torch.Tensor:
+    out = torch.empty_like(x)
+    for i, token in enumerate(x.reshape(-1, x.shape[-1])):
+        chosen, weights = route_one_token(token, block.gate.weight, block.gate.expert_bias, cfg)
+        y = sum(w * block.experts[e](token).float() for e, w in zip(chosen, weights)).to(x.dtype)
+        if block.shared_experts is not None:
+            y = y + block.shared_experts(token)
+        out.view(-1, x.shape[-1])[i] = y
+    return out
+
+
+@st.composite
+def moe_cases(draw):
+    n_group = draw(st.sampled_from([1, 2, 4]))
+    per_group = draw(st.sampled_from([2, 3, 4]))
+    topk_group = draw(st.integers(1, n_group))
+    top_k = draw(st.integers(1, topk_group * per_group))
+    return dict(num_experts=n_group * per_group, n_group=n_group, topk_group=topk_group,
+                num_experts_per_tok=top_k, num_shared_experts=draw(st.sampled_from([None, 0, 1, 2])),
+                routed_scaling_factor=draw(st.sampled_from([1.0, 2.5])),
+                hidden_act=draw(st.sampled_from(["silu", "gelu"])),
+                tokens=draw(st.integers(1, 7)), seed=draw(st.integers(0, 2**16)))
+
+
+@pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")  # a width-0 shared expert
+@given(moe_cases())
+def test_moe_block_equals_the_per_token_loop(case):
+    """The dense all-experts MoE (every expert on every token, weighted by the sparse routing)
+    equals the per-token loop over the routed experts, float32, for any grouping, top-k and
+    shared experts; the gate picks the experts the spelled-out rule picks."""
+    tokens, seed = case.pop("tokens"), case.pop("seed")
+    cfg = tiny_config(hidden_size=16, moe_intermediate_size=8, **case)
+    g = torch.Generator().manual_seed(seed)
+    block = LLaDA2SparseMoeBlock(cfg)
+    with torch.no_grad():
+        for name, t in block.named_parameters():
+            t.copy_(torch.randn(t.shape, generator=g) * 0.5)
+        block.gate.expert_bias.copy_(torch.randn(cfg.num_experts, generator=g) * 0.3)
+        x = torch.randn(2, tokens, 16, generator=g)
+        close(block(x), moe_per_token(block, x, cfg))
+        experts, weights = block.gate(x.reshape(-1, 16))
+        for row, token in enumerate(x.reshape(-1, 16)):
+            chosen, reference = route_one_token(token, block.gate.weight, block.gate.expert_bias, cfg)
+            assert sorted(experts[row].tolist()) == sorted(chosen)
+            close(dict(zip(experts[row].tolist(), weights[row].tolist())),
+                  dict(zip(chosen, reference.tolist())))
+
+
+def test_expert_bias_steers_the_choice_but_not_the_weights():
+    cfg = tiny_config(hidden_size=16, num_experts=4, n_group=1, topk_group=1, num_experts_per_tok=1,
+                      routed_scaling_factor=1.0)
+    gate = LLaDA2Gate(cfg)
+    with torch.no_grad():
+        gate.weight.zero_()  # every score sigmoid(0) = 0.5
+        gate.expert_bias.copy_(torch.tensor([0.0, 0.0, 1.0, 0.0]))
+        experts, weights = gate(torch.randn(3, 16))
+    assert experts.flatten().tolist() == [2, 2, 2]
+    assert weights.flatten().tolist() == [0.5, 0.5, 0.5]  # the unbiased score, top-1: not normalised
+
+
+# ----------------------------------------------------------------------------------------------
+# Block-causal attention
+# ----------------------------------------------------------------------------------------------
+
+
+def test_block_causal_mask_is_the_official_block_mask():
+    for length, block in ((12, 4), (10, 4), (7, 3), (5, 1), (6, 8)):
+        mask = block_causal_mask(torch.arange(length)[None], block)
+        assert torch.equal(mask, block_mask_4d(length, block) == 0), (length, block)
+    # Padding keys are hidden, but every token sees itself.
+    padding = torch.tensor([[0, 0, 1, 1, 1, 1]])
+    mask = block_causal_mask(torch.tensor([[0, 0, 0, 1, 2, 3]]), 2, padding)[0, 0]
+    assert mask[:, :2].tolist() == [[True, False]] + [[False, True]] + [[False, False]] * 4
+    assert mask[2:, 2:].tolist() == [[True, True, False, False], [True, True, False, False],
+                                     [True, True, True, True], [True, True, True, True]]
+
+
+def test_a_block_sees_itself_and_earlier_blocks_never_later_ones():
+    model = official_model()
+    ids = TENSORS["input_ids"][:1].clone()
+    with torch.no_grad():
+        ref = model(ids, block_length=BLOCK).logits
+        later = ids.clone()
+        later[0, 8:] = torch.tensor([3, 4, 5, 6])  # the last block changes
+        out = model(later, block_length=BLOCK).logits
+        torch.testing.assert_close(out[:, :8], ref[:, :8], atol=0, rtol=0)
+        assert not torch.allclose(out[:, 8:], ref[:, 8:])
+        earlier = ids.clone()
+        earlier[0, 1] = (int(ids[0, 1]) + 1) % MASK  # the first block changes: every block sees it
+        out = model(earlier, block_length=BLOCK).logits
+        for b in range(3):
+            assert not torch.allclose(out[:, b * BLOCK:(b + 1) * BLOCK], ref[:, b * BLOCK:(b + 1) * BLOCK])
+
+
+@pytest.mark.parametrize("pad", [1, 3, 4])
+def test_a_left_padded_row_gets_the_logits_it_gets_alone(pad):
+    """With a 2-D padding mask, positions count real tokens and blocks follow the positions, so
+    a left-padded row's real tokens get their unpadded logits (with and without blocks)."""
+    model = official_model()
+    ids = TENSORS["input_ids"][1:]
+    padded = torch.cat([torch.full((1, pad), EOS), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, pad, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    batch = torch.cat([padded, torch.cat([ids, ids[:, :pad]], dim=1)])
+    batch_mask = torch.cat([mask, torch.ones_like(mask)])
+    with torch.no_grad():
+        for block in (BLOCK, None):
+            alone = model(ids, block_length=block).logits
+            out = model(batch, attention_mask=batch_mask, block_length=block).logits
+            close(out[:1, pad:], alone)
+            assert out.isfinite().all()
+    close(alone, TENSORS["logits_full"][1:])
+
+
+def test_mask_arguments_that_do_not_fit_are_refused():
+    model = official_model()
+    ids = TENSORS["input_ids"]
+    with pytest.raises(ValueError, match="block_length with a 4-D attention_mask"):
+        model(ids, attention_mask=block_mask_4d(12, BLOCK), block_length=BLOCK)
+    with pytest.raises(ValueError, match="3 dimensions"):
+        model(ids, attention_mask=torch.ones(2, 12, 12))
+    with pytest.raises(ValueError, match="block_length=0"):
+        model(ids, block_length=0)
+    with pytest.raises(TypeError, match="use_cache=True"):
+        model(ids, use_cache=True)
+    assert model(ids, use_cache=False, output_attentions=None).logits.shape == (2, 12, 64)
+
+
+# ----------------------------------------------------------------------------------------------
+# Config: official keys, refusals
+# ----------------------------------------------------------------------------------------------
+
+
+def official_config_json(**over) -> dict:
+    """A config.json laid out as LLaDA2.0-mini's (its keys, remote-code auto_map), tiny sizes."""
+    d = {
+        "architectures": ["LLaDA2MoeModelLM"],
+        "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                     "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                     "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"},
+        "model_type": "llada2_moe", "dtype": "float32", "transformers_version": "4.56.1",
+        "embedding_dropout": 0.0, "attention_dropout": 0.0, "output_dropout": 0.0,
+        "initializer_range": 0.02, "max_window_layers": 28, "sliding_window": 4096,
+        "use_sliding_window": False, "rope_scaling": None, "norm_head": False,
+        "norm_topk_prob": True, "score_function": "sigmoid", "router_dtype": "fp32",
+        "moe_router_enable_expert_bias": True, "output_router_logits": False, "use_cache": False,
+        **{k: v for k, v in META["config"].items()},
+    }
+    d.update(over)
+    return d
+
+
+def test_the_official_config_keys_load_and_defaults_are_llada2_mini():
+    cfg = LLaDA2Config(**{k: v for k, v in official_config_json().items() if k != "model_type"})
+    assert cfg.auto_map["AutoModelForCausalLM"] == "modeling_llada2_moe.LLaDA2MoeModelLM"
+    assert (cfg.head_dim, cfg.rotary_dim, cfg.num_key_value_heads) == (16, 8, 2)
+    mini = LLaDA2Config()
+    assert (mini.hidden_size, mini.num_hidden_layers, mini.num_experts, mini.num_experts_per_tok,
+            mini.vocab_size, mini.mask_token_id, mini.eos_token_id) == (2048, 20, 256, 8, 157184, 156895, 156892)
+    assert LLaDA2Config(num_key_value_heads=0).num_key_value_heads == 16  # 0: the query heads
+    assert LLaDA2Config(head_dim=None, hidden_size=1024).head_dim == 64
+
+
+@pytest.mark.parametrize("key,value", [
+    ("num_nextn_predict_layers", 1), ("use_sliding_window", True),
+    ("rope_scaling", {"rope_type": "yarn", "factor": 4.0}), ("score_function", "softmax"),
+    ("norm_topk_prob", False), ("norm_head", True), ("router_dtype", "bf16"),
+])
+def test_unbuilt_variants_are_refused_naming_the_key(key, value):
+    with pytest.raises(ValueError, match=key):
+        tiny_config(**{key: value})
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(n_group=3), "n_group"), (dict(n_group=8), "fewer than 2 experts"),
+    (dict(topk_group=5), "topk_group"), (dict(num_experts_per_tok=5), "num_experts_per_tok"),
+    (dict(num_key_value_heads=3), "num_key_value_heads"), (dict(partial_rotary_factor=0.1875), "rotary"),
+    (dict(hidden_act="nope"), "hidden_act"), (dict(moe_intermediate_size=None), "moe_intermediate_size"),
+])
+def test_inconsistent_shapes_are_refused(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_config(**overrides)
+
+
+def test_default_rope_scaling_entry_is_accepted():
+    assert tiny_config(rope_scaling={"rope_type": "default"}).rope_scaling == {"rope_type": "default"}
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers: Auto classes, from_pretrained, tied embeddings
+# ----------------------------------------------------------------------------------------------
+
+
+def test_an_official_checkpoint_directory_loads_through_the_auto_classes(tmp_path):
+    """A directory laid out as the checkpoints are (config.json with the remote-code auto_map,
+    model.safetensors under the official names, no modeling file): the Auto classes give the
+    native model, without trust_remote_code, and it computes the official logits."""
+    (tmp_path / "config.json").write_text(json.dumps(official_config_json(), indent=1))
+    save_file(WEIGHTS, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    cfg = AutoConfig.from_pretrained(tmp_path)
+    assert isinstance(cfg, LLaDA2Config) and cfg.mask_token_id == 156895  # not in config.json
+    with torch.no_grad():
+        for loader in (AutoModelForCausalLM, AutoModel, AutoModelForMaskedLM, LLaDA2ModelLM):
+            model = loader.from_pretrained(tmp_path)
+            assert type(model) is LLaDA2ModelLM and not model.training
+            close(model(TENSORS["input_ids"], block_length=BLOCK).logits, TENSORS["logits_block"])
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = official_model()
+    model.save_pretrained(tmp_path)
+    loaded = LLaDA2ModelLM.from_pretrained(tmp_path)
+    assert loaded.config.mask_token_id == MASK
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert set(sd) == set(sd2) and all(torch.equal(sd[k], sd2[k]) for k in sd)
+
+
+def test_tied_word_embeddings(tmp_path):
+    model = LLaDA2ModelLM(tiny_config(tie_word_embeddings=True))
+    assert model.lm_head.weight is model.model.word_embeddings.weight
+    model.save_pretrained(tmp_path)
+    loaded = LLaDA2ModelLM.from_pretrained(tmp_path)
+    assert loaded.lm_head.weight is loaded.model.word_embeddings.weight
+    assert torch.equal(loaded.lm_head.weight, model.lm_head.weight)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.compile
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_forward_compiles_as_one_graph():
+    """fullgraph=True: no graph break (the routing's top-k, scatter and the dense experts, the
+    block mask built from block_length, the partial RoPE); the compiled logits are the eager ones."""
+    model = official_model()
+    ids = TENSORS["input_ids"]
+    compiled = torch.compile(model.forward_hidden, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        close(model.lm_head_logits(compiled(ids, None, None, BLOCK)), TENSORS["logits_block"])
+        padded = torch.ones_like(ids)
+        padded[0, :2] = 0
+        close(compiled(ids, padded, None, BLOCK), model.forward_hidden(ids, padded, None, BLOCK))
+
+
+def test_bfloat16_forward_follows_float32():
+    model = official_model()
+    with torch.no_grad():
+        low = model.to(torch.bfloat16)(TENSORS["input_ids"], block_length=BLOCK).logits
+    assert low.dtype == torch.bfloat16
+    reference = TENSORS["logits_block"]
+    agree = (low.float().argmax(-1) == reference.argmax(-1)).float().mean()
+    assert agree >= 0.8 and F.cosine_similarity(low.float().flatten(), reference.flatten(), dim=0) > 0.99
