@@ -18,7 +18,15 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-from credit_compile.models import LLaDA2Config, LLaDA2ModelLM, block_causal_mask
+from credit_compile.models import (
+    LLADA2_PRESETS,
+    LLaDA2Config,
+    LLaDA2ModelLM,
+    available_presets,
+    block_causal_mask,
+    build_model,
+    get_config,
+)
 from credit_compile.models.modeling_llada2 import LLaDA2Gate, LLaDA2SparseMoeBlock
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -73,7 +81,8 @@ def test_native_logits_equal_the_official_logits():
     with torch.no_grad():
         close(model(ids, block_length=BLOCK).logits, TENSORS["logits_block"])
         for dtype in (torch.float32, torch.bfloat16):  # generate() builds it in bfloat16
-            close(model(ids, attention_mask=block_mask_4d(length, BLOCK, dtype)).logits, TENSORS["logits_block"])
+            mask = block_mask_4d(length, BLOCK, dtype)
+            close(model(ids, attention_mask=mask).logits, TENSORS["logits_block"])
         bool_mask = block_mask_4d(length, BLOCK) == 0
         close(model(ids, attention_mask=bool_mask).logits, TENSORS["logits_block"])
         close(model(ids, attention_mask=bool_mask.expand(2, 1, -1, -1),
@@ -165,7 +174,8 @@ def test_llada2_sampler_rules_on_the_native_model_give_the_official_generate_tok
     """The official generate()'s tokens and forward count, recorded for each setting, from the
     native model run under the rules above: the native block-causal forward over growing windows
     is what the official one computed."""
-    settings = {k: v for k, v in META["generate"][name].items() if k not in ("temperature", "eos_id", "mask_id")}
+    settings = {k: v for k, v in META["generate"][name].items()
+                if k not in ("temperature", "eos_id", "mask_id")}
     with torch.no_grad():
         tokens, nfe = llada2_generate_reference(official_model(), TENSORS["prompt"], **settings)
     assert tokens.tolist() == TENSORS[f"generate_{name}"].tolist()
@@ -198,7 +208,7 @@ def moe_per_token(block: LLaDA2SparseMoeBlock, x: torch.Tensor, cfg) -> torch.Te
     out = torch.empty_like(x)
     for i, token in enumerate(x.reshape(-1, x.shape[-1])):
         chosen, weights = route_one_token(token, block.gate.weight, block.gate.expert_bias, cfg)
-        y = sum(w * block.experts[e](token).float() for e, w in zip(chosen, weights)).to(x.dtype)
+        y = sum(w * block.experts[e](token).float() for e, w in zip(chosen, weights, strict=True)).to(x.dtype)
         if block.shared_experts is not None:
             y = y + block.shared_experts(token)
         out.view(-1, x.shape[-1])[i] = y
@@ -229,7 +239,7 @@ def test_moe_block_equals_the_per_token_loop(case):
     g = torch.Generator().manual_seed(seed)
     block = LLaDA2SparseMoeBlock(cfg)
     with torch.no_grad():
-        for name, t in block.named_parameters():
+        for t in block.parameters():
             t.copy_(torch.randn(t.shape, generator=g) * 0.5)
         block.gate.expert_bias.copy_(torch.randn(cfg.num_experts, generator=g) * 0.3)
         x = torch.randn(2, tokens, 16, generator=g)
@@ -238,8 +248,8 @@ def test_moe_block_equals_the_per_token_loop(case):
         for row, token in enumerate(x.reshape(-1, 16)):
             chosen, reference = route_one_token(token, block.gate.weight, block.gate.expert_bias, cfg)
             assert sorted(experts[row].tolist()) == sorted(chosen)
-            close(dict(zip(experts[row].tolist(), weights[row].tolist())),
-                  dict(zip(chosen, reference.tolist())))
+            close(dict(zip(experts[row].tolist(), weights[row].tolist(), strict=True)),
+                  dict(zip(chosen, reference.tolist(), strict=True)))
 
 
 def test_expert_bias_steers_the_choice_but_not_the_weights():
@@ -351,7 +361,8 @@ def test_the_official_config_keys_load_and_defaults_are_llada2_mini():
     assert (cfg.head_dim, cfg.rotary_dim, cfg.num_key_value_heads) == (16, 8, 2)
     mini = LLaDA2Config()
     assert (mini.hidden_size, mini.num_hidden_layers, mini.num_experts, mini.num_experts_per_tok,
-            mini.vocab_size, mini.mask_token_id, mini.eos_token_id) == (2048, 20, 256, 8, 157184, 156895, 156892)
+            mini.vocab_size, mini.mask_token_id, mini.eos_token_id) == \
+        (2048, 20, 256, 8, 157184, 156895, 156892)
     assert LLaDA2Config(num_key_value_heads=0).num_key_value_heads == 16  # 0: the query heads
     assert LLaDA2Config(head_dim=None, hidden_size=1024).head_dim == 64
 
@@ -445,3 +456,30 @@ def test_bfloat16_forward_follows_float32():
     reference = TENSORS["logits_block"]
     agree = (low.float().argmax(-1) == reference.argmax(-1)).float().mean()
     assert agree >= 0.8 and F.cosine_similarity(low.float().flatten(), reference.flatten(), dim=0) > 0.99
+
+
+# ----------------------------------------------------------------------------------------------
+# Presets
+# ----------------------------------------------------------------------------------------------
+
+
+def test_llada2_presets():
+    """tiny-llada2 builds (zeroed routing bias, ones in the norms, a finite block-causal forward);
+    llada2-mini is LLaDA2.0-mini's config (its layout is checked against the official one above;
+    it is never built here). Neither is offered where optimize() decodes (available_presets)."""
+    model = build_model("tiny-llada2", seed=1)
+    assert type(model) is LLaDA2ModelLM and not model.training
+    assert all(torch.equal(b, torch.zeros_like(b)) for _, b in model.named_buffers())
+    norms = [p for n, p in model.named_parameters() if n.endswith("norm.weight")]
+    assert len(norms) == 9 and all(torch.equal(p, torch.ones_like(p)) for p in norms)
+    assert torch.equal(build_model("tiny-llada2", seed=1).lm_head.weight, model.lm_head.weight)
+    cfg = model.config
+    assert (cfg.mask_token_id, cfg.eos_token_id, cfg.vocab_size) == (126, 125, 128)
+    assert [type(layer.mlp).__name__ for layer in model.model.layers] == ["LLaDA2MLP", "LLaDA2SparseMoeBlock"]
+    with torch.no_grad():
+        assert model(torch.randint(0, 125, (2, 8)), block_length=4).logits.isfinite().all()
+    mini = get_config("llada2-mini")
+    layout = META["state_dict_layouts"]["llada2_mini"]["config"]
+    assert all(getattr(mini, key) == value for key, value in layout.items())
+    assert (mini.mask_token_id, mini.eos_token_id) == (156895, 156892)
+    assert not set(LLADA2_PRESETS) & set(available_presets())

@@ -21,7 +21,7 @@ from .configuration_llada import LLADA_MASK_TOKEN_ID, LLaDAConfig
 from .configuration_llada2 import LLADA2_MASK_TOKEN_ID, LLaDA2Config
 from .modeling_llada import LLaDABlock, LLaDAModel, LLaDAModelLM, positions_from_mask
 from .modeling_llada2 import LLaDA2ModelLM, block_causal_mask
-from .presets import PRESETS, available_presets, build_model, get_config
+from .presets import LLADA2_PRESETS, PRESETS, available_presets, build_model, get_config
 
 __all__ = [
     "LLADA_MASK_TOKEN_ID",
@@ -34,6 +34,7 @@ __all__ = [
     "LLaDAModel",
     "LLaDABlock",
     "PRESETS",
+    "LLADA2_PRESETS",
     "available_presets",
     "build_model",
     "get_config",

@@ -6,9 +6,9 @@ names are the official ones:
     model.word_embeddings
     model.layers.{i}.input_layernorm, .attention.{query_key_value, query_layernorm, key_layernorm,
         dense}, .post_attention_layernorm,
-        .mlp.{gate_proj, up_proj, down_proj}                          (dense layers, i < first_k_dense_replace)
+        .mlp.{gate_proj, up_proj, down_proj}                 (dense layers: i < first_k_dense_replace)
         .mlp.{gate.weight, gate.expert_bias, experts.{e}.{gate_proj, up_proj, down_proj},
-              shared_experts.{gate_proj, up_proj, down_proj}}        (MoE layers)
+              shared_experts.{gate_proj, up_proj, down_proj}}  (MoE layers)
     model.norm, lm_head
 
 and the numerics follow the official forward:
@@ -429,7 +429,8 @@ class LLaDA2ModelLM(PreTrainedModel):
         for name, value in kwargs.items():
             if value is not None and value is not False:
                 raise TypeError(f"LLaDA2ModelLM.forward does not support {name}={value!r}")
-        logits = self.lm_head_logits(self.forward_hidden(input_ids, attention_mask, position_ids, block_length))
+        hidden = self.forward_hidden(input_ids, attention_mask, position_ids, block_length)
+        logits = self.lm_head_logits(hidden)
         if return_dict is False:
             return (logits,)
         return CausalLMOutputWithPast(logits=logits)
