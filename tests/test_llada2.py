@@ -483,3 +483,12 @@ def test_llada2_presets():
     assert all(getattr(mini, key) == value for key, value in layout.items())
     assert (mini.mask_token_id, mini.eos_token_id) == (156895, 156892)
     assert not set(LLADA2_PRESETS) & set(available_presets())
+
+
+def test_the_docs_example_runs(capsys):
+    import re
+
+    doc = (Path(__file__).parents[1] / "docs" / "llada2.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    exec(compile(code, "docs/llada2.md", "exec"), {})
+    assert capsys.readouterr().out == "torch.Size([1, 8, 128])\n"
