@@ -183,6 +183,168 @@ def test_llada2_sampler_rules_on_the_native_model_give_the_official_generate_tok
 
 
 # ----------------------------------------------------------------------------------------------
+# The exact block KV cache
+# ----------------------------------------------------------------------------------------------
+
+
+def new_cache(model, batch, length):
+    shape = model.kv_cache_shape(batch, length)
+    return torch.zeros(shape), torch.zeros(shape)
+
+
+def padded_canvas(pad=BLOCK):
+    """Two rows of 16: the recorded input ids (12) then masks, the second row left-padded."""
+    ids = torch.cat([TENSORS["input_ids"], torch.full((2, 4), MASK)], dim=1)
+    ids[1] = torch.cat([torch.full((pad,), EOS), ids[1, :16 - pad]])
+    mask = torch.ones_like(ids)
+    mask[1, :pad] = 0
+    return ids, mask
+
+
+def test_filling_the_cache_computes_the_plain_forward():
+    model = official_model()
+    ids, mask = padded_canvas()
+    cache = new_cache(model, 2, 16)
+    with torch.no_grad():
+        plain = model(ids, mask, block_length=BLOCK).logits
+        torch.testing.assert_close(model(ids, mask, block_length=BLOCK, kv_cache=cache).logits, plain,
+                                   atol=0, rtol=0)
+    assert cache[0].abs().sum() > 0 and cache[1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("start", [0, 4, 8, 12])
+def test_a_cached_block_gets_the_uncached_logits_whatever_the_cache_holds_later(start):
+    """The block's tokens alone against the cache give the block's rows of the uncached
+    block-causal forward; the cache was filled from a canvas whose later blocks held other
+    tokens, and the positions after the block hold noise: a later block is never seen, so the
+    cache is exact. A left-padded row too: its blocks follow its positions, which here stay
+    aligned with the canvas's blocks (padding by a multiple of block_length)."""
+    model = official_model()
+    ids, mask = padded_canvas()
+    other = ids.clone()
+    noise = torch.Generator().manual_seed(1)
+    other[:, start:] = torch.randint(3, MASK, other[:, start:].shape, generator=noise)
+    cache = new_cache(model, 2, 16)
+    block = torch.arange(start, start + BLOCK)
+    with torch.no_grad():
+        full = model(ids, mask, block_length=BLOCK).logits
+        model(other, mask, block_length=BLOCK, kv_cache=cache)
+        for tensor in cache:
+            tensor[:, :, :, start + BLOCK:] = torch.randn_like(tensor[:, :, :, start + BLOCK:])
+        cached = model(ids[:, block], mask, block_length=BLOCK, kv_cache=cache, cache_positions=block).logits
+    real = mask[:, block].bool()  # padding's own rows are never read
+    assert real.sum() >= 4
+    close(cached[real], full[:, block][real])
+
+
+def test_a_padded_row_whose_blocks_straddle_the_cached_slice_is_not_exact():
+    """Blocks follow positions: padding by 3 shifts the second row's blocks by 3 canvas slots, so
+    a slice of the canvas's blocks spans two of its blocks, and the later one sees what the cache
+    holds ahead of the slice. A decode must cache per row's blocks (or pad rows alike modulo
+    block_length)."""
+    model = official_model()
+    ids, mask = padded_canvas(pad=3)
+    other = ids.clone()
+    other[:, 8:] = torch.randint(3, MASK, (2, 8), generator=torch.Generator().manual_seed(2))
+    cache = new_cache(model, 2, 16)
+    block = torch.arange(4, 8)
+    with torch.no_grad():
+        full = model(ids, mask, block_length=BLOCK).logits
+        model(other, mask, block_length=BLOCK, kv_cache=cache)
+        cached = model(ids[:, block], mask, block_length=BLOCK, kv_cache=cache, cache_positions=block).logits
+    close(cached[0], full[0, block])
+    assert not torch.allclose(cached[1], full[1, block], atol=1e-3)
+
+
+def llada2_generate_cached(model, prompt, *, gen_length, block_length, steps, threshold=0.95,
+                           eos_early_stop=False, eos_id=EOS, mask_id=MASK):
+    """LLaDA2's sampler rules (as `llada2_generate_reference`) on the exact block cache: one
+    forward of the whole canvas fills it (the prompt's finished blocks are final), then each
+    denoising step runs the current block's tokens only against it, and a finished block's
+    keys and values are written by one more forward of its final tokens (not counted: it picks
+    no token). Returns (tokens, the counted forwards)."""
+    p = prompt.shape[1]
+    n_blocks = (p + gen_length + block_length - 1) // block_length
+    x = torch.full((1, n_blocks * block_length), mask_id, dtype=torch.long)
+    x[:, :p] = prompt
+    cache = new_cache(model, 1, x.shape[1])
+    model(x, block_length=block_length, kv_cache=cache)
+    schedule = [block_length // steps + (1 if i < block_length % steps else 0) for i in range(steps)]
+    nfe = 0
+    for b in range(p // block_length, n_blocks):
+        block = torch.arange(b * block_length, (b + 1) * block_length)
+        for step in range(steps):
+            active = x[0, block] == mask_id
+            if not active.any():
+                break
+            nfe += 1
+            logits = model(x[:, block], block_length=block_length, kv_cache=cache,
+                           cache_positions=block).logits[0]
+            conf, tokens = logits.float().softmax(-1).max(-1)
+            conf = torch.where(active, conf, -torch.inf)
+            commit = conf > threshold
+            if int(commit.sum()) < schedule[step]:
+                commit = torch.zeros_like(commit)
+                commit[conf.topk(min(schedule[step], int(active.sum()))).indices] = True
+            x[0, block[commit]] = tokens[commit]
+            if eos_early_stop and (tokens[commit] == eos_id).any():
+                eos = (x[0] == eos_id).nonzero()
+                if len(eos) and (x[0, p:int(eos[0])] != mask_id).all():
+                    return x[:, p:int(eos[0]) + 1], nfe
+        model(x[:, block], block_length=block_length, kv_cache=cache, cache_positions=block)
+        if (x[0, p:(b + 1) * block_length] == eos_id).any():
+            break
+    out = x[0, p:p + gen_length]
+    eos = (out == eos_id).nonzero()
+    return out[:int(eos[0]) + 1 if len(eos) else gen_length][None], nfe
+
+
+@pytest.mark.parametrize("name", sorted(META["generate"]))
+def test_decoding_on_the_exact_cache_gives_the_official_generate_tokens(name):
+    """Each step runs one block (the official generate() recomputes the whole window): the same
+    tokens and the same number of steps as the official generate() recorded."""
+    settings = {k: v for k, v in META["generate"][name].items()
+                if k not in ("temperature", "eos_id", "mask_id")}
+    with torch.no_grad():
+        tokens, nfe = llada2_generate_cached(official_model(), TENSORS["prompt"], **settings)
+    assert tokens.tolist() == TENSORS[f"generate_{name}"].tolist()
+    assert nfe == META["generate_nfe"][name]
+
+
+def test_the_cached_forward_compiles_as_one_graph():
+    model = official_model()
+    ids, mask = padded_canvas()
+    block = torch.arange(8, 12)
+    compiled = torch.compile(model.forward_hidden, fullgraph=True, backend="aot_eager")
+    with torch.no_grad():
+        eager_cache, compiled_cache = new_cache(model, 2, 16), new_cache(model, 2, 16)
+        model.forward_hidden(ids, mask, None, BLOCK, eager_cache)
+        compiled(ids, mask, None, BLOCK, compiled_cache)
+        close(compiled_cache[0], eager_cache[0])
+        close(compiled(ids[:, block], mask, None, BLOCK, compiled_cache, block),
+              model.forward_hidden(ids[:, block], mask, None, BLOCK, eager_cache, block))
+
+
+def test_cache_arguments_that_do_not_fit_are_refused():
+    model = official_model()
+    ids, mask = padded_canvas()
+    cache = new_cache(model, 2, 16)
+    block = torch.arange(4, 8)
+    with pytest.raises(ValueError, match="needs block_length"):
+        model(ids[:, block], mask, kv_cache=cache, cache_positions=block)
+    with pytest.raises(ValueError, match="cache_positions without kv_cache"):
+        model(ids[:, block], mask, block_length=BLOCK, cache_positions=block)
+    with pytest.raises(ValueError, match=r"kv_cache_shape"):
+        model(ids[:, :8], kv_cache=cache)
+    with pytest.raises(ValueError, match="one sequence position per input token"):
+        model(ids[:, block], mask, block_length=BLOCK, kv_cache=cache, cache_positions=block[:2])
+    with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 4\)"):
+        model(ids[:, block], mask[:, block], block_length=BLOCK, kv_cache=cache, cache_positions=block)
+    with pytest.raises(ValueError, match="share their memory"):
+        model(ids, kv_cache=(cache[0], cache[0]))
+
+
+# ----------------------------------------------------------------------------------------------
 # The mixture of experts against a per-token loop
 # ----------------------------------------------------------------------------------------------
 
@@ -441,11 +603,8 @@ def test_the_forward_compiles_as_one_graph():
     model = official_model()
     ids = TENSORS["input_ids"]
     compiled = torch.compile(model.forward_hidden, fullgraph=True, backend="aot_eager")
-    with torch.no_grad():
+    with torch.no_grad():  # with a padding mask: test_the_cached_forward_compiles_as_one_graph
         close(model.lm_head_logits(compiled(ids, None, None, BLOCK)), TENSORS["logits_block"])
-        padded = torch.ones_like(ids)
-        padded[0, :2] = 0
-        close(compiled(ids, padded, None, BLOCK), model.forward_hidden(ids, padded, None, BLOCK))
 
 
 def test_bfloat16_forward_follows_float32():

@@ -39,7 +39,8 @@ Differences from the official forward (none changes the official generate()'s lo
   graph, no data-dependent shapes; zero weights for the experts a token is not routed to), where
   the official inference path sorts tokens by expert (host syncs). The routing is the same
   computation; the sum over experts runs in another order (float32 rounding);
-- no KV cache, no dropout, no router logits output, no loss (inference model); the logits stay in
+- an exact block KV cache (`forward_hidden`'s ``kv_cache``) instead of transformers' autoregressive
+  cache; no dropout, no router logits output, no loss (inference model); the logits stay in
   the model's dtype (the official forward casts them to float32: the same values);
 - nothing data-dependent in Python (no ``.item()``, no RoPE cache): ``torch.compile(fullgraph=True)``
   traces the whole forward.
@@ -102,22 +103,28 @@ def apply_partial_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) 
 
 
 def block_causal_mask(position_ids: torch.Tensor, block_length: int,
-                      key_padding: torch.Tensor | None = None) -> torch.Tensor:
-    """Boolean attention mask ``[B, 1, L, L]`` (True: attend): query i sees key j when
-    ``position_ids[j] // block_length <= position_ids[i] // block_length`` (its own block and
-    every earlier one) and key j is not padding (``key_padding [B, L]``, True for real tokens).
+                      key_padding: torch.Tensor | None = None,
+                      query_index: torch.Tensor | None = None) -> torch.Tensor:
+    """Boolean attention mask ``[B, 1, Lq, L]`` (True: attend) over a sequence of ``L`` tokens
+    with ``position_ids [B or 1, L]``: query i sees key j when ``position_ids[j] // block_length <=
+    position_ids[i] // block_length`` (its own block and every earlier one) and key j is not
+    padding (``key_padding [B, L]``, True for real tokens). The queries are every token
+    (``Lq = L``) or the tokens at ``query_index [Lq]`` (a cached forward's).
 
     With ``position_ids = 0..L-1`` these are the official `generate()`'s blocks, aligned to
     absolute positions from 0. Every token also sees itself, so a padding row (whose keys are all
     padding) stays finite; its output is never read.
     """
+    length = position_ids.shape[-1]
     block = torch.div(position_ids, block_length, rounding_mode="floor")
-    allowed = block.unsqueeze(-2) <= block.unsqueeze(-1)  # [B, L(query), L(key)]
+    query_block = block if query_index is None else block.index_select(-1, query_index)
+    allowed = block.unsqueeze(-2) <= query_block.unsqueeze(-1)  # [B, Lq, L]
     if key_padding is not None:
         allowed = allowed & key_padding.bool().unsqueeze(-2)
-    length = position_ids.shape[-1]
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=position_ids.device)
-    return allowed.unsqueeze(1)
+    if query_index is None:
+        query_index = torch.arange(length, device=position_ids.device)
+    itself = query_index.unsqueeze(-1) == torch.arange(length, device=position_ids.device)
+    return (allowed | itself).unsqueeze(1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -247,7 +254,14 @@ class LLaDA2Attention(nn.Module):
         self.dense = nn.Linear(self.num_heads * self.head_dim, config.hidden_size, bias=bool(config.use_bias))
 
     def forward(self, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
+                attn_mask: torch.Tensor | None, cache_keys: torch.Tensor | None = None,
+                cache_values: torch.Tensor | None = None,
+                cache_positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention of ``hidden``'s tokens. With a cache (``[B, n_kv_heads, T, head_dim]`` keys and
+        values, after RoPE): without ``cache_positions`` the tokens are the whole sequence and
+        their keys and values are stored; with them the tokens sit at those positions, their
+        keys and values replace the stored ones there, and they attend to all ``T`` stored ones
+        (under ``attn_mask``, which hides what they must not see)."""
         B, L, _ = hidden.shape
         qkv = self.query_key_value(hidden).view(B, L, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
@@ -257,6 +271,14 @@ class LLaDA2Attention(nn.Module):
             k = self.key_layernorm(k)
         q = apply_partial_rotary(q, cos, sin)
         k = apply_partial_rotary(k, cos, sin)
+        if cache_keys is not None:
+            if cache_positions is None:
+                cache_keys.copy_(k)
+                cache_values.copy_(v)
+            else:
+                cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
+                cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
+                k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
             k = k.repeat_interleave(groups, dim=1)
@@ -278,8 +300,11 @@ class LLaDA2DecoderLayer(nn.Module):
         self.post_attention_layernorm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                attn_mask: torch.Tensor | None) -> torch.Tensor:
-        x = x + self.attention(self.input_layernorm(x), cos, sin, attn_mask)
+                attn_mask: torch.Tensor | None, cache_keys: torch.Tensor | None = None,
+                cache_values: torch.Tensor | None = None,
+                cache_positions: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attention(self.input_layernorm(x), cos, sin, attn_mask, cache_keys, cache_values,
+                               cache_positions)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -358,8 +383,10 @@ class LLaDA2ModelLM(PreTrainedModel):
     # --- forward ----------------------------------------------------------------------------
 
     def attention_mask_for(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                           position_ids: torch.Tensor, block_length: int | None) -> torch.Tensor | None:
-        """The mask SDPA gets (see `forward_hidden`)."""
+                           position_ids: torch.Tensor, block_length: int | None,
+                           query_index: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The mask SDPA gets (see `forward_hidden`); ``position_ids`` are the whole sequence's
+        and ``query_index`` the input tokens' positions in it (a cached forward)."""
         if attention_mask is not None and attention_mask.dim() == 4:
             if block_length is not None:
                 raise ValueError("block_length with a 4-D attention_mask: the 4-D mask already says "
@@ -371,14 +398,15 @@ class LLaDA2ModelLM(PreTrainedModel):
         if block_length is not None:
             if block_length < 1:
                 raise ValueError(f"block_length={block_length}: it must be a positive number of tokens")
-            return block_causal_mask(position_ids, int(block_length), attention_mask)
+            return block_causal_mask(position_ids, int(block_length), attention_mask, query_index)
         if attention_mask is None:
             return None
         return attention_mask.bool()[:, None, None, :]
 
     def forward_hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                       position_ids: torch.Tensor | None = None,
-                       block_length: int | None = None) -> torch.Tensor:
+                       position_ids: torch.Tensor | None = None, block_length: int | None = None,
+                       kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+                       cache_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Final hidden states after ``norm``: ``[B, L, hidden_size]``.
 
         attention_mask: one of
@@ -392,19 +420,86 @@ class LLaDA2ModelLM(PreTrainedModel):
         block_length: block-causal attention (`block_causal_mask`) over the positions, combined
             with a 2-D padding mask; with positions ``0..L-1`` it is the official generate()'s
             mask for blocks of that length. Not with a 4-D mask.
+        kv_cache: (keys, values), each ``[num_hidden_layers, B, num_key_value_heads, T,
+            head_dim]`` (`kv_cache_shape`), the exact block cache. Without ``cache_positions``
+            the input is the whole sequence (``T`` tokens), computed as without a cache, and every
+            layer's keys and values (after RoPE) are stored. With them the input is the tokens
+            at those positions (a block): their keys and values replace the stored ones there and
+            they attend to the ``T`` stored ones under the block-causal mask (``block_length``
+            required), which hides every later block. With block-causal attention a finished
+            block's keys and values depend on it and earlier blocks only, so once stored from its
+            final tokens they are exact: the block's logits equal the uncached forward's, whatever
+            the cache holds at later positions. ``attention_mask`` is then the whole sequence's
+            ``[B, T]`` padding mask and ``position_ids`` (default: from it) the whole sequence's.
+        cache_positions: ``[Lq]`` int64 positions of the input tokens in the sequence.
         """
+        if cache_positions is not None and kv_cache is None:
+            raise ValueError("cache_positions without kv_cache: pass the (keys, values) cache that "
+                             "a forward of the whole sequence filled")
+        if kv_cache is not None:
+            self._check_kv_cache(*kv_cache, input_ids, attention_mask, position_ids, block_length,
+                                 cache_positions)
+        length = input_ids.shape[-1] if cache_positions is None else kv_cache[0].shape[3]
         if position_ids is None:
             if attention_mask is not None and attention_mask.dim() == 2:
                 position_ids = positions_from_mask(attention_mask)
             else:
-                position_ids = torch.arange(input_ids.shape[-1], device=input_ids.device).unsqueeze(0)
-        attn_mask = self.attention_mask_for(input_ids, attention_mask, position_ids, block_length)
+                position_ids = torch.arange(length, device=input_ids.device).unsqueeze(0)
+        attn_mask = self.attention_mask_for(input_ids, attention_mask, position_ids, block_length,
+                                            cache_positions)
+        if cache_positions is not None:
+            position_ids = position_ids.index_select(-1, cache_positions)
         m = self.model
         x = F.embedding(input_ids, m.word_embeddings.weight)
         cos, sin = partial_rotary_cos_sin(position_ids, self.config.rotary_dim, self._rope_theta[0], x.dtype)
-        for layer in m.layers:
-            x = layer(x, cos, sin, attn_mask)
+        if kv_cache is None:
+            for layer in m.layers:
+                x = layer(x, cos, sin, attn_mask)
+        else:
+            keys, values = kv_cache
+            for i, layer in enumerate(m.layers):
+                x = layer(x, cos, sin, attn_mask, keys[i], values[i], cache_positions)
         return m.norm(x)
+
+    def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
+        """Shape of each of the keys and values tensors of a `kv_cache` for ``[batch_size,
+        seq_len]`` sequences."""
+        cfg = self.config
+        return (cfg.num_hidden_layers, batch_size, cfg.num_key_value_heads, seq_len, cfg.head_dim)
+
+    def _check_kv_cache(self, keys, values, input_ids, attention_mask, position_ids, block_length,
+                        cache_positions) -> None:
+        # Shapes, dtypes and devices are static under torch.compile: these checks cost the
+        # compiled step nothing.
+        batch, length = input_ids.shape
+        seq_len = keys.shape[3] if keys.dim() == 5 else -1
+        expected = self.kv_cache_shape(batch, length if cache_positions is None else seq_len)
+        for name, cache in (("keys", keys), ("values", values)):
+            if tuple(cache.shape) != expected:
+                raise ValueError(f"kv_cache {name} of shape {tuple(cache.shape)} for input_ids of shape "
+                                 f"{(batch, length)}: allocate it with model.kv_cache_shape(batch_size, "
+                                 f"seq_len) = {expected}")
+            if not cache.is_floating_point() or cache.device != input_ids.device:
+                raise ValueError(f"kv_cache {name} of dtype {cache.dtype} on {cache.device} for input_ids "
+                                 f"on {input_ids.device}: allocate keys and values as floating-point "
+                                 f"tensors on the model's device")
+        if keys.dtype != values.dtype:
+            raise ValueError(f"kv_cache keys of dtype {keys.dtype} and values of dtype {values.dtype}: "
+                             f"allocate both in one dtype")
+        if not torch.compiler.is_compiling() and keys.data_ptr() == values.data_ptr():
+            raise ValueError("kv_cache keys and values share their memory: allocate two tensors")
+        if cache_positions is None:
+            return
+        if cache_positions.shape != (length,):
+            raise ValueError(f"cache_positions of shape {tuple(cache_positions.shape)} for {length} input "
+                             f"tokens: give one sequence position per input token")
+        if block_length is None:
+            raise ValueError("a cached forward (cache_positions) needs block_length: the block-causal "
+                             "mask is what makes the cache exact (it hides the later blocks)")
+        for name, tensor in (("attention_mask", attention_mask), ("position_ids", position_ids)):
+            if tensor is not None and (tensor.dim() != 2 or tensor.shape[-1] != seq_len):
+                raise ValueError(f"{name} of shape {tuple(tensor.shape)} in a cached forward of {seq_len} "
+                                 f"stored positions: give the whole sequence's [B, {seq_len}]")
 
     def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits ``[..., vocab_size]`` from final (normed) hidden states: one ``F.linear``."""
@@ -417,10 +512,12 @@ class LLaDA2ModelLM(PreTrainedModel):
         position_ids: torch.Tensor | None = None,
         block_length: int | None = None,
         return_dict: bool | None = None,
+        kv_cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+        cache_positions: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple[torch.Tensor]:
-        """Logits for every input position. `attention_mask`, `position_ids`, `block_length`: see
-        `forward_hidden`.
+        """Logits for every input position. `attention_mask`, `position_ids`, `block_length`,
+        `kv_cache`, `cache_positions`: see `forward_hidden`.
 
         Extra keyword arguments of the official forward are accepted only when they ask for
         nothing this model does not do (``use_cache``/``output_*`` False or None, no
@@ -429,7 +526,8 @@ class LLaDA2ModelLM(PreTrainedModel):
         for name, value in kwargs.items():
             if value is not None and value is not False:
                 raise TypeError(f"LLaDA2ModelLM.forward does not support {name}={value!r}")
-        hidden = self.forward_hidden(input_ids, attention_mask, position_ids, block_length)
+        hidden = self.forward_hidden(input_ids, attention_mask, position_ids, block_length, kv_cache,
+                                     cache_positions)
         logits = self.lm_head_logits(hidden)
         if return_dict is False:
             return (logits,)
