@@ -237,11 +237,31 @@ def test_a_cached_block_gets_the_uncached_logits_whatever_the_cache_holds_later(
     close(cached[real], full[:, block][real])
 
 
+@pytest.mark.parametrize("k", [0, 1, 2])
+def test_per_row_cache_positions_cache_each_rows_own_block(k):
+    """Padding by 3 shifts the second row's blocks by 3 canvas slots: with cache_positions per
+    row, each row's block k (canvas slots pad + 4k ...) gets the uncached logits, the cache
+    filled from a canvas that differs from block k on."""
+    model = official_model()
+    ids, mask = padded_canvas(pad=3)
+    rows = torch.stack([torch.arange(4 * k, 4 * k + 4), torch.arange(3 + 4 * k, 7 + 4 * k)])
+    other = ids.clone()
+    for row in range(2):
+        other[row, int(rows[row, 0]):] = MASK
+    cache = new_cache(model, 2, 16)
+    with torch.no_grad():
+        full = model(ids, mask, block_length=BLOCK).logits
+        model(other, mask, block_length=BLOCK, kv_cache=cache)
+        cached = model(ids.gather(1, rows), mask, block_length=BLOCK, kv_cache=cache,
+                       cache_positions=rows).logits
+    for row in range(2):
+        close(cached[row], full[row, rows[row]])
+
+
 def test_a_padded_row_whose_blocks_straddle_the_cached_slice_is_not_exact():
     """Blocks follow positions: padding by 3 shifts the second row's blocks by 3 canvas slots, so
-    a slice of the canvas's blocks spans two of its blocks, and the later one sees what the cache
-    holds ahead of the slice. A decode must cache per row's blocks (or pad rows alike modulo
-    block_length)."""
+    one slice of the canvas for both rows spans two of its blocks, and the later one sees what the
+    cache holds ahead of the slice: per-row cache_positions are the way (above)."""
     model = official_model()
     ids, mask = padded_canvas(pad=3)
     other = ids.clone()
@@ -336,7 +356,7 @@ def test_cache_arguments_that_do_not_fit_are_refused():
         model(ids[:, block], mask, block_length=BLOCK, cache_positions=block)
     with pytest.raises(ValueError, match=r"kv_cache_shape"):
         model(ids[:, :8], kv_cache=cache)
-    with pytest.raises(ValueError, match="one sequence position per input token"):
+    with pytest.raises(ValueError, match=r"cache_positions of shape \(2,\)"):
         model(ids[:, block], mask, block_length=BLOCK, kv_cache=cache, cache_positions=block[:2])
     with pytest.raises(ValueError, match=r"attention_mask of shape \(2, 4\)"):
         model(ids[:, block], mask[:, block], block_length=BLOCK, kv_cache=cache, cache_positions=block)

@@ -109,7 +109,8 @@ def block_causal_mask(position_ids: torch.Tensor, block_length: int,
     with ``position_ids [B or 1, L]``: query i sees key j when ``position_ids[j] // block_length <=
     position_ids[i] // block_length`` (its own block and every earlier one) and key j is not
     padding (``key_padding [B, L]``, True for real tokens). The queries are every token
-    (``Lq = L``) or the tokens at ``query_index [Lq]`` (a cached forward's).
+    (``Lq = L``) or the tokens at ``query_index`` (a cached forward's: ``[Lq]``, or ``[B, Lq]``
+    per row).
 
     With ``position_ids = 0..L-1`` these are the official `generate()`'s blocks, aligned to
     absolute positions from 0. Every token also sees itself, so a padding row (whose keys are all
@@ -117,12 +118,16 @@ def block_causal_mask(position_ids: torch.Tensor, block_length: int,
     """
     length = position_ids.shape[-1]
     block = torch.div(position_ids, block_length, rounding_mode="floor")
-    query_block = block if query_index is None else block.index_select(-1, query_index)
+    if query_index is None:
+        query_index = torch.arange(length, device=position_ids.device)
+        query_block = block
+    else:
+        query_index = query_index if query_index.dim() == 2 else query_index.unsqueeze(0)
+        rows = max(block.shape[0], query_index.shape[0])
+        query_block = block.expand(rows, -1).gather(-1, query_index.expand(rows, -1))
     allowed = block.unsqueeze(-2) <= query_block.unsqueeze(-1)  # [B, Lq, L]
     if key_padding is not None:
         allowed = allowed & key_padding.bool().unsqueeze(-2)
-    if query_index is None:
-        query_index = torch.arange(length, device=position_ids.device)
     itself = query_index.unsqueeze(-1) == torch.arange(length, device=position_ids.device)
     return (allowed | itself).unsqueeze(1)
 
@@ -259,9 +264,10 @@ class LLaDA2Attention(nn.Module):
                 cache_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Attention of ``hidden``'s tokens. With a cache (``[B, n_kv_heads, T, head_dim]`` keys and
         values, after RoPE): without ``cache_positions`` the tokens are the whole sequence and
-        their keys and values are stored; with them the tokens sit at those positions, their
-        keys and values replace the stored ones there, and they attend to all ``T`` stored ones
-        (under ``attn_mask``, which hides what they must not see)."""
+        their keys and values are stored; with them (``[B, Lq]``) the tokens sit at those
+        positions of their rows, their keys and values replace the stored ones there, and they
+        attend to all ``T`` stored ones (under ``attn_mask``, which hides what they must not
+        see)."""
         B, L, _ = hidden.shape
         qkv = self.query_key_value(hidden).view(B, L, self.num_heads + 2 * self.num_kv_heads, self.head_dim)
         q, k, v = qkv.split([self.num_heads, self.num_kv_heads, self.num_kv_heads], dim=2)
@@ -276,8 +282,9 @@ class LLaDA2Attention(nn.Module):
                 cache_keys.copy_(k)
                 cache_values.copy_(v)
             else:
-                cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
-                cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
+                index = cache_positions[:, None, :, None].expand(-1, self.num_kv_heads, -1, self.head_dim)
+                cache_keys.scatter_(2, index, k.to(cache_keys.dtype))
+                cache_values.scatter_(2, index, v.to(cache_values.dtype))
                 k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
         if self.num_kv_heads != self.num_heads:
             groups = self.num_heads // self.num_kv_heads
@@ -431,7 +438,9 @@ class LLaDA2ModelLM(PreTrainedModel):
             final tokens they are exact: the block's logits equal the uncached forward's, whatever
             the cache holds at later positions. ``attention_mask`` is then the whole sequence's
             ``[B, T]`` padding mask and ``position_ids`` (default: from it) the whole sequence's.
-        cache_positions: ``[Lq]`` int64 positions of the input tokens in the sequence.
+        cache_positions: int64 positions of the input tokens in the sequence, ``[Lq]`` (the same
+            in every row) or ``[B, Lq]`` (per row: a left-padded row's blocks follow its own
+            positions, so its current block sits elsewhere in the canvas than another row's).
         """
         if cache_positions is not None and kv_cache is None:
             raise ValueError("cache_positions without kv_cache: pass the (keys, values) cache that "
@@ -445,10 +454,12 @@ class LLaDA2ModelLM(PreTrainedModel):
                 position_ids = positions_from_mask(attention_mask)
             else:
                 position_ids = torch.arange(length, device=input_ids.device).unsqueeze(0)
+        if cache_positions is not None and cache_positions.dim() == 1:
+            cache_positions = cache_positions.unsqueeze(0).expand(input_ids.shape[0], -1)
         attn_mask = self.attention_mask_for(input_ids, attention_mask, position_ids, block_length,
                                             cache_positions)
         if cache_positions is not None:
-            position_ids = position_ids.index_select(-1, cache_positions)
+            position_ids = position_ids.expand(input_ids.shape[0], -1).gather(-1, cache_positions)
         m = self.model
         x = F.embedding(input_ids, m.word_embeddings.weight)
         cos, sin = partial_rotary_cos_sin(position_ids, self.config.rotary_dim, self._rope_theta[0], x.dtype)
@@ -490,9 +501,11 @@ class LLaDA2ModelLM(PreTrainedModel):
             raise ValueError("kv_cache keys and values share their memory: allocate two tensors")
         if cache_positions is None:
             return
-        if cache_positions.shape != (length,):
-            raise ValueError(f"cache_positions of shape {tuple(cache_positions.shape)} for {length} input "
-                             f"tokens: give one sequence position per input token")
+        shape = tuple(cache_positions.shape)
+        if not (shape == (length,) or shape == (batch, length)):  # (`in` on tuples trips dynamo)
+            raise ValueError(f"cache_positions of shape {tuple(cache_positions.shape)} for input_ids of "
+                             f"shape {(batch, length)}: give one sequence position per input token "
+                             f"([{length}], or [{batch}, {length}] per row)")
         if block_length is None:
             raise ValueError("a cached forward (cache_positions) needs block_length: the block-causal "
                              "mask is what makes the cache exact (it hides the later blocks)")
