@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -115,6 +116,8 @@ def main(argv=None) -> int:
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per test run")
     parser.add_argument("--out", help="append a JSON line per mutant here")
     args = parser.parse_args(argv)
+    # A stopped round restores the file it mutated (the finally below runs).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     chosen = [m for m in MUTANTS if not args.only or m[0] in args.only]
     lost, survived = [], []
     for name, file, old, new, selection in chosen:
