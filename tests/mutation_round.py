@@ -107,7 +107,9 @@ def run_tests(selection: str, inductor: bool, timeout: float) -> bool:
                               cwd=ROOT, env=env, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return False
-    return done.returncode == 0  # 5: nothing selected is no kill either
+    if done.returncode == 5:
+        raise SystemExit(f"pytest -k {selection!r} selects no test: update the mutant")
+    return done.returncode == 0
 
 
 def main(argv=None) -> int:
