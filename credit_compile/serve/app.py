@@ -100,6 +100,7 @@ class Service:
             batch_wait=self.options.batch_wait, metrics=self.metrics, tokenizer_lock=lock)
         self.started = time.time()
         self.closing = False
+        self.on_shutdown: list = []  # callables run once the scheduler is closed
 
     def app(self) -> Starlette:
         @contextlib.asynccontextmanager
@@ -110,6 +111,8 @@ class Service:
             finally:
                 self.closing = True
                 await asyncio.to_thread(self.scheduler.close, self.options.shutdown_grace)
+                for hook in self.on_shutdown:
+                    await asyncio.to_thread(hook)
 
         routes = [
             Route("/v1/completions", self._completions, methods=["POST"]),

@@ -11,8 +11,16 @@ import sys
 import time
 from dataclasses import dataclass
 
+import uvicorn
+
 from .app import ServeOptions, Service
-from .warmstart import bucket_shapes, load_artifacts, precompile, save_artifacts
+from .warmstart import (
+    bucket_shapes,
+    inductor_cache_counts,
+    load_artifacts,
+    precompile,
+    save_artifacts,
+)
 
 log = logging.getLogger("credit_compile.serve")
 
@@ -25,6 +33,8 @@ class WarmStart:
     shapes: int = 0
     precompile_seconds: float = 0.0
     artifacts_saved: int = 0
+    inductor_compiled: int = 0  # graphs Inductor generated code for while precompiling
+    inductor_cached: int = 0  # graphs it took from its cache (the artifacts) instead
 
 
 def build_service(model, tokenizer, config, options: ServeOptions | None = None, *,
@@ -46,7 +56,10 @@ def build_service(model, tokenizer, config, options: ServeOptions | None = None,
     service = Service(fast, tokenizer, options)
     if shapes:
         warm.shapes = len(shapes)
+        compiled, cached = inductor_cache_counts()
         warm.precompile_seconds = precompile(fast, shapes, on_note)
+        now_compiled, now_cached = inductor_cache_counts()
+        warm.inductor_compiled, warm.inductor_cached = now_compiled - compiled, now_cached - cached
         if cache_dir is not None:
             warm.artifacts_saved = save_artifacts(cache_dir)
     return service, warm
@@ -54,22 +67,20 @@ def build_service(model, tokenizer, config, options: ServeOptions | None = None,
 
 def serve(args, config) -> int:
     """`credit-compile serve`: blocks until the server is stopped (Ctrl-C, SIGTERM)."""
-    import uvicorn
-
     from ..models.loading import load_model_and_tokenizer
 
     def note(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype,
-                                                        on_note=note)
     name = args.served_model_name or ("credit-compile-default" if args.model is None
                                       else args.model.rstrip("/").rsplit("/", 1)[-1])
     options = ServeOptions(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,
                            batch_wait=args.batch_wait_ms / 1000,
                            request_timeout=args.request_timeout,
                            shutdown_grace=args.shutdown_grace)
+    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype,
+                                                        on_note=note)
     prompt_tokens = None
     if args.precompile:
         prompt_tokens = args.precompile_prompt_tokens or config.prompt_bucket or 16
@@ -79,10 +90,15 @@ def serve(args, config) -> int:
     if args.cache_dir is not None:
         note(f"compile cache {args.cache_dir}: {warm.artifacts_loaded} artifacts loaded"
              + (f", {warm.artifacts_saved} bytes saved" if warm.artifacts_saved else ""))
+    if warm.shapes:
+        note(f"precompiled {warm.shapes} shapes in {warm.precompile_seconds:.1f} s (Inductor: "
+             f"{warm.inductor_compiled} graphs compiled, {warm.inductor_cached} from the cache)")
     note(f"serving {name!r} on {device} at http://{args.host}:{args.port}/v1 "
-         f"(start-up {time.perf_counter() - start:.1f} s; {warm.shapes} shapes precompiled)")
+         f"(start-up {time.perf_counter() - start:.1f} s)")
+    if args.cache_dir is not None:  # shapes compiled while serving join the cache
+        service.on_shutdown.append(lambda: save_artifacts(args.cache_dir))
+    # uvicorn handles SIGINT/SIGTERM: it stops taking connections, waits for those open (at
+    # most the grace), runs the app's shutdown (the scheduler's), then exits by the signal.
     uvicorn.run(service.app(), host=args.host, port=args.port, log_level=args.log_level,
                 timeout_graceful_shutdown=int(options.shutdown_grace) or None)
-    if args.cache_dir is not None:  # shapes compiled while serving join the cache
-        save_artifacts(args.cache_dir)
     return 0

@@ -68,6 +68,17 @@ def bucket_shapes(config, max_batch: int, max_prompt_tokens: int) -> list[tuple[
     return [(b, p) for b in batches for p in lengths]
 
 
+def inductor_cache_counts() -> tuple[int, int]:
+    """(graphs Inductor compiled, graphs it took from its cache) in this process so far: how a
+    warm start shows that it compiled nothing (torch's own counters; (0, 0) where absent)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0, 0
+    inductor = counters.get("inductor", {})
+    return inductor.get("fxgraph_cache_miss", 0), inductor.get("fxgraph_cache_hit", 0)
+
+
 def precompile(fast, shapes, on_note=None) -> float:
     """Compiles the step of each (batch, prompt length) in `shapes` (left-padded, as the
     scheduler's batches); the seconds taken."""
