@@ -4,11 +4,11 @@
     python benchmarks/bench_serve.py --suite load --requests 128 --clients 32
     python benchmarks/bench_serve.py --suite start --plot docs/serve.png
 
-`load`: `credit-compile serve --precompile` runs in a process of its own, twice in the same run:
-batched (`--max-batch`, buckets of `--batch-bucket`) and one at a time (`--max-batch 1`). Each
-gets `--requests` completions from `--clients` concurrent loopback clients (the prompts cycle
-through the embedded model's tasks), all of them within `--time-limit` seconds; the measured
-window starts after an untimed request. A row per mode: requests/s, completion tokens/s, canvas
+`load`: `credit-compile serve --precompile` runs in two processes of its own at once: batched
+(`--max-batch`, buckets of `--batch-bucket`) and one at a time (`--max-batch 1`). In each of
+`--rounds` rounds, each in turn gets `--requests` completions from `--clients` concurrent
+loopback clients (the prompts cycle through the embedded model's tasks), within `--time-limit`
+seconds; each round starts after an untimed request. A row per mode: requests/s, completion tokens/s, canvas
 tokens/s (rows x gen_length decoded), p50/p99 latency and the histogram of prompts per
 generate() call read from the server's /metrics.
 
@@ -78,10 +78,19 @@ class Server:
             time.sleep(0.1)
         raise RuntimeError(f"the server did not come up in {seconds} s")
 
-    def metrics(self) -> str:
+    def metrics(self, seconds: float = 60.0) -> str:
+        """/metrics once every generate() call begun has ended (an answer goes out when its row
+        finishes, before its call has counted its figures)."""
         import httpx
 
-        return httpx.get(self.url + "/metrics", timeout=30).text
+        deadline = time.perf_counter() + seconds
+        while True:
+            text = httpx.get(self.url + "/metrics", timeout=30).text
+            begun = metric(text, "credit_compile_batch_size_count")
+            if metric(text, "credit_compile_generate_calls_total") >= begun or \
+                    time.perf_counter() > deadline:
+                return text
+            time.sleep(0.05)
 
     def stop(self) -> str:
         if self.process.poll() is None:
@@ -154,44 +163,63 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run_load(args, base: dict, tmp: Path) -> list[dict]:
-    rows = []
+    """Both servers up at once, the load sent to each in turn for `--rounds` rounds: a machine
+    whose other load changes over the run weighs on both modes alike."""
     modes = (("batched", ["--max-batch", str(args.max_batch), "--batch-bucket",
                           str(args.batch_bucket)]),
              ("one_at_a_time", ["--max-batch", "1", "--batch-bucket", "1"]))
     env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp / "inductor")}  # shared: only the shapes differ
-    for mode, flags in modes:
-        server = Server([*flags, "--precompile", "--prompt-bucket", str(args.prompt_bucket),
-                         "--max-queue", str(max(args.requests, args.max_batch))], env,
-                        tmp / f"{mode}.log")
-        try:
-            server.wait_healthy(args.time_limit)
-            results, seconds = asyncio.run(load(server.url, args.requests, args.clients,
-                                                args.time_limit, args.max_tokens))
-            metrics = server.metrics()
-        finally:
+    servers = {}
+    try:
+        for mode, flags in modes:  # one after the other: their compiles do not overlap
+            servers[mode] = Server([*flags, "--precompile", "--prompt-bucket",
+                                    str(args.prompt_bucket), "--max-queue",
+                                    str(max(args.requests, args.max_batch))], env,
+                                   tmp / f"{mode}.log")
+            servers[mode].wait_healthy(args.time_limit)
+        runs = {mode: [] for mode, _ in modes}
+        for _ in range(args.rounds):
+            for mode, _ in modes:
+                runs[mode].append(asyncio.run(load(servers[mode].url, args.requests,
+                                                   args.clients, args.time_limit,
+                                                   args.max_tokens)))
+        metrics = {mode: server.metrics() for mode, server in servers.items()}
+    finally:
+        for server in servers.values():
             server.stop()
+    rows = []
+    for mode, _ in modes:
+        results = [r for run, _ in runs[mode] for r in run]
         ok = [r for r in results if r[2]]
         latencies = [r[0] for r in ok]
+        seconds = sum(s for _, s in runs[mode])
+        per_round = [sum(1 for r in run if r[2]) / s for run, s in runs[mode]]
+        text = metrics[mode]
         row = {**base, "suite": "load", "mode": mode,
                "max_batch": args.max_batch if mode == "batched" else 1,
                "batch_bucket": args.batch_bucket if mode == "batched" else 1,
                "prompt_bucket": args.prompt_bucket, "gen_length": 16, "block_length": 8,
-               "clients": args.clients, "requests": args.requests, "completed": len(ok),
-               "errors": len(results) - len(ok), "seconds": seconds,
-               "requests_per_s": len(ok) / seconds,
+               "clients": args.clients, "requests": args.requests * args.rounds,
+               "rounds": args.rounds, "completed": len(ok), "errors": len(results) - len(ok),
+               "seconds": seconds, "requests_per_s": len(ok) / seconds,
+               "requests_per_s_rounds": per_round,
                "completion_tokens_per_s": sum(r[1] for r in ok) / seconds,
-               "canvas_tokens_per_s": (metric(metrics, "credit_compile_generated_tokens_total")
-                                       - 16) / seconds,  # less the untimed request's row
+               # rows x gen_length decoded, less the untimed requests' rows
+               "canvas_tokens_per_s": (metric(text, "credit_compile_generated_tokens_total")
+                                       - 16 * args.rounds) / seconds,
                "p50_ms": percentile(latencies, 50) * 1e3 if ok else None,
                "p99_ms": percentile(latencies, 99) * 1e3 if ok else None,
-               "generate_calls": int(metric(metrics, "credit_compile_batch_size_count")) - 1,
-               "batch_sizes": batch_histogram(metrics),
-               "compiles_while_serving": int(metric(metrics, "credit_compile_compiles_total"))}
+               "generate_calls": int(metric(text, "credit_compile_batch_size_count"))
+               - args.rounds,
+               "batch_sizes": batch_histogram(text),
+               "compiles_while_serving": int(metric(text, "credit_compile_compiles_total")),
+               "loadavg_1min_after": os.getloadavg()[0]}
         rows.append(row)
         print(f"{mode:>14}: {row['requests_per_s']:7.2f} req/s  "
               f"{row['completion_tokens_per_s']:7.1f} tokens/s  p50 {row['p50_ms']:7.1f} ms  "
               f"p99 {row['p99_ms']:7.1f} ms  calls {row['generate_calls']}  "
-              f"batches {row['batch_sizes']}  errors {row['errors']}", flush=True)
+              f"batches {row['batch_sizes']}  errors {row['errors']}  rounds "
+              f"{[round(r, 1) for r in per_round]}", flush=True)
     rows[0]["speedup_requests_per_s"] = rows[0]["requests_per_s"] / rows[1]["requests_per_s"]
     return rows
 
@@ -288,7 +316,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=["load", "start", "both"], default="both")
-    parser.add_argument("--requests", type=positive_int, default=96)
+    parser.add_argument("--requests", type=positive_int, default=64, help="per round")
+    parser.add_argument("--rounds", type=positive_int, default=3)
     parser.add_argument("--clients", type=positive_int, default=16)
     parser.add_argument("--max-batch", type=positive_int, default=8)
     parser.add_argument("--batch-bucket", type=positive_int, default=4)

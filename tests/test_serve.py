@@ -387,3 +387,51 @@ def _wait_until(condition, seconds: float) -> None:
     while not condition():
         assert time.monotonic() < deadline, "timed out waiting"
         time.sleep(0.02)
+
+
+def test_the_client_example_in_the_docs_prints_what_it_says(server, capsys):
+    import re
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
+    (code,) = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "openai.OpenAI(" in b]
+    assert "http://127.0.0.1:8000/v1" in code
+    exec(compile(code.replace("http://127.0.0.1:8000", server[1].url), "docs/serving.md", "exec"),
+         {"__name__": "serving_client_example"})
+    promised = re.findall(r"# (.+)$", "\n".join(line for line in code.splitlines()
+                                               if line.startswith("print(")), re.M)
+    assert capsys.readouterr().out.splitlines() == promised
+
+
+def _row(max_tokens=16, stop=()):
+    from credit_compile.serve.protocol import Request
+    from credit_compile.serve.scheduler import Job, Row
+
+    request = Request(kind="completion", model=NAME, prompts=[[1]], max_tokens=max_tokens,
+                      overrides={}, stop=tuple(stop))
+    job = Job.__new__(Job)  # no event loop needed to read a row's text
+    job.request = request
+    return Row(job, 0, [1])
+
+
+def test_a_row_holds_back_what_may_begin_a_stop_string_until_the_next_block():
+    tokenizer = CharTokenizer()
+    row = _row(stop=["34"])
+    ids = tokenizer.encode
+    assert row.feed(ids("0123"), (30,), tokenizer.decode) == "012"  # "3" may begin "34"
+    assert row.feed(ids("5678"), (30,), tokenizer.decode) == "35678"
+    assert not row.done
+    row = _row(stop=["34"])
+    row.feed(ids("0123"), (30,), tokenizer.decode)
+    assert row.feed(ids("4567"), (30,), tokenizer.decode) == ""
+    assert (row.done, row.reason, row.sent) == (True, "stop", 3)
+
+
+def test_a_row_ends_at_end_of_text_or_max_tokens():
+    tokenizer = CharTokenizer()
+    row = _row(max_tokens=6)
+    assert row.feed(tokenizer.encode("0123") + [30] * 4, (30,), tokenizer.decode) == "0123"
+    assert (row.done, row.reason, row.count) == (True, "stop", 4)
+    row = _row(max_tokens=6)
+    assert row.feed(tokenizer.encode("01234567"), (30,), tokenizer.decode) == "012345"
+    assert (row.done, row.reason, row.count) == (True, "length", 6)

@@ -24,11 +24,15 @@ class Metrics:
                                 "full)", registry=r)
         self.batch_size = Histogram("credit_compile_batch_size", "prompts per generate() call",
                                     registry=r, buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64))
+        self.calls = Counter("credit_compile_generate_calls", "generate() calls ended (answers "
+                             "go out as their rows finish, before the call ends: the figures "
+                             "of a call are in once this counts it)", registry=r)
         self.tokens = Counter("credit_compile_generated_tokens",
                               "canvas tokens decoded (batch rows x gen_length)", registry=r)
         self.compiles = Counter("credit_compile_compiles",
                                 "generate() calls that compiled a step (a shape not "
-                                "precompiled)", registry=r)
+                                "precompiled; a call ended early by cancellation is not "
+                                "counted)", registry=r)
         self.compile_seconds = Counter("credit_compile_compile_seconds",
                                        "seconds spent compiling on the request path",
                                        registry=r)

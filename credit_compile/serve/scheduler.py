@@ -218,8 +218,11 @@ class Scheduler:
                 if self._closing:
                     return None
                 self._cond.wait(timeout=0.5)
-            if self.batch_wait and sum(len(j.rows) for j in self._pending) < self.max_batch:
-                self._cond.wait(timeout=self.batch_wait)  # let concurrent requests arrive
+            # Let concurrent requests arrive, up to a full batch or the end of the window.
+            deadline = time.monotonic() + self.batch_wait
+            while (sum(len(j.rows) for j in self._pending) < self.max_batch
+                   and (left := deadline - time.monotonic()) > 0):
+                self._cond.wait(timeout=left)
             head = self._pending[0]
             batch, rows = [], 0
             for job in list(self._pending):
@@ -297,7 +300,11 @@ class Scheduler:
                                       on_block=on_block, **jobs[0].request.overrides)
         except _BatchOver:
             out = None
+            if self.metrics:
+                self.metrics.calls.inc()
         except Exception as error:
+            if self.metrics:
+                self.metrics.calls.inc()
             if isolate:  # which request failed? each alone: the others still get answers
                 log.warning("a batch of %d requests failed (%r); decoding them one by one",
                             len(jobs), error)
@@ -313,6 +320,7 @@ class Scheduler:
         if out is not None:
             if self.metrics:
                 self.metrics.observe_call(out.stats or {}, out.generated.numel())
+                self.metrics.calls.inc()  # last: a reader seeing it sees the call's figures
             generated = out.generated.tolist()
             for row, row_tokens in zip(rows, generated, strict=True):  # what on_block has not had
                 if row.job.active and not row.done:
