@@ -243,6 +243,7 @@ def run_start(args, base: dict, tmp: Path) -> list[dict]:
                                       json={"model": MODEL, "prompt": PROMPTS[0]})
                 first = time.perf_counter() - start
                 metrics = server.metrics()
+                health = httpx.get(server.url + "/health", timeout=30).json()
             finally:
                 log = server.stop()
             loaded = re.search(r"(\d+) artifacts loaded", log)
@@ -256,12 +257,17 @@ def run_start(args, base: dict, tmp: Path) -> list[dict]:
                        metrics, "credit_compile_compiles_total")),
                    "compile_seconds_on_first_request": metric(
                        metrics, "credit_compile_compile_seconds_total"),
+                   "inductor_graphs_compiled": health.get("inductor_graphs_compiled"),
+                   "inductor_graphs_from_cache": health.get("inductor_graphs_from_cache"),
+                   "loadavg_1min_after": os.getloadavg()[0],
                    "artifact_bytes": (cache_dir / "compile_artifacts.bin").stat().st_size
                    if (cache_dir / "compile_artifacts.bin").is_file() else 0}
             rows.append(row)
             print(f"{row['mode']:>10}: start-up {startup:6.1f} s  first request {first:6.2f} s "
                   f"(compiles {row['compiles_on_first_request']}, artifacts loaded "
-                  f"{row['artifacts_loaded']})", flush=True)
+                  f"{row['artifacts_loaded']}, Inductor graphs compiled "
+                  f"{row['inductor_graphs_compiled']}, from the cache "
+                  f"{row['inductor_graphs_from_cache']})", flush=True)
     return rows
 
 

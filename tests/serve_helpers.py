@@ -54,10 +54,12 @@ class SlowModel:
     in flight long enough for a test to cancel it, overload the queue or time out); records how
     each call ended, and fails calls whose batch holds a row starting with `fail_on`."""
 
-    def __init__(self, fast, delay: float = 0.0, fail_on: list[int] | None = None):
+    def __init__(self, fast, delay: float = 0.0, fail_on: list[int] | None = None,
+                 fail_with: type[Exception] = RuntimeError):
         self.fast = fast
         self.delay = delay
         self.fail_on = fail_on
+        self.fail_with = fail_with
         self.ended: list[str] = []
         self.batch_sizes: list[int] = []
 
@@ -69,7 +71,7 @@ class SlowModel:
                 real = [t for t, m in zip(row, mask, strict=True) if m]
                 if real[:len(self.fail_on)] == self.fail_on:
                     self.ended.append("fault")
-                    raise RuntimeError("injected fault")
+                    raise self.fail_with("injected fault")
 
         def slow(steps):
             time.sleep(self.delay)

@@ -294,6 +294,19 @@ def test_an_exception_in_one_request_fails_that_request_only(fast, expected):
     assert after.choices[0].text == "4321" and health.json()["status"] == "ok"
 
 
+def test_input_that_generate_refuses_is_a_400_not_a_500(fast):
+    bad = CharTokenizer().encode("R1234=")
+    service, running = serve(SlowModel(fast, fail_on=bad, fail_with=ValueError))
+    try:
+        with pytest.raises(openai.BadRequestError) as raised:
+            running.client().completions.create(model=NAME, prompt="R1234=")
+        done = running.client().completions.create(model=NAME, prompt="S4213=")
+    finally:
+        running.stop()
+    assert raised.value.body["code"] == "invalid_request"
+    assert done.choices[0].text == "1234"
+
+
 @pytest.mark.parametrize(("body", "param"), [
     ({"model": "gpt-4", "prompt": "R12="}, "model"),
     ({"model": NAME, "prompt": "hello"}, "prompt"),
@@ -435,3 +448,35 @@ def test_a_row_ends_at_end_of_text_or_max_tokens():
     row = _row(max_tokens=6)
     assert row.feed(tokenizer.encode("01234567"), (30,), tokenizer.decode) == "012345"
     assert (row.done, row.reason, row.count) == (True, "length", 6)
+
+
+def test_a_request_of_a_new_shape_is_counted_as_a_compile(server):
+    import re
+    import time
+
+    running = server[1]
+
+    def counted(name: str) -> float:
+        text = httpx.get(running.url + "/metrics", timeout=10).text
+        return float(re.search(rf"^{name} (\S+)$", text, re.M)[1])
+
+    def settled() -> None:
+        deadline = time.monotonic() + 30
+        while counted("credit_compile_generate_calls_total") < counted(
+                "credit_compile_batch_size_count"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    client = running.client()
+    client.completions.create(model=NAME, prompt="R1234=")  # the default shape: compiled
+    settled()
+    before = counted("credit_compile_compiles_total")
+    client.completions.create(model=NAME, prompt="R1234=")
+    settled()
+    assert counted("credit_compile_compiles_total") == before
+    # 24 tokens: a generation length (a step) of its own, compiled on the request path; the
+    # call ends at the answer's end of text, before its last block (no timings): still counted.
+    done = client.completions.create(model=NAME, prompt="R1234=", max_tokens=24)
+    settled()
+    assert done.choices[0].text == "4321"
+    assert counted("credit_compile_compiles_total") == before + 1

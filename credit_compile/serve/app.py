@@ -27,6 +27,7 @@ from . import protocol
 from .metrics import Metrics
 from .protocol import APIError
 from .scheduler import Scheduler
+from .warmstart import inductor_cache_counts
 
 log = logging.getLogger("credit_compile.serve")
 
@@ -133,10 +134,15 @@ class Service:
 
     async def _health(self, http: HTTPRequest) -> Response:
         status = "shutting_down" if self.closing else "ok"
+        compiled, cached = inductor_cache_counts()
         return JSONResponse({"status": status, "model": self.info.name,
                              "queued_prompts": self.scheduler.queued(),
                              "batches": self.scheduler.batches,
-                             "cached_steps": self.fast.cached_steps},
+                             "cached_steps": self.fast.cached_steps,
+                             # Inductor's graphs in this process: compiled, or from the cache
+                             # (the warm start's artifacts among it)
+                             "inductor_graphs_compiled": compiled,
+                             "inductor_graphs_from_cache": cached},
                             status_code=503 if self.closing else 200)
 
     async def _metrics(self, http: HTTPRequest) -> Response:

@@ -28,23 +28,25 @@ class Metrics:
                              "go out as their rows finish, before the call ends: the figures "
                              "of a call are in once this counts it)", registry=r)
         self.tokens = Counter("credit_compile_generated_tokens",
-                              "canvas tokens decoded (batch rows x gen_length)", registry=r)
+                              "canvas tokens of the calls (prompts x gen_length; a call "
+                              "ends early once no row is read)", registry=r)
         self.compiles = Counter("credit_compile_compiles",
                                 "generate() calls that compiled a step (a shape not "
                                 "precompiled; a call ended early by cancellation is not "
                                 "counted)", registry=r)
         self.compile_seconds = Counter("credit_compile_compile_seconds",
-                                       "seconds spent compiling on the request path",
+                                       "seconds spent compiling on the request path (calls that ran to "
+                                       "their last block: one ended early has no timings)",
                                        registry=r)
         self.eager_calls = Counter("credit_compile_eager_calls",
                                    "generate() calls whose step ran eagerly (a shape that did "
                                    "not compile, on_compile_error='eager')", registry=r)
 
-    def observe_call(self, stats: dict, tokens: int) -> None:
+    def observe_call(self, stats: dict, tokens: int, compiled: bool = False) -> None:
         self.tokens.inc(tokens)
-        if stats.get("compile_seconds"):
+        if compiled or stats.get("compile_seconds"):
             self.compiles.inc()
-            self.compile_seconds.inc(stats["compile_seconds"])
+        self.compile_seconds.inc(stats.get("compile_seconds") or 0.0)
         if stats.get("runner") == "eager":
             self.eager_calls.inc()
 

@@ -295,16 +295,16 @@ class Scheduler:
         if self.metrics:
             self.metrics.batch_size.observe(len(rows))
         self.batches += 1
+        graphs = _graphs_compiled()
+        stats: dict = {}
         try:
             out = self.model.generate(ids, mask if padded else None, progress=progress,
                                       on_block=on_block, **jobs[0].request.overrides)
-        except _BatchOver:
+            stats = out.stats or {}
+        except _BatchOver:  # every row finished (or left) before the last block
             out = None
-            if self.metrics:
-                self.metrics.calls.inc()
         except Exception as error:
-            if self.metrics:
-                self.metrics.calls.inc()
+            self._observe(stats, graphs, len(rows), jobs[0].config)
             if isolate:  # which request failed? each alone: the others still get answers
                 log.warning("a batch of %d requests failed (%r); decoding them one by one",
                             len(jobs), error)
@@ -312,15 +312,16 @@ class Scheduler:
                     if job.active:
                         self._run([job], isolate=False)
                 return
+            if isinstance(error, ValueError):  # generate()'s own refusal of this input
+                jobs[0].fail(APIError(400, str(error), code="invalid_request"))
+                return
             log.exception("request %s failed", jobs[0].request.id)
             jobs[0].fail(APIError(500, f"internal error while decoding this request: {error!r}",
                                   code="internal_error"))
             return
         self._batch_seconds = time.perf_counter() - start
+        self._observe(stats, graphs, len(rows), jobs[0].config)
         if out is not None:
-            if self.metrics:
-                self.metrics.observe_call(out.stats or {}, out.generated.numel())
-                self.metrics.calls.inc()  # last: a reader seeing it sees the call's figures
             generated = out.generated.tolist()
             for row, row_tokens in zip(rows, generated, strict=True):  # what on_block has not had
                 if row.job.active and not row.done:
@@ -333,3 +334,17 @@ class Scheduler:
         for job in jobs:
             if job.active:
                 job.finish()
+
+    def _observe(self, stats: dict, graphs: int, rows: int, config) -> None:
+        if self.metrics:
+            self.metrics.observe_call(stats, rows * config.gen_length,
+                                      compiled=_graphs_compiled() > graphs)
+            self.metrics.calls.inc()  # last: a reader seeing it sees the call's figures
+
+
+def _graphs_compiled() -> int:
+    """Graphs dynamo has compiled in this process (torch's counter): a call that raised it
+    compiled, also where it ended early and has no stats (only this thread compiles here)."""
+    from torch._dynamo.utils import counters
+
+    return counters["stats"]["unique_graphs"]
