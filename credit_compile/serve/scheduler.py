@@ -209,32 +209,38 @@ class Scheduler:
             self.metrics.queue.set(sum(len(j.rows) for j in self._pending))
 
     def _next_batch(self) -> list[Job] | None:
+        """The oldest waiting request and those that batch with it; None once closing and no
+        request waits."""
         with self._cond:
             while True:
-                while self._pending and not self._pending[0].active:
-                    self._pending.popleft()
-                if self._pending:
-                    break
-                if self._closing:
-                    return None
-                self._cond.wait(timeout=0.5)
-            # Let concurrent requests arrive, up to a full batch or the end of the window.
-            deadline = time.monotonic() + self.batch_wait
-            while (sum(len(j.rows) for j in self._pending) < self.max_batch
-                   and (left := deadline - time.monotonic()) > 0):
-                self._cond.wait(timeout=left)
-            head = self._pending[0]
-            batch, rows = [], 0
-            for job in list(self._pending):
-                if not job.active:
-                    self._pending.remove(job)
-                elif job.config == head.config and rows + len(job.rows) <= self.max_batch:
-                    batch.append(job)
-                    rows += len(job.rows)
-                    self._pending.remove(job)
-            self._running = batch
-            self._set_queue_gauge()
-            return batch
+                self._drop_inactive()
+                if not self._pending:
+                    if self._closing:
+                        return None
+                    self._cond.wait(timeout=0.5)
+                    continue
+                # Let concurrent requests arrive, up to a full batch or the window's end.
+                deadline = time.monotonic() + self.batch_wait
+                while (sum(len(j.rows) for j in self._pending) < self.max_batch
+                       and (left := deadline - time.monotonic()) > 0):
+                    self._cond.wait(timeout=left)
+                self._drop_inactive()  # some may have left while it waited
+                if not self._pending:
+                    continue
+                head, batch, rows = self._pending[0], [], 0
+                for job in list(self._pending):
+                    if job.config == head.config and rows + len(job.rows) <= self.max_batch:
+                        batch.append(job)
+                        rows += len(job.rows)
+                        self._pending.remove(job)
+                self._running = batch
+                self._set_queue_gauge()
+                return batch
+
+    def _drop_inactive(self) -> None:
+        """Forgets waiting requests that were cancelled (client gone, timed out)."""
+        for job in [j for j in self._pending if not j.active]:
+            self._pending.remove(job)
 
     def _work(self) -> None:
         while True:
