@@ -117,8 +117,13 @@ def batch_histogram(text: str) -> dict[str, int]:
     out, below, bound_below = {}, 0.0, 0.0
     for le, count in cumulative:
         if count > below:
-            label = f"{int(le)}" if le - bound_below <= 1 else f"{int(bound_below) + 1}-{int(le)}"
-            out[label if le != float("inf") else f">{int(bound_below)}"] = int(count - below)
+            if le == float("inf"):
+                label = f">{int(bound_below)}"
+            elif le - bound_below <= 1:
+                label = f"{int(le)}"
+            else:
+                label = f"{int(bound_below) + 1}-{int(le)}"
+            out[label] = int(count - below)
         below, bound_below = count, le
     return out
 

@@ -43,7 +43,7 @@ class ServeOptions:
         batch_wait: seconds the worker waits for concurrent requests before decoding fewer than
             `max_batch` prompts (a little latency for a fuller batch).
         request_timeout: seconds a request may take, waiting included; then 504 (its row is no
-            longer decoded).
+            longer decoded). 0: no limit.
         shutdown_grace: seconds a shutdown waits for running and waiting requests before
             cancelling them (503).
     """
@@ -172,7 +172,7 @@ class Service:
         texts = [""] * len(request.prompts)
         gone = asyncio.ensure_future(_disconnected(http))
         try:
-            async with asyncio.timeout(self.options.request_timeout):
+            async with asyncio.timeout(self.options.request_timeout or None):
                 while True:
                     waiting = asyncio.ensure_future(job.events.get())
                     await asyncio.wait({waiting, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -208,7 +208,7 @@ class Service:
         request, status = job.request, 200
         first = [True] * len(request.prompts)
         try:
-            async with asyncio.timeout(self.options.request_timeout):
+            async with asyncio.timeout(self.options.request_timeout or None):
                 while True:
                     event = await job.events.get()
                     if event[0] == "text":

@@ -34,7 +34,7 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                    help="milliseconds the worker waits for concurrent requests before "
                         "decoding a batch that is not full")
     p.add_argument("--request-timeout", type=_seconds, default=300.0,
-                   help="seconds a request may take, waiting included (then 504)")
+                   help="seconds a request may take, waiting included (then 504); 0: no limit")
     p.add_argument("--shutdown-grace", type=_seconds, default=10.0,
                    help="seconds a shutdown waits for requests in flight before cancelling them")
     p.add_argument("--precompile", action="store_true",
