@@ -40,9 +40,11 @@ settings.load_profile("ci" if os.environ.get("CI") else os.environ.get("HYPOTHES
 @pytest.fixture(autouse=True)
 def _cheap_compile_where_marked(request):
     """`@pytest.mark.cheap_compile` (or a module's `pytestmark`) applies `cheap_compile`, but to
-    tests marked `inductor`."""
+    tests marked `inductor`, and not at all under CREDIT_COMPILE_TEST_INDUCTOR=1 (every test on
+    Inductor: what tests/mutation_round.py compares the cheap backend with)."""
     marked = request.node.get_closest_marker
-    if marked("cheap_compile") is not None and marked("inductor") is None:
+    everywhere = os.environ.get("CREDIT_COMPILE_TEST_INDUCTOR") == "1"
+    if marked("cheap_compile") is not None and marked("inductor") is None and not everywhere:
         request.getfixturevalue("cheap_compile")
 
 

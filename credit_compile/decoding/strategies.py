@@ -18,13 +18,8 @@ from collections.abc import Callable
 import torch
 
 from ..config import DecodeConfig
-from ..ops.credit_step_reference import (
-    credit_step_dense_eager,
-    credit_step_sparse_eager,
-    empty_sparse_state,
-    masked_vocab_logits,
-    top1_and_prob,
-)
+from ..ops.credit_step_reference import credit_step_dense_eager, credit_step_sparse_eager, empty_sparse_state
+from ..ops.logits import masked_vocab_logits, top1_and_prob
 from .state import DecodeState
 
 NEG_INF = float("-inf")

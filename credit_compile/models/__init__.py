@@ -4,23 +4,37 @@
     model = LLaDAModelLM.from_pretrained("path/to/LLaDA-8B-Instruct", dtype=torch.bfloat16)
     tiny = build_model("tiny")            # random weights, seconds on CPU
 
-Importing this package registers `LLaDAConfig` / `LLaDAModelLM` with the transformers Auto
-classes (model_type "llada"), so `AutoConfig`, `AutoModel`, `AutoModelForMaskedLM` and
-`AutoModelForCausalLM` load LLaDA checkpoint directories without `trust_remote_code`. That is
-a registry entry only: no compiler or torch setting changes.
+LLaDA2.x (inclusionAI's LLaDA2.0 / LLaDA2.1 block-diffusion MoE checkpoints, model_type
+"llada2_moe") has its own native model with the official layout:
+
+    from credit_compile.models import LLaDA2ModelLM
+    model = LLaDA2ModelLM.from_pretrained("path/to/LLaDA2.0-mini", dtype=torch.bfloat16)
+
+Importing this package registers `LLaDAConfig` / `LLaDAModelLM` (model_type "llada") and
+`LLaDA2Config` / `LLaDA2ModelLM` (model_type "llada2_moe") with the transformers Auto classes, so
+`AutoConfig`, `AutoModel`, `AutoModelForMaskedLM` and `AutoModelForCausalLM` load those
+checkpoint directories without `trust_remote_code`. That is a registry entry only: no compiler or
+torch setting changes.
 """
 
 from .configuration_llada import LLADA_MASK_TOKEN_ID, LLaDAConfig
+from .configuration_llada2 import LLADA2_MASK_TOKEN_ID, LLaDA2Config
 from .modeling_llada import LLaDABlock, LLaDAModel, LLaDAModelLM, positions_from_mask
-from .presets import PRESETS, available_presets, build_model, get_config
+from .modeling_llada2 import LLaDA2ModelLM, block_causal_mask
+from .presets import LLADA2_PRESETS, PRESETS, available_presets, build_model, get_config
 
 __all__ = [
     "LLADA_MASK_TOKEN_ID",
+    "LLADA2_MASK_TOKEN_ID",
     "LLaDAConfig",
+    "LLaDA2Config",
+    "LLaDA2ModelLM",
+    "block_causal_mask",
     "LLaDAModelLM",
     "LLaDAModel",
     "LLaDABlock",
     "PRESETS",
+    "LLADA2_PRESETS",
     "available_presets",
     "build_model",
     "get_config",
@@ -30,14 +44,15 @@ __all__ = [
 
 
 def register_auto_classes() -> None:
-    """Register model_type "llada" with AutoConfig, AutoModel, AutoModelForMaskedLM and
-    AutoModelForCausalLM (the official checkpoint's auto_map names AutoModel and
-    AutoModelForCausalLM). Idempotent."""
+    """Register model_types "llada" and "llada2_moe" with AutoConfig, AutoModel,
+    AutoModelForMaskedLM and AutoModelForCausalLM (the official checkpoints' auto_map names
+    AutoModel and AutoModelForCausalLM). Idempotent."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    AutoConfig.register(LLaDAConfig.model_type, LLaDAConfig, exist_ok=True)
-    for auto_cls in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
-        auto_cls.register(LLaDAConfig, LLaDAModelLM, exist_ok=True)
+    for config_cls, model_cls in ((LLaDAConfig, LLaDAModelLM), (LLaDA2Config, LLaDA2ModelLM)):
+        AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
+        for auto_cls in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
+            auto_cls.register(config_cls, model_cls, exist_ok=True)
 
 
 register_auto_classes()

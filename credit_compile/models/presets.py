@@ -19,6 +19,21 @@ bidirectional attention, untied LM head):
   checkpoint's QK-norm (per-layer RMSNorm on queries and keys) is left out (attention_layer_norm
   False); the real MoE vocabulary/rope values are taken from its published config and model card.
   It cannot load LLaDA-MoE weights: it is a benchmarking shape only.
+
+LLaDA2.x presets (`LLADA2_PRESETS`, `LLaDA2Config` / `LLaDA2ModelLM`: Bailing-MoE-v2, block
+diffusion). `get_config` and `build_model` take their names too; `available_presets()` and
+`PRESETS` stay LLaDA's until the LLaDA2 decode is wired into `optimize()`:
+
+- ``tiny-llada2``: seconds on CPU, every LLaDA2 feature: vocab_size 128 (ids 0..124 ordinary,
+  125 EOS and padding, 126 ``<|mask|>``, 127 spare), hidden 32, 2 layers (layer 0 dense, MLP 64;
+  layer 1 MoE: 8 experts of width 16 in 4 groups, 2 groups then top-2 per token, one shared
+  expert, routed_scaling_factor 2.5), 4 query heads and 2 key/value heads of 8, QK norm, RoPE on
+  half of each head (theta 10000).
+- ``llada2-mini``: the shapes of inclusionAI/LLaDA2.0-mini's ``config.json`` (16B total, about
+  1.4B active): hidden 2048, 20 layers (the first dense, MLP 5120), 16 heads and 4 key/value
+  heads of 128, QK norm, RoPE on 64 of 128 dims (theta 6e5), 256 experts of width 512 in 8
+  groups (4 chosen, top-8), one shared expert, vocab 157184, mask 156895, EOS/pad 156892. For
+  benchmarks with random bf16 weights (about 32 GB); never built in the tests.
 """
 
 from __future__ import annotations
@@ -28,9 +43,11 @@ from typing import Any
 import torch
 
 from .configuration_llada import LLaDAConfig
+from .configuration_llada2 import LLaDA2Config
 from .modeling_llada import LLaDAModelLM
+from .modeling_llada2 import LLaDA2ModelLM
 
-__all__ = ["PRESETS", "available_presets", "get_config", "build_model"]
+__all__ = ["PRESETS", "LLADA2_PRESETS", "available_presets", "get_config", "build_model"]
 
 _COMMON: dict[str, Any] = {
     "block_type": "llama",
@@ -119,50 +136,128 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+_LLADA2_TINY: dict[str, Any] = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 8,
+    "hidden_act": "silu",
+    "use_qkv_bias": False,
+    "use_qk_norm": True,
+    "use_bias": False,
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "max_position_embeddings": 512,
+    "rope_theta": 10000.0,
+    "partial_rotary_factor": 0.5,
+    "num_experts": 8,
+    "num_shared_experts": 1,
+    "num_experts_per_tok": 2,
+    "n_group": 4,
+    "topk_group": 2,
+    "routed_scaling_factor": 2.5,
+    "moe_intermediate_size": 16,
+    "first_k_dense_replace": 1,
+    "mask_token_id": 126,
+    "eos_token_id": 125,
+    "pad_token_id": 125,
+    "initializer_range": 0.02,
+    "architectures": ["LLaDA2MoeModelLM"],
+}
+
+LLADA2_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-llada2": _LLADA2_TINY,
+    "llada2-mini": {
+        "vocab_size": 157184,
+        "hidden_size": 2048,
+        "intermediate_size": 5120,
+        "num_hidden_layers": 20,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 4,
+        "head_dim": 128,
+        "hidden_act": "silu",
+        "use_qkv_bias": False,
+        "use_qk_norm": True,
+        "use_bias": False,
+        "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": False,
+        "max_position_embeddings": 32768,
+        "rope_theta": 600000.0,
+        "partial_rotary_factor": 0.5,
+        "num_experts": 256,
+        "num_shared_experts": 1,
+        "num_experts_per_tok": 8,
+        "n_group": 8,
+        "topk_group": 4,
+        "routed_scaling_factor": 2.5,
+        "moe_intermediate_size": 512,
+        "first_k_dense_replace": 1,
+        "mask_token_id": 156895,
+        "eos_token_id": 156892,
+        "pad_token_id": 156892,
+        "initializer_range": 0.02,
+        "architectures": ["LLaDA2MoeModelLM"],
+    },
+}
+
+
 def available_presets() -> list[str]:
+    """LLaDA's presets (the ones `optimize()` decodes); LLaDA2's are `LLADA2_PRESETS`."""
     return sorted(PRESETS)
 
 
-def get_config(name: str, **overrides: Any) -> LLaDAConfig:
-    """The named preset as an `LLaDAConfig`; keyword arguments override its fields."""
+def get_config(name: str, **overrides: Any) -> LLaDAConfig | LLaDA2Config:
+    """The named preset as an `LLaDAConfig` (or, for a LLaDA2 preset, an `LLaDA2Config`);
+    keyword arguments override its fields."""
+    if name in LLADA2_PRESETS:
+        return LLaDA2Config(**{**LLADA2_PRESETS[name], **overrides})
     if name not in PRESETS:
-        raise KeyError(f"unknown preset {name!r}; choose one of {available_presets()}")
+        raise KeyError(f"unknown preset {name!r}; choose one of {available_presets()} "
+                       f"(LLaDA2: {sorted(LLADA2_PRESETS)})")
     return LLaDAConfig(**{**PRESETS[name], **overrides})
 
 
-def _as_config(preset_or_config: str | dict | LLaDAConfig) -> LLaDAConfig:
-    if isinstance(preset_or_config, LLaDAConfig):
+def _as_config(preset_or_config: str | dict | LLaDAConfig | LLaDA2Config) -> LLaDAConfig | LLaDA2Config:
+    if isinstance(preset_or_config, (LLaDAConfig, LLaDA2Config)):
         return preset_or_config
     if isinstance(preset_or_config, str):
         return get_config(preset_or_config)
     if isinstance(preset_or_config, dict):
         return LLaDAConfig(**preset_or_config)
-    raise TypeError(f"expected a preset name, a config dict or an LLaDAConfig, got {type(preset_or_config)}")
+    raise TypeError(f"expected a preset name, a config dict, an LLaDAConfig or an LLaDA2Config, "
+                    f"got {type(preset_or_config)}")
 
 
 def build_model(
-    preset_or_config: str | dict | LLaDAConfig = "tiny",
+    preset_or_config: str | dict | LLaDAConfig | LLaDA2Config = "tiny",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     seed: int = 0,
-) -> LLaDAModelLM:
-    """A randomly initialised `LLaDAModelLM` in eval mode.
+) -> LLaDAModelLM | LLaDA2ModelLM:
+    """A randomly initialised `LLaDAModelLM` (or `LLaDA2ModelLM` for a LLaDA2 config) in eval mode.
 
-    Weights: every linear/embedding weight ~ N(0, init_std) (0.02 in the presets), biases 0, norm
-    weights 1. The model is built on the meta device and materialised directly on ``device`` in
-    ``dtype`` (no float32 copy of an 8B model on the host). Deterministic for a given
-    ``(config, seed, device type, dtype)``: parameters are drawn in name order from one
-    generator seeded with ``seed``.
+    Weights: every linear/embedding weight ~ N(0, init_std) (0.02 in the presets; LLaDA2:
+    ``initializer_range``), the LLaDA2 routers' weights too, biases 0, norm weights 1, the LLaDA2
+    routers' ``expert_bias`` buffers 0. The model is built on the meta device and materialised
+    directly on ``device`` in ``dtype`` (no float32 copy of an 8B model on the host).
+    Deterministic for a given ``(config, seed, device type, dtype)``: parameters are drawn in name
+    order from one generator seeded with ``seed``.
     """
     config = _as_config(preset_or_config)
     device = torch.device(device)
+    llada2 = isinstance(config, LLaDA2Config)
     with torch.device("meta"):
-        model = LLaDAModelLM(config)
+        model = LLaDA2ModelLM(config) if llada2 else LLaDAModelLM(config)
     model = model.to(dtype=dtype).to_empty(device=device)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    std = float(config.init_std)
+    std = float(config.initializer_range if llada2 else config.init_std)
     with torch.no_grad():
+        for _, buffer in model.named_buffers():  # to_empty leaves them uninitialised
+            buffer.zero_()
         for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
             if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
                 param.fill_(1.0)
