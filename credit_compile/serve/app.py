@@ -197,6 +197,14 @@ class Service:
         except APIError as error:
             self._count(endpoint, error.status, start)
             return _api_error(http, error)
+        except asyncio.CancelledError:
+            # uvicorn's shutdown cancels the requests still open after its grace: the client
+            # gets a 503 to retry elsewhere rather than a 500.
+            job.cancel()
+            error = APIError(503, "the server shut down before this request finished; retry it",
+                             code="shutting_down", headers={"Retry-After": "1"})
+            self._count(endpoint, error.status, start)
+            return _api_error(http, error)
         finally:
             gone.cancel()
         self._count(endpoint, 200, start)
