@@ -112,8 +112,9 @@ def parse_request(body: dict, kind: str, info: ModelInfo) -> Request:
         raise bad_request(f"the model {model!r} is not served here; use model={info.name!r} "
                           f"(GET /v1/models lists it)", "model", "model_not_found")
     for name, neutral in NEUTRAL.items():
-        if name in body and body[name] != neutral and not (neutral is None and body[name] in
-                                                             (None, [], {})):
+        # None-neutral fields are off when empty or false (chat's `logprobs: false`).
+        if name in body and body[name] != neutral and not (
+                neutral is None and body[name] in (None, False, [], {})):
             raise bad_request(f"{name}={body[name]!r} is not supported by this server; leave it "
                               f"out or use {neutral!r}", name, "unsupported_parameter")
     stream = body.get("stream", False)
