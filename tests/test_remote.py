@@ -16,6 +16,9 @@ from credit_compile.models import LLaDAModelLM as NativeLLaDA
 from credit_compile.models.remote import adopt_remote_llada, is_remote_llada
 
 FIXTURE = fixture_tensors()
+# Recorded on another CPU: float32 matmuls sum in another order there (logits up to 15 differ
+# by up to 1.5e-5 on an AMD EPYC); the in-process comparisons below stay at 1e-5.
+RECORDED = dict(atol=1e-4, rtol=1e-5)
 MASK = 126
 DECODE = dict(gen_length=16, block_length=8)
 
@@ -26,7 +29,7 @@ def test_stand_in_reproduces_the_official_logits():
     remote = from_fixture()
     with torch.no_grad():
         logits = remote(FIXTURE["input_ids"], use_cache=False).logits
-    torch.testing.assert_close(logits, FIXTURE["logits"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits, FIXTURE["logits"], **RECORDED)
     with pytest.raises(AttributeError, match="use_cache"):
         remote(FIXTURE["input_ids"])
 
@@ -43,7 +46,7 @@ def test_adopted_model_shares_the_parameters_and_gives_the_official_logits(caplo
     assert not any(p.is_meta for p in native.parameters())
     with torch.no_grad():
         logits = native(FIXTURE["input_ids"]).logits
-        torch.testing.assert_close(logits, FIXTURE["logits"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(logits, FIXTURE["logits"], **RECORDED)
         # The user's module still works, and sees a change made through the adopted one.
         native.model.transformer.ln_f.weight.mul_(2)
         torch.testing.assert_close(remote(FIXTURE["input_ids"], use_cache=False).logits,
