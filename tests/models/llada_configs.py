@@ -5,7 +5,7 @@ from __future__ import annotations
 PAD, MASK = 125, 126
 
 
-def _expected_keys(n_layers: int, weight_tying: bool) -> set[str]:
+def expected_keys(n_layers: int, weight_tying: bool) -> set[str]:
     keys = {"model.transformer.wte.weight", "model.transformer.ln_f.weight"}
     if not weight_tying:
         keys.add("model.transformer.ff_out.weight")
@@ -16,7 +16,7 @@ def _expected_keys(n_layers: int, weight_tying: bool) -> set[str]:
     return keys
 
 
-def _official_config_dict(**over):
+def official_config_dict(**over):
     """A LLaDA-8B-Instruct config.json, key for key, with the sizes shrunk."""
     d = {
         "activation_type": "silu", "alibi": False, "alibi_bias_max": 8.0,

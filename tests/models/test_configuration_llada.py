@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from llada_configs import MASK, PAD, _expected_keys, _official_config_dict
+from llada_configs import MASK, PAD, expected_keys, official_config_dict
 
 from credit_compile.models import (
     LLaDAConfig,
@@ -21,14 +21,14 @@ def test_mask_token_id_is_a_config_attribute():
 
 
 def test_official_config_dict_loads():
-    d = _official_config_dict()
+    d = official_config_dict()
     cfg = LLaDAConfig(**{k: v for k, v in d.items() if k != "model_type"})
     assert cfg.auto_map["AutoModel"] == "modeling_llada.LLaDAModelLM"
     assert cfg.architectures == ["LLaDAModelLM"]
     assert (cfg.mask_token_id, cfg.eos_token_id, cfg.pad_token_id) == (MASK, PAD, PAD)
     assert cfg.hidden_size == 32 and cfg.intermediate_size == 48 and not cfg.tie_word_embeddings
     model = LLaDAModelLM(cfg)
-    assert set(model.state_dict()) == _expected_keys(2, False)
+    assert set(model.state_dict()) == expected_keys(2, False)
 
 
 def test_unsupported_settings_are_refused():

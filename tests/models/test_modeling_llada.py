@@ -13,7 +13,7 @@ import torch
 from helpers import layer_calls, record_graphs
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from llada_configs import MASK, PAD, _expected_keys, _official_config_dict
+from llada_configs import MASK, PAD, expected_keys, official_config_dict
 from torch._dynamo.utils import counters
 from toy_models import layered_model, token_prompts
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
@@ -363,7 +363,7 @@ def _ref_forward(model: LLaDAModelLM, ids, mask=None, interleaved_rope=False):
 @pytest.mark.parametrize("weight_tying", [False, True])
 def test_state_dict_names_match_the_official_checkpoint(weight_tying):
     model = build_model(get_config("tiny", weight_tying=weight_tying))
-    assert set(model.state_dict()) == _expected_keys(2, weight_tying)
+    assert set(model.state_dict()) == expected_keys(2, weight_tying)
     cfg = model.config
     blk = "model.transformer.blocks.0."
     shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -492,10 +492,10 @@ def test_save_and_load_round_trip(tmp_path):
 def test_official_checkpoint_directory_loads_without_remote_code(tmp_path):
     """A directory laid out like GSAI-ML/LLaDA-8B-Instruct (config.json with auto_map and no
     modeling file) loads through the Auto classes without trust_remote_code."""
-    fields = {k: v for k, v in _official_config_dict().items() if k != "model_type"}
+    fields = {k: v for k, v in official_config_dict().items() if k != "model_type"}
     model = _randomize(build_model(LLaDAConfig(**fields)))
     model.save_pretrained(tmp_path)
-    (tmp_path / "config.json").write_text(json.dumps(_official_config_dict(), indent=2))
+    (tmp_path / "config.json").write_text(json.dumps(official_config_dict(), indent=2))
     cfg = AutoConfig.from_pretrained(tmp_path)
     assert isinstance(cfg, LLaDAConfig) and cfg.precision == "amp_bf16" and "AutoModel" in cfg.auto_map
     ids = torch.randint(0, PAD, (1, 5))

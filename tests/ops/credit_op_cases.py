@@ -152,12 +152,12 @@ params = st.fixed_dictionaries({
 })
 
 
-def _sequence_kwargs(p):
+def sequence_kwargs(p):
     return dict(alpha=p["alpha"], beta=p["beta"], gamma=p["gamma"], seed=p["seed"],
                 mask_id=p["seed"] % p["vocab"], exact=False)
 
 
-def _sparse_equals_dense(p, dense_impl, sparse_impl, steps):
+def sparse_equals_dense(p, dense_impl, sparse_impl, steps):
     """K = Lb slots and at most Lb steps per block: the sparse state is the dense one exactly."""
     batch, block, vocab = p["batch"], p["block"], p["vocab"]
     alpha, beta, gamma = p["alpha"], p["beta"], p["gamma"]

@@ -11,13 +11,13 @@ from credit_op_cases import (
     LAYOUTS,
     SHAPE_IDS,
     SHAPES,
-    _sequence_kwargs,
-    _sparse_equals_dense,
     cpu_op,
     fresh_state,
     make_logits,
     params,
     run_sequence,
+    sequence_kwargs,
+    sparse_equals_dense,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -93,13 +93,13 @@ def test_cpu_op_under_torch_compile(layout):
 @given(p=params, layout=st.sampled_from(LAYOUTS))
 def test_property_cpu_op_equals_reference(p, layout):
     shape = (p["batch"], p["block"], p["vocab"])
-    run_sequence(layout, cpu_op(layout), shape, p["dtype"], steps=5, **_sequence_kwargs(p))
+    run_sequence(layout, cpu_op(layout), shape, p["dtype"], steps=5, **sequence_kwargs(p))
 
 
 @settings(max_examples=25)
 @given(p=params)
 def test_property_sparse_equals_dense_cpu_op(p):
-    _sparse_equals_dense(p, ops.credit_step_dense, ops.credit_step_sparse, steps=7)
+    sparse_equals_dense(p, ops.credit_step_dense, ops.credit_step_sparse, steps=7)
 
 
 def test_row_groups_of_whole_sequences_hold_as_many_as_fit_the_bound():

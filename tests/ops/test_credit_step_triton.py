@@ -19,8 +19,6 @@ from credit_op_cases import (
     SHAPE_IDS,
     SHAPES,
     TRITON_PROBLEM,
-    _sequence_kwargs,
-    _sparse_equals_dense,
     assert_state,
     fresh_state,
     make_logits,
@@ -28,6 +26,8 @@ from credit_op_cases import (
     params,
     reference_fn,
     run_sequence,
+    sequence_kwargs,
+    sparse_equals_dense,
     triton_launcher,
 )
 from hypothesis import given, settings
@@ -136,14 +136,14 @@ def test_property_triton_equals_reference(p, layout, nsplit, lane):
     shape = (p["batch"], p["block"], p["vocab"])
     impl = triton_launcher(layout, nsplit=nsplit, block_v=64 if nsplit else None, lane=lane)
     run_sequence(layout, impl, shape, p["dtype"], steps=3, new_block_at=2, device=DEV,
-                 **_sequence_kwargs(p))
+                 **sequence_kwargs(p))
 
 
 @needs_triton
 @settings(max_examples=3)
 @given(p=params)
 def test_property_sparse_equals_dense_triton(p):
-    _sparse_equals_dense(p, triton_launcher("dense"), triton_launcher("sparse"), steps=6)
+    sparse_equals_dense(p, triton_launcher("dense"), triton_launcher("sparse"), steps=6)
 
 
 @needs_triton
