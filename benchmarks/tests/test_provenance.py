@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "provenance.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "provenance.py"
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 

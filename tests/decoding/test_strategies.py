@@ -1,17 +1,13 @@
-"""Hand-computed tiny cases for the eager reference decoders (`credit_compile.generate_reference`).
+"""decoding/strategies.py: what each strategy proposes and commits. Hand-computed cases on scripted
+logits (vocabulary of 4, token 3 the mask; every expected value worked out by hand), properties
+on a model whose logits depend on the whole canvas, the factor rule and the token options.
 
-Every expected value here is worked out by hand from explicit small logits (the arithmetic is in
-the comments and, where a number matters, spelled out with `math.exp` in the test), never by
-calling the library's own helpers. Vocabulary of 4 tokens, token 3 is the mask token; the prompt
-is one token at canvas position 0, so generated positions are 1, 2, ...
-
-Softmax values used throughout (the mask column excluded, so three tokens remain):
+Softmax values used by the hand-computed cases (the mask column excluded, three tokens remain):
     [3, 0, 0]   -> p = e^3   / (e^3   + 2) = 0.909443
     [2, 0, 0]   -> p = e^2   / (e^2   + 2) = 0.786986
     [1.9, 0, 0] -> p = e^1.9 / (e^1.9 + 2) = 0.769742
     [1, 0, 0]   -> p = e     / (e     + 2) = 0.576117
-(the same for any permutation of the three columns).
-"""
+(the same for any permutation of the three columns)."""
 
 from __future__ import annotations
 
@@ -19,19 +15,207 @@ import math
 
 import pytest
 import torch
-from toy_models import ScriptedModel
+from decoding_cases import (
+    GEOMETRIES,
+    PROMPT,
+    S0,
+    S1,
+    alphas,
+    betas,
+    committed,
+    gammas,
+    prompts,
+    rows,
+    run,
+    scripted,
+    seeds,
+    taus,
+    toy,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from toy_models import ContextMixModel, ScriptedModel, layered_model, token_prompts
 
 import credit_compile as cc
 from credit_compile import DecodeConfig
 from credit_compile.decoding.strategies import (
+    factor_commit_sync_free,
+    make_strategy,
     num_transfer_tokens_sync_free,
     rank_descending_sync_free,
     threshold_commit_sync_free,
 )
 from credit_compile.generation_setup import setup_generation
 
-MASK = 3
-PROMPT = torch.zeros(1, 1, dtype=torch.long)
+
+@pytest.mark.parametrize("layout, optimized, fused_op", [
+    ("sparse", True, True),    # the fast path calls the op: no eager pattern to fuse
+    ("dense", True, False),    # the eager chain, which the credit-fusion pass fuses when compiled
+    ("sparse", False, False),  # the reference: always the eager chain
+    ("dense", False, False),
+])
+def test_the_credit_strategy_decides_the_fused_op_or_the_eager_chain(layout, optimized, fused_op):
+    strategy = make_strategy(DecodeConfig(credit_layout=layout), mask_id=39, optimized=optimized)
+    assert strategy.use_op is fused_op
+
+
+@pytest.mark.parametrize("factor, committed", [
+    # Bounds 1 - factor/(i+1) for i = 2, 3, 4: factor 1 -> 0.667, 0.75, 0.8.
+    (1.0, [True, True, False, False]),   # 0.7 passes 0.667, 0.5 fails 0.75
+    (0.1, [True, False, False, False]),  # 0.967: only the best, which always commits
+    (2.0, [True, True, True, False]),    # 0.333, 0.5, 0.6: 0.5 passes, 0.2 fails
+    (4.0, [True, True, True, True]),     # every bound below 0.2
+])
+def test_the_longest_run_of_confidences_above_their_bounds_commits(factor, committed):
+    conf = torch.tensor([[0.5, 0.99, 0.2, 0.7]])  # sorted: 0.99, 0.7, 0.5, 0.2
+    masked = torch.ones_like(conf, dtype=torch.bool)
+    expected = torch.tensor([[committed[2], committed[0], committed[3], committed[1]]])
+    assert torch.equal(factor_commit_sync_free(conf, masked, factor), expected)
+
+
+def test_unmasked_positions_neither_commit_nor_count():
+    # The unmasked 0.99 would be the best; among the masked, 0.6 fails its bound (0.667). A row
+    # with nothing masked commits nothing.
+    conf = torch.tensor([[0.95, 0.6, 0.99, 0.3], [0.9, 0.9, 0.9, 0.9]])
+    masked = torch.tensor([[True, True, False, True], [False, False, False, False]])
+    commit = factor_commit_sync_free(conf, masked, 1.0)
+    assert torch.equal(commit, torch.tensor([[True, False, False, False], [False] * 4]))
+
+
+def test_ties_commit_by_position():
+    conf = torch.full((1, 4), 0.7)
+    commit = factor_commit_sync_free(conf, torch.ones(1, 4, dtype=torch.bool), 1.0)
+    assert torch.equal(commit, torch.tensor([[True, True, False, False]]))  # 0.7 < 0.75 third
+
+
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "factor", "llada"])
+def test_suppressed_tokens_never_appear(strategy):
+    # The tokens the unsuppressed decode chose: suppressed, none of them appears, so the
+    # decode changed.
+    model = layered_model(1, seed=2)
+    ids, mask = token_prompts(2, 5, seed=1)
+    decode = dict(gen_length=8, block_length=4, strategy=strategy)
+    plain = cc.generate_reference(model, ids, mask, **decode).generated
+    chosen = tuple(sorted(set(plain.flatten().tolist())))
+    out = cc.generate_reference(model, ids, mask, suppress_tokens=chosen, **decode).generated
+    assert not set(out.flatten().tolist()) & set(chosen)
+
+
+def test_commit_last_proposals_score_zero():
+    # A commit of a commit-last id scores 0 (its step committed it as the count's last
+    # resort); the others score above 0. Which positions commit when: the spec oracle.
+    model = layered_model(1, seed=2)
+    ids, mask = token_prompts(2, 5, seed=1)
+    decode = dict(gen_length=8, block_length=4, strategy="llada")
+    plain = cc.generate_reference(model, ids, mask, **decode).generated
+    late = int(plain[0, 0])  # a token the plain decode commits
+    out = cc.generate_reference(model, ids, mask, commit_last_tokens=late, trace=True, **decode)
+    assert not torch.equal(out.generated, plain)
+    scores = [(int(out.sequences[row, p]) == late, c) for step in out.trace
+              for row in range(2) for p, c in zip(step.committed[row], step.confidence[row],
+                                                  strict=True)]
+    assert any(is_late for is_late, _ in scores)
+    assert all((c == 0.0) == is_late for is_late, c in scores)
+
+
+MASK = 3  # ScriptedModel cases: vocabulary of 4, token 3 is the mask
+
+
+def test_hand_computed_threshold_and_credit():
+    # Position logits (token 3 = mask has the largest logit everywhere and is never committed):
+    #   A: [3, 0, 0, 9]   p(0) = e^3/(e^3+2)     = 0.9094
+    #   B: [2.2, 0, 0, 9] p(0) = e^2.2/(e^2.2+2) = 0.8186
+    #   C: [0, 1, 0, 9]   p(1) = e/(e+2)         = 0.5761
+    row = torch.tensor([[0.0, 0, 0, 0], [3, 0, 0, 9], [2.2, 0, 0, 9], [0, 1, 0, 9]])
+    model = ScriptedModel([row], mask_id=MASK)
+    ids = torch.zeros(1, 1, dtype=torch.long)
+    common = dict(gen_length=3, block_length=3, tau=0.9, trace=True)
+
+    out = cc.generate_reference(model, ids, strategy="threshold", **common)
+    # Step 1: A passes tau. Step 2: B is the best left (0.8186 < tau but the best always
+    # commits), C is below. Step 3: C.
+    assert [t.committed[0] for t in out.trace] == [[1], [2], [3]]
+    assert out.generated[0].tolist() == [0, 0, 1]
+    assert abs(out.trace[0].confidence[0][0] - math.exp(3) / (math.exp(3) + 2)) < 1e-6
+
+    model.calls = 0
+    setup = setup_generation(model, ids, None, DecodeConfig(
+        strategy="credit", alpha=1.0, beta=0.5, gamma=1.0, tau=0.9, gen_length=3, block_length=3,
+        credit_layout="dense"))
+    step = setup.step_function()
+    credit = setup.state.buffers["credit"]
+    with torch.no_grad():
+        step()
+    p_a, p_b, p_c = (math.exp(3) / (math.exp(3) + 2), math.exp(2.2) / (math.exp(2.2) + 2),
+                     math.e / (math.e + 2))
+    assert torch.allclose(credit[0, :, :].amax(-1), torch.tensor([p_a, p_b, p_c]), atol=1e-6)
+    # Fused confidences: A 3+ln(1+0.9094) -> 0.9504 commits; B 2.2+ln(1.8186) -> 0.8914 does not.
+    assert setup.state.last_commit[0].tolist() == [True, False, False]
+    assert abs(float(setup.state.last_conf[0, 1]) - 0.8914) < 1e-3
+    with torch.no_grad():
+        step()
+    # Credit decays by beta and grows by p^gamma on still-masked positions only.
+    assert abs(float(credit[0, 1, 0]) - (0.5 * p_b + p_b)) < 1e-6
+    assert abs(float(credit[0, 0, 0]) - 0.5 * p_a) < 1e-6  # A is committed: decay only
+    # B: 2.2 + ln(1 + 1.5 p_b) -> conf 0.9095 >= tau now; C stays below.
+    assert setup.state.last_commit[0].tolist() == [False, True, False]
+
+
+def test_mask_token_as_top1_never_commits_and_terminates():
+    row = torch.zeros(3, 4)
+    row[:, MASK] = 50.0  # the model is sure every position is the mask token
+    model = ScriptedModel([row], mask_id=MASK)
+    for strategy in ("credit", "threshold", "llada"):
+        model.calls = 0
+        out = cc.generate_reference(model, torch.zeros(1, 1, dtype=torch.long), strategy=strategy,
+                                    gen_length=2, block_length=2)
+        assert (out.generated != MASK).all()
+        assert out.nfe <= 2
+
+
+def test_llada_transfer_schedule_matches_get_num_transfer_tokens():
+    # 10 masked positions over 4 steps: 10 // 4 = 2, remainder 2 -> [3, 3, 2, 2].
+    script = scripted(0, calls=4, length=11)
+    model = ScriptedModel(script, mask_id=MASK)
+    out = cc.generate_reference(model, torch.zeros(1, 1, dtype=torch.long), strategy="llada",
+                                gen_length=10, block_length=10, steps=4, trace=True)
+    assert [len(t.committed[0]) for t in out.trace] == [3, 3, 2, 2]
+    assert out.nfe == 4
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 10_000), tau=st.floats(0.3, 1.0))
+def test_alpha_zero_is_threshold_decoding_on_one_prompt(seed, tau):
+    model = ContextMixModel(seed=seed % 5)
+    ids = torch.randint(0, 30, (2, 3), generator=torch.Generator().manual_seed(seed))
+    kw = dict(gen_length=8, block_length=4, tau=tau)
+    credit = cc.generate_reference(model, ids, strategy="credit", alpha=0.0, **kw)
+    threshold = cc.generate_reference(model, ids, strategy="threshold", **kw)
+    assert torch.equal(credit.sequences, threshold.sequences) and credit.nfe == threshold.nfe
+
+
+@settings(max_examples=15)
+@given(seed=st.integers(0, 10_000), beta=st.floats(0.0, 1.0))
+def test_credit_never_negative_and_decays_by_beta(seed, beta):
+    model = ContextMixModel(seed=seed % 5)
+    ids = torch.randint(0, 30, (2, 3), generator=torch.Generator().manual_seed(seed))
+    setup = setup_generation(model, ids, None, DecodeConfig(
+        gen_length=8, block_length=8, beta=beta, tau=1.0, credit_layout="dense"))
+    step, state = setup.step_function(), setup.state
+    credit = state.buffers["credit"]
+    with torch.no_grad():
+        for _ in range(4):
+            before = credit.clone()
+            was_masked = state.x[:, state.gen_start:] == 39
+            first = int(state.step_in_block) == 0
+            step()
+            assert (credit >= 0).all()
+            if not first:
+                # Unmasked positions only decay; masked ones decay then gain at one token.
+                unmasked = ~was_masked
+                assert torch.equal(credit[unmasked], (before * beta)[unmasked])
+                gained = credit - before * beta
+                assert ((gained > 0).sum(-1) <= 1).all()
 
 
 def p_top(top: float, others=(0.0, 0.0)) -> float:
@@ -46,34 +230,7 @@ def fused_conf(logits3, credit3, alpha=1.0) -> tuple[int, float]:
     return top, math.exp(fused[top]) / sum(math.exp(f) for f in fused)
 
 
-def rows(*logits, mask_logit=10.0):
-    """[T, 4] logits: the prompt row, then one row per generated position; the mask column gets
-    `mask_logit` (larger than every real logit: the mask token must still never be chosen)."""
-    table = [[0.0, 0.0, 0.0]] + [list(r) for r in logits]
-    return torch.tensor([r + [mask_logit] for r in table], dtype=torch.float32)
-
-
-def committed(out) -> list[list[int]]:
-    return [t.committed[0] for t in out.trace]
-
-
-# ------------------------------------------------------------------------------------------------
-# One script, three strategies: which positions commit at each step, which tokens result.
-#
-#            pos1        pos2        pos3          pos4
-#   call 0:  [3,0,0]     [2,0,0]     [0,1.9,0]     [0,0,1]      (pos4 prefers token 2)
-#   call 1+: [3,0,0]     [2,0,0]     [0,1.9,0]     [0,1,0]      (pos4 switches to token 1)
-# ------------------------------------------------------------------------------------------------
-
-S0 = rows([3, 0, 0], [2, 0, 0], [0, 1.9, 0], [0, 0, 1])
-S1 = rows([3, 0, 0], [2, 0, 0], [0, 1.9, 0], [0, 1, 0])
 CREDIT = dict(alpha=1.0, beta=0.5, gamma=1.0)
-
-
-def run(strategy, script=(S0, S1), **kw):
-    model = ScriptedModel(list(script), mask_id=MASK)
-    out = cc.generate_reference(model, PROMPT, strategy=strategy, trace=True, **kw)
-    return out, model
 
 
 def test_hand_probabilities():
@@ -344,10 +501,6 @@ def test_mask_token_top1_every_position_ties_and_all_commit():
     assert out.trace[0].confidence[0] == pytest.approx([1 / 3] * 3, abs=1e-6)
 
 
-# ------------------------------------------------------------------------------------------------
-# get_num_transfer_tokens
-# ------------------------------------------------------------------------------------------------
-
 def llada_get_num_transfer_tokens(mask_index: torch.Tensor, steps: int) -> torch.Tensor:
     """LLaDA's original `get_num_transfer_tokens` (ML-GSAI/LLaDA generate.py), verbatim logic."""
     mask_num = mask_index.sum(dim=1, keepdim=True)
@@ -418,158 +571,112 @@ def test_rank_breaks_ties_by_position():
     assert ranks[:40] == list(range(1, 41)) and ranks[41:] == list(range(41, 81))
 
 
-# ------------------------------------------------------------------------------------------------
-# Early stop on end-of-text
-# ------------------------------------------------------------------------------------------------
-
-EOS = 2
+MIX_MASK = 39
 
 
-@pytest.mark.parametrize("strategy", ["threshold", "credit"])
-def test_early_stop_waits_for_the_eos_to_settle(strategy):
-    # tau = 0.9 (credit with alpha = 0 is threshold decoding).
-    #   call 0: pos1 [2,0,0] 0.787, pos2 EOS [0,0,5] 0.987, pos3 [0,1.5,0] 0.691, pos4 [0,1.4,0] 0.670
-    #   call 1: pos1 [5,0,0] 0.987, pos2 (committed),    pos3 [0,5,0] 0.987,   pos4 [0,1.4,0] 0.670
-    # Step 1 commits the EOS at pos2 but pos1 is still masked: the EOS is not settled, nothing is
-    # filled. Step 2 commits pos1 (token 0) and pos3 (token 1); now the EOS is settled and pos4,
-    # still masked, is filled with EOS.
-    script = [rows([2, 0, 0], [0, 0, 5], [0, 1.5, 0], [0, 1.4, 0]),
-              rows([5, 0, 0], [0, 0, 5], [0, 5, 0], [0, 1.4, 0])]
-    kw = dict(gen_length=4, block_length=4, tau=0.9, eos_token_id=EOS)
-    if strategy == "credit":
-        kw["alpha"] = 0.0
-    out, model = run(strategy, script, early_stop=True, **kw)
-    assert committed(out) == [[2], [1, 3]]
-    assert out.generated[0].tolist() == [0, EOS, 1, EOS]
-    assert out.nfe == 2 and model.calls == 2
-    # Without early stop pos4 is decoded as token 1 in a third step.
-    out, _ = run(strategy, script, early_stop=False, **kw)
-    assert committed(out) == [[2], [1, 3], [4]]
-    assert out.generated[0].tolist() == [0, EOS, 1, 1]
-    assert out.nfe == 3
+VOCAB = 40
 
 
-@pytest.mark.parametrize("strategy", ["threshold", "credit"])
-def test_early_stop_fills_later_blocks(strategy):
-    # Three blocks of 2. Block 0 commits token 0 and EOS in one step (both 0.99975 >= tau);
-    # later blocks (which would be token 1) are filled with EOS and never decoded.
-    script = [rows([9, 0, 0], [0, 0, 9], *[[0, 9, 0]] * 4)]
-    out, model = run(strategy, script, gen_length=6, block_length=2, tau=0.9, eos_token_id=EOS,
-                     early_stop=True)
-    assert out.generated[0].tolist() == [0, EOS, EOS, EOS, EOS, EOS]
-    assert out.nfe == 1 and model.calls == 1
-    out, _ = run(strategy, script, gen_length=6, block_length=2, tau=0.9)
-    assert out.generated[0].tolist() == [0, EOS, 1, 1, 1, 1]
-    assert out.nfe == 3
+@given(seed=seeds, batch=st.integers(1, 3), prompt_len=st.integers(1, 5),
+       geometry=st.sampled_from(GEOMETRIES), data=st.data())
+def test_llada_commits_the_scheduled_number_per_step(seed, batch, prompt_len, geometry, data):
+    gen_length, block_length = geometry
+    blocks = gen_length // block_length
+    per_block = data.draw(st.integers(1, 2 * block_length))
+    remasking = data.draw(st.sampled_from(["low_confidence", "random"]))
+    temperature = data.draw(st.sampled_from([0.0, 0.7]))
+    out = cc.generate_reference(toy(seed), prompts(seed, batch, prompt_len), strategy="llada",
+                                gen_length=gen_length, block_length=block_length,
+                                steps=blocks * per_block, remasking=remasking,
+                                temperature=temperature, seed=seed, trace=True)
+    assert out.nfe == blocks * per_block
+    # LLaDA's get_num_transfer_tokens: count // steps, +1 on the first count % steps steps.
+    base, extra = divmod(block_length, per_block)
+    schedule = [base + (s < extra) for s in range(per_block)] * blocks
+    for row in range(batch):
+        assert [len(t.committed[row]) for t in out.trace] == schedule
+    assert not (out.generated == MIX_MASK).any()
 
 
-@pytest.mark.parametrize("listed_in", ["config", "model_config"])
-def test_early_stop_on_any_of_several_end_of_text_ids(listed_in):
-    # Configs list several (end-of-text, end-of-turn): the model ends with EOS (2) while the
-    # list starts with token 1, which fills the rest. Only the list's first id used to count.
-    script = [rows([9, 0, 0], [0, 0, 9], *[[0, 9, 0]] * 4)]
-    model = ScriptedModel(list(script), mask_id=MASK)
-    kw = dict(strategy="threshold", gen_length=6, block_length=2, tau=0.9, early_stop=True)
-    if listed_in == "config":
-        out = cc.generate_reference(model, PROMPT, eos_token_id=[1, EOS], **kw)
-    else:
-        model.config.eos_token_id = [1, EOS]
-        out = cc.generate_reference(model, PROMPT, **kw)
-    assert out.generated[0].tolist() == [0, EOS, 1, 1, 1, 1]
-    assert out.nfe == 1 and model.calls == 1
+@given(seed=seeds, batch=st.integers(1, 3), prompt_len=st.integers(1, 5),
+       geometry=st.sampled_from(GEOMETRIES), tau=taus, beta=betas, gamma=gammas,
+       layout=st.sampled_from(["dense", "sparse"]))
+def test_alpha_zero_is_threshold_decoding(seed, batch, prompt_len, geometry, tau, beta, gamma,
+                                          layout):
+    model, ids = toy(seed), prompts(seed, batch, prompt_len)
+    kw = dict(gen_length=geometry[0], block_length=geometry[1], tau=tau, trace=True)
+    credit = cc.generate_reference(model, ids, strategy="credit", alpha=0.0, beta=beta,
+                                   gamma=gamma, credit_layout=layout, **kw)
+    threshold = cc.generate_reference(model, ids, strategy="threshold", **kw)
+    assert torch.equal(credit.sequences, threshold.sequences)
+    assert credit.nfe == threshold.nfe
+    assert [t.committed for t in credit.trace] == [t.committed for t in threshold.trace]
 
 
-@pytest.mark.parametrize("outside", [7, 4], ids=["beyond", "at the vocabulary size"])
-def test_an_end_of_text_id_outside_the_vocabulary_is_refused(outside):
-    with pytest.raises(ValueError, match=rf"eos_token_id {outside} is outside the model's "
-                                         r"vocabulary of 4 tokens, so early_stop would never fire"):
-        run("threshold", gen_length=4, block_length=2, early_stop=True, eos_token_id=(2, outside))
+@given(seed=seeds, batch=st.integers(1, 3), prompt_len=st.integers(1, 5),
+       geometry=st.sampled_from(GEOMETRIES), tau=taus, alpha=alphas, beta=betas, gamma=gammas)
+def test_dense_and_sparse_credit_agree(seed, batch, prompt_len, geometry, tau, alpha, beta, gamma):
+    model, ids = toy(seed), prompts(seed, batch, prompt_len)
+    kw = dict(strategy="credit", gen_length=geometry[0], block_length=geometry[1], tau=tau,
+              alpha=alpha, beta=beta, gamma=gamma, trace=True)
+    dense = cc.generate_reference(model, ids, credit_layout="dense", **kw)
+    sparse = cc.generate_reference(model, ids, credit_layout="sparse", credit_slots=None, **kw)
+    assert torch.equal(dense.sequences, sparse.sequences)
+    assert dense.nfe == sparse.nfe
+    assert [t.committed for t in dense.trace] == [t.committed for t in sparse.trace]
+    for a, b in zip(dense.trace, sparse.trace, strict=True):
+        for ra, rb in zip(a.confidence, b.confidence, strict=True):
+            assert all(math.isclose(x, y, rel_tol=1e-5, abs_tol=1e-6) for x, y in zip(ra, rb, strict=True))
 
 
-def test_a_negative_end_of_text_id_in_the_model_config_is_refused():
-    # DecodeConfig refuses a negative eos_token_id, the model's config is not checked there: its
-    # -1 can never be committed, so early_stop is refused rather than silently never firing.
-    model = ScriptedModel([rows([9, 0, 0], [0, 9, 0])], mask_id=MASK)
-    model.config.eos_token_id = -1
-    with pytest.raises(ValueError, match=r"eos_token_id -1 is outside the model's vocabulary of "
-                                         r"4 tokens, so early_stop would never fire"):
-        cc.generate_reference(model, PROMPT, strategy="threshold", gen_length=2, block_length=2,
-                              early_stop=True)
+def _dense_credit(state, vocab):
+    """The dense credit of either layout (the sparse slots summed by hand)."""
+    if "credit" in state.buffers:
+        return state.buffers["credit"].clone()
+    ids, credit = state.buffers["slot_ids"], state.buffers["slot_credit"]
+    dense = torch.zeros(*ids.shape[:-1], vocab)
+    for b in range(ids.shape[0]):
+        for i in range(ids.shape[1]):
+            for v, c in zip(ids[b, i].tolist(), credit[b, i].tolist(), strict=True):
+                if v >= 0:
+                    dense[b, i, v] += c
+    return dense
 
 
-def test_early_stop_llada():
-    # Blocks of 2, 2 steps each (one token per step). pos1 [8,0,0] 0.99933 < pos2 EOS [0,0,9]
-    # 0.99975: step 1 commits the EOS (not settled), step 2 pos1 -> settled, the rest filled.
-    script = [rows([8, 0, 0], [0, 0, 9], *[[0, 9, 0]] * 4)]
-    out, model = run("llada", script, gen_length=6, block_length=2, steps=6, eos_token_id=EOS,
-                     early_stop=True)
-    assert committed(out) == [[2], [1]]
-    assert out.generated[0].tolist() == [0, EOS, EOS, EOS, EOS, EOS]
-    assert out.nfe == 2 and model.calls == 2
-
-
-def test_early_stop_llada_stops_once_the_canvas_is_complete():
-    # pos1 EOS [0,0,9] 0.99975 beats pos2 [8,0,0]: step 1 commits a settled EOS at pos1 and
-    # everything after it is filled; nothing is left to decode.
-    script = [rows([0, 0, 9], [8, 0, 0], *[[0, 9, 0]] * 2)]
-    out, model = run("llada", script, gen_length=4, block_length=2, steps=4, eos_token_id=EOS,
-                     early_stop=True)
-    assert out.generated[0].tolist() == [EOS, EOS, EOS, EOS]
-    assert out.nfe == 1 and model.calls == 1
-
-
-# ------------------------------------------------------------------------------------------------
-# Classifier-free guidance
-# ------------------------------------------------------------------------------------------------
-
-class GuidedModel(torch.nn.Module):
-    """Conditional logits `cond` when a row sees its prompt, `uncond` when its prompt is masked."""
-
-    def __init__(self, cond: torch.Tensor, uncond: torch.Tensor, prompt_len: int):
-        super().__init__()
-        self.cond, self.uncond, self.prompt_len = cond, uncond, prompt_len
-        self.inputs = []
-        self.config = type("Cfg", (), {"mask_token_id": MASK, "vocab_size": 4})()
-
-    def forward(self, input_ids, attention_mask=None):
-        self.inputs.append(input_ids.clone())
-        prompt_masked = (input_ids[:, :self.prompt_len] == MASK).all(-1)
-        return torch.where(prompt_masked[:, None, None], self.uncond, self.cond)
-
-
-def _guided():
-    # cond:   pos1 [1, 0, 0],  pos2 [0.6, 1, 0]      (alone: tokens 0, 1)
-    # uncond: pos1 [0, 0.5, 0], pos2 [0, 1.5, 0]
-    cond = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 5], [0.6, 1, 0, 5]])
-    uncond = torch.tensor([[0, 0, 0, 0], [0, 0, 0, 0], [0, 0.5, 0, 0], [0, 1.5, 0, 0]])
-    return GuidedModel(cond, uncond, prompt_len=2)
-
-
-@pytest.mark.parametrize("cfg_scale, tokens, first_conf", [
-    # uncond + 2 (cond - uncond) = 2 cond - uncond: pos1 [2, -0.5, 0] (p0 = 0.8214),
-    # pos2 [1.2, 0.5, 0] (p0 = 0.5562): pos1 first, and guidance flips pos2 to token 0.
-    (1.0, [0, 0], math.exp(2) / (math.exp(2) + math.exp(-0.5) + 1)),
-    # 3 cond - 2 uncond: pos1 [3, -1, 0] (p0 = 0.9362), pos2 [1.8, 0, 0] (p0 = 0.7515).
-    (2.0, [0, 0], math.exp(3) / (math.exp(3) + math.exp(-1) + 1)),
-    # No guidance: cond alone, pos1 [1,0,0] p0 = 0.5761 > pos2 [0.6,1,0] p1 = 0.4906.
-    (0.0, [0, 1], math.exp(1) / (math.exp(1) + 2)),
-])
-def test_cfg_combination_by_hand(cfg_scale, tokens, first_conf):
-    model = _guided()
-    ids = torch.tensor([[0, 1]])
-    out = cc.generate_reference(model, ids, strategy="llada", gen_length=2, block_length=2, steps=2,
-                                cfg_scale=cfg_scale, trace=True)
-    assert out.generated[0].tolist() == tokens
-    assert committed(out) == [[2], [3]]
-    assert out.trace[0].confidence[0] == pytest.approx([first_conf], abs=1e-5)
-    assert len(model.inputs) == 2
-    first = model.inputs[0]
-    if cfg_scale == 0:
-        assert first.shape == (1, 4)
-        return
-    assert first.shape == (2, 4)
-    assert first[0].tolist() == [0, 1, MASK, MASK]      # conditional: the prompt
-    assert first[1].tolist() == [MASK, MASK, MASK, MASK]  # unconditional: the prompt masked
-    second = model.inputs[1]
-    assert second[0].tolist() == [0, 1, 0, MASK]
-    assert second[1].tolist() == [MASK, MASK, 0, MASK]  # the generated part is shared
+@given(seed=seeds, batch=st.integers(1, 3), prompt_len=st.integers(1, 5),
+       geometry=st.sampled_from([(8, 4), (8, 8), (6, 3), (12, 6)]), beta=betas, gamma=gammas,
+       tau=st.floats(0.8, 1.0), layout=st.sampled_from(["dense", "sparse"]))
+def test_engine_credit_buffer_decays_by_beta(seed, batch, prompt_len, geometry, beta, gamma, tau,
+                                             layout):
+    model, ids = toy(seed), prompts(seed, batch, prompt_len)
+    setup = setup_generation(model, ids, None, DecodeConfig(
+        strategy="credit", gen_length=geometry[0], block_length=geometry[1], beta=beta,
+        gamma=gamma, tau=tau, credit_layout=layout))
+    state, step = setup.state, setup.step_function()
+    block_length = geometry[1]
+    beta32 = torch.tensor(beta, dtype=torch.float32)
+    steps = 0
+    with torch.no_grad():
+        while not bool(state.done):
+            assert steps <= geometry[0]
+            before = _dense_credit(state, VOCAB)
+            first = int(state.step_in_block) == 0
+            lo = state.gen_start + int(state.block_index) * block_length
+            was_masked = state.x[:, lo:lo + block_length] == MIX_MASK
+            step()
+            steps += 1
+            after = _dense_credit(state, VOCAB)
+            assert (after >= 0).all()
+            assert (after[..., MIX_MASK] == 0).all()
+            gained = after - (torch.zeros_like(before) if first else before * beta32)
+            # Committed positions only decay (fresh credit: zero); masked positions gain at
+            # exactly one token, a positive amount <= 1 (p^gamma with p <= 1).
+            assert torch.equal(gained[~was_masked], torch.zeros_like(gained[~was_masked]))
+            touched = gained[was_masked].abs() > 1e-7
+            assert (touched.sum(-1) == 1).all()
+            amounts = gained[was_masked][touched]
+            assert ((amounts > 0) & (amounts <= 1 + 1e-6)).all()
+            if layout == "dense" and not first:
+                untouched = gained == 0
+                assert torch.equal(after[untouched], (before * beta32)[untouched])
+    assert int(state.nfe) == steps

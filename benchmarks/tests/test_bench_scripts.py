@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+BENCH = Path(__file__).resolve().parents[1]
 
 
 def load(name: str, monkeypatch):
@@ -425,8 +425,8 @@ def test_plot_keeps_runs_of_other_commits_dtypes_and_blocks_apart(tmp_path, monk
 # bench_compile_time.py
 # ------------------------------------------------------------------------------------------------
 
-# A cold compile per setting, in processes of their own: tests/test_gpu_session.py checks the rows
-# of the `compile` stage's dry run (the same script and flags), not run twice.
+# A cold compile per setting, in processes of their own: benchmarks/tests/test_gpu_session.py
+# checks the rows of the `compile` stage's dry run (the same script and flags), not run twice.
 
 
 def test_compile_time_ratios_are_against_the_same_layer_count(tmp_path, monkeypatch):

@@ -1,5 +1,5 @@
-"""The two character tokenizers: the default model's (`credit_compile.tokenizer`) and the `tiny`
-fallback's (`credit_compile.ascii_tokenizer`): special ids, answers, padding side, edges."""
+"""tokenizer.py: the default model's character tokenizer: special and spare ids, answers, files,
+round trips."""
 
 from __future__ import annotations
 
@@ -8,8 +8,27 @@ import json
 import pytest
 import torch
 
-from credit_compile.ascii_tokenizer import AsciiTokenizer
+from credit_compile.assets import has_default_model
 from credit_compile.tokenizer import CharTokenizer
+
+
+@pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+def test_tokenizer_round_trip_and_unknown_characters(tmp_path):
+    tok = CharTokenizer()
+    for text in ["0123+0989=", "R4021=", "S9981=", "P4021=", "0"]:
+        assert tok.decode(tok.encode(text)) == text
+    with pytest.raises(ValueError, match="'ehlo'"):  # refused, not read as '?'
+        tok.encode("hello")
+    batch = tok(["12+3=", "R1="])
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (2, 5)
+    assert batch["input_ids"][1, :2].tolist() == [tok.eos_token_id] * 2  # left padded with EOS
+    assert batch["attention_mask"][1].tolist() == [0, 0, 1, 1, 1]
+    tok.save_pretrained(tmp_path)
+    again = CharTokenizer.from_pretrained(tmp_path)
+    assert again.to_dict() == tok.to_dict()
+    ids = torch.tensor([1, 1, 1, 2, tok.eos_token_id, tok.eos_token_id])
+    assert tok.answer(ids) == "1112" and tok.decode(ids) == "1112"
+    assert tok.decode(1) == tok.decode(torch.tensor(1)) == tok.decode([1]) == "1"  # a lone id
 
 
 @pytest.mark.parametrize("kwargs", [
@@ -57,32 +76,3 @@ def test_char_tokenizer_lists_and_return_tensors():
     assert batch == {"input_ids": [[tok.eos_token_id, 1], [1, 2]], "attention_mask": [[0, 1], [1, 1]]}
     with pytest.raises(ValueError, match="return_tensors"):
         tok(["1"], return_tensors="np")
-
-
-def test_ascii_tokenizer_covers_printable_ascii_and_pads_left():
-    tok = AsciiTokenizer()
-    printable = "".join(chr(c) for c in range(32, 127))
-    assert tok.encode(" ~") == [0, 94]
-    assert tok.decode(tok.encode(printable)) == printable
-    batch = tok(["ab", "a"])
-    assert batch["input_ids"][1].tolist() == [tok.eos_token_id, tok.encode("a")[0]]
-    assert batch["attention_mask"].tolist() == [[1, 1], [0, 1]]
-    assert tok.decode([33, tok.eos_token_id, tok.mask_token_id, 110],
-                      skip_special_tokens=False) == "A<eos><mask><110>"
-    assert tok.decode(torch.tensor([33, tok.eos_token_id])) == "A"
-
-
-def test_a_character_outside_the_vocabulary_is_refused_listing_those_it_knows():
-    # Read as '?', "hello world" made the default model answer another prompt, without a word.
-    with pytest.raises(ValueError, match=r"the prompt 'hello world' holds characters this "
-                                         r"tokenizer does not know: 'dehlorw'; write it with the "
-                                         r"characters it knows, '0123456789\+=RS \?P' \(the "
-                                         r"default model's tasks: addition '0012\+0034='"):
-        CharTokenizer()(["0012+0034=", "hello world"])
-    assert CharTokenizer().encode("R1? 2") == [12, 1, 15, 14, 2]  # '?' and ' ' are characters
-    with pytest.raises(ValueError, match=r"does not know: 'ab'; write it with the characters it "
-                                         r"knows, '01\+='$"):
-        CharTokenizer(chars="01+=", unknown="+", eos_token_id=4, mask_token_id=5,
-                      vocab_size=6).encode("0a1b")
-    with pytest.raises(ValueError, match=r"does not know: '\\né'; it knows printable ASCII"):
-        AsciiTokenizer()(["ok", "é\n"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets",
           "suite"]
 

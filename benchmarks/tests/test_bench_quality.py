@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_quality.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench_quality.py"
 
 
 @pytest.fixture(scope="module")
