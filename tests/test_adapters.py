@@ -70,6 +70,7 @@ def test_nested_wrappers_are_all_unwrapped():
     assert torch.equal(out.sequences, expected.sequences)
 
 
+@pytest.mark.cheap_compile
 def test_a_model_without_marked_layers_warns_and_decodes_as_before():
     model = ContextMixModel(seed=2)
     ids = torch.randint(0, 30, (1, 4))

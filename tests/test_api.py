@@ -393,6 +393,7 @@ def test_a_call_turning_the_cache_off_drops_its_refresh():
         fast.generate(ids, mask, kv_cache="none", kv_cache_refresh=2)  # asked for: refused
 
 
+@pytest.mark.cheap_compile
 def test_a_callback_that_raises_ends_the_call_and_releases_the_model():
     # A server's client went away: the error reaches the caller, and the next call decodes as
     # if the first had never run, its timings its own (the first call's compile is not its).
@@ -424,3 +425,13 @@ def test_precompile_arguments(bad):
     fast = cc.optimize(ContextMixModel(), compile=False, **small())
     with pytest.raises(ValueError, match=r"precompile\(batch_size=.*use a positive batch size"):
         fast.precompile(batch_size=bad, prompt_length=3)
+
+
+# Found by the mutation round (tests/mutation_round.py): fails on its mutant.
+@pytest.mark.cheap_compile
+def test_the_compile_is_reported_by_the_call_that_compiled_only():
+    fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
+    ids = token_prompts(1, 5, padded=False)[0]
+    assert fast.generate(ids).stats["compile_seconds"] > 0
+    assert fast.generate(ids).stats["compile_seconds"] == 0.0
+    assert fast.last_stats["compile_seconds"] == 0.0

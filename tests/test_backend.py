@@ -44,6 +44,7 @@ def test_a_restarted_server_compiles_the_step_from_inductors_cache(tmp_path, mon
 _MAIN_STACK_ONLY = pytest.mark.slow
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.parametrize("kv_cache, sliced_heads", [
     ("dual", 1), pytest.param("prompt", 2, marks=_MAIN_STACK_ONLY)])
 def test_the_passes_fire_in_both_steps(kv_cache, sliced_heads):

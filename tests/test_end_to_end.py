@@ -189,6 +189,7 @@ def test_the_trained_model_with_the_cache_equals_its_reference():
 MASK_ID = 126  # the tiny preset's mask token
 
 
+@pytest.mark.cheap_compile
 def test_the_optimized_model_streams_what_the_reference_streams():
     # Prompt and batch buckets pad the canvas with columns and rows that the streamed blocks,
     # like the returned sequences, leave out.

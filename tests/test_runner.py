@@ -139,6 +139,7 @@ class GraphBreaking(torch.nn.Module):
         return self.inner(input_ids, attention_mask=attention_mask)
 
 
+@pytest.mark.cheap_compile
 def test_a_step_falling_back_to_eager_is_not_captured(graphs_on_cpu, caplog):
     model = GraphBreaking()
     ids, mask = prompts(2, 5, "cpu", padded=True)
@@ -153,6 +154,7 @@ def test_a_step_falling_back_to_eager_is_not_captured(graphs_on_cpu, caplog):
         cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on").generate(ids, mask)
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.parametrize("capture_then_fails", [False, True])
 def test_a_recompile_failing_in_the_graph_warm_up_is_not_captured(capture_then_fails, caplog):
     """on_compile_error="eager" compiles before capture; a guard failing in the warm-up after
@@ -185,6 +187,7 @@ def test_a_recompile_failing_in_the_graph_warm_up_is_not_captured(capture_then_f
     assert "a recompile failed" in caplog.text
 
 
+@pytest.mark.cheap_compile
 def test_capture_failing_falls_back_to_the_compiled_step_unless_graphs_are_required(caplog):
     from credit_compile import runner
 
@@ -273,6 +276,7 @@ def test_a_refresh_sharing_no_factor_with_sync_every_is_named():
                                                         temperature=0.5))
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.slow  # compiles a cached model's two steps; main stack only
 def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)

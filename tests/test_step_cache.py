@@ -545,6 +545,7 @@ def test_a_dropped_compiled_step_is_freed():
     assert not [name for name in vars(runner_module) if name.startswith("__compiled_fn")]
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.parametrize("compile", [True, False])
 def test_dropping_a_step_says_so_when_it_compiles_again(caplog, compile):
     fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=compile,
@@ -607,6 +608,7 @@ def test_calls_differing_only_in_the_refresh_interval_share_a_step():
     assert not torch.equal(outputs[2], outputs[3]) and not torch.equal(outputs[3], outputs[None])
 
 
+@pytest.mark.cheap_compile
 def test_precompile_compiles_both_steps():
     model = layered_model(2)
     fast = cc.optimize(model, gen_length=8, block_length=4, kv_cache="dual")
@@ -616,3 +618,18 @@ def test_precompile_compiles_both_steps():
     assert fast.last_stats["compile_seconds"] == 0.0  # neither step compiled in the call
     ref = cc.generate_reference(model, ids, gen_length=8, block_length=4, kv_cache="dual")
     assert torch.equal(out.sequences, ref.sequences) and out.nfe == ref.nfe
+
+
+# Found by the mutation round (tests/mutation_round.py): each fails on its mutant.
+@pytest.mark.cheap_compile
+def test_a_padded_batch_and_an_unpadded_one_of_one_shape_get_steps_of_their_own():
+    model = layered_model(2, seed=3)
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    plain = token_prompts(2, 6, seed=1, padded=False)[0]
+    ids, mask = token_prompts(2, 6, seed=2)
+    assert plain.shape == ids.shape and not bool(mask.all())
+    fast.generate(plain)
+    out = fast.generate(ids, mask)
+    assert fast.cached_steps == 2
+    reference = cc.generate_reference(model, ids, mask, gen_length=8, block_length=4)
+    assert torch.equal(out.sequences, reference.sequences)

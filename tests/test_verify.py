@@ -215,6 +215,7 @@ def test_verify_measures_the_compiled_forward(monkeypatch):
     assert f"relative logit difference: {0.5 / report.max_logit_magnitude:.2e}" in str(report)
 
 
+@pytest.mark.cheap_compile
 def test_verify_measures_the_forward_compiled_as_configured(monkeypatch):
     import importlib
 
@@ -227,6 +228,7 @@ def test_verify_measures_the_forward_compiled_as_configured(monkeypatch):
     assert layer_calls(gm) == ["subgraph_0"] * 2
 
 
+@pytest.mark.cheap_compile
 def test_verify_decodes_both_paths_with_the_cache():
     model = layered_model(2, seed=2)
     report = cc.verify(model, token_prompts(2, 5, seed=3)[0], gen_length=8, block_length=4,

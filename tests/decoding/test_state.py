@@ -18,6 +18,7 @@ from toy_models import ContextMixModel, layered_model, token_prompts
 import credit_compile as cc
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.slow  # the min-versions stack leaves it out (CI time); the main stack runs it
 def test_the_cache_is_allocated_once_and_not_reloaded():
     model = layered_model(2)

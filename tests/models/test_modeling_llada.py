@@ -67,6 +67,7 @@ def test_a_second_call_compiles_nothing():
     assert counters["stats"]["unique_graphs"] - before == 1
 
 
+@pytest.mark.cheap_compile
 def test_a_hook_on_a_later_layer_is_honoured():
     # Found by review: the shared region ran the first layer's trace for all, dropping a hook
     # on layer 1 without a word. Now the layers are compiled one by one, with a warning.

@@ -158,6 +158,7 @@ def test_tied_variant_is_adopted():
                                    atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.cheap_compile
 def test_verify_of_the_remote_model():
     report = cc.verify(from_fixture(), FIXTURE["prompt"], strategy="threshold", **DECODE)
     assert report.ok and report.runner == "compiled"

@@ -407,7 +407,7 @@ def test_the_client_example_in_the_docs_prints_what_it_says(server, capsys):
     import re
     from pathlib import Path
 
-    page = (Path(__file__).resolve().parent.parent / "docs" / "serving.md").read_text()
+    page = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
     (code,) = [b for b in re.findall(r"```python\n(.*?)```", page, re.S) if "openai.OpenAI(" in b]
     assert "http://127.0.0.1:8000/v1" in code
     exec(compile(code.replace("http://127.0.0.1:8000", server[1].url), "docs/serving.md", "exec"),

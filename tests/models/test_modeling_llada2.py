@@ -29,7 +29,7 @@ from credit_compile.models import (
 )
 from credit_compile.models.modeling_llada2 import LLaDA2Gate, LLaDA2SparseMoeBlock
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parents[1] / "fixtures"
 META = json.loads((FIXTURES / "llada2_tiny.json").read_text())
 TENSORS = load_file(FIXTURES / "llada2_tiny.safetensors")
 WEIGHTS = {k: v for k, v in TENSORS.items() if k.startswith(("model.", "lm_head."))}
@@ -667,7 +667,7 @@ def test_llada2_presets():
 def test_the_docs_example_runs(capsys):
     import re
 
-    doc = (Path(__file__).parents[1] / "docs" / "llada2.md").read_text()
+    doc = (Path(__file__).parents[2] / "docs" / "llada2.md").read_text()
     (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
     exec(compile(code, "docs/llada2.md", "exec"), {})
     assert capsys.readouterr().out == "torch.Size([1, 8, 128])\n"
