@@ -202,6 +202,10 @@ def test_batch_padding_copies_the_last_row():
     assert pad_batch_to_bucket(ids[:2], None, config)[0].tolist() == [[1, 2], [3, 4], [3, 4], [3, 4]]
     full = torch.zeros(8, 2, dtype=torch.long)
     assert pad_batch_to_bucket(full, None, config)[0] is full
+    # Beyond a bucket: up to the next multiple (found by the mutation round).
+    five = torch.arange(10).view(5, 2)
+    assert pad_batch_to_bucket(five, None, config)[0].tolist() == \
+        [*five.tolist(), *[[8, 9]] * 3]
 
 
 def test_state_drops_an_all_ones_mask_unless_a_bucket_keeps_it():
