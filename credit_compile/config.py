@@ -17,14 +17,14 @@ Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
 OnCompileError = Literal["raise", "eager"]
-KVCache = Literal["none", "prompt", "dual"]
+KVCache = Literal["none", "prompt", "dual", "block"]
 
 STRATEGIES = ("credit", "threshold", "factor", "llada")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
 ON_COMPILE_ERROR = ("raise", "eager")
-KV_CACHES = ("none", "prompt", "dual")
+KV_CACHES = ("none", "prompt", "dual", "block")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -119,6 +119,12 @@ class DecodeConfig:
             way, so optimized and reference stay equal. Needs this project's LLaDA model
             (others are refused). Memory: keys and values of every layer and position, kept
             per compiled step (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
+            "block" is the exact cache of a block-causal model (LLaDA2), whose finished blocks
+            never see a later one: the call's first step runs the whole canvas (the prompt's
+            prefill), every other step the current block alone against the cache, and a
+            block's first step also the previous block, writing its final keys and values. The
+            tokens are those of "none" (float rounding apart); only for LLaDA2 models, which
+            refuse "prompt" and "dual".
             With random draws ("llada" with temperature > 0 or
             random remasking) completion is checked after every step whatever `sync_every` says:
             a block may end inside a window of unchecked steps, and the idle steps after it
@@ -335,6 +341,9 @@ class DecodeConfig:
             need(self.kv_cache != "none",
                  f"kv_cache_refresh={self.kv_cache_refresh} with kv_cache='none': there is no "
                  f"cache to refresh; set kv_cache='prompt' or 'dual', or leave it None")
+            need(self.kv_cache != "block",
+                 f"kv_cache_refresh={self.kv_cache_refresh} with kv_cache='block': the block "
+                 f"cache is exact, nothing in it goes stale; leave kv_cache_refresh None")
         need(self.on_compile_error in ON_COMPILE_ERROR,
              f"on_compile_error={self.on_compile_error!r}: use one of {ON_COMPILE_ERROR}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
