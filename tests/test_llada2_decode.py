@@ -5,18 +5,22 @@ prompt's tail shares the first block), block-causal attention, and the exact blo
 from __future__ import annotations
 
 import functools
+import json
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from safetensors.torch import load_file
 
 import credit_compile as cc
 from credit_compile import reference
 from credit_compile.decoding.loop import run_generation
 from credit_compile.generation_setup import setup_generation
-from credit_compile.models import build_model, get_config
+from credit_compile.models import LLaDA2Config, LLaDA2ModelLM, build_model, get_config
+from credit_compile.models.llada2_generate import llada2_generate
 from credit_compile.runner import EagerStepRunner
 
 BLOCK = 4
@@ -245,3 +249,59 @@ def test_rows_whose_blocks_fall_at_other_slots_are_refused():
 def test_the_trained_block_length_is_checked_in_the_config():
     with pytest.raises(ValueError, match="block_length=0"):
         get_config("tiny-llada2", block_length=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# LLaDA2's own sampler: the official rules (models.llada2_generate) and the "llada2" strategy
+# ----------------------------------------------------------------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@functools.cache
+def official() -> tuple[torch.nn.Module, dict, dict]:
+    """The tiny model whose official generate() tokens tests/fixtures/record_llada2.py recorded."""
+    meta = json.loads((FIXTURES / "llada2_tiny.json").read_text())
+    tensors = load_file(FIXTURES / "llada2_tiny.safetensors")
+    config = LLaDA2Config(**{**meta["config"], "mask_token_id": meta["mask_token_id"],
+                             "block_length": meta["block_length"]})
+    model = LLaDA2ModelLM(config).eval()
+    model.load_state_dict({k: v for k, v in tensors.items() if k.startswith(("model.", "lm_head."))})
+    return model, meta, tensors
+
+
+def official_settings(meta: dict, name: str) -> dict:
+    return {k: v for k, v in meta["generate"][name].items() if k not in ("temperature",)}
+
+
+@pytest.mark.parametrize("name", ["default", "two_per_step", "early_stop"])
+def test_the_packaged_sampler_gives_the_official_generate_tokens(name):
+    model, meta, tensors = official()
+    tokens, nfe = llada2_generate(model, tensors["prompt"], **official_settings(meta, name))
+    assert tokens.tolist() == tensors[f"generate_{name}"].tolist()
+    assert nfe == meta["generate_nfe"][name]
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(length=st.integers(1, 9), seed=st.integers(0, 3), steps=st.sampled_from([1, 2, 3, 4]),
+       tau=st.sampled_from([0.3, 0.95]))
+def test_the_llada2_strategy_follows_the_official_rules(length, seed, steps, tau):
+    """On the block cache, the "llada2" strategy's tokens and forwards are those of the official
+    rules (the mask token out of the softmax, as in every strategy here), up to the first
+    end-of-text token; early_stop stops where eos_early_stop does."""
+    model, ids = llada2(), prompt(length, seed)
+    expected, nfe = llada2_generate(model, ids, gen_length=8, block_length=BLOCK, steps=steps,
+                                    threshold=tau, eos_early_stop=True, mask_competes=False)
+    out = reference.generate(model, ids, strategy="llada2", steps=steps, tau=tau, early_stop=True,
+                             kv_cache="block", **decode())
+    assert out.generated[0, :expected.shape[1]].tolist() == expected[0].tolist()
+    assert out.nfe == nfe
+
+
+@pytest.mark.cheap_compile
+def test_the_compiled_llada2_strategy_equals_the_reference():
+    model, ids = llada2(), prompt(7)
+    config = decode(gen_length=12, strategy="llada2", steps=2, tau=0.5, kv_cache="block")
+    out = cc.optimize(model, **config).generate(ids)
+    expected = reference.generate(model, ids, **config)
+    assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
