@@ -305,3 +305,12 @@ def test_the_compiled_llada2_strategy_equals_the_reference():
     out = cc.optimize(model, **config).generate(ids)
     expected = reference.generate(model, ids, **config)
     assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
+
+
+def test_the_docs_decoding_example_runs(capsys):
+    import re
+
+    doc = (Path(__file__).parents[1] / "docs" / "llada2.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[1]
+    exec(compile(code, "docs/llada2.md", "exec"), {})
+    assert capsys.readouterr().out == "torch.Size([1, 15]) True\n"

@@ -87,7 +87,7 @@ CONFIG_ERRORS = [
     (dict(strategy="llada", temperature=1e308), r"temperature=1e\+308 overflows float32"),
     # Sampling and guidance are for LLaDA's sampler only.
     (dict(strategy="credit", temperature=0.5),
-     r"temperature=0.5 with strategy='credit': the credit, threshold and factor strategies are "
+     r"temperature=0.5 with strategy='credit': the credit, threshold, factor and llada2 strategies are "
      r"greedy; use temperature=0 or strategy='llada'"),
     (dict(strategy="factor", temperature=0.5), r"use temperature=0 or strategy='llada'"),
     (dict(factor=0.0), r"factor=0.0: use factor > 0 \(Fast-dLLM's scripts use 1\)"),
@@ -103,13 +103,13 @@ CONFIG_ERRORS = [
     (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
     # Names and enumerations.
     (dict(strategy="beam"),
-     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada'\)"),
+     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada', 'llada2'\)"),
     (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
     (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
     (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),
-    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual'\) "
+    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual', 'block'\) "
                               r"\(Fast-dLLM's PrefixCache is 'prompt' here"),
-    (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual'\)$"),
+    (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual', 'block'\)$"),
     (dict(kv_cache="dual", kv_cache_refresh=0), r"kv_cache_refresh=0: use a positive number of "
                                                 r"steps or None"),
     (dict(kv_cache="dual", kv_cache_refresh=2.5), r"kv_cache_refresh=2.5: use a positive"),
@@ -180,7 +180,7 @@ def test_steps_are_ignored_outside_llada_as_documented(model, ids):
 def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(model, ids):
     # optimize(model, steps=...) decoded credit as if steps were not given, without a word.
     says = (r"strategy='credit' does not read steps=4, so it changes nothing \(steps is read by "
-            r"strategy 'llada'\): leave it out, or choose the strategy that reads it")
+            r"strategy 'llada' or 'llada2'\): leave it out, or choose the strategy that reads it")
     with pytest.warns(UserWarning, match=says) as record:
         fast = cc.optimize(model, compile=False, steps=4, **small())
     assert len(record) == 1 and record[0].filename == __file__
@@ -192,7 +192,7 @@ def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(mode
         assert len([w for w in record if "does not read" in str(w.message)]) == 1
     with pytest.warns(UserWarning, match=r"strategy='threshold' does not read steps=4, "
                                          r"alpha=0.5, credit_slots=2, so they change nothing "
-                                         r"\(steps is read by strategy 'llada'; alpha is read by "
+                                         r"\(steps is read by strategy 'llada' or 'llada2'; alpha is read by "
                                          r"strategy 'credit'; credit_slots is read by strategy "
                                          r"'credit' with credit_layout='sparse'\)"):
         fast.generate(ids, strategy="threshold", alpha=0.5, credit_slots=2)

@@ -92,9 +92,6 @@ class BlockCacheSchedule(CacheSchedule):
 
     phases = ("refresh", "enter", "cached")
 
-    def __init__(self, state: DecodeState):
-        super().__init__(state)
-
     def next_phase(self) -> str:
         phase = "refresh" if self._prefill_due else "enter" if self._refresh_due else "cached"
         self._prefill_due = self._refresh_due = False
