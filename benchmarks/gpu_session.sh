@@ -44,7 +44,7 @@
 #
 # DRY_RUN=1 runs every stage's command on the CPU at toy sizes (flags appended after the stage's
 # own override them): a stage whose flags a script no longer takes fails here, in CI
-# (tests/test_gpu_session.py), rather than on a lent GPU.
+# (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -96,7 +96,8 @@ tests)
         "${TESTS_DRY[@]}" 2>&1 | tee "$OUT/gpu_tests.log"
     ;;
 suite)
-    python3 -P -m pytest -q -p no:cacheprovider tests --junitxml="$OUT/suite.xml" "${TESTS_DRY[@]}" \
+    python3 -P -m pytest -q -p no:cacheprovider tests benchmarks/tests --junitxml="$OUT/suite.xml" \
+        "${TESTS_DRY[@]}" \
         2>&1 | tee "$OUT/suite.log"
     ;;
 op)

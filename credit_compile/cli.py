@@ -3,6 +3,7 @@
     credit-compile generate --prompt "0002+0002="   # CreditDecoding through the optimized path
     credit-compile verify --prompt "0012+0034="   # eager reference vs optimized, a report
     credit-compile demo                           # both side by side: same output, the speedup
+    credit-compile serve --precompile             # an OpenAI-compatible server (extra `serve`)
 
 Without `--model`, the embedded default model is used: a small LLaDA-architecture diffusion LM
 trained by `python -m credit_compile.training.train` on synthetic tasks (4-digit addition
@@ -37,25 +38,28 @@ _CLI_HELP = {
 }
 
 
-def _add_decode_args(p: argparse.ArgumentParser) -> None:
-    """--prompt, --chat, --no-compile, and a flag for every DecodeConfig field, its type, choices,
-    default and help read from the dataclass and its docstring (one source for both)."""
+def _add_decode_args(p: argparse.ArgumentParser, prompts: bool = True,
+                     defaults: dict | None = None) -> None:
+    """--prompt, --chat (with `prompts`), --no-compile, and a flag for every DecodeConfig field,
+    its type, choices, default and help read from the dataclass and its docstring (one source
+    for both); `defaults` replace the CLI's where a command differs (the server's buckets)."""
     import dataclasses
     import typing
 
     from .config import DecodeConfig
 
-    p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
-    p.add_argument("--chat", action="store_true",
-                   help="wrap each prompt as a user turn in the tokenizer's chat template, with "
-                        "the assistant's turn opened (instruction-tuned models, e.g. "
-                        "LLaDA-8B-Instruct; a base model takes the text as it is)")
+    if prompts:
+        p.add_argument("--prompt", action="append", help="prompt text (repeat for a batch)")
+        p.add_argument("--chat", action="store_true",
+                       help="wrap each prompt as a user turn in the tokenizer's chat template, "
+                            "with the assistant's turn opened (instruction-tuned models, e.g. "
+                            "LLaDA-8B-Instruct; a base model takes the text as it is)")
     p.add_argument("--no-compile", action="store_true", help="run the step eagerly")
     hints, docs = typing.get_type_hints(DecodeConfig), _field_docs(DecodeConfig)
     for field in dataclasses.fields(DecodeConfig):
         if field.name in _NOT_FLAGS:
             continue
-        default = _CLI_DEFAULTS.get(field.name, field.default)
+        default = {**_CLI_DEFAULTS, **(defaults or {})}.get(field.name, field.default)
         help_text = _CLI_HELP.get(field.name) or docs[field.name]
         if default is not None and default is not False and field.name not in _CLI_HELP:
             help_text += " (default: %(default)s)"
@@ -120,10 +124,11 @@ def _decode_config(args):
                          f"takes as many steps as its threshold needs: drop --steps or use "
                          f"--strategy llada")
     embedded = args.model is None
-    if not args.prompt and not embedded:
+    serving = not hasattr(args, "prompt")  # `serve`: prompts come with the requests
+    if not serving and not args.prompt and not embedded:
         raise ValueError("no --prompt: give one (repeat --prompt for a batch); only the "
                          "embedded default model has a default prompt")
-    if not args.chat and "" in (args.prompt or ()):
+    if not serving and not args.chat and "" in (args.prompt or ()):
         raise ValueError("--prompt '' is empty: the model needs a prompt to answer (give it "
                          "text, or use --chat, whose template gives the turn's text)")
     fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(DecodeConfig)
@@ -302,6 +307,22 @@ def cmd_demo(args) -> int:
     return 0 if same else 1
 
 
+def cmd_serve(args) -> int:
+    try:
+        from .serve.server import serve
+    except ImportError as error:
+        raise ValueError(f"the server needs the serve extra ({error}): pip install "
+                         f"'credit_compile[serve]'") from error
+    config = _decode_config(args)  # a bad option fails before the model loads
+    return serve(args, config)
+
+
+def _add_serve_args(p: argparse.ArgumentParser) -> None:
+    from .serve.options import add_serve_args
+
+    add_serve_args(p)
+
+
 class _DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Says an option's default where it has one (not for flags, or a None its help explains)."""
 
@@ -329,6 +350,18 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--eager", action="store_true", help="use the eager reference")
             p.add_argument("--stream", action="store_true",
                            help="print each block's text as soon as it is final")
+    p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the serve extra)",
+                       formatter_class=_DefaultsHelpFormatter,
+                       description="Serve the model behind OpenAI's API: POST /v1/completions "
+                                   "and /v1/chat/completions (stream: Server-Sent Events, a "
+                                   "chunk per finished block), GET /v1/models, /health, "
+                                   "/metrics. Concurrent requests with the same decoding "
+                                   "settings are decoded together (docs/serving.md).")
+    _add_model_args(p)
+    # Buckets on by default: every request length and batch size would otherwise compile.
+    _add_decode_args(p, prompts=False, defaults={"prompt_bucket": 16, "batch_bucket": 4})
+    _add_serve_args(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -1,4 +1,6 @@
-"""adapters.py: a model's logits read and checked to be [batch, length, vocab]."""
+"""adapters.py: what credit_compile reads from a model. Its logits checked to be [batch, length,
+vocab], the models under wrappers decoded as themselves, and compile_layers_once where a model
+has no layers marked for it."""
 
 from __future__ import annotations
 
@@ -53,3 +55,34 @@ def test_logits_of_the_right_shape_pass_the_check():
     fast = cc.optimize(model, gen_length=8, block_length=4)
     out = fast.generate(reference.sequences[:, :4])
     assert torch.equal(out.sequences, reference.sequences)
+
+
+@pytest.mark.cheap_compile
+def test_nested_wrappers_are_all_unwrapped():
+    # torch.compile(optimize(model)) is two wrappers deep; the model under both decides the
+    # forward signature (attention mask honoured), so a padded batch decodes as on the model.
+    model = ContextMixModel(seed=3)
+    wrapped = torch.compile(cc.optimize(model, gen_length=8, block_length=4))
+    ids = torch.tensor([[0, 5, 6], [4, 5, 6]])
+    mask = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    expected = cc.generate_reference(model, ids, mask, gen_length=8, block_length=4)
+    out = cc.generate_reference(wrapped, ids, mask, gen_length=8, block_length=4)
+    assert torch.equal(out.sequences, expected.sequences)
+
+
+@pytest.mark.cheap_compile
+def test_a_model_without_marked_layers_warns_and_decodes_as_before():
+    model = ContextMixModel(seed=2)
+    ids = torch.randint(0, 30, (1, 4))
+    fast = cc.optimize(model, gen_length=8, block_length=4, compile_layers_once=True)
+    with pytest.warns(UserWarning, match=r"compile_layers_once=True has no effect on "
+                                         r"ContextMixModel.*from_pretrained"):
+        out = fast.generate(ids)
+    assert torch.equal(out.sequences,
+                       cc.generate_reference(model, ids, gen_length=8, block_length=4).sequences)
+
+
+def test_no_warning_when_nothing_is_compiled(recwarn):
+    cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4, compile=False,
+                compile_layers_once=True).generate(torch.randint(0, 30, (1, 4)))
+    assert not [w for w in recwarn if "compile_layers_once" in str(w.message)]

@@ -1,5 +1,25 @@
-"""The eager reference decoders against an independent plain-Python oracle, hand-computed cases
-and properties of the generation loop."""
+"""reference.py: the eager reference decoders (`generate_reference`) against two oracles that share
+no code with the package.
+
+The reference shares `decoding/step.py` and `decoding/strategies.py` with every fast path, so a
+mistake there would be replicated everywhere and no optimized-vs-reference test would see it.
+The first oracle is plain Python (lists and math) on scripted logits. The second is a set of
+dense float64 decoders, a plain Python loop over blocks and steps, written from the spec:
+
+- CreditDecoding: C = beta*C (every step after the block's first) + p(v*)**gamma on still-masked
+  positions; fused logits l + alpha*log1p(C); commit masked positions whose softmax confidence
+  is >= min(max conf - 1e-5, tau); the mask token is never a candidate. alpha=0 is threshold.
+- Fast-dLLM's factor rule: commit the n most confident masked positions (ties by position), n
+  the longest run of the sorted confidences with c_i >= 1 - factor/(i+1) for i >= 2; the most
+  confident always commits.
+- LLaDA (temperature 0): per block, `steps_per_block` steps; each commits the k most confident
+  masked positions of the block (ties by position), k = the block's masks at its start split
+  evenly over the steps, the first (masks % steps) steps taking one more; CFG combines
+  un + (s+1)*(cond - un) with the prompt masked in the unconditional branch.
+- Token options: `suppress_tokens` are never proposed (their logits -inf, as the mask token's);
+  `commit_last_tokens` (LLaDA) leave the confidence softmax, so their proposals score 0.
+
+A batch decodes its blocks together: a row that has filled the current block waits for the others."""
 
 from __future__ import annotations
 
@@ -7,20 +27,15 @@ import math
 
 import pytest
 import torch
+from decoding_cases import scripted
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from toy_models import ContextMixModel, ScriptedModel
 
 import credit_compile as cc
-from credit_compile import DecodeConfig
-from credit_compile.generation_setup import setup_generation
 
 MASK = 3  # ScriptedModel cases: vocabulary of 4, token 3 is the mask
 
-
-# ------------------------------------------------------------------------------------------------
-# An independent oracle in plain Python (lists and math), written from the algorithm statement.
-# ------------------------------------------------------------------------------------------------
 
 def _softmax(row):
     m = max(row)
@@ -88,11 +103,6 @@ def oracle_decode(script, prompt_len, gen_length, block_length, strategy, alpha=
     return canvas, history
 
 
-def scripted(seed, calls, length, vocab=4, scale=3.0):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randn(length, vocab, generator=g) * scale for _ in range(calls)]
-
-
 @pytest.mark.filterwarnings("ignore:strategy=.* does not read:UserWarning")  # drawn for all
 @settings(max_examples=40)
 @given(
@@ -119,206 +129,227 @@ def test_reference_equals_plain_python_oracle(seed, strategy, blocks, alpha, bet
     assert out.nfe == len(history)
 
 
-def test_hand_computed_threshold_and_credit():
-    # Position logits (token 3 = mask has the largest logit everywhere and is never committed):
-    #   A: [3, 0, 0, 9]   p(0) = e^3/(e^3+2)     = 0.9094
-    #   B: [2.2, 0, 0, 9] p(0) = e^2.2/(e^2.2+2) = 0.8186
-    #   C: [0, 1, 0, 9]   p(1) = e/(e+2)         = 0.5761
-    row = torch.tensor([[0.0, 0, 0, 0], [3, 0, 0, 9], [2.2, 0, 0, 9], [0, 1, 0, 9]])
-    model = ScriptedModel([row], mask_id=MASK)
-    ids = torch.zeros(1, 1, dtype=torch.long)
-    common = dict(gen_length=3, block_length=3, tau=0.9, trace=True)
-
-    out = cc.generate_reference(model, ids, strategy="threshold", **common)
-    # Step 1: A passes tau. Step 2: B is the best left (0.8186 < tau but the best always
-    # commits), C is below. Step 3: C.
-    assert [t.committed[0] for t in out.trace] == [[1], [2], [3]]
-    assert out.generated[0].tolist() == [0, 0, 1]
-    assert abs(out.trace[0].confidence[0][0] - math.exp(3) / (math.exp(3) + 2)) < 1e-6
-
-    model.calls = 0
-    setup = setup_generation(model, ids, None, DecodeConfig(
-        strategy="credit", alpha=1.0, beta=0.5, gamma=1.0, tau=0.9, gen_length=3, block_length=3,
-        credit_layout="dense"))
-    step = setup.step_function()
-    credit = setup.state.buffers["credit"]
-    with torch.no_grad():
-        step()
-    p_a, p_b, p_c = (math.exp(3) / (math.exp(3) + 2), math.exp(2.2) / (math.exp(2.2) + 2),
-                     math.e / (math.e + 2))
-    assert torch.allclose(credit[0, :, :].amax(-1), torch.tensor([p_a, p_b, p_c]), atol=1e-6)
-    # Fused confidences: A 3+ln(1+0.9094) -> 0.9504 commits; B 2.2+ln(1.8186) -> 0.8914 does not.
-    assert setup.state.last_commit[0].tolist() == [True, False, False]
-    assert abs(float(setup.state.last_conf[0, 1]) - 0.8914) < 1e-3
-    with torch.no_grad():
-        step()
-    # Credit decays by beta and grows by p^gamma on still-masked positions only.
-    assert abs(float(credit[0, 1, 0]) - (0.5 * p_b + p_b)) < 1e-6
-    assert abs(float(credit[0, 0, 0]) - 0.5 * p_a) < 1e-6  # A is committed: decay only
-    # B: 2.2 + ln(1 + 1.5 p_b) -> conf 0.9095 >= tau now; C stays below.
-    assert setup.state.last_commit[0].tolist() == [False, True, False]
+MIX_MASK = 39
 
 
-def test_mask_token_as_top1_never_commits_and_terminates():
-    row = torch.zeros(3, 4)
-    row[:, MASK] = 50.0  # the model is sure every position is the mask token
-    model = ScriptedModel([row], mask_id=MASK)
-    for strategy in ("credit", "threshold", "llada"):
-        model.calls = 0
-        out = cc.generate_reference(model, torch.zeros(1, 1, dtype=torch.long), strategy=strategy,
-                                    gen_length=2, block_length=2)
-        assert (out.generated != MASK).all()
-        assert out.nfe <= 2
+class SpecDecoder:
+    def __init__(self, model, input_ids, attention_mask, gen_length, block_length,
+                 suppress=()):
+        batch, prompt_length = input_ids.shape
+        self.suppress = list(suppress)
+        self.model, self.block_length = model, block_length
+        self.prompt_length, self.blocks = prompt_length, gen_length // block_length
+        self.x = torch.full((batch, prompt_length + gen_length), MIX_MASK, dtype=torch.long)
+        self.x[:, :prompt_length] = input_ids
+        self.mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            self.mask = torch.ones_like(self.x)
+            self.mask[:, :prompt_length] = attention_mask
+        self.steps: list[list[list[int]]] = []  # per step, per row, committed positions
+
+    def logits(self, cfg_scale=0.0):
+        def run(x):
+            positions = None if self.mask is None else (self.mask.cumsum(-1) - 1).clamp_min(0)
+            with torch.no_grad():
+                return self.model(x, self.mask, positions).double()
+
+        cond = run(self.x)
+        if cfg_scale > 0:
+            unconditional = self.x.clone()
+            unconditional[:, :self.prompt_length] = MIX_MASK
+            un = run(unconditional)
+            cond = un + (cfg_scale + 1) * (cond - un)
+        cond[..., [MIX_MASK, *self.suppress]] = float("-inf")
+        return cond
+
+    def span(self, block):
+        start = self.prompt_length + block * self.block_length
+        return start, start + self.block_length
+
+    def commit(self, block, chosen, tokens):
+        start, _ = self.span(block)
+        rows = []
+        for row in range(self.x.shape[0]):
+            picked = [i for i in range(self.block_length) if chosen[row][i]]
+            for i in picked:
+                self.x[row, start + i] = tokens[row][i]
+            rows.append([start + i for i in picked])
+        self.steps.append(rows)
+
+    def credit(self, alpha, beta, gamma, tau):
+        for block in range(self.blocks):
+            start, end = self.span(block)
+            credit, first = None, True
+            while bool((self.x[:, start:end] == MIX_MASK).any()):
+                logits = self.logits()[:, start:end]
+                masked = self.x[:, start:end] == MIX_MASK
+                p = torch.softmax(logits, -1)
+                p_top, v_top = p.max(-1)
+                credit = torch.zeros_like(p) if credit is None else credit
+                if not first:
+                    credit = beta * credit
+                added = torch.zeros_like(credit).scatter_(-1, v_top[..., None],
+                                                          (p_top ** gamma)[..., None])
+                credit = credit + added * masked[..., None]
+                fused = torch.softmax(logits + alpha * torch.log1p(credit), -1)
+                confidence, tokens = fused.max(-1)
+                chosen = []
+                for row in range(self.x.shape[0]):
+                    candidates = confidence[row][masked[row]]
+                    bar = min(float(candidates.max()) - 1e-5, tau) if len(candidates) else 2.0
+                    chosen.append(masked[row] & (confidence[row] >= bar))
+                self.commit(block, chosen, tokens)
+                first = False
+        return self
+
+    def factor(self, factor):
+        for block in range(self.blocks):
+            start, end = self.span(block)
+            while bool((self.x[:, start:end] == MIX_MASK).any()):
+                logits = self.logits()[:, start:end]
+                masked = self.x[:, start:end] == MIX_MASK
+                confidence, tokens = torch.softmax(logits, -1).max(-1)
+                chosen = []
+                for row in range(self.x.shape[0]):
+                    # sorted() is stable: equal confidences keep their position order.
+                    order = sorted((i for i in range(self.block_length) if masked[row][i]),
+                                   key=lambda i, row=row: -float(confidence[row][i]))
+                    n = min(1, len(order))
+                    while n < len(order) and float(confidence[row][order[n]]) >= 1 - factor / (n + 2):
+                        n += 1
+                    picked = torch.zeros(self.block_length, dtype=torch.bool)
+                    picked[order[:n]] = True
+                    chosen.append(picked)
+                self.commit(block, chosen, tokens)
+        return self
+
+    def llada(self, steps, cfg_scale, commit_last=()):
+        per_block = steps // self.blocks
+        for block in range(self.blocks):
+            start, end = self.span(block)
+            counts = (self.x[:, start:end] == MIX_MASK).sum(-1)
+            for step in range(per_block):
+                logits = self.logits(cfg_scale)[:, start:end]
+                masked = self.x[:, start:end] == MIX_MASK
+                tokens = logits.argmax(-1)
+                scored = logits.clone()
+                scored[..., list(commit_last)] = float("-inf")
+                confidence = torch.softmax(scored, -1).gather(-1, tokens[..., None])[..., 0]
+                confidence = torch.where(masked, confidence, float("-inf"))
+                chosen = []
+                for row in range(self.x.shape[0]):
+                    base, extra = divmod(int(counts[row]), per_block)
+                    k = base + (1 if step < extra else 0)
+                    picked = torch.zeros(self.block_length, dtype=torch.bool)
+                    # Ties (commit-last proposals all score 0) by position.
+                    order = sorted(range(self.block_length),
+                                   key=lambda i, row=row: -float(confidence[row][i]))
+                    picked[order[:k]] = True
+                    chosen.append(picked)
+                self.commit(block, chosen, tokens)
+        return self
 
 
-def test_llada_transfer_schedule_matches_get_num_transfer_tokens():
-    # 10 masked positions over 4 steps: 10 // 4 = 2, remainder 2 -> [3, 3, 2, 2].
-    script = scripted(0, calls=4, length=11)
-    model = ScriptedModel(script, mask_id=MASK)
-    out = cc.generate_reference(model, torch.zeros(1, 1, dtype=torch.long), strategy="llada",
-                                gen_length=10, block_length=10, steps=4, trace=True)
-    assert [len(t.committed[0]) for t in out.trace] == [3, 3, 2, 2]
-    assert out.nfe == 4
+# No option, or ids of this model's tokens (its vocabulary: 0..39, 39 the mask).
+SUPPRESS = st.sampled_from([(), (), (0, 5, 17), tuple(range(0, 39, 2))])
 
 
-def test_early_stop_fills_after_a_settled_eos():
-    eos = 2
-    row = torch.tensor([[0.0, 0, 0, 0]] + [[0, 0, 9, 0]] * 4)  # every position: EOS, sure
-    row[1] = torch.tensor([9.0, 0, 0, 0])  # first generated position: token 0
-    model = ScriptedModel([row], mask_id=MASK)
-    out = cc.generate_reference(model, torch.zeros(1, 1, dtype=torch.long), gen_length=4,
-                                block_length=2, tau=0.99, early_stop=True, eos_token_id=eos,
-                                alpha=0.0)
-    assert out.generated[0].tolist() == [0, eos, eos, eos]
-    assert out.nfe == 1  # one step commits both, the EOS settles, the second block is filled
-
-
-def test_cfg_combines_conditional_and_unconditional_logits():
-    calls = []
-
-    class Recorder(ContextMixModel):
-        def forward(self, input_ids, attention_mask=None):
-            calls.append(input_ids.clone())
-            return super().forward(input_ids, attention_mask)
-
-    model = Recorder()
-    ids = torch.randint(0, 30, (1, 3))
-    cc.generate_reference(model, ids, strategy="llada", gen_length=4, block_length=4, steps=1,
-                          cfg_scale=1.5)
-    batch = calls[0]
-    assert batch.shape[0] == 2
-    assert (batch[1, :3] == 39).all()  # the unconditional branch sees the prompt masked
-    assert torch.equal(batch[0, :3], ids[0])
-
-
-# ------------------------------------------------------------------------------------------------
-# Properties of the generation loop on a model whose logits depend on the whole canvas.
-# ------------------------------------------------------------------------------------------------
-
-@settings(max_examples=25)
-@given(
-    seed=st.integers(0, 10_000),
-    batch=st.integers(1, 3),
-    prompt_len=st.integers(1, 5),
-    blocks=st.sampled_from([(8, 4), (8, 2), (12, 4), (8, 8)]),
-    strategy=st.sampled_from(["credit", "threshold", "llada"]),
-    tau=st.floats(0.2, 1.0),
-)
-def test_loop_properties(seed, batch, prompt_len, blocks, strategy, tau):
-    gen_length, block_length = blocks
-    model = ContextMixModel(seed=seed % 5, sharpness=1.0 + seed % 4)
-    ids = torch.randint(0, 30, (batch, prompt_len), generator=torch.Generator().manual_seed(seed))
-    out = cc.generate_reference(model, ids, strategy=strategy, gen_length=gen_length,
-                                block_length=block_length, tau=tau, trace=True)
-    assert torch.equal(out.sequences[:, :prompt_len], ids)  # the prompt never changes
-    assert (out.generated != 39).all()  # no mask left
-    num_blocks = gen_length // block_length
-    assert out.nfe >= num_blocks
-    if strategy == "llada":
-        assert out.nfe == gen_length
-    else:
-        assert out.nfe <= gen_length
-    # A committed token never changes afterwards: every generated position is committed exactly
-    # once over the whole trace, and blocks are decoded left to right.
-    for row in range(batch):
-        committed = [p for t in out.trace for p in t.committed[row]]
-        assert sorted(committed) == list(range(prompt_len, prompt_len + gen_length))
-    assert [t.block for t in out.trace] == sorted(t.block for t in out.trace)
-
-
-@settings(max_examples=15)
-@given(seed=st.integers(0, 10_000), tau=st.floats(0.3, 1.0))
-def test_alpha_zero_is_threshold_decoding(seed, tau):
-    model = ContextMixModel(seed=seed % 5)
-    ids = torch.randint(0, 30, (2, 3), generator=torch.Generator().manual_seed(seed))
-    kw = dict(gen_length=8, block_length=4, tau=tau)
-    credit = cc.generate_reference(model, ids, strategy="credit", alpha=0.0, **kw)
-    threshold = cc.generate_reference(model, ids, strategy="threshold", **kw)
-    assert torch.equal(credit.sequences, threshold.sequences) and credit.nfe == threshold.nfe
-
-
-@settings(max_examples=15)
-@given(seed=st.integers(0, 10_000), beta=st.floats(0.0, 1.0))
-def test_credit_never_negative_and_decays_by_beta(seed, beta):
-    model = ContextMixModel(seed=seed % 5)
-    ids = torch.randint(0, 30, (2, 3), generator=torch.Generator().manual_seed(seed))
-    setup = setup_generation(model, ids, None, DecodeConfig(
-        gen_length=8, block_length=8, beta=beta, tau=1.0, credit_layout="dense"))
-    step, state = setup.step_function(), setup.state
-    credit = state.buffers["credit"]
-    with torch.no_grad():
-        for _ in range(4):
-            before = credit.clone()
-            was_masked = state.x[:, state.gen_start:] == 39
-            first = int(state.step_in_block) == 0
-            step()
-            assert (credit >= 0).all()
-            if not first:
-                # Unmasked positions only decay; masked ones decay then gain at one token.
-                unmasked = ~was_masked
-                assert torch.equal(credit[unmasked], (before * beta)[unmasked])
-                gained = credit - before * beta
-                assert ((gained > 0).sum(-1) <= 1).all()
-
-
-@settings(max_examples=10)
-@given(seed=st.integers(0, 10_000), strategy=st.sampled_from(["credit", "threshold", "llada"]))
-def test_padded_batch_equals_each_prompt_alone(seed, strategy):
-    model = ContextMixModel(seed=seed % 5)
+def prompts(batch, length, seed, padded):
     g = torch.Generator().manual_seed(seed)
-    short, long = torch.randint(0, 30, (1, 2), generator=g), torch.randint(0, 30, (1, 5), generator=g)
-    batch = torch.cat([torch.cat([torch.zeros(1, 3, dtype=torch.long), short], 1), long])
-    mask = torch.tensor([[0, 0, 0, 1, 1], [1, 1, 1, 1, 1]])
-    kw = dict(strategy=strategy, gen_length=8, block_length=4)
-    together = cc.generate_reference(model, batch, mask, **kw)
-    alone = [cc.generate_reference(model, p, **kw) for p in (short, long)]
-    assert torch.equal(together.generated[0], alone[0].generated[0])
-    assert torch.equal(together.generated[1], alone[1].generated[0])
+    ids = torch.randint(0, 30, (batch, length), generator=g)
+    mask = None
+    if padded and length > 1:
+        mask = torch.ones_like(ids)
+        for row in range(batch):
+            mask[row, :int(torch.randint(0, length, (1,), generator=g))] = 0
+        ids = ids.masked_fill(mask == 0, 0)
+    return ids, mask
 
 
-def test_same_seed_same_output_for_sampling():
-    model = ContextMixModel(sharpness=0.5)
-    ids = torch.randint(0, 30, (2, 3))
-    kw = dict(strategy="llada", gen_length=8, block_length=4, temperature=1.0, remasking="random")
-    a = cc.generate_reference(model, ids, seed=7, **kw)
-    b = cc.generate_reference(model, ids, seed=7, **kw)
-    c = cc.generate_reference(model, ids, seed=8, **kw)
-    assert torch.equal(a.sequences, b.sequences)
-    assert not torch.equal(a.sequences, c.sequences)
+def reference_steps(out):
+    return [step.committed for step in out.trace]
 
 
-def test_sync_every_does_not_change_tokens_or_nfe():
-    from credit_compile.decoding.loop import run_generation
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
+    padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8), (6, 3)]),
+    alpha=st.sampled_from([0.0, 0.7, 2.0]), beta=st.sampled_from([0.0, 0.5, 0.8, 1.0]),
+    gamma=st.sampled_from([0.2, 1.0]), tau=st.sampled_from([0.5, 0.9, 1.0]),
+    layout=st.sampled_from(["dense", "sparse"]), sharpness=st.sampled_from([0.5, 1.5, 3.0]),
+    suppress=SUPPRESS,
+)
+def test_credit_and_threshold_follow_the_spec(batch, length, seed, padded, blocks, alpha, beta,
+                                              gamma, tau, layout, sharpness, suppress):
+    gen_length, block_length = blocks
+    model = ContextMixModel(seed=seed % 5, sharpness=sharpness)
+    ids, mask = prompts(batch, length, seed, padded)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length, suppress).credit(
+        alpha, beta, gamma, tau)
+    out = cc.generate_reference(model, ids, mask, gen_length=gen_length, block_length=block_length,
+                                alpha=alpha, beta=beta, gamma=gamma, tau=tau,
+                                credit_layout=layout, suppress_tokens=suppress or None,
+                                trace=True)
+    assert torch.equal(out.sequences, spec.x)
+    assert reference_steps(out) == spec.steps  # the same positions at every step
+    assert out.nfe == len(spec.steps)
 
-    model = ContextMixModel(seed=3)
-    ids = torch.randint(0, 30, (2, 4))
-    results = []
-    for sync_every in (1, 3):
-        setup = setup_generation(model, ids, None, DecodeConfig(gen_length=12, block_length=4))
-        with torch.no_grad():
-            results.append(run_generation(setup.step_function(), setup.state,
-                                          max_steps=setup.strategy.max_steps(),
-                                          sync_every=sync_every))
-    assert torch.equal(results[0].sequences, results[1].sequences)
-    assert results[0].nfe == results[1].nfe
-    assert results[1].steps_run >= results[0].steps_run
+
+@settings(max_examples=25, derandomize=True, deadline=None)
+@given(
+    batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
+    padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8), (6, 3)]),
+    factor=st.sampled_from([0.1, 0.5, 1.0, 2.0, 4.0]), sharpness=st.sampled_from([1.5, 3.0, 6.0]),
+    suppress=SUPPRESS,
+)
+def test_factor_decoding_follows_the_spec(batch, length, seed, padded, blocks, factor, sharpness,
+                                          suppress):
+    gen_length, block_length = blocks
+    model = ContextMixModel(seed=seed % 5, sharpness=sharpness)
+    ids, mask = prompts(batch, length, seed, padded)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length, suppress).factor(factor)
+    out = cc.generate_reference(model, ids, mask, strategy="factor", factor=factor,
+                                gen_length=gen_length, block_length=block_length,
+                                suppress_tokens=suppress or None, trace=True)
+    assert torch.equal(out.sequences, spec.x)
+    assert reference_steps(out) == spec.steps
+    assert out.nfe == len(spec.steps)
+
+
+@settings(max_examples=15, derandomize=True, deadline=None)
+@given(
+    batch=st.integers(1, 3), length=st.integers(1, 5), seed=st.integers(0, 2**16),
+    padded=st.booleans(), blocks=st.sampled_from([(8, 4), (12, 4), (8, 8)]),
+    steps_per_block=st.sampled_from([1, 3, 4]), cfg_scale=st.sampled_from([0.0, 1.5]),
+    suppress=SUPPRESS, commit_last=SUPPRESS,
+)
+def test_llada_greedy_sampler_follows_the_spec(batch, length, seed, padded, blocks,
+                                              steps_per_block, cfg_scale, suppress, commit_last):
+    gen_length, block_length = blocks
+    steps = steps_per_block * (gen_length // block_length)
+    model = ContextMixModel(seed=seed % 5)
+    ids, mask = prompts(batch, length, seed, padded)
+    spec = SpecDecoder(model, ids, mask, gen_length, block_length, suppress).llada(
+        steps, cfg_scale, commit_last)
+    out = cc.generate_reference(model, ids, mask, strategy="llada", gen_length=gen_length,
+                                block_length=block_length, steps=steps, cfg_scale=cfg_scale,
+                                suppress_tokens=suppress or None,
+                                commit_last_tokens=commit_last or None, trace=True)
+    assert torch.equal(out.sequences, spec.x)
+    assert reference_steps(out) == spec.steps
+    assert out.nfe == steps
+
+
+def test_the_comparison_catches_a_wrong_commit_rule(monkeypatch):
+    # The comparison can fail: a slack of 0.3 instead of 1e-5 in the commit rule is caught.
+    model = ContextMixModel(seed=1, sharpness=1.5)
+    ids, _ = prompts(2, 4, 3, padded=False)
+    spec = SpecDecoder(model, ids, None, 12, 4).credit(0.7, 0.8, 0.2, 0.9)
+
+    def decode():
+        return reference_steps(cc.generate_reference(model, ids, gen_length=12, block_length=4,
+                                                     trace=True))
+
+    assert decode() == spec.steps
+    monkeypatch.setattr("credit_compile.decoding.strategies.BEST_SLACK", 0.3)
+    assert decode() != spec.steps

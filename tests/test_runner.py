@@ -1,27 +1,24 @@
-"""Step runners: CUDA-graph replay equals the eager reference; CPU falls back with a reason."""
+"""runner.py: how the one denoising step is executed. CUDA-graph replay equals the eager reference;
+CPU falls back with a reason; a step that does not compile, or a capture that fails, is reported
+as what it is (on_compile_error="eager" decodes eagerly instead)."""
 
 from __future__ import annotations
 
 import logging
+import types
 import warnings
 
 import pytest
 import torch
 from cuda_marks import needs_cuda
+from helpers import assert_same_generation, prompts
+from torch._dynamo.utils import counters
+from toy_models import ContextMixModel, make_prompts
 
 import credit_compile as cc
 from credit_compile.generation_setup import setup_generation
 from credit_compile.models import build_model, get_config
 from credit_compile.runner import CompiledStepRunner, EagerStepRunner, unrolled_phases
-
-
-def prompts(batch, length, device, padded=False, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(0, 100, (batch, length), generator=g)
-    mask = torch.ones_like(ids)
-    if padded:
-        mask[0, : length // 2] = 0
-    return ids.to(device), (mask.to(device) if padded else None)
 
 
 def describe_first_divergence(model, ids, mask, kwargs) -> str:
@@ -80,84 +77,6 @@ def test_more_live_shapes_than_dynamos_recompile_limit():
         runners.append(CompiledStepRunner(setup, backend="eager"))
         runners[-1].step()  # compiles; without a code object per runner the ninth raised
         assert int(setup.state.nfe) == 1
-
-
-@pytest.mark.cheap_compile
-def test_least_recently_used_step_is_dropped_beyond_max_cached_steps():
-    model = build_model("tiny")
-    fast = cc.optimize(model, gen_length=4, block_length=4, compile=False, max_cached_steps=2)
-    for length in (3, 4, 3, 5):
-        fast.generate(prompts(1, length, "cpu")[0])
-    assert fast.cached_steps == 2
-    assert sorted(key[0] for key in fast._steps.keys()) == [(1, 3 + 4), (1, 5 + 4)]
-    for bad in (0, -1, 2.0, True):
-        with pytest.raises(ValueError, match=r"max_cached_steps=.*: use a positive integer"):
-            cc.optimize(model, max_cached_steps=bad)
-        with pytest.raises(ValueError, match=r"max_cached_steps=.*: use a positive integer"):
-            fast.max_cached_steps = bad
-
-
-@pytest.mark.cheap_compile
-def test_lowering_max_cached_steps_drops_the_least_recently_used_now(caplog):
-    # A server lowering the limit to free memory must not wait for a new shape to arrive.
-    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=False)
-    for length in (3, 4, 5, 6, 4):
-        fast.generate(prompts(1, length, "cpu")[0])
-    with caplog.at_level(logging.INFO, logger="credit_compile"):
-        fast.max_cached_steps = 2
-    assert sorted(key[0] for key in fast._steps.keys()) == [(1, 4 + 4), (1, 6 + 4)]
-    # Asked for, so said at INFO, and without the overflow warning's advice to raise the limit.
-    assert sum("freed the eager step" in r.message and "lowered to 2" in r.message
-               and r.levelno == logging.INFO for r in caplog.records) == 2
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
-    fast.max_cached_steps = 8  # raising it drops nothing
-    assert fast.cached_steps == 2
-
-
-@pytest.mark.cheap_compile
-def test_max_cached_steps_is_not_changed_from_inside_a_call():
-    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=False)
-
-    def lower(_steps):
-        fast.max_cached_steps = 1
-
-    with pytest.raises(RuntimeError, match=r"setting max_cached_steps called while this thread "
-                                           r"is inside generate\(\)"):
-        fast.generate(prompts(1, 3, "cpu")[0], progress=lower)
-    assert fast.max_cached_steps == 8
-
-
-def test_a_dropped_compiled_step_is_freed():
-    import gc
-    import weakref
-
-    from credit_compile import runner as runner_module
-
-    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, max_cached_steps=1)
-    fast.generate(prompts(1, 3, "cpu")[0])
-    dropped = weakref.ref(fast._steps.runners()[0])
-    fast.generate(prompts(1, 4, "cpu")[0])
-    gc.collect()
-    assert dropped() is None
-    # Dynamo stores compiled graphs in the compiled function's globals: the runner's own, not
-    # the module's, which would keep every dropped step's code alive.
-    assert not [name for name in vars(runner_module) if name.startswith("__compiled_fn")]
-
-
-@pytest.mark.parametrize("compile", [True, False])
-def test_dropping_a_step_says_so_when_it_compiles_again(caplog, compile):
-    fast = cc.optimize(build_model("tiny"), gen_length=4, block_length=4, compile=compile,
-                       max_cached_steps=1)
-    with caplog.at_level(logging.WARNING, logger="credit_compile"):
-        fast.generate(prompts(1, 3, "cpu")[0])
-        assert not caplog.records
-        fast.generate(prompts(1, 4, "cpu")[0])
-    assert fast.cached_steps == 1
-    said = [r.message for r in caplog.records if "dropped the compiled step" in r.message]
-    if compile:
-        assert any("canvas shape (1, 7)" in m and "max_cached_steps=1" in m for m in said)
-    else:  # an eager step's buffers are freed quietly: nothing compiles again
-        assert not said
 
 
 def test_eager_runner_when_compile_is_off():
@@ -220,6 +139,7 @@ class GraphBreaking(torch.nn.Module):
         return self.inner(input_ids, attention_mask=attention_mask)
 
 
+@pytest.mark.cheap_compile
 def test_a_step_falling_back_to_eager_is_not_captured(graphs_on_cpu, caplog):
     model = GraphBreaking()
     ids, mask = prompts(2, 5, "cpu", padded=True)
@@ -234,6 +154,7 @@ def test_a_step_falling_back_to_eager_is_not_captured(graphs_on_cpu, caplog):
         cc.optimize(model, gen_length=8, block_length=4, cuda_graphs="on").generate(ids, mask)
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.parametrize("capture_then_fails", [False, True])
 def test_a_recompile_failing_in_the_graph_warm_up_is_not_captured(capture_then_fails, caplog):
     """on_compile_error="eager" compiles before capture; a guard failing in the warm-up after
@@ -266,6 +187,7 @@ def test_a_recompile_failing_in_the_graph_warm_up_is_not_captured(capture_then_f
     assert "a recompile failed" in caplog.text
 
 
+@pytest.mark.cheap_compile
 def test_capture_failing_falls_back_to_the_compiled_step_unless_graphs_are_required(caplog):
     from credit_compile import runner
 
@@ -354,6 +276,7 @@ def test_a_refresh_sharing_no_factor_with_sync_every_is_named():
                                                         temperature=0.5))
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.slow  # compiles a cached model's two steps; main stack only
 def test_graphs_with_a_refresh_sharing_no_factor_warn_and_decode_right(graphs_on_cpu):
     model = build_model(get_config("tiny", init_std=0.5), seed=1)
@@ -699,7 +622,6 @@ class LoggingForward(torch.nn.Module):
 @pytest.mark.cheap_compile
 def test_logging_in_the_forward_compiles_as_one_graph(caplog):
     from torch._dynamo import config as dynamo_config
-    from torch._dynamo.utils import counters
 
     ignored_before = set(dynamo_config.ignore_logger_methods)
     model = LoggingForward()
@@ -717,3 +639,181 @@ def test_logging_in_the_forward_compiles_as_one_graph(caplog):
     assert set(dynamo_config.ignore_logger_methods) == ignored_before
     report = cc.verify(model, ids, gen_length=8, block_length=4)  # compiles the forward alone
     assert report.ok and report.max_logit_difference < 1e-5
+
+
+@pytest.mark.cheap_compile
+def test_a_recompile_after_a_guarded_change_is_compile_time(caplog):
+    class ListScaledModel(ContextMixModel):
+        def forward(self, input_ids, attention_mask=None, position_ids=None):
+            return super().forward(input_ids, attention_mask, position_ids) * self.scales[0]
+
+    model = ListScaledModel(seed=4)
+    model.scales = [1.0]
+    fast = cc.optimize(model, gen_length=8, block_length=4)
+    ids, _ = make_prompts(1, 4, 0, padded=False)
+    assert fast.generate(ids).stats["compile_seconds"] > 0
+    assert fast.generate(ids).stats["compile_seconds"] == 0.0
+    # Inside a list, out of the model fingerprint's sight: dynamo baked the old value in, guarded
+    # by its own check, and recompiles the cached step.
+    model.scales[0] = 5.0
+    with caplog.at_level("WARNING", logger="credit_compile"):
+        out = fast.generate(ids)
+    assert out.stats["compile_seconds"] > 0
+    assert "the compiled step recompiled" in caplog.text
+    assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4), out)
+    assert fast.generate(ids).stats["compile_seconds"] == 0.0
+
+
+def _fake_cuda_setup():
+    state = types.SimpleNamespace(device=torch.device("cuda"))
+    return types.SimpleNamespace(state=state, config=cc.DecodeConfig(),
+                                 step_functions=lambda: {"step": lambda: None})
+
+
+@pytest.mark.cheap_compile
+def test_a_failed_capture_falls_back_to_the_compiled_step_under_auto(monkeypatch, caplog):
+    # cuda_graphs="auto" promises the compiled step when capture fails; "on" raises.
+    from credit_compile import runner
+
+    def failing_capture(*args, **kwargs):
+        raise RuntimeError("capture failed: an op synchronised")
+
+    monkeypatch.setattr(runner, "CudaGraphStepRunner", failing_capture)
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        out = runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="auto")
+    assert isinstance(out, runner.CompiledStepRunner)
+    assert "CUDA graph capture failed" in caplog.text
+    with pytest.raises(RuntimeError, match="capture failed"):
+        runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="on")
+
+
+@pytest.mark.cheap_compile
+def test_a_compile_error_is_not_taken_for_a_failed_capture(monkeypatch, caplog):
+    # Under "auto" a failed capture falls back to the compiled step; a step that does not
+    # compile would fail there again, behind a warning blaming the capture.
+    from credit_compile import runner
+
+    def failing_compile(*args, **kwargs):
+        raise runner.CompileError("could not compile")
+
+    monkeypatch.setattr(runner, "CudaGraphStepRunner", failing_compile)
+    with caplog.at_level(logging.WARNING, logger="credit_compile"), \
+            pytest.raises(cc.CompileError, match="could not compile"):
+        runner.make_runner(_fake_cuda_setup(), backend="eager", cuda_graphs="auto")
+    assert "CUDA graph capture failed" not in caplog.text
+
+
+class GraphBreakingModel(ContextMixModel):
+    """A forward that branches on a tensor's value: a graph break, which fullgraph refuses."""
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        if (input_ids == self.config.mask_token_id).sum().item() > 3:
+            input_ids = input_ids.clone()
+        return super().forward(input_ids, attention_mask, position_ids)
+
+
+@pytest.mark.cheap_compile
+def test_a_model_that_does_not_compile_gets_an_error_naming_the_eager_way():
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast = cc.optimize(GraphBreakingModel(seed=2), gen_length=8, block_length=4)
+    with pytest.raises(cc.CompileError, match=r"compile=False") as raised:
+        fast.generate(ids)
+    assert isinstance(raised.value.__cause__, torch._dynamo.exc.TorchDynamoException)
+    assert "item" in str(raised.value.__cause__)  # dynamo's own account, with the model line
+    assert "graph breaks" in str(raised.value)
+    with pytest.raises(cc.CompileError):
+        fast.precompile(1, 5)
+    # The way out it names works, and decodes the reference's tokens.
+    eager = cc.optimize(GraphBreakingModel(seed=2), gen_length=8, block_length=4, compile=False)
+    reference = cc.generate_reference(GraphBreakingModel(seed=2), ids,
+                                      config=eager.resolved_config())
+    assert torch.equal(eager.generate(ids).sequences, reference.sequences)
+
+
+class RaisingModel(ContextMixModel):
+    """A forward that raises a Python exception of its own: in eager, or only as it traces."""
+
+    def __init__(self, only_when_traced: bool):
+        super().__init__(seed=2)
+        self.only_when_traced = only_when_traced
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        if not self.only_when_traced or torch.compiler.is_compiling():
+            raise ValueError(f"this model takes at most 4 tokens, not {input_ids.shape[1]}")
+        return super().forward(input_ids, attention_mask, position_ids)
+
+
+@pytest.mark.cheap_compile
+def test_a_model_raising_its_own_error_as_it_traces_gets_that_error_not_a_compile_error():
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast = cc.optimize(RaisingModel(only_when_traced=False), gen_length=8, block_length=4)
+    with pytest.raises(ValueError, match="at most 4 tokens, not 13") as raised:
+        fast.generate(ids)
+    assert not isinstance(raised.value, cc.CompileError)
+    # Raised under tracing only, the eager step runs: then it is the compiler's failure.
+    fast = cc.optimize(RaisingModel(only_when_traced=True), gen_length=8, block_length=4)
+    with pytest.raises(cc.CompileError, match="compile=False"):
+        fast.generate(ids)
+
+
+@pytest.mark.cheap_compile
+def test_on_compile_error_eager_warns_once_and_decodes_the_reference_tokens(caplog):
+    ids, mask = make_prompts(2, 5, 0, padded=True)
+    fast = cc.optimize(GraphBreakingModel(seed=2), gen_length=8, block_length=4,
+                       on_compile_error="eager")
+    reference = cc.generate_reference(GraphBreakingModel(seed=2), ids, mask,
+                                      config=fast.resolved_config())
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        first = fast.generate(ids, mask)
+        second = fast.generate(ids, mask)
+    said = [r.message for r in caplog.records if "could not compile" in r.message]
+    assert len(said) == 1 and "data-dependent" in said[0] and "runs eagerly" in said[0]
+    for out in (first, second):
+        assert torch.equal(out.sequences, reference.sequences) and out.nfe == reference.nfe
+        assert out.stats["runner"] == "eager"
+    # A step that compiles is compiled as before: the option changes only the failure.
+    fine = cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4,
+                       on_compile_error="eager")
+    assert fine.generate(ids, mask).stats["runner"] == "compiled"
+    # precompile() of a shape that does not compile warns instead of raising.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="credit_compile"):
+        fast.precompile(1, 6)
+    assert "could not compile" in caplog.text
+    # The model's own exception is raised with it too (it is not the compiler's).
+    raising = cc.optimize(RaisingModel(only_when_traced=False), gen_length=8, block_length=4,
+                          on_compile_error="eager")
+    with pytest.raises(ValueError, match="at most 4 tokens"):
+        raising.generate(ids, mask)
+
+
+@pytest.mark.cheap_compile
+def test_on_compile_error_eager_after_an_exception_under_tracing_steps_once():
+    # The model raises only as dynamo traces it: the eager step run to tell has taken the step,
+    # which must not be taken twice (NFE and tokens as the reference's).
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    fast = cc.optimize(RaisingModel(only_when_traced=True), gen_length=8, block_length=4,
+                       on_compile_error="eager")
+    reference = cc.generate_reference(RaisingModel(only_when_traced=True), ids,
+                                      config=fast.resolved_config())
+    out = fast.generate(ids)
+    assert torch.equal(out.sequences, reference.sequences) and out.nfe == reference.nfe
+    assert out.stats["runner"] == "eager"
+
+
+@pytest.mark.cheap_compile
+@pytest.mark.inductor
+def test_a_failing_compiler_backend_is_not_blamed_on_the_model():
+    from credit_compile import runner
+
+    def failing_backend(graph_module, example_inputs):
+        raise RuntimeError("lowering failed")
+
+    ids, _ = make_prompts(1, 5, 0, padded=False)
+    setup = cc.generation_setup.setup_generation(ContextMixModel(seed=2), ids, None,
+                                       cc.DecodeConfig(gen_length=8, block_length=4))
+    compiled = runner.CompiledStepRunner(setup, backend=failing_backend)
+    with pytest.raises(cc.CompileError, match="compile=False") as raised:
+        compiled.step()
+    assert "a bug to report" in str(raised.value) and "graph breaks" not in str(raised.value)
+    assert "lowering failed" in str(raised.value.__cause__)

@@ -2,8 +2,7 @@
 trained without, the batch encoding, the masked-diffusion loss and the learning-rate schedule.
 
 The 45-minute training run itself is not repeated; its pieces are checked against their
-definitions (tasks.py / train.py docstrings), each in well under a second.
-"""
+definitions (tasks.py / train.py docstrings), each in well under a second."""
 
 from __future__ import annotations
 
@@ -13,12 +12,14 @@ import random
 import pytest
 import torch
 
+from credit_compile.assets import has_default_model
 from credit_compile.tokenizer import CharTokenizer
 from credit_compile.training.tasks import (
     GEN_LENGTH,
     TASKS,
     encode_batch,
     held_out_set,
+    is_correct,
     is_held_out,
     make_item,
     sample_items,
@@ -118,3 +119,34 @@ def test_learning_rate_warm_up_then_cosine_to_a_tenth():
     assert lr_at(99, 1.0, peak, warmup) == pytest.approx(peak / 10)
     assert lr_at(99, 1.7, peak, warmup) == pytest.approx(peak / 10)  # progress is clamped
     assert lr_at(99, -1.0, peak, warmup) == pytest.approx(peak)
+
+
+@pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+def test_held_out_set_is_disjoint_from_training():
+    import random
+
+    from credit_compile.training.tasks import sample_items
+
+    held = {p for _, p, _ in held_out_set(200)}
+    train = {p for _, p, _ in sample_items(5000, random.Random(0))}
+    assert held and not held & train
+
+
+@pytest.mark.skipif(not has_default_model(), reason="default model files missing")
+def test_tasks_answers_and_their_checker():
+    import random
+
+    from credit_compile.training.tasks import GEN_LENGTH, MAX_PROMPT, TASKS, make_item
+
+    rng = random.Random(3)
+    for task in TASKS:
+        for _ in range(200):
+            prompt, answer = make_item(task, rng)
+            assert len(prompt) <= MAX_PROMPT and 1 <= len(answer) <= GEN_LENGTH
+            assert is_correct(task, prompt, answer, answer)
+            assert not is_correct(task, prompt, answer, answer[:-1])
+    assert make_item("add", random.Random(0))[0][4] == "+"  # fixed width: 4 digits, '+', 4, '='
+    # permute: any ordering of the prompt's digits, nothing else
+    assert is_correct("permute", "P1123=", "1123", "3211")
+    assert not is_correct("permute", "P1123=", "1123", "1223")
+    assert not is_correct("sort", "S21=", "12", "21")

@@ -1,6 +1,6 @@
-"""Bad input: every one raises a ValueError whose message names the fix, at the entry point
-(`generate_reference(...)` with overrides, a `DecodeConfig`, or `DecodeConfig.replace`), before any
-decoding happens."""
+"""validation.py: bad input raises a ValueError whose message names the fix, at every entry point
+(`generate_reference(...)` with overrides, `optimize(...)`, `generate(...)`), before any
+decoding happens; what cannot be refused is warned about at the caller's line."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import warnings
 
 import pytest
 import torch
+from helpers import CONFIG_ERRORS, small
 from toy_models import ContextMixModel, ScriptedModel
 
 import credit_compile as cc
@@ -39,131 +40,15 @@ def ids():
     return torch.tensor([[1, 2, 3], [4, 5, 6]])
 
 
-def small(**kw):
-    return {"gen_length": 8, "block_length": 4, **kw}
-
-
 def assert_rejected(model, ids, fix, attention_mask=None, **overrides):
     with pytest.raises(ValueError, match=fix):
         cc.generate_reference(model, ids, attention_mask, **overrides)
     assert model.calls == 0  # refused before any decoding
 
 
-# ------------------------------------------------------------------------------------------------
-# Decoding options
-# ------------------------------------------------------------------------------------------------
-
-CONFIG_ERRORS = [
-    # gen_length not a multiple of block_length: suggests the nearest divisor.
-    (dict(gen_length=30, block_length=8),
-     r"gen_length=30 is not a multiple of block_length=8: choose a block_length that divides "
-     r"gen_length \(for example 6\)"),
-    (dict(gen_length=8, block_length=16), r"choose a block_length that divides gen_length \(for example 8\)"),
-    (dict(gen_length=12, block_length=5), r"choose a block_length that divides gen_length \(for example 4\)"),
-    # steps not divisible by the number of blocks.
-    (dict(gen_length=32, block_length=8, steps=10, strategy="llada"),
-     r"steps=10 is not divisible by the number of blocks \(4 = gen_length/block_length\): "
-     r"use a multiple of 4"),
-    (dict(gen_length=24, block_length=8, steps=7, strategy="llada"), r"use a multiple of 3, for example 6"),
-    (dict(steps=0), r"steps=0: use a positive integer or None"),
-    # tau outside (0, 1].
-    (dict(tau=0.0), r"tau=0.0: use a threshold in \(0, 1\]"),
-    (dict(tau=-0.5), r"use a threshold in \(0, 1\]"),
-    (dict(tau=1.0001), r"use a threshold in \(0, 1\]"),
-    (dict(tau=float("nan")), r"use a threshold in \(0, 1\]"),
-    # alpha < 0.
-    (dict(alpha=-0.1), r"alpha=-0.1: use alpha >= 0 \(0 is plain threshold decoding\)"),
-    (dict(alpha=float("nan")), r"use alpha >= 0"),
-    # beta outside [0, 1].
-    (dict(beta=-0.01), r"beta=-0.01: use a decay in \[0, 1\]"),
-    (dict(beta=1.5), r"beta=1.5: use a decay in \[0, 1\]"),
-    # gamma <= 0.
-    (dict(gamma=0.0), r"gamma=0.0: use gamma > 0"),
-    (dict(gamma=-1.0), r"use gamma > 0"),
-    # Finite in Python but not in float32, where alpha * log1p(C) and the Gumbel noise run.
-    (dict(alpha=1e39), r"alpha=1e\+39 overflows float32, in which the logits are computed: use a "
-     r"value below 3.4e38"),
-    (dict(gamma=4e38), r"gamma=4e\+38 overflows float32"),
-    (dict(strategy="llada", temperature=1e308), r"temperature=1e\+308 overflows float32"),
-    # Sampling and guidance are for LLaDA's sampler only.
-    (dict(strategy="credit", temperature=0.5),
-     r"temperature=0.5 with strategy='credit': the credit, threshold, factor and llada2 strategies are "
-     r"greedy; use temperature=0 or strategy='llada'"),
-    (dict(strategy="factor", temperature=0.5), r"use temperature=0 or strategy='llada'"),
-    (dict(factor=0.0), r"factor=0.0: use factor > 0 \(Fast-dLLM's scripts use 1\)"),
-    (dict(factor=-1.0), r"use factor > 0"),
-    (dict(factor=float("nan")), r"use factor > 0"),
-    (dict(strategy="threshold", temperature=1.0), r"use temperature=0 or strategy='llada'"),
-    (dict(strategy="credit", cfg_scale=1.0), r"use cfg_scale=0"),
-    (dict(strategy="factor", remasking="random"),
-     r"remasking='random' with strategy='factor': random remasking is implemented for "
-     r"strategy='llada' only; use remasking='low_confidence' or strategy='llada'"),
-    (dict(strategy="threshold", remasking="random"), r"use remasking='low_confidence'"),
-    (dict(strategy="llada", temperature=-1.0), r"use temperature >= 0"),
-    (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
-    # Names and enumerations.
-    (dict(strategy="beam"),
-     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada', 'llada2'\)"),
-    (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
-    (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
-    (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),
-    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual', 'block'\) "
-                              r"\(Fast-dLLM's PrefixCache is 'prompt' here"),
-    (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual', 'block'\)$"),
-    (dict(kv_cache="dual", kv_cache_refresh=0), r"kv_cache_refresh=0: use a positive number of "
-                                                r"steps or None"),
-    (dict(kv_cache="dual", kv_cache_refresh=2.5), r"kv_cache_refresh=2.5: use a positive"),
-    (dict(kv_cache_refresh=2), r"kv_cache_refresh=2 with kv_cache='none': there is no cache to "
-                               r"refresh; set kv_cache='prompt' or 'dual', or leave it None"),
-    # Graphs replay the compiled step: without it "on" would silently run eagerly.
-    (dict(cuda_graphs="on", compile=False), r"cuda_graphs='on' with compile=False: .*set "
-     r"compile=True, or cuda_graphs='auto'"),
-    (dict(compile="yes"), r"compile='yes': use True or False"),
-    (dict(compile_layers_once=1), r"compile_layers_once=1: use True or False"),
-    # A string from a config file: "false" is truthy, and would have turned early stop on.
-    (dict(early_stop="false"), r"early_stop='false': use True or False"),
-    (dict(early_stop=[]), r"early_stop=\[\]: use True or False"),
-    (dict(dtype="float64"), r"dtype='float64': use one of"),
-    # Counts.
-    (dict(gen_length=0), r"gen_length=0: use a positive integer"),
-    (dict(block_length=-4), r"block_length=-4: use a positive integer"),
-    (dict(gen_length=8.0), r"gen_length=8.0: use a positive integer"),
-    (dict(block_length=True), r"block_length=True: use a positive integer"),
-    (dict(sync_every=0), r"sync_every=0: use a positive integer"),
-    (dict(credit_slots=0), r"use a positive integer or None \(exact\)"),
-    (dict(mask_id=-3), r"mask_id=-3: use a non-negative integer or None"),
-    (dict(seed=-1), r"seed=-1: use a non-negative integer or None"),
-    (dict(seed=2**64), r"seed=18446744073709551616 does not fit torch's 64-bit seed: use a seed "
-                       r"below 2\*\*64"),
-    (dict(prompt_bucket=0), r"prompt_bucket=0: use a positive number of tokens .* or None"),
-    (dict(prompt_bucket=-8), r"prompt_bucket=-8: use a positive number of tokens"),
-    (dict(prompt_bucket=16.0), r"prompt_bucket=16.0: use a positive number of tokens"),
-    (dict(prompt_bucket=True), r"prompt_bucket=True: use a positive number of tokens"),
-    (dict(batch_bucket=0), r"batch_bucket=0: use a positive number of rows .* or None"),
-    (dict(batch_bucket=2.0), r"batch_bucket=2.0: use a positive number of rows"),
-]
-
-
-@pytest.mark.parametrize("fields, fix", CONFIG_ERRORS)
-def test_config_errors_name_the_fix(fields, fix):
-    with pytest.raises(ValueError, match=fix):
-        DecodeConfig(**fields)
-    with pytest.raises(ValueError, match=fix):
-        DecodeConfig().replace(**fields)
-
-
 @pytest.mark.parametrize("fields, fix", CONFIG_ERRORS)
 def test_config_errors_through_generate(model, ids, fields, fix):
     assert_rejected(model, ids, fix, **fields)
-
-
-def test_valid_edges_are_accepted():
-    # The boundaries of the documented ranges are valid.
-    DecodeConfig(tau=1.0, alpha=0.0, beta=0.0, gamma=1e-6)
-    DecodeConfig(beta=1.0, tau=1e-6)
-    DecodeConfig(strategy="llada", gen_length=32, block_length=8, steps=4, temperature=2.0,
-                 cfg_scale=3.0, remasking="random")
-    DecodeConfig(gen_length=8, block_length=8, steps=None)
 
 
 def test_steps_are_ignored_outside_llada_as_documented(model, ids):
@@ -205,19 +90,6 @@ def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(mode
         fast.generate(ids, strategy="llada")  # the base's steps=4, read at last
 
 
-def test_numpy_scalars_are_read_as_python_numbers():
-    np = pytest.importorskip("numpy")
-    config = DecodeConfig(gen_length=np.int64(8), block_length=np.int32(4), alpha=np.float32(0.5),
-                          seed=np.uint8(3), eos_token_id=[np.int64(5), 6])
-    assert (config.gen_length, config.block_length, config.seed) == (8, 4, 3)
-    assert type(config.gen_length) is int and type(config.alpha) is float
-    assert config.eos_token_id == (5, 6) and type(config.eos_token_id[0]) is int
-    with pytest.raises(ValueError, match=r"gen_length=.*use a positive integer"):
-        DecodeConfig(gen_length=np.float64(8.0))  # a float is still not a count
-    flags = DecodeConfig(compile=np.False_, early_stop=np.True_, eos_token_id=2)
-    assert flags.compile is False and flags.early_stop is True
-
-
 @pytest.mark.parametrize("config", [{"gen_length": 8}, "credit"])
 def test_a_config_that_is_not_a_decode_config(model, ids, config):
     assert_rejected(model, ids, r"config must be a DecodeConfig, got .*: pass "
@@ -225,41 +97,6 @@ def test_a_config_that_is_not_a_decode_config(model, ids, config):
     fast = cc.optimize(ContextMixModel(), gen_length=8, block_length=4, compile=False)
     with pytest.raises(ValueError, match=r"config must be a DecodeConfig"):
         fast.generate(ids, config=config)
-
-
-def test_zero_ids_and_eos_lists_are_accepted():
-    # 0 is a valid token id and seed; a list of EOS ids (as configs write them) becomes a tuple,
-    # hashable for the step cache; every id of a tuple is checked, not just one.
-    config = DecodeConfig(mask_id=0, seed=0, eos_token_id=0)
-    assert (config.mask_id, config.seed, config.eos_token_id) == (0, 0, 0)
-    listed = DecodeConfig(eos_token_id=[2, 7])
-    assert listed.eos_token_id == (2, 7) and hash(listed) == hash(DecodeConfig(eos_token_id=(2, 7)))
-    assert DecodeConfig().replace(eos_token_id=[3]).eos_token_id == (3,)
-    for bad in [(2, -1), (-1, 2), (2, True), (2, 7.0), ()]:
-        with pytest.raises(ValueError, match="eos_token_id"):
-            DecodeConfig(eos_token_id=bad)
-
-
-@pytest.mark.parametrize("fields", [
-    dict(alpha=float("inf")),
-    dict(strategy="llada", temperature=float("inf")),
-    dict(strategy="llada", cfg_scale=float("inf")),
-])
-def test_infinite_parameters_are_rejected(fields):
-    with pytest.raises(ValueError):
-        DecodeConfig(**fields)
-
-
-@pytest.mark.parametrize("fields", [
-    dict(gen_length=8, block_length=8, steps=True),
-    dict(credit_slots=True),
-    dict(mask_id=True),
-    dict(eos_token_id=False),
-    dict(seed=True),
-])
-def test_bool_is_not_a_count(fields):
-    with pytest.raises(ValueError, match="integer"):
-        DecodeConfig(**fields)
 
 
 @pytest.mark.parametrize("bad", [dict(gen_lenght=64), dict(Alpha=0.5), dict(steps_per_block=4)])
@@ -292,10 +129,6 @@ def test_unknown_override_lists_every_unknown_name(model, ids):
     with pytest.raises(ValueError, match=r"\['beta2', 'gen_lenght'\]"):
         cc.generate_reference(model, ids, gen_lenght=8, beta2=0.1)
 
-
-# ------------------------------------------------------------------------------------------------
-# The model: mask token, vocabulary, maximum length
-# ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mask_id", [40, 41, 1000])
 def test_mask_id_outside_the_vocabulary(model, ids, mask_id):
@@ -379,10 +212,6 @@ def test_prompt_plus_gen_length_at_max_length_is_fine(model):
     assert out.sequences.shape == (1, 32)
 
 
-# ------------------------------------------------------------------------------------------------
-# input_ids
-# ------------------------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("shape", [(1, 0), (0, 3), (0, 0)])
 def test_empty_prompt(model, shape):
     assert_rejected(model, torch.zeros(shape, dtype=torch.long),
@@ -449,10 +278,6 @@ def test_token_ids_outside_the_vocabulary(model, bad_id):
                     r"input_ids holds token ids outside \[0, 40\): check the tokenizer matches "
                     r"the model", **small())
 
-
-# ------------------------------------------------------------------------------------------------
-# attention_mask
-# ------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("mask_shape", [(2, 2), (1, 3), (2, 4), (3,), (2, 3, 1)])
 def test_attention_mask_shape_mismatch(model, ids, mask_shape):
@@ -686,10 +511,6 @@ def test_a_generic_model_taking_position_ids_decodes_a_bucket_unchanged(ids):
         assert torch.equal(bucketed.sequences, plain.sequences)
 
 
-# ------------------------------------------------------------------------------------------------
-# Early stop
-# ------------------------------------------------------------------------------------------------
-
 @pytest.mark.parametrize("eos", [MASK, (5, MASK)])
 def test_early_stop_on_the_mask_token_is_refused(model, ids, eos):
     assert_rejected(model, ids, r"eos_token_id 39 is the mask token, which is never committed, so "
@@ -703,10 +524,6 @@ def test_early_stop_without_an_eos_token(model, ids):
     out = cc.generate_reference(model, ids, early_stop=True, eos_token_id=5, **small())
     assert not (out.generated == MASK).any()
 
-
-# ------------------------------------------------------------------------------------------------
-# Model outputs, wrappers, dtype
-# ------------------------------------------------------------------------------------------------
 
 class TupleOutput(ContextMixModel):  # transformers' return_dict=False
     def forward(self, input_ids, attention_mask=None, position_ids=None):
@@ -776,6 +593,8 @@ def test_a_wrapped_model_is_decoded_as_the_model_it_wraps(wrap):
 
 
 CAUSAL = r"this model's attention is causal \({}\): a causal LM predicts each token from the tokens"
+
+
 PROBED = "a token changed its own position's logits and no earlier position's"
 
 
@@ -855,13 +674,6 @@ def test_a_dtype_the_model_is_not_in_is_refused_not_ignored(ids):
     # Cast since: decoded as it is now (optimize()'s dtype was applied once).
     bf16.to(torch.float32)
     assert bf16.generate(ids).sequences.shape == (2, 3 + 8)
-
-
-@pytest.mark.parametrize("bad", [True, 2.0, 0])
-def test_precompile_arguments(bad):
-    fast = cc.optimize(ContextMixModel(), compile=False, **small())
-    with pytest.raises(ValueError, match=r"precompile\(batch_size=.*use a positive batch size"):
-        fast.precompile(batch_size=bad, prompt_length=3)
 
 
 def test_a_training_model_whose_dropout_is_zero_is_not_warned_about():

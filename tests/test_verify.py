@@ -1,19 +1,19 @@
-"""verify(): the eager reference and the optimized path compared on a model and its prompts."""
+"""verify.py: `verify()` compares the eager reference and the optimized path on a model and its
+prompts: tokens, NFE, logits, timing."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from toy_models import ContextMixModel, make_prompts
+from helpers import layer_calls, record_graphs
+from toy_models import ContextMixModel, layered_model, make_prompts, token_prompts
 
 import credit_compile as cc
-
-# verify's report and its plumbing; the compiled path's equality is test_optimize's.
-pytestmark = pytest.mark.cheap_compile
 
 MASK = 39
 
 
+@pytest.mark.cheap_compile
 def test_verify_report():
     model = ContextMixModel(seed=6)
     ids, mask = make_prompts(2, 4, seed=0, padded=True)
@@ -24,6 +24,7 @@ def test_verify_report():
     assert "OK" in str(report)
 
 
+@pytest.mark.cheap_compile
 def test_verify_times_several_calls_and_reports_their_median():
     # One timed call each made contradictory speedups on a busy machine.
     report = cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), gen_length=8,
@@ -36,6 +37,7 @@ def test_verify_times_several_calls_and_reports_their_median():
         cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), timed_calls=0)
 
 
+@pytest.mark.cheap_compile
 def test_time_calls_times_fast_calls_many_times_and_slow_ones_a_few_after_an_untimed_one():
     from credit_compile.verify import time_calls
 
@@ -53,6 +55,7 @@ def test_time_calls_times_fast_calls_many_times_and_slow_ones_a_few_after_an_unt
     assert len(outputs) == len(calls) == 21  # calls of microseconds: up to max_calls
 
 
+@pytest.mark.cheap_compile
 def test_verify_an_optimized_model_with_a_config_and_its_mask_id():
     class NoMaskInConfig(ContextMixModel):
         def __init__(self, **kw):
@@ -68,6 +71,7 @@ def test_verify_an_optimized_model_with_a_config_and_its_mask_id():
     assert cc.verify(fast, ids, mask).ok  # the mask token given to optimize() reaches both
 
 
+@pytest.mark.cheap_compile
 def test_verify_detects_a_difference(monkeypatch):
     model = ContextMixModel(seed=6)
     ids = torch.randint(0, 30, (1, 4))
@@ -85,6 +89,7 @@ def test_verify_detects_a_difference(monkeypatch):
     assert report.first_difference == (0, ids.shape[1] + 7)
 
 
+@pytest.mark.cheap_compile
 def test_verify_names_the_first_of_several_differences(monkeypatch):
     # (row, position) of the first differing token in row-major order, not any other one.
     model = ContextMixModel(seed=6)
@@ -102,6 +107,7 @@ def test_verify_names_the_first_of_several_differences(monkeypatch):
     assert cc.verify(fast, ids).first_difference == (0, 6)
 
 
+@pytest.mark.cheap_compile
 def test_verify_of_an_optimized_model_decodes_with_the_config_given():
     # A `config` replaces the optimized model's own for both paths (here llada in 2 steps, an
     # NFE the model's default credit decoding does not have).
@@ -115,6 +121,7 @@ def test_verify_of_an_optimized_model_decodes_with_the_config_given():
     assert report.ok and report.nfe_reference == report.nfe_optimized == 2
 
 
+@pytest.mark.cheap_compile
 @pytest.mark.parametrize("sampling", [dict(temperature=1.0), dict(remasking="random")])
 def test_verify_a_sampling_config_without_a_seed(sampling):
     # Unseeded, the two paths draw different numbers: verify compares them at seed 0.
@@ -124,6 +131,7 @@ def test_verify_a_sampling_config_without_a_seed(sampling):
     assert report.ok, report
 
 
+@pytest.mark.cheap_compile
 def test_verify_leaves_the_callers_rng_alone():
     model = ContextMixModel(seed=6)
     ids = torch.randint(0, 30, (1, 4))
@@ -134,6 +142,7 @@ def test_verify_leaves_the_callers_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
+@pytest.mark.cheap_compile
 def test_verify_sees_a_first_call_that_differs_from_the_second(monkeypatch):
     # The first (compiling) call's tokens must equal too, not only the second's.
     model = ContextMixModel(seed=6)
@@ -153,6 +162,7 @@ def test_verify_sees_a_first_call_that_differs_from_the_second(monkeypatch):
     assert not report.tokens_equal and not report.ok
 
 
+@pytest.mark.cheap_compile
 def test_verify_reports_the_first_calls_compile_seconds():
     # compile_seconds is the first call's compile time (the second compiles nothing).
     report = cc.verify(ContextMixModel(seed=6), torch.randint(0, 30, (1, 4)), gen_length=8,
@@ -160,6 +170,7 @@ def test_verify_reports_the_first_calls_compile_seconds():
     assert report.ok and report.compile_seconds > 0 and report.runner == "compiled"
 
 
+@pytest.mark.cheap_compile
 def test_verify_sees_an_nfe_difference(monkeypatch):
     # Same tokens but another NFE is a mismatch.
     model = ContextMixModel(seed=6)
@@ -178,6 +189,7 @@ def test_verify_sees_an_nfe_difference(monkeypatch):
     assert not report.ok
 
 
+@pytest.mark.cheap_compile
 def test_verify_measures_the_compiled_forward(monkeypatch):
     # max_logit_difference compares the eager forward with the compiled one; a backend whose
     # compiled forward is off by 0.5 must show in it.
@@ -201,3 +213,24 @@ def test_verify_measures_the_compiled_forward(monkeypatch):
     eager = ContextMixModel(seed=6)(torch.cat([ids, torch.full((1, 8), MASK)], 1))
     assert report.max_logit_magnitude == pytest.approx(float(eager.abs().max()), rel=1e-6)
     assert f"relative logit difference: {0.5 / report.max_logit_magnitude:.2e}" in str(report)
+
+
+@pytest.mark.cheap_compile
+def test_verify_measures_the_forward_compiled_as_configured(monkeypatch):
+    import importlib
+
+    # The submodule: the package's `verify` attribute is the function.
+    graphs = record_graphs(monkeypatch, importlib.import_module("credit_compile.verify"))
+    report = cc.verify(layered_model(2), torch.randint(0, 120, (1, 5)), gen_length=8,
+                       block_length=4, compile_layers_once=True)
+    assert report.ok and report.max_logit_difference < 1e-4
+    (gm,) = graphs
+    assert layer_calls(gm) == ["subgraph_0"] * 2
+
+
+@pytest.mark.cheap_compile
+def test_verify_decodes_both_paths_with_the_cache():
+    model = layered_model(2, seed=2)
+    report = cc.verify(model, token_prompts(2, 5, seed=3)[0], gen_length=8, block_length=4,
+                       kv_cache="dual")
+    assert report.ok and report.tokens_equal

@@ -1,0 +1,83 @@
+"""benchmarks/gpu_session.sh, every stage run dry on the CPU (DRY_RUN=1: toy sizes appended after
+the stage's own flags, which the scripts still parse and check): a stage broken by a renamed flag
+or mode fails here, not on a lent GPU whose minutes are counted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets",
+          "suite"]
+
+
+def run_stage(stage: str, out: Path, **extra_env: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DRY_RUN="1", OUT=str(out), **extra_env,
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), stage], env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_runs_dry(stage, tmp_path):
+    done = run_stage(stage, tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = {"gen1024": "generate", "gen1024b8": "generate", "gen256b1": "generate",
+            "gen256b8": "generate", "op": "credit_op", "buckets": "prompt_buckets",
+            "compile": "compile_time"}
+    if stage in rows:
+        lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
+        assert lines and all("commit" in json.loads(line) for line in lines)
+        # The two stages whose scripts compile in processes of their own are checked here, on
+        # the rows of this run, rather than by running them a second time elsewhere.
+        check = {"compile": check_compile_time_rows, "buckets": check_prompt_bucket_rows}.get(stage)
+        if check:
+            check([json.loads(line) for line in lines], done.stdout)
+
+
+@pytest.mark.slow
+def test_a_stage_runs_from_a_copy_of_the_source_without_an_install(tmp_path):
+    # The lent image is not given a pip install (its setuptools may predate pyproject's license
+    # form): the script imports the package from a copy with passes/ joined under it.
+    done = run_stage("tests", tmp_path, FROM_SOURCE="1")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    passes_init = Path((tmp_path / "versions.txt").read_text().split(" credit_compile ")[1].strip())
+    package = passes_init.parents[1]
+    assert passes_init.parent.name == "passes" and package.name == "credit_compile"
+    assert not package.is_relative_to(ROOT) and "site-packages" not in package.parts
+    assert not package.exists(), "the copy outlived the script"
+    assert "collected" in done.stdout or "tests collected" in done.stdout
+
+
+def check_compile_time_rows(rows: list[dict], stdout: str) -> None:
+    """bench_compile_time measures each setting cold, in a process of its own."""
+    import torch
+
+    without, once = rows
+    assert (without["compile_layers_once"], once["compile_layers_once"]) == (False, True)
+    for row in (without, once):
+        assert row["layers"] == 1 and row["device"] == "cpu" and row["torch"] == torch.__version__
+        assert row["commit"] and row["runner"] == "compiled" and row["nfe"] >= 1
+        # A cold cache: the first call compiled (seconds, not the milliseconds of a cache hit).
+        assert row["compile_seconds"] > 0.5 and row["tokens_equal_reference"] is True
+    assert once["compile_speedup"] == without["compile_seconds"] / once["compile_seconds"]
+
+
+def check_prompt_bucket_rows(rows: list[dict], stdout: str) -> None:
+    """bench_prompt_buckets runs each setting in its own process, one compile per bucket."""
+    assert [r["prompt_bucket"] for r in rows] == [None, 4]
+    assert rows[1]["compiled_steps"] == 1 and rows[0]["compiled_steps"] == rows[0]["distinct_lengths"]
+    assert all(r["tokens_equal_unbucketed"] and r["compile_seconds"] > 0 for r in rows)
+    assert "vs none" in stdout
+
+
+def test_a_broken_stage_fails_the_dry_run(tmp_path):
+    done = run_stage("no-such-stage", tmp_path)
+    assert done.returncode == 2 and "unknown stage no-such-stage" in done.stderr

@@ -1,0 +1,90 @@
+"""Warm start: compile the served shapes before the port opens, and keep the compiled artifacts
+in a cache directory so that a restarted server (or a fresh machine given the directory) loads
+them instead of running Inductor again.
+
+The artifacts are torch's portable compile caches (`torch.compiler.save_cache_artifacts` /
+`load_cache_artifacts`: Inductor's generated code and AOTAutograd's graphs) in one file. Dynamo
+still traces the step at start-up (seconds); Inductor's code generation, the bulk of a cold
+compile, is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+
+log = logging.getLogger("credit_compile.serve")
+
+ARTIFACTS_FILE = "compile_artifacts.bin"
+
+
+def load_artifacts(cache_dir) -> int:
+    """Loads the artifacts saved in `cache_dir` into torch's compile caches; the number of
+    entries loaded (0 where there are none yet). A file torch cannot read is set aside and
+    reported: the server then compiles cold and writes a new one."""
+    import torch
+
+    path = Path(cache_dir) / ARTIFACTS_FILE
+    if not path.is_file():
+        return 0
+    try:
+        info = torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception as error:  # another torch version's, or a truncated file
+        log.warning("compile artifacts in %s not loaded (%r): compiling cold", path, error)
+        return 0
+    return 0 if info is None else sum(len(v) for v in info.artifacts.values())
+
+
+def save_artifacts(cache_dir) -> int:
+    """Writes every artifact compiled or loaded in this process to `cache_dir` (atomically);
+    the bytes written (0 where there is nothing to save)."""
+    import torch
+
+    saved = torch.compiler.save_cache_artifacts()
+    if saved is None:
+        return 0
+    data, _ = saved
+    directory = Path(cache_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".artifacts-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, directory / ARTIFACTS_FILE)
+    return len(data)
+
+
+def bucket_shapes(config, max_batch: int, max_prompt_tokens: int) -> list[tuple[int, int]]:
+    """(batch size, prompt length) of every compiled step that requests of up to `max_batch`
+    prompts of up to `max_prompt_tokens` tokens can need, with the config's buckets."""
+    batch_step = config.batch_bucket or 1
+    prompt_step = config.prompt_bucket or 1
+    batches = range(batch_step, math.ceil(max_batch / batch_step) * batch_step + 1, batch_step)
+    lengths = range(prompt_step, math.ceil(max_prompt_tokens / prompt_step) * prompt_step + 1,
+                    prompt_step)
+    return [(b, p) for b in batches for p in lengths]
+
+
+def inductor_cache_counts() -> tuple[int, int]:
+    """(graphs Inductor compiled, graphs it took from its cache) in this process so far: how a
+    warm start shows that it compiled nothing (torch's own counters; (0, 0) where absent)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return 0, 0
+    inductor = counters.get("inductor", {})
+    return inductor.get("fxgraph_cache_miss", 0), inductor.get("fxgraph_cache_hit", 0)
+
+
+def precompile(fast, shapes, on_note=None) -> float:
+    """Compiles the step of each (batch, prompt length) in `shapes` (left-padded, as the
+    scheduler's batches); the seconds taken."""
+    start = time.perf_counter()
+    for batch, length in shapes:
+        seconds = fast.precompile(batch, max(length, 2), padded=True)
+        if on_note is not None:
+            on_note(f"precompiled batch {batch} x prompt {length}: {seconds:.1f} s")
+    return time.perf_counter() - start

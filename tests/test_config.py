@@ -1,0 +1,109 @@
+"""config.py: `DecodeConfig` validates its fields (a ValueError naming the fix), normalises them
+(NumPy scalars, id lists) and derives the host's check interval."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import CONFIG_ERRORS
+
+import credit_compile as cc
+from credit_compile import DecodeConfig
+
+
+def test_random_draws_are_checked_after_every_step():
+    gumbel = cc.DecodeConfig(strategy="llada", temperature=0.5, kv_cache="dual", sync_every=4)
+    assert gumbel.host_sync_every == 1
+    assert gumbel.replace(remasking="random", temperature=0.0).host_sync_every == 1
+    assert gumbel.replace(temperature=0.0).host_sync_every == 4  # greedy: no draws
+    assert gumbel.replace(kv_cache="none").host_sync_every == 4
+    assert gumbel.replace(kv_cache_refresh=6).host_sync_every == 1  # draws: every step anyway
+    # Every step a refresh: no cached step, so none idle and none for the host to place.
+    assert gumbel.replace(kv_cache_refresh=1).host_sync_every == 4
+    greedy = gumbel.replace(temperature=0.0)
+    assert [greedy.replace(kv_cache_refresh=k).host_sync_every for k in (1, 2, 3, 4, 8, 6)] == \
+        [4, 2, 1, 4, 4, 2]
+
+
+@pytest.mark.parametrize("given, stored", [
+    ([3, 5], (3, 5)), (7, (7,)), ((2,), (2,)), (None, None)])
+def test_ids_are_stored_as_a_tuple(given, stored):
+    assert cc.DecodeConfig(suppress_tokens=given).suppress_tokens == stored
+    assert cc.DecodeConfig(strategy="llada", commit_last_tokens=given).commit_last_tokens == stored
+
+
+@pytest.mark.parametrize("options, says", [
+    (dict(suppress_tokens=()), r"suppress_tokens=\(\): use a token id, a tuple or list"),
+    (dict(suppress_tokens=(-1,)), r"suppress_tokens=\(-1,\): use a token id"),
+    (dict(suppress_tokens=True), r"suppress_tokens=True: use a token id"),
+    (dict(commit_last_tokens=3), r"commit_last_tokens with strategy='credit'.*use suppress_tokens"),
+    (dict(strategy="llada", remasking="random", commit_last_tokens=3),
+     r"remasking='random': it orders the commits of the 'llada' sampler's low-confidence"),
+])
+def test_bad_values_are_refused_naming_the_fix(options, says):
+    with pytest.raises(ValueError, match=says):
+        cc.DecodeConfig(**options)
+
+
+@pytest.mark.parametrize("fields, fix", CONFIG_ERRORS)
+def test_config_errors_name_the_fix(fields, fix):
+    with pytest.raises(ValueError, match=fix):
+        DecodeConfig(**fields)
+    with pytest.raises(ValueError, match=fix):
+        DecodeConfig().replace(**fields)
+
+
+def test_valid_edges_are_accepted():
+    # The boundaries of the documented ranges are valid.
+    DecodeConfig(tau=1.0, alpha=0.0, beta=0.0, gamma=1e-6)
+    DecodeConfig(beta=1.0, tau=1e-6)
+    DecodeConfig(strategy="llada", gen_length=32, block_length=8, steps=4, temperature=2.0,
+                 cfg_scale=3.0, remasking="random")
+    DecodeConfig(gen_length=8, block_length=8, steps=None)
+
+
+def test_numpy_scalars_are_read_as_python_numbers():
+    np = pytest.importorskip("numpy")
+    config = DecodeConfig(gen_length=np.int64(8), block_length=np.int32(4), alpha=np.float32(0.5),
+                          seed=np.uint8(3), eos_token_id=[np.int64(5), 6])
+    assert (config.gen_length, config.block_length, config.seed) == (8, 4, 3)
+    assert type(config.gen_length) is int and type(config.alpha) is float
+    assert config.eos_token_id == (5, 6) and type(config.eos_token_id[0]) is int
+    with pytest.raises(ValueError, match=r"gen_length=.*use a positive integer"):
+        DecodeConfig(gen_length=np.float64(8.0))  # a float is still not a count
+    flags = DecodeConfig(compile=np.False_, early_stop=np.True_, eos_token_id=2)
+    assert flags.compile is False and flags.early_stop is True
+
+
+def test_zero_ids_and_eos_lists_are_accepted():
+    # 0 is a valid token id and seed; a list of EOS ids (as configs write them) becomes a tuple,
+    # hashable for the step cache; every id of a tuple is checked, not just one.
+    config = DecodeConfig(mask_id=0, seed=0, eos_token_id=0)
+    assert (config.mask_id, config.seed, config.eos_token_id) == (0, 0, 0)
+    listed = DecodeConfig(eos_token_id=[2, 7])
+    assert listed.eos_token_id == (2, 7) and hash(listed) == hash(DecodeConfig(eos_token_id=(2, 7)))
+    assert DecodeConfig().replace(eos_token_id=[3]).eos_token_id == (3,)
+    for bad in [(2, -1), (-1, 2), (2, True), (2, 7.0), ()]:
+        with pytest.raises(ValueError, match="eos_token_id"):
+            DecodeConfig(eos_token_id=bad)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(alpha=float("inf")),
+    dict(strategy="llada", temperature=float("inf")),
+    dict(strategy="llada", cfg_scale=float("inf")),
+])
+def test_infinite_parameters_are_rejected(fields):
+    with pytest.raises(ValueError):
+        DecodeConfig(**fields)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(gen_length=8, block_length=8, steps=True),
+    dict(credit_slots=True),
+    dict(mask_id=True),
+    dict(eos_token_id=False),
+    dict(seed=True),
+])
+def test_bool_is_not_a_count(fields):
+    with pytest.raises(ValueError, match="integer"):
+        DecodeConfig(**fields)
