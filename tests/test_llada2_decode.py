@@ -5,7 +5,6 @@ prompt's tail shares the first block), block-causal attention, and the exact blo
 from __future__ import annotations
 
 import functools
-import json
 import warnings
 from pathlib import Path
 
@@ -13,13 +12,12 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from safetensors.torch import load_file
 
 import credit_compile as cc
 from credit_compile import reference
 from credit_compile.decoding.loop import run_generation
 from credit_compile.generation_setup import setup_generation
-from credit_compile.models import LLaDA2Config, LLaDA2ModelLM, build_model, get_config
+from credit_compile.models import build_model, get_config
 from credit_compile.models.llada2_generate import llada2_generate
 from credit_compile.runner import EagerStepRunner
 
@@ -256,35 +254,8 @@ def test_the_trained_block_length_is_checked_in_the_config():
 
 
 # ----------------------------------------------------------------------------------------------
-# LLaDA2's own sampler: the official rules (models.llada2_generate) and the "llada2" strategy
+# LLaDA2's own sampler: the "llada2" strategy against the official rules (models.llada2_generate)
 # ----------------------------------------------------------------------------------------------
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-@functools.cache
-def official() -> tuple[torch.nn.Module, dict, dict]:
-    """The tiny model whose official generate() tokens tests/fixtures/record_llada2.py recorded."""
-    meta = json.loads((FIXTURES / "llada2_tiny.json").read_text())
-    tensors = load_file(FIXTURES / "llada2_tiny.safetensors")
-    config = LLaDA2Config(**{**meta["config"], "mask_token_id": meta["mask_token_id"],
-                             "block_length": meta["block_length"]})
-    model = LLaDA2ModelLM(config).eval()
-    model.load_state_dict({k: v for k, v in tensors.items() if k.startswith(("model.", "lm_head."))})
-    return model, meta, tensors
-
-
-def official_settings(meta: dict, name: str) -> dict:
-    return {k: v for k, v in meta["generate"][name].items() if k not in ("temperature",)}
-
-
-@pytest.mark.parametrize("name", ["default", "two_per_step", "early_stop"])
-def test_the_packaged_sampler_gives_the_official_generate_tokens(name):
-    model, meta, tensors = official()
-    tokens, nfe = llada2_generate(model, tensors["prompt"], **official_settings(meta, name))
-    assert tokens.tolist() == tensors[f"generate_{name}"].tolist()
-    assert nfe == meta["generate_nfe"][name]
-
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(length=st.integers(1, 9), seed=st.integers(0, 3), steps=st.sampled_from([1, 2, 3, 4]),
