@@ -5,6 +5,9 @@ Accepted models:
 - the official remote-code `LLaDAModelLM` (trust_remote_code): it ignores the attention mask
   (ML-GSAI/LLaDA issue 90), so the reference refuses padded batches rather than decoding them
   wrongly (`optimize()` adopts it into the project's model instead: `models.remote`);
+- the project's `credit_compile.models.LLaDA2ModelLM` (LLaDA2.x): block-causal attention over
+  blocks aligned to positions from 0, which the decode's blocks follow, and an exact block KV
+  cache;
 - any module whose `forward(input_ids, attention_mask=None)` returns logits (or an output with
   `.logits`); its mask token comes from its config or the `mask_id` argument.
 """
@@ -27,7 +30,8 @@ class ModelInfo:
     """Static facts about a model.
 
     Attributes:
-        kind: "credit_compile", "llada_remote" or "generic".
+        kind: "credit_compile" (this project's LLaDA), "llada2" (this project's LLaDA2),
+            "llada_remote" or "generic".
         mask_id: the mask token, or None when neither the model nor the caller names one.
         eos_ids: the end-of-text tokens (a config may list several, e.g. end-of-text and
             end-of-turn), or None.
@@ -48,7 +52,10 @@ class ModelInfo:
             them, so a batch whose rows all do is not taken for padding.
         causal: whether the model's attention is causal as its config says (transformers'
             `is_causal`, or `is_decoder` set), False for the LLaDA models, None where the
-            config is silent (`optimize()` then probes the model).
+            config is silent (`optimize()` then probes the model). LLaDA2's block-causal
+            attention is not causal: a block sees itself whole.
+        trained_block_length: the block size a block-causal model was trained with (its
+            attention's blocks are the decode's), or None for a model without blocks.
     """
 
     kind: str
@@ -62,12 +69,28 @@ class ModelInfo:
     eos_padding_ids: tuple[int, ...] | None = None
     bos_ids: tuple[int, ...] | None = None
     causal: bool | None = None
+    trained_block_length: int | None = None
+
+    @property
+    def block_causal(self) -> bool:
+        """Whether the model attends block-causally, its blocks aligned to positions from 0
+        (LLaDA2): the decode's blocks follow them, and its KV cache is exact."""
+        return self.kind == "llada2"
 
 
 def _is_project_model(model: nn.Module) -> bool:
     from .models import LLaDAModelLM
 
     return isinstance(model, LLaDAModelLM)
+
+
+def _is_project_llada2(model: nn.Module) -> bool:
+    # Only a model of that class can be one: no import of transformers for other models.
+    if type(model).__name__ != "LLaDA2ModelLM":
+        return False
+    from .models import LLaDA2ModelLM
+
+    return isinstance(model, LLaDA2ModelLM)
 
 
 def describe_model(model: nn.Module, mask_id: int | None = None,
@@ -83,8 +106,12 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
                 return value[0]
         return None
 
+    trained_block_length = None
     if _is_project_model(model):
         kind, honours, positions = "credit_compile", True, True
+    elif _is_project_llada2(model):
+        kind, honours, positions = "llada2", True, True
+        trained_block_length = int(model.config.block_length)
     elif type(model).__name__ == "LLaDAModelLM":
         kind, honours, positions = "llada_remote", False, False
     else:
@@ -105,6 +132,7 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
         eos_padding_ids=_eos_padding_ids(config),
         bos_ids=token_ids(getattr(config, "bos_token_id", None)),
         causal=False if kind != "generic" else _causal_flag(config),
+        trained_block_length=trained_block_length,
     )
 
 
@@ -181,13 +209,24 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 
 
 def make_forward(model: nn.Module, info: ModelInfo, *,
-                 compile_layers_once: bool = False) -> ForwardFn:
+                 compile_layers_once: bool = False, block_length: int | None = None) -> ForwardFn:
     """forward(input_ids, attention_mask, position_ids) -> logits [B, T, V].
 
     `compile_layers_once` asks this project's model to compile one layer for all (other models
-    have no such switch: the caller warns). This project's model also takes the KV cache's
-    `kv_cache=` and `cache_positions=` (others are refused a cache before this is called)."""
-    if info.kind == "credit_compile":
+    have no such switch: the caller warns). This project's models also take the KV cache's
+    `kv_cache=` and `cache_positions=` (others are refused a cache before this is called).
+    `block_length`: LLaDA2's attention blocks (the decode's; None: the trained size)."""
+    if info.kind == "llada2":
+        blocks = block_length if block_length is not None else info.trained_block_length
+
+        def forward(input_ids, attention_mask, position_ids, **kv_cache):
+            if "cache_positions" in kv_cache:
+                # A cached forward takes the whole sequence's positions, which the model
+                # derives from the whole sequence's padding mask as the state does.
+                position_ids = None
+            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         block_length=blocks, **kv_cache).logits
+    elif info.kind == "credit_compile":
         def forward(input_ids, attention_mask, position_ids, **kv_cache):
             return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          compile_layers_once=compile_layers_once, **kv_cache).logits

@@ -186,7 +186,7 @@ class OptimizedModel(ModelWrapper):
             1, config.host_sync_every // runner.steps_per_call)
         try:
             out = run_generation(
-                runner.step, runner.state, max_steps=fresh.strategy.max_steps(),
+                runner.step, runner.state, max_steps=fresh.max_steps(),
                 sync_every=every, trace=trace, progress=progress,
                 steps_per_call=runner.steps_per_call, on_sync=runner.synced, on_block=on_block,
             )

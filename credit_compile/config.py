@@ -12,19 +12,19 @@ import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-Strategy = Literal["credit", "threshold", "factor", "llada"]
+Strategy = Literal["credit", "threshold", "factor", "llada", "llada2"]
 Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
 OnCompileError = Literal["raise", "eager"]
-KVCache = Literal["none", "prompt", "dual"]
+KVCache = Literal["none", "prompt", "dual", "block"]
 
-STRATEGIES = ("credit", "threshold", "factor", "llada")
+STRATEGIES = ("credit", "threshold", "factor", "llada", "llada2")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
 ON_COMPILE_ERROR = ("raise", "eager")
-KV_CACHES = ("none", "prompt", "dual")
+KV_CACHES = ("none", "prompt", "dual", "block")
 DTYPES = (None, "float32", "bfloat16", "float16")
 
 
@@ -38,26 +38,33 @@ class DecodeConfig:
             at least `tau`, at least the best one each step), "factor" (Fast-dLLM's factor-based
             parallel decoding: commit the n most confident masked tokens, n set by `factor`) or
             "llada" (LLaDA's original sampler: a fixed number of tokens per step, low-confidence
-            or random remasking).
+            or random remasking) or "llada2" (LLaDA2's own sampler, its `generate()` at
+            temperature 0: commit the masked tokens whose confidence exceeds `tau`, at least a
+            count per step that spreads the block over `steps` steps; the LLaDA2 baseline).
         gen_length: number of tokens to generate (the canvas after the prompt).
         block_length: the canvas is decoded left to right in blocks of this many positions;
             must divide `gen_length`.
         steps: total denoising steps of the "llada" strategy; there it must be a multiple of the
             number of blocks. None means one token per step (`gen_length`). Not read (nor
-            checked) by the other strategies, which stop a block as soon as it is filled: a
+            checked) by the other strategies but "llada2", where it is the steps per block of
+            LLaDA2's `generate()` (None: `block_length`, at least one token a step; the
+            official `minimal_topk` caps it at gen_length // minimal_topk: pass it capped).
+            The others stop a block as soon as it is filled: a
             call setting it for them is warned, as for every option a strategy does not read
             (`READ_BY`), unless a base config set it for "llada".
         alpha: credit fusion strength, fused logits are `l + alpha * log1p(C)`; >= 0. alpha = 0
             is plain threshold decoding.
         beta: credit decay per step after the block's first, in [0, 1].
         gamma: exponent on the top-1 probability added as credit, > 0.
-        tau: confidence threshold of "credit"/"threshold", in (0, 1].
+        tau: confidence threshold of "credit"/"threshold"/"llada2", in (0, 1] (LLaDA2's
+            `generate()` uses 0.95).
         factor: the "factor" strategy's parallelism, > 0: with the block's masked confidences
             sorted, c_1 >= c_2 >= ..., a step commits the n most confident, n the longest prefix
             with c_i >= 1 - factor / (i + 1) for each i >= 2 (the best always commits; Fast-dLLM,
             Wu et al. 2025). Larger commits more per step; Fast-dLLM's scripts use 1.
         temperature: Gumbel-noise temperature of the "llada" sampler (float64 noise, as the
-            original); 0 is greedy. "credit", "threshold" and "factor" are greedy only.
+            original); 0 is greedy. "credit", "threshold", "factor" and "llada2" are greedy
+            only (LLaDA2's sampling with temperature, top-k and top-p is not built).
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
             sees the prompt masked); 0 disables it.
         remasking: "low_confidence" or "random" ("llada" only; the other strategies commit by
@@ -119,6 +126,12 @@ class DecodeConfig:
             way, so optimized and reference stay equal. Needs this project's LLaDA model
             (others are refused). Memory: keys and values of every layer and position, kept
             per compiled step (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
+            "block" is the exact cache of a block-causal model (LLaDA2), whose finished blocks
+            never see a later one: the call's first step runs the whole canvas (the prompt's
+            prefill), every other step the current block alone against the cache, and a
+            block's first step also the previous block, writing its final keys and values. The
+            tokens are those of "none" (float rounding apart); only for LLaDA2 models, which
+            refuse "prompt" and "dual".
             With random draws ("llada" with temperature > 0 or
             random remasking) completion is checked after every step whatever `sync_every` says:
             a block may end inside a window of unchecked steps, and the idle steps after it
@@ -259,6 +272,11 @@ class DecodeConfig:
         return self.sync_every
 
     @property
+    def llada2_steps(self) -> int:
+        """Steps per block of the "llada2" sampler."""
+        return self.block_length if self.steps is None else self.steps
+
+    @property
     def num_credit_slots(self) -> int:
         return self.block_length if self.credit_slots is None else self.credit_slots
 
@@ -308,7 +326,7 @@ class DecodeConfig:
         if self.strategy != "llada":
             need(self.temperature == 0,
                  f"temperature={self.temperature} with strategy={self.strategy!r}: the credit, "
-                 f"threshold and factor strategies are greedy; use temperature=0 or "
+                 f"threshold, factor and llada2 strategies are greedy; use temperature=0 or "
                  f"strategy='llada'")
             # The others commit by confidence: a random order would be silently ignored.
             need(self.remasking == "low_confidence",
@@ -335,6 +353,9 @@ class DecodeConfig:
             need(self.kv_cache != "none",
                  f"kv_cache_refresh={self.kv_cache_refresh} with kv_cache='none': there is no "
                  f"cache to refresh; set kv_cache='prompt' or 'dual', or leave it None")
+            need(self.kv_cache != "block",
+                 f"kv_cache_refresh={self.kv_cache_refresh} with kv_cache='block': the block "
+                 f"cache is exact, nothing in it goes stale; leave kv_cache_refresh None")
         need(self.on_compile_error in ON_COMPILE_ERROR,
              f"on_compile_error={self.on_compile_error!r}: use one of {ON_COMPILE_ERROR}")
         need(self.cuda_graphs in CUDA_GRAPH_MODES,
@@ -383,13 +404,13 @@ class DecodeConfig:
 # layout only). Set for another strategy, an option changes nothing: a call is warned
 # (validation.warn_unread_options), and the compiled step leaves it out of its key.
 READ_BY = {
-    "steps": ("llada",),
+    "steps": ("llada", "llada2"),
     "alpha": ("credit",),
     "beta": ("credit",),
     "gamma": ("credit",),
     "credit_layout": ("credit",),
     "credit_slots": ("credit",),
-    "tau": ("credit", "threshold"),
+    "tau": ("credit", "threshold", "llada2"),
     "factor": ("factor",),
 }
 

@@ -70,12 +70,21 @@ class GenerationSetup:
             return {"step": step}
         if self.state.kv_cache is None:
             shape, dtype = self.kv_cache_layout
-            # Uninitialised: every block's first step writes it whole before it is read.
+            # Uninitialised: every block's first step (with the block cache, the call's first
+            # step) writes it whole before it is read.
             self.state.kv_cache = tuple(
                 torch.empty(shape, dtype=dtype, device=self.state.device) for _ in range(2))
+        phases = ("refresh", "enter", "cached") if self.config.kv_cache == "block" else \
+            ("refresh", "cached")
         return {phase: functools.partial(step, cache_phase=phase,
                                          cached_span=self.config.kv_cache)
-                for phase in ("refresh", "cached")}
+                for phase in phases}
+
+    def max_steps(self) -> int:
+        """The loop's bound on the steps of this generation: the strategy's, plus the masks of
+        a last block that runs past gen_length (blocks aligned to positions from 0)."""
+        state = self.state
+        return self.strategy.max_steps() + (state.x.shape[1] - state.gen_end)
 
 
 def resolve_config(config: DecodeConfig | None, overrides: dict, *,
@@ -115,10 +124,11 @@ def setup_generation(
     info = info if info is not None else describe_model(model, config.mask_id, config.eos_token_id)
     refuse_causal_attention(info)  # as its config says; optimize() also probes the model
     check_kv_cache_support(config, info)
+    check_block_length(config, info)
     if forward is None:
         # A switch for the compiler: the eager reference's forward runs the same either way.
         forward = make_forward(model, info, compile_layers_once=config.compile
-                               and config.compile_layers_once)
+                               and config.compile_layers_once, block_length=config.block_length)
     input_ids, attention_mask = _on_model_device(model, input_ids, attention_mask)
     input_ids, attention_mask = check_inputs(input_ids, attention_mask, config, info)
     if info.vocab_size is None:
@@ -171,7 +181,7 @@ def setup_generation(
         input_ids, attention_mask,
         gen_length=config.gen_length, block_length=config.block_length, mask_id=mask_id,
         keep_attention_mask=config.prompt_bucket is not None, output_start=bucket_padding,
-        output_rows=real_rows,
+        output_rows=real_rows, aligned_blocks=info.block_causal,
     )
     strategy = make_strategy(config, mask_id, optimized=optimized)
     strategy.allocate(state, info.vocab_size)
@@ -186,12 +196,35 @@ def setup_generation(
 
 
 def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
-    if config.kv_cache != "none" and info.kind != "credit_compile":
+    if info.block_causal and config.kv_cache in ("prompt", "dual"):
+        raise ValueError(
+            f"kv_cache={config.kv_cache!r} is an approximate cache for bidirectional models; "
+            f"this model attends block-causally (LLaDA2), whose exact cache is kv_cache='block' "
+            f"(or use kv_cache='none')")
+    if config.kv_cache == "block" and not info.block_causal:
+        raise ValueError(
+            f"kv_cache='block' is the exact cache of a block-causal model (credit_compile."
+            f"models.LLaDA2ModelLM); this model ({info.kind}) attends to the whole canvas, so "
+            f"use kv_cache='prompt' or 'dual' (approximate) or 'none'")
+    if config.kv_cache != "none" and info.kind not in ("credit_compile", "llada2"):
         raise ValueError(
             f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
             f"reads and writes the cache; this model is a {info.kind} one. Load the checkpoint "
             f"with credit_compile.models.LLaDAModelLM.from_pretrained(path) (the official LLaDA "
             f"layout loads as is), or use kv_cache='none'")
+
+
+def check_block_length(config: DecodeConfig, info: ModelInfo) -> None:
+    """A block-causal model attends in the blocks it was trained with; other blocks decode
+    another model's problem, so a differing block_length is warned about (it still decodes:
+    a user may mean it)."""
+    trained = info.trained_block_length
+    if trained is not None and config.block_length != trained:
+        warn_user(
+            f"block_length={config.block_length} differs from the block size this model was "
+            f"trained with ({trained}, its config's block_length): its block-causal attention "
+            f"follows the decode's blocks, so it attends in blocks it never saw in training; "
+            f"use block_length={trained} unless you mean it")
 
 
 def _floating_dtype(model: nn.Module) -> torch.dtype:

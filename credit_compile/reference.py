@@ -35,6 +35,6 @@ def generate(
     config = resolve_config(config, overrides, warn=True)
     runner = EagerStepRunner(setup_generation(model, input_ids, attention_mask, config))
     return run_generation(
-        runner.step, runner.state, max_steps=runner.setup.strategy.max_steps(), sync_every=1,
+        runner.step, runner.state, max_steps=runner.setup.max_steps(), sync_every=1,
         trace=trace, progress=progress, on_sync=runner.synced, on_block=on_block,
     )

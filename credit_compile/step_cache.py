@@ -70,7 +70,7 @@ class StepCache:
             config.cuda_graphs == "on" or (config.cuda_graphs == "auto" and state.device.type == "cuda"))
         # Global settings in the key: a captured graph replays the kernels they chose.
         # The end-of-text ids as resolved (from the model's config when the call gives none).
-        key = (tuple(state.x.shape), state.gen_start, state.attention_mask is not None,
+        key = (tuple(state.x.shape), state.gen_start, state.block_start, state.attention_mask is not None,
                state.device, step_config(config, graphs), fresh.eos_ids, torch_settings_key())
         if (graphs or state.device.type == "cuda") and refresh_checks_every_step(config):
             # Per call: a step built for another interval (not in the key) may serve this one.

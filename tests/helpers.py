@@ -114,7 +114,7 @@ CONFIG_ERRORS = [
     (dict(strategy="llada", temperature=1e308), r"temperature=1e\+308 overflows float32"),
     # Sampling and guidance are for LLaDA's sampler only.
     (dict(strategy="credit", temperature=0.5),
-     r"temperature=0.5 with strategy='credit': the credit, threshold and factor strategies are "
+     r"temperature=0.5 with strategy='credit': the credit, threshold, factor and llada2 strategies are "
      r"greedy; use temperature=0 or strategy='llada'"),
     (dict(strategy="factor", temperature=0.5), r"use temperature=0 or strategy='llada'"),
     (dict(factor=0.0), r"factor=0.0: use factor > 0 \(Fast-dLLM's scripts use 1\)"),
@@ -130,13 +130,13 @@ CONFIG_ERRORS = [
     (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
     # Names and enumerations.
     (dict(strategy="beam"),
-     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada'\)"),
+     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada', 'llada2'\)"),
     (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
     (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
     (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),
-    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual'\) "
+    (dict(kv_cache="prefix"), r"kv_cache='prefix': use one of \('none', 'prompt', 'dual', 'block'\) "
                               r"\(Fast-dLLM's PrefixCache is 'prompt' here"),
-    (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual'\)$"),
+    (dict(kv_cache="full"), r"kv_cache='full': use one of \('none', 'prompt', 'dual', 'block'\)$"),
     (dict(kv_cache="dual", kv_cache_refresh=0), r"kv_cache_refresh=0: use a positive number of "
                                                 r"steps or None"),
     (dict(kv_cache="dual", kv_cache_refresh=2.5), r"kv_cache_refresh=2.5: use a positive"),

@@ -37,7 +37,9 @@ class FinishedBlock:
     Attributes:
         index: the block's index, 0 for the first block after the prompt.
         start: the column of `GenerationOutput.sequences` where the block begins.
-        tokens: [B, block_length] the block's tokens, a copy.
+        tokens: [B, block_length] the block's tokens, a copy (fewer columns where the block
+            begins with the prompt's tail or runs past gen_length: blocks aligned to positions
+            from 0, as LLaDA2 decodes).
     """
 
     index: int
@@ -120,7 +122,7 @@ def run_generation(
                 f"(every step must commit at least one masked token)"
             )
     return GenerationOutput(
-        sequences=state.x[:state.output_rows, state.output_start:].clone(),
+        sequences=state.x[:state.output_rows, state.output_start:state.gen_end].clone(),
         nfe=int(state.nfe),
         prompt_length=state.gen_start - state.output_start,
         trace=None if snapshots is None else _to_trace(snapshots, state),
@@ -135,11 +137,14 @@ def _stream_finished_blocks(state: DecodeState, streamed: int,
     positions only, and every block before `block_index` has none left in any row."""
     finished = int(state.block_index)
     for index in range(streamed, finished):
-        columns = state.gen_start + index * state.block_length
+        # The generated part of the block: with blocks aligned to positions from 0 the first
+        # one begins with the prompt's tail, and the last may run past gen_length.
+        start = max(state.block_start + index * state.block_length, state.gen_start)
+        end = min(state.block_start + (index + 1) * state.block_length, state.gen_end)
         on_block(FinishedBlock(
             index=index,
-            start=columns - state.output_start,
-            tokens=state.x[:state.output_rows, columns:columns + state.block_length].clone(),
+            start=start - state.output_start,
+            tokens=state.x[:state.output_rows, start:end].clone(),
         ))
     return max(streamed, finished)
 
@@ -150,7 +155,7 @@ def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
         if int(nfe) == previous_nfe:
             continue  # a no-op step after completion
         previous_nfe = int(nfe)
-        start = state.gen_start - state.output_start + int(block) * state.block_length
+        start = state.block_start - state.output_start + int(block) * state.block_length
         committed, confidence = [], []
         for row_commit, row_conf in zip(commit[:state.output_rows], conf[:state.output_rows],
                                         strict=True):

@@ -1,5 +1,6 @@
 """Which step function the host runs next: the one denoising step, or with a KV cache a block's
-refreshing first step and its cached others.
+refreshing first step and its cached others (with the exact block cache: the prompt's prefill,
+each block's entering first step, and its cached others).
 
 Sync-free by construction: the host learns where a block begins only at its completion checks
 (every `DecodeConfig.host_sync_every` steps), so a cached step that finds itself at a block's
@@ -79,7 +80,41 @@ class CacheSchedule(SingleStep):
         self.refresh_every = refresh_every
 
 
+class BlockCacheSchedule(CacheSchedule):
+    """The exact block cache of a block-causal model (`kv_cache="block"`): "refresh" (the whole
+    canvas, storing every layer's keys and values: the prompt's prefill) at a call's first step,
+    "enter" (the previous block and this one, writing the previous block's final keys and
+    values) at each later block's first step, "cached" (this block alone) at the others.
+
+    A block's first step follows a host check (the cached steps before it are idle), as with
+    the approximate caches; "refresh" and "enter" are exact at any step, so only the host's
+    choice of the cheaper one depends on where the block begins."""
+
+    phases = ("refresh", "enter", "cached")
+
+    def next_phase(self) -> str:
+        phase = "refresh" if self._prefill_due else "enter" if self._refresh_due else "cached"
+        self._prefill_due = self._refresh_due = False
+        return phase
+
+    def following(self, phase: str) -> str:
+        return "cached"
+
+    def synced(self) -> None:
+        self._refresh_due = int(self.state.step_in_block) == 0
+
+    def reset(self) -> None:
+        self._prefill_due = True
+        self._refresh_due = False
+
+    def use_refresh_every(self, refresh_every: int | None) -> None:
+        if refresh_every is not None:  # DecodeConfig refuses it: the cache is exact
+            raise ValueError(f"kv_cache_refresh={refresh_every!r} with the exact block cache")
+
+
 def make_schedule(config: DecodeConfig, state: DecodeState) -> SingleStep:
     if config.kv_cache == "none":
         return SingleStep()
+    if config.kv_cache == "block":
+        return BlockCacheSchedule(state)
     return CacheSchedule(state, config.kv_cache_refresh)

@@ -24,6 +24,11 @@ class DecodeState:
             (kept whenever `prompt_bucket` is set).
         prompt_mask: [B, T] bool, True on prompt positions (pads included), for guidance.
         gen_start: first canvas position of the generated region (the padded prompt length).
+        block_start: canvas column where block 0 begins: `gen_start`, or with blocks aligned to
+            positions from 0 (a block-causal model: LLaDA2) the start of the block holding the
+            prompt's last token, whose tail then shares block 0 with the first masks.
+        gen_end: canvas column after the last returned position (`gen_start + gen_length`); the
+            canvas runs on to the end of the last block, decoded and not returned.
         block_length, num_blocks, mask_id: static geometry.
         block_offsets: [Lb] int64, `arange(block_length)`.
         block_index: 0-dim int64, the block being decoded (num_blocks once everything is filled).
@@ -48,6 +53,8 @@ class DecodeState:
     position_ids: torch.Tensor | None
     prompt_mask: torch.Tensor
     gen_start: int
+    block_start: int
+    gen_end: int
     block_length: int
     num_blocks: int
     mask_id: int
@@ -99,15 +106,24 @@ def prepare_state(
     keep_attention_mask: bool = False,
     output_start: int = 0,
     output_rows: int | None = None,
+    aligned_blocks: bool = False,
 ) -> DecodeState:
     """Build the canvas and the static buffers for validated, left-padded inputs.
 
     Without padding the attention mask is dropped (the model's cheaper unmasked path), unless
     `keep_attention_mask`: prompt buckets keep it so that every length of a bucket has one graph.
+    `aligned_blocks`: blocks aligned to positions from 0 (`block_start`), as a block-causal
+    model's attention is, so every row's prompt must leave the same remainder of a block.
     """
     batch, prompt_len = input_ids.shape
     device = input_ids.device
-    canvas = torch.full((batch, prompt_len + gen_length), mask_id, dtype=torch.long, device=device)
+    tail = 0
+    if aligned_blocks:
+        tail = prompt_tail_in_block(attention_mask, prompt_len, block_length)
+    num_blocks = -(-(tail + gen_length) // block_length)
+    block_start = prompt_len - tail
+    canvas = torch.full((batch, block_start + num_blocks * block_length), mask_id, dtype=torch.long,
+                        device=device)
     canvas[:, :prompt_len] = input_ids
     prompt_mask = torch.zeros_like(canvas, dtype=torch.bool)
     prompt_mask[:, :prompt_len] = True
@@ -128,8 +144,10 @@ def prepare_state(
         position_ids=position_ids,
         prompt_mask=prompt_mask,
         gen_start=prompt_len,
+        block_start=block_start,
+        gen_end=prompt_len + gen_length,
         block_length=block_length,
-        num_blocks=gen_length // block_length,
+        num_blocks=num_blocks,
         mask_id=mask_id,
         block_offsets=torch.arange(block_length, device=device),
         block_index=scalar(0),
@@ -142,3 +160,20 @@ def prepare_state(
         output_start=output_start,
         output_rows=batch if output_rows is None else output_rows,
     )
+
+
+def prompt_tail_in_block(attention_mask: torch.Tensor | None, prompt_len: int,
+                         block_length: int) -> int:
+    """How many of the prompt's last tokens share the first decoded block when blocks are aligned
+    to positions from 0 (LLaDA2's rule): the prompt's real length modulo `block_length`, which
+    must be the same in every row: a left-padded row's blocks follow its own positions."""
+    if attention_mask is None:
+        return prompt_len % block_length
+    tails = sorted(set((attention_mask.sum(-1) % block_length).tolist()))
+    if len(tails) > 1:
+        raise ValueError(
+            f"the prompts' lengths leave {tails} tokens in their last block of {block_length}: "
+            f"a block-causal model's blocks follow each row's positions from 0, so one batch "
+            f"needs prompt lengths that are equal modulo block_length; decode such prompts in "
+            f"separate calls (or batch those of equal length modulo {block_length})")
+    return tails[0]

@@ -18,12 +18,16 @@ from .strategies import Strategy, is_any_of_sync_free, without_tokens_sync_free
 # forward(input_ids, attention_mask, position_ids) -> logits [B, T, V]; a model with a KV cache
 # also takes kv_cache=(keys, values) and cache_positions= (see LLaDAModelLM.forward_hidden).
 ForwardFn = Callable[..., torch.Tensor]
-# None: no KV cache. "refresh": a block's first step, which stores the cache. "cached": its
-# other steps, which run part of the canvas (the `CachedSpan`) against the stored rest.
-CachePhase = Literal["refresh", "cached"] | None
+# None: no KV cache. "refresh": a step of the whole canvas, which stores the cache (a block's
+# first step; with the exact block cache, a call's first step: the prompt's prefill). "cached":
+# a step running part of the canvas (the `CachedSpan`) against the stored rest. "enter" (the
+# block cache only): a block's first step, run on the previous block and this one, which writes
+# the previous block's final keys and values as it decodes this one.
+CachePhase = Literal["refresh", "enter", "cached"] | None
 # What a "cached" step runs: the block's tokens ("dual", Fast-dLLM's DualCache) or the whole
-# generated region ("prompt": only the prompt's keys and values are reused).
-CachedSpan = Literal["dual", "prompt"]
+# generated region ("prompt": only the prompt's keys and values are reused); "block" runs the
+# block's tokens as "dual" does, on a block-causal model (exact: `DecodeConfig.kv_cache`).
+CachedSpan = Literal["dual", "prompt", "block"]
 
 
 def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor, cfg_scale: float,
@@ -44,15 +48,21 @@ def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor
 
         x = torch.cat([x, unconditional])
         attention_mask, position_ids = twice(attention_mask), twice(position_ids)
-    if cache_phase == "cached":
-        run = positions if cached_span == "dual" else \
-            torch.arange(state.gen_start, state.x.shape[1], device=positions.device)
+    if cache_phase in ("cached", "enter"):
+        if cached_span == "prompt":
+            run = torch.arange(state.gen_start, state.x.shape[1], device=positions.device)
+        elif cache_phase == "enter":  # the previous block, then this one (never block 0's)
+            run = torch.cat([(positions - state.block_length).clamp_min(0), positions])
+        else:
+            run = positions
         logits = forward(
             x.index_select(1, run), attention_mask,
             None if position_ids is None else position_ids.index_select(1, run),
             kv_cache=state.kv_cache, cache_positions=run)
-        if cached_span != "dual":
+        if cached_span == "prompt":
             logits = logits.index_select(1, positions - state.gen_start)
+        elif cache_phase == "enter":
+            logits = logits[:, state.block_length:]
     else:
         cache = {} if cache_phase is None else {"kv_cache": state.kv_cache}
         logits = forward(x, attention_mask, position_ids, **cache).index_select(1, positions)
@@ -96,7 +106,7 @@ def denoise_step(
     if cache_phase == "cached":
         active = active & (state.step_in_block > 0)
     block = state.block_index.clamp(max=num_blocks - 1)
-    positions = state.gen_start + block * block_length + state.block_offsets
+    positions = state.block_start + block * block_length + state.block_offsets
 
     logits = block_logits(forward, state, positions, cfg_scale, cache_phase, cached_span)
     if suppress_ids is not None:
@@ -112,7 +122,8 @@ def denoise_step(
         gen.copy_(fill_after_eos_sync_free(gen, mask_id, eos_ids))
 
     # Where decoding goes next: the first block at or after `start` that still has masks.
-    has_masks = (gen == mask_id).view(gen.shape[0], num_blocks, block_length).any(-1).any(0)
+    blocks = state.x[:, state.block_start:]
+    has_masks = (blocks == mask_id).view(blocks.shape[0], num_blocks, block_length).any(-1).any(0)
     block_ids = torch.arange(num_blocks, device=gen.device)
 
     def first_masked_block_from(start: torch.Tensor) -> torch.Tensor:

@@ -115,6 +115,38 @@ def factor_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, factor: fl
     return masked & (conf >= bound)
 
 
+class LLaDA2Strategy(ThresholdStrategy):
+    """LLaDA2's own sampler (the official `generate()` at temperature 0): greedy proposals; a step
+    commits the masked positions whose confidence exceeds `tau` (strictly), or, when fewer than
+    the step's count, that many of the most confident (ties by position). The counts spread
+    the block over `steps` steps per block (`block_length // steps`, one more for the first
+    `block_length % steps`), as the official `_get_num_transfer_tokens`; a block whose prompt
+    tail leaves fewer masks finishes sooner. The baseline the speedups are quoted against.
+
+    As every strategy here, the mask token is no candidate (confidences renormalised without
+    it); the official sampler lets it compete. The same whenever p(mask) is negligible, as in a
+    trained model (`models.llada2_generate` replays the official rules, either way)."""
+
+    name = "llada2"
+
+    def select(self, conf, masked, state):
+        return llada2_commit_sync_free(conf, masked, self.config.tau, state.block_length,
+                                       self.config.llada2_steps,
+                                       state.step_in_block)
+
+
+def llada2_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, tau: float,
+                            block_length: int, steps: int, step: torch.Tensor) -> torch.Tensor:
+    """LLaDA2's commit rule at `step` of a block: the masked positions with `conf > tau` when at
+    least the schedule's count, else that many of the most confident (all, where fewer remain)."""
+    count = block_length // steps + (step < block_length % steps).long()
+    conf = torch.where(masked, conf, NEG_INF)
+    above = masked & (conf > tau)
+    enough = above.sum(-1, keepdim=True) >= count
+    most_confident = masked & (rank_descending_sync_free(conf) < count)
+    return torch.where(enough, above, most_confident)
+
+
 class CreditStrategy(ThresholdStrategy):
     """CreditDecoding: the threshold commit on logits fused with trace credits.
 
@@ -255,6 +287,8 @@ def make_strategy(config: DecodeConfig, mask_id: int, optimized: bool = False) -
         return ThresholdStrategy(config, mask_id)
     if config.strategy == "factor":
         return FactorStrategy(config, mask_id)
+    if config.strategy == "llada2":
+        return LLaDA2Strategy(config, mask_id)
     return LLaDAStrategy(config, mask_id)
 
 

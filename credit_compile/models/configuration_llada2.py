@@ -59,7 +59,9 @@ class LLaDA2Config(PretrainedConfig):
       (the ``expert_bias`` buffer), top-k weights normalised to sum to 1 (when top-k > 1), then
       scaled;
     - ``rms_norm_eps``, ``vocab_size``, ``tie_word_embeddings``;
-    - ``mask_token_id``, ``eos_token_id``, ``pad_token_id``; ``initializer_range`` (random init).
+    - ``mask_token_id``, ``eos_token_id``, ``pad_token_id``; ``block_length``, the block size the
+      checkpoint was trained with (not in the released config.json: 32), which the decoder's
+      blocks follow; ``initializer_range`` (random init).
 
     Kept for compatibility, not used by the model: the dropout rates (an inference model),
     ``sliding_window`` / ``max_window_layers`` (only read with ``use_sliding_window``, refused),
@@ -116,6 +118,9 @@ class LLaDA2Config(PretrainedConfig):
 
     # Vocabulary and special tokens.
     mask_token_id: int | None = LLADA2_MASK_TOKEN_ID
+    #: The block size the checkpoint was trained with, which the decode's blocks (and its
+    #: block-causal attention) follow; not in the released config.json, whose models use 32.
+    block_length: int = LLADA2_BLOCK_LENGTH
     eos_token_id: int | list[int] | None = LLADA2_EOS_TOKEN_ID
     pad_token_id: int | None = LLADA2_EOS_TOKEN_ID
 
@@ -165,6 +170,11 @@ class LLaDA2Config(PretrainedConfig):
             if bad:
                 raise ValueError(f"LLaDA2 config {key}={getattr(self, key)!r} is not supported by "
                                  f"credit_compile's LLaDA2: {why}")
+        if not (isinstance(self.block_length, int) and not isinstance(self.block_length, bool)
+                and self.block_length > 0):
+            raise ValueError(f"LLaDA2 config block_length={self.block_length!r}: the trained block "
+                             f"size is a positive number of tokens ({LLADA2_BLOCK_LENGTH} for the "
+                             f"released checkpoints)")
         if self.hidden_act not in ACT2FN:
             raise ValueError(f"LLaDA2 config hidden_act={self.hidden_act!r} is not an activation "
                              f"transformers knows")

@@ -668,6 +668,6 @@ def test_the_docs_example_runs(capsys):
     import re
 
     doc = (Path(__file__).parents[2] / "docs" / "llada2.md").read_text()
-    (code,) = re.findall(r"```python\n(.*?)```", doc, re.S)
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]  # the model; [1] decodes (test_llada2_decode)
     exec(compile(code, "docs/llada2.md", "exec"), {})
     assert capsys.readouterr().out == "torch.Size([1, 8, 128])\n"
