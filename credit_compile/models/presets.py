@@ -22,7 +22,8 @@ bidirectional attention, untied LM head):
 
 LLaDA2.x presets (`LLADA2_PRESETS`, `LLaDA2Config` / `LLaDA2ModelLM`: Bailing-MoE-v2, block
 diffusion). `get_config` and `build_model` take their names too; `available_presets()` and
-`PRESETS` stay LLaDA's until the LLaDA2 decode is wired into `optimize()`:
+`PRESETS` list LLaDA's, whose models every decoding mode of the benchmarks runs (LLaDA2 decodes
+with its block cache or none, docs/llada2.md):
 
 - ``tiny-llada2``: seconds on CPU, every LLaDA2 feature: vocab_size 128 (ids 0..124 ordinary,
   125 EOS and padding, 126 ``<|mask|>``, 127 spare), hidden 32, 2 layers (layer 0 dense, MLP 64;
