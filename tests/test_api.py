@@ -7,6 +7,8 @@ between calls, tests/test_step_cache.py."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 from helpers import assert_same_generation, small
@@ -61,8 +63,19 @@ def test_generate_inside_generate_is_refused_not_a_deadlock():
     def nested(_steps):
         fast.generate(ids)
 
-    with pytest.raises(RuntimeError, match=r"called while this thread is inside generate\(\)"):
-        fast.generate(ids, progress=nested)
+    raised = []
+
+    def outer():
+        try:
+            fast.generate(ids, progress=nested)
+        except RuntimeError as error:
+            raised.append(str(error))
+
+    caller = threading.Thread(target=outer, daemon=True)
+    caller.start()
+    caller.join(timeout=60)  # a deadlock fails the test rather than hanging the suite
+    assert not caller.is_alive(), "generate() inside generate() deadlocked"
+    assert raised and "called while this thread is inside generate()" in raised[0]
     assert_same_generation(cc.generate_reference(model, ids, gen_length=8, block_length=4),
                            fast.generate(ids))  # the lock was released
 
