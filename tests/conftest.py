@@ -19,6 +19,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
+from helpers import use_cheap_backend  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
 
 settings.register_profile(
@@ -54,12 +55,4 @@ def cheap_compile(monkeypatch):
     eagerly, without Inductor's code generation (seconds less per compile). For tests of what
     surrounds the compiled step (the step cache, threads, warnings, the CLI's output, verify's
     report); the tests that prove Inductor's code equal to the reference keep Inductor."""
-    import functools
-    import importlib
-
-    from credit_compile import backend, step_cache
-
-    verify = importlib.import_module("credit_compile.verify")  # the package's `verify` is a function
-    cheap = functools.partial(backend.make_backend, inductor=False)
-    monkeypatch.setattr(step_cache, "make_backend", cheap)
-    monkeypatch.setattr(verify, "make_backend", cheap)
+    use_cheap_backend(monkeypatch)

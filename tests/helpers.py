@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 import credit_compile as cc
-from credit_compile.backend import make_backend
 
 
 def assert_same_generation(ref, out):
@@ -23,12 +22,28 @@ def prompts(batch, length, device, padded=False, seed=0):
     return ids.to(device), (mask.to(device) if padded else None)
 
 
+def use_cheap_backend(monkeypatch) -> None:
+    """Optimized models (and verify) compile without Inductor's code generation: the
+    `cheap_compile` fixture, and module-scoped fixtures through `pytest.MonkeyPatch.context()`."""
+    import functools
+    import importlib
+
+    from credit_compile import backend, step_cache
+
+    verify = importlib.import_module("credit_compile.verify")  # the package's `verify` is a function
+    cheap = functools.partial(backend.make_backend, inductor=False)
+    monkeypatch.setattr(step_cache, "make_backend", cheap)
+    monkeypatch.setattr(verify, "make_backend", cheap)
+
+
 def record_graphs(monkeypatch, module) -> list:
-    """The FX graphs dynamo hands the backends `module` makes, in order."""
+    """The FX graphs dynamo hands the backends `module` makes, in order (wrapping the backend
+    `module` makes now: Inductor, or the cheap one under `cheap_compile`)."""
     graphs = []
+    inner = module.make_backend
 
     def recording(**kwargs):
-        backend = make_backend(**kwargs)
+        backend = inner(**kwargs)
 
         def record(gm, example_inputs):
             graphs.append(gm)

@@ -10,6 +10,9 @@ from toy_models import ContextMixModel
 
 import credit_compile as cc
 
+# How logits are read, compiled too: the cheap backend (conftest.py).
+pytestmark = pytest.mark.cheap_compile
+
 
 def ids(*shape):
     return torch.randint(0, 30, shape)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import use_cheap_backend
 
 import credit_compile as cc
 
@@ -49,9 +50,11 @@ def serving():
     (code,) = [b.rstrip() for b in python_blocks(DOCS / "serving.md")
                if b.rstrip().endswith(RUN_MAIN)]
     namespace: dict = {"__name__": "serving_example"}
-    exec(compile(code[:-len(RUN_MAIN)], "docs/serving.md", "exec"), namespace)
-    namespace["threading"] = RecordedEvents()
-    return namespace
+    with pytest.MonkeyPatch.context() as patch:  # the module's cheap backend, for its start-up too
+        use_cheap_backend(patch)
+        exec(compile(code[:-len(RUN_MAIN)], "docs/serving.md", "exec"), namespace)
+        namespace["threading"] = RecordedEvents()
+        yield namespace
 
 
 def test_the_readme_example_on_the_shipped_model_prints_its_answers(capsys):

@@ -105,7 +105,7 @@ LAYERS_ONCE_CONFIGS = st.sampled_from([
 # Cold, about a minute: the min-versions stack leaves it out (CI time) and keeps the
 # layers-once unit tests below; the main stack runs it.
 @pytest.mark.slow
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(config=LAYERS_ONCE_CONFIGS, layers=st.integers(1, 3), batch=st.integers(1, 2),
        prompt_length=st.integers(2, 6), padded=st.booleans(), seed=st.integers(0, 2**16))
 def test_tokens_equal_the_reference(config, layers, batch, prompt_length, padded, seed):
@@ -135,6 +135,9 @@ def test_the_trained_model_decodes_the_same_tokens():
 # The min-versions CI stack runs the first, the Gumbel (float64 elision pass) and the
 # layers-once configs; the others (`slow`) exercise no torch-version-specific path of their own.
 _MAIN_STACK_ONLY = pytest.mark.slow
+# A graph another case's Inductor code already proves (llada's is llada-gumbel's less the noise;
+# a bucket pads): the cheap backend.
+_HOST_SIDE = pytest.mark.cheap_compile
 
 
 @pytest.mark.parametrize("config", [
@@ -142,19 +145,20 @@ _MAIN_STACK_ONLY = pytest.mark.slow
     pytest.param(dict(strategy="credit", credit_layout="dense", credit_slots=None),
                  id="credit-dense", marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="threshold", tau=0.7), id="threshold", marks=_MAIN_STACK_ONLY),
-    pytest.param(dict(strategy="llada", steps=8), id="llada", marks=_MAIN_STACK_ONLY),
+    pytest.param(dict(strategy="llada", steps=8), id="llada", marks=_HOST_SIDE),
     pytest.param(dict(strategy="llada", cfg_scale=1.5), id="llada-cfg", marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="llada", temperature=0.8, seed=7), id="llada-gumbel"),
     pytest.param(dict(strategy="credit", early_stop=True, eos_token_id=5),
                  id="credit-early-stop", marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="credit", prompt_bucket=8), id="credit-prompt-bucket",
-                 marks=_MAIN_STACK_ONLY),
+                 marks=_HOST_SIDE),
     pytest.param(dict(strategy="credit", compile_layers_once=True), id="credit-layers-once"),
     # The prompt cache shares the dual cache's version-specific paths: main stack only.
     pytest.param(dict(strategy="credit", kv_cache="prompt"), id="prompt-credit",
                  marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="llada", cfg_scale=1.5, kv_cache="prompt"), id="prompt-llada-cfg",
                  marks=_MAIN_STACK_ONLY),
+    # The same two graphs as "credit", found in Inductor's cache: cheaper than the cheap backend.
     pytest.param(dict(strategy="credit", kv_cache_refresh=2), id="credit-refresh-2",
                  marks=_MAIN_STACK_ONLY),
 ])
@@ -182,7 +186,9 @@ def test_the_trained_model_with_the_cache_equals_its_reference():
     ids, mask = batch["input_ids"], batch["attention_mask"]
     decode = dict(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH, kv_cache="dual")
     ref = cc.generate_reference(model, ids, mask, **decode)
-    out = cc.optimize(model, **decode).generate(ids, mask)
+    # One layer compiled for all four (the cache's code for every layer inlined is proven on
+    # the toy models above): a quarter of the layers to compile.
+    out = cc.optimize(model, compile_layers_once=True, **decode).generate(ids, mask)
     assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
 
 

@@ -15,6 +15,9 @@ from toy_models import ContextMixModel, ScriptedModel
 import credit_compile as cc
 from credit_compile import DecodeConfig
 
+# Checks of inputs and models, on the compiled path too: the cheap backend (conftest.py).
+pytestmark = pytest.mark.cheap_compile
+
 MASK = 39
 
 

@@ -8,3 +8,21 @@ import os
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+TESTS = str(Path(__file__).resolve().parents[2] / "tests")
+if TESTS not in sys.path:
+    sys.path.append(TESTS)
+
+
+@pytest.fixture
+def cheap_compile(monkeypatch):
+    """tests/conftest.py's: optimized models compile without Inductor's code generation, for
+    tests of a benchmark's own logic (Inductor's code is proven equal in tests/)."""
+    from helpers import use_cheap_backend
+
+    use_cheap_backend(monkeypatch)

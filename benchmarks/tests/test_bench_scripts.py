@@ -147,7 +147,7 @@ def test_generate_compiled_modes_configure_what_they_name(bench_generate, monkey
     assert config.compile and config.strategy == "credit"
 
 
-@pytest.mark.slow  # compiles the cached and the full step (about a minute); bench logic only
+@pytest.mark.usefixtures("cheap_compile")  # the bench's logic, not Inductor's code
 def test_generate_dual_cache_rows_are_checked_against_their_own_reference(bench_generate,
                                                                            tmp_path):
     out = tmp_path / "rows.jsonl"

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets",
-          "suite"]
+# The tests stage runs dry in test_a_stage_runs_from_a_copy_of_the_source_without_an_install.
+STAGES = ["gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets", "suite"]
 
 
 def run_stage(stage: str, out: Path, **extra_env: str) -> subprocess.CompletedProcess:

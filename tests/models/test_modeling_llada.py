@@ -35,6 +35,7 @@ def step_graphs(monkeypatch):
     return record_graphs(monkeypatch, step_cache)
 
 
+@pytest.mark.cheap_compile
 def test_one_layer_is_traced_and_called_for_every_layer(step_graphs):
     model = layered_model(3)
     ids = torch.randint(0, 120, (1, 5), generator=torch.Generator().manual_seed(0))
@@ -44,6 +45,7 @@ def test_one_layer_is_traced_and_called_for_every_layer(step_graphs):
     assert layer_calls(gm) == ["subgraph_0"] * 3  # one region, called by each layer
 
 
+@pytest.mark.cheap_compile
 def test_without_it_every_layer_is_inlined(step_graphs):
     fast = cc.optimize(layered_model(3), gen_length=8, block_length=4)
     fast.generate(torch.randint(0, 120, (1, 5)))
@@ -57,6 +59,7 @@ def test_eager_forward_is_unchanged():
     assert torch.equal(model(ids).logits, model(ids, compile_layers_once=True).logits)
 
 
+@pytest.mark.cheap_compile
 def test_a_second_call_compiles_nothing():
     # The region's guards hold across calls: no recompile of the step.
     fast = cc.optimize(layered_model(4), gen_length=8, block_length=4, compile_layers_once=True)
@@ -82,6 +85,7 @@ def test_a_hook_on_a_later_layer_is_honoured():
     assert torch.equal(out.sequences, ref.sequences)
 
 
+@pytest.mark.cheap_compile
 def test_a_layer_with_an_adapter_compiles_each_layer_instead_of_crashing(step_graphs):
     from torch import nn
 

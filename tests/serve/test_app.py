@@ -5,7 +5,6 @@ alone), cancellation, overload, timeouts, faults and bad input."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 
 import pytest
@@ -15,6 +14,7 @@ for _library in ("starlette", "uvicorn", "prometheus_client", "openai", "httpx")
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
+from helpers import use_cheap_backend  # noqa: E402
 from serve_helpers import RunningServer, SlowModel  # noqa: E402
 
 import credit_compile as cc  # noqa: E402
@@ -52,11 +52,8 @@ def model():
 @pytest.fixture(scope="module")
 def cheap():
     """The conftest's cheap_compile for the module's fixtures (their steps compile in them)."""
-    from credit_compile import backend, step_cache
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(step_cache, "make_backend",
-                      functools.partial(backend.make_backend, inductor=False))
+        use_cheap_backend(patch)
         yield
 
 
