@@ -47,6 +47,11 @@
 # (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite"
+case "${1:-tests}" in
+tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite) ;;
+*) echo "unknown stage ${1}: use $STAGES" >&2; exit 2 ;;
+esac
 OUT=${OUT:-gpu_out}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT"
@@ -129,9 +134,5 @@ gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
         --modes llada-eager threshold-eager credit-graphs credit-dual-cache-eager \
         credit-graphs-dual-cache credit-prompt-cache-eager credit-graphs-prompt-cache
-    ;;
-*)
-    echo "unknown stage ${1}: use tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite" >&2
-    exit 2
     ;;
 esac
