@@ -300,7 +300,7 @@ class OptimizedModel(ModelWrapper):
         config = self._config(overrides, base, warn=True)  # once per call: here
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
         layers_once = config.compile and config.compile_layers_once
-        if layers_once and info.kind != "credit_compile":
+        if layers_once and not info.own_bidirectional:
             warn_user(
                 f"compile_layers_once=True has no effect on {type(self.model).__name__}: only "
                 f"credit_compile's own LLaDA model marks its layers; each layer is compiled as "
