@@ -306,8 +306,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else getattr(model.config, "init_std", model.config.initializer_range),
-        **peaks,
+        "init_std": None if trained else getattr(model.config, "init_std", None) or
+        model.config.initializer_range, **peaks,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -94,3 +94,14 @@ def test_cuda_graphs_decode_the_reference_tokens(kv_cache):
     out = cc.optimize(model, cuda_graphs="on", **config).generate(ids, mask)
     assert out.stats["runner"] == "cuda_graph"
     assert_same(out, reference.generate(model, ids, mask, **config))
+
+
+@pytest.mark.cheap_compile
+def test_the_docs_example_runs(capsys):
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "llada_moe.md").read_text()
+    code = re.findall(r"```python\n(.*?)```", doc, re.S)[1]
+    exec(compile(code, "docs/llada_moe.md", "exec"), {})
+    assert capsys.readouterr().out == "torch.Size([1, 13]) True\n"
