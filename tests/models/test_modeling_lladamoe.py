@@ -180,7 +180,7 @@ def test_the_dense_moe_equals_the_per_token_loop(experts, data, bias, tokens, se
 @pytest.mark.parametrize("overrides, match", [
     (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
     (dict(moe_layer_freq=[1, 1]), "moe_layer_freq"),
-    (dict(partial_rotary_factor=0.3), "partial_rotary_factor"),
+    (dict(partial_rotary_factor=0.375), "partial_rotary_factor"),  # 3 of 8: odd
     (dict(hidden_act="nope"), "hidden_act"),
     (dict(num_key_value_heads=3), "num_key_value_heads"),
     (dict(num_experts_per_tok=9), "num_experts_per_tok"),
