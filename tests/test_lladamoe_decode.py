@@ -18,10 +18,12 @@ MASK, EOS = 126, 125  # tiny-lladamoe's
 
 
 @functools.cache
-def lladamoe(device: str = "cpu") -> torch.nn.Module:
+def lladamoe(device: str = "cpu", layers: int = 2) -> torch.nn.Module:
     """tiny-lladamoe with weights of std 0.5: confidences far apart, so compiled and eager
     kernels' rounding never flips a decision (docs/architecture.md, Exactness)."""
-    return build_model(get_config("tiny-lladamoe", initializer_range=0.5), seed=1, device=device)
+    config = get_config("tiny-lladamoe", initializer_range=0.5, num_hidden_layers=layers,
+                        moe_layer_freq=[1] * layers)
+    return build_model(config, seed=1, device=device)
 
 
 def prompts(batch: int = 2, length: int = 6, padded: bool = True, device: str = "cpu"):
@@ -63,23 +65,20 @@ def test_a_padded_row_decodes_as_it_does_alone():
     dict(strategy="credit"),
     dict(strategy="threshold", kv_cache="dual"),
     dict(strategy="credit", kv_cache="prompt"),
-    dict(strategy="llada", steps=8),
-    dict(strategy="factor", factor=1.0),
     dict(strategy="credit", compile_layers_once=True),
-], ids=["credit", "threshold-dual", "credit-prompt", "llada", "factor", "layers-once"])
+], ids=["credit", "threshold-dual", "credit-prompt", "layers-once"])
 def test_the_optimized_model_decodes_the_reference_tokens(config):
-    """A padded batch, then an unpadded one through the same optimized model."""
-    model = lladamoe()
-    fast = cc.optimize(model, **decode(**config))
-    for ids, mask in (prompts(), prompts(padded=False, length=5)):
-        out = fast.generate(ids, mask)
-        assert out.stats["runner"] == "compiled"
-        assert_same(out, reference.generate(model, ids, mask, **decode(**config)))
+    """A padded batch (the strategies and the step around the model are LLaDA's, tested there)."""
+    model, (ids, mask) = lladamoe(), prompts()
+    out = cc.optimize(model, **decode(**config)).generate(ids, mask)
+    assert out.stats["runner"] == "compiled"
+    assert_same(out, reference.generate(model, ids, mask, **decode(**config)))
 
 
 def test_the_inductor_step_equals_the_reference():
-    """Inductor's generated code (the fused credit op and the passes), on a padded batch."""
-    model, (ids, mask) = lladamoe(), prompts()
+    """Inductor's generated code (the fused credit op and the passes, the MoE's kernels), on a
+    padded batch; one layer, as Inductor's compile time grows with the layers."""
+    model, (ids, mask) = lladamoe(layers=1), prompts()
     config = decode(strategy="credit")
     out = cc.optimize(model, **config).generate(ids, mask)
     assert out.stats["runner"] == "compiled"
