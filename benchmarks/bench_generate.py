@@ -259,7 +259,8 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=[*available_presets(), *LLADAMOE_PRESETS, TRAINED],
+    parser.add_argument("--preset", default="tiny",
+                        choices=[*available_presets(), *LLADAMOE_PRESETS, TRAINED],
                         help="a random model of a preset's shapes, or 'trained': the shipped "
                              "default model on its held-out task prompts (meaningful NFE)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])

@@ -227,7 +227,8 @@ class LLaDAMoEModel(nn.Module):
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__()
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList([LLaDAMoEDecoderLayer(config, i) for i in range(config.num_hidden_layers)])
+        self.layers = nn.ModuleList([LLaDAMoEDecoderLayer(config, i)
+                                     for i in range(config.num_hidden_layers)])
         self.norm = LLaDARMSNorm(config.hidden_size, config.rms_norm_eps)
 
 
