@@ -3,6 +3,7 @@
     python benchmarks/bench_generate.py --preset tiny                 # CPU, seconds
     python benchmarks/bench_generate.py --preset trained --batch 1 8  # CPU, the trained model
     python benchmarks/bench_generate.py --preset llada-8b --batch 1 8 --gen-length 256 1024
+    python benchmarks/bench_generate.py --preset llada-moe-7b          # LLaDA-MoE shapes (tiny-lladamoe: CPU)
 
 Modes (each row's ratio is against the eager LLaDA baseline sampler measured in the same run):
   llada-eager            LLaDA's original sampler, one token per step (steps = gen_length)
@@ -57,7 +58,7 @@ from benchutil import bench_dtype, bench_model, is_tiny, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import available_presets
+from credit_compile.models import LLADAMOE_PRESETS, available_presets
 from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -116,11 +117,11 @@ def step_roofline(model, batch: int, seq: int, block: int, tokens: int | None = 
     cfg = model.config
     tokens = seq if tokens is None else tokens
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    head = cfg.d_model * cfg.padded_vocab_size
-    body_params = sum(p.numel() for n, p in model.named_parameters()
-                      if ".blocks." in n and p.dim() == 2)
+    head = model.lm_head_weight.numel()
+    body_params = sum(p.numel() for n, p in model.named_parameters()  # LLaDA's, LLaDA-MoE's layers
+                      if (".blocks." in n or ".layers." in n) and p.dim() == 2)
     flops = (2 * body_params * batch * tokens
-             + 4 * batch * tokens * seq * cfg.d_model * cfg.n_layers
+             + 4 * batch * tokens * seq * cfg.hidden_size * cfg.num_hidden_layers
              + 2 * head * batch * block)
     return {"weight_bytes": weight_bytes, "step_flops": flops}
 
@@ -258,7 +259,8 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=[*available_presets(), TRAINED],
+    parser.add_argument("--preset", default="tiny",
+                        choices=[*available_presets(), *LLADAMOE_PRESETS, TRAINED],
                         help="a random model of a preset's shapes, or 'trained': the shipped "
                              "default model on its held-out task prompts (meaningful NFE)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
@@ -305,7 +307,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else model.config.init_std, **peaks,
+        "init_std": None if trained else getattr(model.config, "init_std", None) or
+        model.config.initializer_range, **peaks,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ Accepted models:
 - the official remote-code `LLaDAModelLM` (trust_remote_code): it ignores the attention mask
   (ML-GSAI/LLaDA issue 90), so the reference refuses padded batches rather than decoding them
   wrongly (`optimize()` adopts it into the project's model instead: `models.remote`);
+- the project's `credit_compile.models.LLaDAMoEModelLM` (LLaDA-MoE): bidirectional, as LLaDA
+  (masks, positions, the approximate KV caches, one layer compiled for all);
 - the project's `credit_compile.models.LLaDA2ModelLM` (LLaDA2.x): block-causal attention over
   blocks aligned to positions from 0, which the decode's blocks follow, and an exact block KV
   cache;
@@ -30,8 +32,8 @@ class ModelInfo:
     """Static facts about a model.
 
     Attributes:
-        kind: "credit_compile" (this project's LLaDA), "llada2" (this project's LLaDA2),
-            "llada_remote" or "generic".
+        kind: "credit_compile" (this project's LLaDA), "lladamoe" (this project's LLaDA-MoE),
+            "llada2" (this project's LLaDA2), "llada_remote" or "generic".
         mask_id: the mask token, or None when neither the model nor the caller names one.
         eos_ids: the end-of-text tokens (a config may list several, e.g. end-of-text and
             end-of-turn), or None.
@@ -77,6 +79,12 @@ class ModelInfo:
         (LLaDA2): the decode's blocks follow them, and its KV cache is exact."""
         return self.kind == "llada2"
 
+    @property
+    def own_bidirectional(self) -> bool:
+        """One of this project's bidirectional models (LLaDA, LLaDA-MoE): its forward takes the
+        approximate KV caches (`kv_cache`, `cache_positions`) and `compile_layers_once`."""
+        return self.kind in ("credit_compile", "lladamoe")
+
 
 def _is_project_model(model: nn.Module) -> bool:
     from .models import LLaDAModelLM
@@ -91,6 +99,14 @@ def _is_project_llada2(model: nn.Module) -> bool:
     from .models import LLaDA2ModelLM
 
     return isinstance(model, LLaDA2ModelLM)
+
+
+def _is_project_lladamoe(model: nn.Module) -> bool:
+    if type(model).__name__ != "LLaDAMoEModelLM":
+        return False
+    from .models import LLaDAMoEModelLM
+
+    return isinstance(model, LLaDAMoEModelLM)
 
 
 def describe_model(model: nn.Module, mask_id: int | None = None,
@@ -109,6 +125,8 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
     trained_block_length = None
     if _is_project_model(model):
         kind, honours, positions = "credit_compile", True, True
+    elif _is_project_lladamoe(model):
+        kind, honours, positions = "lladamoe", True, True
     elif _is_project_llada2(model):
         kind, honours, positions = "llada2", True, True
         trained_block_length = int(model.config.block_length)
@@ -226,7 +244,7 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
                 position_ids = None
             return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          block_length=blocks, **kv_cache).logits
-    elif info.kind == "credit_compile":
+    elif info.own_bidirectional:
         def forward(input_ids, attention_mask, position_ids, **kv_cache):
             return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          compile_layers_once=compile_layers_once, **kv_cache).logits

@@ -300,11 +300,11 @@ class OptimizedModel(ModelWrapper):
         config = self._config(overrides, base, warn=True)  # once per call: here
         info = describe_model(self.model, config.mask_id, config.eos_token_id)
         layers_once = config.compile and config.compile_layers_once
-        if layers_once and info.kind != "credit_compile":
+        if layers_once and not info.own_bidirectional:
             warn_user(
                 f"compile_layers_once=True has no effect on {type(self.model).__name__}: only "
-                f"credit_compile's own LLaDA model marks its layers; each layer is compiled as "
-                f"before (load the checkpoint with credit_compile.models.LLaDAModelLM."
+                f"credit_compile's own LLaDA and LLaDA-MoE models mark their layers; each layer "
+                f"is compiled as before (load the checkpoint with credit_compile.models.LLaDAModelLM."
                 f"from_pretrained, or leave compile_layers_once off)")
         elif layers_once and not unwrap_model(self.model).layers_alike():
             warn_user(

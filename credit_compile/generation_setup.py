@@ -206,7 +206,7 @@ def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
             f"kv_cache='block' is the exact cache of a block-causal model (credit_compile."
             f"models.LLaDA2ModelLM); this model ({info.kind}) attends to the whole canvas, so "
             f"use kv_cache='prompt' or 'dual' (approximate) or 'none'")
-    if config.kv_cache != "none" and info.kind not in ("credit_compile", "llada2"):
+    if config.kv_cache != "none" and not (info.own_bidirectional or info.block_causal):
         raise ValueError(
             f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
             f"reads and writes the cache; this model is a {info.kind} one. Load the checkpoint "

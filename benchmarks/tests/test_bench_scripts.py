@@ -453,3 +453,21 @@ def test_compile_time_refuses_a_block_that_does_not_divide(tmp_path, monkeypatch
     with pytest.raises(SystemExit) as exc:
         bench.main(["--gen-length", "8", "--block-length", "3", "--out", str(tmp_path / "r")])
     assert exc.value.code == 2
+
+
+def test_generate_runs_the_lladamoe_preset(bench_generate, tmp_path):
+    """LLaDA-MoE's tiny preset through an eager mode and its dual cache: drawn at the tiny std,
+    its roofline counted over its layers (every expert: the dense MoE runs them all)."""
+    out = tmp_path / "rows.jsonl"
+    assert bench_generate.main(["--preset", "tiny-lladamoe", "--device", "cpu", "--modes",
+                                "llada-eager", "credit-dual-cache-eager", "--gen-length", "8",
+                                "--block-length", str(BLOCK), "--repeats", "1", "--out", str(out)]) == 0
+    rows = read_rows(out)
+    assert [r["mode"] for r in rows] == ["llada-eager", "credit-dual-cache-eager"]
+    assert all(r["preset"] == "tiny-lladamoe" and r["init_std"] == 0.5 for r in rows)
+    assert rows[0]["nfe"] == 8 and rows[1]["kv_cache_bytes"] > 0
+    from credit_compile.models import build_model
+
+    model = build_model("tiny-lladamoe")
+    experts = sum(p.numel() for n, p in model.named_parameters() if ".experts." in n)
+    assert rows[0]["step_flops"] > 2 * experts * rows[0]["prompt_length"]

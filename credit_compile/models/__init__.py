@@ -4,6 +4,11 @@
     model = LLaDAModelLM.from_pretrained("path/to/LLaDA-8B-Instruct", dtype=torch.bfloat16)
     tiny = build_model("tiny")            # random weights, seconds on CPU
 
+LLaDA-MoE (inclusionAI's LLaDA-MoE-7B-A1B, model_type "lladamoe") has one too:
+
+    from credit_compile.models import LLaDAMoEModelLM
+    model = LLaDAMoEModelLM.from_pretrained("path/to/LLaDA-MoE-7B-A1B-Instruct", dtype=torch.bfloat16)
+
 LLaDA2.x (inclusionAI's LLaDA2.0 / LLaDA2.1 block-diffusion MoE checkpoints, model_type
 "llada2_moe") has its own native model with the official layout:
 
@@ -11,7 +16,8 @@ LLaDA2.x (inclusionAI's LLaDA2.0 / LLaDA2.1 block-diffusion MoE checkpoints, mod
     model = LLaDA2ModelLM.from_pretrained("path/to/LLaDA2.0-mini", dtype=torch.bfloat16)
 
 Importing this package registers `LLaDAConfig` / `LLaDAModelLM` (model_type "llada") and
-`LLaDA2Config` / `LLaDA2ModelLM` (model_type "llada2_moe") with the transformers Auto classes, so
+`LLaDA2Config` / `LLaDA2ModelLM` (model_type "llada2_moe") and `LLaDAMoEConfig` /
+`LLaDAMoEModelLM` (model_type "lladamoe") with the transformers Auto classes, so
 `AutoConfig`, `AutoModel`, `AutoModelForMaskedLM` and `AutoModelForCausalLM` load those
 checkpoint directories without `trust_remote_code`. That is a registry entry only: no compiler or
 torch setting changes.
@@ -19,9 +25,11 @@ torch setting changes.
 
 from .configuration_llada import LLADA_MASK_TOKEN_ID, LLaDAConfig
 from .configuration_llada2 import LLADA2_MASK_TOKEN_ID, LLaDA2Config
+from .configuration_lladamoe import LLADAMOE_MASK_TOKEN_ID, LLaDAMoEConfig
 from .modeling_llada import LLaDABlock, LLaDAModel, LLaDAModelLM, positions_from_mask
 from .modeling_llada2 import LLaDA2ModelLM, block_causal_mask
-from .presets import LLADA2_PRESETS, PRESETS, available_presets, build_model, get_config
+from .modeling_lladamoe import LLaDAMoEModelLM
+from .presets import LLADA2_PRESETS, LLADAMOE_PRESETS, PRESETS, available_presets, build_model, get_config
 
 __all__ = [
     "LLADA_MASK_TOKEN_ID",
@@ -29,6 +37,10 @@ __all__ = [
     "LLaDAConfig",
     "LLaDA2Config",
     "LLaDA2ModelLM",
+    "LLADAMOE_MASK_TOKEN_ID",
+    "LLaDAMoEConfig",
+    "LLaDAMoEModelLM",
+    "LLADAMOE_PRESETS",
     "block_causal_mask",
     "LLaDAModelLM",
     "LLaDAModel",
@@ -44,12 +56,13 @@ __all__ = [
 
 
 def register_auto_classes() -> None:
-    """Register model_types "llada" and "llada2_moe" with AutoConfig, AutoModel,
+    """Register model_types "llada", "llada2_moe" and "lladamoe" with AutoConfig, AutoModel,
     AutoModelForMaskedLM and AutoModelForCausalLM (the official checkpoints' auto_map names
     AutoModel and AutoModelForCausalLM). Idempotent."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForMaskedLM
 
-    for config_cls, model_cls in ((LLaDAConfig, LLaDAModelLM), (LLaDA2Config, LLaDA2ModelLM)):
+    for config_cls, model_cls in ((LLaDAConfig, LLaDAModelLM), (LLaDA2Config, LLaDA2ModelLM),
+                                  (LLaDAMoEConfig, LLaDAMoEModelLM)):
         AutoConfig.register(config_cls.model_type, config_cls, exist_ok=True)
         for auto_cls in (AutoModel, AutoModelForMaskedLM, AutoModelForCausalLM):
             auto_cls.register(config_cls, model_cls, exist_ok=True)

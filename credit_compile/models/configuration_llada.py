@@ -117,6 +117,13 @@ class LLaDAConfig(PretrainedConfig):
         tie = kwargs.pop("tie_word_embeddings", None)
         if tie is not None:
             self.weight_tying = bool(tie)
+        if "expert_intermediate_size" in kwargs or "moe_layer_freq" in kwargs:
+            # LLaDA-MoE's released config.json says model_type "llada": its keys would otherwise
+            # build a dense LLaDA of other shapes, whose weights all fail to load.
+            raise ValueError("this is a LLaDA-MoE config (expert_intermediate_size, moe_layer_freq), "
+                             "not a LLaDA one: load it with credit_compile.models.LLaDAMoEModelLM."
+                             "from_pretrained(path), or set \"model_type\": \"lladamoe\" in its "
+                             "config.json for the Auto classes")
         super().__post_init__(**kwargs)
         self.validate_llada()
 

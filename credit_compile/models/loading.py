@@ -52,6 +52,15 @@ def load_model_and_tokenizer(model_dir: str | None = None, device: str | None = 
     return model, tokenizer, device
 
 
+def _is_lladamoe(config_file: Path) -> bool:
+    """A LLaDA-MoE checkpoint: its model_type, or its MoE keys (the release's config.json says
+    "llada")."""
+    import json
+
+    config = json.loads(config_file.read_text())
+    return config.get("model_type") == "lladamoe" or "expert_intermediate_size" in config
+
+
 def _load(model_dir: str | None, device: str, on_note):
     if model_dir is None:
         from ..assets import has_default_model, load_default_model
@@ -74,8 +83,10 @@ def _load(model_dir: str | None, device: str, on_note):
 
     from ..tokenizer import TOKENIZER_FILE, CharTokenizer
     from .modeling_llada import LLaDAModelLM
+    from .modeling_lladamoe import LLaDAMoEModelLM
 
-    model = LLaDAModelLM.from_pretrained(path).to(device).eval()
+    model_cls = LLaDAMoEModelLM if _is_lladamoe(path / "config.json") else LLaDAModelLM
+    model = model_cls.from_pretrained(path).to(device).eval()
     if (path / TOKENIZER_FILE).is_file():  # this project's tokenizer (the trainer writes it)
         return model, CharTokenizer.from_pretrained(path)
     try:

@@ -35,6 +35,19 @@ with its block cache or none, docs/llada2.md):
   heads of 128, QK norm, RoPE on 64 of 128 dims (theta 6e5), 256 experts of width 512 in 8
   groups (4 chosen, top-8), one shared expert, vocab 157184, mask 156895, EOS/pad 156892. For
   benchmarks with random bf16 weights (about 32 GB); never built in the tests.
+
+LLaDA-MoE presets (`LLADAMOE_PRESETS`, `LLaDAMoEConfig` / `LLaDAMoEModelLM`), listed apart as
+LLaDA2's (`get_config` and `build_model` take their names); `optimize()` decodes them with every
+mode LLaDA has:
+
+- ``tiny-lladamoe``: seconds on CPU: vocab_size 128 (ids 0..124 ordinary, 125 EOS and padding,
+  126 ``<|mask|>``, 127 spare), hidden 32, 2 MoE layers (8 experts of width 16, top-2, expert
+  bias, a shared expert of 16), 4 query heads and 2 key/value heads of 8, QK norm, RoPE on half
+  of each head (theta 10000).
+- ``llada-moe-7b``: the shapes of inclusionAI/LLaDA-MoE-7B-A1B (7B total, about 1.4B active):
+  hidden 2048, 16 MoE layers of 64 experts of width 1024 (top-8, softmax router), 16 heads of 128,
+  QK norm, RoPE theta 50000, vocab 157184, mask 156895, EOS/pad 156892. For benchmarks with
+  random bf16 weights (about 15 GB); never built in the tests.
 """
 
 from __future__ import annotations
@@ -45,10 +58,12 @@ import torch
 
 from .configuration_llada import LLaDAConfig
 from .configuration_llada2 import LLaDA2Config
+from .configuration_lladamoe import LLaDAMoEConfig
 from .modeling_llada import LLaDAModelLM
 from .modeling_llada2 import LLaDA2ModelLM
+from .modeling_lladamoe import LLaDAMoEModelLM
 
-__all__ = ["PRESETS", "LLADA2_PRESETS", "available_presets", "get_config", "build_model"]
+__all__ = ["PRESETS", "LLADA2_PRESETS", "LLADAMOE_PRESETS", "available_presets", "get_config", "build_model"]
 
 _COMMON: dict[str, Any] = {
     "block_type": "llama",
@@ -205,24 +220,80 @@ LLADA2_PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+LLADAMOE_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-lladamoe": {
+        "vocab_size": 128,
+        "hidden_size": 32,
+        "dense_intermediate_size": 64,
+        "expert_intermediate_size": 16,
+        "shared_expert_intermediate_size": 16,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "hidden_act": "silu",
+        "max_position_embeddings": 512,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 10000.0,
+        "partial_rotary_factor": 0.5,
+        "qk_layernorm": True,
+        "num_experts": 8,
+        "num_experts_per_tok": 2,
+        "moe_layer_freq": [1, 1],
+        "moe_router_enable_expert_bias": True,
+        "mask_token_id": 126,
+        "eos_token_id": 125,
+        "pad_token_id": 125,
+        "initializer_range": 0.02,
+        "architectures": ["LLaDAMoEModelLM"],
+    },
+    "llada-moe-7b": {
+        "vocab_size": 157184,
+        "hidden_size": 2048,
+        "dense_intermediate_size": 8192,
+        "expert_intermediate_size": 1024,
+        "shared_expert_intermediate_size": None,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "hidden_act": "silu",
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-5,
+        "rope_theta": 50000.0,
+        "partial_rotary_factor": 1.0,
+        "qk_layernorm": True,
+        "num_experts": 64,
+        "num_experts_per_tok": 8,
+        "moe_layer_freq": [1] * 16,
+        "moe_router_enable_expert_bias": False,
+        "mask_token_id": 156895,
+        "eos_token_id": 156892,
+        "pad_token_id": 156892,
+        "initializer_range": 0.02,
+        "architectures": ["LLaDAMoEModelLM"],
+    },
+}
+
+
 def available_presets() -> list[str]:
     """LLaDA's presets (the ones `optimize()` decodes); LLaDA2's are `LLADA2_PRESETS`."""
     return sorted(PRESETS)
 
 
-def get_config(name: str, **overrides: Any) -> LLaDAConfig | LLaDA2Config:
-    """The named preset as an `LLaDAConfig` (or, for a LLaDA2 preset, an `LLaDA2Config`);
-    keyword arguments override its fields."""
+def get_config(name: str, **overrides: Any) -> LLaDAConfig | LLaDA2Config | LLaDAMoEConfig:
+    """The named preset as an `LLaDAConfig` (or, for a LLaDA2 or LLaDA-MoE preset, an
+    `LLaDA2Config` or `LLaDAMoEConfig`); keyword arguments override its fields."""
     if name in LLADA2_PRESETS:
         return LLaDA2Config(**{**LLADA2_PRESETS[name], **overrides})
+    if name in LLADAMOE_PRESETS:
+        return LLaDAMoEConfig(**{**LLADAMOE_PRESETS[name], **overrides})
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {available_presets()} "
-                       f"(LLaDA2: {sorted(LLADA2_PRESETS)})")
+                       f"(LLaDA2: {sorted(LLADA2_PRESETS)}, LLaDA-MoE: {sorted(LLADAMOE_PRESETS)})")
     return LLaDAConfig(**{**PRESETS[name], **overrides})
 
 
 def _as_config(preset_or_config: str | dict | LLaDAConfig | LLaDA2Config) -> LLaDAConfig | LLaDA2Config:
-    if isinstance(preset_or_config, (LLaDAConfig, LLaDA2Config)):
+    if isinstance(preset_or_config, (LLaDAConfig, LLaDA2Config, LLaDAMoEConfig)):
         return preset_or_config
     if isinstance(preset_or_config, str):
         return get_config(preset_or_config)
@@ -237,8 +308,9 @@ def build_model(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     seed: int = 0,
-) -> LLaDAModelLM | LLaDA2ModelLM:
-    """A randomly initialised `LLaDAModelLM` (or `LLaDA2ModelLM` for a LLaDA2 config) in eval mode.
+) -> LLaDAModelLM | LLaDA2ModelLM | LLaDAMoEModelLM:
+    """A randomly initialised `LLaDAModelLM` (or `LLaDA2ModelLM`, `LLaDAMoEModelLM` for their
+    configs) in eval mode.
 
     Weights: every linear/embedding weight ~ N(0, init_std) (0.02 in the presets; LLaDA2:
     ``initializer_range``), the LLaDA2 routers' weights too, biases 0, norm weights 1, the LLaDA2
@@ -249,13 +321,13 @@ def build_model(
     """
     config = _as_config(preset_or_config)
     device = torch.device(device)
-    llada2 = isinstance(config, LLaDA2Config)
+    model_cls = {LLaDA2Config: LLaDA2ModelLM, LLaDAMoEConfig: LLaDAMoEModelLM}.get(type(config), LLaDAModelLM)
     with torch.device("meta"):
-        model = LLaDA2ModelLM(config) if llada2 else LLaDAModelLM(config)
+        model = model_cls(config)
     model = model.to(dtype=dtype).to_empty(device=device)
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
-    std = float(config.initializer_range if llada2 else config.init_std)
+    std = float(config.init_std if model_cls is LLaDAModelLM else config.initializer_range)
     with torch.no_grad():
         for _, buffer in model.named_buffers():  # to_empty leaves them uninitialised
             buffer.zero_()

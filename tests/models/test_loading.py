@@ -52,3 +52,17 @@ def test_devices():
     assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="'meta': credit_compile runs on cpu or cuda"):
         resolve_device("meta")
+
+
+@pytest.mark.parametrize("model_type", ["lladamoe", "llada"])  # the release's config says "llada"
+def test_a_lladamoe_checkpoint_loads_as_lladamoe(tmp_path, model_type):
+    import json
+
+    from credit_compile.models import LLaDAMoEModelLM, build_model
+
+    build_model("tiny-lladamoe").save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": model_type}))
+    load_model_and_tokenizer(device="cpu")[1].save_pretrained(tmp_path)  # the shipped tokenizer
+    model, _, _ = load_model_and_tokenizer(str(tmp_path), "cpu")
+    assert type(model) is LLaDAMoEModelLM
