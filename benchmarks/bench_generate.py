@@ -3,6 +3,7 @@
     python benchmarks/bench_generate.py --preset tiny                 # CPU, seconds
     python benchmarks/bench_generate.py --preset trained --batch 1 8  # CPU, the trained model
     python benchmarks/bench_generate.py --preset llada-8b --batch 1 8 --gen-length 256 1024
+    python benchmarks/bench_generate.py --preset tiny-dream           # Dream (docs/dream.md)
 
 Modes (each row's ratio is against the eager LLaDA baseline sampler measured in the same run):
   llada-eager            LLaDA's original sampler, one token per step (steps = gen_length)
@@ -57,7 +58,7 @@ from benchutil import bench_dtype, bench_model, is_tiny, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import available_presets
+from credit_compile.models import DREAM_PRESETS, available_presets
 from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -116,12 +117,14 @@ def step_roofline(model, batch: int, seq: int, block: int, tokens: int | None = 
     cfg = model.config
     tokens = seq if tokens is None else tokens
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    head = cfg.d_model * cfg.padded_vocab_size
+    dream = model.config.model_type == "Dream"  # Qwen2's names: the head runs on every position
+    d_model, layers = (cfg.hidden_size, cfg.num_hidden_layers) if dream else (cfg.d_model, cfg.n_layers)
+    head = d_model * (cfg.vocab_size if dream else cfg.padded_vocab_size)
     body_params = sum(p.numel() for n, p in model.named_parameters()
-                      if ".blocks." in n and p.dim() == 2)
+                      if (".layers." if dream else ".blocks.") in n and p.dim() == 2)
     flops = (2 * body_params * batch * tokens
-             + 4 * batch * tokens * seq * cfg.d_model * cfg.n_layers
-             + 2 * head * batch * block)
+             + 4 * batch * tokens * seq * d_model * layers
+             + 2 * head * batch * (seq if dream else block))
     return {"weight_bytes": weight_bytes, "step_flops": flops}
 
 
@@ -225,7 +228,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
 
 def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
     """One step's forward alone (hidden states + block-sliced LM head), compiled and graphed."""
-    if ids.device.type != "cuda":
+    if ids.device.type != "cuda" or not hasattr(model, "forward_hidden"):
         return None
     canvas = torch.cat([ids, torch.full((ids.shape[0], base.gen_length), model.config.mask_token_id,
                                         device=ids.device, dtype=ids.dtype)], 1)
@@ -258,7 +261,8 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="tiny", choices=[*available_presets(), TRAINED],
+    parser.add_argument("--preset", default="tiny",
+                        choices=[*available_presets(), *sorted(DREAM_PRESETS), TRAINED],
                         help="a random model of a preset's shapes, or 'trained': the shipped "
                              "default model on its held-out task prompts (meaningful NFE)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
@@ -294,6 +298,9 @@ def main(argv=None) -> int:
     if device.type != "cuda" and any(m.startswith("credit-graphs") for m in modes):
         print("skipping credit-graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if not m.startswith("credit-graphs")]
+    if args.preset in DREAM_PRESETS and any(kv_cache_of(m) != "none" for m in modes):
+        print("skipping the KV-cache modes: Dream's shifted logits take no cache", file=sys.stderr)
+        modes = [m for m in modes if kv_cache_of(m) == "none"]
 
     if trained:
         model, dtype = trained_model_and_prompts(1, device)[0], torch.float32
@@ -305,7 +312,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else model.config.init_std, **peaks,
+        "init_std": None if trained else getattr(model.config, "init_std", None)
+        or model.config.initializer_range, **peaks,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

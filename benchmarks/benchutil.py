@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from credit_compile.models import build_model, get_config
+from credit_compile.models import DREAM_PRESETS, build_model, get_config
 
 # At the presets' init_std (0.02) the random tiny model is near uniform: every confidence is
 # 0.011-0.014, all within the commit rule's tie slack (1e-5) of the best, so threshold and credit
@@ -23,7 +23,8 @@ def is_tiny(preset: str) -> bool:
 def bench_model_config(preset: str):
     """The model config a benchmark measures: the preset's, with TINY_INIT_STD for tiny ones.
     Larger presets keep theirs: there the per-step figures, not the NFE, are the point."""
-    return get_config(preset, init_std=TINY_INIT_STD) if is_tiny(preset) else get_config(preset)
+    std = "initializer_range" if preset in DREAM_PRESETS else "init_std"
+    return get_config(preset, **{std: TINY_INIT_STD}) if is_tiny(preset) else get_config(preset)
 
 
 def bench_dtype(preset: str) -> torch.dtype:
