@@ -117,14 +117,14 @@ def step_roofline(model, batch: int, seq: int, block: int, tokens: int | None = 
     cfg = model.config
     tokens = seq if tokens is None else tokens
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    dream = model.config.model_type == "Dream"  # Qwen2's names: the head runs on every position
+    dream = model.config.model_type == "Dream"  # Qwen2's names
     d_model, layers = (cfg.hidden_size, cfg.num_hidden_layers) if dream else (cfg.d_model, cfg.n_layers)
     head = d_model * (cfg.vocab_size if dream else cfg.padded_vocab_size)
     body_params = sum(p.numel() for n, p in model.named_parameters()
                       if (".layers." if dream else ".blocks.") in n and p.dim() == 2)
     flops = (2 * body_params * batch * tokens
              + 4 * batch * tokens * seq * d_model * layers
-             + 2 * head * batch * (seq if dream else block))
+             + 2 * head * batch * block)
     return {"weight_bytes": weight_bytes, "step_flops": flops}
 
 
@@ -298,9 +298,11 @@ def main(argv=None) -> int:
     if device.type != "cuda" and any(m.startswith("credit-graphs") for m in modes):
         print("skipping credit-graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if not m.startswith("credit-graphs")]
-    if args.preset in DREAM_PRESETS and any(kv_cache_of(m) != "none" for m in modes):
-        print("skipping the KV-cache modes: Dream's shifted logits take no cache", file=sys.stderr)
-        modes = [m for m in modes if kv_cache_of(m) == "none"]
+    if args.preset in DREAM_PRESETS and any(kv_cache_of(m) != "none" or "layers-once" in m
+                                            for m in modes):
+        print("skipping the KV-cache and layers-once modes: Dream's shifted logits take no cache, "
+              "and only LLaDA marks its layers", file=sys.stderr)
+        modes = [m for m in modes if kv_cache_of(m) == "none" and "layers-once" not in m]
 
     if trained:
         model, dtype = trained_model_and_prompts(1, device)[0], torch.float32

@@ -196,6 +196,12 @@ def setup_generation(
 
 
 def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
+    if config.kv_cache != "none" and info.shifted_logits:
+        raise ValueError(
+            f"kv_cache={config.kv_cache!r} does not apply to this model's shifted logits (Dream: "
+            f"position i is read from position i-1's output): a cached step runs the block "
+            f"without the position before it, so its first position would have no logits; use "
+            f"kv_cache='none'")
     if info.block_causal and config.kv_cache in ("prompt", "dual"):
         raise ValueError(
             f"kv_cache={config.kv_cache!r} is an approximate cache for bidirectional models; "
@@ -206,12 +212,6 @@ def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
             f"kv_cache='block' is the exact cache of a block-causal model (credit_compile."
             f"models.LLaDA2ModelLM); this model ({info.kind}) attends to the whole canvas, so "
             f"use kv_cache='prompt' or 'dual' (approximate) or 'none'")
-    if config.kv_cache != "none" and info.shifted_logits:
-        raise ValueError(
-            f"kv_cache={config.kv_cache!r} does not apply to this model's shifted logits (Dream: "
-            f"position i is read from position i-1's output): a cached step runs the block "
-            f"without the position before it, so its first position would have no logits; use "
-            f"kv_cache='none'")
     if config.kv_cache != "none" and info.kind not in ("credit_compile", "llada2"):
         raise ValueError(
             f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
