@@ -76,3 +76,10 @@ class DreamModel(Qwen2ForCausalLM):
         # A mapping is taken by Qwen2Model as the prepared mask of each layer type.
         masks = {"full_attention": dream_attention_mask(attention_mask)}
         return super().forward(input_ids, attention_mask=masks, position_ids=position_ids, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        """Refused: transformers' `generate()` decodes left to right, one token at a time, which
+        a diffusion LM is not trained for."""
+        raise ValueError("DreamModel.generate() is transformers' autoregressive decoding, not "
+                         "Dream's: decode with credit_compile.optimize(model).generate(input_ids) "
+                         "(or credit_compile.generate_reference for the eager decoder)")

@@ -129,13 +129,15 @@ def test_unbuilt_variants_are_refused_naming_the_key(key, value):
         DreamConfig(**{**META["config"], key: value})
 
 
-def test_bad_masks_and_the_autoregressive_cache_are_refused():
+def test_bad_masks_the_autoregressive_cache_and_generate_are_refused():
     model = official_model()
     ids = TENSORS["input_ids"]
     with pytest.raises(ValueError, match=r"\[batch, length\]"):
         model(ids, attention_mask=torch.ones(2, 1, 12))
     with pytest.raises(ValueError, match="use_cache"):
         model(ids, use_cache=True)
+    with pytest.raises(ValueError, match=r"credit_compile.optimize\(model\)"):
+        model.generate(ids)  # transformers' autoregressive decoding
 
 
 def test_the_forward_compiles_as_one_graph():
