@@ -74,8 +74,24 @@ class DreamModel(Qwen2ForCausalLM):
                              "leave use_cache off")
         kwargs["use_cache"] = False
         # A mapping is taken by Qwen2Model as the prepared mask of each layer type.
-        masks = {"full_attention": dream_attention_mask(attention_mask)}
+        masks = {"full_attention": self._mask_for_attention(dream_attention_mask(attention_mask))}
         return super().forward(input_ids, attention_mask=masks, position_ids=position_ids, **kwargs)
+
+    def _mask_for_attention(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The mask as the configured attention reads it: boolean for SDPA (the default),
+        additive for "eager"; other implementations take no 4-D mask."""
+        if mask is None or mask.dtype != torch.bool:
+            return mask
+        implementation = self.config._attn_implementation
+        if implementation == "eager":
+            dtype = self.model.embed_tokens.weight.dtype
+            return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(dtype).min)
+        if implementation not in (None, "sdpa"):
+            raise ValueError(f"Dream's padding mask needs attn_implementation 'sdpa' (the default) "
+                             f"or 'eager', not {implementation!r}: load the model with "
+                             f"attn_implementation='sdpa', or pass no attention_mask")
+        return mask
 
     def generate(self, *args, **kwargs):
         """Refused: transformers' `generate()` decodes left to right, one token at a time, which

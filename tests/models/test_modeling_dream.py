@@ -70,6 +70,19 @@ def test_native_logits_equal_the_official_logits():
         close(model(ids[1:, PAD:]).logits[0], TENSORS["logits_padded"][1, PAD:])
 
 
+def test_eager_attention_reads_the_padding_mask_as_sdpa_does():
+    """transformers' "eager" attention adds its mask: the padding mask is given to it additive."""
+    model = DreamModel(DreamConfig(**META["config"], attn_implementation="eager")).eval()
+    model.load_state_dict(WEIGHTS)
+    assert model.config._attn_implementation == "eager"
+    ids, mask = TENSORS["input_ids"], TENSORS["attention_mask"]
+    with torch.no_grad():
+        close(model(ids, attention_mask=mask).logits[1, PAD:], TENSORS["logits_padded"][1, PAD:])
+    model.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(ValueError, match="attn_implementation='sdpa'"):
+        model(ids, attention_mask=mask)
+
+
 def test_it_is_qwen2_with_the_official_parameter_names():
     """The in-tree Qwen2, its every layer bidirectional; the official state dict loads name for
     name (strict) into it."""
