@@ -9,6 +9,7 @@ this machine lacks) raises ValueError naming the fix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 RANDOM_MODEL_NOTE = (
@@ -73,9 +74,12 @@ def _load(model_dir: str | None, device: str, on_note):
     from transformers import AutoTokenizer
 
     from ..tokenizer import TOKENIZER_FILE, CharTokenizer
+    from .modeling_dream import DreamModel
     from .modeling_llada import LLaDAModelLM
 
-    model = LLaDAModelLM.from_pretrained(path).to(device).eval()
+    # A Dream checkpoint (model_type "Dream") loads into DreamModel; any other into LLaDA.
+    dream = json.loads((path / "config.json").read_text()).get("model_type") == "Dream"
+    model = (DreamModel if dream else LLaDAModelLM).from_pretrained(path).to(device).eval()
     if (path / TOKENIZER_FILE).is_file():  # this project's tokenizer (the trainer writes it)
         return model, CharTokenizer.from_pretrained(path)
     try:

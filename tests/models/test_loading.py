@@ -52,3 +52,14 @@ def test_devices():
     assert resolve_device(None) == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(ValueError, match="'meta': credit_compile runs on cpu or cuda"):
         resolve_device("meta")
+
+
+def test_a_dream_checkpoint_loads_into_dream(tmp_path):
+    from credit_compile.models import DreamModel, build_model
+    from credit_compile.tokenizer import CharTokenizer
+
+    build_model("tiny-dream").save_pretrained(tmp_path)
+    CharTokenizer(eos_token_id=125, mask_token_id=126, vocab_size=128).save_pretrained(tmp_path)
+    model, tokenizer, _ = load_model_and_tokenizer(str(tmp_path), "cpu")
+    assert type(model) is DreamModel and not model.training
+    assert tokenizer.decode(tokenizer("R12=")["input_ids"][0]) == "R12="
