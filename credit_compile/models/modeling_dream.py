@@ -11,8 +11,12 @@ state dict unchanged:
   Qwen2's layers is built here (none without padding, so SDPA attends to the whole sequence);
 - a 2-D ``attention_mask`` (1 = real token, left padding) masks the padding keys, and positions
   default to ``cumsum(mask) - 1``, as the official `diffusion_generate` passes them (its
-  ``tok_idx``). Real tokens get the official logits; a padding query attends to itself as well
-  (the official mask leaves it no key at all), so its own, never read, output stays finite.
+  ``tok_idx``). Real tokens get the official logits; a padding query attends to the real tokens
+  and itself (the official mask leaves it no key at all), so its own, never read, output stays
+  finite.
+
+transformers' `generate()` (autoregressive, inherited from Qwen2) is refused, naming
+`credit_compile.optimize`.
 
 The logits are the official forward's, unshifted: the token at position i is read from position
 i-1's row (Dream's generation code shifts them). The decoders read Dream through
