@@ -4,6 +4,7 @@
     python benchmarks/bench_generate.py --preset trained --batch 1 8  # CPU, the trained model
     python benchmarks/bench_generate.py --preset llada-8b --batch 1 8 --gen-length 256 1024
     python benchmarks/bench_generate.py --preset llada-moe-7b          # LLaDA-MoE shapes (tiny-lladamoe: CPU)
+    python benchmarks/bench_generate.py --preset tiny-dream           # Dream (docs/dream.md)
 
 Modes (each row's ratio is against the eager LLaDA baseline sampler measured in the same run):
   llada-eager            LLaDA's original sampler, one token per step (steps = gen_length)
@@ -58,7 +59,7 @@ from benchutil import bench_dtype, bench_model, is_tiny, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import LLADAMOE_PRESETS, available_presets
+from credit_compile.models import DREAM_PRESETS, LLADAMOE_PRESETS, available_presets
 from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -117,8 +118,9 @@ def step_roofline(model, batch: int, seq: int, block: int, tokens: int | None = 
     cfg = model.config
     tokens = seq if tokens is None else tokens
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    head = model.lm_head_weight.numel()
-    body_params = sum(p.numel() for n, p in model.named_parameters()  # LLaDA's, LLaDA-MoE's layers
+    head = getattr(model, "lm_head_weight", None)  # this project's models; Dream: Qwen2's head
+    head = (model.get_output_embeddings().weight if head is None else head).numel()
+    body_params = sum(p.numel() for n, p in model.named_parameters()  # LLaDA's; the others' layers
                       if (".blocks." in n or ".layers." in n) and p.dim() == 2)
     flops = (2 * body_params * batch * tokens
              + 4 * batch * tokens * seq * cfg.hidden_size * cfg.num_hidden_layers
@@ -226,7 +228,7 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
 
 def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
     """One step's forward alone (hidden states + block-sliced LM head), compiled and graphed."""
-    if ids.device.type != "cuda":
+    if ids.device.type != "cuda" or not hasattr(model, "forward_hidden"):
         return None
     canvas = torch.cat([ids, torch.full((ids.shape[0], base.gen_length), model.config.mask_token_id,
                                         device=ids.device, dtype=ids.dtype)], 1)
@@ -260,7 +262,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny",
-                        choices=[*available_presets(), *LLADAMOE_PRESETS, TRAINED],
+                        choices=[*available_presets(), *LLADAMOE_PRESETS, *DREAM_PRESETS, TRAINED],
                         help="a random model of a preset's shapes, or 'trained': the shipped "
                              "default model on its held-out task prompts (meaningful NFE)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
@@ -296,6 +298,11 @@ def main(argv=None) -> int:
     if device.type != "cuda" and any(m.startswith("credit-graphs") for m in modes):
         print("skipping credit-graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if not m.startswith("credit-graphs")]
+    if args.preset in DREAM_PRESETS and any(kv_cache_of(m) != "none" or "layers-once" in m
+                                            for m in modes):
+        print("skipping the KV-cache and layers-once modes: Dream's shifted logits take no cache, "
+              "and only LLaDA marks its layers", file=sys.stderr)
+        modes = [m for m in modes if kv_cache_of(m) == "none" and "layers-once" not in m]
 
     if trained:
         model, dtype = trained_model_and_prompts(1, device)[0], torch.float32
@@ -307,8 +314,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else getattr(model.config, "init_std", None) or
-        model.config.initializer_range, **peaks,
+        "init_std": None if trained else getattr(model.config, "init_std", None)
+        or model.config.initializer_range, **peaks,
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from credit_compile.models import LLADAMOE_PRESETS, build_model, get_config
+from credit_compile.models import PRESETS, build_model, get_config
 
 # At the presets' init_std (0.02) the random tiny model is near uniform: every confidence is
 # 0.011-0.014, all within the commit rule's tie slack (1e-5) of the best, so threshold and credit
@@ -25,7 +25,7 @@ def bench_model_config(preset: str):
     Larger presets keep theirs: there the per-step figures, not the NFE, are the point."""
     if not is_tiny(preset):
         return get_config(preset)
-    std = "initializer_range" if preset in LLADAMOE_PRESETS else "init_std"  # LLaDA-MoE's name
+    std = "init_std" if preset in PRESETS else "initializer_range"  # LLaDA's name, the others'
     return get_config(preset, **{std: TINY_INIT_STD})
 
 

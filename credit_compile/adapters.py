@@ -10,6 +10,9 @@ Accepted models:
 - the project's `credit_compile.models.LLaDA2ModelLM` (LLaDA2.x): block-causal attention over
   blocks aligned to positions from 0, which the decode's blocks follow, and an exact block KV
   cache;
+- the project's `credit_compile.models.DreamModel` (Dream-v0-7B on transformers' Qwen2):
+  bidirectional, honours attention masks and positions, and its logits are shifted by one
+  (`ModelInfo.shifted_logits`); the official remote-code Dream is refused, naming the native one;
 - any module whose `forward(input_ids, attention_mask=None)` returns logits (or an output with
   `.logits`); its mask token comes from its config or the `mask_id` argument.
 """
@@ -33,7 +36,8 @@ class ModelInfo:
 
     Attributes:
         kind: "credit_compile" (this project's LLaDA), "lladamoe" (this project's LLaDA-MoE),
-            "llada2" (this project's LLaDA2), "llada_remote" or "generic".
+            "llada2" (this project's LLaDA2), "dream" (this project's Dream), "llada_remote" or
+            "generic".
         mask_id: the mask token, or None when neither the model nor the caller names one.
         eos_ids: the end-of-text tokens (a config may list several, e.g. end-of-text and
             end-of-turn), or None.
@@ -58,6 +62,9 @@ class ModelInfo:
             attention is not causal: a block sees itself whole.
         trained_block_length: the block size a block-causal model was trained with (its
             attention's blocks are the decode's), or None for a model without blocks.
+        shifted_logits: whether the model reads the token at position i from position i-1's
+            output (Dream, adapted from an autoregressive LM): `make_forward` shifts its logits
+            by one, so every decoder sees position i's prediction at row i.
     """
 
     kind: str
@@ -72,6 +79,7 @@ class ModelInfo:
     bos_ids: tuple[int, ...] | None = None
     causal: bool | None = None
     trained_block_length: int | None = None
+    shifted_logits: bool = False
 
     @property
     def block_causal(self) -> bool:
@@ -109,6 +117,26 @@ def _is_project_lladamoe(model: nn.Module) -> bool:
     return isinstance(model, LLaDAMoEModelLM)
 
 
+def _is_project_dream(model: nn.Module) -> bool:
+    if type(model).__name__ != "DreamModel":
+        return False
+    from .models import DreamModel
+
+    return isinstance(model, DreamModel)
+
+
+def _refuse_remote_dream(model: nn.Module) -> None:
+    """The official remote-code Dream takes no 2-D padding mask (its generation code builds a
+    4-D one) and returns unshifted logits: decoded as a generic model it would be silently
+    wrong."""
+    if getattr(getattr(model, "config", None), "model_type", None) == "Dream":
+        raise ValueError(
+            f"{type(model).__name__} is Dream's remote code (trust_remote_code=True), which "
+            f"credit_compile does not decode: load the checkpoint with credit_compile.models."
+            f"DreamModel.from_pretrained(path), or AutoModel.from_pretrained(path) without "
+            f"trust_remote_code once credit_compile.models is imported (same weights)")
+
+
 def describe_model(model: nn.Module, mask_id: int | None = None,
                    eos_id: int | tuple[int, ...] | None = None) -> ModelInfo:
     config = getattr(model, "config", None)
@@ -130,9 +158,12 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
     elif _is_project_llada2(model):
         kind, honours, positions = "llada2", True, True
         trained_block_length = int(model.config.block_length)
+    elif _is_project_dream(model):
+        kind, honours, positions = "dream", True, True
     elif type(model).__name__ == "LLaDAModelLM":
         kind, honours, positions = "llada_remote", False, False
     else:
+        _refuse_remote_dream(model)
         kind = "generic"
         parameters = inspect.signature(model.forward).parameters
         honours = "attention_mask" in parameters
@@ -151,6 +182,7 @@ def describe_model(model: nn.Module, mask_id: int | None = None,
         bos_ids=token_ids(getattr(config, "bos_token_id", None)),
         causal=False if kind != "generic" else _causal_flag(config),
         trained_block_length=trained_block_length,
+        shifted_logits=kind == "dream",
     )
 
 
@@ -267,7 +299,19 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
     else:
         def forward(input_ids, attention_mask, position_ids):
             return _logits_of(model(input_ids), input_ids)
-    return forward
+    return _shifted(forward) if info.shifted_logits else forward
+
+
+def _shifted(forward: ForwardFn) -> ForwardFn:
+    """Row i of the logits from row i-1 (row 0 keeps its own: it is a prompt token's, never
+    decoded), as Dream's generation code does: `cat([logits[:, :1], logits[:, :-1]], 1)`.
+    No KV cache: a cached step runs part of the canvas, without the row before its first
+    position (`generation_setup.check_kv_cache_support` refuses it)."""
+    def shifted(input_ids, attention_mask, position_ids):
+        logits = forward(input_ids, attention_mask, position_ids)
+        rows = (torch.arange(logits.shape[1], device=logits.device) - 1).clamp_min(0)
+        return logits.index_select(1, rows)
+    return shifted
 
 
 def probe_vocab_size(forward: ForwardFn, input_ids: torch.Tensor) -> int:

@@ -304,8 +304,8 @@ class OptimizedModel(ModelWrapper):
             warn_user(
                 f"compile_layers_once=True has no effect on {type(self.model).__name__}: only "
                 f"credit_compile's own LLaDA and LLaDA-MoE models mark their layers; each layer "
-                f"is compiled as before (load the checkpoint with credit_compile.models.LLaDAModelLM."
-                f"from_pretrained, or leave compile_layers_once off)")
+                f"is compiled as before (leave compile_layers_once off; an official LLaDA "
+                f"checkpoint loads as credit_compile.models.LLaDAModelLM.from_pretrained(path))")
         elif layers_once and not unwrap_model(self.model).layers_alike():
             warn_user(
                 "compile_layers_once=True has no effect: the model's layers differ in more than "

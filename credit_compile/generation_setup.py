@@ -196,6 +196,12 @@ def setup_generation(
 
 
 def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
+    if config.kv_cache != "none" and info.shifted_logits:
+        raise ValueError(
+            f"kv_cache={config.kv_cache!r} does not apply to this model's shifted logits (Dream: "
+            f"position i is read from position i-1's output): a cached step runs the block "
+            f"without the position before it, so its first position would have no logits; use "
+            f"kv_cache='none'")
     if info.block_causal and config.kv_cache in ("prompt", "dual"):
         raise ValueError(
             f"kv_cache={config.kv_cache!r} is an approximate cache for bidirectional models; "

@@ -89,3 +89,27 @@ def test_no_warning_when_nothing_is_compiled(recwarn):
     cc.optimize(ContextMixModel(seed=2), gen_length=8, block_length=4, compile=False,
                 compile_layers_once=True).generate(torch.randint(0, 30, (1, 4)))
     assert not [w for w in recwarn if "compile_layers_once" in str(w.message)]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_shifted_logits_are_read_from_the_row_before(padded):
+    """`ModelInfo.shifted_logits` (Dream's): the one forward every decoder calls returns row i-1
+    of the model's logits at row i, row 0 its own; without it, the model's rows as they are."""
+    import dataclasses
+
+    from credit_compile.adapters import describe_model, make_forward
+
+    model = ContextMixModel()
+    tokens = ids(2, 7)
+    mask = torch.ones_like(tokens)
+    if padded:
+        mask[1, :2] = 0
+    positions = (mask.cumsum(-1) - 1).clamp_min(0)
+    info = describe_model(model)
+    assert not info.shifted_logits
+    with torch.no_grad():
+        plain = make_forward(model, info)(tokens, mask, positions)
+        shifted = make_forward(model, dataclasses.replace(info, shifted_logits=True))(
+            tokens, mask, positions)
+        assert torch.equal(plain, model(tokens, mask, positions))
+    assert torch.equal(shifted[:, 1:], plain[:, :-1]) and torch.equal(shifted[:, 0], plain[:, 0])

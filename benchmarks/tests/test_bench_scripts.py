@@ -297,6 +297,20 @@ def test_run_mode_reports_the_median_run(bench_generate, monkeypatch):
     assert row["first_block_ms"] == pytest.approx(500.0)
 
 
+def test_generate_runs_the_dream_preset_without_its_cache_modes(bench_generate, tmp_path, capsys):
+    """tiny-dream: the uncached eager modes decode (its own init drawn at TINY_INIT_STD); the
+    KV-cache modes, which Dream's shifted logits do not take, are skipped with a note."""
+    out = tmp_path / "rows.jsonl"
+    assert bench_generate.main(["--preset", "tiny-dream", "--device", "cpu", "--modes",
+                                "threshold-eager", "credit-dual-cache-eager", "--gen-length", "8",
+                                "--block-length", str(BLOCK), "--repeats", "1",
+                                "--out", str(out)]) == 0
+    (row,) = read_rows(out)
+    assert (row["mode"], row["preset"], row["init_std"]) == ("threshold-eager", "tiny-dream", 0.5)
+    assert row["nfe"] >= 2 and row["step_flops"] > 0
+    assert "skipping the KV-cache" in capsys.readouterr().err
+
+
 def test_generate_prompts_never_hold_the_mask_or_spare_ids(bench_generate):
     ids, mask = bench_generate.make_prompts(4, 64, vocab=128, mask_id=7, device="cpu")
     assert ids.shape == (4, 64) and bool(mask.eq(1).all())
@@ -314,6 +328,7 @@ def test_benchutil_presets_dtypes_and_int_flags(monkeypatch):
     assert benchutil.bench_dtype("llada-8b") == benchutil.bench_dtype("llada-moe-active") == torch.bfloat16
     assert benchutil.bench_model_config("tiny-gqa").init_std == benchutil.TINY_INIT_STD
     assert benchutil.bench_model_config("llada-8b").init_std == 0.02  # the preset's own
+    assert benchutil.bench_model_config("tiny-dream").initializer_range == benchutil.TINY_INIT_STD
     assert benchutil.positive_int("1") == 1 and benchutil.non_negative_int("0") == 0
     for parse, bad in ((benchutil.positive_int, "0"), (benchutil.non_negative_int, "-1")):
         with pytest.raises(argparse.ArgumentTypeError):

@@ -9,6 +9,7 @@ this machine lacks) raises ValueError naming the fix.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 RANDOM_MODEL_NOTE = (
@@ -52,13 +53,19 @@ def load_model_and_tokenizer(model_dir: str | None = None, device: str | None = 
     return model, tokenizer, device
 
 
-def _is_lladamoe(config_file: Path) -> bool:
-    """A LLaDA-MoE checkpoint: its model_type, or its MoE keys (the release's config.json says
-    "llada")."""
-    import json
+def _model_class(config_file: Path):
+    """The model a checkpoint's config.json describes: its model_type (Dream, LLaDA2, LLaDA-MoE,
+    else LLaDA), or LLaDA-MoE's keys (the release's config.json says "llada")."""
+    from .modeling_dream import DreamModel
+    from .modeling_llada import LLaDAModelLM
+    from .modeling_llada2 import LLaDA2ModelLM
+    from .modeling_lladamoe import LLaDAMoEModelLM
 
     config = json.loads(config_file.read_text())
-    return config.get("model_type") == "lladamoe" or "expert_intermediate_size" in config
+    if "expert_intermediate_size" in config:
+        return LLaDAMoEModelLM
+    return {"Dream": DreamModel, "llada2_moe": LLaDA2ModelLM,
+            "lladamoe": LLaDAMoEModelLM}.get(config.get("model_type"), LLaDAModelLM)
 
 
 def _load(model_dir: str | None, device: str, on_note):
@@ -82,11 +89,8 @@ def _load(model_dir: str | None, device: str, on_note):
     from transformers import AutoTokenizer
 
     from ..tokenizer import TOKENIZER_FILE, CharTokenizer
-    from .modeling_llada import LLaDAModelLM
-    from .modeling_lladamoe import LLaDAMoEModelLM
 
-    model_cls = LLaDAMoEModelLM if _is_lladamoe(path / "config.json") else LLaDAModelLM
-    model = model_cls.from_pretrained(path).to(device).eval()
+    model = _model_class(path / "config.json").from_pretrained(path).to(device).eval()
     if (path / TOKENIZER_FILE).is_file():  # this project's tokenizer (the trainer writes it)
         return model, CharTokenizer.from_pretrained(path)
     try:

@@ -48,6 +48,18 @@ mode LLaDA has:
   hidden 2048, 16 MoE layers of 64 experts of width 1024 (top-8, softmax router), 16 heads of 128,
   QK norm, RoPE theta 50000, vocab 157184, mask 156895, EOS/pad 156892. For benchmarks with
   random bf16 weights (about 15 GB); never built in the tests.
+
+Dream presets (`DREAM_PRESETS`, `DreamConfig` / `DreamModel`: Qwen2 with bidirectional attention
+and logits shifted by one, docs/dream.md), listed apart as LLaDA2's are; `get_config` and
+`build_model` take their names too:
+
+- ``tiny-dream``: seconds on CPU: vocab_size 128 (ids 0..124 ordinary, 125 EOS and padding, 126
+  the mask, 127 spare), hidden 32, 2 layers, 4 query heads and 2 key/value heads of 8 (q/k/v
+  biases, as Qwen2), MLP 64, RoPE theta 10000.
+- ``dream-7b``: the shapes of Dream-org/Dream-v0-Instruct-7B's ``config.json`` (Qwen2.5-7B's):
+  hidden 3584, 28 layers, 28 heads and 4 key/value heads of 128, MLP 18944, vocab 152064, RoPE
+  theta 1e6, mask 151666, EOS/pad/BOS 151643. For benchmarks with random bf16 weights (about
+  15 GB); never built in the tests.
 """
 
 from __future__ import annotations
@@ -56,14 +68,17 @@ from typing import Any
 
 import torch
 
+from .configuration_dream import DreamConfig
 from .configuration_llada import LLaDAConfig
 from .configuration_llada2 import LLaDA2Config
 from .configuration_lladamoe import LLaDAMoEConfig
+from .modeling_dream import DreamModel
 from .modeling_llada import LLaDAModelLM
 from .modeling_llada2 import LLaDA2ModelLM
 from .modeling_lladamoe import LLaDAMoEModelLM
 
-__all__ = ["PRESETS", "LLADA2_PRESETS", "LLADAMOE_PRESETS", "available_presets", "get_config", "build_model"]
+__all__ = ["PRESETS", "LLADA2_PRESETS", "LLADAMOE_PRESETS", "DREAM_PRESETS", "available_presets",
+           "get_config", "build_model"]
 
 _COMMON: dict[str, Any] = {
     "block_type": "llama",
@@ -273,55 +288,100 @@ LLADAMOE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 
+_DREAM_COMMON: dict[str, Any] = {
+    "hidden_act": "silu",
+    "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": False,
+    "use_sliding_window": False,
+    "initializer_range": 0.02,
+    "architectures": ["DreamModel"],
+}
+
+DREAM_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-dream": {
+        **_DREAM_COMMON,
+        "vocab_size": 128,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "rope_theta": 10000.0,
+        "mask_token_id": 126,
+        "eos_token_id": 125,
+        "pad_token_id": 125,
+    },
+    "dream-7b": {
+        **_DREAM_COMMON,
+        "vocab_size": 152064,
+        "hidden_size": 3584,
+        "intermediate_size": 18944,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 28,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 131072,
+        "rope_theta": 1000000.0,
+        "mask_token_id": 151666,
+        "eos_token_id": 151643,
+        "pad_token_id": 151643,
+        "bos_token_id": 151643,
+    },
+}
+
+_Config = LLaDAConfig | LLaDA2Config | LLaDAMoEConfig | DreamConfig
+
 
 def available_presets() -> list[str]:
     """LLaDA's presets (the ones `optimize()` decodes); LLaDA2's are `LLADA2_PRESETS`."""
     return sorted(PRESETS)
 
 
-def get_config(name: str, **overrides: Any) -> LLaDAConfig | LLaDA2Config | LLaDAMoEConfig:
-    """The named preset as an `LLaDAConfig` (or, for a LLaDA2 or LLaDA-MoE preset, an
-    `LLaDA2Config` or `LLaDAMoEConfig`); keyword arguments override its fields."""
-    if name in LLADA2_PRESETS:
-        return LLaDA2Config(**{**LLADA2_PRESETS[name], **overrides})
-    if name in LLADAMOE_PRESETS:
-        return LLaDAMoEConfig(**{**LLADAMOE_PRESETS[name], **overrides})
+def get_config(name: str, **overrides: Any) -> _Config:
+    """The named preset as an `LLaDAConfig` (or, for a LLaDA2, LLaDA-MoE or Dream preset, an
+    `LLaDA2Config`, `LLaDAMoEConfig` or `DreamConfig`); keyword arguments override its fields."""
+    for presets, config_cls in ((LLADA2_PRESETS, LLaDA2Config), (LLADAMOE_PRESETS, LLaDAMoEConfig),
+                                (DREAM_PRESETS, DreamConfig)):
+        if name in presets:
+            return config_cls(**{**presets[name], **overrides})
     if name not in PRESETS:
         raise KeyError(f"unknown preset {name!r}; choose one of {available_presets()} "
-                       f"(LLaDA2: {sorted(LLADA2_PRESETS)}, LLaDA-MoE: {sorted(LLADAMOE_PRESETS)})")
+                       f"(LLaDA2: {sorted(LLADA2_PRESETS)}; LLaDA-MoE: {sorted(LLADAMOE_PRESETS)}; "
+                       f"Dream: {sorted(DREAM_PRESETS)})")
     return LLaDAConfig(**{**PRESETS[name], **overrides})
 
 
-def _as_config(preset_or_config: str | dict | LLaDAConfig | LLaDA2Config) -> LLaDAConfig | LLaDA2Config:
-    if isinstance(preset_or_config, (LLaDAConfig, LLaDA2Config, LLaDAMoEConfig)):
+def _as_config(preset_or_config: str | dict | _Config) -> _Config:
+    if isinstance(preset_or_config, (LLaDAConfig, LLaDA2Config, LLaDAMoEConfig, DreamConfig)):
         return preset_or_config
     if isinstance(preset_or_config, str):
         return get_config(preset_or_config)
     if isinstance(preset_or_config, dict):
         return LLaDAConfig(**preset_or_config)
-    raise TypeError(f"expected a preset name, a config dict, an LLaDAConfig or an LLaDA2Config, "
-                    f"got {type(preset_or_config)}")
+    raise TypeError(f"expected a preset name, a config dict, an LLaDAConfig, an LLaDA2Config or a "
+                    f"DreamConfig, got {type(preset_or_config)}")
 
 
 def build_model(
-    preset_or_config: str | dict | LLaDAConfig | LLaDA2Config = "tiny",
+    preset_or_config: str | dict | _Config = "tiny",
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     seed: int = 0,
-) -> LLaDAModelLM | LLaDA2ModelLM | LLaDAMoEModelLM:
-    """A randomly initialised `LLaDAModelLM` (or `LLaDA2ModelLM`, `LLaDAMoEModelLM` for their
-    configs) in eval mode.
+) -> LLaDAModelLM | LLaDA2ModelLM | LLaDAMoEModelLM | DreamModel:
+    """A randomly initialised `LLaDAModelLM` (or `LLaDA2ModelLM`, `LLaDAMoEModelLM`, `DreamModel`
+    for their configs) in eval mode.
 
-    Weights: every linear/embedding weight ~ N(0, init_std) (0.02 in the presets; LLaDA2:
-    ``initializer_range``), the LLaDA2 routers' weights too, biases 0, norm weights 1, the LLaDA2
+    Weights: every linear/embedding weight ~ N(0, init_std) (0.02 in the presets; LLaDA2 and
+    Dream: ``initializer_range``), the LLaDA2 routers' weights too, biases 0, norm weights 1, the LLaDA2
     routers' ``expert_bias`` buffers 0. The model is built on the meta device and materialised
     directly on ``device`` in ``dtype`` (no float32 copy of an 8B model on the host).
     Deterministic for a given ``(config, seed, device type, dtype)``: parameters are drawn in name
-    order from one generator seeded with ``seed``.
+    order from one generator seeded with ``seed``. Dream's RoPE table is computed, not drawn.
     """
     config = _as_config(preset_or_config)
     device = torch.device(device)
-    model_cls = {LLaDA2Config: LLaDA2ModelLM, LLaDAMoEConfig: LLaDAMoEModelLM}.get(type(config), LLaDAModelLM)
+    model_cls = {LLaDA2Config: LLaDA2ModelLM, LLaDAMoEConfig: LLaDAMoEModelLM,
+                 DreamConfig: DreamModel}.get(type(config), LLaDAModelLM)
     with torch.device("meta"):
         model = model_cls(config)
     model = model.to(dtype=dtype).to_empty(device=device)
@@ -338,4 +398,7 @@ def build_model(
                 param.zero_()
             else:
                 param.normal_(0.0, std, generator=generator)
+    if model_cls is DreamModel:  # RoPE's inverse frequencies, a float32 buffer of Qwen2's rotary embedding
+        with torch.device(device):
+            model.model.rotary_emb = type(model.model.rotary_emb)(config)
     return model.eval()

@@ -66,3 +66,23 @@ def test_a_lladamoe_checkpoint_loads_as_lladamoe(tmp_path, model_type):
     load_model_and_tokenizer(device="cpu")[1].save_pretrained(tmp_path)  # the shipped tokenizer
     model, _, _ = load_model_and_tokenizer(str(tmp_path), "cpu")
     assert type(model) is LLaDAMoEModelLM
+
+
+def test_a_dream_checkpoint_loads_into_dream(tmp_path):
+    from credit_compile.models import DreamModel, build_model
+    from credit_compile.tokenizer import CharTokenizer
+
+    build_model("tiny-dream").save_pretrained(tmp_path)
+    CharTokenizer(eos_token_id=125, mask_token_id=126, vocab_size=128).save_pretrained(tmp_path)
+    model, tokenizer, _ = load_model_and_tokenizer(str(tmp_path), "cpu")
+    assert type(model) is DreamModel and not model.training
+    assert tokenizer.decode(tokenizer("R12=")["input_ids"][0]) == "R12="
+
+
+def test_a_llada2_checkpoint_loads_into_llada2(tmp_path):
+    from credit_compile.models import LLaDA2ModelLM, build_model
+
+    build_model("tiny-llada2").save_pretrained(tmp_path)
+    load_model_and_tokenizer(device="cpu")[1].save_pretrained(tmp_path)  # the shipped tokenizer
+    model, _, _ = load_model_and_tokenizer(str(tmp_path), "cpu")
+    assert type(model) is LLaDA2ModelLM and not model.training
