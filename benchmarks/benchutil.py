@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from credit_compile.models import build_model, get_config
+from credit_compile.models import LLADA2_PRESETS, LLaDA2Config, build_model, get_config
 
 # At the presets' init_std (0.02) the random tiny model is near uniform: every confidence is
 # 0.011-0.014, all within the commit rule's tie slack (1e-5) of the best, so threshold and credit
@@ -20,10 +20,24 @@ def is_tiny(preset: str) -> bool:
     return preset.startswith("tiny")
 
 
-def bench_model_config(preset: str):
-    """The model config a benchmark measures: the preset's, with TINY_INIT_STD for tiny ones.
-    Larger presets keep theirs: there the per-step figures, not the NFE, are the point."""
-    return get_config(preset, init_std=TINY_INIT_STD) if is_tiny(preset) else get_config(preset)
+def is_llada2(preset: str) -> bool:
+    """A LLaDA2 preset (block-diffusion MoE, `LLADA2_PRESETS`)."""
+    return preset in LLADA2_PRESETS
+
+
+def bench_model_config(preset: str, **overrides):
+    """The model config a benchmark measures: the preset's, with TINY_INIT_STD for tiny ones
+    (LLaDA2 names it `initializer_range`), and `overrides`. Larger presets keep theirs: there the
+    per-step figures, not the NFE, are the point."""
+    if is_tiny(preset):
+        overrides = {"initializer_range" if is_llada2(preset) else "init_std": TINY_INIT_STD,
+                     **overrides}
+    return get_config(preset, **overrides)
+
+
+def init_std_of(config) -> float:
+    """The std of a config's random weights, whichever family names it."""
+    return float(config.initializer_range if isinstance(config, LLaDA2Config) else config.init_std)
 
 
 def bench_dtype(preset: str) -> torch.dtype:
@@ -31,9 +45,10 @@ def bench_dtype(preset: str) -> torch.dtype:
     return torch.float32 if is_tiny(preset) else torch.bfloat16
 
 
-def bench_model(preset: str, device) -> torch.nn.Module:
-    """The random model a benchmark measures (seed 0)."""
-    return build_model(bench_model_config(preset), dtype=bench_dtype(preset), device=device, seed=0)
+def bench_model(preset: str, device, **overrides) -> torch.nn.Module:
+    """The random model a benchmark measures (seed 0); `overrides` change its config."""
+    return build_model(bench_model_config(preset, **overrides), dtype=bench_dtype(preset),
+                       device=device, seed=0)
 
 
 def positive_int(text: str) -> int:

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["tests", "gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets",
-          "suite"]
+          "suite", "llada2", "llada2b8", "llada2g1024"]
 
 
 def run_stage(stage: str, out: Path, **extra_env: str) -> subprocess.CompletedProcess:
@@ -31,7 +31,8 @@ def test_every_stage_runs_dry(stage, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {"gen1024": "generate", "gen1024b8": "generate", "gen256b1": "generate",
             "gen256b8": "generate", "op": "credit_op", "buckets": "prompt_buckets",
-            "compile": "compile_time"}
+            "compile": "compile_time", "llada2": "generate_llada2", "llada2b8": "generate_llada2",
+            "llada2g1024": "generate_llada2"}
     if stage in rows:
         lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
         assert lines and all("commit" in json.loads(line) for line in lines)
