@@ -491,7 +491,9 @@ class LLaDA2ModelLM(PreTrainedModel):
         if keys.dtype != values.dtype:
             raise ValueError(f"kv_cache keys of dtype {keys.dtype} and values of dtype {values.dtype}: "
                              f"allocate both in one dtype")
-        if not torch.compiler.is_compiling() and keys.data_ptr() == values.data_ptr():
+        # Meta tensors (a dry run at real shapes) have no memory to share.
+        if (not torch.compiler.is_compiling() and keys.device.type != "meta"
+                and keys.data_ptr() == values.data_ptr()):
             raise ValueError("kv_cache keys and values share their memory: allocate two tensors")
         if cache_positions is None:
             return
