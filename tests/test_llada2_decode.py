@@ -335,7 +335,6 @@ def test_compiled_llada2_sampling_equals_the_reference_with_the_same_seed():
         assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
 
 
-@pytest.mark.slow  # about 40 s of compiling on 2 cores
 def test_inductors_llada2_sampling_equals_the_reference_with_the_same_seed():
     """Inductor's code for the filters and the float64 Gumbel draw (fallback_random: eager's
     random numbers)."""
