@@ -5,6 +5,8 @@
     python benchmarks/bench_generate.py --preset llada-8b --batch 1 8 --gen-length 256 1024
     python benchmarks/bench_generate.py --preset llada-moe-7b          # LLaDA-MoE shapes (tiny-lladamoe: CPU)
     python benchmarks/bench_generate.py --preset tiny-dream           # Dream (docs/dream.md)
+    python benchmarks/bench_generate.py --preset tiny-llada2          # LLaDA2 (CPU), seconds
+    python benchmarks/bench_generate.py --preset llada2-mini --batch 1 8  # LLaDA2.0-mini shapes (GPU)
 
 Modes (each row's ratio is against the eager LLaDA baseline sampler measured in the same run):
   llada-eager            LLaDA's original sampler, one token per step (steps = gen_length)
@@ -36,6 +38,21 @@ appended to benchmarks/results/generate.jsonl with device, torch version, git co
 DecodeConfig each mode ran with. The selected modes run in the order above, whatever the order of
 --modes, so the baseline and credit-eager come before the rows compared with them.
 
+LLaDA2 presets (tiny-llada2, llada2-mini: block-causal MoE, docs/llada2.md) run modes of their own,
+each row's ratio against LLaDA2's own generate() measured in the same run; rows go to
+benchmarks/results/generate_llada2.jsonl (no roofline: the experts run densely):
+  llada2-eager           the official generate() (`models.llada2_generate`): batch 1 (a batch is
+                         its rows one after another), every step a forward of the window up to
+                         the current block, no cache, threshold 0.95, one step per token of a block
+  credit-block-eager     CreditDecoding on the exact block cache (kv_cache="block"), eager: the
+                         reference whose tokens the compiled credit modes are checked against
+  credit-compiled-block, credit-graphs-block         optimize() on the block cache (graphs: CUDA)
+  threshold-compiled-block, threshold-graphs-block   the same, Fast-dLLM threshold decoding
+  llada2-compiled-block, llada2-graphs-block         the same, LLaDA2's own sampler (strategy
+                         "llada2", tau 0.95): the baseline's rules, `token_agreement_with_llada2_eager`
+No end-of-text stops a mode: each decodes all of gen_length. `bare_block_forward_ms` is one cached
+step's forward alone (a block against the cache, and the LM head), compiled, on CUDA graphed.
+
 Random weights, so NFE reflects a random model, not a trained one; per-step figures do not
 depend on the weights. At real shapes (llada-8b, bf16) a random model is never confident: about
 one token per step. The tiny presets are drawn with init_std 0.5 (benchutil.TINY_INIT_STD), not
@@ -52,14 +69,15 @@ import json
 import math
 import sys
 import time
+import types
 from pathlib import Path
 
 import torch
-from benchutil import bench_dtype, bench_model, is_tiny, positive_int
+from benchutil import bench_dtype, bench_model, init_std_of, is_llada2, is_tiny, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
-from credit_compile.models import DREAM_PRESETS, LLADAMOE_PRESETS, available_presets
+from credit_compile.models import DREAM_PRESETS, LLADA2_PRESETS, LLADAMOE_PRESETS, available_presets
 from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -191,10 +209,23 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
         )
         fast = cc.optimize(model, cfg)
         call = lambda **kw: fast.generate(ids, mask, **kw)  # noqa: E731
+    timed = time_call(call, device, repeats,
+                      compiled=mode.startswith(("credit-compiled", "credit-graphs")))
+    out, seconds = timed.pop("out"), timed["seconds"]
+    return {"mode": mode, "nfe": out.nfe, "seconds": seconds,
+            "tokens_per_s": out.generated.numel() / seconds,
+            "ms_per_step": 1e3 * seconds / max(out.nfe, 1), **timed,
+            "config": dataclasses.asdict(cfg), "sequences": out.sequences}
+
+
+def time_call(call, device, repeats: int, compiled: bool, streams: bool = True) -> dict:
+    """The median of `repeats` timed calls, after an untimed first one when `compiled` (its time
+    is `compile_seconds`), with the last call's output (`out`), the median latency to the first
+    streamed block (`streams`: the call takes `on_block`) and the peak device memory."""
     compile_seconds = 0.0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    if mode.startswith(("credit-compiled", "credit-graphs")):
+    if compiled:
         start = time.perf_counter()
         call()
         sync(device)
@@ -206,23 +237,21 @@ def run_mode(mode, model, ids, mask, base: cc.DecodeConfig, repeats: int) -> dic
         arrivals = []
         sync(device)
         start = time.perf_counter()
-        out = call(on_block=lambda block, into=arrivals: into.append(time.perf_counter()))
+        if streams:
+            out = call(on_block=lambda block, into=arrivals: into.append(time.perf_counter()))
+        else:
+            out = call()
         sync(device)
         times.append(time.perf_counter() - start)
-        first_block_times.append(arrivals[0] - start)
-    seconds = sorted(times)[len(times) // 2]
-    tokens = out.generated.numel()
+        if streams:
+            first_block_times.append(arrivals[0] - start)
     return {
-        "mode": mode,
-        "nfe": out.nfe,
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
-        "ms_per_step": 1e3 * seconds / max(out.nfe, 1),
-        "first_block_ms": 1e3 * sorted(first_block_times)[len(first_block_times) // 2],
+        "seconds": sorted(times)[len(times) // 2],
+        "first_block_ms": 1e3 * sorted(first_block_times)[len(first_block_times) // 2]
+        if streams else None,
         "compile_seconds": compile_seconds,
         "peak_memory_gb": torch.cuda.max_memory_allocated() / 1e9 if device.type == "cuda" else None,
-        "config": dataclasses.asdict(cfg),
-        "sequences": out.sequences,
+        "out": out,
     }
 
 
@@ -238,7 +267,11 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
         hidden = model.forward_hidden(canvas, None, None)
         return model.lm_head(hidden.index_select(1, positions))
 
-    compiled = torch.compile(forward, fullgraph=True)
+    return graphed_ms(torch.compile(forward, fullgraph=True))
+
+
+def graphed_ms(compiled) -> float:
+    """Milliseconds per replay of `compiled()` captured as a CUDA graph (warmed up first)."""
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream), torch.no_grad():
@@ -258,11 +291,176 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
     return 1e3 * (time.perf_counter() - start) / 20
 
 
+# ------------------------------------------------------------------------------------------------
+# LLaDA2 presets (tiny-llada2, llada2-mini): LLaDA2's own generate() against the block cache
+# ------------------------------------------------------------------------------------------------
+
+LLADA2_MODES = ["llada2-eager", "credit-block-eager", "credit-compiled-block", "credit-graphs-block",
+                "threshold-compiled-block", "threshold-graphs-block", "llada2-compiled-block",
+                "llada2-graphs-block"]
+LLADA2_BASELINE = "llada2-eager"
+# The official generate()'s threshold: the baseline's, and the llada2 strategy's here.
+LLADA2_TAU = 0.95
+
+
+def llada2_mode_config(mode: str, base: cc.DecodeConfig) -> cc.DecodeConfig:
+    """The DecodeConfig a LLaDA2 mode other than the baseline decodes with: its strategy (the
+    mode's first word) on the exact block cache; eager (the reference), compiled, or compiled
+    and replayed as CUDA graphs."""
+    strategy = mode.split("-")[0]
+    graphs = "-graphs-" in mode
+    compiled = graphs or "-compiled-" in mode
+    cfg = base.replace(strategy=strategy, kv_cache="block", compile=compiled,
+                       cuda_graphs="on" if graphs else "off",
+                       **({"tau": LLADA2_TAU} if strategy == "llada2" else {}))
+    return cfg if compiled else cfg.replace(sync_every=1)
+
+
+def official_llada2_call(model, ids, base: cc.DecodeConfig):
+    """LLaDA2's own generate() (`models.llada2_generate`: batch 1, every step a forward of the
+    window up to the current block, no cache) on each row in turn, the official threshold and
+    one step per token of a block. No end-of-text stops it (every mode decodes all of
+    gen_length). Returns the call and the settings it decodes with."""
+    from credit_compile.models.llada2_generate import llada2_generate
+
+    settings = {"gen_length": base.gen_length, "block_length": base.block_length,
+                "steps": base.llada2_steps, "threshold": LLADA2_TAU, "eos_id": -1}
+
+    def call():
+        rows, nfe = [], 0
+        for row in ids:
+            tokens, forwards = llada2_generate(model, row[None], **settings)
+            rows.append(tokens)
+            nfe += forwards
+        return types.SimpleNamespace(generated=torch.cat(rows), nfe=nfe)
+
+    return call, settings
+
+
+def run_llada2_mode(mode: str, model, ids, base: cc.DecodeConfig, repeats: int) -> dict:
+    """One LLaDA2 mode's timings (as `run_mode`); `generated` holds its tokens."""
+    if mode == LLADA2_BASELINE:
+        call, config = official_llada2_call(model, ids, base)
+        timed = time_call(call, ids.device, repeats, compiled=False, streams=False)
+    else:
+        cfg = llada2_mode_config(mode, base)
+        if cfg.compile:
+            fast = cc.optimize(model, cfg)
+            call = lambda **kw: fast.generate(ids, **kw)  # noqa: E731
+        else:
+            call = lambda **kw: cc.generate_reference(model, ids, config=cfg, **kw)  # noqa: E731
+        timed = time_call(call, ids.device, repeats, compiled=cfg.compile)
+        config = dataclasses.asdict(cfg)
+    out, seconds = timed.pop("out"), timed["seconds"]
+    return {"mode": mode, "nfe": out.nfe, "seconds": seconds,
+            "tokens_per_s": out.generated.numel() / seconds,
+            "ms_per_step": 1e3 * seconds / max(out.nfe, 1), **timed, "config": config,
+            "generated": out.generated}
+
+
+def llada2_canvas(model, ids, base: cc.DecodeConfig) -> torch.Tensor:
+    """The prompt and masks up to the end of the last block, blocks aligned from position 0."""
+    block = base.block_length
+    total = -(-(ids.shape[1] + base.gen_length) // block) * block
+    canvas = torch.full((ids.shape[0], total), model.config.mask_token_id, device=ids.device,
+                        dtype=ids.dtype)
+    canvas[:, :ids.shape[1]] = ids
+    return canvas
+
+
+def bare_block_forward(model, ids, base: cc.DecodeConfig):
+    """What a cached step runs, alone, as a function of no arguments: the first generated
+    block's tokens against the exact cache of the whole canvas (filled here), and the LM head on
+    them."""
+    block = base.block_length
+    canvas = llada2_canvas(model, ids, base)
+    dtype = next(model.parameters()).dtype
+    cache = tuple(torch.zeros(model.kv_cache_shape(*canvas.shape), dtype=dtype, device=ids.device)
+                  for _ in range(2))
+    positions = ids.shape[1] // block * block + torch.arange(block, device=ids.device)
+    tokens = canvas.index_select(1, positions)
+    with torch.no_grad():
+        model(canvas, block_length=block, kv_cache=cache)
+
+    def forward():
+        hidden = model.forward_hidden(tokens, None, None, block, cache, positions)
+        return model.lm_head_logits(hidden)
+
+    return forward
+
+
+def bare_block_forward_ms(model, ids, base: cc.DecodeConfig) -> tuple[float, bool]:
+    """`bare_block_forward` compiled, and on CUDA replayed as a graph: (milliseconds per call,
+    whether graphed). Elsewhere the median of 5 rounds of 20 calls: a CPU shared with other work
+    slows some rounds several times over."""
+    compiled = torch.compile(bare_block_forward(model, ids, base), fullgraph=True)
+    if ids.device.type == "cuda":
+        return graphed_ms(compiled), True
+    rounds = []
+    with torch.no_grad():
+        for _ in range(3):
+            compiled()
+        for _ in range(5):
+            start = time.perf_counter()
+            for _ in range(20):
+                compiled()
+            rounds.append(1e3 * (time.perf_counter() - start) / 20)
+    return sorted(rounds)[2], False
+
+
+def run_llada2(preset: str, device, batches, gen_lengths, block: int, prompt_length: int, modes,
+               repeats: int, out: Path) -> int:
+    """The LLaDA2 rows: each mode's ratios against the official generate() of the same run."""
+    model = bench_model(preset, device, block_length=block)
+    meta = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "torch": torch.__version__, "commit": git_commit(), "preset": preset,
+        "dtype": str(bench_dtype(preset)).replace("torch.", ""), "weights": "random",
+        "init_std": init_std_of(model.config), **measure_peaks(device),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for batch in batches:
+        for gen_length in gen_lengths:
+            base = cc.DecodeConfig(gen_length=gen_length, block_length=block, sync_every=8)
+            ids, _ = make_prompts(batch, prompt_length, model.config.vocab_size,
+                                  model.config.mask_token_id, device)
+            floor_ms, graphed = bare_block_forward_ms(model, ids, base)
+            baseline, credit_eager = None, None
+            for mode in modes:
+                result = run_llada2_mode(mode, model, ids, base, repeats)
+                generated = result.pop("generated")
+                if mode == LLADA2_BASELINE:
+                    baseline = {**result, "generated": generated}
+                credit_eager = generated if mode == "credit-block-eager" else credit_eager
+                row = {**meta, "batch": batch, "gen_length": gen_length, "block_length": block,
+                       "prompt_length": prompt_length, **result,
+                       "bare_block_forward_ms": floor_ms, "bare_forward_graphed": graphed,
+                       "step_over_bare_forward": result["ms_per_step"] / floor_ms}
+                if baseline:
+                    row["speedup_vs_llada2_eager"] = result["tokens_per_s"] / baseline["tokens_per_s"]
+                if mode.startswith("credit-") and mode != "credit-block-eager" and credit_eager is not None:
+                    row["equals_credit_block_eager"] = bool(torch.equal(generated, credit_eager))
+                if mode.startswith("llada2-") and mode != LLADA2_BASELINE and baseline:
+                    # The official softmax holds the mask token, the strategy's does not: the
+                    # same tokens wherever p(mask) is negligible (docs/llada2.md).
+                    row["token_agreement_with_llada2_eager"] = (
+                        generated == baseline["generated"]).float().mean().item()
+                rows.append(row)
+                with out.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(json.dumps({k: row[k] for k in ("mode", "batch", "gen_length", "nfe",
+                                                      "tokens_per_s", "ms_per_step")}), flush=True)
+    print_table(meta, rows, "speedup_vs_llada2_eager")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny",
-                        choices=[*available_presets(), *LLADAMOE_PRESETS, *DREAM_PRESETS, TRAINED],
+                        choices=[*available_presets(), *LLADAMOE_PRESETS, *DREAM_PRESETS, TRAINED,
+                                 *sorted(LLADA2_PRESETS)],
                         help="a random model of a preset's shapes, or 'trained': the shipped "
                              "default model on its held-out task prompts (meaningful NFE)")
     parser.add_argument("--batch", type=positive_int, nargs="+", default=[1])
@@ -271,12 +469,14 @@ def main(argv=None) -> int:
     parser.add_argument("--block-length", type=positive_int, default=None,
                         help="default: 16 on tiny presets, 32 otherwise")
     parser.add_argument("--prompt-length", type=positive_int, default=32)
-    parser.add_argument("--modes", nargs="+", default=MODES, choices=MODES,
+    parser.add_argument("--modes", nargs="+", default=None, choices=[*MODES, *LLADA2_MODES],
                         help="run in the order of MODES whatever the order given")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed runs per mode (median); default: 3 on tiny presets, 1 otherwise")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--out", default=str(RESULTS / "generate.jsonl"))
+    parser.add_argument("--out", default=None,
+                        help="default: benchmarks/results/generate.jsonl (LLaDA2 presets: "
+                             "generate_llada2.jsonl)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -289,20 +489,29 @@ def main(argv=None) -> int:
     repeats = args.repeats if args.repeats is not None else (3 if tiny else 1)
     # MODES order, not the order given: the baseline and credit-eager must run before the rows
     # that are compared with them.
-    modes = [m for m in MODES if m in args.modes]
+    family = LLADA2_MODES if is_llada2(args.preset) else MODES
+    foreign = [m for m in args.modes or () if m not in family]
+    if foreign:
+        parser.error(f"modes {foreign} are not run on preset {args.preset!r}: choose among {family}")
+    modes = [m for m in family if m in (args.modes or family)]
     for gen_length in gen_lengths:  # a bad length is a usage error, caught before the model loads
         try:
             cc.DecodeConfig(gen_length=gen_length, block_length=block)
         except ValueError as exc:
             parser.error(str(exc))
-    if device.type != "cuda" and any(m.startswith("credit-graphs") for m in modes):
-        print("skipping credit-graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
-        modes = [m for m in modes if not m.startswith("credit-graphs")]
+    if device.type != "cuda" and any("-graphs" in m for m in modes):
+        print("skipping the graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
+        modes = [m for m in modes if "-graphs" not in m]
     if args.preset in DREAM_PRESETS and any(kv_cache_of(m) != "none" or "layers-once" in m
                                             for m in modes):
         print("skipping the KV-cache and layers-once modes: Dream's shifted logits take no cache, "
               "and only LLaDA marks its layers", file=sys.stderr)
         modes = [m for m in modes if kv_cache_of(m) == "none" and "layers-once" not in m]
+    out = Path(args.out or RESULTS / ("generate_llada2.jsonl" if is_llada2(args.preset)
+                                      else "generate.jsonl"))
+    if is_llada2(args.preset):
+        return run_llada2(args.preset, device, args.batch, gen_lengths, block, args.prompt_length,
+                          modes, repeats, out)
 
     if trained:
         model, dtype = trained_model_and_prompts(1, device)[0], torch.float32
@@ -314,10 +523,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else getattr(model.config, "init_std", None)
-        or model.config.initializer_range, **peaks,
+        "init_std": None if trained else init_std_of(model.config), **peaks,
     }
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
     for batch in args.batch:
@@ -374,18 +581,26 @@ def main(argv=None) -> int:
                 print(json.dumps({k: row[k] for k in ("mode", "batch", "gen_length", "nfe",
                                                       "tokens_per_s", "ms_per_step")}), flush=True)
 
-    print(f"\n{meta['device']}  torch {meta['torch']}  commit {meta['commit']}  preset {args.preset}")
+    print_table(meta, rows, "speedup_vs_llada_eager")
+    return 0
+
+
+def print_table(meta: dict, rows: list[dict], speedup: str) -> None:
+    """The run's rows, one line each; `speedup` names the ratio to the run's baseline."""
+    def num(value):
+        return float("nan") if value is None else value
+
+    print(f"\n{meta['device']}  torch {meta['torch']}  commit {meta['commit']}  preset {meta['preset']}")
     header = (f"{'mode':<28}{'B':>3}{'gen':>6}{'NFE':>6}{'tok/s':>10}{'ms/step':>10}"
               f"{'compile s':>10}{'vs base':>9}{'vs fwd':>8}{'peak GB':>9}{'1st blk ms':>11}")
     print(header)
     for r in rows:
         print(f"{r['mode']:<28}{r['batch']:>3}{r['gen_length']:>6}{r['nfe']:>6}"
               f"{r['tokens_per_s']:>10.1f}{r['ms_per_step']:>10.2f}{r['compile_seconds']:>10.1f}"
-              f"{r.get('speedup_vs_llada_eager', float('nan')):>8.2f}x"
-              f"{r.get('step_over_bare_forward', float('nan')):>7.2f}x"
-              f"{(r['peak_memory_gb'] or float('nan')):>9.1f}"
-              f"{r.get('first_block_ms', float('nan')):>11.1f}")
-    return 0
+              f"{num(r.get(speedup)):>8.2f}x"
+              f"{num(r.get('step_over_bare_forward')):>7.2f}x"
+              f"{num(r['peak_memory_gb']):>9.1f}"
+              f"{num(r.get('first_block_ms')):>11.1f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import argparse
 
 import torch
 
-from credit_compile.models import PRESETS, build_model, get_config
+from credit_compile.models import LLADA2_PRESETS, PRESETS, LLaDAConfig, build_model, get_config
 
 # At the presets' init_std (0.02) the random tiny model is near uniform: every confidence is
 # 0.011-0.014, all within the commit rule's tie slack (1e-5) of the best, so threshold and credit
@@ -20,13 +20,24 @@ def is_tiny(preset: str) -> bool:
     return preset.startswith("tiny")
 
 
-def bench_model_config(preset: str):
-    """The model config a benchmark measures: the preset's, with TINY_INIT_STD for tiny ones.
-    Larger presets keep theirs: there the per-step figures, not the NFE, are the point."""
-    if not is_tiny(preset):
-        return get_config(preset)
-    std = "init_std" if preset in PRESETS else "initializer_range"  # LLaDA's name, the others'
-    return get_config(preset, **{std: TINY_INIT_STD})
+def is_llada2(preset: str) -> bool:
+    """A LLaDA2 preset (block-diffusion MoE, `LLADA2_PRESETS`)."""
+    return preset in LLADA2_PRESETS
+
+
+def bench_model_config(preset: str, **overrides):
+    """The model config a benchmark measures: the preset's, with TINY_INIT_STD for tiny ones
+    (LLaDA names it `init_std`, the other families `initializer_range`), and `overrides`. Larger
+    presets keep theirs: there the per-step figures, not the NFE, are the point."""
+    if is_tiny(preset):
+        overrides = {"init_std" if preset in PRESETS else "initializer_range": TINY_INIT_STD,
+                     **overrides}
+    return get_config(preset, **overrides)
+
+
+def init_std_of(config) -> float:
+    """The std of a config's random weights, whichever family names it."""
+    return float(config.init_std if isinstance(config, LLaDAConfig) else config.initializer_range)
 
 
 def bench_dtype(preset: str) -> torch.dtype:
@@ -34,9 +45,10 @@ def bench_dtype(preset: str) -> torch.dtype:
     return torch.float32 if is_tiny(preset) else torch.bfloat16
 
 
-def bench_model(preset: str, device) -> torch.nn.Module:
-    """The random model a benchmark measures (seed 0)."""
-    return build_model(bench_model_config(preset), dtype=bench_dtype(preset), device=device, seed=0)
+def bench_model(preset: str, device, **overrides) -> torch.nn.Module:
+    """The random model a benchmark measures (seed 0); `overrides` change its config."""
+    return build_model(bench_model_config(preset, **overrides), dtype=bench_dtype(preset),
+                       device=device, seed=0)
 
 
 def positive_int(text: str) -> int:

@@ -11,6 +11,9 @@
 #   bash benchmarks/gpu_session.sh buckets      # 6 requests of varied prompt lengths, bucket 0/256
 #   bash benchmarks/gpu_session.sh compile      # cold 8B compile, with and without compile_layers_once
 #   bash benchmarks/gpu_session.sh suite        # the whole test suite with CUDA available
+#   bash benchmarks/gpu_session.sh llada2       # bench_generate llada2-mini, B=1, gen 256
+#   bash benchmarks/gpu_session.sh llada2b8     # llada2-mini, B=8, gen 256
+#   bash benchmarks/gpu_session.sh llada2g1024  # llada2-mini, B=1, gen 1024
 #
 # A session is lent 15 minutes of device time in all, the start (about 1.5 min) and idle waits
 # included, and a machine goes back 30 s after a call: run the stages back to back, and
@@ -42,23 +45,32 @@
 # The tests stage stops at the third failure: each failing equality test decodes and compiles
 # again to report its first divergence, and one capture bug fails dozens of them.
 #
+# The llada2 stages (LLaDA2.0-mini's shapes, random bf16 weights: about 33 GB, so an H100's 80 GB
+# hold it) compare LLaDA2's own generate() (eager, no cache) with optimize() on the exact block
+# cache, CUDA-graphed; rows go to $OUT/generate_llada2.jsonl. Not yet timed on a GPU: the experts
+# run densely (every expert on every token), and each optimized mode compiles three step
+# functions (prefill, a block's entering step, its cached steps) of 20 MoE layers.
+#
 # DRY_RUN=1 runs every stage's command on the CPU at toy sizes (flags appended after the stage's
 # own override them): a stage whose flags a script no longer takes fails here, in CI
 # (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets or suite"
+STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets, suite, llada2, llada2b8
+    or llada2g1024"
 case "${1:-tests}" in
-tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite) ;;
+tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite|llada2|llada2b8|llada2g1024) ;;
 *) echo "unknown stage ${1}: use $STAGES" >&2; exit 2 ;;
 esac
 OUT=${OUT:-gpu_out}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT"
-GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() COMPILE_DRY=()
+GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() COMPILE_DRY=() LLADA2_DRY=()
 if [ "$DRY_RUN" = 1 ]; then
     GEN_DRY=(--preset tiny --gen-length 8 --block-length 4 --prompt-length 4 --repeats 1
              --modes llada-eager credit-eager --device cpu)
+    LLADA2_DRY=(--preset tiny-llada2 --gen-length 8 --block-length 4 --prompt-length 4 --repeats 1
+                --modes llada2-eager credit-block-eager --device cpu)
     BUCKETS_DRY=(--preset tiny --requests 2 --min-length 2 --max-length 3 --buckets 0 4
                  --gen-length 4 --block-length 4 --warm-cache --device cpu)
     OP_DRY=(--quick --no-compile --device cpu)
@@ -84,6 +96,17 @@ print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile'
 GEN256_MODES=(llada-eager threshold-eager credit-eager credit-compiled credit-compiled-sparse
     credit-compiled-layers-once credit-graphs credit-graphs-dense credit-graphs-layers-once
     credit-dual-cache-eager credit-compiled-dual-cache credit-graphs-dual-cache)
+
+# LLaDA2's own generate(), the credit reference on the block cache, and optimize() graphed:
+# CreditDecoding and LLaDA2's own sampler (the baseline's rules).
+LLADA2_MODES=(llada2-eager credit-block-eager credit-graphs-block llada2-graphs-block)
+
+llada2() {  # llada2 NAME ARGS...: one bench_generate llada2-mini run
+    local name=$1; shift
+    python3 benchmarks/bench_generate.py --preset llada2-mini --block-length 32 \
+        --modes "${LLADA2_MODES[@]}" --out "$OUT/generate_llada2.jsonl" "$@" "${LLADA2_DRY[@]}" \
+        2>&1 | tee "$OUT/$name.log"
+}
 
 gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/generate.jsonl
     local name=$1; shift
@@ -134,5 +157,14 @@ gen1024b8)
     gen gen1024_b8 --batch 8 --gen-length 256 --prompt-length 800 \
         --modes llada-eager threshold-eager credit-graphs credit-dual-cache-eager \
         credit-graphs-dual-cache credit-prompt-cache-eager credit-graphs-prompt-cache
+    ;;
+llada2)
+    llada2 llada2_b1 --batch 1 --gen-length 256
+    ;;
+llada2b8)
+    llada2 llada2_b8 --batch 8 --gen-length 256
+    ;;
+llada2g1024)
+    llada2 llada2_g1024 --batch 1 --gen-length 1024
     ;;
 esac

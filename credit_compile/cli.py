@@ -117,12 +117,12 @@ def _or(value, default):
 def _decode_config(args):
     import dataclasses
 
-    from .config import DecodeConfig
+    from .config import READ_BY, DecodeConfig
 
-    if args.steps is not None and args.strategy != "llada":
-        raise ValueError(f"--steps applies to --strategy llada only; --strategy {args.strategy} "
-                         f"takes as many steps as its threshold needs: drop --steps or use "
-                         f"--strategy llada")
+    if args.steps is not None and args.strategy not in READ_BY["steps"]:
+        raise ValueError(f"--steps applies to --strategy llada or llada2 only; --strategy "
+                         f"{args.strategy} takes as many steps as its threshold needs: drop "
+                         f"--steps or use --strategy llada")
     embedded = args.model is None
     serving = not hasattr(args, "prompt")  # `serve`: prompts come with the requests
     if not serving and not args.prompt and not embedded:

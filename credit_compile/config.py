@@ -38,9 +38,10 @@ class DecodeConfig:
             at least `tau`, at least the best one each step), "factor" (Fast-dLLM's factor-based
             parallel decoding: commit the n most confident masked tokens, n set by `factor`) or
             "llada" (LLaDA's original sampler: a fixed number of tokens per step, low-confidence
-            or random remasking) or "llada2" (LLaDA2's own sampler, its `generate()` at
-            temperature 0: commit the masked tokens whose confidence exceeds `tau`, at least a
-            count per step that spreads the block over `steps` steps; the LLaDA2 baseline).
+            or random remasking) or "llada2" (LLaDA2's own sampler, its `generate()`: commit the
+            masked tokens whose confidence exceeds `tau`, at least a count per step that spreads
+            the block over `steps` steps; greedy, or sampled with `temperature`, `top_k` and
+            `top_p`; the LLaDA2 baseline).
         gen_length: number of tokens to generate (the canvas after the prompt).
         block_length: the canvas is decoded left to right in blocks of this many positions;
             must divide `gen_length`.
@@ -62,9 +63,19 @@ class DecodeConfig:
             sorted, c_1 >= c_2 >= ..., a step commits the n most confident, n the longest prefix
             with c_i >= 1 - factor / (i + 1) for each i >= 2 (the best always commits; Fast-dLLM,
             Wu et al. 2025). Larger commits more per step; Fast-dLLM's scripts use 1.
-        temperature: Gumbel-noise temperature of the "llada" sampler (float64 noise, as the
-            original); 0 is greedy. "credit", "threshold", "factor" and "llada2" are greedy
-            only (LLaDA2's sampling with temperature, top-k and top-p is not built).
+        temperature: sampling temperature of the "llada" and "llada2" samplers; 0 is greedy.
+            "llada" adds Gumbel noise in float64, as the original. "llada2" samples as LLaDA2's
+            `generate()` does: from the softmax of logits / temperature after the `top_k` and
+            `top_p` filters, a proposal's confidence being its probability there (drawn
+            sync-free by the Gumbel-max trick in float64; the official code calls
+            torch.multinomial, so a seed draws other tokens, from the same distribution).
+            "credit", "threshold" and "factor" are greedy only.
+        top_k: "llada2" with temperature > 0: sample among the k most probable tokens (those tied
+            with the k-th too); None keeps all. A positive integer. At temperature 0 it is not
+            read (the official greedy path ignores it).
+        top_p: "llada2" with temperature > 0: nucleus sampling, among the most probable tokens
+            up to the first whose cumulative probability (after `top_k`) exceeds top_p, the
+            most probable always; None or 1 keeps all. In (0, 1]. Not read at temperature 0.
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
             sees the prompt masked); 0 disables it.
         remasking: "low_confidence" or "random" ("llada" only; the other strategies commit by
@@ -132,8 +143,9 @@ class DecodeConfig:
             block's first step also the previous block, writing its final keys and values. The
             tokens are those of "none" (float rounding apart); only for LLaDA2 models, which
             refuse "prompt" and "dual".
-            With random draws ("llada" with temperature > 0 or
-            random remasking) completion is checked after every step whatever `sync_every` says:
+            With random draws (`draws_random`: "llada" with temperature > 0 or random
+            remasking, "llada2" with temperature > 0) completion is checked after every step
+            whatever `sync_every` says:
             a block may end inside a window of unchecked steps, and the idle steps after it
             would draw numbers the reference does not.
         kv_cache_refresh: with a KV cache, also refresh it (a full step that stores it anew)
@@ -168,9 +180,9 @@ class DecodeConfig:
         batch_bucket: pad the batch with copies of its last prompt to a multiple of this many
             rows, so batches of nearby sizes share one compiled step and CUDA graph; the copies
             are dropped from the output. Rows decode independently, so the tokens are those of
-            the unpadded batch up to float rounding, except the "llada" sampler's random draws,
-            which depend on the batch size (the reference pads the same way, so optimized and
-            reference stay equal). None pads nothing.
+            the unpadded batch up to float rounding, except a sampler's random draws
+            (`draws_random`), which depend on the batch size (the reference pads the same way,
+            so optimized and reference stay equal). None pads nothing.
     """
 
     strategy: Strategy = "credit"
@@ -183,6 +195,8 @@ class DecodeConfig:
     tau: float = 0.9
     factor: float = 1.0
     temperature: float = 0.0
+    top_k: int | None = None
+    top_p: float | None = None
     cfg_scale: float = 0.0
     remasking: Remasking = "low_confidence"
     mask_id: int | None = None
@@ -255,16 +269,22 @@ class DecodeConfig:
         return self.total_steps // self.num_blocks
 
     @property
+    def draws_random(self) -> bool:
+        """Whether decoding draws random numbers: the "llada" sampler with temperature > 0 or
+        random remasking, the "llada2" sampler with temperature > 0."""
+        if self.strategy == "llada":
+            return self.temperature != 0 or self.remasking == "random"
+        return self.strategy == "llada2" and self.temperature != 0
+
+    @property
     def host_sync_every(self) -> int:
         """`sync_every` as the fast path applies it: 1 where idle steps inside a block would
-        draw random numbers (a KV cache with the "llada" sampler's random draws), and
+        draw random numbers (a KV cache with a sampler's random draws, `draws_random`), and
         gcd(sync_every, kv_cache_refresh) where the host places refreshes."""
-        random_draws = self.strategy == "llada" and (
-            self.temperature != 0 or self.remasking == "random")
         # A refresh at every step leaves no cached step: none idle, none for the host to place.
         if self.kv_cache == "none" or self.kv_cache_refresh == 1:
             return self.sync_every
-        if random_draws:
+        if self.draws_random:
             return 1
         if self.kv_cache_refresh is not None:
             # Windows start at multiples of this within a block, so a refresh always opens one.
@@ -319,15 +339,20 @@ class DecodeConfig:
              f"factor={self.factor!r}: use factor > 0 (Fast-dLLM's scripts use 1)")
         need(_is_real(self.temperature) and self.temperature >= 0,
              f"temperature={self.temperature!r}: use temperature >= 0")
+        need(self.top_k is None or (_is_count(self.top_k) and self.top_k > 0),
+             f"top_k={self.top_k!r}: use a positive number of tokens or None (no top-k filter)")
+        need(self.top_p is None or (_is_real(self.top_p) and 0 < self.top_p <= 1),
+             f"top_p={self.top_p!r}: use a probability in (0, 1] or None (no nucleus filter)")
         need(_is_real(self.cfg_scale) and self.cfg_scale >= 0,
              f"cfg_scale={self.cfg_scale!r}: use cfg_scale >= 0")
         need(self.remasking in REMASKINGS,
              f"remasking={self.remasking!r}: use one of {REMASKINGS}")
-        if self.strategy != "llada":
+        if self.strategy not in ("llada", "llada2"):
             need(self.temperature == 0,
                  f"temperature={self.temperature} with strategy={self.strategy!r}: the credit, "
-                 f"threshold, factor and llada2 strategies are greedy; use temperature=0 or "
-                 f"strategy='llada'")
+                 f"threshold and factor strategies are greedy; use temperature=0 or "
+                 f"strategy='llada' (or 'llada2' for a LLaDA2 model)")
+        if self.strategy != "llada":
             # The others commit by confidence: a random order would be silently ignored.
             need(self.remasking == "low_confidence",
                  f"remasking={self.remasking!r} with strategy={self.strategy!r}: random "
@@ -412,12 +437,16 @@ READ_BY = {
     "credit_slots": ("credit",),
     "tau": ("credit", "threshold", "llada2"),
     "factor": ("factor",),
+    "top_k": ("llada2",),
+    "top_p": ("llada2",),
 }
 
 
 def strategy_reads(config: DecodeConfig, name: str) -> bool:
     """Whether decoding with `config` reads option `name` (those outside READ_BY, always)."""
     if name == "credit_slots" and config.credit_layout != "sparse":
+        return False
+    if name in ("top_k", "top_p") and config.temperature == 0:  # greedy: no filter to apply
         return False
     return config.strategy in READ_BY.get(name, STRATEGIES)
 
@@ -440,7 +469,7 @@ def without_unread_options(config: DecodeConfig) -> DecodeConfig:
 _HF_NAMES = {
     "max_new_tokens": "gen_length",
     "max_length": "gen_length",
-    "do_sample": "temperature (with strategy='llada')",
+    "do_sample": "temperature (with strategy='llada' or 'llada2')",
     "pad_token_id": "eos_token_id (padding is given by attention_mask)",
     "guidance_scale": "cfg_scale",
     "threshold": "tau (with strategy='threshold', or 'credit')",
@@ -453,9 +482,9 @@ _HF_NAMES = {
 
 _TOKEN_SET_FIELDS = ("suppress_tokens", "commit_last_tokens")
 _INT_FIELDS = ("gen_length", "block_length", "steps", "sync_every", "credit_slots", "mask_id",
-               "seed", "prompt_bucket", "batch_bucket", "eos_token_id", "kv_cache_refresh",
+               "seed", "prompt_bucket", "batch_bucket", "eos_token_id", "kv_cache_refresh", "top_k",
                *_TOKEN_SET_FIELDS)
-_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "temperature", "cfg_scale")
+_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "temperature", "top_p", "cfg_scale")
 _FLOAT32_MAX = 3.4028234663852886e38
 
 

@@ -41,7 +41,8 @@ def warn_unread_options(base: DecodeConfig, overrides: dict, config: DecodeConfi
     groups: dict[str, list[str]] = {}  # the options of each reader, as one clause
     for name in named:
         reader = " or ".join(repr(s) for s in READ_BY[name]) + (
-            " with credit_layout='sparse'" if name == "credit_slots" else "")
+            " with credit_layout='sparse'" if name == "credit_slots" else
+            " with temperature > 0" if name in ("top_k", "top_p") else "")
         groups.setdefault(reader, []).append(name)
     readers = "; ".join(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by "
                         f"strategy {reader}" for reader, names in groups.items())

@@ -108,8 +108,8 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Compare the optimized path with the eager reference on `model` and these inputs.
 
     Both decode with `config` and `overrides` (for an OptimizedModel, on top of its own config).
-    A `dtype` casts `model` in place, as optimize() does. A sampling config (the "llada" strategy
-    with temperature > 0 or random remasking) without a seed is compared with seed=0: unseeded,
+    A `dtype` casts `model` in place, as optimize() does. A sampling config
+    (`DecodeConfig.draws_random`) without a seed is compared with seed=0: unseeded,
     the two paths would draw different numbers and differ for that reason alone. Each path is
     timed over at least `timed_calls` calls after an untimed one (more while they take under
     half a second in all): lower it where an eager call takes long.
@@ -126,8 +126,7 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
         optimized = optimize(model, config, **overrides)  # warns of options it does not read
         config = optimized.resolved_config()
     config = without_unread_options(config)  # said once, above: not again at each decode
-    samples = config.strategy == "llada" and (config.temperature > 0 or config.remasking == "random")
-    if samples and config.seed is None:
+    if config.draws_random and config.seed is None:
         config = config.replace(seed=0)
     parameter = next(optimized.model.parameters(), None)
     device = parameter.device if parameter is not None else torch.device("cpu")

@@ -127,10 +127,18 @@ CONFIG_ERRORS = [
      r"value below 3.4e38"),
     (dict(gamma=4e38), r"gamma=4e\+38 overflows float32"),
     (dict(strategy="llada", temperature=1e308), r"temperature=1e\+308 overflows float32"),
-    # Sampling and guidance are for LLaDA's sampler only.
+    # Sampling is for LLaDA's and LLaDA2's samplers only, guidance for LLaDA's.
     (dict(strategy="credit", temperature=0.5),
-     r"temperature=0.5 with strategy='credit': the credit, threshold, factor and llada2 strategies are "
-     r"greedy; use temperature=0 or strategy='llada'"),
+     r"temperature=0.5 with strategy='credit': the credit, threshold and factor strategies are "
+     r"greedy; use temperature=0 or strategy='llada' \(or 'llada2' for a LLaDA2 model\)"),
+    (dict(strategy="llada2", temperature=1.0, top_k=0),
+     r"top_k=0: use a positive number of tokens or None \(no top-k filter\)"),
+    (dict(top_k=2.5), r"top_k=2.5: use a positive number of tokens"),
+    (dict(top_k=True), r"top_k=True: use a positive number of tokens"),
+    (dict(strategy="llada2", temperature=1.0, top_p=0.0),
+     r"top_p=0.0: use a probability in \(0, 1\] or None \(no nucleus filter\)"),
+    (dict(top_p=1.5), r"top_p=1.5: use a probability in \(0, 1\]"),
+    (dict(top_p=float("nan")), r"top_p=nan: use a probability"),
     (dict(strategy="factor", temperature=0.5), r"use temperature=0 or strategy='llada'"),
     (dict(factor=0.0), r"factor=0.0: use factor > 0 \(Fast-dLLM's scripts use 1\)"),
     (dict(factor=-1.0), r"use factor > 0"),

@@ -24,6 +24,28 @@ def test_random_draws_are_checked_after_every_step():
         [4, 2, 1, 4, 4, 2]
 
 
+def test_llada2_sampling_draws_random_numbers_and_is_checked_after_every_step():
+    sampled = cc.DecodeConfig(strategy="llada2", temperature=0.8, kv_cache="block", sync_every=4)
+    assert sampled.draws_random and sampled.host_sync_every == 1
+    assert not sampled.replace(temperature=0.0).draws_random
+    assert sampled.replace(temperature=0.0).host_sync_every == 4
+    assert sampled.replace(kv_cache="none").host_sync_every == 4  # no idle steps to draw in
+    assert not cc.DecodeConfig(strategy="threshold").draws_random
+
+
+def test_top_k_and_top_p_are_read_by_the_llada2_sampler_when_it_samples():
+    """At temperature 0 the official greedy path ignores them: a call is warned, and the
+    compiled step's key leaves them out (config.without_unread_options)."""
+    from credit_compile.config import unread_options, without_unread_options
+
+    sampled = cc.DecodeConfig(strategy="llada2", temperature=0.7, top_k=5, top_p=0.9)
+    assert unread_options(sampled) == ()
+    greedy = sampled.replace(temperature=0.0)
+    assert unread_options(greedy) == ("top_k", "top_p")
+    assert without_unread_options(greedy) == greedy.replace(top_k=None, top_p=None)
+    assert unread_options(cc.DecodeConfig(strategy="llada", temperature=1.0, top_k=5)) == ("top_k",)
+
+
 @pytest.mark.parametrize("given, stored", [
     ([3, 5], (3, 5)), (7, (7,)), ((2,), (2,)), (None, None)])
 def test_ids_are_stored_as_a_tuple(given, stored):
@@ -59,6 +81,8 @@ def test_valid_edges_are_accepted():
     DecodeConfig(strategy="llada", gen_length=32, block_length=8, steps=4, temperature=2.0,
                  cfg_scale=3.0, remasking="random")
     DecodeConfig(gen_length=8, block_length=8, steps=None)
+    DecodeConfig(strategy="llada2", temperature=1.0, top_k=1, top_p=1.0)
+    DecodeConfig(strategy="llada2", temperature=1.0, top_p=1e-9)
 
 
 def test_numpy_scalars_are_read_as_python_numbers():

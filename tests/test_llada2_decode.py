@@ -291,3 +291,56 @@ def test_the_docs_decoding_example_runs(capsys):
     code = re.findall(r"```python\n(.*?)```", doc, re.S)[1]
     exec(compile(code, "docs/llada2.md", "exec"), {})
     assert capsys.readouterr().out == "torch.Size([1, 15]) True\n"
+
+
+# ----------------------------------------------------------------------------------------------
+# LLaDA2's sampling: temperature, top-k, top-p
+# ----------------------------------------------------------------------------------------------
+
+SAMPLED = dict(strategy="llada2", temperature=1.0, top_k=20, top_p=0.9)
+
+
+def test_a_seed_makes_llada2_sampling_reproducible():
+    """The same seed, the same tokens (with or without the cache: the same draws, step for
+    step); another seed, or greedy decoding, others."""
+    model, ids = llada2(), prompt(7)
+    config = decode(kv_cache="block", **SAMPLED)
+    first = reference.generate(model, ids, seed=3, **config)
+    assert reference.generate(model, ids, seed=3, **config).sequences.tolist() == first.sequences.tolist()
+    uncached = reference.generate(model, ids, seed=3, **{**config, "kv_cache": "none"})
+    assert uncached.sequences.tolist() == first.sequences.tolist()
+    other = reference.generate(model, ids, seed=4, **config)
+    greedy = reference.generate(model, ids, **decode(strategy="llada2"))
+    assert first.generated.tolist() not in [other.generated.tolist(), greedy.generated.tolist()]
+
+
+def test_greedy_llada2_ignores_the_filters_with_a_warning():
+    model, ids = llada2(), prompt(6)
+    greedy = reference.generate(model, ids, **decode(strategy="llada2"))
+    with pytest.warns(UserWarning, match=r"top_k, top_p are read by strategy 'llada2' with "
+                                         r"temperature > 0"):
+        filtered = reference.generate(model, ids, top_k=1, top_p=0.5, **decode(strategy="llada2"))
+    assert filtered.sequences.tolist() == greedy.sequences.tolist()
+
+
+@pytest.mark.cheap_compile
+def test_compiled_llada2_sampling_equals_the_reference_with_the_same_seed():
+    """On the block cache (prefill, entering and cached steps), a prompt whose tail shares block
+    0 and a padded batch: the same draws as the reference, step for step."""
+    model = llada2()
+    fast = cc.optimize(model, **decode(kv_cache="block", **SAMPLED))
+    for seed, (ids, mask) in enumerate([(prompt(7), None), padded_pair(6, BLOCK)]):
+        out = fast.generate(ids, mask, seed=seed)
+        expected = reference.generate(model, ids, mask, seed=seed, **decode(kv_cache="block", **SAMPLED))
+        assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
+
+
+def test_inductors_llada2_sampling_equals_the_reference_with_the_same_seed():
+    """Inductor's code for the filters and the float64 Gumbel draw (fallback_random: eager's
+    random numbers)."""
+    model, ids = llada2(), prompt(5)
+    config = decode(temperature=0.7, strategy="llada2", top_k=8, top_p=0.8, seed=11)
+    out = cc.optimize(model, **config).generate(ids)
+    expected = reference.generate(model, ids, **config)
+    assert out.stats["runner"] == "compiled"
+    assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe

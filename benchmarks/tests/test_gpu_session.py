@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-# The tests stage runs dry in test_a_stage_runs_from_a_copy_of_the_source_without_an_install.
-STAGES = ["gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets", "suite"]
+# The tests stage runs dry in test_a_stage_runs_from_a_copy_of_the_source_without_an_install;
+# llada2 and llada2g1024 differ from llada2b8 only in --batch and --gen-length values.
+STAGES = ["gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buckets", "suite",
+          "llada2b8"]
 
 
 def run_stage(stage: str, out: Path, **extra_env: str) -> subprocess.CompletedProcess:
@@ -31,7 +33,8 @@ def test_every_stage_runs_dry(stage, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = {"gen1024": "generate", "gen1024b8": "generate", "gen256b1": "generate",
             "gen256b8": "generate", "op": "credit_op", "buckets": "prompt_buckets",
-            "compile": "compile_time"}
+            "compile": "compile_time", "llada2": "generate_llada2", "llada2b8": "generate_llada2",
+            "llada2g1024": "generate_llada2"}
     if stage in rows:
         lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
         assert lines and all("commit" in json.loads(line) for line in lines)

@@ -116,12 +116,13 @@ def factor_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, factor: fl
 
 
 class LLaDA2Strategy(ThresholdStrategy):
-    """LLaDA2's own sampler (the official `generate()` at temperature 0): greedy proposals; a step
-    commits the masked positions whose confidence exceeds `tau` (strictly), or, when fewer than
-    the step's count, that many of the most confident (ties by position). The counts spread
-    the block over `steps` steps per block (`block_length // steps`, one more for the first
-    `block_length % steps`), as the official `_get_num_transfer_tokens`; a block whose prompt
-    tail leaves fewer masks finishes sooner. The baseline the speedups are quoted against.
+    """LLaDA2's own sampler (the official `generate()`): greedy proposals at temperature 0, else
+    sampled (`sample_top_k_top_p`); a step commits the masked positions whose confidence
+    exceeds `tau` (strictly), or, when fewer than the step's count, that many of the most
+    confident (ties by position). The counts spread the block over `steps` steps per block
+    (`block_length // steps`, one more for the first `block_length % steps`), as the official
+    `_get_num_transfer_tokens`; a block whose prompt tail leaves fewer masks finishes sooner.
+    The baseline the speedups are quoted against.
 
     As every strategy here, the mask token is no candidate (confidences renormalised without
     it); the official sampler lets it compete. The same whenever p(mask) is negligible, as in a
@@ -129,10 +130,47 @@ class LLaDA2Strategy(ThresholdStrategy):
 
     name = "llada2"
 
+    def propose(self, block_logits, masked, state):
+        cfg = self.config
+        logits = masked_vocab_logits(block_logits, self.mask_id)
+        if cfg.temperature == 0:
+            return top1_and_prob(logits)
+        return sample_top_k_top_p(logits, cfg.temperature, cfg.top_k, cfg.top_p)
+
     def select(self, conf, masked, state):
         return llada2_commit_sync_free(conf, masked, self.config.tau, state.block_length,
                                        self.config.llada2_steps,
                                        state.step_in_block)
+
+
+def top_k_top_p_filter(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
+    """LLaDA2's sampling filters (the official `_top_k_logits`, then `_top_p_logits`), -inf for
+    the tokens left out: those below the k-th largest logit (ties with it kept); then, in order
+    of probability, every token after the first whose cumulative probability exceeds `top_p`
+    (the most probable always kept; ties ordered by index). None (and top_p 1) filters nothing."""
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, NEG_INF)
+    if top_p is not None and top_p < 1:
+        ordered, order = torch.sort(logits, dim=-1, descending=True, stable=True)
+        cumulative = ordered.softmax(-1).cumsum(-1)
+        # Out when the probability before it already exceeds top_p (the official shifted mask).
+        before = torch.cat([torch.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], -1)
+        logits = logits.masked_fill(torch.zeros_like(before, dtype=torch.bool).scatter(
+            -1, order, before > top_p), NEG_INF)
+    return logits
+
+
+def sample_top_k_top_p(logits: torch.Tensor, temperature: float, top_k: int | None,
+                       top_p: float | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """LLaDA2's sampling (`_sample_with_temperature_topk_topp`): a token drawn from the softmax
+    of `logits / temperature` after `top_k_top_p_filter`, and its probability there (the
+    confidence the commit rule reads). Drawn by the Gumbel-max trick in float64
+    (`add_gumbel_noise`): sync-free, where the official torch.multinomial is not; the same
+    distribution, other draws for a seed."""
+    logits = top_k_top_p_filter(logits / temperature, top_k, top_p)
+    x0 = add_gumbel_noise(logits, 1.0).argmax(-1)
+    return x0, torch.softmax(logits, -1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
 def llada2_commit_sync_free(conf: torch.Tensor, masked: torch.Tensor, tau: float,

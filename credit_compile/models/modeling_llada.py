@@ -322,6 +322,21 @@ class LLaDAModel(nn.Module):
         self.transformer = nn.ModuleDict(modules)
 
 
+def init_weights(module: nn.Module, std: float) -> None:
+    """transformers' `_init_weights` for the layers LLaDA and LLaDA2 share: linear and embedding
+    weights ~ N(0, std), their biases 0; norm weights 1, biases 0 (the official reset_parameters,
+    Gemma variant too). Other modules are left alone."""
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        hf_init.normal_(module.weight, mean=0.0, std=std)
+        if getattr(module, "bias", None) is not None:
+            hf_init.zeros_(module.bias)
+    elif isinstance(module, (LLaDARMSNorm, LLaDALayerNorm)):
+        if module.weight is not None:
+            hf_init.ones_(module.weight)
+        if module.bias is not None:
+            hf_init.zeros_(module.bias)
+
+
 class LLaDAModelLM(PreTrainedModel):
     """LLaDA masked-diffusion LM (bidirectional), loadable from official LLaDA checkpoints.
 
@@ -347,18 +362,7 @@ class LLaDAModelLM(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        std = float(self.config.init_std)
-        if isinstance(module, nn.Linear):
-            hf_init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                hf_init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            hf_init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, (LLaDARMSNorm, LLaDALayerNorm)):
-            if module.weight is not None:
-                hf_init.ones_(module.weight)  # the official reset_parameters (Gemma variant too)
-            if module.bias is not None:
-                hf_init.zeros_(module.bias)
+        init_weights(module, float(self.config.init_std))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.transformer.wte

@@ -57,7 +57,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from .configuration_llada2 import LLaDA2Config
-from .modeling_llada import LLaDARMSNorm, positions_from_mask
+from .modeling_llada import LLaDARMSNorm, init_weights, positions_from_mask
 
 __all__ = [
     "LLaDA2ModelLM",
@@ -358,17 +358,11 @@ class LLaDA2ModelLM(PreTrainedModel):
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = float(self.config.initializer_range)
-        if isinstance(module, nn.Linear):
-            hf_init.normal_(module.weight, mean=0.0, std=std)
-            if module.bias is not None:
-                hf_init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            hf_init.normal_(module.weight, mean=0.0, std=std)
-        elif isinstance(module, LLaDA2Gate):
+        if isinstance(module, LLaDA2Gate):
             hf_init.normal_(module.weight, mean=0.0, std=std)
             hf_init.zeros_(module.expert_bias)
-        elif isinstance(module, LLaDARMSNorm):
-            hf_init.ones_(module.weight)
+        else:
+            init_weights(module, std)
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.word_embeddings
@@ -497,7 +491,9 @@ class LLaDA2ModelLM(PreTrainedModel):
         if keys.dtype != values.dtype:
             raise ValueError(f"kv_cache keys of dtype {keys.dtype} and values of dtype {values.dtype}: "
                              f"allocate both in one dtype")
-        if not torch.compiler.is_compiling() and keys.data_ptr() == values.data_ptr():
+        # Meta tensors (a dry run at real shapes) have no memory to share.
+        if (not torch.compiler.is_compiling() and keys.device.type != "meta"
+                and keys.data_ptr() == values.data_ptr()):
             raise ValueError("kv_cache keys and values share their memory: allocate two tensors")
         if cache_positions is None:
             return

@@ -680,3 +680,97 @@ def test_engine_credit_buffer_decays_by_beta(seed, batch, prompt_len, geometry, 
                 untouched = gained == 0
                 assert torch.equal(after[untouched], (before * beta32)[untouched])
     assert int(state.nfe) == steps
+
+
+# ------------------------------------------------------------------------------------------------
+# LLaDA2's sampling: temperature, top-k, top-p (the official _sample_with_temperature_topk_topp)
+# ------------------------------------------------------------------------------------------------
+
+
+def kept_by_hand(logits: list[float], top_k, top_p) -> set[int]:
+    """The official filters, token by token: the k best logits (ties with the k-th kept), then,
+    in order of probability (ties by index), tokens while the probability before them is at most
+    top_p."""
+    kept = set(range(len(logits)))
+    if top_k is not None:
+        kth = sorted(logits, reverse=True)[min(top_k, len(logits)) - 1]
+        kept = {v for v in kept if logits[v] >= kth}
+    if top_p is not None:
+        total = sum(math.exp(logits[v]) for v in kept)
+        before, nucleus = 0.0, set()
+        for v in sorted(kept, key=lambda v: (-logits[v], v)):
+            if before > top_p:
+                break
+            nucleus.add(v)
+            before += math.exp(logits[v]) / total
+        kept = nucleus
+    return kept
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**16), vocab=st.integers(2, 9), top_k=st.none() | st.integers(1, 10),
+       top_p=st.none() | st.floats(0.05, 1.0), ties=st.booleans())
+def test_llada2_filters_keep_the_official_tokens(seed, vocab, top_k, top_p, ties):
+    from credit_compile.decoding.strategies import top_k_top_p_filter
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(3, vocab, generator=g, dtype=torch.float64) * 2
+    if ties:
+        logits = logits.round()  # whole numbers: ties at the k-th logit and in the order
+    filtered = top_k_top_p_filter(logits, top_k, top_p)
+    for row, out in zip(logits.tolist(), filtered, strict=True):
+        kept = kept_by_hand(row, top_k, top_p)
+        assert set(out.isfinite().nonzero().flatten().tolist()) == kept
+        assert out[sorted(kept)].tolist() == [row[v] for v in sorted(kept)]  # unchanged there
+
+
+def llada2_strategy(**options):
+    from credit_compile.decoding.strategies import LLaDA2Strategy
+
+    config = DecodeConfig(strategy="llada2", gen_length=8, block_length=8, **options)
+    return LLaDA2Strategy(config, mask_id=MASK)
+
+
+def test_llada2_at_temperature_zero_is_greedy_whatever_the_filters():
+    """The official greedy path ignores top_k and top_p (and draws nothing)."""
+    from credit_compile.ops.logits import masked_vocab_logits, top1_and_prob
+
+    logits = torch.randn(2, 8, 4, generator=torch.Generator().manual_seed(0))
+    state = torch.get_rng_state()
+    x0, conf = llada2_strategy(top_k=1, top_p=0.1).propose(logits, None, None)
+    assert torch.equal(torch.get_rng_state(), state)
+    top, prob = top1_and_prob(masked_vocab_logits(logits, MASK))
+    assert torch.equal(x0, top) and torch.equal(conf, prob)
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), temperature=st.floats(0.05, 50.0), top_p=st.none() | st.floats(0.1, 1.0))
+def test_llada2_top_k_1_proposes_the_greedy_token_with_confidence_1(seed, temperature, top_p):
+    """One token left to draw: the greedy one, certain (so a step commits every masked position,
+    as the official sampler does with top_k=1)."""
+    logits = torch.randn(3, 8, 4, generator=torch.Generator().manual_seed(seed)) * 3
+    torch.manual_seed(seed)
+    x0, conf = llada2_strategy(temperature=temperature, top_k=1, top_p=top_p).propose(logits, None, None)
+    greedy = torch.where(torch.arange(4) == MASK, -math.inf, logits).argmax(-1)
+    assert torch.equal(x0, greedy) and torch.equal(conf, torch.ones_like(conf))
+
+
+@pytest.mark.parametrize("temperature, top_k, top_p", [(1.0, None, None), (0.5, 2, None),
+                                                       (2.0, None, 0.6), (1.5, 3, 0.8)])
+def test_llada2_samples_follow_the_filtered_tempered_softmax(temperature, top_k, top_p):
+    """20000 draws of one position's token: their frequencies are the probabilities of the
+    official distribution (softmax of logits / temperature after the filters; the mask token
+    never), and each draw's confidence is its probability there."""
+    from credit_compile.decoding.strategies import sample_top_k_top_p
+
+    logits = torch.tensor([1.0, 0.2, -0.5, 7.0, 0.6, -2.0])  # token 3 the mask: out
+    masked = logits.masked_fill(torch.arange(6) == MASK, -math.inf)
+    kept = kept_by_hand((masked / temperature).tolist(), top_k, top_p) - {MASK}
+    expected = torch.zeros(6)
+    expected[sorted(kept)] = torch.softmax(masked[sorted(kept)] / temperature, -1)
+    torch.manual_seed(0)
+    x0, conf = sample_top_k_top_p(masked.expand(20000, 6), temperature, top_k, top_p)
+    frequency = torch.bincount(x0, minlength=6) / 20000
+    assert set(x0.unique().tolist()) == kept
+    torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)  # 3.5 std at p = 0.5
+    torch.testing.assert_close(conf, expected[x0])

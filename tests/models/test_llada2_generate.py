@@ -1,5 +1,6 @@
 """models/llada2_generate.py: LLaDA2's official generate() rules, replayed on the native model,
-give the tokens and forward counts the official code recorded (tests/fixtures/llada2_tiny.*)."""
+give the tokens and forward counts the official code recorded (tests/fixtures/llada2_tiny.*): the
+native block-causal forward over the official growing windows is what the official one computed."""
 
 from __future__ import annotations
 

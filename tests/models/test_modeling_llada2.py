@@ -121,68 +121,6 @@ def test_layers_are_dense_below_first_k_dense_replace_and_moe_above():
 
 
 # ----------------------------------------------------------------------------------------------
-# The official generate(): its sampler rules, replayed on the native model
-# ----------------------------------------------------------------------------------------------
-
-
-def llada2_generate_reference(model, prompt, *, gen_length, block_length, steps, threshold=0.95,
-                              eos_early_stop=False, minimal_topk=1, eos_id=EOS, mask_id=MASK):
-    """LLaDA2's own generate() sampler at temperature 0, as read from the official code (batch 1):
-    blocks aligned to absolute positions from 0 over prompt + gen_length rounded up to blocks (the
-    prompt's tail shares the first denoised block); per block at most `steps` steps (`steps` capped
-    at gen_length // minimal_topk), each a forward of the window up to the block's end under the
-    block-causal mask; commit the masked positions whose top probability exceeds `threshold`, or,
-    when fewer than the schedule's count for the step, that many of the most confident ones; stop
-    after the block in which an EOS appears (eos_early_stop: as soon as a committed EOS has no mask
-    before it). Returns (the generated tokens up to and with the first EOS, the forward count)."""
-    steps = min(steps, gen_length // minimal_topk)
-    p = prompt.shape[1]
-    n_blocks = (p + gen_length + block_length - 1) // block_length
-    x = torch.full((1, n_blocks * block_length), mask_id, dtype=torch.long)
-    x[:, :p] = prompt
-    schedule = [block_length // steps + (1 if i < block_length % steps else 0) for i in range(steps)]
-    nfe = 0
-    for b in range(p // block_length, n_blocks):
-        end = (b + 1) * block_length
-        for step in range(steps):
-            active = x[0, end - block_length:end] == mask_id
-            if not active.any():
-                break
-            nfe += 1
-            logits = model(x[:, :end], block_length=block_length).logits[0, -block_length:]
-            probs = logits.float().softmax(-1)
-            conf, tokens = probs.max(-1)
-            conf = torch.where(active, conf, -torch.inf)
-            commit = conf > threshold
-            if int(commit.sum()) < schedule[step]:
-                commit = torch.zeros_like(commit)
-                commit[conf.topk(min(schedule[step], int(active.sum()))).indices] = True
-            x[0, end - block_length:end][commit] = tokens[commit]
-            if eos_early_stop and (tokens[commit] == eos_id).any():
-                eos = (x[0] == eos_id).nonzero()
-                if len(eos) and (x[0, p:int(eos[0])] != mask_id).all():
-                    return x[:, p:int(eos[0]) + 1], nfe
-        if (x[0, p:end] == eos_id).any():
-            break
-    out = x[0, p:p + gen_length]
-    eos = (out == eos_id).nonzero()
-    return out[:int(eos[0]) + 1 if len(eos) else gen_length][None], nfe
-
-
-@pytest.mark.parametrize("name", sorted(META["generate"]))
-def test_llada2_sampler_rules_on_the_native_model_give_the_official_generate_tokens(name):
-    """The official generate()'s tokens and forward count, recorded for each setting, from the
-    native model run under the rules above: the native block-causal forward over growing windows
-    is what the official one computed."""
-    settings = {k: v for k, v in META["generate"][name].items()
-                if k not in ("temperature", "eos_id", "mask_id")}
-    with torch.no_grad():
-        tokens, nfe = llada2_generate_reference(official_model(), TENSORS["prompt"], **settings)
-    assert tokens.tolist() == TENSORS[f"generate_{name}"].tolist()
-    assert nfe == META["generate_nfe"][name]
-
-
-# ----------------------------------------------------------------------------------------------
 # The exact block KV cache
 # ----------------------------------------------------------------------------------------------
 
@@ -278,7 +216,7 @@ def test_a_padded_row_whose_blocks_straddle_the_cached_slice_is_not_exact():
 
 def llada2_generate_cached(model, prompt, *, gen_length, block_length, steps, threshold=0.95,
                            eos_early_stop=False, eos_id=EOS, mask_id=MASK):
-    """LLaDA2's sampler rules (as `llada2_generate_reference`) on the exact block cache: one
+    """LLaDA2's sampler rules (as `models.llada2_generate`) on the exact block cache: one
     forward of the whole canvas fills it (the prompt's finished blocks are final), then each
     denoising step runs the current block's tokens only against it, and a finished block's
     keys and values are written by one more forward of its final tokens (not counted: it picks
@@ -662,6 +600,23 @@ def test_llada2_presets():
     assert all(getattr(mini, key) == value for key, value in layout.items())
     assert (mini.mask_token_id, mini.eos_token_id) == (156895, 156892)
     assert not set(LLADA2_PRESETS) & set(available_presets())
+
+
+def test_random_init_of_a_fresh_model():
+    """`LLaDA2ModelLM(config)` (training from scratch), through transformers' `_init_weights`:
+    linear, embedding and router weights ~ N(0, initializer_range), biases 0, norm weights 1,
+    routing biases 0 (the initialisation it shares with LLaDA, plus the router's)."""
+    torch.manual_seed(0)
+    model = LLaDA2ModelLM(tiny_config(initializer_range=0.1))
+    for name, p in model.named_parameters():
+        if "norm" in name:
+            assert torch.equal(p, torch.ones_like(p)), name
+        elif name.endswith(".bias"):
+            assert torch.equal(p, torch.zeros_like(p)), name
+        elif p.numel() >= 64:  # enough draws for the spread
+            assert 0.07 < p.std().item() < 0.13, (name, p.std().item())
+    assert all(torch.equal(b, torch.zeros_like(b)) for n, b in model.named_buffers()
+               if n.endswith("expert_bias"))
 
 
 def test_the_docs_example_runs(capsys):
