@@ -333,7 +333,7 @@ _NO_MASK_TOKEN = ("the model has no mask token: its config has no `mask_token_id
 
 
 def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: int | None = None,
-             max_cached_steps: int = 8, **overrides) -> OptimizedModel:
+             max_cached_steps: int = 8, tensor_parallel=None, **overrides) -> OptimizedModel:
     """Wrap `model` so that `generate()` runs through the compiled fast path.
 
     Args:
@@ -348,6 +348,10 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
         mask_id: the mask token when the model's config has no `mask_token_id`.
         max_cached_steps: compiled steps (shapes) kept before the least recently used is
             dropped; each holds static buffers and, on CUDA, a graph's memory pool.
+        tensor_parallel: a number of ranks (the default process group's size) or a 1-D
+            DeviceMesh: every rank of an initialised process group (torchrun) calls optimize()
+            and generate() alike, and the model, the project's dense LLaDA, is sharded across
+            them in place (`credit_compile.distributed`, docs/distributed.md).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")
@@ -356,6 +360,10 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     config = resolve_config(config, overrides, warn=True)
     model.eval()  # before the probe of its attention: active dropout would blur it
     model = _adopted(model)
+    if tensor_parallel is not None:
+        from .distributed import shard_model
+
+        model = shard_model(model, tensor_parallel)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     parameter = next(model.parameters(), None)
     refuse_causal_attention(info, make_forward(model, info),

@@ -36,6 +36,9 @@ from .base import GraphPass, fake, is_call, is_method, is_number, storage_of, to
 
 _LINEAR = (torch._C._nn.linear, torch.nn.functional.linear)
 _CASTS = ("float", "half", "bfloat16", "double")
+# Tensor parallelism's gather of the vocabulary slices (credit_compile.distributed): each
+# position's logits are gathered apart from the others'.
+_GATHER_VOCAB = ("credit_compile.gather_vocab", "credit_compile.gather_vocab.default")
 
 
 def _index_select(node):
@@ -52,10 +55,13 @@ def _rowwise_input(node):
     """The tensor input of a position-wise op between the LM head and the slice, else None.
 
     Accepted: multiplication/division by a Python number (LLaDA's `scale_logits`, and the two
-    around Gemma's logit soft-capping `tanh(l / cap) * cap`), tanh, and dtype casts.
+    around Gemma's logit soft-capping `tanh(l / cap) * cap`), tanh, dtype casts, and the
+    gather of a vocabulary-parallel head's slices (`credit_compile::gather_vocab`).
     """
     if not isinstance(node, Node) or node.kwargs:
         return None
+    if node.op == "call_function" and str(node.target) in _GATHER_VOCAB and node.args:
+        return node.args[0]
     if is_method(node, *_CASTS) and len(node.args) == 1:
         return node.args[0]
     if (is_call(node, torch.tanh) or is_method(node, "tanh")) and len(node.args) == 1:

@@ -258,7 +258,7 @@ class LLaDABlock(nn.Module):
             k = k.repeat_interleave(groups, dim=1)
             v = v.repeat_interleave(groups, dim=1)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
-        att = att.transpose(1, 2).reshape(B, L, D)
+        att = att.transpose(1, 2).reshape(B, L, -1)
         return self.attn_out(att)
 
     def mlp(self, x_normed: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,194 @@
+"""Tensor parallelism for the project's dense LLaDA on torch.distributed (`optimize(model,
+tensor_parallel=N)`, docs/distributed.md).
+
+Each rank of an initialised process group keeps its shard of every layer's weights, as Megatron
+splits them: the query, key and value projections and the MLP's gate and up projections by
+output features (a rank holds `n_heads / N` heads and `hidden / N` MLP features), the attention
+output and the MLP's down projection by input features, each followed by one all-reduce
+(`torch.distributed._functional_collectives`, which dynamo traces into the step's graph), and
+the LM head by vocabulary rows. The LM head's slice of the vocabulary is gathered by one op,
+`gather_vocab`, that works on each position apart, so the block-sliced LM head pass moves the
+block's slice before the head and the gather: a step moves the block's logits, not the
+canvas's. The embedding stays whole on every rank. The step's decisions read the gathered
+logits, identical on every rank, so every rank commits the same tokens and draws the same
+random numbers.
+
+The weights are plain tensors (local shards), not DTensors: the LM head is a matrix product the
+step calls directly, the gather must come after the block's slice, and the rest of the package
+(weight fingerprints, dtype checks, the KV cache's shape) reads ordinary parameters.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["gather_vocab", "shard_model", "tensor_parallel_class", "world_of"]
+
+_COLWISE = ("q_proj", "k_proj", "v_proj", "ff_proj", "up_proj")
+_ROWWISE = ("attn_out", "ff_out")
+
+
+@torch.library.custom_op("credit_compile::gather_vocab", mutates_args=())
+def gather_vocab(x: torch.Tensor, group_name: str, world_size: int) -> torch.Tensor:
+    """Concatenate every rank's ``[..., V / N]`` slice along the last dim, in rank order.
+
+    One op (a collective inside) so that graph passes see it as what it is: position-wise."""
+    functional = torch.ops._c10d_functional
+    out = functional.all_gather_into_tensor(x.contiguous(), world_size, group_name)
+    out = functional.wait_tensor(out).view(world_size, *x.shape).movedim(0, -2)
+    return out.reshape(*x.shape[:-1], world_size * x.shape[-1])
+
+
+@gather_vocab.register_fake
+def _(x, group_name, world_size):
+    return x.new_empty((*x.shape[:-1], world_size * x.shape[-1]))
+
+
+class RowwiseLinear(nn.Module):
+    """A linear layer holding a slice of the input features: the partial products of every
+    rank are summed (one all-reduce), then the bias is added once."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, group_name: str):
+        super().__init__()
+        self.weight = nn.Parameter(weight, requires_grad=False)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+        self.group_name = group_name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from torch.distributed import _functional_collectives as funcol
+
+        y = funcol.all_reduce(F.linear(x, self.weight), "sum", self.group_name)
+        return y if self.bias is None else y + self.bias
+
+
+def world_of(tensor_parallel) -> tuple[object, int, int]:
+    """(process group, its size, this rank) for `tensor_parallel`: a rank count that must equal
+    the default group's size, or a one-dimensional `DeviceMesh`."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError(
+            f"tensor_parallel={tensor_parallel!r} needs an initialised process group: launch "
+            f"one process per rank with torchrun (`torchrun --nproc-per-node N your_script.py`) "
+            f"and call torch.distributed.init_process_group() before optimize()")
+    from torch.distributed.device_mesh import DeviceMesh
+
+    if isinstance(tensor_parallel, DeviceMesh):
+        if tensor_parallel.ndim != 1:
+            raise ValueError(
+                f"tensor_parallel takes a one-dimensional DeviceMesh, got {tensor_parallel.ndim} "
+                f"dimensions: pass the tensor-parallel dimension (mesh['tp'])")
+        group = tensor_parallel.get_group()
+    elif isinstance(tensor_parallel, int) and not isinstance(tensor_parallel, bool) \
+            and tensor_parallel >= 1:
+        group = dist.group.WORLD
+        if dist.get_world_size(group) != tensor_parallel:
+            raise ValueError(
+                f"tensor_parallel={tensor_parallel} but the process group has "
+                f"{dist.get_world_size(group)} ranks: start as many processes as ranks "
+                f"(torchrun --nproc-per-node {tensor_parallel}), or pass a DeviceMesh")
+    else:
+        raise ValueError(f"tensor_parallel={tensor_parallel!r}: pass a number of ranks (an int "
+                         f">= 1) or a one-dimensional torch DeviceMesh")
+    return group, dist.get_world_size(group), dist.get_rank(group)
+
+
+def _check_divisible(config, size: int) -> None:
+    dims = (("n_heads", config.n_heads), ("n_kv_heads", config.effective_n_kv_heads),
+            ("the MLP width (mlp_hidden_size)", config.intermediate_size),
+            ("the vocabulary (embedding_size)", config.padded_vocab_size))
+    for name, value in dims:
+        if value % size:
+            raise ValueError(
+                f"tensor_parallel={size} does not divide {name} = {value}: choose a number of "
+                f"ranks that divides {value}")
+    if config.attention_layer_norm:
+        raise ValueError(
+            "tensor_parallel does not support attention_layer_norm=True yet: its query and key "
+            "norms span all heads, which no rank holds; decode this model on one device")
+
+
+def _rows(t: torch.Tensor, rank: int, size: int) -> torch.Tensor:
+    return t.chunk(size, 0)[rank].clone()
+
+
+def shard_model(model: nn.Module, tensor_parallel):
+    """Shard `model` (the project's `LLaDAModelLM`) in place across the ranks of
+    `tensor_parallel` (see the module docstring) and return it. A model already sharded across
+    the same ranks is returned as it is."""
+    from .models.modeling_llada import LLaDAModelLM
+
+    group, size, rank = world_of(tensor_parallel)
+    group_name = group.group_name
+    if getattr(model, "tensor_parallel_group", None) is not None:
+        if model.tensor_parallel_group != group_name:
+            raise ValueError("this model is already sharded across another process group: "
+                             "load it again to shard it across this one")
+        return model
+    if type(model) is not LLaDAModelLM:
+        raise ValueError(
+            f"tensor_parallel supports credit_compile's own dense LLaDA (LLaDAModelLM) only, not "
+            f"{type(model).__name__} (LLaDA-MoE and LLaDA2 are not built yet): load the "
+            f"checkpoint with credit_compile.models.LLaDAModelLM.from_pretrained(path)")
+    config = model.config
+    _check_divisible(config, size)
+    if size == 1:
+        return model
+    t = model.model.transformer
+    for block in t.blocks:
+        for name in _COLWISE:
+            linear = getattr(block, name)
+            linear.weight = nn.Parameter(_rows(linear.weight.data, rank, size), requires_grad=False)
+            if linear.bias is not None:
+                linear.bias = nn.Parameter(_rows(linear.bias.data, rank, size), requires_grad=False)
+            linear.out_features //= size
+        for name in _ROWWISE:
+            linear = getattr(block, name)
+            weight = linear.weight.data.chunk(size, 1)[rank].clone()
+            setattr(block, name, RowwiseLinear(weight, linear.bias, group_name))
+        block.n_heads //= size
+        block.n_kv_heads //= size
+    if not config.weight_tying:
+        head = t.ff_out
+        head.weight = nn.Parameter(_rows(head.weight.data, rank, size), requires_grad=False)
+        if head.bias is not None:
+            head.bias = nn.Parameter(_rows(head.bias.data, rank, size), requires_grad=False)
+        head.out_features //= size
+    model.__class__ = tensor_parallel_class()
+    model.tensor_parallel_group = group_name
+    model.tensor_parallel_size = size
+    model.tensor_parallel_rank = rank
+    return model
+
+
+@functools.cache
+def tensor_parallel_class() -> type:
+    """`TensorParallelLLaDA`, made on first use (it imports the model, and transformers)."""
+    from .models.modeling_llada import LLaDAModelLM
+
+    class TensorParallelLLaDA(LLaDAModelLM):
+        """`LLaDAModelLM` whose layers hold one rank's shard: its forward returns the whole
+        vocabulary's logits on every rank."""
+
+        def lm_head(self, hidden: torch.Tensor) -> torch.Tensor:
+            size, rank = self.tensor_parallel_size, self.tensor_parallel_rank
+            if self.config.weight_tying:  # the embedding stays whole: its rows are the head's
+                rows = self.config.padded_vocab_size // size
+                weight = self.model.transformer.wte.weight.narrow(0, rank * rows, rows)
+                logits = F.linear(hidden, weight, None)
+                if self.config.scale_logits:
+                    logits = logits * (1 / self.config.d_model ** 0.5)
+            else:
+                logits = super().lm_head(hidden)
+            return gather_vocab(logits, self.tensor_parallel_group, size)
+
+        def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
+            """This rank's heads."""
+            shape = super().kv_cache_shape(batch_size, seq_len)
+            return (shape[0], shape[1], shape[2] // self.tensor_parallel_size, *shape[3:])
+
+    return TensorParallelLLaDA

@@ -1,0 +1,208 @@
+"""Tensor parallelism (credit_compile/distributed.py): two CPU ranks on gloo decode the tokens of
+the single-process model, and bad input is refused by name.
+
+The ranks are spawned once for the module (`tp_run`): each decodes every case single-process
+(eager) and then sharded (compiled), and rank 0 returns both. Spawning is bounded: a rank that
+fails ends every rank with its error, and a run past its deadline is killed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import os
+import re
+import socket
+import time
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+import credit_compile as cc
+from credit_compile.assets import has_default_model, load_default_model
+from credit_compile.distributed import shard_model
+
+WORLD = 2
+RUN_SECONDS = 420  # the whole spawned run, compiles included, on 2 shared cores
+GEN = dict(gen_length=16, block_length=8)
+CASES = {
+    f"{strategy}-{cache}": dict(strategy=strategy, kv_cache=cache, **extra)
+    for strategy, extra in (("credit", {}), ("threshold", {}),
+                            ("llada", dict(steps=8, temperature=0.5, seed=3)))
+    for cache in ("none", "prompt", "dual")
+}
+INDUCTOR_CASE = "credit-none"  # the one case compiled by Inductor: the collectives' generated code
+PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(fn, *args, world: int = WORLD, timeout: float = RUN_SECONDS) -> None:
+    """Run `fn(rank, world, port, *args)` in `world` spawned processes and wait, at most
+    `timeout` seconds: a rank that raises ends the others and its error is raised here
+    (`torch.multiprocessing.ProcessRaisedException`); past the deadline every rank is killed
+    and TimeoutError raised."""
+    context = mp.start_processes(fn, args=(world, free_port(), *args), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.0, min(5.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"the {world} ranks did not finish within {timeout} s")
+
+
+def _init(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    # A collective whose peer is gone fails after this rather than waiting forever.
+    dist.init_process_group("gloo", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=120))
+
+
+def _cheap_backend() -> None:
+    """tests/helpers.use_cheap_backend, by hand: no monkeypatch in a spawned process."""
+    from credit_compile import backend, step_cache
+
+    step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
+
+
+def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str],
+                inductor_case: str | None) -> None:
+    import torch.distributed as dist
+
+    from credit_compile import backend, step_cache
+    from credit_compile.passes import pass_count
+
+    _init(rank, world, port)
+    try:
+        model, tokenizer = load_default_model("cpu")
+        batch = tokenizer(PROMPTS)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        single = cc.optimize(load_default_model("cpu")[0], compile=False, **GEN)
+        cases = {name: CASES[name] for name in names}
+        expected = {name: single.generate(ids, mask, **case) for name, case in cases.items()}
+        sharded = cc.optimize(model, tensor_parallel=world, **GEN)
+        got = {}
+        inductor = step_cache.make_backend
+        for name, case in cases.items():
+            step_cache.make_backend = inductor if name == inductor_case else \
+                functools.partial(backend.make_backend, inductor=False)
+            got[name] = sharded.generate(ids, mask, **case)
+        heads = pass_count("block_sliced_lm_head")
+        dist.barrier()
+        if rank == 0:
+            torch.save({
+                "expected": {k: (v.sequences, v.nfe) for k, v in expected.items()},
+                "got": {k: (v.sequences, v.nfe) for k, v in got.items()},
+                "heads_sliced": heads,
+                "q_proj": tuple(model.model.transformer.blocks[0].q_proj.weight.shape),
+            }, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+def _fail_on_one_rank(rank: int, world: int, port: int) -> None:
+    import torch.distributed as dist
+
+    _init(rank, world, port)
+    if rank == 1:
+        raise RuntimeError("rank 1 failed on purpose")
+    dist.barrier()  # waits for rank 1, which never comes
+
+
+@pytest.fixture(scope="module")
+def tp_run(tmp_path_factory):
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    path = str(tmp_path_factory.mktemp("tp") / "results.pt")
+    run_ranks(_decode_all, path, list(CASES), INDUCTOR_CASE)
+    return torch.load(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_decode_the_single_process_tokens(tp_run, case):
+    sequences, nfe = tp_run["got"][case]
+    want_sequences, want_nfe = tp_run["expected"][case]
+    assert torch.equal(sequences, want_sequences), (case, sequences, want_sequences)
+    assert nfe == want_nfe
+
+
+@pytest.mark.slow
+def test_each_rank_holds_its_shard_and_the_block_is_sliced_before_the_gather(tp_run):
+    assert tp_run["q_proj"] == (128 // WORLD, 128)  # the shipped model: d_model 128, 4 heads
+    # Each compiled step function ran the block-sliced LM head pass through the gather.
+    assert tp_run["heads_sliced"] >= len(CASES)
+
+
+@pytest.mark.slow
+def test_a_failing_rank_ends_every_rank_with_its_error():
+    start = time.monotonic()
+    with pytest.raises(mp.ProcessRaisedException, match="rank 1 failed on purpose"):
+        run_ranks(_fail_on_one_rank, timeout=60)
+    assert time.monotonic() - start < 60
+
+
+# --- bad input, in this process ------------------------------------------------------------
+
+
+def test_tensor_parallel_without_a_process_group_names_torchrun():
+    model, _ = load_default_model("cpu") if has_default_model() else (None, None)
+    if model is None:
+        pytest.skip("default model files missing")
+    with pytest.raises(RuntimeError, match="torchrun"):
+        cc.optimize(model, tensor_parallel=2)
+
+
+@pytest.fixture
+def one_rank_group():
+    """A gloo group of this process alone (world size 1)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    yield
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("over, dimension", [
+    (dict(n_heads=3, n_kv_heads=3, d_model=24), "n_heads = 3"),
+    (dict(n_kv_heads=1), "n_kv_heads = 1"),
+    (dict(mlp_hidden_size=63), "the MLP width (mlp_hidden_size) = 63"),
+    (dict(vocab_size=127, embedding_size=127, mask_token_id=126), "the vocabulary (embedding_size) = 127"),
+])
+def test_a_world_size_that_does_not_divide_a_dimension_is_refused_by_name(over, dimension,
+                                                                          monkeypatch,
+                                                                          one_rank_group):
+    import torch.distributed as dist
+
+    from credit_compile.models import presets
+
+    model = presets.build_model(presets.get_config("tiny", **over))
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    with pytest.raises(ValueError, match=re.escape(f"does not divide {dimension}")):
+        shard_model(model, 2)
+
+
+def test_a_rank_count_other_than_the_group_size_is_refused(one_rank_group):
+    from credit_compile.models import presets
+
+    with pytest.raises(ValueError, match="nproc-per-node 2"):
+        shard_model(presets.build_model("tiny"), 2)
+
+
+def test_other_models_are_refused_by_name(one_rank_group):
+    from toy_models import ContextMixModel
+
+    with pytest.raises(ValueError, match="own dense LLaDA"):
+        shard_model(ContextMixModel(), 1)
