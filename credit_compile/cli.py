@@ -14,6 +14,7 @@ shipped inside the package with its tokenizer.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -232,15 +233,35 @@ def _block_printer(bar, prompts, tokenizer, num_blocks: int):
 
 
 def cmd_generate(args) -> int:
+    if args.tensor_parallel is not None and os.environ.get("RANK", "0") != "0":
+        # One rank prints; every rank decodes. Errors still reach stderr (main() prints them).
+        import contextlib
+
+        with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), \
+                contextlib.redirect_stderr(null):
+            return _generate(args)
+    return _generate(args)
+
+
+def _generate(args) -> int:
     from .api import optimize
     from .reference import generate as generate_reference
 
     config = _decode_config(args)  # a bad option fails before the model loads
-    model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
+    ranks = args.tensor_parallel
+    if ranks is not None:
+        from .distributed import init_from_torchrun, shard_model
+
+        rank_device = init_from_torchrun(ranks, args.device)
+        # Loaded on the CPU and sharded there: a rank's device holds its shard only.
+        model, tokenizer, device = load_model_and_tokenizer(args.model, "cpu", args.dtype)
+        model, device = shard_model(model, ranks).to(rank_device), rank_device
+    else:
+        model, tokenizer, device = load_model_and_tokenizer(args.model, args.device, args.dtype)
     prompts, ids, mask = _prompts(args, tokenizer, device)
     config = _fit_default_gen_length(args, config, model, ids)
     # Before the bar: optimize()'s refusals and warnings print on lines of their own.
-    fast = None if args.eager else optimize(model, config)
+    fast = None if args.eager else optimize(model, config, tensor_parallel=ranks)
     # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
     # no count known in advance says (a bar to gen_length would stop far short of its end).
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None,
@@ -350,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--eager", action="store_true", help="use the eager reference")
             p.add_argument("--stream", action="store_true",
                            help="print each block's text as soon as it is final")
+            p.add_argument("--tensor-parallel", type=int, default=None, metavar="N",
+                           help="shard the model (credit_compile's dense LLaDA) across N ranks, "
+                                "one process each, started by torchrun: torchrun "
+                                "--nproc-per-node N -m credit_compile generate "
+                                "--tensor-parallel N ... (docs/distributed.md)")
     p = sub.add_parser("serve", help="an OpenAI-compatible HTTP server (needs the serve extra)",
                        formatter_class=_DefaultsHelpFormatter,
                        description="Serve the model behind OpenAI's API: POST /v1/completions "

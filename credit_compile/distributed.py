@@ -21,12 +21,13 @@ step calls directly, the gather must come after the block's slice, and the rest 
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["gather_vocab", "shard_model", "tensor_parallel_class", "world_of"]
+__all__ = ["gather_vocab", "init_from_torchrun", "shard_model", "tensor_parallel_class", "world_of"]
 
 _COLWISE = ("q_proj", "k_proj", "v_proj", "ff_proj", "up_proj")
 _ROWWISE = ("attn_out", "ff_out")
@@ -192,3 +193,31 @@ def tensor_parallel_class() -> type:
             return (shape[0], shape[1], shape[2] // self.tensor_parallel_size, *shape[3:])
 
     return TensorParallelLLaDA
+
+
+def init_from_torchrun(tensor_parallel: int, device: str | None = None) -> str:
+    """Initialise the default process group from torchrun's environment (NCCL on CUDA, gloo on
+    the CPU) and return this rank's device: ``cuda:LOCAL_RANK`` where CUDA is used, else cpu.
+    What `credit-compile generate --tensor-parallel N` calls; a process group already
+    initialised is kept."""
+    import torch.distributed as dist
+
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        raise ValueError(
+            f"--tensor-parallel {tensor_parallel} runs one process per rank under torchrun: "
+            f"torchrun --nproc-per-node {tensor_parallel} -m credit_compile generate "
+            f"--tensor-parallel {tensor_parallel} ...")
+    if int(os.environ["WORLD_SIZE"]) != tensor_parallel:
+        raise ValueError(
+            f"--tensor-parallel {tensor_parallel} under torchrun with {os.environ['WORLD_SIZE']} "
+            f"processes: give torchrun --nproc-per-node {tensor_parallel} (times --nnodes)")
+    cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    else:
+        device = "cpu"
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return device

@@ -83,6 +83,13 @@ def test_bad_option_is_a_clear_error(capsys):
     assert "prompt_bucket=0: use a positive number of tokens" in capsys.readouterr().err
 
 
+def test_tensor_parallel_outside_torchrun_names_it(capsys, monkeypatch):
+    # (Under torchrun: tests/test_distributed.py, in its spawned ranks.)
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["generate", "--prompt", "R12=", "--tensor-parallel", "2", *SMALL]) == 2
+    assert "torchrun --nproc-per-node 2 -m credit_compile generate" in capsys.readouterr().err
+
+
 @pytest.mark.slow  # the min-versions stack leaves it out (CI time); the main stack runs it
 def test_verify_with_a_prompt_bucket(capsys):
     prompts = ["--prompt", "0012+0034=", "--prompt", "R12="]

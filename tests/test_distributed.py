@@ -8,8 +8,10 @@ fails ends every rank with its error, and a run past its deadline is killed.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
+import io
 import os
 import re
 import socket
@@ -78,7 +80,7 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 inductor_case: str | None) -> None:
     import torch.distributed as dist
 
-    from credit_compile import backend, step_cache
+    from credit_compile import backend, cli, step_cache
     from credit_compile.passes import pass_count
 
     _init(rank, world, port)
@@ -97,12 +99,20 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 functools.partial(backend.make_backend, inductor=False)
             got[name] = sharded.generate(ids, mask, **case)
         heads = pass_count("block_sliced_lm_head")
+        # The command line as torchrun starts it: its environment, the group already there.
+        step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = cli.main(["generate", "--tensor-parallel", str(world), "--prompt",
+                             "0012+0034=", "--prompt", "S4213="])
         dist.barrier()
         if rank == 0:
             torch.save({
                 "expected": {k: (v.sequences, v.nfe) for k, v in expected.items()},
                 "got": {k: (v.sequences, v.nfe) for k, v in got.items()},
                 "heads_sliced": heads,
+                "cli": (code, printed.getvalue()),
                 "q_proj": tuple(model.model.transformer.blocks[0].q_proj.weight.shape),
             }, out_path)
     finally:
@@ -141,6 +151,13 @@ def test_each_rank_holds_its_shard_and_the_block_is_sliced_before_the_gather(tp_
     assert tp_run["q_proj"] == (128 // WORLD, 128)  # the shipped model: d_model 128, 4 heads
     # Each compiled step function ran the block-sliced LM head pass through the gather.
     assert tp_run["heads_sliced"] >= len(CASES)
+
+
+@pytest.mark.slow
+def test_the_command_line_decodes_under_torchrun(tp_run):
+    code, printed = tp_run["cli"]
+    assert code == 0
+    assert "'0012+0034=' -> '00046'" in printed and "'S4213=' -> '1234'" in printed
 
 
 @pytest.mark.slow
