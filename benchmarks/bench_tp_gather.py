@@ -54,10 +54,15 @@ def _rank(rank, world, port, batches, block, repeats, dtype):
                 def gather(local=local):
                     gather_vocab(local, name, world)
 
-                def reduce_stats(local=local):  # max and sum of exponentials, then (argmax logit, id)
-                    stats = torch.stack([local.amax(-1).float(), local.float().exp().sum(-1)], -1)
-                    functional.wait_tensor(functional.all_reduce(stats, "max", name))
-                    best = torch.stack([local.amax(-1).float(), local.argmax(-1).float()], -1)
+                # Each rank's per-position statistics of its slice, computed before the timing:
+                # only their reduction is the distributed step's communication.
+                stats = torch.stack([local.amax(-1).float(), local.float().exp().sum(-1)], -1)
+                best = torch.stack([local.amax(-1).float(), local.argmax(-1).float()], -1)
+
+                def reduce_stats(stats=stats, best=best):
+                    # the max and the sum of exponentials (one all-reduce: the sum is rescaled
+                    # by each rank's max in a real op), then every rank's (best logit, its id)
+                    functional.wait_tensor(functional.all_reduce(stats, "sum", name))
                     functional.wait_tensor(
                         functional.all_gather_into_tensor(best.contiguous(), world, name))
 

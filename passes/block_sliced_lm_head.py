@@ -4,7 +4,8 @@ Pattern (the denoising step takes the current block's logits right after the mod
 
     logits = linear(h, W[, b])                 # torch._C._nn.linear or F.linear, h [B, L, d]
     [logits = logits * s | logits / s | tanh(logits)            # elementwise, any number of them
-              | .float() / .half() / .bfloat16() / .double() | .to(dtype)]
+              | .float() / .half() / .bfloat16() / .double() | .to(dtype)
+              | credit_compile::gather_vocab(logits, ...)]   # tensor parallelism's vocabulary gather
     block  = logits.index_select(1, positions)  # [B, Lb, V]
 
 where the head's output may also be scaled in place before the elementwise chain and the slice

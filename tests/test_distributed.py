@@ -9,6 +9,7 @@ fails ends every rank with its error, and a run past its deadline is killed.
 from __future__ import annotations
 
 import contextlib
+import copy
 import datetime
 import functools
 import io
@@ -99,6 +100,27 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 functools.partial(backend.make_backend, inductor=False)
             got[name] = sharded.generate(ids, mask, **case)
         heads = pass_count("block_sliced_lm_head")
+        # The layouts the trained model lacks (grouped-query attention; a tied head, biases,
+        # scaled logits), sharded by a DeviceMesh: the eager forward's logits.
+        from torch.distributed.device_mesh import init_device_mesh
+
+        from credit_compile.models import presets
+
+        mesh = init_device_mesh("cpu", (world,))
+        logits_error = 0.0
+        for config in (presets.get_config("tiny-gqa", init_std=0.5),
+                       presets.get_config("tiny", init_std=0.5, weight_tying=True,
+                                          include_bias=True, scale_logits=True)):
+            whole, draws = presets.build_model(config), torch.Generator().manual_seed(0)
+            with torch.no_grad():  # biases, which the presets zero, are added once
+                for name, parameter in whole.named_parameters():
+                    if name.endswith("bias"):
+                        parameter.normal_(0.0, 0.5, generator=draws)
+            shards = shard_model(copy.deepcopy(whole), mesh)
+            tokens = torch.randint(0, 100, (2, 12), generator=draws)
+            with torch.no_grad():
+                error = (shards(tokens).logits - whole(tokens).logits).abs().max()
+            logits_error = max(logits_error, float(error))
         # The command line as torchrun starts it: its environment, the group already there.
         step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
@@ -112,6 +134,7 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 "expected": {k: (v.sequences, v.nfe) for k, v in expected.items()},
                 "got": {k: (v.sequences, v.nfe) for k, v in got.items()},
                 "heads_sliced": heads,
+                "mesh_logits_error": float(logits_error),
                 "cli": (code, printed.getvalue()),
                 "q_proj": tuple(model.model.transformer.blocks[0].q_proj.weight.shape),
             }, out_path)
@@ -151,6 +174,11 @@ def test_each_rank_holds_its_shard_and_the_block_is_sliced_before_the_gather(tp_
     assert tp_run["q_proj"] == (128 // WORLD, 128)  # the shipped model: d_model 128, 4 heads
     # Each compiled step function ran the block-sliced LM head pass through the gather.
     assert tp_run["heads_sliced"] >= len(CASES)
+
+
+@pytest.mark.slow
+def test_grouped_query_attention_and_a_tied_head_shard_by_a_device_mesh(tp_run):
+    assert tp_run["mesh_logits_error"] < 1e-4  # float rounding of the summed shards
 
 
 @pytest.mark.slow
