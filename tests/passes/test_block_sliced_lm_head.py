@@ -181,3 +181,44 @@ def test_block_sliced_lm_head_does_not_fire_where_positions_mix_or_the_hidden_is
     assert pass_count("block_sliced_lm_head") == 0
     for a, b in zip(as_tuple(ref), as_tuple(out), strict=True):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=0)
+
+
+class VocabParallelHead(nn.Module):
+    """Tensor parallelism's head: this rank's vocabulary slice, then the gather of all slices."""
+
+    def __init__(self, group_name):
+        super().__init__()
+        self.linear = nn.Linear(8, 24)
+        self.group_name = group_name
+
+    def forward(self, h, positions):
+        from credit_compile.distributed import gather_vocab
+
+        logits = gather_vocab(self.linear(h) * 0.5, self.group_name, 1)
+        return logits.index_select(1, positions)
+
+
+def test_block_sliced_lm_head_moves_the_slice_past_the_vocabulary_gather():
+    import socket
+
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already initialised")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        head = VocabParallelHead(dist.group.WORLD.group_name)
+        fn, graphs = compile_recording(head, [BlockSlicedLMHead()])
+        h, positions = head_inputs()
+        with torch.no_grad():
+            out, ref = fn(h, positions), head(h, positions)
+    finally:
+        dist.destroy_process_group()
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
+    assert pass_count("block_sliced_lm_head") == 1
+    (gm,) = graphs
+    (linear,) = [n for n in gm.graph.nodes if n.target is torch._C._nn.linear]
+    assert linear.args[0].target == "index_select"
