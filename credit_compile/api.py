@@ -313,8 +313,13 @@ class OptimizedModel(ModelWrapper):
                 "compiled layer would run the first layer's code for all; each layer is "
                 "compiled as before (remove the hooks or adapters, or leave "
                 "compile_layers_once off)")
-        return setup_generation(self.model, input_ids, attention_mask, config, info=info,
-                                optimized=True)
+        fresh = setup_generation(self.model, input_ids, attention_mask, config, info=info,
+                                 optimized=True)
+        if getattr(self.model, "tensor_parallel_group", None) is not None:
+            from .distributed import check_same_request
+
+            check_same_request(self.model, fresh.state.x, fresh.state.attention_mask, config)
+        return fresh
 
     def _loaded_runner(self, fresh: GenerationSetup, trace: bool):
         """The cached runner for these shapes, loaded with `fresh`'s prompts."""

@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import functools
 import os
+import zlib
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["gather_vocab", "init_from_torchrun", "shard_model", "tensor_parallel_class", "world_of"]
+__all__ = [
+    "check_same_request", "gather_vocab", "init_from_torchrun", "shard_model",
+    "tensor_parallel_class", "world_of",
+]
 
 _COLWISE = ("q_proj", "k_proj", "v_proj", "ff_proj", "up_proj")
 _ROWWISE = ("attn_out", "ff_out")
@@ -221,3 +225,27 @@ def init_from_torchrun(tensor_parallel: int, device: str | None = None) -> str:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if cuda else "gloo")
     return device
+
+
+def check_same_request(model: nn.Module, canvas: torch.Tensor, attention_mask, config) -> None:
+    """Refuse, on every rank alike, a call whose prompts, padding or options differ between the
+    ranks of a sharded model: each rank's shard would compute on other inputs, and the sums of
+    their partial products would be wrong without an error (or, with other shapes, the
+    collectives would wait on each other). One small all-reduce per call."""
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    group_name = getattr(model, "tensor_parallel_group", None)
+    if group_name is None:
+        return
+    mask = b"" if attention_mask is None else attention_mask.cpu().numpy().tobytes()
+    summary = [*canvas.shape, zlib.crc32(canvas.cpu().numpy().tobytes()), zlib.crc32(mask),
+               zlib.crc32(repr(config).encode())]
+    extremes = torch.tensor([summary, [-v for v in summary]], dtype=torch.int64,
+                            device=canvas.device)
+    dist.all_reduce(extremes, dist.ReduceOp.MAX, group=_resolve_process_group(group_name))
+    if not torch.equal(extremes[0], -extremes[1]):
+        raise ValueError(
+            "the ranks of this tensor-parallel model were given different prompts, padding or "
+            "options: every rank must call generate() (and precompile()) with the same "
+            "arguments; decode different prompts in one batch, or with another model")
