@@ -366,9 +366,9 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
     model.eval()  # before the probe of its attention: active dropout would blur it
     model = _adopted(model)
     if tensor_parallel is not None:
-        from .distributed import shard_model
+        from .distributed import prepare
 
-        model = shard_model(model, tensor_parallel)
+        model = prepare(model, tensor_parallel)
     info = describe_model(model, mask_id if mask_id is not None else config.mask_id)
     parameter = next(model.parameters(), None)
     refuse_causal_attention(info, make_forward(model, info),

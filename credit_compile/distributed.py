@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "check_same_request", "gather_vocab", "init_from_torchrun", "shard_model",
+    "check_same_request", "gather_vocab", "init_from_torchrun", "prepare", "shard_model",
     "tensor_parallel_class", "world_of",
 ]
 
@@ -249,3 +249,20 @@ def check_same_request(model: nn.Module, canvas: torch.Tensor, attention_mask, c
             "the ranks of this tensor-parallel model were given different prompts, padding or "
             "options: every rank must call generate() (and precompile()) with the same "
             "arguments; decode different prompts in one batch, or with another model")
+
+
+def prepare(model: nn.Module, tensor_parallel) -> nn.Module:
+    """What `optimize(model, tensor_parallel=...)` runs: `shard_model`, then a check that the
+    shards sit where the group's backend can run collectives on them (NCCL: on a GPU)."""
+    import torch.distributed as dist
+
+    model = shard_model(model, tensor_parallel)
+    group, _, rank = world_of(tensor_parallel)
+    parameter = next(model.parameters())
+    if "nccl" in str(dist.get_backend(group)) and parameter.device.type != "cuda":
+        raise ValueError(
+            f"the model's shards are on {parameter.device} but the process group runs NCCL, "
+            f"which reduces GPU tensors only: move the model to this rank's GPU first "
+            f"(model.to('cuda:{rank}') after credit_compile.distributed.shard_model(model, ...), "
+            f"which keeps the GPU from ever holding the whole model)")
+    return model

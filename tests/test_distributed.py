@@ -263,3 +263,13 @@ def test_other_models_are_refused_by_name(one_rank_group):
 
     with pytest.raises(ValueError, match="own dense LLaDA"):
         shard_model(ContextMixModel(), 1)
+
+
+def test_shards_off_the_gpu_under_nccl_are_refused_naming_the_move(one_rank_group, monkeypatch):
+    import torch.distributed as dist
+
+    from credit_compile.models import presets
+
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    with pytest.raises(ValueError, match=re.escape("move the model to this rank's GPU first")):
+        cc.optimize(presets.build_model("tiny"), tensor_parallel=1)
