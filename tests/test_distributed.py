@@ -35,6 +35,7 @@ CASES = {
                             ("llada", dict(steps=8, temperature=0.5, seed=3)))
     for cache in ("none", "prompt", "dual")
 }
+CASES["credit-layers-once"] = dict(strategy="credit", compile_layers_once=True)
 INDUCTOR_CASE = "credit-none"  # the one case compiled by Inductor: the collectives' generated code
 PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
 
