@@ -22,6 +22,7 @@ import time
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from provenance import git_commit
 
 SHAPES = {"llada-8b": 126464, "llada2-flash": 157184}  # vocabulary sizes
 
@@ -87,7 +88,7 @@ def main(argv=None):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gloo loopback")
+    print(f"torch {torch.__version__}, {os.cpu_count()} CPUs, gloo loopback, commit {git_commit()}")
     print("| shape | ranks | B | block | dtype | MiB received per rank | gather ms | "
           "distributed stats ms | ratio |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
