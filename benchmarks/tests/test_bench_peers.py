@@ -10,6 +10,7 @@ rule. Ours compiles with the cheap backend (cheap_compile)."""
 from __future__ import annotations
 
 import functools
+import json
 import subprocess
 import sys
 import textwrap
@@ -231,3 +232,19 @@ def test_agreement_reports_the_first_difference(bench):
     assert bench.agreement(ours, peer) == {
         "tokens_equal": False, "token_agreement": 0.75,
         "first_difference": {"row": 1, "position": 2}}
+
+
+def test_the_plot_draws_each_pair_of_a_run(monkeypatch, tmp_path):
+    pytest.importorskip("matplotlib")  # the bench extra; the min-versions stack has none
+    plot = load("plot_peers", monkeypatch)
+    rows = tmp_path / "peers.jsonl"
+    row = {"device": "cpu", "preset": "tiny", "dtype": "float32", "batch": 1, "prompt_length": 4,
+           "gen_length": 8, "block_length": 4, "commit": "abc", "peer": "Fast-dLLM",
+           "peer_tokens_per_s": 10.0, "ours_tokens_per_s": 25.0, "tokens_equal": True}
+    rows.write_text("\n".join(json.dumps({**row, "pair": pair})
+                              for pair in ("fastdllm-threshold", "dinfer-credit")) + "\n")
+    png = tmp_path / "peers.png"
+    assert plot.main(["--input", str(rows), "--output", str(png)]) == 0
+    assert png.stat().st_size > 0
+    with pytest.raises(SystemExit, match="no rows of preset 'llada-8b'"):
+        plot.main(["--input", str(rows), "--output", str(png), "--preset", "llada-8b"])
