@@ -26,7 +26,8 @@ with the reason dInfer's package did not import). The peer runs the official rem
 of that same official model (adopted on its own parameters, no copy), default settings
 (compiled, CUDA graphs on a GPU).
 
-Per pair and side: tokens/s (generated tokens only, not the prompt), NFE, ms per step, the first
+Per pair and side (timed in turn, round after round: a machine whose load drifts slows both
+alike): tokens/s (generated tokens only, not the prompt), NFE, ms per step, the first
 call's seconds (compiles: ours, and dInfer's torch.compile'd threshold rule), peak memory (CUDA:
 allocated; CPU: the process's resident set, weights included); and whether the tokens are equal,
 the fraction that agree and the first difference (row, position in the generated region). No
@@ -258,27 +259,37 @@ def peak_memory_gb(device) -> float | None:
     return None if kb is None else int(kb) * 1024 / 1e9
 
 
-def measure(call, device, repeats: int) -> dict:
-    """An untimed first call (its seconds: `first_call_seconds`, compiles included), then the
-    median of `repeats` timed ones, the peak memory over all of them, and the last output."""
+def timed(call, device) -> tuple[float, float | None, object]:
+    """One call: its seconds, the peak memory during it, its output."""
     reset_peak_memory(device)
     sync(device)
     start = time.perf_counter()
-    call()
+    out = call()
     sync(device)
-    first = time.perf_counter() - start
-    times, out = [], None
+    return time.perf_counter() - start, peak_memory_gb(device), out
+
+
+def measure(calls: dict, device, repeats: int) -> dict:
+    """Each call once untimed (`first_call_seconds`, compiles included), then `repeats` rounds
+    timing each call in turn: interleaved, so that a machine whose load drifts slows every side
+    alike. Per call: the median, the peak memory over its calls and the last output's figures."""
+    first = {name: timed(call, device) for name, call in calls.items()}
+    runs = {name: [] for name in calls}
     for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        out = call()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    seconds = sorted(times)[len(times) // 2]
-    return {"nfe": out.nfe, "seconds": seconds,
-            "tokens_per_s": out.generated.numel() / seconds,
-            "ms_per_step": 1e3 * seconds / max(out.nfe, 1), "first_call_seconds": first,
-            "peak_memory_gb": peak_memory_gb(device), "generated": out.generated}
+        for name, call in calls.items():
+            runs[name].append(timed(call, device))
+    result = {}
+    for name, done in runs.items():
+        seconds = sorted(t for t, _, _ in done)[len(done) // 2]
+        peaks = [p for _, p, _ in [first[name], *done] if p is not None]
+        out = done[-1][2]
+        result[name] = {"nfe": out.nfe, "seconds": seconds,
+                        "tokens_per_s": out.generated.numel() / seconds,
+                        "ms_per_step": 1e3 * seconds / max(out.nfe, 1),
+                        "first_call_seconds": first[name][0],
+                        "peak_memory_gb": max(peaks) if peaks else None,
+                        "generated": out.generated}
+    return result
 
 
 def agreement(ours: torch.Tensor, peer: torch.Tensor) -> dict:
@@ -312,9 +323,9 @@ def run_pair(name: str, peers: dict, models: dict, ids, base: cc.DecodeConfig, m
         call = fastdllm_call(peers["fastdllm"]["code"], pair, models["peer"], ids, base, mask_id)
     else:
         call = dinfer_call(peers["dinfer"]["code"], models["peer"], ids, base, mask_id)
-    peer = measure(call, ids.device, repeats)
     fast = cc.optimize(models["ours"], cfg)
-    ours = measure(lambda: fast.generate(ids), ids.device, repeats)
+    sides = measure({"peer": call, "ours": lambda: fast.generate(ids)}, ids.device, repeats)
+    peer, ours = sides["peer"], sides["ours"]
     peer_tokens, our_tokens = peer.pop("generated"), ours.pop("generated")
     return {
         "pair": name, "peer": PEER_NAMES[pair.peer], "peer_commit": peers[pair.peer]["commit"],
@@ -404,6 +415,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(bench_dtype(args.preset)).replace("torch.", ""), "weights": "random",
         "init_std": init_std_of(native.config), "threshold": args.threshold,
+        "threads": torch.get_num_threads(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

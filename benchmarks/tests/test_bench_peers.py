@@ -160,6 +160,7 @@ def test_each_pair_runs_the_peers_code_from_its_checkout_beside_ours(bench, peer
         assert row["device"] == "cpu" and row["torch"] == torch.__version__ and row["commit"]
         assert (row["batch"], row["gen_length"], row["block_length"]) == (2, GEN, BLOCK)
         assert row["init_std"] == bench.TINY_CONFIDENT_STD and row["threshold"] == 0.9
+        assert row["threads"] == torch.get_num_threads()
         assert row["peer_model"].startswith("the official remote-code LLaDA")
         for side in ("peer", "ours"):
             assert row[f"{side}_nfe"] >= 2 * GEN // BLOCK  # at least a step per block
