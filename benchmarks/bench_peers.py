@@ -394,13 +394,20 @@ def main(argv=None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
+    peers = {peer: {"commit": peer_commit(root)} for peer, root in roots.items()}
+    try:
+        if "fastdllm" in roots:
+            peers["fastdllm"]["code"] = load_fastdllm(roots["fastdllm"])
+        if "dinfer" in roots:
+            peers["dinfer"]["code"], peers["dinfer"]["note"] = load_dinfer(roots["dinfer"])
+    except ImportError as error:
+        parser.error(f"the peer's code does not import ({error}): install its requirements "
+                     f"(Fast-dLLM's model needs einops)")
     device = torch.device(args.device)
     init_std = args.init_std if args.init_std is not None else TINY_CONFIDENT_STD if tiny else None
     native = bench_model(args.preset, device, **({"init_std": init_std} if init_std else {}))
     mask_id = native.config.mask_token_id
-    peers = {peer: {"commit": peer_commit(root)} for peer, root in roots.items()}
     if "fastdllm" in roots:
-        peers["fastdllm"]["code"] = load_fastdllm(roots["fastdllm"])
         model = official_model(peers["fastdllm"]["code"], native)
         models = {"peer": model, "ours": model,
                   "peer_name": "the official remote-code LLaDA (Fast-dLLM's llada/model)"}
@@ -408,8 +415,6 @@ def main(argv=None) -> int:
         models = {"peer": native, "ours": native,
                   "peer_name": "credit_compile's LLaDA, eager (no official model without "
                                "--fastdllm)"}
-    if "dinfer" in roots:
-        peers["dinfer"]["code"], peers["dinfer"]["note"] = load_dinfer(roots["dinfer"])
     meta = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,

@@ -224,6 +224,16 @@ def test_usage_errors_name_the_fix(bench, peers, tmp_path, capsys, args, says):
     assert stop.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_a_peer_whose_code_does_not_import_is_a_usage_error(bench, peers, tmp_path, capsys):
+    generate = peers["fastdllm"] / "llada" / "generate.py"
+    generate.write_text("import a_requirement_not_installed  # noqa: F401\n" + generate.read_text())
+    with pytest.raises(SystemExit) as stop:
+        bench.main(["--fastdllm", str(peers["fastdllm"]), "--out", str(tmp_path / "rows.jsonl")])
+    error = capsys.readouterr().err
+    assert stop.value.code == 2 and "a_requirement_not_installed" in error
+    assert "install its requirements" in error
+
+
 def test_agreement_reports_the_first_difference(bench):
     peer = torch.tensor([[1, 2, 3, 4], [5, 6, 7, 8]])
     assert bench.agreement(peer.clone(), peer) == {
