@@ -1,6 +1,7 @@
 """Side by side with the peers' own decoding code: Fast-dLLM and dInfer, same weights, one process.
 
     python benchmarks/bench_peers.py --preset tiny --fastdllm ~/src/Fast-dLLM --dinfer ~/src/dInfer
+        # CPU; on a CPU shared with other work, OMP_NUM_THREADS=1 steadies the figures
     python benchmarks/bench_peers.py --preset llada-8b --batch 1 8 --gen-length 256 \\
         --fastdllm ~/src/Fast-dLLM --dinfer ~/src/dInfer              # GPU, random bf16 weights
 
