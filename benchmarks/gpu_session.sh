@@ -14,6 +14,8 @@
 #   bash benchmarks/gpu_session.sh llada2       # bench_generate llada2-mini, B=1, gen 256
 #   bash benchmarks/gpu_session.sh llada2b8     # llada2-mini, B=8, gen 256
 #   bash benchmarks/gpu_session.sh llada2g1024  # llada2-mini, B=1, gen 1024
+#   bash benchmarks/gpu_session.sh peers        # bench_peers llada-8b, B=1: Fast-dLLM and dInfer
+#   bash benchmarks/gpu_session.sh peersb8      # the same at B=8
 #
 # A session is lent 15 minutes of device time in all, the start (about 1.5 min) and idle waits
 # included, and a machine goes back 30 s after a call: run the stages back to back, and
@@ -51,21 +53,30 @@
 # run densely (every expert on every token), and each optimized mode compiles three step
 # functions (prefill, a block's entering step, its cached steps) of 20 MoE layers.
 #
+# The peers stages (bench_peers.py: Fast-dLLM's and dInfer's own decoding code beside optimize(),
+# gen 256, block 32, every pair) need the peers' checkouts in the working tree, ignored by git:
+# clone them to .peers/Fast-dLLM and .peers/dInfer (or set FASTDLLM and DINFER) and carry .peers;
+# Fast-dLLM's model needs einops: carry its wheel in .whl as optimum's. Not yet timed on a GPU:
+# each side runs once untimed, then once timed; Fast-dLLM decodes a batch row after row (B=8:
+# eight 256-step decodes per call, ~1 min each for its uncached pair at ~30 ms a step) and each of
+# ours compiles (~30-50 s), so B=1 and B=8 are a stage each.
+#
 # DRY_RUN=1 runs every stage's command on the CPU at toy sizes (flags appended after the stage's
 # own override them): a stage whose flags a script no longer takes fails here, in CI
 # (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets, suite, llada2, llada2b8
-    or llada2g1024"
+STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets, suite, llada2, llada2b8,
+    llada2g1024, peers or peersb8"
 case "${1:-tests}" in
-tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite|llada2|llada2b8|llada2g1024) ;;
+tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite|llada2|llada2b8|llada2g1024\
+    |peers|peersb8) ;;
 *) echo "unknown stage ${1}: use $STAGES" >&2; exit 2 ;;
 esac
 OUT=${OUT:-gpu_out}
 DRY_RUN=${DRY_RUN:-0}
 mkdir -p "$OUT"
-GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() COMPILE_DRY=() LLADA2_DRY=()
+GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() COMPILE_DRY=() LLADA2_DRY=() PEERS_DRY=()
 if [ "$DRY_RUN" = 1 ]; then
     GEN_DRY=(--preset tiny --gen-length 8 --block-length 4 --prompt-length 4 --repeats 1
              --modes llada-eager credit-eager --device cpu)
@@ -76,6 +87,8 @@ if [ "$DRY_RUN" = 1 ]; then
     OP_DRY=(--quick --no-compile --device cpu)
     COMPILE_DRY=(--preset tiny --layers 1 --prompt-length 2 --gen-length 4 --block-length 4
                  --repeats 1 --device cpu)
+    PEERS_DRY=(--preset tiny --batch 1 --gen-length 8 --block-length 4 --prompt-length 4
+               --repeats 1 --device cpu)
     TESTS_DRY=(--collect-only)
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
@@ -106,6 +119,13 @@ llada2() {  # llada2 NAME ARGS...: one bench_generate llada2-mini run
     python3 benchmarks/bench_generate.py --preset llada2-mini --block-length 32 \
         --modes "${LLADA2_MODES[@]}" --out "$OUT/generate_llada2.jsonl" "$@" "${LLADA2_DRY[@]}" \
         2>&1 | tee "$OUT/$name.log"
+}
+
+peers() {  # peers NAME ARGS...: one bench_peers llada-8b run, every pair
+    local name=$1; shift
+    python3 benchmarks/bench_peers.py --preset llada-8b --gen-length 256 --block-length 32 \
+        --fastdllm "${FASTDLLM:-.peers/Fast-dLLM}" --dinfer "${DINFER:-.peers/dInfer}" \
+        --out "$OUT/peers.jsonl" "$@" "${PEERS_DRY[@]}" 2>&1 | tee "$OUT/$name.log"
 }
 
 gen() {  # gen NAME ARGS...: one bench_generate run, rows appended to $OUT/generate.jsonl
@@ -166,5 +186,11 @@ llada2b8)
     ;;
 llada2g1024)
     llada2 llada2_g1024 --batch 1 --gen-length 1024
+    ;;
+peers)
+    peers peers_b1 --batch 1
+    ;;
+peersb8)
+    peers peers_b8 --batch 8
     ;;
 esac
