@@ -10,11 +10,17 @@ import os
 # Under pytest-xdist (`-n auto`) the workers already use every core: an Inductor compile pool of
 # subprocesses per worker would only oversubscribe them (a cold run of the cache tests took 3:40
 # with the pools, 3:04 without, on 2 cores). Set before torch reads its compiler config.
+# Likewise one intra-op thread per worker: two workers of two OpenMP threads each on two cores
+# spin against each other (a cold run of the schedule and loop tests took 162 s so, 76 s with one
+# thread each, under a load of 5). The processes the tests start inherit it.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -8,6 +8,7 @@ import os
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # tests/conftest.py says why
 
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
