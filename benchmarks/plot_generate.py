@@ -32,22 +32,41 @@ def panel_title(key: tuple) -> str:
             f"gen={f['gen_length']} block={f['block_length']}\n{f['device']} commit {f['commit']}")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input", default=str(HERE / "results" / "generate.jsonl"))
-    parser.add_argument("--output", default=str(HERE.parent / "docs" / "generate.png"))
-    parser.add_argument("--preset", default=None)
-    args = parser.parse_args(argv)
-    rows = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
-    plottable = [r for r in rows if "mode" in r and "tokens_per_s" in r]
+def plottable_rows(path: str, needed: tuple[str, ...], preset: str | None) -> list[dict]:
+    """The rows of `path` that have every field in `needed` (of `preset`, where given); the
+    others are named on stderr, and no row to plot ends the script."""
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    plottable = [r for r in rows if all(k in r for k in needed)]
     if len(plottable) < len(rows):
-        print(f"skipping {len(rows) - len(plottable)} row(s) without mode or tokens_per_s",
+        print(f"skipping {len(rows) - len(plottable)} row(s) without {' or '.join(needed)}",
               file=sys.stderr)
-    if args.preset:
-        plottable = [r for r in plottable if r.get("preset") == args.preset]
+    if preset:
+        plottable = [r for r in plottable if r.get("preset") == preset]
     if not plottable:
-        which = f" of preset {args.preset!r}" if args.preset else ""
-        raise SystemExit(f"error: no rows{which} to plot in {args.input}; nothing written")
+        which = f" of preset {preset!r}" if preset else ""
+        raise SystemExit(f"error: no rows{which} to plot in {path}; nothing written")
+    return plottable
+
+
+def parse_args(results: str, picture: str, argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--input", default=str(HERE / "results" / results))
+    parser.add_argument("--output", default=str(HERE.parent / "docs" / picture))
+    parser.add_argument("--preset", default=None)
+    return parser.parse_args(argv)
+
+
+def save(fig, output: str) -> int:
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output, dpi=120)
+    print(output)
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args("generate.jsonl", "generate.png", argv)
+    plottable = plottable_rows(args.input, ("mode", "tokens_per_s"), args.preset)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,11 +91,7 @@ def main(argv=None) -> int:
         ax.set_ylabel("tokens/s")
         ax.set_title(panel_title(key), fontsize=9)
     fig.suptitle(f"credit_compile generate (commits {', '.join(commits)})", fontsize=10)
-    fig.tight_layout()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.output, dpi=120)
-    print(args.output)
-    return 0
+    return save(fig, args.output)
 
 
 if __name__ == "__main__":

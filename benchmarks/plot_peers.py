@@ -10,39 +10,14 @@ and optimize(), tokens/s, labelled with the ratio and "=" where the tokens are e
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
+from plot_generate import PANEL_KEY, panel_title, parse_args, plottable_rows, save
 
-HERE = Path(__file__).resolve().parent
-PANEL_KEY = ("device", "preset", "dtype", "batch", "prompt_length", "gen_length", "block_length",
-             "commit")
 NEEDED = ("pair", "peer", "peer_tokens_per_s", "ours_tokens_per_s")
 
 
-def panel_title(key: tuple) -> str:
-    f = dict(zip(PANEL_KEY, key, strict=True))
-    return (f"{f['preset']} {f['dtype']} B={f['batch']} prompt={f['prompt_length']} "
-            f"gen={f['gen_length']} block={f['block_length']}\n{f['device']} commit {f['commit']}")
-
-
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--input", default=str(HERE / "results" / "peers.jsonl"))
-    parser.add_argument("--output", default=str(HERE.parent / "docs" / "peers.png"))
-    parser.add_argument("--preset", default=None)
-    args = parser.parse_args(argv)
-    rows = [json.loads(line) for line in Path(args.input).read_text().splitlines() if line.strip()]
-    plottable = [r for r in rows if all(k in r for k in NEEDED)]
-    if len(plottable) < len(rows):
-        print(f"skipping {len(rows) - len(plottable)} row(s) without {', '.join(NEEDED)}",
-              file=sys.stderr)
-    if args.preset:
-        plottable = [r for r in plottable if r.get("preset") == args.preset]
-    if not plottable:
-        which = f" of preset {args.preset!r}" if args.preset else ""
-        raise SystemExit(f"error: no rows{which} to plot in {args.input}; nothing written")
+    args = parse_args("peers.jsonl", "peers.png", argv)
+    plottable = plottable_rows(args.input, NEEDED, args.preset)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -72,11 +47,7 @@ def main(argv=None) -> int:
         ax.legend(fontsize=7, loc="upper right")
     fig.suptitle("Fast-dLLM and dInfer (their own code) vs credit_compile, same weights; "
                  "label: ours / peer, '=' equal tokens, else the share that agree", fontsize=9)
-    fig.tight_layout()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(args.output, dpi=120)
-    print(args.output)
-    return 0
+    return save(fig, args.output)
 
 
 if __name__ == "__main__":
