@@ -95,13 +95,17 @@ def small(**kw):
     return {"gen_length": 8, "block_length": 4, **kw}
 
 
-CONFIG_ERRORS = [
-    # gen_length not a multiple of block_length: suggests the nearest divisor.
+# gen_length not a multiple of block_length, refused for a bidirectional model (a block-causal one
+# takes any) when it is decoded: suggests the nearest divisor.
+GEN_LENGTH_ERRORS = [
     (dict(gen_length=30, block_length=8),
      r"gen_length=30 is not a multiple of block_length=8: choose a block_length that divides "
      r"gen_length \(for example 6\)"),
     (dict(gen_length=8, block_length=16), r"choose a block_length that divides gen_length \(for example 8\)"),
     (dict(gen_length=12, block_length=5), r"choose a block_length that divides gen_length \(for example 4\)"),
+]
+
+CONFIG_ERRORS = [
     # steps not divisible by the number of blocks.
     (dict(gen_length=32, block_length=8, steps=10, strategy="llada"),
      r"steps=10 is not divisible by the number of blocks \(4 = gen_length/block_length\): "
