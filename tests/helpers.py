@@ -1,5 +1,6 @@
 """Helpers shared by several test modules: generation comparison, prompts of the tiny preset, the
-step graphs a backend is given, a streaming recorder, the DecodeConfig errors."""
+step graphs a backend is given, a streaming recorder, the DecodeConfig errors, whether the
+grouped MoE runs here."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ def prompts(batch, length, device, padded=False, seed=0):
     if padded:
         mask[0, : length // 2] = 0
     return ids.to(device), (mask.to(device) if padded else None)
+
+
+def grouped_mm_runs_here() -> bool:
+    """Whether this torch runs `torch._grouped_mm` on the CPU in float32 (2.13 does): the grouped
+    MoE formulation's tests run where it does."""
+    try:
+        torch._grouped_mm(torch.ones(2, 4), torch.ones(2, 4, 4), offs=torch.tensor([1, 2], dtype=torch.int32))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
 
 
 def use_cheap_backend(monkeypatch) -> None:
