@@ -22,7 +22,6 @@ class DecodeState:
             whenever `prompt_bucket` is set, so every length of a bucket has one graph).
         position_ids: [B, T] int64 positions counted over real tokens, or None without padding
             (kept whenever `prompt_bucket` is set).
-        prompt_mask: [B, T] bool, True on prompt positions (pads included), for guidance.
         prompt_mask: [B, T] bool, True on prompt positions (pads included), for guidance and
             early stop (end-of-text counts in the generated positions only).
         gen_start: where the generated region starts in the returned sequences (the padded
