@@ -265,7 +265,13 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
     `compile_layers_once` asks this project's model to compile one layer for all (other models
     have no such switch: the caller warns). This project's models also take the KV cache's
     `kv_cache=` and `cache_positions=` (others are refused a cache before this is called).
-    `block_length`: LLaDA2's attention blocks (the decode's; None: the trained size)."""
+    `block_length`: LLaDA2's attention blocks (the decode's; None: the trained size). An MoE
+    model's experts are fused first (`models.modeling_llada2.fuse_experts`), so that a step
+    reads their stacked weights without copying them."""
+    if info.kind == "llada2" or info.own_bidirectional:
+        from .models.modeling_llada2 import fuse_experts
+
+        fuse_experts(model)
     if info.kind == "llada2":
         blocks = block_length if block_length is not None else info.trained_block_length
 

@@ -326,9 +326,10 @@ class OptimizedModel(ModelWrapper):
         runner, initial = self._steps.runner_for(self.model, fresh, trace)
         runner.reload(initial)
         runner.schedule.use_refresh_every(fresh.config.kv_cache_refresh)
-        # Prompts of one bucket share the runner but not their bucket padding.
-        runner.state.output_start = fresh.state.output_start
-        runner.state.output_rows = fresh.state.output_rows
+        # Prompts of one bucket share the runner but not their bucket padding, nor where their
+        # rows' tokens sit (aligned blocks).
+        for name in ("output_start", "output_rows", "gen_columns", "prompt_ids"):
+            setattr(runner.state, name, getattr(fresh.state, name))
         return runner
 
 

@@ -44,7 +44,8 @@ class DecodeConfig:
             `top_p`; the LLaDA2 baseline).
         gen_length: number of tokens to generate (the canvas after the prompt).
         block_length: the canvas is decoded left to right in blocks of this many positions;
-            must divide `gen_length`.
+            must divide `gen_length`, except for a block-causal model (LLaDA2), whose blocks
+            follow positions from 0 and whose last block runs past `gen_length`.
         steps: total denoising steps of the "llada" strategy; there it must be a multiple of the
             number of blocks. None means one token per step (`gen_length`). Not read (nor
             checked) by the other strategies but "llada2", where it is the steps per block of
@@ -257,7 +258,9 @@ class DecodeConfig:
 
     @property
     def num_blocks(self) -> int:
-        return self.gen_length // self.block_length
+        """Blocks covering gen_length (a last partial one counted: a block-causal model takes
+        any gen_length; the others need a multiple of block_length)."""
+        return -(-self.gen_length // self.block_length)
 
     @property
     def total_steps(self) -> int:
@@ -309,10 +312,6 @@ class DecodeConfig:
         for name in ("gen_length", "block_length", "sync_every"):
             v = getattr(self, name)
             need(_is_count(v) and v > 0, f"{name}={v!r}: use a positive integer")
-        need(self.gen_length % self.block_length == 0,
-             f"gen_length={self.gen_length} is not a multiple of block_length={self.block_length}: "
-             f"choose a block_length that divides gen_length (for example "
-             f"{_a_divisor(self.gen_length, self.block_length)})")
         if self.steps is not None:
             need(_is_count(self.steps) and self.steps > 0,
                  f"steps={self.steps!r}: use a positive integer or None")
@@ -512,7 +511,8 @@ def _is_count(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _a_divisor(n: int, near: int) -> int:
+def divisor_near(n: int, near: int) -> int:
+    """The divisor of `n` nearest `near` (the smaller on a tie): a block_length suggestion."""
     divisors = [d for d in range(1, n + 1) if n % d == 0]
     return min(divisors, key=lambda d: (abs(d - near), d))
 

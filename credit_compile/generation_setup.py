@@ -21,7 +21,7 @@ from .adapters import (
     token_ids,
     unwrap_model,
 )
-from .config import DecodeConfig
+from .config import DecodeConfig, divisor_near
 from .decoding.state import DecodeState, prepare_state
 from .decoding.step import ForwardFn, denoise_step
 from .decoding.strategies import Strategy, make_strategy
@@ -81,10 +81,12 @@ class GenerationSetup:
                 for phase in phases}
 
     def max_steps(self) -> int:
-        """The loop's bound on the steps of this generation: the strategy's, plus the masks of
-        a last block that runs past gen_length (blocks aligned to positions from 0)."""
+        """The loop's bound on the steps of this generation: the strategy's, plus the masks
+        beyond gen_length (blocks aligned to positions from 0: a prompt's tail in block 0 moves
+        the row's last block past gen_length)."""
         state = self.state
-        return self.strategy.max_steps() + (state.x.shape[1] - state.gen_end)
+        return self.strategy.max_steps() + (state.x.shape[1] - state.block_start
+                                            - (state.gen_end - state.gen_start))
 
 
 def resolve_config(config: DecodeConfig | None, overrides: dict, *,
@@ -125,6 +127,7 @@ def setup_generation(
     refuse_causal_attention(info)  # as its config says; optimize() also probes the model
     check_kv_cache_support(config, info)
     check_block_length(config, info)
+    check_gen_length(config, info)
     if forward is None:
         # A switch for the compiler: the eager reference's forward runs the same either way.
         forward = make_forward(model, info, compile_layers_once=config.compile
@@ -231,6 +234,18 @@ def check_block_length(config: DecodeConfig, info: ModelInfo) -> None:
             f"trained with ({trained}, its config's block_length): its block-causal attention "
             f"follows the decode's blocks, so it attends in blocks it never saw in training; "
             f"use block_length={trained} unless you mean it")
+
+
+def check_gen_length(config: DecodeConfig, info: ModelInfo) -> None:
+    """Blocks of a bidirectional model tile the generated region, so gen_length must be a
+    multiple of block_length; a block-causal model's blocks follow positions from 0 and its
+    last block runs past gen_length (decoded, not returned), as LLaDA2's own generate() does."""
+    if config.gen_length % config.block_length and not info.block_causal:
+        raise ValueError(
+            f"gen_length={config.gen_length} is not a multiple of block_length="
+            f"{config.block_length}: choose a block_length that divides gen_length (for "
+            f"example {divisor_near(config.gen_length, config.block_length)}); only a "
+            f"block-causal model (LLaDA2) takes any gen_length")
 
 
 def _floating_dtype(model: nn.Module) -> torch.dtype:

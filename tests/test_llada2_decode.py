@@ -160,6 +160,53 @@ def test_a_padded_row_decodes_as_it_does_alone():
         assert both.generated[row].tolist() == alone.generated[0].tolist()
 
 
+def padded_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of these lengths, left-padded to the longest (the padding: end-of-text)."""
+    width = max(lengths)
+    ids = torch.full((len(lengths), width), EOS)
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        ids[row, width - length:] = prompt(length, seed + row)
+        mask[row, width - length:] = 1
+    return ids, mask
+
+
+@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(lengths=st.lists(st.integers(1, 9), min_size=1, max_size=3), seed=st.integers(0, 3),
+       gen_length=st.integers(1, 9), kv_cache=st.sampled_from(["none", "block"]),
+       strategy=st.sampled_from(["credit", "threshold", "llada2"]))
+def test_a_batch_of_any_prompt_lengths_decodes_each_row_as_alone(lengths, seed, gen_length,
+                                                                 kv_cache, strategy):
+    """Rows whose prompts leave other tails in their first block, any gen_length: each row's
+    tokens are those it gets alone (its prompt, as given, then its generated tokens)."""
+    model = llada2()
+    ids, mask = padded_batch(lengths, seed)
+    config = decode(gen_length=gen_length, kv_cache=kv_cache, strategy=strategy)
+    both = reference.generate(model, ids, mask, **config)
+    assert both.sequences.shape == (len(lengths), max(lengths) + gen_length)
+    for row in range(len(lengths)):
+        alone = reference.generate(model, ids[row:row + 1, mask[row].bool()], **config)
+        assert both.sequences[row, :max(lengths)].tolist() == ids[row].tolist()
+        assert both.generated[row].tolist() == alone.generated[0].tolist()
+
+
+def test_rows_of_other_tails_stream_and_trace_their_own_columns():
+    """Prompts of 8 and 5 (tails 0 and 1): a block is streamed once every row's part of it is
+    final, so the blocks' tokens put together are the generated tokens; a trace names each
+    commit's column in `sequences`."""
+    model = llada2()
+    ids, mask = padded_batch([8, 5])
+    blocks = []
+    out = reference.generate(model, ids, mask, trace=True, on_block=blocks.append,
+                             **decode(strategy="threshold", gen_length=6))
+    assert [(b.index, b.start) for b in blocks] == [(0, 8), (1, 11)]  # 3 of row 1's block 0
+    assert torch.cat([b.tokens for b in blocks], 1).tolist() == out.generated.tolist()
+    for row in range(2):
+        committed = sorted(p for step in out.trace for p in step.committed[row])
+        # Row 0's last block ends at its 8th token, row 1's at its 7th: decoded, not returned.
+        assert committed == list(range(8, 16 if row == 0 else 15))
+
+
 # ----------------------------------------------------------------------------------------------
 # The optimized model equals the reference
 # ----------------------------------------------------------------------------------------------
@@ -178,6 +225,24 @@ def test_the_compiled_step_equals_the_reference(strategy, kv_cache):
     assert out.stats["runner"] == "compiled"
     assert out.sequences.tolist() == expected.sequences.tolist()
     assert out.nfe == expected.nfe
+
+
+@pytest.mark.cheap_compile
+def test_one_compiled_step_serves_every_prompt_of_a_bucket():
+    """With prompt_bucket=8, prompts of 1 to 8 tokens, alone and in batches of mixed lengths (a
+    batch_bucket of 2), all run the step `precompile` compiled, with the reference's tokens
+    (without the cache: one graph to trace; the cache's three share the layout)."""
+    model = llada2()
+    config = decode(strategy="threshold", gen_length=6, prompt_bucket=8, batch_bucket=2)
+    fast = cc.optimize(model, **config)
+    fast.precompile(2, 8)
+    for lengths in ([8, 5], [1], [7, 2], [3, 6]):
+        ids, mask = padded_batch(lengths)
+        out = fast.generate(ids, mask)
+        expected = reference.generate(model, ids, mask, **config)
+        assert out.sequences.tolist() == expected.sequences.tolist()
+        assert out.nfe == expected.nfe and out.stats["compile_seconds"] == 0
+    assert len(fast._steps) == 1
 
 
 @pytest.mark.cheap_compile
@@ -244,10 +309,10 @@ def test_a_block_length_other_than_the_trained_one_is_warned_about():
         reference.generate(llada2(), prompt(5), gen_length=8, block_length=2)
 
 
-def test_rows_whose_blocks_fall_at_other_slots_are_refused():
-    ids, mask = padded_pair(6, 3)  # real lengths 6 and 3: tails of 2 and 3 tokens
-    with pytest.raises(ValueError, match="equal modulo block_length"):
-        reference.generate(llada2(), ids, mask, **decode())
+def test_a_gen_length_off_the_blocks_is_refused_for_a_bidirectional_model():
+    with pytest.raises(ValueError, match=r"gen_length=6 is not a multiple of block_length=4: .*"
+                                         r"only a block-causal model \(LLaDA2\) takes any"):
+        reference.generate(build_model("tiny"), prompt(5), gen_length=6, block_length=4)
 
 
 def test_the_trained_block_length_is_checked_in_the_config():
@@ -261,16 +326,20 @@ def test_the_trained_block_length_is_checked_in_the_config():
 
 @settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(length=st.integers(1, 9), seed=st.integers(0, 3), steps=st.sampled_from([1, 2, 3, 4]),
-       tau=st.sampled_from([0.3, 0.95]))
-def test_the_llada2_strategy_follows_the_official_rules(length, seed, steps, tau):
+       tau=st.sampled_from([0.3, 0.95]), gen_length=st.integers(1, 10))
+def test_the_llada2_strategy_follows_the_official_rules(length, seed, steps, tau, gen_length):
     """On the block cache, the "llada2" strategy's tokens and forwards are those of the official
     rules (the mask token out of the softmax, as in every strategy here), up to the first
-    end-of-text token; early_stop stops where eos_early_stop does."""
+    end-of-text token; early_stop stops where eos_early_stop does; any gen_length (the last
+    block decoded whole, the tokens cut at gen_length). `steps` passed capped at gen_length,
+    as the official generate() caps it."""
     model, ids = llada2(), prompt(length, seed)
-    expected, nfe = llada2_generate(model, ids, gen_length=8, block_length=BLOCK, steps=steps,
-                                    threshold=tau, eos_early_stop=True, mask_competes=False)
+    steps = min(steps, gen_length)
+    expected, nfe = llada2_generate(model, ids, gen_length=gen_length, block_length=BLOCK,
+                                    steps=steps, threshold=tau, eos_early_stop=True,
+                                    mask_competes=False)
     out = reference.generate(model, ids, strategy="llada2", steps=steps, tau=tau, early_stop=True,
-                             kv_cache="block", **decode())
+                             kv_cache="block", **decode(gen_length=gen_length))
     assert out.generated[0, :expected.shape[1]].tolist() == expected[0].tolist()
     assert out.nfe == nfe
 

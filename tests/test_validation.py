@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 import torch
-from helpers import CONFIG_ERRORS, small
+from helpers import CONFIG_ERRORS, GEN_LENGTH_ERRORS, small
 from toy_models import ContextMixModel, ScriptedModel
 
 import credit_compile as cc
@@ -49,7 +49,7 @@ def assert_rejected(model, ids, fix, attention_mask=None, **overrides):
     assert model.calls == 0  # refused before any decoding
 
 
-@pytest.mark.parametrize("fields, fix", CONFIG_ERRORS)
+@pytest.mark.parametrize("fields, fix", CONFIG_ERRORS + GEN_LENGTH_ERRORS)
 def test_config_errors_through_generate(model, ids, fields, fix):
     assert_rejected(model, ids, fix, **fields)
 

@@ -122,7 +122,7 @@ def run_generation(
                 f"(every step must commit at least one masked token)"
             )
     return GenerationOutput(
-        sequences=state.x[:state.output_rows, state.output_start:state.gen_end].clone(),
+        sequences=state.sequences(),
         nfe=int(state.nfe),
         prompt_length=state.gen_start - state.output_start,
         trace=None if snapshots is None else _to_trace(snapshots, state),
@@ -137,16 +137,34 @@ def _stream_finished_blocks(state: DecodeState, streamed: int,
     positions only, and every block before `block_index` has none left in any row."""
     finished = int(state.block_index)
     for index in range(streamed, finished):
-        # The generated part of the block: with blocks aligned to positions from 0 the first
-        # one begins with the prompt's tail, and the last may run past gen_length.
-        start = max(state.block_start + index * state.block_length, state.gen_start)
-        end = min(state.block_start + (index + 1) * state.block_length, state.gen_end)
-        on_block(FinishedBlock(
-            index=index,
-            start=start - state.output_start,
-            tokens=state.x[:state.output_rows, start:end].clone(),
-        ))
+        start, end = _generated_part(state, index)
+        columns = start + torch.arange(end - start, device=state.device)
+        if state.gen_columns is None:
+            tokens = state.x[:state.output_rows, state.gen_start + columns]
+        else:
+            tokens = state.x[:state.output_rows].gather(
+                1, state.gen_columns[:state.output_rows, columns])
+        on_block(FinishedBlock(index=index, start=state.gen_start - state.output_start + start,
+                               tokens=tokens))
     return max(streamed, finished)
+
+
+def _generated_part(state: DecodeState, index: int) -> tuple[int, int]:
+    """The generated positions (0..gen_length) that block `index` completes in every returned
+    row. With blocks aligned to positions from 0 the first block begins with the prompt's tail
+    and the last may run past gen_length; where the rows' tails differ, a position is given
+    with the block that completes it in the last of them, so a block may give fewer."""
+    length = state.gen_end - state.gen_start
+    if state.gen_columns is None:
+        starts = [state.gen_start]
+    else:
+        starts = state.gen_columns[:state.output_rows, 0].tolist()
+
+    def done_by(block: int) -> int:  # positions complete in every row once `block` is
+        return min(min(max(state.block_start + (block + 1) * state.block_length - s, 0), length)
+                   for s in starts)
+
+    return (0 if index == 0 else done_by(index - 1)), done_by(index)
 
 
 def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
@@ -155,12 +173,13 @@ def _to_trace(snapshots, state: DecodeState) -> list[StepTrace]:
         if int(nfe) == previous_nfe:
             continue  # a no-op step after completion
         previous_nfe = int(nfe)
-        start = state.block_start - state.output_start + int(block) * state.block_length
+        columns = state.block_start + int(block) * state.block_length + state.block_offsets
+        where = state.output_columns(columns.expand(state.batch_size, -1))
         committed, confidence = [], []
-        for row_commit, row_conf in zip(commit[:state.output_rows], conf[:state.output_rows],
-                                        strict=True):
+        for row_commit, row_conf, row_where in zip(commit[:state.output_rows],
+                                                   conf[:state.output_rows], where, strict=False):
             idx = row_commit.nonzero().flatten()
-            committed.append((idx + start).tolist())
+            committed.append(row_where[idx].tolist())
             confidence.append(row_conf[idx].tolist())
         out.append(StepTrace(int(block), committed, confidence))
     return out

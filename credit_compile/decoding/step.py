@@ -73,11 +73,14 @@ def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor
     return uncond + (cfg_scale + 1) * (cond - uncond)
 
 
-def fill_after_eos_sync_free(gen: torch.Tensor, mask_id: int,
-                             eos_ids: tuple[int, ...]) -> torch.Tensor:
+def fill_after_eos_sync_free(gen: torch.Tensor, mask_id: int, eos_ids: tuple[int, ...],
+                             in_prompt: torch.Tensor | None = None) -> torch.Tensor:
     """Fill every mask after a row's first end-of-text token (any of `eos_ids`) that has no mask
-    before it, with the first of `eos_ids`."""
+    before it, with the first of `eos_ids`. `in_prompt` ([B, n] bool) marks prompt tokens, whose
+    end-of-text does not count (a row's prompt may reach into the blocks: aligned blocks)."""
     is_eos = is_any_of_sync_free(gen, eos_ids)
+    if in_prompt is not None:
+        is_eos = is_eos & ~in_prompt
     masks_so_far = (gen == mask_id).long().cumsum(-1)
     settled_eos = is_eos & (masks_so_far == 0)
     after_eos = settled_eos.long().cumsum(-1) > 0
@@ -117,14 +120,15 @@ def denoise_step(
     commit = strategy.select(conf, masked, state)
     state.x.index_copy_(1, positions, torch.where(commit, x0, current))
 
-    gen = state.x[:, state.gen_start:]
+    # The blocks: the generated region, which may begin with the prompts' tails (aligned blocks).
+    blocks = state.x[:, state.block_start:]
     if eos_ids is not None:
-        gen.copy_(fill_after_eos_sync_free(gen, mask_id, eos_ids))
+        blocks.copy_(fill_after_eos_sync_free(blocks, mask_id, eos_ids,
+                                              state.prompt_mask[:, state.block_start:]))
 
     # Where decoding goes next: the first block at or after `start` that still has masks.
-    blocks = state.x[:, state.block_start:]
     has_masks = (blocks == mask_id).view(blocks.shape[0], num_blocks, block_length).any(-1).any(0)
-    block_ids = torch.arange(num_blocks, device=gen.device)
+    block_ids = torch.arange(num_blocks, device=blocks.device)
 
     def first_masked_block_from(start: torch.Tensor) -> torch.Tensor:
         return torch.where(has_masks & (block_ids >= start), block_ids, num_blocks).amin()

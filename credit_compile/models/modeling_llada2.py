@@ -35,10 +35,11 @@ Differences from the official forward (none changes the official generate()'s lo
   when given, and positions default to ``cumsum(mask) - 1``. The official forward hands a 2-D
   mask to transformers' causal-mask helper instead: token-causal attention when the mask has a
   zero, none at all when it is all ones (SDPA). No LLaDA2 sampler passes one;
-- the MoE runs every expert on every token and weighs them with the sparse routing weights (one
-  graph, no data-dependent shapes; zero weights for the experts a token is not routed to), where
-  the official inference path sorts tokens by expert (host syncs). The routing is the same
-  computation; the sum over experts runs in another order (float32 rounding);
+- the MoE (`RoutedExperts`) sorts the tokens by expert and runs one grouped GEMM per projection
+  on CUDA in bfloat16, and elsewhere runs every expert on every token weighed with the sparse
+  routing weights; one graph either way, no data-dependent shapes, where the official inference
+  path sorts tokens by expert with host syncs. The routing is the same computation; the sum over
+  experts runs in another order (float32 rounding);
 - an exact block KV cache (`forward_hidden`'s ``kv_cache``) instead of transformers' autoregressive
   cache; no dropout, no router logits output, no loss (inference model); the logits stay in
   the model's dtype (the official forward casts them to float32: the same values);
@@ -67,6 +68,9 @@ __all__ = [
     "LLaDA2MLP",
     "LLaDA2Gate",
     "LLaDA2SparseMoeBlock",
+    "RoutedExperts",
+    "fuse_experts",
+    "moe_formulation",
     "block_causal_mask",
     "partial_rotary_cos_sin",
 ]
@@ -184,23 +188,159 @@ class LLaDA2Gate(nn.Module):
             weights = weights / (weights.sum(dim=-1, keepdim=True) + 1e-20)
         return experts, weights * self._scale[0]
 
-    def dense_weights(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The routing as a dense ``[N, num_experts]`` float32 matrix: a token's weight for each
-        expert, zero for the experts it is not routed to."""
-        experts, weights = self(hidden)
-        return torch.zeros(hidden.shape[0], self.num_experts, dtype=weights.dtype,
-                           device=hidden.device).scatter(1, experts, weights)
+
+def moe_formulation(hidden: torch.Tensor, hidden_size: int, intermediate_size: int) -> str:
+    """Which formulation of the routed experts runs on ``hidden``: the one place that decides.
+
+    "grouped" (tokens sorted by expert, one `torch._grouped_mm` per projection: each expert's
+    weights read once, for its own tokens) on CUDA in bfloat16, where the torch version has
+    `torch._grouped_mm` (2.8 and later) and the widths are multiples of 8 (its 16-byte strides);
+    "dense" (every expert on every token) elsewhere: on the CPU, in float32 (torch.compile
+    traces `_grouped_mm` in bfloat16 only), and on older versions.
+    """
+    if (hidden.device.type == "cuda" and hidden.dtype == torch.bfloat16
+            and hasattr(torch, "_grouped_mm") and hidden_size % 8 == 0
+            and intermediate_size % 8 == 0):
+        return "grouped"
+    return "dense"
 
 
-class LLaDA2SparseMoeBlock(nn.Module):
+class RoutedExperts(nn.Module):
+    """The routed experts' computation, shared by LLaDA2 and LLaDA-MoE: ``experts.{e}.{gate_proj,
+    up_proj, down_proj}`` (the checkpoints' names) and ``act_fn``.
+
+    `fuse_experts` makes the experts' weights views of three stacked tensors, so that a step
+    reads them as one ``[num_experts, ...]`` operand without copying them (a per-step
+    ``torch.stack`` would move every expert's weights); decoding with `optimize()` or the
+    reference fuses them. Moving or casting the module (``to``) fuses again; the state dict
+    keeps the per-expert names (copies, so that it saves as usual).
+    """
+
+    formulation = "auto"  # "auto" (`moe_formulation`), or "grouped" / "dense" to force one
+
+    def __init__(self):
+        super().__init__()
+        self._stacks: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._register_state_dict_hook(_unshared_expert_weights)
+
+    def _projections(self):
+        return [(e.gate_proj, e.up_proj, e.down_proj) for e in self.experts]
+
+    def fused(self) -> bool:
+        """Whether the experts' weights are views of the stacks, not replaced since fusing (the
+        first and the last expert's are checked: loading with ``assign=True`` replaces them
+        all; a cast or a move fuses again)."""
+        if self._stacks is None:
+            return False
+        projections = self._projections()
+        return all(linear.weight.data_ptr() == stack[i].data_ptr()
+                   for i in (0, len(projections) - 1)
+                   for linear, stack in zip(projections[i], self._stacks, strict=True))
+
+    @torch.no_grad()
+    def fuse_experts(self) -> None:
+        """Store the experts' weights in three stacked tensors (idempotent): the gate and up
+        projections ``[num_experts, intermediate, hidden]``, the down ``[num_experts, hidden,
+        intermediate]``; each expert's ``weight`` becomes a view of its slice."""
+        if self.fused():
+            return
+        projections = self._projections()
+        stacks = tuple(torch.stack([linears[j].weight for linears in projections])
+                       for j in range(3))
+        for i, linears in enumerate(projections):
+            for linear, stack in zip(linears, stacks, strict=True):
+                linear.weight = nn.Parameter(stack[i], requires_grad=linear.weight.requires_grad)
+        self._stacks = stacks
+
+    def _apply(self, fn, recurse=True):
+        was_fused = self._stacks is not None
+        self._stacks = None
+        result = super()._apply(fn, recurse)
+        if was_fused:
+            self.fuse_experts()
+        return result
+
+    def expert_stacks(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(gate ``[E, I, H]``, up ``[E, I, H]``, down ``[E, H, I]``): the fused stacks, or
+        stacked now (a copy) when the experts are not fused, or with gradients (the stacks
+        hold none). Traced, the stacks are taken as they are (decoding fuses, checked, before
+        each call)."""
+        training = torch.is_grad_enabled() and self.experts[0].gate_proj.weight.requires_grad
+        if self._stacks is not None and not training and (torch.compiler.is_compiling()
+                                                          or self.fused()):
+            return self._stacks
+        return tuple(torch.stack([linears[j].weight for linears in self._projections()])
+                     for j in range(3))
+
+    def routed(self, hidden: torch.Tensor, experts: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        """``sum_k weights[:, k] * experts[experts[:, k]](hidden)`` for ``hidden [N, H]``, expert
+        indices ``[N, k]`` and their weights ``[N, k]``, summed in float32 and cast to
+        ``hidden``'s dtype (as the official code combines its top-k outputs); by the formulation
+        `moe_formulation` picks."""
+        w_gate, w_up, w_down = self.expert_stacks()
+        formulation = self.formulation
+        if formulation == "auto":
+            formulation = moe_formulation(hidden, w_gate.shape[2], w_gate.shape[1])
+        if formulation == "grouped":
+            return self.routed_grouped(hidden, experts, weights, w_gate, w_up, w_down)
+        routing = torch.zeros(hidden.shape[0], w_gate.shape[0], dtype=torch.float32,
+                              device=hidden.device).scatter(1, experts, weights.float())
+        return self.routed_dense(hidden, routing, w_gate, w_up, w_down)
+
+    def routed_dense(self, hidden, routing, w_gate, w_up, w_down) -> torch.Tensor:
+        """Every expert on every token (one batched matmul per projection), weighed by the dense
+        ``routing [N, E]`` (float32, zero where a token is not routed). Exact for any routing,
+        no data-dependent shapes; ``num_experts / top_k`` times the routed FLOPs, and every
+        expert's weights read whatever the routing."""
+        x = hidden.unsqueeze(0)  # [1, N, H], broadcast over the experts
+        act = self.act_fn(torch.matmul(x, w_gate.transpose(1, 2))) * torch.matmul(x, w_up.transpose(1, 2))
+        out = torch.matmul(act, w_down.transpose(1, 2))  # [E, N, H]
+        combined = (out.float() * routing.t().unsqueeze(-1)).sum(dim=0)
+        return combined.to(hidden.dtype)
+
+    def routed_grouped(self, hidden, experts, weights, w_gate, w_up, w_down) -> torch.Tensor:
+        """The N * k (token, expert) pairs sorted by expert, each projection one grouped GEMM
+        over the experts' segments (`torch._grouped_mm`, segment ends from a cumulative count
+        computed on the device: no host sync, static shapes), the outputs scattered back with
+        their weights in float32. An expert with no token has an empty segment."""
+        n, k = experts.shape
+        flat = experts.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.zeros(w_gate.shape[0], dtype=torch.int32, device=hidden.device)
+        counts = counts.scatter_add(0, flat, torch.ones_like(flat, dtype=torch.int32))
+        offsets = torch.cumsum(counts, 0, dtype=torch.int32)
+        tokens = torch.div(order, k, rounding_mode="floor")
+        x = hidden.index_select(0, tokens)  # [N * k, H], grouped by expert
+        act = self.act_fn(torch._grouped_mm(x, w_gate.transpose(1, 2), offs=offsets)) \
+            * torch._grouped_mm(x, w_up.transpose(1, 2), offs=offsets)
+        out = torch._grouped_mm(act, w_down.transpose(1, 2), offs=offsets)  # [N * k, H]
+        weighted = out.float() * weights.reshape(-1).float().index_select(0, order).unsqueeze(-1)
+        combined = torch.zeros(n, hidden.shape[1], dtype=torch.float32, device=hidden.device)
+        return combined.index_add(0, tokens, weighted).to(hidden.dtype)
+
+
+def fuse_experts(model: nn.Module) -> None:
+    """`RoutedExperts.fuse_experts` on every MoE block of `model` (none: nothing to do)."""
+    for module in model.modules():
+        if isinstance(module, RoutedExperts):
+            module.fuse_experts()
+
+
+def _unshared_expert_weights(module, state_dict, prefix, local_metadata):
+    """A fused module's expert weights share their stacks' memory: copies in the state dict, so
+    that it saves (safetensors refuses shared tensors) and loads as the checkpoints'."""
+    if module._stacks is not None:
+        for name in list(state_dict):
+            if name.startswith(prefix + "experts."):
+                state_dict[name] = state_dict[name].clone()
+    return state_dict
+
+
+class LLaDA2SparseMoeBlock(RoutedExperts):
     """Routed experts (``experts.{e}``), the router (``gate``) and the shared experts.
 
-    The forward is the dense all-experts formulation: every expert runs on every token (one
-    batched matmul per projection over the experts' stacked weights) and the outputs are summed
-    with the routing's dense weights in float32, then cast back, as the official code combines
-    its top-k outputs. Exact for any routing, one graph, no data-dependent shapes; it costs
-    ``num_experts / num_experts_per_tok`` times the routed FLOPs, so it is the CPU and test path
-    (a grouped GEMM is the way for real shapes on CUDA).
+    The routed experts run as `RoutedExperts.routed` picks (`moe_formulation`): grouped by
+    expert on CUDA in bfloat16, every expert on every token elsewhere; one graph either way.
     """
 
     def __init__(self, config: LLaDA2Config):
@@ -213,22 +353,10 @@ class LLaDA2SparseMoeBlock(nn.Module):
                                LLaDA2MLP(config, config.moe_intermediate_size * config.num_shared_experts))
         self.act_fn = ACT2FN[config.hidden_act]
 
-    def routed_dense(self, hidden: torch.Tensor, routing: torch.Tensor) -> torch.Tensor:
-        """``sum_e routing[:, e] * experts[e](hidden)`` for ``hidden [N, H]`` and ``routing
-        [N, E]`` (float32), every expert on every token; the result in ``hidden``'s dtype."""
-        w_gate = torch.stack([e.gate_proj.weight for e in self.experts])  # [E, I, H]
-        w_up = torch.stack([e.up_proj.weight for e in self.experts])  # [E, I, H]
-        w_down = torch.stack([e.down_proj.weight for e in self.experts])  # [E, H, I]
-        x = hidden.unsqueeze(0)  # [1, N, H], broadcast over the experts
-        act = self.act_fn(torch.matmul(x, w_gate.transpose(1, 2))) * torch.matmul(x, w_up.transpose(1, 2))
-        out = torch.matmul(act, w_down.transpose(1, 2))  # [E, N, H]
-        combined = (out.float() * routing.t().unsqueeze(-1)).sum(dim=0)
-        return combined.to(hidden.dtype)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
         hidden = x.reshape(-1, shape[-1])
-        y = self.routed_dense(hidden, self.gate.dense_weights(hidden)).view(shape)
+        y = self.routed(hidden, *self.gate(hidden)).view(shape)
         if self.shared_experts is not None:
             y = y + self.shared_experts(x)
         return y

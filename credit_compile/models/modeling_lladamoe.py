@@ -29,7 +29,7 @@ and the numerics follow the official forward:
 The official code as transformers 5 sees it: the in-tree OLMoE does not fit (its q_norm / k_norm
 span all heads, where LLaDA-MoE normalises each head; it has no shared expert, dense layers,
 expert bias or partial RoPE; transformers 5 fuses its experts into 3-D parameters at load time),
-so this module is LLaDA2's pieces (partial RoPE, the dense all-experts MoE) on LLaDA's forward.
+so this module is LLaDA2's pieces (partial RoPE, the routed experts) on LLaDA's forward.
 
 Differences from the official forward (none changes a single sequence's logits beyond float
 rounding):
@@ -37,10 +37,11 @@ rounding):
   uses ``0..L-1`` whatever the padding. Both honour the mask (a key-padding mask over the keys);
   RoPE scores depend on position differences only, so a left-padded row's logits agree either way
   up to rounding, and equal the row's alone here;
-- the MoE runs every expert on every token and weighs them with the sparse routing weights (one
-  graph, no data-dependent shapes: zero weight for the experts a token is not routed to), where
-  the official block gathers each expert's tokens (host syncs). The same routing; the sum over
-  experts runs in float32 in another order;
+- the MoE runs as LLaDA2's (`RoutedExperts`): on CUDA in bfloat16 the tokens sorted by expert
+  and one grouped GEMM per projection, elsewhere every expert on every token weighed with the
+  sparse routing weights; one graph either way, no data-dependent shapes, where the official
+  block gathers each expert's tokens (host syncs). The same routing; the sum over experts runs
+  in float32 in another order;
 - Fast-dLLM's approximate KV caches (`forward_hidden`'s ``kv_cache``) and `compile_layers_once`,
   as in this project's LLaDA; no autoregressive cache, dropout, router logits or loss;
 - nothing data-dependent in Python (no ``.item()``, no RoPE cache): ``torch.compile(fullgraph=True)``
@@ -66,7 +67,7 @@ from .modeling_llada import (
     _run_block_compiled_once,
     positions_from_mask,
 )
-from .modeling_llada2 import LLaDA2SparseMoeBlock, apply_partial_rotary, partial_rotary_cos_sin
+from .modeling_llada2 import RoutedExperts, apply_partial_rotary, partial_rotary_cos_sin
 
 __all__ = [
     "LLaDAMoEModelLM",
@@ -93,16 +94,13 @@ class LLaDAMoEMLP(nn.Module):
         return self.down_proj(self.act_fn(self.gate_proj(x)) * self.up_proj(x))
 
 
-class LLaDAMoESparseMoeBlock(nn.Module):
+class LLaDAMoESparseMoeBlock(RoutedExperts):
     """The router ``gate`` (a linear layer), the experts and the optional ``expert_bias`` buffer.
 
-    Every expert runs on every token, one batched matmul per projection over their stacked
-    weights (LLaDA2's dense all-experts mix), and the outputs are summed with the routing's dense
-    weights in float32. Exact for any routing, one graph; it costs ``num_experts /
-    num_experts_per_tok`` times the routed FLOPs.
+    The routed experts run as LLaDA2's do (`RoutedExperts.routed`, `moe_formulation`): grouped
+    by expert on CUDA in bfloat16, every expert on every token elsewhere, the outputs summed
+    with the routing weights in float32; one graph either way.
     """
-
-    routed_dense = LLaDA2SparseMoeBlock.routed_dense
 
     def __init__(self, config: LLaDAMoEConfig):
         super().__init__()
@@ -127,16 +125,9 @@ class LLaDAMoESparseMoeBlock(nn.Module):
         weights, experts = probs.topk(self.top_k, dim=-1)
         return experts, weights.to(hidden.dtype)
 
-    def dense_weights(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The routing as a dense ``[N, num_experts]`` float32 matrix (zero for the experts a token
-        is not routed to)."""
-        experts, weights = self.routing(hidden)
-        return torch.zeros(hidden.shape[0], self.num_experts, dtype=torch.float32,
-                           device=hidden.device).scatter(1, experts, weights.float())
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden = x.reshape(-1, x.shape[-1])
-        return self.routed_dense(hidden, self.dense_weights(hidden)).view(x.shape)
+        return self.routed(hidden, *self.routing(hidden)).view(x.shape)
 
 
 class LLaDAMoEAttention(nn.Module):

@@ -76,3 +76,43 @@ def test_left_padded_batch_equals_each_prompt_alone(seed, lengths, kw):
         assert together.nfe == llada_steps(kw) == alone[0].nfe
     else:  # the batch waits for its slowest row in every block
         assert together.nfe >= max(a.nfe for a in alone)
+
+
+@settings(max_examples=50, deadline=None)
+@given(lengths=st.lists(st.integers(1, 11), min_size=1, max_size=4), block=st.integers(1, 5),
+       gen_length=st.integers(1, 9), bucket=st.booleans())
+def test_aligned_blocks_share_the_canvas_columns_of_every_row(lengths, block, gen_length, bucket):
+    """Blocks aligned to positions from 0 (LLaDA2), prompts of any lengths: every block starts
+    at a position that is a multiple of block_length in every row, each row's prompt is kept
+    in order and followed by its gen_length masks (to the end of its last block, the rest
+    filled), and with a bucket the canvas's shape depends on the padded length only."""
+    from credit_compile.decoding.state import prepare_state
+
+    width = max(lengths) + (2 if bucket else 0)
+    ids = torch.full((len(lengths), width), 7)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = torch.arange(10, 10 + n)
+        mask[row, width - n:] = 1
+    state = prepare_state(ids, mask, gen_length=gen_length, block_length=block, mask_id=99,
+                          keep_attention_mask=bucket, aligned_blocks=True)
+    positions = state.position_ids if state.position_ids is not None else \
+        torch.arange(state.x.shape[1]).expand_as(state.x)
+    real = state.attention_mask.bool() if state.attention_mask is not None else \
+        torch.ones_like(state.x, dtype=torch.bool)
+    starts = torch.arange(state.block_start, state.x.shape[1], block)
+    for row, n in enumerate(lengths):
+        at_starts = real[row, starts]
+        assert (positions[row, starts][at_starts] % block == 0).all()
+        tokens = state.x[row][real[row]].tolist()
+        assert tokens[:n] == list(range(10, 10 + n))
+        masks = -(-(n % block + gen_length) // block) * block - n % block
+        assert tokens[n:] == [99] * masks
+        in_blocks = state.x[row, state.block_start:]
+        assert real[row, state.block_start:][in_blocks == 99].all()  # only its masks decode
+    if bucket:  # prompts of one token, padded to the same width: the same canvas
+        ones = torch.zeros_like(mask)
+        ones[:, -1] = 1
+        again = prepare_state(ids, ones, gen_length=gen_length, block_length=block, mask_id=99,
+                              keep_attention_mask=True, aligned_blocks=True)
+        assert again.x.shape == state.x.shape and again.block_start == state.block_start

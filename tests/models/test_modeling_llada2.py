@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import grouped_mm_runs_here
 from hypothesis import given
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
@@ -27,7 +28,12 @@ from credit_compile.models import (
     build_model,
     get_config,
 )
-from credit_compile.models.modeling_llada2 import LLaDA2Gate, LLaDA2SparseMoeBlock
+from credit_compile.models.modeling_llada2 import (
+    LLaDA2Gate,
+    LLaDA2SparseMoeBlock,
+    fuse_experts,
+    moe_formulation,
+)
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 META = json.loads((FIXTURES / "llada2_tiny.json").read_text())
@@ -348,20 +354,31 @@ def moe_cases(draw):
                 tokens=draw(st.integers(1, 7)), seed=draw(st.integers(0, 2**16)))
 
 
+FORMULATIONS = ["dense", pytest.param("grouped", marks=pytest.mark.skipif(
+    not grouped_mm_runs_here(), reason="this torch has no CPU torch._grouped_mm"))]
+
+
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors:UserWarning")  # a width-0 shared expert
-@given(moe_cases())
-def test_moe_block_equals_the_per_token_loop(case):
-    """The dense all-experts MoE (every expert on every token, weighted by the sparse routing)
-    equals the per-token loop over the routed experts, float32, for any grouping, top-k and
-    shared experts; the gate picks the experts the spelled-out rule picks."""
+@pytest.mark.parametrize("formulation", FORMULATIONS)
+@given(case=moe_cases(), fused=st.booleans())
+def test_moe_block_equals_the_per_token_loop(formulation, case, fused):
+    """Both formulations of the routed experts (every expert on every token weighted by the
+    sparse routing; the tokens sorted by expert, one grouped GEMM per projection) equal the
+    per-token loop over the routed experts, float32, for any grouping, top-k and shared
+    experts, with their weights stacked now or fused, and experts left without a token (2 to
+    14 tokens, up to 16 experts); the gate picks the experts the spelled-out rule picks."""
     tokens, seed = case.pop("tokens"), case.pop("seed")
     cfg = tiny_config(hidden_size=16, moe_intermediate_size=8, **case)
     g = torch.Generator().manual_seed(seed)
     block = LLaDA2SparseMoeBlock(cfg)
+    block.formulation = formulation
     with torch.no_grad():
         for t in block.parameters():
             t.copy_(torch.randn(t.shape, generator=g) * 0.5)
         block.gate.expert_bias.copy_(torch.randn(cfg.num_experts, generator=g) * 0.3)
+        if fused:
+            block.fuse_experts()
+            assert block.fused()
         x = torch.randn(2, tokens, 16, generator=g)
         close(block(x), moe_per_token(block, x, cfg))
         experts, weights = block.gate(x.reshape(-1, 16))
@@ -370,6 +387,57 @@ def test_moe_block_equals_the_per_token_loop(case):
             assert sorted(experts[row].tolist()) == sorted(chosen)
             close(dict(zip(experts[row].tolist(), weights[row].tolist(), strict=True)),
                   dict(zip(chosen, reference.tolist(), strict=True)))
+
+
+def test_the_formulation_is_dense_on_the_cpu_and_grouped_on_cuda_in_bfloat16():
+    """The one place that decides: float32 or the CPU run densely (there torch.compile cannot
+    trace the grouped GEMM, or it has no fast kernel); CUDA in bfloat16 groups."""
+    assert moe_formulation(torch.ones(2, 16), 16, 8) == "dense"
+    assert moe_formulation(torch.ones(2, 16, dtype=torch.bfloat16), 16, 8) == "dense"
+    if torch.cuda.is_available():
+        on_cuda = torch.ones(2, 16, dtype=torch.bfloat16, device="cuda")
+        assert moe_formulation(on_cuda, 16, 8) == ("grouped" if hasattr(torch, "_grouped_mm") else "dense")
+        assert moe_formulation(on_cuda, 16, 12) == "dense"  # 24-byte rows: not 16-byte aligned
+        assert moe_formulation(on_cuda.float(), 16, 8) == "dense"
+
+
+@pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="this torch has no torch._grouped_mm")
+def test_the_grouped_moe_compiles_as_one_graph():
+    """fullgraph=True in bfloat16 (the dtype it runs in): the sort, the segment offsets and the
+    scatter back are computed on the device, with no data-dependent shape or host sync; the
+    graph's output is the eager block's (dynamo and AOTAutograd, not Inductor's kernels)."""
+    cfg = tiny_config(hidden_size=16, moe_intermediate_size=8, num_experts=8, n_group=4,
+                      topk_group=2, num_experts_per_tok=2)
+    block = LLaDA2SparseMoeBlock(cfg).to(torch.bfloat16)
+    block.formulation = "grouped"
+    block.fuse_experts()
+    x = torch.randn(2, 3, 16, dtype=torch.bfloat16)  # 12 pairs for 8 experts: some get none
+    with torch.no_grad():
+        try:
+            expected = block(x)
+        except RuntimeError as error:  # 2.11's CPU has no bfloat16 kernel
+            pytest.skip(f"torch._grouped_mm does not run here: {error}")
+        compiled = torch.compile(block, fullgraph=True, backend="aot_eager")
+        assert torch.equal(compiled(x), expected)
+
+
+def test_fused_experts_stay_fused_through_a_cast_and_save_as_the_checkpoints():
+    """After `fuse_experts` each expert's weight is a view of its stack; a cast fuses again; the
+    state dict keeps the per-expert names, as copies (a checkpoint saves and loads as before)."""
+    model = LLaDA2ModelLM(tiny_config())
+    blocks = [m for m in model.modules() if isinstance(m, LLaDA2SparseMoeBlock)]
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fuse_experts(model)
+    assert blocks and all(block.fused() for block in blocks)
+    state = model.state_dict()
+    assert state.keys() == before.keys() and all(torch.equal(state[k], before[k]) for k in state)
+    name = next(k for k in state if ".experts.1.up_proj" in k)
+    assert state[name].data_ptr() != model.get_parameter(name).data_ptr()
+    model.to(torch.float64)
+    assert all(block.fused() and block._stacks[0].dtype == torch.float64 for block in blocks)
+    model.load_state_dict({k: v.double() + 1 for k, v in before.items()})  # in place: still fused
+    assert all(block.fused() for block in blocks)
+    assert torch.equal(blocks[0]._stacks[1][1], before[name].double() + 1)
 
 
 def test_expert_bias_steers_the_choice_but_not_the_weights():

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import grouped_mm_runs_here
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -135,7 +136,7 @@ def test_the_released_config_naming_model_type_llada_loads_natively_and_not_as_l
 
 
 # ----------------------------------------------------------------------------------------------
-# The MoE layer: dense all-experts against a per-token loop
+# The MoE layer: both formulations against a per-token loop
 # ----------------------------------------------------------------------------------------------
 
 
@@ -153,15 +154,21 @@ def per_token_moe(block: LLaDAMoESparseMoeBlock, hidden: torch.Tensor) -> torch.
     return out
 
 
+@pytest.mark.parametrize("formulation", ["dense", pytest.param("grouped", marks=pytest.mark.skipif(
+    not grouped_mm_runs_here(), reason="this torch has no CPU torch._grouped_mm"))])
 @settings(max_examples=10, deadline=None)
 @given(experts=st.integers(2, 8), data=st.data(), bias=st.booleans(), tokens=st.integers(1, 6),
        seed=st.integers(0, 2**16))
-def test_the_dense_moe_equals_the_per_token_loop(experts, data, bias, tokens, seed):
+def test_both_moe_formulations_equal_the_per_token_loop(formulation, experts, data, bias, tokens,
+                                                        seed):
+    """LLaDA2's routed experts (`RoutedExperts`) under LLaDA-MoE's routing: every expert on every
+    token, or sorted by expert and grouped; experts left without a token included."""
     top_k = data.draw(st.integers(1, experts))
     config = tiny_config(num_experts=experts, num_experts_per_tok=top_k,
                          moe_router_enable_expert_bias=bias)
     torch.manual_seed(seed)
     block = LLaDAMoESparseMoeBlock(config)
+    block.formulation = formulation
     with torch.no_grad():
         for p in block.parameters():
             p.normal_(0, 0.5)
