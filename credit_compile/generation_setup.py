@@ -209,8 +209,9 @@ def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
             f"use kv_cache='prompt' or 'dual' (approximate) or 'none'")
     if config.kv_cache != "none" and not (info.approximate_kv_cache or info.block_causal):
         raise ValueError(
-            f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
-            f"reads and writes the cache; this model is a {info.kind} one. Load the checkpoint "
+            f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model (or its "
+            f"LLaDA-MoE or Dream), whose forward reads and writes the cache; this model is a "
+            f"{info.kind} one. Load the checkpoint "
             f"with credit_compile.models.LLaDAModelLM.from_pretrained(path) (the official LLaDA "
             f"layout loads as is), or use kv_cache='none'")
 
