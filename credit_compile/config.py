@@ -136,7 +136,8 @@ class DecodeConfig:
             "none" (docs/quality.md measures how much); the eager reference decodes the same
             way, so optimized and reference stay equal. Needs this project's LLaDA, LLaDA-MoE
             or Dream model (others are refused; docs/dream.md: Dream's shifted logits).
-            Memory: keys and values of every layer and position, kept per compiled step (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
+            Memory: keys and values of every layer and position, kept per compiled step
+            (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
             "block" is the exact cache of a block-causal model (LLaDA2), whose finished blocks
             never see a later one: the call's first step runs the whole canvas (the prompt's
             prefill), every other step the current block alone against the cache, and a
