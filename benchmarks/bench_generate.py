@@ -502,11 +502,9 @@ def main(argv=None) -> int:
     if device.type != "cuda" and any("-graphs" in m for m in modes):
         print("skipping the graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if "-graphs" not in m]
-    if args.preset in DREAM_PRESETS and any(kv_cache_of(m) != "none" or "layers-once" in m
-                                            for m in modes):
-        print("skipping the KV-cache and layers-once modes: Dream's shifted logits take no cache, "
-              "and only LLaDA marks its layers", file=sys.stderr)
-        modes = [m for m in modes if kv_cache_of(m) == "none" and "layers-once" not in m]
+    if args.preset in DREAM_PRESETS and any("layers-once" in m for m in modes):
+        print("skipping the layers-once modes: only LLaDA marks its layers", file=sys.stderr)
+        modes = [m for m in modes if "layers-once" not in m]
     out = Path(args.out or RESULTS / ("generate_llada2.jsonl" if is_llada2(args.preset)
                                       else "generate.jsonl"))
     if is_llada2(args.preset):

@@ -93,6 +93,13 @@ class ModelInfo:
         approximate KV caches (`kv_cache`, `cache_positions`) and `compile_layers_once`."""
         return self.kind in ("credit_compile", "lladamoe")
 
+    @property
+    def approximate_kv_cache(self) -> bool:
+        """Whether the model's forward reads and writes Fast-dLLM's approximate KV caches
+        (`kv_cache`, `cache_positions`): this project's bidirectional models (LLaDA, LLaDA-MoE,
+        Dream)."""
+        return self.own_bidirectional or self.kind == "dream"
+
 
 def _is_project_model(model: nn.Module) -> bool:
     from .models import LLaDAModelLM
@@ -264,7 +271,8 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
 
     `compile_layers_once` asks this project's model to compile one layer for all (other models
     have no such switch: the caller warns). This project's models also take the KV cache's
-    `kv_cache=` and `cache_positions=` (others are refused a cache before this is called).
+    `kv_cache=` and `cache_positions=`, as does Dream's (others are refused a cache before this
+    is called).
     `block_length`: LLaDA2's attention blocks (the decode's; None: the trained size). An MoE
     model's experts are fused first (`models.modeling_llada2.fuse_experts`), so that a step
     reads their stacked weights without copying them."""
@@ -286,6 +294,10 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
         def forward(input_ids, attention_mask, position_ids, **kv_cache):
             return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
                          compile_layers_once=compile_layers_once, **kv_cache).logits
+    elif info.kind == "dream":
+        def forward(input_ids, attention_mask, position_ids, **kv_cache):
+            return model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                         **kv_cache).logits
     elif info.takes_position_ids:
         def forward(input_ids, attention_mask, position_ids):
             if attention_mask is None:
@@ -311,10 +323,10 @@ def make_forward(model: nn.Module, info: ModelInfo, *,
 def _shifted(forward: ForwardFn) -> ForwardFn:
     """Row i of the logits from row i-1 (row 0 keeps its own: it is a prompt token's, never
     decoded), as Dream's generation code does: `cat([logits[:, :1], logits[:, :-1]], 1)`.
-    No KV cache: a cached step runs part of the canvas, without the row before its first
-    position (`generation_setup.check_kv_cache_support` refuses it)."""
-    def shifted(input_ids, attention_mask, position_ids):
-        logits = forward(input_ids, attention_mask, position_ids)
+    A cached step runs part of the canvas: it also runs the position before it, whose row it
+    then drops (`decoding.step.block_logits`)."""
+    def shifted(input_ids, attention_mask, position_ids, **kv_cache):
+        logits = forward(input_ids, attention_mask, position_ids, **kv_cache)
         rows = (torch.arange(logits.shape[1], device=logits.device) - 1).clamp_min(0)
         return logits.index_select(1, rows)
     return shifted

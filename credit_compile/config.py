@@ -135,9 +135,10 @@ class DecodeConfig:
             block's positions only, against the kept prefix and suffix; the cheapest step, and
             the most kept. Tokens can differ from
             "none" (docs/quality.md measures how much); the eager reference decodes the same
-            way, so optimized and reference stay equal. Needs this project's LLaDA model
-            (others are refused). Memory: keys and values of every layer and position, kept
-            per compiled step (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
+            way, so optimized and reference stay equal. Needs this project's LLaDA, LLaDA-MoE
+            or Dream model (others are refused; docs/dream.md: Dream's shifted logits).
+            Memory: keys and values of every layer and position, kept per compiled step
+            (LLaDA-8B, batch 8, 1056 positions: 4.4 GB in bfloat16).
             "block" is the exact cache of a block-causal model (LLaDA2), whose finished blocks
             never see a later one: the call's first step runs the whole canvas (the prompt's
             prefill), every other step the current block alone against the cache, and a

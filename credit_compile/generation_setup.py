@@ -77,7 +77,8 @@ class GenerationSetup:
         phases = ("refresh", "enter", "cached") if self.config.kv_cache == "block" else \
             ("refresh", "cached")
         return {phase: functools.partial(step, cache_phase=phase,
-                                         cached_span=self.config.kv_cache)
+                                         cached_span=self.config.kv_cache,
+                                         shifted_logits=self.info.shifted_logits)
                 for phase in phases}
 
     def max_steps(self) -> int:
@@ -199,12 +200,6 @@ def setup_generation(
 
 
 def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
-    if config.kv_cache != "none" and info.shifted_logits:
-        raise ValueError(
-            f"kv_cache={config.kv_cache!r} does not apply to this model's shifted logits (Dream: "
-            f"position i is read from position i-1's output): a cached step runs the block "
-            f"without the position before it, so its first position would have no logits; use "
-            f"kv_cache='none'")
     if info.block_causal and config.kv_cache in ("prompt", "dual"):
         raise ValueError(
             f"kv_cache={config.kv_cache!r} is an approximate cache for bidirectional models; "
@@ -215,10 +210,11 @@ def check_kv_cache_support(config: DecodeConfig, info: ModelInfo) -> None:
             f"kv_cache='block' is the exact cache of a block-causal model (credit_compile."
             f"models.LLaDA2ModelLM); this model ({info.kind}) attends to the whole canvas, so "
             f"use kv_cache='prompt' or 'dual' (approximate) or 'none'")
-    if config.kv_cache != "none" and not (info.own_bidirectional or info.block_causal):
+    if config.kv_cache != "none" and not (info.approximate_kv_cache or info.block_causal):
         raise ValueError(
-            f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model, whose forward "
-            f"reads and writes the cache; this model is a {info.kind} one. Load the checkpoint "
+            f"kv_cache={config.kv_cache!r} needs credit_compile's own LLaDA model (or its "
+            f"LLaDA-MoE or Dream), whose forward reads and writes the cache; this model is a "
+            f"{info.kind} one. Load the checkpoint "
             f"with credit_compile.models.LLaDAModelLM.from_pretrained(path) (the official LLaDA "
             f"layout loads as is), or use kv_cache='none'")
 

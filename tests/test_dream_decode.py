@@ -1,6 +1,6 @@
 """Dream decoded by `optimize()` and the eager reference: logits shifted by one (the adapter's
 `ModelInfo.shifted_logits`), Fast-dLLM's threshold decoding's recorded tokens, padded batches,
-and the caches that do not apply refused."""
+and Fast-dLLM's approximate KV caches (the block cache refused)."""
 
 from __future__ import annotations
 
@@ -153,14 +153,86 @@ def test_a_padded_row_decodes_as_it_does_alone(length, pad, strategy):
         assert both.generated[row].tolist() == alone.generated[0].tolist()
 
 
-@pytest.mark.parametrize("kv_cache", ["prompt", "dual", "block"])
-def test_kv_caches_are_refused_naming_the_fix(kv_cache):
-    """A cached step runs part of the canvas, without the row each shifted position reads."""
-    match = "shifted logits.*use kv_cache='none'"
+def test_the_block_cache_is_refused_naming_the_fix():
+    """kv_cache="block" is the exact cache of a block-causal model; Dream attends to the whole
+    canvas."""
+    match = "kv_cache='block' is the exact cache of a block-causal model"
     with pytest.raises(ValueError, match=match):
-        cc.optimize(dream(), **decode(kv_cache=kv_cache))
+        cc.optimize(dream(), **decode(kv_cache="block"))
     with pytest.raises(ValueError, match=match):
-        reference.generate(dream(), prompt(5), **decode(kv_cache=kv_cache))
+        reference.generate(dream(), prompt(5), **decode(kv_cache="block"))
+
+
+@pytest.mark.parametrize("span", ["dual", "prompt"])
+@pytest.mark.parametrize("block", [0, 1])
+@torch.no_grad()
+def test_a_cached_step_reads_the_row_before_its_span(span, block):
+    """On an unchanged canvas (nothing stale) a cached step's logits are the uncached step's,
+    the span's first position included: it reads the output of the position before the span
+    (the prompt's last token, or the previous block's last), which the cached step also runs.
+    Without that row its first position would get its own output, which differs (the prompt
+    span's run holds the row before any later block)."""
+    from credit_compile.decoding.step import block_logits
+
+    ids, mask = padded_pair(6, 2)
+    setup = setup_generation(dream(), ids, mask, cc.DecodeConfig(**decode(kv_cache=span)))
+    setup.step_functions()  # allocates the cache
+    state = setup.state
+    state.x[:, state.gen_start:] = prompt(8, seed=7, batch=2)  # some tokens, some masks
+    state.x[:, state.gen_start + 1::3] = MASK
+    positions = state.block_start + block * state.block_length + state.block_offsets
+    plain = block_logits(setup.forward, state, positions, 0.0)
+    block_logits(setup.forward, state, positions, 0.0, "refresh", span, shifted_logits=True)
+    cached = block_logits(setup.forward, state, positions, 0.0, "cached", span,
+                          shifted_logits=True)
+    torch.testing.assert_close(cached, plain, atol=2e-5 * plain.abs().max().item(), rtol=0)
+    if span == "dual" or block == 0:
+        unshifted = block_logits(setup.forward, state, positions, 0.0, "cached", span)
+        assert not torch.allclose(unshifted[:, 0], plain[:, 0], atol=1e-2)
+
+
+@pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
+def test_refreshing_the_cache_every_step_decodes_as_without_it(kv_cache):
+    """Every step a refresh: the shifted logits of the whole canvas, as without a cache."""
+    ids, mask = padded_pair(6, 2)
+    for strategy in ("credit", "threshold"):
+        plain = reference.generate(dream(), ids, mask, **decode(strategy=strategy))
+        cached = reference.generate(dream(), ids, mask, **decode(
+            strategy=strategy, kv_cache=kv_cache, kv_cache_refresh=1))
+        assert cached.sequences.tolist() == plain.sequences.tolist()
+
+
+@pytest.mark.cheap_compile
+@pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold"])
+def test_optimized_cached_generate_equals_the_reference(strategy, kv_cache):
+    """Fast-dLLM's approximate caches on a padded batch, token for token and in NFE; for credit
+    with the dual cache also prompt buckets and early stop."""
+    model = dream()
+    config = decode(strategy=strategy, kv_cache=kv_cache)
+    fast = cc.optimize(model, **config)
+    cases = [(*padded_pair(6, 2), {})]
+    if strategy == "credit" and kv_cache == "dual":
+        cases += [(prompt(5, seed=3, batch=2), None, {"prompt_bucket": 4}),
+                  (prompt(6, seed=4), None, {"early_stop": True, "eos_token_id": EOS})]
+    for ids, mask, extra in cases:
+        out = fast.generate(ids, mask, **extra)
+        expected = reference.generate(model, ids, mask, **config, **extra)
+        assert out.sequences.tolist() == expected.sequences.tolist(), (strategy, kv_cache, extra)
+        assert out.nfe == expected.nfe
+
+
+@pytest.mark.slow
+def test_the_compiled_cached_step_equals_the_reference():
+    """Inductor's code of the dual cache's steps (the refresh, and the block with the position
+    before it) on a padded batch."""
+    model = dream()
+    ids, mask = padded_pair(6, 2)
+    config = decode(strategy="credit", kv_cache="dual")
+    out = cc.optimize(model, **config).generate(ids, mask)
+    expected = reference.generate(model, ids, mask, **config)
+    assert out.stats["runner"] == "compiled"
+    assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
 
 
 def test_the_official_remote_code_model_is_refused_naming_the_native_one():

@@ -31,13 +31,16 @@ CachedSpan = Literal["dual", "prompt", "block"]
 
 
 def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor, cfg_scale: float,
-                 cache_phase: CachePhase = None, cached_span: CachedSpan = "dual"):
+                 cache_phase: CachePhase = None, cached_span: CachedSpan = "dual",
+                 shifted_logits: bool = False):
     """Logits of the current block's positions; classifier-free guidance when cfg_scale > 0.
 
     The block is sliced right after the model's LM head so the block-sliced-LM-head pass can move
     the slice before it. With a KV cache, the "refresh" phase runs the whole canvas and stores its
     keys and values; the "cached" phase runs the block's tokens only ("dual"), or the generated
-    region ("prompt", a static span whatever the block), against the stored ones.
+    region ("prompt", a static span whatever the block), against the stored ones. With
+    `shifted_logits` (a forward returning row i-1's output at row i, `ModelInfo.shifted_logits`)
+    a cached step also runs the position before its span, whose output its first position reads.
     """
     x, attention_mask, position_ids = state.x, state.attention_mask, state.position_ids
     if cfg_scale != 0:
@@ -49,20 +52,23 @@ def block_logits(forward: ForwardFn, state: DecodeState, positions: torch.Tensor
         x = torch.cat([x, unconditional])
         attention_mask, position_ids = twice(attention_mask), twice(position_ids)
     if cache_phase in ("cached", "enter"):
+        before = int(shifted_logits)  # the prompt is never empty: position gen_start - 1 is real
         if cached_span == "prompt":
-            run = torch.arange(state.gen_start, state.x.shape[1], device=positions.device)
+            run = torch.arange(state.gen_start - before, state.x.shape[1], device=positions.device)
         elif cache_phase == "enter":  # the previous block, then this one (never block 0's)
             run = torch.cat([(positions - state.block_length).clamp_min(0), positions])
         else:
-            run = positions
+            run = torch.cat([positions[:before] - 1, positions])
         logits = forward(
             x.index_select(1, run), attention_mask,
             None if position_ids is None else position_ids.index_select(1, run),
             kv_cache=state.kv_cache, cache_positions=run)
         if cached_span == "prompt":
-            logits = logits.index_select(1, positions - state.gen_start)
+            logits = logits.index_select(1, positions - state.gen_start + before)
         elif cache_phase == "enter":
             logits = logits[:, state.block_length:]
+        elif before:
+            logits = logits[:, before:]
     else:
         cache = {} if cache_phase is None else {"kv_cache": state.kv_cache}
         logits = forward(x, attention_mask, position_ids, **cache).index_select(1, positions)
@@ -97,6 +103,7 @@ def denoise_step(
     suppress_ids: tuple[int, ...] | None = None,
     cache_phase: CachePhase = None,
     cached_span: CachedSpan = "dual",
+    shifted_logits: bool = False,
 ) -> None:
     """Run one denoising step on `state`, in place. `suppress_ids` are never proposed.
 
@@ -111,7 +118,8 @@ def denoise_step(
     block = state.block_index.clamp(max=num_blocks - 1)
     positions = state.block_start + block * block_length + state.block_offsets
 
-    logits = block_logits(forward, state, positions, cfg_scale, cache_phase, cached_span)
+    logits = block_logits(forward, state, positions, cfg_scale, cache_phase, cached_span,
+                          shifted_logits)
     if suppress_ids is not None:
         logits = without_tokens_sync_free(logits, suppress_ids)
     current = state.x.index_select(1, positions)

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Qwen2ForCausalLM
 
@@ -180,3 +182,108 @@ def test_dream_presets():
         (3584, 28, 28, 4, 18944, 152064, 151666, 151643)
     assert big.rope_parameters["rope_theta"] == 1e6
     assert not set(DREAM_PRESETS) & set(available_presets())
+
+
+def empty_cache(model, batch, length):
+    # NaN-filled: a read of anything the forward did not write shows in its output.
+    shape = model.kv_cache_shape(batch, length)
+    return torch.full(shape, float("nan")), torch.full(shape, float("nan"))
+
+
+def tokens(batch, length, seed, pad=0):
+    """Random tokens (in both models' vocabularies); with `pad`, the last row left-padded by that
+    many."""
+    ids = torch.randint(0, 60, (batch, length), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones_like(ids)
+    mask[-1, :pad] = 0
+    return ids, (mask if pad else None)
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+@torch.no_grad()
+def test_refresh_returns_the_plain_logits_and_fills_the_cache(pad):
+    model = official_model()
+    ids, mask = tokens(2, 12, seed=1, pad=pad)
+    keys, values = empty_cache(model, 2, 12)
+    assert model.kv_cache_shape(2, 12) == (2, 2, 2, 12, 8)  # layers, batch, kv heads, T, head_dim
+    refreshed = model(ids, mask, kv_cache=(keys, values)).logits
+    torch.testing.assert_close(refreshed, model(ids, mask).logits, atol=1e-6, rtol=1e-6)
+    assert not keys.isnan().any() and not values.isnan().any()
+
+
+@settings(max_examples=10, deadline=None)
+@given(start=st.integers(0, 15), length=st.integers(1, 6), pad=st.integers(0, 5),
+       seed=st.integers(0, 2**16))
+@torch.no_grad()
+def test_cached_forward_of_an_unchanged_sequence_equals_the_plain_one(start, length, pad, seed):
+    """Nothing is stale: the kept keys and values are the sequence's own (padded queries too)."""
+    model = build_model(get_config("tiny-dream", initializer_range=0.5), seed=seed % 5)
+    ids, mask = tokens(2, 20, seed=seed, pad=pad)
+    cache = empty_cache(model, 2, 20)
+    plain = model(ids, mask, kv_cache=cache).logits
+    positions = torch.arange(start, min(start + length, 20))
+    cached = model(ids[:, positions], mask, kv_cache=cache, cache_positions=positions).logits
+    scale = plain.abs().max().item()
+    torch.testing.assert_close(cached, plain[:, positions], atol=2e-5 * scale, rtol=0)
+
+
+@pytest.mark.parametrize("span", ["block", "generated"])
+@torch.no_grad()
+def test_a_cached_forward_sees_the_rest_as_the_refresh_left_it(span):
+    """The oracle: a plain forward of the changed sequence whose key and value projections
+    outside the recomputed span are, in every layer, the refresh's. A cache that kept a row it
+    should recompute, or recomputed one it should keep, differs from it."""
+    model = build_model(get_config("tiny-dream", initializer_range=0.5), seed=5)
+    ids, mask = tokens(2, 20, seed=8, pad=3)
+    recomputed = torch.arange(8, 12) if span == "block" else torch.arange(8, 20)
+    changed = ids.clone()
+    changed[:, 8:12] = torch.randint(0, 60, (2, 4), generator=torch.Generator().manual_seed(9))
+    kept = torch.ones(20, dtype=torch.bool)
+    kept[recomputed] = False
+
+    projections, handles = {}, []
+    for layer, block in enumerate(model.model.layers):
+        for name in ("k_proj", "v_proj"):
+            def hook(module, args, output, key=(layer, name)):
+                if key not in projections:  # the refresh: record
+                    projections[key] = output
+                    return output
+                return torch.where(kept[None, :, None], projections[key], output)
+            handles.append(getattr(block.self_attn, name).register_forward_hook(hook))
+    cache = empty_cache(model, 2, 20)
+    model(ids, mask, kv_cache=cache)
+    oracle = model(changed, mask).logits[:, recomputed]
+    for handle in handles:
+        handle.remove()
+
+    cached = model(changed[:, recomputed], mask, kv_cache=cache,
+                   cache_positions=recomputed).logits
+    scale = oracle.abs().max().item()
+    torch.testing.assert_close(cached, oracle, atol=2e-5 * scale, rtol=0)
+    exact = model(changed, mask).logits[:, recomputed]
+    assert (exact - oracle).abs().max() > 1e-2 * scale  # the test sees stale rows
+
+
+@torch.no_grad()
+def test_a_cache_that_would_decode_wrong_logits_is_refused():
+    """LLaDA's checks (shape, dtype, one tensor for both, the whole sequence's mask), and what
+    only Dream's forward takes (a 4-D mask, transformers' extra arguments) refused by name."""
+    model = official_model()
+    ids, mask = tokens(2, 10, seed=1, pad=2)
+    block = torch.arange(6, 10)
+    with pytest.raises(ValueError, match=r"kv_cache keys of shape .*model.kv_cache_shape"):
+        model(ids, kv_cache=empty_cache(model, 1, 10))
+    with pytest.raises(ValueError, match=r"cache_positions without kv_cache"):
+        model(ids[:, block], cache_positions=block)
+    one = torch.zeros(model.kv_cache_shape(2, 10))
+    with pytest.raises(ValueError, match=r"share their memory"):
+        model(ids, mask, kv_cache=(one, one))
+    cache = empty_cache(model, 2, 10)
+    model(ids, mask, kv_cache=cache)
+    with pytest.raises(ValueError, match=r"give the whole sequence's \[B, T\] = \(2, 10\) mask"):
+        model(ids[:, block], mask[:, block], kv_cache=cache, cache_positions=block)
+    with pytest.raises(ValueError, match=r"2-D \[batch, length\] padding mask"):
+        model(ids, torch.ones(2, 1, 10, 10, dtype=torch.bool), kv_cache=cache)
+    with pytest.raises(TypeError, match="output_hidden_states"):
+        model(ids, mask, kv_cache=cache, output_hidden_states=True)
+
