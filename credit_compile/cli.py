@@ -216,13 +216,13 @@ def _progress_bar(total: int | None, compiling: bool = False):
     return bar, progress
 
 
-def _block_printer(bar, prompts, tokenizer, num_blocks: int):
+def _block_printer(bar, prompts, tokenizer):
     """An `on_block` that prints, per prompt, the text each finished block adds (through the
     bar, which would otherwise draw over the line); `TextStream` holds back a character cut
     across blocks until it is whole."""
     from .text_stream import TextStream
 
-    stream = TextStream(tokenizer, num_blocks=num_blocks)
+    stream = TextStream(tokenizer)
 
     def print_block(block) -> None:
         for prompt, added in zip(prompts, stream.add(block), strict=True):
@@ -266,7 +266,7 @@ def _generate(args) -> int:
     # no count known in advance says (a bar to gen_length would stop far short of its end).
     bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None,
                                   compiling=config.compile and not args.eager)
-    on_block = _block_printer(bar, prompts, tokenizer, config.num_blocks) if args.stream else None
+    on_block = _block_printer(bar, prompts, tokenizer) if args.stream else None
     start = time.perf_counter()
     try:
         if fast is None:

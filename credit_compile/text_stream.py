@@ -10,16 +10,16 @@ _INCOMPLETE = "\ufffd"  # what a byte-level tokenizer decodes a cut multi-byte c
 class TextStream:
     """Turns the `FinishedBlock`s of `generate(..., on_block=...)` into text, per prompt.
 
-        stream = credit_compile.TextStream(tokenizer, num_blocks=config.num_blocks)
+        stream = credit_compile.TextStream(tokenizer)
         out = model.generate(ids, mask, on_block=lambda block: send(stream.add(block)))
-        send(stream.finish())   # the text still held back, if any (see below)
 
     `add(block)` returns, for each row, the text the block adds. Each row's tokens so far are
     decoded whole and the part not yet returned is returned: a token's text can depend on its
     neighbours (a byte-level tokenizer splits a character's bytes across tokens, and so across
     blocks), so decoding blocks one by one would garble it. A cut character decodes to U+FFFD;
-    a trailing one is held back until the next block completes it. With `num_blocks` the last
-    block returns it as it is; without, `finish()` does.
+    a trailing one is held back until the next block completes it; the generation's last block
+    (`FinishedBlock.last`) returns it as it is. Blocks made by hand without `last` flush at
+    `num_blocks`, or at `finish()`.
 
     Decoding the whole row per block costs O(tokens) per block, as transformers' TextStreamer.
     If the tokenizer's text for the tokens so far no longer starts with the text already
@@ -28,7 +28,8 @@ class TextStream:
 
     Args:
         tokenizer: anything with `decode(list[int], **decode_kwargs) -> str`.
-        num_blocks: the generation's blocks (`DecodeConfig.num_blocks`), to flush at the last.
+        num_blocks: for blocks that do not say which is last: how many there are, to flush at
+            the last (`generate()`'s blocks say it themselves).
         decode_kwargs: passed to `decode`; default `skip_special_tokens=True`, which drops the
             end-of-text tokens `early_stop` fills a row with.
     """
@@ -65,7 +66,7 @@ class TextStream:
             raise ValueError(f"block {block.index} has {len(rows)} rows, earlier blocks "
                              f"{len(self._tokens)}: one TextStream per generate() call")
         self._next_index += 1
-        last = self.num_blocks is not None and self._next_index >= self.num_blocks
+        last = block.last or (self.num_blocks is not None and self._next_index >= self.num_blocks)
         for tokens, new in zip(self._tokens, rows, strict=True):
             tokens.extend(new)
         return [self._new_text(row, hold_back=not last) for row in range(len(rows))]

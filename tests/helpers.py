@@ -94,6 +94,7 @@ def assert_streamed(recorder: StreamRecorder, out: cc.GenerationOutput, gen_leng
     first before decoding ended (not all of them at the end)."""
     blocks = [block for _, block in recorder.blocks]
     assert [b.index for b in blocks] == list(range(gen_length // block_length))
+    assert [b.last for b in blocks] == [b is blocks[-1] for b in blocks]
     for block in blocks:
         assert block.start == out.prompt_length + block.index * block_length
         assert torch.equal(block.tokens, out.sequences[:, block.start:block.start + block_length])

@@ -61,9 +61,9 @@ def test_a_character_split_across_blocks_is_printed_whole(capsys):
 
     data = torch.tensor([list("café ok".encode())])
     bar = types.SimpleNamespace(write=lambda line, file: print(line, file=file))
-    send = _block_printer(bar, ["p"], ByteTokenizer(), num_blocks=2)
+    send = _block_printer(bar, ["p"], ByteTokenizer())
     for index in (0, 1):
-        send(FinishedBlock(index, 4 * index, data[:, 4 * index:4 * index + 4]))
+        send(FinishedBlock(index, 4 * index, data[:, 4 * index:4 * index + 4], last=index == 1))
     assert capsys.readouterr().out.splitlines() == ["block 0: 'p' -> 'caf'",
                                                     "block 1: 'p' -> 'é ok'"]
 
@@ -187,20 +187,19 @@ def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
 
 def test_the_optimized_path_streams_and_reports_progress_as_eager_does(monkeypatch, capsys):
     # Without --eager the callbacks go to optimize(...).generate: the bar counts its steps, and
-    # each block is printed through a TextStream told the call's block count (so the last block
-    # flushes a character held back, with no finish() to call).
+    # each block is printed through a TextStream, which the last block (it says so) flushes.
     from credit_compile import cli
 
     bars, printers = [], []
     real_bar, real_printer = cli._progress_bar, cli._block_printer
     monkeypatch.setattr(cli, "_progress_bar", lambda total, compiling=False: (
         bars.append(real_bar(total, compiling)) or bars[-1]))
-    monkeypatch.setattr(cli, "_block_printer", lambda bar, prompts, tokenizer, num_blocks: (
-        printers.append(num_blocks) or real_printer(bar, prompts, tokenizer, num_blocks)))
+    monkeypatch.setattr(cli, "_block_printer", lambda bar, prompts, tokenizer: (
+        printers.append(prompts) or real_printer(bar, prompts, tokenizer)))
     assert main(["generate", "--prompt", "0012+0034=", "--stream", "--no-compile", *SMALL]) == 0
     streamed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("block ")]
     assert [line.split(":")[0] for line in streamed] == ["block 0", "block 1"]
-    assert printers == [2]
+    assert printers == [["0012+0034="]]
     (bar, _), = bars
     assert bar.n > 0
 

@@ -199,12 +199,30 @@ def test_rows_of_other_tails_stream_and_trace_their_own_columns():
     blocks = []
     out = reference.generate(model, ids, mask, trace=True, on_block=blocks.append,
                              **decode(strategy="threshold", gen_length=6))
-    assert [(b.index, b.start) for b in blocks] == [(0, 8), (1, 11)]  # 3 of row 1's block 0
+    assert [(b.index, b.start, b.last) for b in blocks] == [(0, 8, False), (1, 11, True)]
     assert torch.cat([b.tokens for b in blocks], 1).tolist() == out.generated.tolist()
     for row in range(2):
         committed = sorted(p for step in out.trace for p in step.committed[row])
         # Row 0's last block ends at its 8th token, row 1's at its 7th: decoded, not returned.
         assert committed == list(range(8, 16 if row == 0 else 15))
+
+
+def test_a_tail_streams_one_block_more_than_the_config_counts_and_the_last_says_so():
+    """A prompt of 7 and 4 tokens in blocks of 4: `DecodeConfig.num_blocks` is 1, the decode
+    two blocks (1 token, then 3); `TextStream` flushes at the block that says it is the last."""
+    model, ids = llada2(), prompt(7)
+    config = decode(strategy="threshold", gen_length=4)
+    assert cc.DecodeConfig(**config).num_blocks == 1
+    stream, texts = cc.TextStream(Digits()), []
+    out = reference.generate(model, ids, on_block=lambda b: texts.append((b.last, stream.add(b))),
+                             **config)
+    assert [last for last, _ in texts] == [False, True]
+    assert "".join(text[0] for _, text in texts) == Digits().decode(out.generated[0].tolist())
+
+
+class Digits:
+    def decode(self, ids, **kwargs):
+        return "".join(f"{i} " for i in ids)
 
 
 # ----------------------------------------------------------------------------------------------

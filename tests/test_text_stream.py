@@ -52,6 +52,13 @@ def test_without_num_blocks_finish_returns_what_was_held_back():
     assert [known.add(b) for b in blocks_of([data[:4]], 2)] == [["ok"], [" \ufffd"]]
 
 
+def test_the_block_that_says_it_is_the_last_returns_what_was_held_back():
+    stream = cc.TextStream(ByteTokenizer())
+    first, last = blocks_of([list("ok é".encode())[:4]], 2)
+    last.last = True
+    assert [stream.add(first), stream.add(last)] == [["ok"], [" \ufffd"]]
+
+
 @given(rows=st.lists(st.binary(min_size=12, max_size=12), min_size=1, max_size=3),
        block_length=st.sampled_from([1, 2, 3, 4, 6, 12]), known_blocks=st.booleans())
 def test_the_pieces_add_up_to_the_whole_text(rows, block_length, known_blocks):

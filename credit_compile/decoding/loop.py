@@ -40,11 +40,14 @@ class FinishedBlock:
         tokens: [B, block_length] the block's tokens, a copy (fewer columns where the block
             begins with the prompt's tail or runs past gen_length: blocks aligned to positions
             from 0, as LLaDA2 decodes).
+        last: whether it is the generation's last block (a LLaDA2 batch whose prompts reach
+            into its first block decodes one block more than `DecodeConfig.num_blocks`).
     """
 
     index: int
     start: int
     tokens: torch.Tensor
+    last: bool = False
 
 
 @dataclass
@@ -145,7 +148,7 @@ def _stream_finished_blocks(state: DecodeState, streamed: int,
             tokens = state.x[:state.output_rows].gather(
                 1, state.gen_columns[:state.output_rows, columns])
         on_block(FinishedBlock(index=index, start=state.gen_start - state.output_start + start,
-                               tokens=tokens))
+                               tokens=tokens, last=index == state.num_blocks - 1))
     return max(streamed, finished)
 
 
