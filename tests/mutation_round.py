@@ -35,7 +35,7 @@ MUTANTS = [
     ("cache-drops-the-newest", "credit_compile/step_cache.py",
      "popitem(last=False)", "popitem(last=True)", "least_recently_used"),
     ("cache-key-without-padding", "credit_compile/step_cache.py",
-     "state.gen_start, state.attention_mask is not None,", "state.gen_start,",
+     "state.block_start, state.attention_mask is not None,", "state.block_start,",
      "precompile_padded or serves_every_length or padded_batch_and_an_unpadded"),
     ("cache-size-zero-allowed", "credit_compile/step_cache.py",
      "and value > 0)", "and value >= 0)", "max_cached_steps"),
