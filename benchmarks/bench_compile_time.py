@@ -83,7 +83,7 @@ def run_child(spec: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from benchutil import positive_int
+    from benchutil import decode_config, positive_int
     from provenance import git_commit
 
     from credit_compile.models import available_presets
@@ -107,10 +107,9 @@ def main(argv=None) -> int:
 
     import torch
 
-    import credit_compile as cc
 
     try:  # a bad length is a usage error, caught before any child starts
-        cc.DecodeConfig(gen_length=args.gen_length, block_length=args.block_length)
+        decode_config(args.preset, gen_length=args.gen_length, block_length=args.block_length)
     except ValueError as exc:
         parser.error(str(exc))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -73,7 +73,7 @@ import types
 from pathlib import Path
 
 import torch
-from benchutil import bench_dtype, bench_model, init_std_of, is_llada2, is_tiny, positive_int
+from benchutil import bench_dtype, bench_model, decode_config, init_std_of, is_llada2, is_tiny, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
@@ -496,7 +496,7 @@ def main(argv=None) -> int:
     modes = [m for m in family if m in (args.modes or family)]
     for gen_length in gen_lengths:  # a bad length is a usage error, caught before the model loads
         try:
-            cc.DecodeConfig(gen_length=gen_length, block_length=block)
+            decode_config(args.preset, gen_length=gen_length, block_length=block)
         except ValueError as exc:
             parser.error(str(exc))
     if device.type != "cuda" and any("-graphs" in m for m in modes):

@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from benchutil import bench_dtype, bench_model, init_std_of, positive_int
+from benchutil import bench_dtype, bench_model, decode_config, init_std_of, positive_int
 from provenance import git_commit
 
 import credit_compile as cc
@@ -391,7 +391,8 @@ def main(argv=None) -> int:
     block = args.block_length or (16 if tiny else 32)
     repeats = args.repeats or (3 if tiny else 1)
     try:  # a bad length or threshold is a usage error, caught before the model is built
-        base = cc.DecodeConfig(gen_length=gen_length, block_length=block, tau=args.threshold)
+        base = decode_config(args.preset, gen_length=gen_length, block_length=block,
+                             tau=args.threshold)
     except ValueError as error:
         parser.error(str(error))
 

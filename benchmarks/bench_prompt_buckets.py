@@ -32,6 +32,7 @@ from benchutil import (
     bench_dtype,
     bench_model,
     bench_model_config,
+    decode_config,
     is_tiny,
     non_negative_int,
     positive_int,
@@ -100,7 +101,8 @@ def setup(args, device, with_model: bool = True):
     model_config = bench_model_config(args.preset)
     gen_length = args.gen_length if args.gen_length is not None else (32 if tiny else 256)
     block_length = args.block_length if args.block_length is not None else (16 if tiny else 32)
-    config = cc.DecodeConfig(gen_length=gen_length, block_length=block_length, sync_every=8)
+    config = decode_config(args.preset, gen_length=gen_length, block_length=block_length,
+                           sync_every=8)
     requests = make_requests(args.requests, args.min_length, args.max_length,
                              model_config.vocab_size, model_config.mask_token_id, device)
     model = bench_model(args.preset, device) if with_model else None

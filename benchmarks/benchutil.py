@@ -6,6 +6,7 @@ import argparse
 
 import torch
 
+import credit_compile as cc
 from credit_compile.models import LLADA2_PRESETS, PRESETS, LLaDAConfig, build_model, get_config
 
 # At the presets' init_std (0.02) the random tiny model is near uniform: every confidence is
@@ -23,6 +24,19 @@ def is_tiny(preset: str) -> bool:
 def is_llada2(preset: str) -> bool:
     """A LLaDA2 preset (block-diffusion MoE, `LLADA2_PRESETS`)."""
     return preset in LLADA2_PRESETS
+
+
+def decode_config(preset: str, **fields) -> cc.DecodeConfig:
+    """The DecodeConfig of a benchmark's flags, also refusing what the preset's model refuses
+    when decoding starts (a gen_length of part blocks for a bidirectional model): ValueError,
+    which the scripts report as a usage error before anything runs."""
+    from types import SimpleNamespace
+
+    from credit_compile.generation_setup import check_gen_length
+
+    config = cc.DecodeConfig(**fields)
+    check_gen_length(config, SimpleNamespace(block_causal=is_llada2(preset)))
+    return config
 
 
 def bench_model_config(preset: str, **overrides):

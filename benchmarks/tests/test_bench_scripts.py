@@ -297,18 +297,23 @@ def test_run_mode_reports_the_median_run(bench_generate, monkeypatch):
     assert row["first_block_ms"] == pytest.approx(500.0)
 
 
-def test_generate_runs_the_dream_preset_without_its_cache_modes(bench_generate, tmp_path, capsys):
-    """tiny-dream: the uncached eager modes decode (its own init drawn at TINY_INIT_STD); the
-    KV-cache modes, which Dream's shifted logits do not take, are skipped with a note."""
+def test_generate_runs_the_dream_preset_with_its_caches_but_not_layers_once(bench_generate,
+                                                                             tmp_path, capsys):
+    """tiny-dream: the eager modes decode, its dual cache included (its own init drawn at
+    TINY_INIT_STD); the layers-once modes, which only LLaDA's marked layers take, are skipped
+    with a note."""
     out = tmp_path / "rows.jsonl"
     assert bench_generate.main(["--preset", "tiny-dream", "--device", "cpu", "--modes",
-                                "threshold-eager", "credit-dual-cache-eager", "--gen-length", "8",
+                                "threshold-eager", "credit-dual-cache-eager",
+                                "credit-compiled-layers-once", "--gen-length", "8",
                                 "--block-length", str(BLOCK), "--repeats", "1",
                                 "--out", str(out)]) == 0
-    (row,) = read_rows(out)
-    assert (row["mode"], row["preset"], row["init_std"]) == ("threshold-eager", "tiny-dream", 0.5)
-    assert row["nfe"] >= 2 and row["step_flops"] > 0
-    assert "skipping the KV-cache" in capsys.readouterr().err
+    rows = read_rows(out)
+    assert [row["mode"] for row in rows] == ["threshold-eager", "credit-dual-cache-eager"]
+    for row in rows:
+        assert (row["preset"], row["init_std"]) == ("tiny-dream", 0.5)
+        assert row["nfe"] >= 2 and row["step_flops"] > 0
+    assert "skipping the layers-once" in capsys.readouterr().err
 
 
 def test_generate_prompts_never_hold_the_mask_or_spare_ids(bench_generate):
