@@ -36,7 +36,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
 from .configuration_dream import DreamConfig
-from .modeling_llada import LLaDAModelLM, positions_from_mask
+from .modeling_llada import LLaDAModelLM, cache_and_repeat, positions_from_mask
 
 __all__ = ["DreamModel", "dream_attention_mask"]
 
@@ -145,17 +145,7 @@ class DreamModel(Qwen2ForCausalLM):
         k = attention.k_proj(x).view(B, L, -1, head_dim).transpose(1, 2)
         v = attention.v_proj(x).view(B, L, -1, head_dim).transpose(1, 2)
         q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        if cache_positions is None:
-            cache_keys.copy_(k)
-            cache_values.copy_(v)
-        else:
-            cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
-            cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
-            k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
-        groups = q.shape[1] // k.shape[1]
-        if groups != 1:
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        k, v = cache_and_repeat(q, k, v, cache_keys, cache_values, cache_positions)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attention.scaling)
         return attention.o_proj(out.transpose(1, 2).reshape(B, L, -1))
 

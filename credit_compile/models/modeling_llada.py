@@ -184,6 +184,29 @@ _ACTIVATIONS = {
 }
 
 
+def cache_and_repeat(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     cache_keys: torch.Tensor | None, cache_values: torch.Tensor | None,
+                     cache_positions: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The keys and values the queries ``q`` attend to (``[B, n_heads, T, head_dim]``), through
+    Fast-dLLM's cache where one is given: without ``cache_positions`` the tokens are the whole
+    sequence and are stored; with them they are written at those positions, and every stored
+    one is read back (in the queries' dtype). Grouped key/value heads are repeated to the
+    queries' heads."""
+    if cache_keys is not None:
+        if cache_positions is None:
+            cache_keys.copy_(k)
+            cache_values.copy_(v)
+        else:
+            cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
+            cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
+            k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
+    groups = q.shape[1] // k.shape[1]
+    if groups != 1:
+        k = k.repeat_interleave(groups, dim=1)
+        v = v.repeat_interleave(groups, dim=1)
+    return k, v
+
+
 class LLaDABlock(nn.Module):
     """The official `LLaDALlamaBlock` (pre-norm attention + gated MLP), without cache or dropout."""
 
@@ -245,18 +268,7 @@ class LLaDABlock(nn.Module):
         k = k.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(B, L, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rotary(q, k, cos, sin, self.rope_full_precision)
-        if cache_keys is not None:
-            if cache_positions is None:
-                cache_keys.copy_(k)
-                cache_values.copy_(v)
-            else:
-                cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
-                cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
-                k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
-        if self.n_kv_heads != self.n_heads:
-            groups = self.n_heads // self.n_kv_heads
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        k, v = cache_and_repeat(q, k, v, cache_keys, cache_values, cache_positions)
         att = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
         att = att.transpose(1, 2).reshape(B, L, -1)
         return self.attn_out(att)

@@ -65,6 +65,7 @@ from .modeling_llada import (
     _layers_alike,
     _run_block,
     _run_block_compiled_once,
+    cache_and_repeat,
     positions_from_mask,
 )
 from .modeling_llada2 import RoutedExperts, apply_partial_rotary, partial_rotary_cos_sin
@@ -169,18 +170,7 @@ class LLaDAMoEAttention(nn.Module):
             q, k, v = q.clamp(-clip, clip), k.clamp(-clip, clip), v.clamp(-clip, clip)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         q, k = apply_partial_rotary(q, cos, sin), apply_partial_rotary(k, cos, sin)
-        if cache_keys is not None:
-            if cache_positions is None:
-                cache_keys.copy_(k)
-                cache_values.copy_(v)
-            else:
-                cache_keys.index_copy_(2, cache_positions, k.to(cache_keys.dtype))
-                cache_values.index_copy_(2, cache_positions, v.to(cache_values.dtype))
-                k, v = cache_keys.to(q.dtype), cache_values.to(q.dtype)
-        if self.num_kv_heads != self.num_heads:
-            groups = self.num_heads // self.num_kv_heads
-            k = k.repeat_interleave(groups, dim=1)
-            v = v.repeat_interleave(groups, dim=1)
+        k, v = cache_and_repeat(q, k, v, cache_keys, cache_values, cache_positions)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=0.0, is_causal=False)
         return self.o_proj(out.transpose(1, 2).reshape(B, L, self.num_heads * self.head_dim))
 
