@@ -12,8 +12,8 @@ seconds; each round starts after an untimed request. A row per mode: requests/s,
 tokens/s (rows x gen_length decoded), p50/p99 latency and the histogram of prompts per
 generate() call read from the server's /metrics.
 
-`start`: from the process's start to its first answer, four ways: cold (an empty Inductor cache)
-and warm (the same, plus the `--cache-dir` artifacts the cold run saved), each with
+`start`: from the process's start to its first answer, four ways: cold (an empty `--cache-dir`)
+and warm (the directory the cold run filled: the artifacts and Inductor's kernels), each with
 `--precompile` (compiled before the port opens) and without (the first request compiles). A row
 per way: start-up seconds (to /health answering), first-request seconds, compiles seen.
 
@@ -49,7 +49,8 @@ def free_port() -> int:
 
 
 class Server:
-    """`credit-compile serve` in a subprocess; its output kept in a log file."""
+    """`credit-compile serve` in a subprocess; its output kept in a log file. `env` is laid over
+    this process's environment (a None value removes the variable)."""
 
     def __init__(self, flags: list[str], env: dict, log_path: Path):
         self.port = free_port()
@@ -59,7 +60,7 @@ class Server:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "credit_compile", "serve", "--port", str(self.port),
              "--log-level", "warning", *flags], stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, **env})
+            env={k: v for k, v in {**os.environ, **env}.items() if v is not None})
         self.url = f"http://127.0.0.1:{self.port}"
 
     def wait_healthy(self, seconds: float) -> float:
@@ -237,7 +238,8 @@ def run_start(args, base: dict, tmp: Path) -> list[dict]:
     for precompile in (True, False):
         cache_dir = cache / ("precompiled" if precompile else "lazy")
         for way in ("cold", "warm"):  # warm: the artifacts the cold run saved
-            env = {"TORCHINDUCTOR_CACHE_DIR": str(tmp / f"inductor-{way}-{precompile}")}
+            # No TORCHINDUCTOR_CACHE_DIR: the --cache-dir keeps Inductor's kernels, as a user's.
+            env = {"TORCHINDUCTOR_CACHE_DIR": None}
             flags = ["--max-batch", "4", "--batch-bucket", "4", "--prompt-bucket", "16",
                      "--cache-dir", str(cache_dir)] + (["--precompile"] if precompile else [])
             server = Server(flags, env, tmp / f"start-{way}-{precompile}.log")

@@ -43,7 +43,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precompile-prompt-tokens", type=_positive_int, default=None,
                    help="longest prompt --precompile prepares for (default: one prompt bucket)")
     p.add_argument("--cache-dir", default=None,
-                   help="directory keeping the compiled artifacts: a restart with the same "
+                   help="directory keeping the compiled artifacts (and Inductor's kernel cache, "
+                        "unless TORCHINDUCTOR_CACHE_DIR is set): a restart with the same "
                         "directory loads them instead of compiling again")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])

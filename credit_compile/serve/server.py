@@ -17,6 +17,7 @@ from .app import ServeOptions, Service
 from .warmstart import (
     bucket_shapes,
     inductor_cache_counts,
+    keep_kernels_in,
     load_artifacts,
     precompile,
     save_artifacts,
@@ -67,12 +68,15 @@ def build_service(model, tokenizer, config, options: ServeOptions | None = None,
 
 def serve(args, config) -> int:
     """`credit-compile serve`: blocks until the server is stopped (Ctrl-C, SIGTERM)."""
-    from ..models.loading import load_model_and_tokenizer
-
     def note(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
+    # Before the imports below: importing Inductor fixes its cache folder.
+    if args.cache_dir is not None and (kernels := keep_kernels_in(args.cache_dir)):
+        note(f"Inductor's kernels cached in {kernels}")
+    from ..models.loading import load_model_and_tokenizer
+
     name = args.served_model_name or ("credit-compile-default" if args.model is None
                                       else args.model.rstrip("/").rsplit("/", 1)[-1])
     options = ServeOptions(model_name=name, max_batch=args.max_batch, max_queue=args.max_queue,

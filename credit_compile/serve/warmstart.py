@@ -3,9 +3,10 @@ in a cache directory so that a restarted server (or a fresh machine given the di
 them instead of running Inductor again.
 
 The artifacts are torch's portable compile caches (`torch.compiler.save_cache_artifacts` /
-`load_cache_artifacts`: Inductor's generated code and AOTAutograd's graphs) in one file. Dynamo
-still traces the step at start-up (seconds); Inductor's code generation, the bulk of a cold
-compile, is skipped.
+`load_cache_artifacts`: Inductor's generated code and AOTAutograd's graphs) in one file. They do
+not hold the CPU's compiled C++ kernels, which live in Inductor's own on-disk cache: the cache
+directory keeps that too (`keep_kernels_in`). Dynamo still traces the step at start-up
+(seconds); Inductor's code generation and the kernels' builds are skipped.
 """
 
 from __future__ import annotations
@@ -20,6 +21,18 @@ from pathlib import Path
 log = logging.getLogger("credit_compile.serve")
 
 ARTIFACTS_FILE = "compile_artifacts.bin"
+
+
+def keep_kernels_in(cache_dir) -> str | None:
+    """Puts Inductor's on-disk cache (the built C++ and Triton kernels) under `cache_dir`/inductor
+    unless TORCHINDUCTOR_CACHE_DIR is set, so that a restart with the same directory builds no
+    kernel again. Call it before the first compile of the process. The folder used, or None
+    where the user's setting stands."""
+    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+        return None
+    folder = str((Path(cache_dir) / "inductor").resolve())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    return folder
 
 
 def load_artifacts(cache_dir) -> int:

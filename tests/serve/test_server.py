@@ -54,10 +54,10 @@ def _free_port() -> int:
 
 
 def _start(tmp_path, run: str, cache) -> tuple[subprocess.Popen, int, object]:
-    """`credit-compile serve --precompile --cache-dir cache` with an Inductor cache of its own
-    (empty: the artifacts are the only thing a second start can reuse)."""
+    """`credit-compile serve --precompile --cache-dir cache`, as a user starts it: no
+    TORCHINDUCTOR_CACHE_DIR, so the cache directory keeps Inductor's kernels too."""
     port = _free_port()
-    env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=str(tmp_path / f"inductor-{run}"))
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     log = open(tmp_path / f"{run}.log", "w+")  # noqa: SIM115 - closed by the caller
     process = subprocess.Popen(
         [sys.executable, "-m", "credit_compile", "serve", "--port", str(port), "--precompile",
@@ -105,7 +105,7 @@ def test_a_restarted_server_answers_its_first_request_without_compiling(tmp_path
     if not has_default_model():
         pytest.skip("default model files missing")
     cache = tmp_path / "cache"
-    logs = {}
+    logs, kernels = {}, {}
     for run in ("cold", "warm"):
         process, port, log = _start(tmp_path, run, cache)
         try:
@@ -124,6 +124,7 @@ def test_a_restarted_server_answers_its_first_request_without_compiling(tmp_path
             log.close()
         # uvicorn exits by the signal it handled, after its graceful shutdown (older: 0).
         assert code in (0, -signal.SIGTERM), logs[run]
+        kernels[run] = {p: p.stat().st_mtime_ns for p in (cache / "inductor").rglob("*.so")}
     loaded = {run: int(re.search(r"(\d+) artifacts loaded", text)[1])
               for run, text in logs.items()}
     compiled = {run: re.search(r"Inductor: (\d+) graphs compiled, (\d+) from the cache", text)
@@ -132,3 +133,4 @@ def test_a_restarted_server_answers_its_first_request_without_compiling(tmp_path
     assert int(compiled["cold"][1]) > 0, logs["cold"]
     assert int(compiled["warm"][1]) == 0 and int(compiled["warm"][2]) > 0, logs["warm"]
     assert (cache / "compile_artifacts.bin").is_file()
+    assert kernels["cold"] and kernels["warm"] == kernels["cold"]  # no kernel built again
