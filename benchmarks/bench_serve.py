@@ -312,11 +312,11 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.bar(names, [r["first_request_s"] for r in start_rows],
                bottom=[r["startup_s"] for r in start_rows], label="first request")
         ax.set_ylabel("seconds to the first answer")
-        ax.set_title("cold vs warm (artifacts) start")
+        ax.set_title("cold vs warm (--cache-dir) start")
         ax.legend()
     row = rows[0]
     fig.suptitle(f"credit-compile serve, embedded model, {row['device']}, torch {row['torch']}, "
-                 f"commit {row['commit']}", fontsize=9)
+                 f"commit {', '.join(dict.fromkeys(r['commit'] for r in rows))}", fontsize=9)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

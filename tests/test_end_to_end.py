@@ -36,6 +36,8 @@ CONFIGS = st.sampled_from([
 ])
 
 
+# Shapes, paddings, buckets and host syncs over every strategy: what surrounds the step. Each
+# config's graph is proven on Inductor below (the kv-cache table, factor, token options).
 @pytest.mark.cheap_compile
 @settings(max_examples=8)
 @given(
@@ -49,7 +51,6 @@ CONFIGS = st.sampled_from([
     prompt_bucket=st.sampled_from([None, None, 4, 8]),
     batch_bucket=st.sampled_from([None, None, 2]),
 )
-@pytest.mark.inductor
 def test_optimized_equals_reference(config, batch, prompt_length, blocks, seed, padded, sync_every,
                                     prompt_bucket, batch_bucket):
     gen_length, block_length = blocks
@@ -102,9 +103,11 @@ LAYERS_ONCE_CONFIGS = st.sampled_from([
 ])
 
 
-# Cold, about a minute: the min-versions stack leaves it out (CI time) and keeps the
-# layers-once unit tests below; the main stack runs it.
+# Layer counts, batches and paddings under compile_layers_once over each strategy's graph: the
+# passes see the same graphs on the cheap backend; Inductor's code for the shared layer is proven
+# by the kv-cache table's credit-layers-once and the trained model below.
 @pytest.mark.slow
+@pytest.mark.cheap_compile
 @settings(max_examples=4, deadline=None)
 @given(config=LAYERS_ONCE_CONFIGS, layers=st.integers(1, 3), batch=st.integers(1, 2),
        prompt_length=st.integers(2, 6), padded=st.booleans(), seed=st.integers(0, 2**16))
@@ -136,7 +139,8 @@ def test_the_trained_model_decodes_the_same_tokens():
 # layers-once configs; the others (`slow`) exercise no torch-version-specific path of their own.
 _MAIN_STACK_ONLY = pytest.mark.slow
 # A graph another case's Inductor code already proves (llada's is llada-gumbel's less the noise;
-# a bucket pads): the cheap backend.
+# a bucket pads; early stop is credit's with a host check; prompt-llada-cfg joins the prompt
+# cache of prompt-credit and the doubled batch of llada-cfg): the cheap backend.
 _HOST_SIDE = pytest.mark.cheap_compile
 
 
@@ -149,7 +153,7 @@ _HOST_SIDE = pytest.mark.cheap_compile
     pytest.param(dict(strategy="llada", cfg_scale=1.5), id="llada-cfg", marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="llada", temperature=0.8, seed=7), id="llada-gumbel"),
     pytest.param(dict(strategy="credit", early_stop=True, eos_token_id=5),
-                 id="credit-early-stop", marks=_MAIN_STACK_ONLY),
+                 id="credit-early-stop", marks=[_MAIN_STACK_ONLY, _HOST_SIDE]),
     pytest.param(dict(strategy="credit", prompt_bucket=8), id="credit-prompt-bucket",
                  marks=_HOST_SIDE),
     pytest.param(dict(strategy="credit", compile_layers_once=True), id="credit-layers-once"),
@@ -157,7 +161,7 @@ _HOST_SIDE = pytest.mark.cheap_compile
     pytest.param(dict(strategy="credit", kv_cache="prompt"), id="prompt-credit",
                  marks=_MAIN_STACK_ONLY),
     pytest.param(dict(strategy="llada", cfg_scale=1.5, kv_cache="prompt"), id="prompt-llada-cfg",
-                 marks=_MAIN_STACK_ONLY),
+                 marks=[_MAIN_STACK_ONLY, _HOST_SIDE]),
     # The same two graphs as "credit", found in Inductor's cache: cheaper than the cheap backend.
     pytest.param(dict(strategy="credit", kv_cache_refresh=2), id="credit-refresh-2",
                  marks=_MAIN_STACK_ONLY),
@@ -176,7 +180,10 @@ def test_the_optimized_model_with_a_kv_cache_equals_the_reference(config):
     assert fast.cached_steps == 1
 
 
-@pytest.mark.slow  # cold, a minute: the min-versions stack leaves it out; the main stack runs it
+# The cache's graphs are proven on Inductor by the toy models above; this is the trained
+# weights' decode through them.
+@pytest.mark.slow
+@pytest.mark.cheap_compile
 @pytest.mark.skipif(not has_default_model(), reason="default model files missing")
 def test_the_trained_model_with_the_cache_equals_its_reference():
     from credit_compile.training.tasks import BLOCK_LENGTH, GEN_LENGTH, held_out_set
@@ -186,8 +193,6 @@ def test_the_trained_model_with_the_cache_equals_its_reference():
     ids, mask = batch["input_ids"], batch["attention_mask"]
     decode = dict(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH, kv_cache="dual")
     ref = cc.generate_reference(model, ids, mask, **decode)
-    # One layer compiled for all four (the cache's code for every layer inlined is proven on
-    # the toy models above): a quarter of the layers to compile.
     out = cc.optimize(model, compile_layers_once=True, **decode).generate(ids, mask)
     assert torch.equal(ref.sequences, out.sequences) and ref.nfe == out.nfe
 
@@ -246,8 +251,9 @@ def test_the_optimized_model_equals_the_reference_and_factor_is_part_of_the_step
 @pytest.mark.parametrize("config, commit_last", [
     (dict(strategy="credit", credit_layout="dense"), False),  # through the credit-fusion pass
     pytest.param(dict(strategy="credit", kv_cache="prompt"), False,  # the sparse op, cached
-                 marks=pytest.mark.slow),  # the min-versions stack leaves it out (CI time)
-    (dict(strategy="llada", cfg_scale=1.5), True),
+                 marks=[pytest.mark.slow, pytest.mark.cheap_compile]),
+    # The same column edits as the first case's, on llada's graph: the cheap backend.
+    pytest.param(dict(strategy="llada", cfg_scale=1.5), True, marks=pytest.mark.cheap_compile),
 ])
 def test_the_optimized_model_with_token_options_equals_the_reference(config, commit_last):
     model = layered_model(1, seed=1)

@@ -562,6 +562,7 @@ def test_dropping_a_step_says_so_when_it_compiles_again(caplog, compile):
         assert not said
 
 
+@pytest.mark.cheap_compile
 def test_compile_layers_once_is_part_of_the_step_key():
     fast = cc.optimize(layered_model(2), gen_length=8, block_length=4)
     ids = torch.randint(0, 120, (1, 5))
