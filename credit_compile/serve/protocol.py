@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 # DecodeConfig fields a request may set, as extra body fields (the OpenAI client's
 # `extra_body`). The rest (compile, buckets, dtype, mask and end-of-text ids) are the server's.
 DECODE_KNOBS = ("strategy", "steps", "alpha", "beta", "gamma", "tau", "factor", "cfg_scale",
-                "remasking", "kv_cache", "kv_cache_refresh", "credit_layout", "credit_slots")
+                "remasking", "kv_cache", "kv_cache_refresh", "credit_layout", "credit_slots",
+                "top_k")
 # OpenAI fields this server accepts at their neutral value only (clients send some by default).
-NEUTRAL = {"n": 1, "top_p": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": None,
+NEUTRAL = {"n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": None,
            "top_logprobs": None, "logit_bias": None, "best_of": 1, "echo": False, "suffix": None,
            "parallel_tool_calls": None, "tools": None, "tool_choice": None,
            "response_format": None}
@@ -99,7 +100,7 @@ def parse_request(body: dict, kind: str, info: ModelInfo) -> Request:
     """`body` of /v1/completions (kind "completion") or /v1/chat/completions ("chat") checked
     against the served model; APIError(400) names the first field at fault."""
     text_field = "prompt" if kind == "completion" else "messages"
-    known = {"model", text_field, "max_tokens", "temperature", "seed", "stop", "stream",
+    known = {"model", text_field, "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
              *DECODE_KNOBS, *NEUTRAL, *IGNORED}
     if kind == "chat":
         known.add("max_completion_tokens")
@@ -156,19 +157,38 @@ def parse_request(body: dict, kind: str, info: ModelInfo) -> Request:
             f"of {info.block_length} ({gen_length} tokens); use {max_name} <= {fits}",
             max_name, "context_length_exceeded")
     overrides = {"gen_length": gen_length}
-    for name in ("temperature", "seed", *DECODE_KNOBS):
+    for name in ("temperature", "top_p", "seed", *DECODE_KNOBS):
         if body.get(name) is not None:
             overrides[name] = body[name]
+    if overrides.get("top_p") == 1:  # OpenAI's default: no nucleus filter
+        del overrides["top_p"]
     if "seed" in overrides and not _is_int(overrides["seed"]):
         raise bad_request(f"seed={overrides['seed']!r}: use an integer", "seed")
     try:
-        info.resolve(**overrides)
+        config = info.resolve(**overrides)
     except (ValueError, TypeError) as error:
         named = re.match(r"(\w+)=", str(error))
         param = named[1] if named and named[1] in overrides else None
         raise bad_request(str(error), max_name if param == "gen_length" else param) from None
+    _check_read(config, overrides)
     return Request(kind=kind, model=model, prompts=prompts, max_tokens=max_tokens,
                    overrides=overrides, stop=_stops(body.get("stop")), stream=stream)
+
+
+def _check_read(config, overrides: dict) -> None:
+    """A knob the request's strategy does not read would be ignored: refused, naming who reads
+    it (`generate()` warns instead; an API client sees no warning)."""
+    from ..config import READ_BY, strategy_reads
+
+    for name in overrides:
+        if name in READ_BY and not strategy_reads(config, name):
+            when = {"top_k": " with temperature > 0", "top_p": " with temperature > 0",
+                    "credit_slots": " with credit_layout='sparse'"}.get(name, "")
+            readers = " or ".join(repr(s) for s in READ_BY[name])
+            raise bad_request(
+                f"{name}={overrides[name]!r} is read by strategy {readers}{when}; this request "
+                f"decodes with strategy={config.strategy!r}, temperature={config.temperature}: "
+                f"leave {name} out or choose such a strategy", name, "unsupported_parameter")
 
 
 def _is_int(value) -> bool:

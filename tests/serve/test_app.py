@@ -322,6 +322,11 @@ def test_input_that_generate_refuses_is_a_400_not_a_500(fast):
     ({"model": NAME, "prompt": "R12=", "temperature": 0.7}, "temperature"),
     ({"model": NAME, "prompt": "R12=", "temperature": "hot"}, "temperature"),
     ({"model": NAME, "prompt": "R12=", "seed": 1.5}, "seed"),
+    ({"model": NAME, "prompt": "R12=", "top_p": 0.9}, "top_p"),  # greedy: no filter to apply
+    ({"model": NAME, "prompt": "R12=", "top_p": 2, "strategy": "llada2", "temperature": 1},
+     "top_p"),
+    ({"model": NAME, "prompt": "R12=", "top_k": 4, "strategy": "llada2"}, "top_k"),
+    ({"model": NAME, "prompt": "R12=", "alpha": 0.5, "strategy": "threshold"}, "alpha"),
     ({"model": NAME, "prompt": "R12=", "stop": 3}, "stop"),
     ({"model": NAME, "prompt": "R12=", "n": 2}, "n"),
     ({"model": NAME, "prompt": "R12=", "stream": "yes"}, "stream"),
@@ -336,6 +341,22 @@ def test_bad_input_is_a_400_naming_the_field(server, body, param):
     error = response.json()["error"]
     assert error["param"] == param, error
     assert error["type"] == "invalid_request_error" and error["message"]
+
+
+def test_top_p_and_top_k_reach_llada2s_sampler(server, fast):
+    """OpenAI's top_p and the extra top_k filter LLaDA2's sampler: each answer is the one
+    generate() gives with the same filter and seed (a temperature high enough that the filters
+    change the draws)."""
+    knobs = dict(strategy="llada2", temperature=20.0, seed=5)
+    tokenizer, answers = CharTokenizer(), []
+    for extra in ({"top_p": 0.8}, {"top_k": 3}):
+        done = server[1].client().completions.create(model=NAME, prompt="R1234=",
+                                                     extra_body={**knobs, **extra})
+        ids = fast.generate(tokenizer(["R1234="])["input_ids"], **knobs, **extra).generated[0]
+        ids = ids.tolist()[:ids.tolist().index(tokenizer.eos_token_id)]  # the answer, as served
+        assert done.choices[0].text == tokenizer.decode(ids, skip_special_tokens=True)
+        answers.append(done.choices[0].text)
+    assert answers[0] != answers[1]
 
 
 def test_bad_input_through_the_openai_client(server):
