@@ -227,15 +227,14 @@ class RoutedExperts(nn.Module):
         return [(e.gate_proj, e.up_proj, e.down_proj) for e in self.experts]
 
     def fused(self) -> bool:
-        """Whether the experts' weights are views of the stacks, not replaced since fusing (the
-        first and the last expert's are checked: loading with ``assign=True`` replaces them
-        all; a cast or a move fuses again)."""
+        """Whether every expert's weights are views of the stacks, not replaced since fusing
+        (loading with ``assign=True``, or one expert's weight set anew; a cast or a move fuses
+        again). Checked on the host before each call: three pointers per expert."""
         if self._stacks is None:
             return False
-        projections = self._projections()
         return all(linear.weight.data_ptr() == stack[i].data_ptr()
-                   for i in (0, len(projections) - 1)
-                   for linear, stack in zip(projections[i], self._stacks, strict=True))
+                   for i, linears in enumerate(self._projections())
+                   for linear, stack in zip(linears, self._stacks, strict=True))
 
     @torch.no_grad()
     def fuse_experts(self) -> None:

@@ -438,6 +438,12 @@ def test_fused_experts_stay_fused_through_a_cast_and_save_as_the_checkpoints():
     model.load_state_dict({k: v.double() + 1 for k, v in before.items()})  # in place: still fused
     assert all(block.fused() for block in blocks)
     assert torch.equal(blocks[0]._stacks[1][1], before[name].double() + 1)
+    # One middle expert's weight set anew: no longer fused, and fusing again reads it.
+    middle = blocks[0].experts[1].up_proj
+    middle.weight = torch.nn.Parameter(torch.zeros_like(middle.weight))
+    assert not blocks[0].fused()
+    blocks[0].fuse_experts()
+    assert blocks[0].fused() and not blocks[0]._stacks[1][1].any()
 
 
 def test_expert_bias_steers_the_choice_but_not_the_weights():
