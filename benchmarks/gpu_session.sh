@@ -93,16 +93,19 @@ if [ "$DRY_RUN" = 1 ]; then
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 fi
-if [ "${FROM_SOURCE:-0}" = 1 ] || ! python3 -P -c "import credit_compile.passes" 2>/dev/null; then
+versions() {  # one process both probes the install and names the versions (an import is seconds)
+    python3 -P -c "import torch, triton, credit_compile.passes as p
+print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile', p.__file__)"
+}
+if [ "${FROM_SOURCE:-0}" = 1 ] || ! VERSIONS=$(versions 2>/dev/null); then
     SOURCE_COPY=$(mktemp -d)
     trap 'rm -rf "$SOURCE_COPY"' EXIT
     cp -r credit_compile "$SOURCE_COPY/" && rm -rf "$SOURCE_COPY/credit_compile/passes" \
         && cp -r passes "$SOURCE_COPY/credit_compile/passes" || exit 1
     export PYTHONPATH="$SOURCE_COPY${PYTHONPATH:+:$PYTHONPATH}"
+    VERSIONS=$(versions)
 fi
-python3 -P -c "import torch, triton, credit_compile.passes as p
-print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile', p.__file__)" \
-    | tee "$OUT/versions.txt"
+echo "$VERSIONS" | tee "$OUT/versions.txt"
 
 # Every mode but the prompt cache's, which pays on long prompts only: gen1024b8 (prompt 800)
 # measures it.
