@@ -37,6 +37,8 @@ server could send, `generate(on_block=...)`), compile seconds, peak memory, and 
 appended to benchmarks/results/generate.jsonl with device, torch version, git commit and the
 DecodeConfig each mode ran with. The selected modes run in the order above, whatever the order of
 --modes, so the baseline and credit-eager come before the rows compared with them.
+`backend` is "inductor", or "cheap" under the developer flag --cheap-compile (benchutil: dynamo
+and the FX passes without Inductor's code generation, for dry runs; no measurement).
 
 LLaDA2 presets (tiny-llada2, llada2-mini: block-causal MoE, docs/llada2.md) run modes of their own,
 each row's ratio against LLaDA2's own generate() measured in the same run; rows go to
@@ -73,7 +75,19 @@ import types
 from pathlib import Path
 
 import torch
-from benchutil import bench_dtype, bench_model, decode_config, init_std_of, is_llada2, is_tiny, positive_int
+from benchutil import (
+    add_cheap_compile_flag,
+    backend_name,
+    bench_dtype,
+    bench_model,
+    compile_fn,
+    decode_config,
+    init_std_of,
+    is_llada2,
+    is_tiny,
+    positive_int,
+    use_backend,
+)
 from provenance import git_commit
 
 import credit_compile as cc
@@ -267,7 +281,7 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
         hidden = model.forward_hidden(canvas, None, None)
         return model.lm_head(hidden.index_select(1, positions))
 
-    return graphed_ms(torch.compile(forward, fullgraph=True))
+    return graphed_ms(compile_fn(forward, fullgraph=True))
 
 
 def graphed_ms(compiled) -> float:
@@ -393,7 +407,7 @@ def bare_block_forward_ms(model, ids, base: cc.DecodeConfig) -> tuple[float, boo
     """`bare_block_forward` compiled, and on CUDA replayed as a graph: (milliseconds per call,
     whether graphed). Elsewhere the median of 5 rounds of 20 calls: a CPU shared with other work
     slows some rounds several times over."""
-    compiled = torch.compile(bare_block_forward(model, ids, base), fullgraph=True)
+    compiled = compile_fn(bare_block_forward(model, ids, base), fullgraph=True)
     if ids.device.type == "cuda":
         return graphed_ms(compiled), True
     rounds = []
@@ -416,7 +430,7 @@ def run_llada2(preset: str, device, batches, gen_lengths, block: int, prompt_len
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": preset,
         "dtype": str(bench_dtype(preset)).replace("torch.", ""), "weights": "random",
-        "init_std": init_std_of(model.config), **measure_peaks(device),
+        "init_std": init_std_of(model.config), "backend": backend_name(), **measure_peaks(device),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -477,6 +491,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=None,
                         help="default: benchmarks/results/generate.jsonl (LLaDA2 presets: "
                              "generate_llada2.jsonl)")
+    add_cheap_compile_flag(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -505,6 +520,7 @@ def main(argv=None) -> int:
     if args.preset in DREAM_PRESETS and any("layers-once" in m for m in modes):
         print("skipping the layers-once modes: only LLaDA marks its layers", file=sys.stderr)
         modes = [m for m in modes if "layers-once" not in m]
+    use_backend(args.cheap_compile)
     out = Path(args.out or RESULTS / ("generate_llada2.jsonl" if is_llada2(args.preset)
                                       else "generate.jsonl"))
     if is_llada2(args.preset):
@@ -521,7 +537,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else init_std_of(model.config), **peaks,
+        "init_std": None if trained else init_std_of(model.config), "backend": backend_name(),
+        **peaks,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -340,6 +340,28 @@ def test_benchutil_presets_dtypes_and_int_flags(monkeypatch):
             parse(bad)
 
 
+def test_cheap_compile_swaps_the_backend_and_rows_can_say_so(monkeypatch):
+    load("bench_generate", monkeypatch)  # puts benchmarks/ on sys.path
+    import importlib
+
+    import benchutil
+
+    from credit_compile import backend, step_cache
+
+    verify = importlib.import_module("credit_compile.verify")
+    for module in (step_cache, verify):  # undone after the test
+        monkeypatch.setattr(module, "make_backend", backend.make_backend)
+    assert benchutil.use_backend(False) == benchutil.backend_name() == "inductor"
+    assert benchutil.use_backend(True) == benchutil.backend_name() == "cheap"
+    for module in (step_cache, verify):
+        assert module.make_backend.func is backend.make_backend
+        assert module.make_backend.keywords == {"inductor": False}
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    benchutil.compile_fn(abs, fullgraph=True)
+    assert calls == [{"backend": "eager", "fullgraph": True}]
+
+
 # ------------------------------------------------------------------------------------------------
 # bench_prompt_buckets.py, bench_credit_op.py
 # ------------------------------------------------------------------------------------------------

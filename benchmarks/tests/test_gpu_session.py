@@ -38,6 +38,9 @@ def test_every_stage_runs_dry(stage, tmp_path):
     if stage in rows:
         lines = (tmp_path / f"{rows[stage]}.jsonl").read_text().splitlines()
         assert lines and all("commit" in json.loads(line) for line in lines)
+        # The scripts that compile ran with --cheap-compile, and their rows say so.
+        if stage != "op":
+            assert all(json.loads(line)["backend"] == "cheap" for line in lines)
         # The two stages whose scripts compile in processes of their own are checked here, on
         # the rows of this run, rather than by running them a second time elsewhere.
         check = {"compile": check_compile_time_rows, "buckets": check_prompt_bucket_rows}.get(stage)
@@ -68,8 +71,11 @@ def check_compile_time_rows(rows: list[dict], stdout: str) -> None:
     for row in (without, once):
         assert row["layers"] == 1 and row["device"] == "cpu" and row["torch"] == torch.__version__
         assert row["commit"] and row["runner"] == "compiled" and row["nfe"] >= 1
-        # A cold cache: the first call compiled (seconds, not the milliseconds of a cache hit).
-        assert row["compile_seconds"] > 0.5 and row["tokens_equal_reference"] is True
+        # A cold start: the first call compiled. With Inductor, seconds, not the milliseconds of
+        # a cache hit; the cheap backend (the dry run's) keeps no cache, and dynamo's trace and
+        # the passes alone take tenths of a second (1.4 s here), a step of this model milliseconds.
+        cold = 0.5 if row["backend"] == "inductor" else 0.2
+        assert row["compile_seconds"] > cold and row["tokens_equal_reference"] is True
     assert once["compile_speedup"] == without["compile_seconds"] / once["compile_seconds"]
 
 
