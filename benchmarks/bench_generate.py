@@ -469,6 +469,16 @@ def run_llada2(preset: str, device, batches, gen_lengths, block: int, prompt_len
     return 0
 
 
+class ModesAction(argparse.Action):
+    """--modes: the last list given runs (gpu_session.sh's dry run appends its own after the
+    stage's), and `modes_given` keeps every list's modes, so that a stage's list is checked
+    against the preset's family too."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.modes = values
+        namespace.modes_given = [*getattr(namespace, "modes_given", ()), *values]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -484,7 +494,9 @@ def main(argv=None) -> int:
                         help="default: 16 on tiny presets, 32 otherwise")
     parser.add_argument("--prompt-length", type=positive_int, default=32)
     parser.add_argument("--modes", nargs="+", default=None, choices=[*MODES, *LLADA2_MODES],
-                        help="run in the order of MODES whatever the order given")
+                        action=ModesAction,
+                        help="run in the order of MODES whatever the order given; given twice, "
+                             "the last list runs and both are checked")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed runs per mode (median); default: 3 on tiny presets, 1 otherwise")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -505,7 +517,7 @@ def main(argv=None) -> int:
     # MODES order, not the order given: the baseline and credit-eager must run before the rows
     # that are compared with them.
     family = LLADA2_MODES if is_llada2(args.preset) else MODES
-    foreign = [m for m in args.modes or () if m not in family]
+    foreign = [m for m in getattr(args, "modes_given", ()) if m not in family]
     if foreign:
         parser.error(f"modes {foreign} are not run on preset {args.preset!r}: choose among {family}")
     modes = [m for m in family if m in (args.modes or family)]

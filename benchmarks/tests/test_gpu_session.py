@@ -22,6 +22,9 @@ STAGES = ["gen1024", "gen1024b8", "gen256b1", "gen256b8", "compile", "op", "buck
 def run_stage(stage: str, out: Path, **extra_env: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, DRY_RUN="1", OUT=str(out), **extra_env,
                PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    # Toy sizes: a second OpenMP thread only waits, and on a CPU shared with other work its
+    # spinning made a tiny eager step 10-250 ms instead of 3.
+    env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_session.sh"), stage], env=env,
                           capture_output=True, text=True, timeout=600)
 
