@@ -1,6 +1,8 @@
 """benchmarks/gpu_session.sh, every stage run dry on the CPU (DRY_RUN=1: toy sizes appended after
 the stage's own flags, which the scripts still parse and check): a stage broken by a renamed flag
-or mode fails here, not on a lent GPU whose minutes are counted."""
+or mode fails here, not on a lent GPU whose minutes are counted. The scripts compile with
+--cheap-compile there (dynamo and the passes, not Inductor's code generation), and their rows say
+backend "cheap"; the suite stage collects one small module."""
 
 from __future__ import annotations
 
