@@ -426,8 +426,9 @@ def png_width(path: Path) -> int:
         return image.size[0]
 
 
-@pytest.mark.parametrize("rows, preset", [([], None), ([row("llada-eager", 1.0)], "llada-8b")],
-                         ids=["empty", "preset-matches-nothing"])
+@pytest.mark.parametrize("rows, preset", [([], None), ([row("llada-eager", 1.0)], "llada-8b"),
+                                          ([row("llada-eager", 1.0, backend="cheap")], None)],
+                         ids=["empty", "preset-matches-nothing", "cheap-backend"])
 def test_plot_without_matching_rows_says_so(rows, preset, tmp_path, monkeypatch):
     plot = load("plot_generate", monkeypatch)
     data = write_rows(tmp_path / "rows.jsonl", rows)
