@@ -77,6 +77,7 @@ from pathlib import Path
 import torch
 from benchutil import (
     add_cheap_compile_flag,
+    add_check_flags_flag,
     backend_name,
     bench_dtype,
     bench_model,
@@ -504,6 +505,7 @@ def main(argv=None) -> int:
                         help="default: benchmarks/results/generate.jsonl (LLaDA2 presets: "
                              "generate_llada2.jsonl)")
     add_cheap_compile_flag(parser)
+    add_check_flags_flag(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -526,6 +528,9 @@ def main(argv=None) -> int:
             decode_config(args.preset, gen_length=gen_length, block_length=block)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.check_flags:
+        print(f"flags ok: preset {args.preset}, modes {' '.join(modes)}")
+        return 0
     if device.type != "cuda" and any("-graphs" in m for m in modes):
         print("skipping the graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if "-graphs" not in m]

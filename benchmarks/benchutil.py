@@ -80,6 +80,12 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def add_check_flags_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check-flags", action="store_true",
+                        help="developer flag (CI): check the flags as a run would, before any "
+                             "model is built, then exit 0 without running")
+
+
 # --cheap-compile: a developer flag of the scripts that compile (gpu_session.sh's DRY_RUN=1 and
 # CI pass it). Dynamo still traces and credit_compile's FX passes still rewrite every graph, so a
 # script that no longer compiles still fails; the rewritten graphs then run eagerly, without

@@ -65,7 +65,9 @@
 # own override them): a stage whose flags a script no longer takes fails here, in CI
 # (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU. The scripts that compile get
 # --cheap-compile (benchutil): dynamo and the FX passes run, Inductor's code generation (most of a
-# CPU compile) does not, and their rows say backend "cheap".
+# CPU compile) does not, and their rows say backend "cheap". DRY_RUN=flags, for the bench_generate
+# stages (gen*, llada2*), appends --check-flags alone: the stage's own flags (its lengths and modes,
+# which DRY_RUN=1 overrides) are checked as a run would, and nothing runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets, suite, llada2, llada2b8,
@@ -77,6 +79,10 @@ tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite|llada2|llada2
 esac
 OUT=${OUT:-gpu_out}
 DRY_RUN=${DRY_RUN:-0}
+case "$DRY_RUN:${1:-tests}" in
+0:*|1:*|flags:gen*|flags:llada2*) ;;
+*) echo "DRY_RUN is 0, 1, or flags (for the gen* and llada2* stages)" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() SUITE_DRY=() COMPILE_DRY=() LLADA2_DRY=() PEERS_DRY=()
 if [ "$DRY_RUN" = 1 ]; then
@@ -95,6 +101,8 @@ if [ "$DRY_RUN" = 1 ]; then
     # The suite's command line (options, paths, conftests) with one small module collected: the
     # tests stage's dry run already imports every module of tests/, and CI runs them all.
     SUITE_DRY=(--collect-only -o python_files=test_provenance.py)
+elif [ "$DRY_RUN" = flags ]; then
+    GEN_DRY=(--check-flags) LLADA2_DRY=(--check-flags)
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 fi

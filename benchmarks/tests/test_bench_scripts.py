@@ -340,6 +340,16 @@ def test_benchutil_presets_dtypes_and_int_flags(monkeypatch):
             parse(bad)
 
 
+def test_check_flags_checks_as_a_run_would_and_runs_nothing(bench_generate, monkeypatch, capsys):
+    monkeypatch.setattr(bench_generate, "bench_model", lambda *a, **k: pytest.fail("a model was built"))
+    assert bench_generate.main(["--preset", "llada-8b", "--gen-length", "256", "--modes",
+                                "llada-eager", "credit-graphs", "--check-flags"]) == 0
+    assert "flags ok: preset llada-8b, modes llada-eager credit-graphs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a part block: what a run refuses
+        bench_generate.main(["--preset", "llada-8b", "--gen-length", "250", "--check-flags"])
+    assert exc.value.code == 2 and "gen_length=250" in capsys.readouterr().err
+
+
 def test_cheap_compile_swaps_the_backend_and_rows_can_say_so(monkeypatch):
     load("bench_generate", monkeypatch)  # puts benchmarks/ on sys.path
     import importlib
