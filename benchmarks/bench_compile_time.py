@@ -10,7 +10,9 @@ dynamo's trace, the FX passes, AOTAutograd and Inductor's code generation (C++ o
 on CUDA), and on CUDA the graph capture. `--repeats` further calls give the ms per step. In
 float32 the tokens are compared with the eager reference. Rows (device, torch version, commit)
 are appended to benchmarks/results/compile_time.jsonl; each carries the ratio of the compile time
-without the flag to the compile time with it, both measured in the same run.
+without the flag to the compile time with it, both measured in the same run. Under the developer
+flag --cheap-compile (dry runs) each child compiles without Inductor's code generation and its
+row says `backend` "cheap": the compile seconds are then dynamo's and the passes' alone.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def measure(spec: dict) -> dict:
     """One cold measurement, in this process (the child's side)."""
     import torch
-    from benchutil import bench_dtype, bench_model_config
+    from benchutil import CHEAP, bench_dtype, bench_model_config, use_backend
 
     import credit_compile as cc
     from credit_compile.models import build_model
 
+    use_backend(spec["backend"] == CHEAP)
     device = torch.device(spec["device"])
     config = bench_model_config(spec["preset"])
     config.n_layers = spec["layers"]
@@ -83,7 +86,7 @@ def run_child(spec: dict) -> dict:
 
 
 def main(argv=None) -> int:
-    from benchutil import decode_config, positive_int
+    from benchutil import CHEAP, INDUCTOR, add_cheap_compile_flag, decode_config, positive_int
     from provenance import git_commit
 
     from credit_compile.models import available_presets
@@ -100,6 +103,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--device", default=None, help="default: cuda when available")
     parser.add_argument("--out", default=str(RESULTS / "compile_time.jsonl"))
+    add_cheap_compile_flag(parser)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(measure(json.loads(args.child))))
@@ -124,7 +128,8 @@ def main(argv=None) -> int:
             spec = {"preset": args.preset, "layers": layers, "compile_layers_once": once,
                     "batch": args.batch, "prompt_length": args.prompt_length,
                     "gen_length": args.gen_length, "block_length": args.block_length,
-                    "repeats": args.repeats, "device": device}
+                    "repeats": args.repeats, "device": device,
+                    "backend": CHEAP if args.cheap_compile else INDUCTOR}
             result = run_child(spec)
             row = {"device": result.pop("device_name"), "torch": result.pop("torch"),
                    "commit": commit, **spec, **result}

@@ -37,6 +37,8 @@ server could send, `generate(on_block=...)`), compile seconds, peak memory, and 
 appended to benchmarks/results/generate.jsonl with device, torch version, git commit and the
 DecodeConfig each mode ran with. The selected modes run in the order above, whatever the order of
 --modes, so the baseline and credit-eager come before the rows compared with them.
+`backend` is "inductor", or "cheap" under the developer flag --cheap-compile (benchutil: dynamo
+and the FX passes without Inductor's code generation, for dry runs; no measurement).
 
 LLaDA2 presets (tiny-llada2, llada2-mini: block-causal MoE, docs/llada2.md) run modes of their own,
 each row's ratio against LLaDA2's own generate() measured in the same run; rows go to
@@ -73,7 +75,20 @@ import types
 from pathlib import Path
 
 import torch
-from benchutil import bench_dtype, bench_model, decode_config, init_std_of, is_llada2, is_tiny, positive_int
+from benchutil import (
+    add_cheap_compile_flag,
+    add_check_flags_flag,
+    backend_name,
+    bench_dtype,
+    bench_model,
+    compile_fn,
+    decode_config,
+    init_std_of,
+    is_llada2,
+    is_tiny,
+    positive_int,
+    use_backend,
+)
 from provenance import git_commit
 
 import credit_compile as cc
@@ -267,7 +282,7 @@ def bare_forward_graphed_ms(model, ids, base: cc.DecodeConfig) -> float | None:
         hidden = model.forward_hidden(canvas, None, None)
         return model.lm_head(hidden.index_select(1, positions))
 
-    return graphed_ms(torch.compile(forward, fullgraph=True))
+    return graphed_ms(compile_fn(forward, fullgraph=True))
 
 
 def graphed_ms(compiled) -> float:
@@ -393,7 +408,7 @@ def bare_block_forward_ms(model, ids, base: cc.DecodeConfig) -> tuple[float, boo
     """`bare_block_forward` compiled, and on CUDA replayed as a graph: (milliseconds per call,
     whether graphed). Elsewhere the median of 5 rounds of 20 calls: a CPU shared with other work
     slows some rounds several times over."""
-    compiled = torch.compile(bare_block_forward(model, ids, base), fullgraph=True)
+    compiled = compile_fn(bare_block_forward(model, ids, base), fullgraph=True)
     if ids.device.type == "cuda":
         return graphed_ms(compiled), True
     rounds = []
@@ -416,7 +431,7 @@ def run_llada2(preset: str, device, batches, gen_lengths, block: int, prompt_len
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "torch": torch.__version__, "commit": git_commit(), "preset": preset,
         "dtype": str(bench_dtype(preset)).replace("torch.", ""), "weights": "random",
-        "init_std": init_std_of(model.config), **measure_peaks(device),
+        "init_std": init_std_of(model.config), "backend": backend_name(), **measure_peaks(device),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -455,6 +470,16 @@ def run_llada2(preset: str, device, batches, gen_lengths, block: int, prompt_len
     return 0
 
 
+class ModesAction(argparse.Action):
+    """--modes: the last list given runs (gpu_session.sh's dry run appends its own after the
+    stage's), and `modes_given` keeps every list's modes, so that a stage's list is checked
+    against the preset's family too."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.modes = values
+        namespace.modes_given = [*getattr(namespace, "modes_given", ()), *values]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -470,13 +495,17 @@ def main(argv=None) -> int:
                         help="default: 16 on tiny presets, 32 otherwise")
     parser.add_argument("--prompt-length", type=positive_int, default=32)
     parser.add_argument("--modes", nargs="+", default=None, choices=[*MODES, *LLADA2_MODES],
-                        help="run in the order of MODES whatever the order given")
+                        action=ModesAction,
+                        help="run in the order of MODES whatever the order given; given twice, "
+                             "the last list runs and both are checked")
     parser.add_argument("--repeats", type=positive_int, default=None,
                         help="timed runs per mode (median); default: 3 on tiny presets, 1 otherwise")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default=None,
                         help="default: benchmarks/results/generate.jsonl (LLaDA2 presets: "
                              "generate_llada2.jsonl)")
+    add_cheap_compile_flag(parser)
+    add_check_flags_flag(parser)
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -490,7 +519,7 @@ def main(argv=None) -> int:
     # MODES order, not the order given: the baseline and credit-eager must run before the rows
     # that are compared with them.
     family = LLADA2_MODES if is_llada2(args.preset) else MODES
-    foreign = [m for m in args.modes or () if m not in family]
+    foreign = [m for m in getattr(args, "modes_given", ()) if m not in family]
     if foreign:
         parser.error(f"modes {foreign} are not run on preset {args.preset!r}: choose among {family}")
     modes = [m for m in family if m in (args.modes or family)]
@@ -499,12 +528,16 @@ def main(argv=None) -> int:
             decode_config(args.preset, gen_length=gen_length, block_length=block)
         except ValueError as exc:
             parser.error(str(exc))
+    if args.check_flags:
+        print(f"flags ok: preset {args.preset}, modes {' '.join(modes)}")
+        return 0
     if device.type != "cuda" and any("-graphs" in m for m in modes):
         print("skipping the graphs modes: CUDA graphs need a CUDA device", file=sys.stderr)
         modes = [m for m in modes if "-graphs" not in m]
     if args.preset in DREAM_PRESETS and any("layers-once" in m for m in modes):
         print("skipping the layers-once modes: only LLaDA marks its layers", file=sys.stderr)
         modes = [m for m in modes if "layers-once" not in m]
+    use_backend(args.cheap_compile)
     out = Path(args.out or RESULTS / ("generate_llada2.jsonl" if is_llada2(args.preset)
                                       else "generate.jsonl"))
     if is_llada2(args.preset):
@@ -521,7 +554,8 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(dtype).replace("torch.", ""),
         "weights": "trained" if trained else "random",
-        "init_std": None if trained else init_std_of(model.config), **peaks,
+        "init_std": None if trained else init_std_of(model.config), "backend": backend_name(),
+        **peaks,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

@@ -32,7 +32,9 @@ alike): tokens/s (generated tokens only, not the prompt), NFE, ms per step, the 
 call's seconds (compiles: ours, and dInfer's torch.compile'd threshold rule), peak memory (CUDA:
 allocated; CPU: the process's resident set, weights included); and whether the tokens are equal,
 the fraction that agree and the first difference (row, position in the generated region). No
-end-of-text stops either side. Rows are appended to benchmarks/results/peers.jsonl.
+end-of-text stops either side. Rows are appended to benchmarks/results/peers.jsonl; `backend`
+says what ours compiled with: "inductor", or "cheap" under the developer flag --cheap-compile
+(dry runs: dynamo and the FX passes without Inductor; no measurement).
 
 The tiny preset's random model is drawn confident (--init-std, default 2.0) so that threshold
 decoding commits several tokens per step, as a trained model does; at real shapes random weights
@@ -53,7 +55,15 @@ from pathlib import Path
 from typing import NamedTuple
 
 import torch
-from benchutil import bench_dtype, bench_model, decode_config, init_std_of, positive_int
+from benchutil import (
+    add_cheap_compile_flag,
+    bench_dtype,
+    bench_model,
+    decode_config,
+    init_std_of,
+    positive_int,
+    use_backend,
+)
 from provenance import git_commit
 
 import credit_compile as cc
@@ -370,6 +380,7 @@ def main(argv=None) -> int:
                         help="timed calls per side (median); default: 3 on tiny, 1 otherwise")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.jsonl")
+    add_cheap_compile_flag(parser)
     args = parser.parse_args(argv)
 
     roots = {peer: root for peer, root in (("fastdllm", args.fastdllm), ("dinfer", args.dinfer))
@@ -422,7 +433,7 @@ def main(argv=None) -> int:
         "torch": torch.__version__, "commit": git_commit(), "preset": args.preset,
         "dtype": str(bench_dtype(args.preset)).replace("torch.", ""), "weights": "random",
         "init_std": init_std_of(native.config), "threshold": args.threshold,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "backend": use_backend(args.cheap_compile),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     rows = []

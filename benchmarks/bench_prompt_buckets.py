@@ -10,9 +10,10 @@ no setting reuses another's compiled kernels. Per setting: compiled steps, compi
 tokens/s over the whole stream (compiles included) and decoding only, and whether every request's
 tokens equal the unbucketed run's. Ratios are against the unbucketed setting of the same run. Rows
 are appended to benchmarks/results/prompt_buckets.jsonl with device, torch version, commit and the
-setting's DecodeConfig. Random weights; the tiny presets are drawn with init_std 0.5, as in
-bench_generate.py (at the presets' 0.02 their confidences tie and each request took one step per
-block).
+setting's DecodeConfig, and `backend`: "inductor", or "cheap" under the developer flag
+--cheap-compile (dry runs: dynamo and the FX passes without Inductor; no measurement). Random
+weights; the tiny presets are drawn with init_std 0.5, as in bench_generate.py (at the presets'
+0.02 their confidences tie and each request took one step per block).
 """
 
 from __future__ import annotations
@@ -29,13 +30,16 @@ from pathlib import Path
 
 import torch
 from benchutil import (
+    add_cheap_compile_flag,
     bench_dtype,
     bench_model,
     bench_model_config,
+    compile_fn,
     decode_config,
     is_tiny,
     non_negative_int,
     positive_int,
+    use_backend,
 )
 from provenance import git_commit
 
@@ -87,9 +91,10 @@ def serve(model, requests, config: cc.DecodeConfig) -> dict:
 def worker(args, bucket: int, result_path: str) -> None:
     """One setting, in this (fresh) process."""
     device = torch.device(args.device)
+    use_backend(args.cheap_compile)
     model, config, requests, _ = setup(args, device)
     # Process warm-up (Inductor's imports, the C++ or Triton toolchain), charged to no setting.
-    torch.compile(lambda t: t * 2 + 1, fullgraph=True)(torch.ones(8, device=device))
+    compile_fn(lambda t: t * 2 + 1, fullgraph=True)(torch.ones(8, device=device))
     cc.generate_reference(model, requests[0], config=config)
     result = serve(model, requests, config.replace(prompt_bucket=bucket or None))
     Path(result_path).write_text(json.dumps(result))
@@ -138,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--warm-cache", action="store_true",
                         help="let the settings share Inductor's cache (quick, for tests; compile "
                              "times are then not those of a cold start)")
+    add_cheap_compile_flag(parser)
     parser.add_argument("--worker-bucket", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-result", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -161,7 +167,7 @@ def main(argv=None) -> int:
         "requests": len(requests), "distinct_lengths": len({ids.shape[1] for ids in requests}),
         "min_length": args.min_length, "max_length": args.max_length,
         "gen_length": config.gen_length, "block_length": config.block_length,
-        "cold_inductor_cache": not args.warm_cache,
+        "cold_inductor_cache": not args.warm_cache, "backend": use_backend(args.cheap_compile),
     }
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -78,3 +78,55 @@ def non_negative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{value} is negative")
     return value
+
+
+def add_check_flags_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--check-flags", action="store_true",
+                        help="developer flag (CI): check the flags as a run would, before any "
+                             "model is built, then exit 0 without running")
+
+
+# --cheap-compile: a developer flag of the scripts that compile (gpu_session.sh's DRY_RUN=1 and
+# CI pass it). Dynamo still traces and credit_compile's FX passes still rewrite every graph, so a
+# script that no longer compiles still fails; the rewritten graphs then run eagerly, without
+# Inductor's code generation (seconds of C++ per graph on a CPU). tests/helpers.py's
+# use_cheap_backend makes the same swap for the tests.
+INDUCTOR, CHEAP = "inductor", "cheap"
+
+
+def add_cheap_compile_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cheap-compile", action="store_true",
+                        help="developer flag (dry runs, CI): compile with dynamo and the FX "
+                             "passes but without Inductor's code generation; rows then say "
+                             f"backend {CHEAP!r} and their timings are no measurements")
+
+
+def use_backend(cheap: bool) -> str:
+    """With `cheap` (--cheap-compile), the optimized models and verify compile with the cheap
+    backend in this process from now on. Returns `backend_name()`."""
+    if cheap:
+        import functools
+        import importlib
+
+        from credit_compile import backend, step_cache
+
+        verify = importlib.import_module("credit_compile.verify")  # the package's `verify` is a function
+        swap = functools.partial(backend.make_backend, inductor=False)
+        step_cache.make_backend = swap
+        verify.make_backend = swap
+    return backend_name()
+
+
+def backend_name() -> str:
+    """What the optimized models compile with here: "inductor", or "cheap" (--cheap-compile, or
+    the tests' cheap_compile fixture). Every row records it (`backend`), so that no cheap row
+    passes for a measurement."""
+    from credit_compile import backend, step_cache
+
+    return INDUCTOR if step_cache.make_backend is backend.make_backend else CHEAP
+
+
+def compile_fn(fn, **kwargs):
+    """torch.compile for a script's own compiled baselines (a bare forward): Inductor, or dynamo
+    alone (backend "eager") where the optimized models compile cheaply."""
+    return torch.compile(fn, backend="eager" if backend_name() == CHEAP else "inductor", **kwargs)

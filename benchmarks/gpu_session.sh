@@ -63,7 +63,11 @@
 #
 # DRY_RUN=1 runs every stage's command on the CPU at toy sizes (flags appended after the stage's
 # own override them): a stage whose flags a script no longer takes fails here, in CI
-# (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU.
+# (benchmarks/tests/test_gpu_session.py), rather than on a lent GPU. The scripts that compile get
+# --cheap-compile (benchutil): dynamo and the FX passes run, Inductor's code generation (most of a
+# CPU compile) does not, and their rows say backend "cheap". DRY_RUN=flags, for the bench_generate
+# stages (gen*, llada2*), appends --check-flags alone: the stage's own flags (its lengths and modes,
+# which DRY_RUN=1 overrides) are checked as a run would, and nothing runs.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STAGES="tests, gen1024, gen1024b8, gen256b1, gen256b8, compile, op, buckets, suite, llada2, llada2b8,
@@ -75,34 +79,46 @@ tests|gen1024|gen1024b8|gen256b1|gen256b8|compile|op|buckets|suite|llada2|llada2
 esac
 OUT=${OUT:-gpu_out}
 DRY_RUN=${DRY_RUN:-0}
+case "$DRY_RUN:${1:-tests}" in
+0:*|1:*|flags:gen*|flags:llada2*) ;;
+*) echo "DRY_RUN is 0, 1, or flags (for the gen* and llada2* stages)" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
-GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() COMPILE_DRY=() LLADA2_DRY=() PEERS_DRY=()
+GEN_DRY=() BUCKETS_DRY=() OP_DRY=() TESTS_DRY=() SUITE_DRY=() COMPILE_DRY=() LLADA2_DRY=() PEERS_DRY=()
 if [ "$DRY_RUN" = 1 ]; then
     GEN_DRY=(--preset tiny --gen-length 8 --block-length 4 --prompt-length 4 --repeats 1
-             --modes llada-eager credit-eager --device cpu)
+             --modes llada-eager credit-eager --device cpu --cheap-compile)
     LLADA2_DRY=(--preset tiny-llada2 --gen-length 8 --block-length 4 --prompt-length 4 --repeats 1
-                --modes llada2-eager credit-block-eager --device cpu)
+                --modes llada2-eager credit-block-eager --device cpu --cheap-compile)
     BUCKETS_DRY=(--preset tiny --requests 2 --min-length 2 --max-length 3 --buckets 0 4
-                 --gen-length 4 --block-length 4 --warm-cache --device cpu)
+                 --gen-length 4 --block-length 4 --warm-cache --device cpu --cheap-compile)
     OP_DRY=(--quick --no-compile --device cpu)
     COMPILE_DRY=(--preset tiny --layers 1 --prompt-length 2 --gen-length 4 --block-length 4
-                 --repeats 1 --device cpu)
+                 --repeats 1 --device cpu --cheap-compile)
     PEERS_DRY=(--preset tiny --batch 1 --gen-length 8 --block-length 4 --prompt-length 4
-               --repeats 1 --device cpu)
+               --repeats 1 --device cpu --cheap-compile)
     TESTS_DRY=(--collect-only)
+    # The suite's command line (options, paths, conftests) with one small module collected: the
+    # tests stage's dry run already imports every module of tests/, and CI runs them all.
+    SUITE_DRY=(--collect-only -o python_files=test_provenance.py)
+elif [ "$DRY_RUN" = flags ]; then
+    GEN_DRY=(--check-flags) LLADA2_DRY=(--check-flags)
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 fi
-if [ "${FROM_SOURCE:-0}" = 1 ] || ! python3 -P -c "import credit_compile.passes" 2>/dev/null; then
+versions() {  # one process both probes the install and names the versions (an import is seconds)
+    python3 -P -c "import torch, triton, credit_compile.passes as p
+print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile', p.__file__)"
+}
+if [ "${FROM_SOURCE:-0}" = 1 ] || ! VERSIONS=$(versions 2>/dev/null); then
     SOURCE_COPY=$(mktemp -d)
     trap 'rm -rf "$SOURCE_COPY"' EXIT
     cp -r credit_compile "$SOURCE_COPY/" && rm -rf "$SOURCE_COPY/credit_compile/passes" \
         && cp -r passes "$SOURCE_COPY/credit_compile/passes" || exit 1
     export PYTHONPATH="$SOURCE_COPY${PYTHONPATH:+:$PYTHONPATH}"
+    VERSIONS=$(versions)
 fi
-python3 -P -c "import torch, triton, credit_compile.passes as p
-print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile', p.__file__)" \
-    | tee "$OUT/versions.txt"
+echo "$VERSIONS" | tee "$OUT/versions.txt"
 
 # Every mode but the prompt cache's, which pays on long prompts only: gen1024b8 (prompt 800)
 # measures it.
@@ -145,7 +161,7 @@ tests)
     ;;
 suite)
     python3 -P -m pytest -q -p no:cacheprovider tests benchmarks/tests --junitxml="$OUT/suite.xml" \
-        "${TESTS_DRY[@]}" \
+        "${SUITE_DRY[@]}" \
         2>&1 | tee "$OUT/suite.log"
     ;;
 op)

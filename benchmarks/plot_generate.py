@@ -34,8 +34,14 @@ def panel_title(key: tuple) -> str:
 
 def plottable_rows(path: str, needed: tuple[str, ...], preset: str | None) -> list[dict]:
     """The rows of `path` that have every field in `needed` (of `preset`, where given); the
-    others are named on stderr, and no row to plot ends the script."""
+    others are named on stderr, and no row to plot ends the script. Rows of the cheap backend
+    (--cheap-compile: dry runs, no measurement) are left out."""
     rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    cheap = [r for r in rows if r.get("backend", "inductor") != "inductor"]
+    if cheap:
+        print(f"skipping {len(cheap)} row(s) of backend {cheap[0]['backend']!r} (no measurement)",
+              file=sys.stderr)
+        rows = [r for r in rows if r.get("backend", "inductor") == "inductor"]
     plottable = [r for r in rows if all(k in r for k in needed)]
     if len(plottable) < len(rows):
         print(f"skipping {len(rows) - len(plottable)} row(s) without {' or '.join(needed)}",

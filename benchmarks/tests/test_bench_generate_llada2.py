@@ -123,8 +123,10 @@ def test_the_bare_block_forward_computes_a_cached_steps_logits(bench):
     torch.testing.assert_close(got, expected, atol=2e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("preset, modes", [("tiny-llada2", ["credit-eager"]),
-                                           ("tiny", ["llada2-eager"])])
+@pytest.mark.parametrize("preset, modes", [
+    ("tiny-llada2", ["credit-eager"]), ("tiny", ["llada2-eager"]),
+    # A list given before the one that runs (a gpu_session.sh stage's, under its dry run's).
+    ("tiny-llada2", ["credit-eager", "--modes", "llada2-eager"])])
 def test_modes_of_the_other_family_are_refused_before_the_model_loads(bench, preset, modes,
                                                                       monkeypatch, capsys):
     monkeypatch.setattr(bench, "bench_model", lambda *a, **k: pytest.fail("a model was built"))

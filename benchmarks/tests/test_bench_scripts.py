@@ -340,6 +340,38 @@ def test_benchutil_presets_dtypes_and_int_flags(monkeypatch):
             parse(bad)
 
 
+def test_check_flags_checks_as_a_run_would_and_runs_nothing(bench_generate, monkeypatch, capsys):
+    monkeypatch.setattr(bench_generate, "bench_model", lambda *a, **k: pytest.fail("a model was built"))
+    assert bench_generate.main(["--preset", "llada-8b", "--gen-length", "256", "--modes",
+                                "llada-eager", "credit-graphs", "--check-flags"]) == 0
+    assert "flags ok: preset llada-8b, modes llada-eager credit-graphs" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exc:  # a part block: what a run refuses
+        bench_generate.main(["--preset", "llada-8b", "--gen-length", "250", "--check-flags"])
+    assert exc.value.code == 2 and "gen_length=250" in capsys.readouterr().err
+
+
+def test_cheap_compile_swaps_the_backend_and_rows_can_say_so(monkeypatch):
+    load("bench_generate", monkeypatch)  # puts benchmarks/ on sys.path
+    import importlib
+
+    import benchutil
+
+    from credit_compile import backend, step_cache
+
+    verify = importlib.import_module("credit_compile.verify")
+    for module in (step_cache, verify):  # undone after the test
+        monkeypatch.setattr(module, "make_backend", backend.make_backend)
+    assert benchutil.use_backend(False) == benchutil.backend_name() == "inductor"
+    assert benchutil.use_backend(True) == benchutil.backend_name() == "cheap"
+    for module in (step_cache, verify):
+        assert module.make_backend.func is backend.make_backend
+        assert module.make_backend.keywords == {"inductor": False}
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kw: calls.append(kw) or fn)
+    benchutil.compile_fn(abs, fullgraph=True)
+    assert calls == [{"backend": "eager", "fullgraph": True}]
+
+
 # ------------------------------------------------------------------------------------------------
 # bench_prompt_buckets.py, bench_credit_op.py
 # ------------------------------------------------------------------------------------------------
@@ -404,8 +436,9 @@ def png_width(path: Path) -> int:
         return image.size[0]
 
 
-@pytest.mark.parametrize("rows, preset", [([], None), ([row("llada-eager", 1.0)], "llada-8b")],
-                         ids=["empty", "preset-matches-nothing"])
+@pytest.mark.parametrize("rows, preset", [([], None), ([row("llada-eager", 1.0)], "llada-8b"),
+                                          ([row("llada-eager", 1.0, backend="cheap")], None)],
+                         ids=["empty", "preset-matches-nothing", "cheap-backend"])
 def test_plot_without_matching_rows_says_so(rows, preset, tmp_path, monkeypatch):
     plot = load("plot_generate", monkeypatch)
     data = write_rows(tmp_path / "rows.jsonl", rows)
