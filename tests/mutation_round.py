@@ -94,6 +94,12 @@ MUTANTS = [
      "return 0 if report.ok else 1", "return 0", "test_cli and verify"),
     ("cli-no-compile-ignored", "credit_compile/cli.py",
      'compile=not getattr(args, "no_compile", False)', "compile=True", "test_cli and compile"),
+    # The compiled path only (the reference runs no pass): the equality properties over shapes
+    # and configs, which run on the cheap backend, must see it.
+    ("head-pass-reverses-the-block", "passes/block_sliced_lm_head.py",
+     'sliced = graph.call_method("index_select", (hidden, 1, positions))',
+     'sliced = graph.call_method("index_select", (hidden, 1, graph.call_method("flip", '
+     '(positions, 0))))', "tokens_equal_the_reference"),
 ]
 
 
