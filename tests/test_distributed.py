@@ -28,8 +28,6 @@ import credit_compile as cc
 from credit_compile.assets import has_default_model, load_default_model
 from credit_compile.distributed import shard_model
 
-# One worker runs the module: the spawned ranks (`tp_run`) are set up once.
-pytestmark = pytest.mark.xdist_group("tensor_parallel_ranks")
 WORLD = 2
 RUN_SECONDS = 600  # the whole spawned run, compiles included: 240 s on 2 cores under a load of 9
 GEN = dict(gen_length=16, block_length=8)
