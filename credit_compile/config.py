@@ -451,6 +451,14 @@ def strategy_reads(config: DecodeConfig, name: str) -> bool:
     return config.strategy in READ_BY.get(name, STRATEGIES)
 
 
+def readers_of(name: str) -> str:
+    """Who reads option `name`, as messages say it: "'credit' or 'threshold'", with the
+    condition `strategy_reads` adds ("'llada2' with temperature > 0")."""
+    return " or ".join(repr(s) for s in READ_BY[name]) + (
+        " with credit_layout='sparse'" if name == "credit_slots" else
+        " with temperature > 0" if name in ("top_k", "top_p") else "")
+
+
 def unread_options(config: DecodeConfig) -> tuple[str, ...]:
     """The options `config` sets away from their defaults that its strategy does not read."""
     return tuple(name for name in READ_BY if not strategy_reads(config, name)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 import torch
 
 from .adapters import ModelInfo
-from .config import READ_BY, DecodeConfig, unread_options
+from .config import DecodeConfig, readers_of, unread_options
 from .decoding.step import ForwardFn
 from .decoding.strategies import is_any_of_sync_free
 
@@ -40,10 +40,7 @@ def warn_unread_options(base: DecodeConfig, overrides: dict, config: DecodeConfi
         return
     groups: dict[str, list[str]] = {}  # the options of each reader, as one clause
     for name in named:
-        reader = " or ".join(repr(s) for s in READ_BY[name]) + (
-            " with credit_layout='sparse'" if name == "credit_slots" else
-            " with temperature > 0" if name in ("top_k", "top_p") else "")
-        groups.setdefault(reader, []).append(name)
+        groups.setdefault(readers_of(name), []).append(name)
     readers = "; ".join(f"{', '.join(names)} {'is' if len(names) == 1 else 'are'} read by "
                         f"strategy {reader}" for reader, names in groups.items())
     they, them = ("it changes", "it") if len(named) == 1 else ("they change", "them")

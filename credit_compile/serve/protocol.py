@@ -178,15 +178,12 @@ def parse_request(body: dict, kind: str, info: ModelInfo) -> Request:
 def _check_read(config, overrides: dict) -> None:
     """A knob the request's strategy does not read would be ignored: refused, naming who reads
     it (`generate()` warns instead; an API client sees no warning)."""
-    from ..config import READ_BY, strategy_reads
+    from ..config import READ_BY, readers_of, strategy_reads
 
     for name in overrides:
         if name in READ_BY and not strategy_reads(config, name):
-            when = {"top_k": " with temperature > 0", "top_p": " with temperature > 0",
-                    "credit_slots": " with credit_layout='sparse'"}.get(name, "")
-            readers = " or ".join(repr(s) for s in READ_BY[name])
             raise bad_request(
-                f"{name}={overrides[name]!r} is read by strategy {readers}{when}; this request "
+                f"{name}={overrides[name]!r} is read by strategy {readers_of(name)}; this request "
                 f"decodes with strategy={config.strategy!r}, temperature={config.temperature}: "
                 f"leave {name} out or choose such a strategy", name, "unsupported_parameter")
 
