@@ -157,7 +157,8 @@ class LLaDA2MLP(nn.Module):
 
 
 class LLaDA2Gate(nn.Module):
-    """The router: ``weight [num_experts, hidden_size]`` and the ``expert_bias`` buffer (a
+    """The router: ``weight [num_experts, hidden_size]`` (drawn as the model's `_init_weights`
+    draws it, so that a block built on its own is defined) and the ``expert_bias`` buffer (a
     checkpoint entry, persistent, as in the official module)."""
 
     def __init__(self, config: LLaDA2Config):
@@ -168,6 +169,7 @@ class LLaDA2Gate(nn.Module):
         self.topk_group = int(config.topk_group)
         self._scale = (float(config.routed_scaling_factor),)  # a literal under torch.compile
         self.weight = nn.Parameter(torch.empty(self.num_experts, config.hidden_size))
+        nn.init.normal_(self.weight, mean=0.0, std=float(config.initializer_range))
         self.register_buffer("expert_bias", torch.zeros(self.num_experts))
 
     def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

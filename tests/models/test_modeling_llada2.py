@@ -402,6 +402,17 @@ def test_the_formulation_is_dense_on_the_cpu_and_grouped_on_cuda_in_bfloat16():
 
 
 @pytest.mark.skipif(not hasattr(torch, "_grouped_mm"), reason="this torch has no torch._grouped_mm")
+def test_a_block_built_on_its_own_is_defined():
+    """Every parameter of a MoE block built outside a model is drawn, none left as memory
+    `torch.empty` handed out (deterministic mode fills that with NaN, so this fails if any is)."""
+    torch.use_deterministic_algorithms(True)
+    try:
+        block = LLaDA2SparseMoeBlock(tiny_config(hidden_size=16, moe_intermediate_size=8))
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert all(torch.isfinite(t).all() for t in block.state_dict().values())
+
+
 def test_the_grouped_moe_compiles_as_one_graph():
     """fullgraph=True in bfloat16 (the dtype it runs in): the sort, the segment offsets and the
     scatter back are computed on the device, with no data-dependent shape or host sync; the
