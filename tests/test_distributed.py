@@ -1,7 +1,7 @@
 """Tensor parallelism (credit_compile/distributed.py): two CPU ranks on gloo decode the tokens of
 the single-process model, and bad input is refused by name.
 
-The ranks are spawned once for the module (`tp_run`): each decodes every case single-process
+The ranks are spawned once per test run (`tp_run`, shared by pytest-xdist's workers): each decodes every case single-process
 (eager) and then sharded (compiled), checks the layouts the trained model lacks on a DeviceMesh,
 refuses prompts that differ between the ranks and runs the command line as torchrun would; rank 0
 returns what it saw. Spawning is bounded: a rank that fails ends every rank with its error, and a
@@ -23,6 +23,7 @@ import time
 import pytest
 import torch
 import torch.multiprocessing as mp
+from filelock import FileLock
 
 import credit_compile as cc
 from credit_compile.assets import has_default_model, load_default_model
@@ -166,12 +167,27 @@ def _fail_on_one_rank(rank: int, world: int, port: int) -> None:
     dist.barrier()  # waits for rank 1, which never comes
 
 
-@pytest.fixture(scope="module")
-def tp_run(tmp_path_factory):
+@pytest.fixture(scope="session")
+def tp_run(tmp_path_factory, request):
+    """The ranks' results, spawned once per test run: under pytest-xdist the workers share one
+    spawn through a file lock in their common temporary folder (the first to ask spawns, the
+    others wait and read; a failed spawn is reported to each, not repeated)."""
     if not has_default_model():
         pytest.skip("default model files missing")
-    path = str(tmp_path_factory.mktemp("tp") / "results.pt")
-    run_ranks(_decode_all, path, list(CASES), INDUCTOR_CASE)
+    worker = getattr(request.config, "workerinput", None)
+    shared = tmp_path_factory.getbasetemp()
+    if worker is not None:  # each xdist worker's base is a folder of the run's common one
+        shared = shared.parent
+    path, failed = shared / "tp_results.pt", shared / "tp_failed.txt"
+    with FileLock(str(shared / "tp.lock")):
+        if failed.is_file():
+            pytest.fail(f"the spawned ranks failed in another worker:\n{failed.read_text()}")
+        if not path.is_file():
+            try:
+                run_ranks(_decode_all, str(path), list(CASES), INDUCTOR_CASE)
+            except BaseException as error:
+                failed.write_text(f"{type(error).__name__}: {error}")
+                raise
     return torch.load(path)
 
 
