@@ -177,7 +177,9 @@ def _colwise(linear: nn.Linear, rank: int, size: int) -> None:
 def _partial(linear: nn.Linear, rank: int, size: int) -> None:
     """`linear` (without bias) keeps its rank's input features, in place: its output is this
     rank's partial sum, reduced by whoever sums it with others (a layer's `feed_forward`)."""
-    assert linear.bias is None, "a partial product's bias would be added on every rank"
+    if linear.bias is not None:
+        raise ValueError("tensor_parallel cannot split an MLP's down projection that has a bias "
+                         "(it would be added on every rank): decode this model on one device")
     linear.weight = _parameter(_part(linear.weight.data, 1, rank, size))
     linear.in_features //= size
 

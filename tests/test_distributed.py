@@ -179,17 +179,24 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 error = (shards(tokens).logits - want).abs().max() / want.abs().max()
             logits_error = max(logits_error, float(error))
         # The mixtures of experts' eager forward, sharded: LLaDA2 also with a tied head and
-        # biases on its fused query_key_value.
+        # biases on its fused query_key_value, and by the grouped formulation (CUDA's in bf16;
+        # `torch._grouped_mm` runs on the CPU eagerly) on the shards' narrower expert stacks.
+        from credit_compile.models.modeling_llada2 import RoutedExperts
+
         moe_logits_error = {}
         for label, family, over in (("llada2", "llada2", {}),
                                     ("llada2-tied-bias", "llada2",
                                      dict(tie_word_embeddings=True, use_qkv_bias=True)),
+                                    ("llada2-grouped", "llada2", {}),
                                     ("lladamoe", "lladamoe", {})):
             whole, draws = _moe_model(family, **over), torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for name, parameter in whole.named_parameters():
                     if name.endswith("bias"):
                         parameter.normal_(0.0, 0.5, generator=draws)
+            for module in whole.modules():
+                if isinstance(module, RoutedExperts) and label.endswith("grouped"):
+                    module.formulation = "grouped"
             shards = shard_model(copy.deepcopy(whole), mesh)
             tokens = torch.randint(0, 100, (2, 12), generator=draws)
             with torch.no_grad():
