@@ -2,7 +2,8 @@
 the single-process model, and bad input is refused by name.
 
 The ranks are spawned once for the module (`tp_run`): each decodes every case single-process
-(eager) and then sharded (compiled), checks the layouts the trained model lacks on a DeviceMesh,
+(eager) and then sharded (compiled), the shipped LLaDA and tiny LLaDA2 and LLaDA-MoE models,
+checks the layouts the trained model lacks on a DeviceMesh (and the mixtures of experts' logits),
 refuses prompts that differ between the ranks and runs the command line as torchrun would; rank 0
 returns what it saw. Spawning is bounded: a rank that fails ends every rank with its error, and a
 run past its deadline is killed.
