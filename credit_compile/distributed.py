@@ -111,15 +111,18 @@ def world_of(tensor_parallel) -> tuple[object, int, int]:
 
 def _dimensions(model: nn.Module) -> list[tuple[str, int]]:
     """(name, size) of every dimension a rank count must divide, for `model`'s family."""
+    from .models.modeling_llada import LLaDAModelLM
+    from .models.modeling_llada2 import LLaDA2ModelLM
+
     config = model.config
-    if not hasattr(config, "num_experts"):  # the dense LLaDA
+    if isinstance(model, LLaDAModelLM):
         return [("n_heads", config.n_heads), ("n_kv_heads", config.effective_n_kv_heads),
                 ("the MLP width (mlp_hidden_size)", config.intermediate_size),
                 ("the vocabulary (embedding_size)", config.padded_vocab_size)]
     moe = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
     dims = [("num_attention_heads", config.num_attention_heads),
             ("num_key_value_heads", config.num_key_value_heads)]
-    if hasattr(config, "moe_intermediate_size"):  # LLaDA2
+    if isinstance(model, LLaDA2ModelLM):
         if not all(moe):
             dims.append(("the dense layers' MLP width (intermediate_size)",
                          config.intermediate_size))
