@@ -107,9 +107,15 @@ def _is_project_model(model: nn.Module) -> bool:
     return isinstance(model, LLaDAModelLM)
 
 
+def _of_class_named(model: nn.Module, name: str) -> bool:
+    """Whether `model`'s class or one of its bases (a tensor-parallel subclass,
+    `credit_compile.distributed`) is named `name`: no import of transformers for other models."""
+    return any(cls.__name__ == name for cls in type(model).__mro__)
+
+
 def _is_project_llada2(model: nn.Module) -> bool:
     # Only a model of that class can be one: no import of transformers for other models.
-    if type(model).__name__ != "LLaDA2ModelLM":
+    if not _of_class_named(model, "LLaDA2ModelLM"):
         return False
     from .models import LLaDA2ModelLM
 
@@ -117,7 +123,7 @@ def _is_project_llada2(model: nn.Module) -> bool:
 
 
 def _is_project_lladamoe(model: nn.Module) -> bool:
-    if type(model).__name__ != "LLaDAMoEModelLM":
+    if not _of_class_named(model, "LLaDAMoEModelLM"):
         return False
     from .models import LLaDAMoEModelLM
 

@@ -1,5 +1,5 @@
-"""Tensor parallelism for the project's dense LLaDA on torch.distributed (`optimize(model,
-tensor_parallel=N)`, docs/distributed.md).
+"""Tensor parallelism for the project's LLaDA, LLaDA-MoE and LLaDA2 on torch.distributed
+(`optimize(model, tensor_parallel=N)`, docs/distributed.md).
 
 Each rank of an initialised process group keeps its shard of every layer's weights, as Megatron
 splits them: the query, key and value projections and the MLP's gate and up projections by
@@ -12,6 +12,13 @@ block's slice before the head and the gather: a step moves the block's logits, n
 canvas's. The embedding stays whole on every rank. The step's decisions read the gathered
 logits, identical on every rank, so every rank commits the same tokens and draws the same
 random numbers.
+
+The mixtures of experts (LLaDA-MoE, LLaDA2) split each expert as an MLP: every rank holds
+`width / N` of every expert's features (its gate and up rows, its down columns), and of the
+shared experts' and the dense layers' MLPs; the router stays whole, so every rank routes every
+token alike. A layer's routed and shared partial outputs are summed before its one all-reduce
+(the layer's `feed_forward`). LLaDA2's fused `query_key_value` is split by heads: each rank keeps
+its query heads' rows and its key and value heads' rows.
 
 The weights are plain tensors (local shards), not DTensors: the LM head is a matrix product the
 step calls directly, the gather must come after the block's slice, and the rest of the package
@@ -102,31 +109,176 @@ def world_of(tensor_parallel) -> tuple[object, int, int]:
     return group, dist.get_world_size(group), dist.get_rank(group)
 
 
-def _check_divisible(config, size: int) -> None:
-    dims = (("n_heads", config.n_heads), ("n_kv_heads", config.effective_n_kv_heads),
-            ("the MLP width (mlp_hidden_size)", config.intermediate_size),
-            ("the vocabulary (embedding_size)", config.padded_vocab_size))
-    for name, value in dims:
+def _dimensions(model: nn.Module) -> list[tuple[str, int]]:
+    """(name, size) of every dimension a rank count must divide, for `model`'s family."""
+    from .models.modeling_llada import LLaDAModelLM
+    from .models.modeling_llada2 import LLaDA2ModelLM
+
+    config = model.config
+    if isinstance(model, LLaDAModelLM):
+        return [("n_heads", config.n_heads), ("n_kv_heads", config.effective_n_kv_heads),
+                ("the MLP width (mlp_hidden_size)", config.intermediate_size),
+                ("the vocabulary (embedding_size)", config.padded_vocab_size)]
+    moe = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
+    dims = [("num_attention_heads", config.num_attention_heads),
+            ("num_key_value_heads", config.num_key_value_heads)]
+    if isinstance(model, LLaDA2ModelLM):
+        if not all(moe):
+            dims.append(("the dense layers' MLP width (intermediate_size)",
+                         config.intermediate_size))
+        if any(moe):  # the shared experts' width is a multiple of it
+            dims.append(("each expert's width (moe_intermediate_size)",
+                         config.moe_intermediate_size))
+    else:  # LLaDA-MoE
+        if not all(moe):
+            dims.append(("the dense layers' MLP width (dense_intermediate_size)",
+                         config.dense_intermediate_size))
+        if any(moe):
+            dims.append(("each expert's width (expert_intermediate_size)",
+                         config.expert_intermediate_size))
+            if config.shared_expert_intermediate_size is not None:
+                dims.append(("the shared expert's width (shared_expert_intermediate_size)",
+                             config.shared_expert_intermediate_size))
+    dims.append(("the vocabulary (vocab_size)", config.vocab_size))
+    return dims
+
+
+def _check_divisible(model: nn.Module, size: int) -> None:
+    for name, value in _dimensions(model):
         if value % size:
             raise ValueError(
                 f"tensor_parallel={size} does not divide {name} = {value}: choose a number of "
                 f"ranks that divides {value}")
-    if config.attention_layer_norm:
+    if getattr(model.config, "attention_layer_norm", False):
         raise ValueError(
             "tensor_parallel does not support attention_layer_norm=True yet: its query and key "
             "norms span all heads, which no rank holds; decode this model on one device")
 
 
 def _rows(t: torch.Tensor, rank: int, size: int) -> torch.Tensor:
-    return t.chunk(size, 0)[rank].clone()
+    return _part(t, 0, rank, size)
+
+
+def _part(t: torch.Tensor, dim: int, rank: int, size: int) -> torch.Tensor:
+    """Rank `rank`'s 1/`size` of `t` along `dim`, a copy (the whole tensor can then be freed)."""
+    n = t.shape[dim] // size
+    return t.narrow(dim, rank * n, n).clone()
+
+
+def _parameter(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+def _colwise(linear: nn.Linear, rank: int, size: int) -> None:
+    """`linear` keeps its rank's output features (rows, and their biases), in place."""
+    linear.weight = _parameter(_rows(linear.weight.data, rank, size))
+    if linear.bias is not None:
+        linear.bias = _parameter(_rows(linear.bias.data, rank, size))
+    linear.out_features //= size
+
+
+def _partial(linear: nn.Linear, rank: int, size: int) -> None:
+    """`linear` (without bias) keeps its rank's input features, in place: its output is this
+    rank's partial sum, reduced by whoever sums it with others (a layer's `feed_forward`)."""
+    if linear.bias is not None:
+        raise ValueError("tensor_parallel cannot split an MLP's down projection that has a bias "
+                         "(it would be added on every rank): decode this model on one device")
+    linear.weight = _parameter(_part(linear.weight.data, 1, rank, size))
+    linear.in_features //= size
+
+
+def _shard_feed_forward(module: nn.Module, rank: int, size: int) -> None:
+    """A gated MLP (gate, up: output features; down: input features, unreduced) or a mixture of
+    experts (each expert, and the shared experts, split so; the router kept whole)."""
+    from .models.modeling_llada2 import RoutedExperts
+
+    mlps = [module]
+    if isinstance(module, RoutedExperts):
+        mlps = list(module.experts)
+        shared = getattr(module, "shared_experts", None)  # LLaDA2's; LLaDA-MoE's is the layer's
+        if shared is not None:
+            mlps.append(shared)
+        module._stacks = None  # the whole experts' stacks: fused again from the shards
+    for mlp in mlps:
+        _colwise(mlp.gate_proj, rank, size)
+        _colwise(mlp.up_proj, rank, size)
+        _partial(mlp.down_proj, rank, size)
+
+
+@functools.cache
+def _tensor_parallel_layer(cls: type) -> type:
+    """`cls` (a decoder layer with a `feed_forward` method) whose feed-forward output, the sum
+    of this rank's partial products (routed and shared experts together), is all-reduced once."""
+
+    class TensorParallelLayer(cls):
+        def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
+            from torch.distributed import _functional_collectives as funcol
+
+            return funcol.all_reduce(super().feed_forward(h), "sum", self.group_name)
+
+    TensorParallelLayer.__name__ = TensorParallelLayer.__qualname__ = f"TensorParallel{cls.__name__}"
+    return TensorParallelLayer
+
+
+def _shard_layer_feed_forward(layer: nn.Module, rank: int, size: int, group_name: str) -> None:
+    _shard_feed_forward(layer.mlp, rank, size)
+    shared = getattr(layer, "shared_expert", None)  # LLaDA-MoE's, beside its experts
+    if shared is not None:
+        _shard_feed_forward(shared, rank, size)
+    layer.__class__ = _tensor_parallel_layer(type(layer))
+    layer.group_name = group_name
+
+
+def _by_heads(t: torch.Tensor, widths: list[int], rank: int, size: int) -> torch.Tensor:
+    """A fused query-key-value projection's rows (or biases) for this rank's heads: its query
+    heads' rows, then its key heads', then its value heads'."""
+    return torch.cat([_rows(part, rank, size) for part in t.split(widths, 0)], 0)
+
+
+def _shard_llada2(model: nn.Module, rank: int, size: int, group_name: str) -> None:
+    for layer in model.model.layers:
+        attention = layer.attention
+        qkv, dim = attention.query_key_value, attention.head_dim
+        widths = [attention.num_heads * dim, attention.num_kv_heads * dim,
+                  attention.num_kv_heads * dim]
+        qkv.weight = _parameter(_by_heads(qkv.weight.data, widths, rank, size))
+        if qkv.bias is not None:
+            qkv.bias = _parameter(_by_heads(qkv.bias.data, widths, rank, size))
+        qkv.out_features //= size
+        attention.num_heads //= size
+        attention.num_kv_heads //= size
+        dense = attention.dense
+        attention.dense = RowwiseLinear(_part(dense.weight.data, 1, rank, size), dense.bias,
+                                        group_name)
+        _shard_layer_feed_forward(layer, rank, size, group_name)
+
+
+def _shard_lladamoe(model: nn.Module, rank: int, size: int, group_name: str) -> None:
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        for linear in (attention.q_proj, attention.k_proj, attention.v_proj):
+            _colwise(linear, rank, size)
+        attention.num_heads //= size
+        attention.num_kv_heads //= size
+        out = attention.o_proj
+        attention.o_proj = RowwiseLinear(_part(out.weight.data, 1, rank, size), out.bias,
+                                         group_name)
+        _shard_layer_feed_forward(layer, rank, size, group_name)
+
+
+def _families() -> dict[type, object]:
+    from .models.modeling_llada import LLaDAModelLM
+    from .models.modeling_llada2 import LLaDA2ModelLM
+    from .models.modeling_lladamoe import LLaDAMoEModelLM
+
+    return {LLaDAModelLM: _shard_llada, LLaDA2ModelLM: _shard_llada2,
+            LLaDAMoEModelLM: _shard_lladamoe}
 
 
 def shard_model(model: nn.Module, tensor_parallel):
-    """Shard `model` (the project's `LLaDAModelLM`) in place across the ranks of
-    `tensor_parallel` (see the module docstring) and return it. A model already sharded across
-    the same ranks is returned as it is."""
-    from .models.modeling_llada import LLaDAModelLM
-
+    """Shard `model` (the project's `LLaDAModelLM`, `LLaDAMoEModelLM` or `LLaDA2ModelLM`) in
+    place across the ranks of `tensor_parallel` (see the module docstring) and return it. A
+    model already sharded across the same ranks is returned as it is."""
     group, size, rank = world_of(tensor_parallel)
     group_name = group.group_name
     if getattr(model, "tensor_parallel_group", None) is not None:
@@ -134,45 +286,80 @@ def shard_model(model: nn.Module, tensor_parallel):
             raise ValueError("this model is already sharded across another process group: "
                              "load it again to shard it across this one")
         return model
-    if type(model) is not LLaDAModelLM:
+    from .models.modeling_llada import LLaDAModelLM
+
+    shard = _families().get(type(model))
+    if shard is None:
         raise ValueError(
-            f"tensor_parallel supports credit_compile's own dense LLaDA (LLaDAModelLM) only, not "
-            f"{type(model).__name__} (LLaDA-MoE and LLaDA2 are not built yet): load the "
-            f"checkpoint with credit_compile.models.LLaDAModelLM.from_pretrained(path)")
-    config = model.config
-    _check_divisible(config, size)
+            f"tensor_parallel supports credit_compile's own LLaDA, LLaDA-MoE and LLaDA2 models "
+            f"(LLaDAModelLM, LLaDAMoEModelLM, LLaDA2ModelLM) only, not {type(model).__name__}: "
+            f"load the checkpoint with credit_compile.models.<that class>.from_pretrained(path)")
+    _check_divisible(model, size)
     if size == 1:
         return model
-    t = model.model.transformer
-    for block in t.blocks:
-        for name in _COLWISE:
-            linear = getattr(block, name)
-            linear.weight = nn.Parameter(_rows(linear.weight.data, rank, size), requires_grad=False)
-            if linear.bias is not None:
-                linear.bias = nn.Parameter(_rows(linear.bias.data, rank, size), requires_grad=False)
-            linear.out_features //= size
-        for name in _ROWWISE:
-            linear = getattr(block, name)
-            weight = linear.weight.data.chunk(size, 1)[rank].clone()
-            setattr(block, name, RowwiseLinear(weight, linear.bias, group_name))
-        block.n_heads //= size
-        block.n_kv_heads //= size
-    if not config.weight_tying:
-        head = t.ff_out
-        head.weight = nn.Parameter(_rows(head.weight.data, rank, size), requires_grad=False)
-        if head.bias is not None:
-            head.bias = nn.Parameter(_rows(head.bias.data, rank, size), requires_grad=False)
-        head.out_features //= size
-    model.__class__ = tensor_parallel_class()
+    base = type(model)
+    tied = False
+    if base is not LLaDAModelLM:  # LLaDA-MoE, LLaDA2: their heads by vocabulary rows
+        head = model.lm_head
+        tied = head.weight is model.get_input_embeddings().weight
+        if not tied:  # a tied head is the embedding's rows, which stays whole
+            _colwise(head, rank, size)
+    shard(model, rank, size, group_name)
+    model.__class__ = tensor_parallel_class(base)
     model.tensor_parallel_group = group_name
     model.tensor_parallel_size = size
     model.tensor_parallel_rank = rank
+    model.tensor_parallel_tied_head = tied
     return model
 
 
+def _shard_llada(model: nn.Module, rank: int, size: int, group_name: str) -> None:
+    t = model.model.transformer
+    for block in t.blocks:
+        for name in _COLWISE:
+            _colwise(getattr(block, name), rank, size)
+        for name in _ROWWISE:
+            linear = getattr(block, name)
+            weight = _part(linear.weight.data, 1, rank, size)
+            setattr(block, name, RowwiseLinear(weight, linear.bias, group_name))
+        block.n_heads //= size
+        block.n_kv_heads //= size
+    if not model.config.weight_tying:
+        _colwise(t.ff_out, rank, size)
+
+
 @functools.cache
-def tensor_parallel_class() -> type:
-    """`TensorParallelLLaDA`, made on first use (it imports the model, and transformers)."""
+def tensor_parallel_class(base: type | None = None) -> type:
+    """The tensor-parallel subclass of `base` (None: the dense `LLaDAModelLM`), made on first
+    use (it imports the model, and transformers): its forward returns the whole vocabulary's
+    logits on every rank, and its KV cache holds this rank's key and value heads."""
+    from .models.modeling_llada import LLaDAModelLM
+
+    if base is None or base is LLaDAModelLM:
+        return _tensor_parallel_llada()
+
+    class TensorParallelMoE(base):
+        """A LLaDA-MoE or LLaDA2 model whose layers hold one rank's shard."""
+
+        def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+            size, rank = self.tensor_parallel_size, self.tensor_parallel_rank
+            weight = self.lm_head.weight
+            if self.tensor_parallel_tied_head:  # the embedding's rows, whole on every rank
+                rows = weight.shape[0] // size
+                weight = weight.narrow(0, rank * rows, rows)
+            return gather_vocab(F.linear(hidden, weight), self.tensor_parallel_group, size)
+
+        def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
+            """This rank's key and value heads."""
+            shape = super().kv_cache_shape(batch_size, seq_len)
+            return (shape[0], shape[1], shape[2] // self.tensor_parallel_size, *shape[3:])
+
+    TensorParallelMoE.__name__ = TensorParallelMoE.__qualname__ = f"TensorParallel{base.__name__}"
+    return TensorParallelMoE
+
+
+@functools.cache
+def _tensor_parallel_llada() -> type:
     from .models.modeling_llada import LLaDAModelLM
 
     class TensorParallelLLaDA(LLaDAModelLM):

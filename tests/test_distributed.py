@@ -1,8 +1,10 @@
 """Tensor parallelism (credit_compile/distributed.py): two CPU ranks on gloo decode the tokens of
 the single-process model, and bad input is refused by name.
 
-The ranks are spawned once per test run (`tp_run`, shared by pytest-xdist's workers): each decodes every case single-process
-(eager) and then sharded (compiled), checks the layouts the trained model lacks on a DeviceMesh,
+The ranks are spawned once per test run (`tp_run`, shared by pytest-xdist's workers): each
+decodes every case single-process (eager) and then sharded (compiled), the shipped LLaDA and tiny
+LLaDA2 and LLaDA-MoE models, checks the layouts the trained model lacks on a DeviceMesh (and the
+mixtures of experts' logits),
 refuses prompts that differ between the ranks and runs the command line as torchrun would; rank 0
 returns what it saw. Spawning is bounded: a rank that fails ends every rank with its error, and a
 run past its deadline is killed.
@@ -45,6 +47,33 @@ CASES = {
 CASES["credit-layers-once"] = dict(strategy="credit", compile_layers_once=True)
 INDUCTOR_CASE = "credit-none"  # the one case compiled by Inductor: the collectives' generated code
 PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
+# The mixtures of experts, random tiny models with weights of std 0.5 (confidences far apart, so
+# the shards' rounding never flips a decision), a padded batch of two: LLaDA2 without a cache and
+# with its exact block cache, LLaDA-MoE (a dense layer, then an MoE one with its shared expert).
+MOE_CASES = {"llada2-none": ("llada2", dict(kv_cache="none")),
+             "llada2-block": ("llada2", dict(kv_cache="block")),
+             "lladamoe-none": ("lladamoe", dict(kv_cache="none"))}
+MOE_GEN = dict(gen_length=8, block_length=4)
+
+
+def _moe_model(family: str, **over):
+    from credit_compile.models import presets
+
+    if family == "llada2":
+        config = presets.get_config("tiny-llada2", initializer_range=0.5, block_length=4, **over)
+    else:
+        config = presets.get_config("tiny-lladamoe", initializer_range=0.5, moe_layer_freq=[0, 1],
+                                    **over)
+    model = presets.build_model(config, seed=1)
+    model.tie_weights()  # build_model's parameters are drawn apart: tie them again where asked
+    return model
+
+
+def _moe_prompts() -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 125, (2, 7), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    ids[0, :3], mask[0, :3] = 125, 0  # row 0 left-padded (125: their EOS and padding)
+    return ids, mask
 
 
 def free_port() -> int:
@@ -108,6 +137,28 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 functools.partial(backend.make_backend, inductor=False)
             got[name] = sharded.generate(ids, mask, **case)
         heads = pass_count("block_sliced_lm_head")
+        # The mixtures of experts: single-process (eager) tokens, then sharded and compiled.
+        moe_ids, moe_mask = _moe_prompts()
+        moe_models = {family: _moe_model(family) for family in ("llada2", "lladamoe")}
+        moe_single = {family: cc.optimize(copy.deepcopy(m), compile=False, **MOE_GEN)
+                      for family, m in moe_models.items()}
+        moe_sharded = {family: cc.optimize(m, tensor_parallel=world, **MOE_GEN)
+                       for family, m in moe_models.items()}
+        moe_expected, moe_got = {}, {}
+        step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
+        for name, (family, case) in MOE_CASES.items():
+            moe_expected[name] = moe_single[family].generate(moe_ids, moe_mask, **case)
+            moe_got[name] = moe_sharded[family].generate(moe_ids, moe_mask, **case)
+        moe_heads = pass_count("block_sliced_lm_head") - heads
+        llada2_layer = moe_models["llada2"].model.layers[1]
+        moe_shapes = {
+            "query_key_value": tuple(llada2_layer.attention.query_key_value.weight.shape),
+            "expert_gate": tuple(llada2_layer.mlp.experts[0].gate_proj.weight.shape),
+            "expert_down": tuple(llada2_layer.mlp.experts[0].down_proj.weight.shape),
+            "shared_down": tuple(llada2_layer.mlp.shared_experts.down_proj.weight.shape),
+            "router": tuple(llada2_layer.mlp.gate.weight.shape),
+            "lm_head": tuple(moe_models["lladamoe"].lm_head.weight.shape),
+        }
         # The layouts the trained model lacks (grouped-query attention; a tied head, biases,
         # scaled logits), sharded by a DeviceMesh: the eager forward's logits.
         from torch.distributed.device_mesh import init_device_mesh
@@ -130,6 +181,31 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 want = whole(tokens).logits
                 error = (shards(tokens).logits - want).abs().max() / want.abs().max()
             logits_error = max(logits_error, float(error))
+        # The mixtures of experts' eager forward, sharded: LLaDA2 also with a tied head and
+        # biases on its fused query_key_value, and by the grouped formulation (CUDA's in bf16;
+        # `torch._grouped_mm` runs on the CPU eagerly) on the shards' narrower expert stacks.
+        from credit_compile.models.modeling_llada2 import RoutedExperts
+
+        moe_logits_error = {}
+        for label, family, over in (("llada2", "llada2", {}),
+                                    ("llada2-tied-bias", "llada2",
+                                     dict(tie_word_embeddings=True, use_qkv_bias=True)),
+                                    ("llada2-grouped", "llada2", {}),
+                                    ("lladamoe", "lladamoe", {})):
+            whole, draws = _moe_model(family, **over), torch.Generator().manual_seed(0)
+            with torch.no_grad():
+                for name, parameter in whole.named_parameters():
+                    if name.endswith("bias"):
+                        parameter.normal_(0.0, 0.5, generator=draws)
+            for module in whole.modules():
+                if isinstance(module, RoutedExperts) and label.endswith("grouped"):
+                    module.formulation = "grouped"
+            shards = shard_model(copy.deepcopy(whole), mesh)
+            tokens = torch.randint(0, 100, (2, 12), generator=draws)
+            with torch.no_grad():
+                want = whole(tokens).logits
+                error = (shards(tokens).logits - want).abs().max() / want.abs().max()
+            moe_logits_error[label] = float(error)
         # Ranks given different prompts of one shape: refused on every rank, not decoded.
         try:
             sharded.generate(tokenizer(["0012+0034=" if rank == 0 else "0012+0035="])["input_ids"])
@@ -153,6 +229,12 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 "mesh_logits_error": float(logits_error),
                 "cli": (code, printed.getvalue()),
                 "q_proj": tuple(model.model.transformer.blocks[0].q_proj.weight.shape),
+                "moe_expected": {k: (v.sequences, v.nfe) for k, v in moe_expected.items()},
+                "moe_got": {k: (v.sequences, v.nfe, v.stats.get("runner"))
+                            for k, v in moe_got.items()},
+                "moe_heads_sliced": moe_heads,
+                "moe_shapes": moe_shapes,
+                "moe_logits_error": moe_logits_error,
             }, out_path)
     finally:
         dist.destroy_process_group()
@@ -213,6 +295,29 @@ def test_grouped_query_attention_and_a_tied_head_shard_by_a_device_mesh(tp_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("case", list(MOE_CASES))
+def test_two_ranks_decode_the_mixtures_of_experts_single_process_tokens(tp_run, case):
+    sequences, nfe, runner = tp_run["moe_got"][case]
+    want_sequences, want_nfe = tp_run["moe_expected"][case]
+    assert runner == "compiled"  # one fullgraph step, the collectives in it
+    assert torch.equal(sequences, want_sequences), (case, sequences, want_sequences)
+    assert nfe == want_nfe
+
+
+@pytest.mark.slow
+def test_the_mixtures_of_experts_shard_heads_experts_and_head(tp_run):
+    # tiny-llada2: 4 query and 2 key/value heads of 8, hidden 32, experts and shared expert of
+    # width 16, 8 experts; tiny-lladamoe: a vocabulary of 128.
+    assert tp_run["moe_shapes"] == {
+        "query_key_value": ((4 + 2 * 2) * 8 // WORLD, 32), "expert_gate": (16 // WORLD, 32),
+        "expert_down": (32, 16 // WORLD), "shared_down": (32, 16 // WORLD), "router": (8, 32),
+        "lm_head": (128 // WORLD, 32)}
+    assert tp_run["moe_heads_sliced"] >= len(MOE_CASES)  # the head sliced through the gather
+    for label, error in tp_run["moe_logits_error"].items():
+        assert error < 1e-5, (label, error)  # relative: float rounding of the summed shards
+
+
+@pytest.mark.slow
 def test_ranks_given_different_prompts_are_refused(tp_run):
     assert "every rank must call generate()" in tp_run["mismatch"]
 
@@ -255,20 +360,34 @@ def one_rank_group():
     dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("over, dimension", [
-    (dict(n_heads=3, n_kv_heads=3, d_model=24), "n_heads = 3"),
-    (dict(n_kv_heads=1), "n_kv_heads = 1"),
-    (dict(mlp_hidden_size=63), "the MLP width (mlp_hidden_size) = 63"),
-    (dict(vocab_size=127, embedding_size=127, mask_token_id=126), "the vocabulary (embedding_size) = 127"),
+@pytest.mark.parametrize("preset, over, dimension", [
+    ("tiny", dict(n_heads=3, n_kv_heads=3, d_model=24), "n_heads = 3"),
+    ("tiny", dict(n_kv_heads=1), "n_kv_heads = 1"),
+    ("tiny", dict(mlp_hidden_size=63), "the MLP width (mlp_hidden_size) = 63"),
+    ("tiny", dict(vocab_size=127, embedding_size=127, mask_token_id=126),
+     "the vocabulary (embedding_size) = 127"),
+    ("tiny-llada2", dict(num_attention_heads=3, num_key_value_heads=1), "num_attention_heads = 3"),
+    ("tiny-llada2", dict(num_key_value_heads=1), "num_key_value_heads = 1"),
+    ("tiny-llada2", dict(intermediate_size=63),
+     "the dense layers' MLP width (intermediate_size) = 63"),
+    ("tiny-llada2", dict(moe_intermediate_size=15), "each expert's width (moe_intermediate_size) = 15"),
+    ("tiny-llada2", dict(vocab_size=127), "the vocabulary (vocab_size) = 127"),
+    ("tiny-lladamoe", dict(num_key_value_heads=1), "num_key_value_heads = 1"),
+    ("tiny-lladamoe", dict(dense_intermediate_size=63, moe_layer_freq=[0, 1]),
+     "the dense layers' MLP width (dense_intermediate_size) = 63"),
+    ("tiny-lladamoe", dict(expert_intermediate_size=15),
+     "each expert's width (expert_intermediate_size) = 15"),
+    ("tiny-lladamoe", dict(shared_expert_intermediate_size=15),
+     "the shared expert's width (shared_expert_intermediate_size) = 15"),
 ])
-def test_a_world_size_that_does_not_divide_a_dimension_is_refused_by_name(over, dimension,
+def test_a_world_size_that_does_not_divide_a_dimension_is_refused_by_name(preset, over, dimension,
                                                                           monkeypatch,
                                                                           one_rank_group):
     import torch.distributed as dist
 
     from credit_compile.models import presets
 
-    model = presets.build_model(presets.get_config("tiny", **over))
+    model = presets.build_model(presets.get_config(preset, **over))
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     with pytest.raises(ValueError, match=re.escape(f"does not divide {dimension}")):
         shard_model(model, 2)
@@ -284,7 +403,7 @@ def test_a_rank_count_other_than_the_group_size_is_refused(one_rank_group):
 def test_other_models_are_refused_by_name(one_rank_group):
     from toy_models import ContextMixModel
 
-    with pytest.raises(ValueError, match="own dense LLaDA"):
+    with pytest.raises(ValueError, match="own LLaDA, LLaDA-MoE and LLaDA2 models"):
         shard_model(ContextMixModel(), 1)
 
 

@@ -441,7 +441,12 @@ class LLaDA2DecoderLayer(nn.Module):
                 cache_positions: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.attention(self.input_layernorm(x), cos, sin, attn_mask, cache_keys, cache_values,
                                cache_positions)
-        return x + self.mlp(self.post_attention_layernorm(x))
+        return x + self.feed_forward(self.post_attention_layernorm(x))
+
+    def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The MLP (or mixture of experts) of the normed hidden states ``h``: one method, so that
+        a tensor-parallel layer sums its ranks' partial outputs here (`credit_compile.distributed`)."""
+        return self.mlp(h)
 
 
 class LLaDA2Model(nn.Module):

@@ -195,11 +195,16 @@ class LLaDAMoEDecoderLayer(nn.Module):
                 cache_positions: torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache_keys, cache_values,
                                cache_positions)
-        h = self.post_attention_layernorm(x)
+        return x + self.feed_forward(self.post_attention_layernorm(x))
+
+    def feed_forward(self, h: torch.Tensor) -> torch.Tensor:
+        """The MLP (or the experts, plus the shared expert) of the normed hidden states ``h``:
+        one method, so that a tensor-parallel layer sums its ranks' partial outputs, routed and
+        shared together, here (`credit_compile.distributed`)."""
         y = self.mlp(h)
         if self.shared_expert is not None:
             y = y + self.shared_expert(h)
-        return x + y
+        return y
 
 
 class LLaDAMoEModel(nn.Module):
