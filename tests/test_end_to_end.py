@@ -138,17 +138,20 @@ def test_the_trained_model_decodes_the_same_tokens():
 # The min-versions CI stack runs the first, the Gumbel (float64 elision pass) and the
 # layers-once configs; the others (`slow`) exercise no torch-version-specific path of their own.
 _MAIN_STACK_ONLY = pytest.mark.slow
-# A graph another case's Inductor code already proves (llada's is llada-gumbel's less the noise;
-# a bucket pads; early stop is credit's with a host check; the doubled batch of cfg is proven on
-# Inductor with the token options below): the cheap backend.
+# A graph other Inductor proofs already cover (llada's is llada-gumbel's less the noise; a bucket
+# pads; early stop is credit's with a host check; the doubled batch of cfg is proven on Inductor
+# with the token options below; threshold's and the dense layout's cached steps are credit's
+# cache with the op that the factor test and the dense token-options case compile): the cheap
+# backend.
 _HOST_SIDE = pytest.mark.cheap_compile
 
 
 @pytest.mark.parametrize("config", [
     pytest.param(dict(strategy="credit"), id="credit"),
     pytest.param(dict(strategy="credit", credit_layout="dense", credit_slots=None),
-                 id="credit-dense", marks=_MAIN_STACK_ONLY),
-    pytest.param(dict(strategy="threshold", tau=0.7), id="threshold", marks=_MAIN_STACK_ONLY),
+                 id="credit-dense", marks=[_MAIN_STACK_ONLY, _HOST_SIDE]),
+    pytest.param(dict(strategy="threshold", tau=0.7), id="threshold",
+                 marks=[_MAIN_STACK_ONLY, _HOST_SIDE]),
     pytest.param(dict(strategy="llada", steps=8), id="llada", marks=_HOST_SIDE),
     pytest.param(dict(strategy="llada", cfg_scale=1.5), id="llada-cfg",
                  marks=[_MAIN_STACK_ONLY, _HOST_SIDE]),
