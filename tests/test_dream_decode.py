@@ -1,6 +1,6 @@
 """Dream decoded by `optimize()` and the eager reference: logits shifted by one (the adapter's
-`ModelInfo.shifted_logits`), Fast-dLLM's threshold decoding's recorded tokens, padded batches,
-and Fast-dLLM's approximate KV caches (the block cache refused)."""
+`ModelInfo.shifted_logits`), Fast-dLLM's threshold decoding's and Dream's own samplers' recorded
+tokens, padded batches, and Fast-dLLM's approximate KV caches (the block cache refused)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,30 @@ def test_threshold_decoding_gives_fast_dllm_tokens(name):
     out = reference.generate(official(), ids, strategy="threshold", tau=setting["tau"],
                              gen_length=setting["gen_length"], block_length=setting["gen_length"])
     assert out.sequences.tolist() == TENSORS[f"threshold_{name}"].tolist()
+
+
+def dream_sampler(name: str) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """A recorded `diffusion_generate` setting: its prompts, their mask, the strategy's options."""
+    setting = META["dream"][name]
+    length = setting["gen_length"]
+    options = dict(strategy="dream", dream_alg=setting["alg"], steps=setting["steps"],
+                   dream_eps=setting["eps"], gen_length=length, block_length=length,
+                   top_k=setting.get("top_k"), top_p=setting.get("top_p"))
+    if setting.get("padded"):
+        return TENSORS["input_ids"][:, :8], TENSORS["attention_mask"][:, :8], options
+    return TENSORS["prompt"], None, options
+
+
+@pytest.mark.parametrize("name", sorted(META["dream"]))
+def test_the_dream_strategy_gives_the_official_samplers_tokens(name):
+    """Dream's own `diffusion_generate` (greedy, the most confident committed; one block, its
+    time schedule's counts), recorded from its code for each alg, another step count, a padded
+    batch and the top_k / top_p filters (which change the confidences at temperature 0): the
+    reference's strategy="dream" gives its tokens in `steps` forwards."""
+    ids, mask, options = dream_sampler(name)
+    out = reference.generate(official(), ids, mask, **options)
+    assert out.sequences.tolist() == TENSORS[f"dream_{name}"].tolist()
+    assert out.nfe == options["steps"]
 
 
 def test_the_compiled_step_equals_the_reference():
