@@ -261,7 +261,7 @@ def test_the_progress_bar_stops_at_its_total():
 
 def test_steps_without_the_llada_strategy_is_refused(capsys):
     assert main(["generate", "--prompt", "R12=", "--steps", "4", *SMALL]) == 2
-    assert "--steps applies to --strategy llada or llada2 only" in capsys.readouterr().err
+    assert "--steps applies to --strategy llada, llada2 or dream only" in capsys.readouterr().err
     assert main(["generate", "--prompt", "R12=", "--strategy", "llada", "--steps", "4", *SMALL]) == 0
 
 
@@ -269,6 +269,13 @@ def test_the_llada2_sampling_flags_reach_the_config():
     config = _config("--strategy", "llada2", "--steps", "2", "--temperature", "0.7", "--top-k", "5",
                      "--top-p", "0.9")
     assert (config.steps, config.temperature, config.top_k, config.top_p) == (2, 0.7, 5, 0.9)
+
+
+def test_the_dream_sampler_flags_reach_the_config():
+    config = _config("--strategy", "dream", "--steps", "4", "--dream-alg", "topk_margin",
+                     "--dream-eps", "0.01", "--dream-alg-temp", "0.5")
+    assert (config.strategy, config.steps, config.dream_alg, config.dream_eps,
+            config.dream_alg_temp) == ("dream", 4, "topk_margin", 0.01, 0.5)
 
 
 def test_compile_layers_once_reaches_the_config():
