@@ -158,6 +158,19 @@ def test_optimized_dream_sampling_equals_the_reference_with_the_same_seed():
 
 
 @pytest.mark.cheap_compile
+@pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
+def test_optimized_cached_dream_strategy_equals_the_reference(kv_cache):
+    """Fast-dLLM's approximate caches under Dream's sampler (fixed steps per block), a padded
+    batch: token for token and in NFE."""
+    model = dream()
+    config = decode(strategy="dream", steps=4, kv_cache=kv_cache)
+    ids, mask = padded_pair(6, 2)
+    out = cc.optimize(model, **config).generate(ids, mask)
+    expected = reference.generate(model, ids, mask, **config)
+    assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
+
+
+@pytest.mark.cheap_compile
 def test_the_optimized_dream_strategy_gives_the_official_samplers_tokens():
     ids, mask, options = dream_sampler("entropy_padded")
     out = cc.optimize(official(), **options).generate(ids, mask)
@@ -335,6 +348,8 @@ def test_the_docs_example_runs(capsys):
     import re
 
     doc = (Path(__file__).parents[1] / "docs" / "dream.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
-    exec(compile(code, "docs/dream.md", "exec"), {})
+    loading, dream_sampler = re.findall(r"```python\n(.*?)```", doc, re.S)
+    exec(compile(loading, "docs/dream.md", "exec"), {})
     assert capsys.readouterr().out == "torch.Size([1, 13])\n"
+    exec(compile(dream_sampler, "docs/dream.md", "exec"), {})
+    assert capsys.readouterr().out == "4\n"
