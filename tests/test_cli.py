@@ -415,7 +415,9 @@ def test_every_decode_config_field_is_a_flag_made_from_the_dataclass():
     generate = {a.dest: a for a in sub.choices["generate"]._actions}
     fields = {f.name for f in dataclasses.fields(DecodeConfig)} - {"compile"}
     assert fields <= set(generate), fields - set(generate)
-    assert generate["strategy"].choices == ["credit", "threshold", "factor", "llada", "llada2"]
+    assert generate["strategy"].choices == ["credit", "threshold", "factor", "llada", "llada2",
+                                            "dream"]
+    assert generate["dream_alg"].choices == ["maskgit_plus", "topk_margin", "entropy"]
     assert generate["tau"].default == DecodeConfig().tau and generate["tau"].type is float
     # Fields the hand-written flags had left out.
     config = _config("--credit-slots", "3", "--sync-every", "2")
