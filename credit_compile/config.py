@@ -38,9 +38,9 @@ class DecodeConfig:
         strategy: "credit" (CreditDecoding: trace credits fused into the logits, threshold commits),
             "threshold" (Fast-dLLM parallel decoding: commit every masked token whose confidence is
             at least `tau`, at least the best one each step), "factor" (Fast-dLLM's factor-based
-            parallel decoding: commit the n most confident masked tokens, n set by `factor`) or
+            parallel decoding: commit the n most confident masked tokens, n set by `factor`),
             "llada" (LLaDA's original sampler: a fixed number of tokens per step, low-confidence
-            or random remasking) or "llada2" (LLaDA2's own sampler, its `generate()`: commit the
+            or random remasking), "llada2" (LLaDA2's own sampler, its `generate()`: commit the
             masked tokens whose confidence exceeds `tau`, at least a count per step that spreads
             the block over `steps` steps; greedy, or sampled with `temperature`, `top_k` and
             `top_p`; the LLaDA2 baseline) or "dream" (Dream's own `diffusion_generate` samplers:
@@ -51,13 +51,13 @@ class DecodeConfig:
             must divide `gen_length`, except for a block-causal model (LLaDA2), whose blocks
             follow positions from 0 and whose last block runs past `gen_length`.
         steps: total denoising steps of the "llada" and "dream" strategies; there it must be a
-            multiple of the number of blocks. None means one token per step (`gen_length`). Not read (nor
-            checked) by the other strategies but "llada2", where it is the steps per block of
-            LLaDA2's `generate()` (None: `block_length`, at least one token a step; the
+            multiple of the number of blocks (each block takes its share). None means
+            `gen_length` (LLaDA: one token per step). "llada2" reads it as the steps per block
+            of LLaDA2's `generate()` (None: `block_length`, at least one token a step; the
             official `minimal_topk` caps it at gen_length // minimal_topk: pass it capped).
-            The others stop a block as soon as it is filled: a
-            call setting it for them is warned, as for every option a strategy does not read
-            (`READ_BY`), unless a base config set it for "llada".
+            The others stop a block as soon as it is filled: a call setting it for them is
+            warned, as for every option a strategy does not read (`READ_BY`), unless a base
+            config set it for "llada".
         alpha: credit fusion strength, fused logits are `l + alpha * log1p(C)`; >= 0. alpha = 0
             is plain threshold decoding.
         beta: credit decay per step after the block's first, in [0, 1].
@@ -88,14 +88,16 @@ class DecodeConfig:
             torch.multinomial, so a seed draws other tokens, from the same distribution).
             "dream" samples as Dream's `diffusion_generate` (`top_p`, then `top_k`), the same way.
             "credit", "threshold" and "factor" are greedy only.
-        top_k: "llada2" with temperature > 0: sample among the k most probable tokens (those tied
-            with the k-th too); None keeps all. A positive integer. At temperature 0 it is not
-            read (the official greedy path ignores it). "dream" reads it at any temperature: as
-            Dream's code, the filter renormalises the probabilities its confidences read.
-        top_p: "llada2" with temperature > 0: nucleus sampling, among the most probable tokens
-            up to the first whose cumulative probability (after `top_k`) exceeds top_p, the
-            most probable always; None or 1 keeps all. In (0, 1]. "llada2" does not read it at
-            temperature 0; "dream" does, as `top_k` (applied before it, as Dream does).
+        top_k: "llada2" with temperature > 0, and "dream": sample among the k most probable
+            tokens (those tied with the k-th too); None keeps all. A positive integer. "llada2"
+            at temperature 0 does not read it (the official greedy path ignores it); "dream"
+            reads it at any temperature: as in Dream's code, the filter renormalises the
+            probabilities its confidences read.
+        top_p: "llada2" with temperature > 0, and "dream": nucleus sampling, among the most
+            probable tokens up to the first whose cumulative probability exceeds top_p, the
+            most probable always; None or 1 keeps all. In (0, 1]. "llada2" applies it after
+            `top_k` and not at temperature 0; "dream" before `top_k` and at any temperature, as
+            Dream does.
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
             sees the prompt masked); 0 disables it.
         remasking: "low_confidence" or "random" ("llada" only; the other strategies commit by
