@@ -164,7 +164,7 @@ def test_an_empty_prompt_and_a_model_without_one_are_refused(capsys, tmp_path):
     assert "error: no --prompt: give one" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada", "dream"])
 def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
     from credit_compile import cli
 
@@ -180,9 +180,9 @@ def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
     assert main(["generate", "--prompt", "0012+0034=", "--strategy", strategy, "--eager",
                  *SMALL]) == 0
     (bar,) = bars
-    # llada runs its total_steps; credit and threshold stop when the canvas is committed, which
-    # no total said in advance: a count of the steps run.
-    assert bar.total == (bar.n if strategy == "llada" else None) and bar.n > 0
+    # llada and dream run their total_steps; credit and threshold stop when the canvas is
+    # committed, which no total said in advance: a count of the steps run.
+    assert bar.total == (bar.n if strategy in ("llada", "dream") else None) and bar.n > 0
 
 
 def test_the_optimized_path_streams_and_reports_progress_as_eager_does(monkeypatch, capsys):
