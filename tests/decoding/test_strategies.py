@@ -88,7 +88,7 @@ def test_ties_commit_by_position():
     assert torch.equal(commit, torch.tensor([[True, True, False, False]]))  # 0.7 < 0.75 third
 
 
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "factor", "llada"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "factor", "llada", "dream"])
 def test_suppressed_tokens_never_appear(strategy):
     # The tokens the unsuppressed decode chose: suppressed, none of them appears, so the
     # decode changed.
@@ -473,7 +473,7 @@ def test_llada_sampling_never_commits_the_mask_token_at_high_temperature():
     assert not (out.generated == MASK).any()
 
 
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada", "dream"])
 @pytest.mark.parametrize("mask_logit", [50.0, float("inf")])
 def test_mask_token_top1_is_never_committed_and_terminates(strategy, mask_logit):
     # The model is surest of the mask token everywhere. Without it: pos1 [1,0,0] 0.576,
@@ -482,6 +482,8 @@ def test_mask_token_top1_is_never_committed_and_terminates(strategy, mask_logit)
     script = [rows([1, 0, 0], [0, 2, 0], mask_logit=mask_logit)]
     model = ScriptedModel(script, mask_id=MASK)
     kw = dict(steps=2) if strategy == "llada" else dict(tau=0.9)
+    if strategy == "dream":  # eps 0: one commit per step (int(2 * 0.5))
+        kw = dict(steps=2, dream_eps=0.0, dream_alg="maskgit_plus")
     if strategy == "credit":
         kw.update(CREDIT)
     out = cc.generate_reference(model, PROMPT, strategy=strategy, gen_length=2, block_length=2,
