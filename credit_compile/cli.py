@@ -121,9 +121,9 @@ def _decode_config(args):
     from .config import READ_BY, DecodeConfig
 
     if args.steps is not None and args.strategy not in READ_BY["steps"]:
-        raise ValueError(f"--steps applies to --strategy llada or llada2 only; --strategy "
-                         f"{args.strategy} takes as many steps as its threshold needs: drop "
-                         f"--steps or use --strategy llada")
+        raise ValueError(f"--steps applies to --strategy {', '.join(READ_BY['steps'][:-1])} or "
+                         f"{READ_BY['steps'][-1]} only; --strategy {args.strategy} takes as many "
+                         f"steps as its threshold needs: drop --steps or use --strategy llada")
     embedded = args.model is None
     serving = not hasattr(args, "prompt")  # `serve`: prompts come with the requests
     if not serving and not args.prompt and not embedded:
@@ -262,9 +262,10 @@ def _generate(args) -> int:
     config = _fit_default_gen_length(args, config, model, ids)
     # Before the bar: optimize()'s refusals and warnings print on lines of their own.
     fast = None if args.eager else optimize(model, config, tensor_parallel=ranks)
-    # LLaDA's sampler takes `total_steps`; the others stop when every token is committed, which
-    # no count known in advance says (a bar to gen_length would stop far short of its end).
-    bar, progress = _progress_bar(config.total_steps if config.strategy == "llada" else None,
+    # LLaDA's and Dream's samplers take `total_steps`; the others stop when every token is
+    # committed, which no count known in advance says (a bar to gen_length would stop far short).
+    fixed_steps = config.strategy in ("llada", "dream")
+    bar, progress = _progress_bar(config.total_steps if fixed_steps else None,
                                   compiling=config.compile and not args.eager)
     on_block = _block_printer(bar, prompts, tokenizer) if args.stream else None
     start = time.perf_counter()

@@ -12,14 +12,16 @@ import numbers
 from dataclasses import dataclass
 from typing import Literal
 
-Strategy = Literal["credit", "threshold", "factor", "llada", "llada2"]
+Strategy = Literal["credit", "threshold", "factor", "llada", "llada2", "dream"]
+DreamAlg = Literal["maskgit_plus", "topk_margin", "entropy"]
 Remasking = Literal["low_confidence", "random"]
 CreditLayout = Literal["dense", "sparse"]
 CudaGraphs = Literal["auto", "on", "off"]
 OnCompileError = Literal["raise", "eager"]
 KVCache = Literal["none", "prompt", "dual", "block"]
 
-STRATEGIES = ("credit", "threshold", "factor", "llada", "llada2")
+STRATEGIES = ("credit", "threshold", "factor", "llada", "llada2", "dream")
+DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
 CUDA_GRAPH_MODES = ("auto", "on", "off")
@@ -36,24 +38,26 @@ class DecodeConfig:
         strategy: "credit" (CreditDecoding: trace credits fused into the logits, threshold commits),
             "threshold" (Fast-dLLM parallel decoding: commit every masked token whose confidence is
             at least `tau`, at least the best one each step), "factor" (Fast-dLLM's factor-based
-            parallel decoding: commit the n most confident masked tokens, n set by `factor`) or
+            parallel decoding: commit the n most confident masked tokens, n set by `factor`),
             "llada" (LLaDA's original sampler: a fixed number of tokens per step, low-confidence
-            or random remasking) or "llada2" (LLaDA2's own sampler, its `generate()`: commit the
+            or random remasking), "llada2" (LLaDA2's own sampler, its `generate()`: commit the
             masked tokens whose confidence exceeds `tau`, at least a count per step that spreads
             the block over `steps` steps; greedy, or sampled with `temperature`, `top_k` and
-            `top_p`; the LLaDA2 baseline).
+            `top_p`; the LLaDA2 baseline) or "dream" (Dream's own `diffusion_generate` samplers:
+            `steps` steps per block, each committing the masked tokens its time schedule counts,
+            the most confident by `dream_alg`; docs/dream.md).
         gen_length: number of tokens to generate (the canvas after the prompt).
         block_length: the canvas is decoded left to right in blocks of this many positions;
             must divide `gen_length`, except for a block-causal model (LLaDA2), whose blocks
             follow positions from 0 and whose last block runs past `gen_length`.
-        steps: total denoising steps of the "llada" strategy; there it must be a multiple of the
-            number of blocks. None means one token per step (`gen_length`). Not read (nor
-            checked) by the other strategies but "llada2", where it is the steps per block of
-            LLaDA2's `generate()` (None: `block_length`, at least one token a step; the
+        steps: total denoising steps of the "llada" and "dream" strategies; there it must be a
+            multiple of the number of blocks (each block takes its share). None means
+            `gen_length` (LLaDA: one token per step). "llada2" reads it as the steps per block
+            of LLaDA2's `generate()` (None: `block_length`, at least one token a step; the
             official `minimal_topk` caps it at gen_length // minimal_topk: pass it capped).
-            The others stop a block as soon as it is filled: a
-            call setting it for them is warned, as for every option a strategy does not read
-            (`READ_BY`), unless a base config set it for "llada".
+            The others stop a block as soon as it is filled: a call setting it for them is
+            warned, as for every option a strategy does not read (`READ_BY`), unless a base
+            config set it for "llada".
         alpha: credit fusion strength, fused logits are `l + alpha * log1p(C)`; >= 0. alpha = 0
             is plain threshold decoding.
         beta: credit decay per step after the block's first, in [0, 1].
@@ -64,19 +68,36 @@ class DecodeConfig:
             sorted, c_1 >= c_2 >= ..., a step commits the n most confident, n the longest prefix
             with c_i >= 1 - factor / (i + 1) for each i >= 2 (the best always commits; Fast-dLLM,
             Wu et al. 2025). Larger commits more per step; Fast-dLLM's scripts use 1.
-        temperature: sampling temperature of the "llada" and "llada2" samplers; 0 is greedy.
+        dream_alg: the "dream" strategy's confidence, Dream's `alg`: "maskgit_plus" (the top-1
+            probability), "topk_margin" (top-1 minus top-2 probability) or "entropy" (the
+            negative entropy of the token distribution; Dream's README uses it). A step commits
+            the most confident of the count its schedule gives.
+        dream_eps: the "dream" strategy's `eps`: the time schedule runs from 1 to eps over a
+            block's steps (`linspace(1, eps, steps + 1)`), and a step from t to s commits
+            int(n * (1 - s / t)) of the n masked tokens, the last step all of them. In [0, 1).
+        dream_alg_temp: the "dream" strategy's `alg_temp`: None or 0 commits the most confident;
+            > 0 draws which to commit, without replacement, from the softmax of the confidences
+            divided by it (drawn sync-free by the Gumbel-top-k trick; the official code calls
+            torch.multinomial, so a seed draws others, from the same distribution).
+        temperature: sampling temperature of the "llada", "llada2" and "dream" samplers; 0 is
+            greedy.
             "llada" adds Gumbel noise in float64, as the original. "llada2" samples as LLaDA2's
             `generate()` does: from the softmax of logits / temperature after the `top_k` and
             `top_p` filters, a proposal's confidence being its probability there (drawn
             sync-free by the Gumbel-max trick in float64; the official code calls
             torch.multinomial, so a seed draws other tokens, from the same distribution).
+            "dream" samples as Dream's `diffusion_generate` (`top_p`, then `top_k`), the same way.
             "credit", "threshold" and "factor" are greedy only.
-        top_k: "llada2" with temperature > 0: sample among the k most probable tokens (those tied
-            with the k-th too); None keeps all. A positive integer. At temperature 0 it is not
-            read (the official greedy path ignores it).
-        top_p: "llada2" with temperature > 0: nucleus sampling, among the most probable tokens
-            up to the first whose cumulative probability (after `top_k`) exceeds top_p, the
-            most probable always; None or 1 keeps all. In (0, 1]. Not read at temperature 0.
+        top_k: "llada2" with temperature > 0, and "dream": sample among the k most probable
+            tokens (those tied with the k-th too); None keeps all. A positive integer. "llada2"
+            at temperature 0 does not read it (the official greedy path ignores it); "dream"
+            reads it at any temperature: as in Dream's code, the filter renormalises the
+            probabilities its confidences read.
+        top_p: "llada2" with temperature > 0, and "dream": nucleus sampling, among the most
+            probable tokens up to the first whose cumulative probability exceeds top_p, the
+            most probable always; None or 1 keeps all. In (0, 1]. "llada2" applies it after
+            `top_k` and not at temperature 0; "dream" before `top_k` and at any temperature, as
+            Dream does.
         cfg_scale: classifier-free guidance scale of the "llada" sampler (the unconditional branch
             sees the prompt masked); 0 disables it.
         remasking: "low_confidence" or "random" ("llada" only; the other strategies commit by
@@ -196,6 +217,9 @@ class DecodeConfig:
     gamma: float = 0.2
     tau: float = 0.9
     factor: float = 1.0
+    dream_alg: DreamAlg = "entropy"
+    dream_eps: float = 1e-3
+    dream_alg_temp: float | None = None
     temperature: float = 0.0
     top_k: int | None = None
     top_p: float | None = None
@@ -265,7 +289,7 @@ class DecodeConfig:
 
     @property
     def total_steps(self) -> int:
-        """Denoising steps of the "llada" sampler."""
+        """Denoising steps of the "llada" and "dream" samplers."""
         return self.gen_length if self.steps is None else self.steps
 
     @property
@@ -275,9 +299,12 @@ class DecodeConfig:
     @property
     def draws_random(self) -> bool:
         """Whether decoding draws random numbers: the "llada" sampler with temperature > 0 or
-        random remasking, the "llada2" sampler with temperature > 0."""
+        random remasking, the "llada2" sampler with temperature > 0, the "dream" sampler with
+        temperature > 0 or dream_alg_temp > 0."""
         if self.strategy == "llada":
             return self.temperature != 0 or self.remasking == "random"
+        if self.strategy == "dream":
+            return self.temperature != 0 or bool(self.dream_alg_temp)
         return self.strategy == "llada2" and self.temperature != 0
 
     @property
@@ -316,8 +343,9 @@ class DecodeConfig:
         if self.steps is not None:
             need(_is_count(self.steps) and self.steps > 0,
                  f"steps={self.steps!r}: use a positive integer or None")
-            # Only "llada" reads it: a base config's steps must not break a per-call strategy.
-            need(self.strategy != "llada" or self.steps % self.num_blocks == 0,
+            # Only "llada" and "dream" read it so: a base config's steps must not break a
+            # per-call strategy.
+            need(self.strategy not in ("llada", "dream") or self.steps % self.num_blocks == 0,
                  f"steps={self.steps} is not divisible by the number of blocks "
                  f"({self.num_blocks} = gen_length/block_length): use a multiple of "
                  f"{self.num_blocks}, for example "
@@ -337,6 +365,16 @@ class DecodeConfig:
              f"tau={self.tau!r}: use a threshold in (0, 1]")
         need(_is_real(self.factor) and self.factor > 0,
              f"factor={self.factor!r}: use factor > 0 (Fast-dLLM's scripts use 1)")
+        need(self.dream_alg in DREAM_ALGS,
+             f"dream_alg={self.dream_alg!r}: use one of {DREAM_ALGS}"
+             + (" (Dream's 'origin', each mask committed by its own random draw, is not "
+                "supported; 'maskgit_plus' is the closest)" if self.dream_alg == "origin" else ""))
+        need(_is_real(self.dream_eps) and 0 <= self.dream_eps < 1,
+             f"dream_eps={self.dream_eps!r}: use eps in [0, 1) (Dream's default is 1e-3)")
+        need(self.dream_alg_temp is None or (_is_real(self.dream_alg_temp)
+                                              and self.dream_alg_temp >= 0),
+             f"dream_alg_temp={self.dream_alg_temp!r}: use alg_temp >= 0, or None (0 and None "
+             f"commit the most confident)")
         need(_is_real(self.temperature) and self.temperature >= 0,
              f"temperature={self.temperature!r}: use temperature >= 0")
         need(self.top_k is None or (_is_count(self.top_k) and self.top_k > 0),
@@ -347,11 +385,12 @@ class DecodeConfig:
              f"cfg_scale={self.cfg_scale!r}: use cfg_scale >= 0")
         need(self.remasking in REMASKINGS,
              f"remasking={self.remasking!r}: use one of {REMASKINGS}")
-        if self.strategy not in ("llada", "llada2"):
+        if self.strategy not in ("llada", "llada2", "dream"):
             need(self.temperature == 0,
                  f"temperature={self.temperature} with strategy={self.strategy!r}: the credit, "
                  f"threshold and factor strategies are greedy; use temperature=0 or "
-                 f"strategy='llada' (or 'llada2' for a LLaDA2 model)")
+                 f"strategy='llada' (or 'llada2' for a LLaDA2 model, 'dream' for Dream's "
+                 f"samplers)")
         if self.strategy != "llada":
             # The others commit by confidence: a random order would be silently ignored.
             need(self.remasking == "low_confidence",
@@ -429,7 +468,7 @@ class DecodeConfig:
 # layout only). Set for another strategy, an option changes nothing: a call is warned
 # (validation.warn_unread_options), and the compiled step leaves it out of its key.
 READ_BY = {
-    "steps": ("llada", "llada2"),
+    "steps": ("llada", "llada2", "dream"),
     "alpha": ("credit",),
     "beta": ("credit",),
     "gamma": ("credit",),
@@ -437,8 +476,11 @@ READ_BY = {
     "credit_slots": ("credit",),
     "tau": ("credit", "threshold", "llada2"),
     "factor": ("factor",),
-    "top_k": ("llada2",),
-    "top_p": ("llada2",),
+    "dream_alg": ("dream",),
+    "dream_eps": ("dream",),
+    "dream_alg_temp": ("dream",),
+    "top_k": ("llada2", "dream"),
+    "top_p": ("llada2", "dream"),
 }
 
 
@@ -446,17 +488,18 @@ def strategy_reads(config: DecodeConfig, name: str) -> bool:
     """Whether decoding with `config` reads option `name` (those outside READ_BY, always)."""
     if name == "credit_slots" and config.credit_layout != "sparse":
         return False
-    if name in ("top_k", "top_p") and config.temperature == 0:  # greedy: no filter to apply
-        return False
+    if name in ("top_k", "top_p") and config.temperature == 0 and config.strategy == "llada2":
+        return False  # its greedy path applies no filter (Dream's still renormalises with it)
     return config.strategy in READ_BY.get(name, STRATEGIES)
 
 
 def readers_of(name: str) -> str:
     """Who reads option `name`, as messages say it: "'credit' or 'threshold'", with the
     condition `strategy_reads` adds ("'llada2' with temperature > 0")."""
+    if name in ("top_k", "top_p"):
+        return "'llada2' with temperature > 0, or 'dream'"
     return " or ".join(repr(s) for s in READ_BY[name]) + (
-        " with credit_layout='sparse'" if name == "credit_slots" else
-        " with temperature > 0" if name in ("top_k", "top_p") else "")
+        " with credit_layout='sparse'" if name == "credit_slots" else "")
 
 
 def unread_options(config: DecodeConfig) -> tuple[str, ...]:
@@ -477,7 +520,10 @@ def without_unread_options(config: DecodeConfig) -> DecodeConfig:
 _HF_NAMES = {
     "max_new_tokens": "gen_length",
     "max_length": "gen_length",
-    "do_sample": "temperature (with strategy='llada' or 'llada2')",
+    "do_sample": "temperature (with strategy='llada', 'llada2' or 'dream')",
+    "alg": "dream_alg (with strategy='dream')",
+    "alg_temp": "dream_alg_temp (with strategy='dream')",
+    "eps": "dream_eps (with strategy='dream')",
     "pad_token_id": "eos_token_id (padding is given by attention_mask)",
     "guidance_scale": "cfg_scale",
     "threshold": "tau (with strategy='threshold', or 'credit')",
@@ -492,7 +538,8 @@ _TOKEN_SET_FIELDS = ("suppress_tokens", "commit_last_tokens")
 _INT_FIELDS = ("gen_length", "block_length", "steps", "sync_every", "credit_slots", "mask_id",
                "seed", "prompt_bucket", "batch_bucket", "eos_token_id", "kv_cache_refresh", "top_k",
                *_TOKEN_SET_FIELDS)
-_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "temperature", "top_p", "cfg_scale")
+_REAL_FIELDS = ("alpha", "beta", "gamma", "tau", "factor", "dream_eps", "dream_alg_temp",
+                "temperature", "top_p", "cfg_scale")
 _FLOAT32_MAX = 3.4028234663852886e38
 
 

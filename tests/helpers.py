@@ -146,7 +146,8 @@ CONFIG_ERRORS = [
     # Sampling is for LLaDA's and LLaDA2's samplers only, guidance for LLaDA's.
     (dict(strategy="credit", temperature=0.5),
      r"temperature=0.5 with strategy='credit': the credit, threshold and factor strategies are "
-     r"greedy; use temperature=0 or strategy='llada' \(or 'llada2' for a LLaDA2 model\)"),
+     r"greedy; use temperature=0 or strategy='llada' \(or 'llada2' for a LLaDA2 model, "
+     r"'dream' for Dream's samplers\)"),
     (dict(strategy="llada2", temperature=1.0, top_k=0),
      r"top_k=0: use a positive number of tokens or None \(no top-k filter\)"),
     (dict(top_k=2.5), r"top_k=2.5: use a positive number of tokens"),
@@ -167,9 +168,23 @@ CONFIG_ERRORS = [
     (dict(strategy="threshold", remasking="random"), r"use remasking='low_confidence'"),
     (dict(strategy="llada", temperature=-1.0), r"use temperature >= 0"),
     (dict(strategy="llada", cfg_scale=-1.0), r"use cfg_scale >= 0"),
+    # Dream's samplers.
+    (dict(strategy="dream", dream_alg="origin"),
+     r"dream_alg='origin': use one of \('maskgit_plus', 'topk_margin', 'entropy'\) \(Dream's "
+     r"'origin', each mask committed by its own random draw, is not supported; 'maskgit_plus' "
+     r"is the closest\)"),
+    (dict(dream_alg="margin"), r"dream_alg='margin': use one of \('maskgit_plus', 'topk_margin'"),
+    (dict(dream_eps=1.0), r"dream_eps=1.0: use eps in \[0, 1\) \(Dream's default is 1e-3\)"),
+    (dict(dream_eps=-0.1), r"dream_eps=-0.1: use eps in \[0, 1\)"),
+    (dict(dream_alg_temp=-1.0), r"dream_alg_temp=-1.0: use alg_temp >= 0, or None"),
+    (dict(gen_length=32, block_length=8, steps=10, strategy="dream"),
+     r"steps=10 is not divisible by the number of blocks \(4 = gen_length/block_length\)"),
+    (dict(strategy="dream", remasking="random"), r"use remasking='low_confidence'"),
+    (dict(strategy="dream", cfg_scale=1.0), r"use cfg_scale=0"),
     # Names and enumerations.
     (dict(strategy="beam"),
-     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada', 'llada2'\)"),
+     r"strategy='beam': use one of \('credit', 'threshold', 'factor', 'llada', 'llada2', "
+     r"'dream'\)"),
     (dict(remasking="topk"), r"use one of \('low_confidence', 'random'\)"),
     (dict(credit_layout="csr"), r"use one of \('dense', 'sparse'\)"),
     (dict(cuda_graphs="yes"), r"use one of \('auto', 'on', 'off'\)"),

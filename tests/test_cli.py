@@ -164,7 +164,7 @@ def test_an_empty_prompt_and_a_model_without_one_are_refused(capsys, tmp_path):
     assert "error: no --prompt: give one" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada", "dream"])
 def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
     from credit_compile import cli
 
@@ -180,9 +180,9 @@ def test_the_progress_bar_ends_where_decoding_ends(monkeypatch, strategy):
     assert main(["generate", "--prompt", "0012+0034=", "--strategy", strategy, "--eager",
                  *SMALL]) == 0
     (bar,) = bars
-    # llada runs its total_steps; credit and threshold stop when the canvas is committed, which
-    # no total said in advance: a count of the steps run.
-    assert bar.total == (bar.n if strategy == "llada" else None) and bar.n > 0
+    # llada and dream run their total_steps; credit and threshold stop when the canvas is
+    # committed, which no total said in advance: a count of the steps run.
+    assert bar.total == (bar.n if strategy in ("llada", "dream") else None) and bar.n > 0
 
 
 def test_the_optimized_path_streams_and_reports_progress_as_eager_does(monkeypatch, capsys):
@@ -261,7 +261,7 @@ def test_the_progress_bar_stops_at_its_total():
 
 def test_steps_without_the_llada_strategy_is_refused(capsys):
     assert main(["generate", "--prompt", "R12=", "--steps", "4", *SMALL]) == 2
-    assert "--steps applies to --strategy llada or llada2 only" in capsys.readouterr().err
+    assert "--steps applies to --strategy llada, llada2 or dream only" in capsys.readouterr().err
     assert main(["generate", "--prompt", "R12=", "--strategy", "llada", "--steps", "4", *SMALL]) == 0
 
 
@@ -269,6 +269,13 @@ def test_the_llada2_sampling_flags_reach_the_config():
     config = _config("--strategy", "llada2", "--steps", "2", "--temperature", "0.7", "--top-k", "5",
                      "--top-p", "0.9")
     assert (config.steps, config.temperature, config.top_k, config.top_p) == (2, 0.7, 5, 0.9)
+
+
+def test_the_dream_sampler_flags_reach_the_config():
+    config = _config("--strategy", "dream", "--steps", "4", "--dream-alg", "topk_margin",
+                     "--dream-eps", "0.01", "--dream-alg-temp", "0.5")
+    assert (config.strategy, config.steps, config.dream_alg, config.dream_eps,
+            config.dream_alg_temp) == ("dream", 4, "topk_margin", 0.01, 0.5)
 
 
 def test_compile_layers_once_reaches_the_config():
@@ -408,7 +415,9 @@ def test_every_decode_config_field_is_a_flag_made_from_the_dataclass():
     generate = {a.dest: a for a in sub.choices["generate"]._actions}
     fields = {f.name for f in dataclasses.fields(DecodeConfig)} - {"compile"}
     assert fields <= set(generate), fields - set(generate)
-    assert generate["strategy"].choices == ["credit", "threshold", "factor", "llada", "llada2"]
+    assert generate["strategy"].choices == ["credit", "threshold", "factor", "llada", "llada2",
+                                            "dream"]
+    assert generate["dream_alg"].choices == ["maskgit_plus", "topk_margin", "entropy"]
     assert generate["tau"].default == DecodeConfig().tau and generate["tau"].type is float
     # Fields the hand-written flags had left out.
     config = _config("--credit-slots", "3", "--sync-every", "2")

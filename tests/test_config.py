@@ -46,6 +46,28 @@ def test_top_k_and_top_p_are_read_by_the_llada2_sampler_when_it_samples():
     assert unread_options(cc.DecodeConfig(strategy="llada", temperature=1.0, top_k=5)) == ("top_k",)
 
 
+def test_dream_sampling_and_alg_temp_draw_random_numbers():
+    greedy = cc.DecodeConfig(strategy="dream", kv_cache="dual", sync_every=4)
+    assert not greedy.draws_random and greedy.host_sync_every == 4
+    assert not greedy.replace(dream_alg_temp=0.0).draws_random  # 0: the most confident
+    for drawn in (greedy.replace(temperature=0.5), greedy.replace(dream_alg_temp=0.1)):
+        assert drawn.draws_random and drawn.host_sync_every == 1
+
+
+def test_the_dream_options_are_read_by_the_dream_sampler_alone():
+    """Its top_k and top_p at any temperature too: Dream's filters renormalise the
+    probabilities its confidences read."""
+    from credit_compile.config import readers_of, unread_options
+
+    dream = cc.DecodeConfig(strategy="dream", dream_alg="topk_margin", dream_eps=0.1,
+                            dream_alg_temp=0.5, top_k=5, top_p=0.9, steps=8, gen_length=32)
+    assert unread_options(dream) == ()
+    assert unread_options(dream.replace(strategy="llada")) == (
+        "dream_alg", "dream_eps", "dream_alg_temp", "top_k", "top_p")
+    assert readers_of("dream_alg") == "'dream'"
+    assert readers_of("top_k") == "'llada2' with temperature > 0, or 'dream'"
+
+
 @pytest.mark.parametrize("given, stored", [
     ([3, 5], (3, 5)), (7, (7,)), ((2,), (2,)), (None, None)])
 def test_ids_are_stored_as_a_tuple(given, stored):
@@ -83,6 +105,8 @@ def test_valid_edges_are_accepted():
     DecodeConfig(gen_length=8, block_length=8, steps=None)
     DecodeConfig(strategy="llada2", temperature=1.0, top_k=1, top_p=1.0)
     DecodeConfig(strategy="llada2", temperature=1.0, top_p=1e-9)
+    DecodeConfig(strategy="dream", dream_eps=0.0, dream_alg_temp=0.0, temperature=1.0)
+    DecodeConfig(strategy="dream", dream_eps=0.999, top_k=1, top_p=1.0, gen_length=32, steps=4)
 
 
 def test_numpy_scalars_are_read_as_python_numbers():

@@ -1,6 +1,6 @@
 """Dream decoded by `optimize()` and the eager reference: logits shifted by one (the adapter's
-`ModelInfo.shifted_logits`), Fast-dLLM's threshold decoding's recorded tokens, padded batches,
-and Fast-dLLM's approximate KV caches (the block cache refused)."""
+`ModelInfo.shifted_logits`), Fast-dLLM's threshold decoding's and Dream's own samplers' recorded
+tokens, padded batches, and Fast-dLLM's approximate KV caches (the block cache refused)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,99 @@ def test_threshold_decoding_gives_fast_dllm_tokens(name):
     out = reference.generate(official(), ids, strategy="threshold", tau=setting["tau"],
                              gen_length=setting["gen_length"], block_length=setting["gen_length"])
     assert out.sequences.tolist() == TENSORS[f"threshold_{name}"].tolist()
+
+
+def dream_sampler(name: str) -> tuple[torch.Tensor, torch.Tensor | None, dict]:
+    """A recorded `diffusion_generate` setting: its prompts, their mask, the strategy's options."""
+    setting = META["dream"][name]
+    length = setting["gen_length"]
+    options = dict(strategy="dream", dream_alg=setting["alg"], steps=setting["steps"],
+                   dream_eps=setting["eps"], gen_length=length, block_length=length,
+                   top_k=setting.get("top_k"), top_p=setting.get("top_p"))
+    if setting.get("padded"):
+        return TENSORS["input_ids"][:, :8], TENSORS["attention_mask"][:, :8], options
+    return TENSORS["prompt"], None, options
+
+
+@pytest.mark.parametrize("name", sorted(META["dream"]))
+def test_the_dream_strategy_gives_the_official_samplers_tokens(name):
+    """Dream's own `diffusion_generate` (greedy, the most confident committed; one block, its
+    time schedule's counts), recorded from its code for each alg, another step count, a padded
+    batch and the top_k / top_p filters (which change the confidences at temperature 0): the
+    reference's strategy="dream" gives its tokens in `steps` forwards."""
+    ids, mask, options = dream_sampler(name)
+    out = reference.generate(official(), ids, mask, **options)
+    assert out.sequences.tolist() == TENSORS[f"dream_{name}"].tolist()
+    assert out.nfe == options["steps"]
+
+
+def test_the_compiled_dream_strategy_equals_the_reference():
+    """Inductor's code of Dream's sampler (the schedule's counts, the filters, the entropy, the
+    ranking) on a padded batch, two blocks."""
+    model = dream()
+    ids, mask = padded_pair(6, 2)
+    config = decode(strategy="dream", steps=4, top_p=0.95)
+    out = cc.optimize(model, **config).generate(ids, mask)
+    expected = reference.generate(model, ids, mask, **config)
+    assert out.stats["runner"] == "compiled"
+    assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe == 4
+
+
+@pytest.mark.cheap_compile
+@pytest.mark.parametrize("alg", ["maskgit_plus", "topk_margin", "entropy"])
+def test_optimized_dream_strategy_equals_the_reference(alg):
+    """Each alg on a padded batch, one block and two; for entropy also prompt buckets, early
+    stop and the filters: token for token and in NFE."""
+    model = dream()
+    fast = cc.optimize(model, **decode(strategy="dream", dream_alg=alg, steps=4))
+    cases = [(*padded_pair(6, 2), {}), (*padded_pair(5, 1), {"block_length": 8, "steps": 3})]
+    if alg == "entropy":
+        cases += [(prompt(5, seed=3, batch=2), None, {"prompt_bucket": 4}),
+                  (prompt(6, seed=4), None, {"early_stop": True, "eos_token_id": EOS}),
+                  (prompt(6, seed=5), None, {"top_k": 4, "top_p": 0.9, "dream_eps": 0.1})]
+    for ids, mask, extra in cases:
+        out = fast.generate(ids, mask, **extra)
+        expected = reference.generate(model, ids, mask, config=fast.decode_config, **extra)
+        assert out.sequences.tolist() == expected.sequences.tolist(), (alg, extra)
+        assert out.nfe == expected.nfe
+
+
+@pytest.mark.cheap_compile
+def test_optimized_dream_sampling_equals_the_reference_with_the_same_seed():
+    """temperature with top_k / top_p, and alg_temp's draw of the commits: the same draws as
+    the reference, step for step, on a padded batch; another seed draws other tokens."""
+    model = dream()
+    config = decode(strategy="dream", steps=4, temperature=0.8, top_k=20, top_p=0.9,
+                    dream_alg_temp=0.5)
+    fast = cc.optimize(model, **config)
+    ids, mask = padded_pair(6, 2)
+    outs = []
+    for seed in (0, 1):
+        out = fast.generate(ids, mask, seed=seed)
+        expected = reference.generate(model, ids, mask, seed=seed, **config)
+        assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
+        outs.append(out.generated.tolist())
+    assert outs[0] != outs[1]
+
+
+@pytest.mark.cheap_compile
+@pytest.mark.parametrize("kv_cache", ["prompt", "dual"])
+def test_optimized_cached_dream_strategy_equals_the_reference(kv_cache):
+    """Fast-dLLM's approximate caches under Dream's sampler (fixed steps per block), a padded
+    batch: token for token and in NFE."""
+    model = dream()
+    config = decode(strategy="dream", steps=4, kv_cache=kv_cache)
+    ids, mask = padded_pair(6, 2)
+    out = cc.optimize(model, **config).generate(ids, mask)
+    expected = reference.generate(model, ids, mask, **config)
+    assert out.sequences.tolist() == expected.sequences.tolist() and out.nfe == expected.nfe
+
+
+@pytest.mark.cheap_compile
+def test_the_optimized_dream_strategy_gives_the_official_samplers_tokens():
+    ids, mask, options = dream_sampler("entropy_padded")
+    out = cc.optimize(official(), **options).generate(ids, mask)
+    assert out.sequences.tolist() == TENSORS["dream_entropy_padded"].tolist()
 
 
 def test_the_compiled_step_equals_the_reference():
@@ -255,6 +348,8 @@ def test_the_docs_example_runs(capsys):
     import re
 
     doc = (Path(__file__).parents[1] / "docs" / "dream.md").read_text()
-    code = re.findall(r"```python\n(.*?)```", doc, re.S)[0]
-    exec(compile(code, "docs/dream.md", "exec"), {})
+    loading, dream_sampler = re.findall(r"```python\n(.*?)```", doc, re.S)
+    exec(compile(loading, "docs/dream.md", "exec"), {})
     assert capsys.readouterr().out == "torch.Size([1, 13])\n"
+    exec(compile(dream_sampler, "docs/dream.md", "exec"), {})
+    assert capsys.readouterr().out == "4\n"

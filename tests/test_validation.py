@@ -68,7 +68,8 @@ def test_steps_are_ignored_outside_llada_as_documented(model, ids):
 def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(model, ids):
     # optimize(model, steps=...) decoded credit as if steps were not given, without a word.
     says = (r"strategy='credit' does not read steps=4, so it changes nothing \(steps is read by "
-            r"strategy 'llada' or 'llada2'\): leave it out, or choose the strategy that reads it")
+            r"strategy 'llada' or 'llada2' or 'dream'\): leave it out, or choose the strategy "
+            r"that reads it")
     with pytest.warns(UserWarning, match=says) as record:
         fast = cc.optimize(model, compile=False, steps=4, **small())
     assert len(record) == 1 and record[0].filename == __file__
@@ -80,7 +81,8 @@ def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(mode
         assert len([w for w in record if "does not read" in str(w.message)]) == 1
     with pytest.warns(UserWarning, match=r"strategy='threshold' does not read steps=4, "
                                          r"alpha=0.5, credit_slots=2, so they change nothing "
-                                         r"\(steps is read by strategy 'llada' or 'llada2'; alpha is read by "
+                                         r"\(steps is read by strategy 'llada' or 'llada2' or "
+                                         r"'dream'; alpha is read by "
                                          r"strategy 'credit'; credit_slots is read by strategy "
                                          r"'credit' with credit_layout='sparse'\)"):
         fast.generate(ids, strategy="threshold", alpha=0.5, credit_slots=2)
@@ -126,6 +128,21 @@ def test_transformers_names_point_to_ours(model, ids):
 def test_fast_dllm_and_dinfer_names_point_to_ours(model, ids, theirs, ours):
     with pytest.raises(ValueError, match=rf"for '{theirs}' use .{re.escape(ours)}"):
         cc.generate_reference(model, ids, **{theirs: 0.9})
+
+
+@pytest.mark.parametrize("theirs, ours", [
+    ("alg", "dream_alg"), ("alg_temp", "dream_alg_temp"), ("eps", "dream_eps")])
+def test_dreams_names_point_to_ours(model, ids, theirs, ours):
+    with pytest.raises(ValueError, match=rf"for '{theirs}' use .{ours} \(with strategy='dream'\)"):
+        cc.generate_reference(model, ids, **{theirs: 0.5})
+
+
+def test_dream_options_for_another_strategy_are_warned_about(model, ids):
+    with pytest.warns(UserWarning, match=r"strategy='llada' does not read dream_alg='maskgit_plus', "
+                                         r"dream_alg_temp=0.5, so they change nothing \(dream_alg, "
+                                         r"dream_alg_temp are read by strategy 'dream'\)"):
+        cc.generate_reference(model, ids, strategy="llada", dream_alg="maskgit_plus",
+                              dream_alg_temp=0.5, **small())
 
 
 def test_unknown_override_lists_every_unknown_name(model, ids):

@@ -273,6 +273,72 @@ class LLaDAStrategy(Strategy):
         return self.config.total_steps
 
 
+class DreamStrategy(LLaDAStrategy):
+    """Dream's own samplers (`diffusion_generate` with alg "maskgit_plus", "topk_margin" or
+    "entropy"): LLaDA's fixed steps per block, but a step from time t to s of Dream's linear
+    schedule commits int(n * (1 - s / t)) of a row's n masked positions (the last step all),
+    the most confident by `dream_alg`, or with `dream_alg_temp` > 0 a draw weighted by their
+    softmax. Proposals are greedy, or sampled after Dream's `top_p` then `top_k` filters.
+
+    Dream decodes the whole generation as one block: block_length=gen_length gives its tokens
+    (tested against its code). As every strategy here, the mask token is no candidate (Dream's
+    lets it compete); random draws (temperature, alg_temp) are the official distributions, not
+    its draws for a seed."""
+
+    name = "dream"
+
+    def allocate(self, state, vocab_size):
+        cfg = self.config
+        state.buffers["dream_fractions"] = dream_commit_fractions(
+            cfg.steps_per_block, cfg.dream_eps).to(state.device)
+
+    def propose(self, block_logits, masked, state):
+        cfg = self.config
+        logits = masked_vocab_logits(block_logits, self.mask_id)
+        if cfg.temperature > 0:
+            logits = logits / cfg.temperature
+        logits = top_k_top_p_filter(top_k_top_p_filter(logits, None, cfg.top_p), cfg.top_k, None)
+        probs = torch.softmax(logits, -1)
+        if cfg.temperature > 0:
+            x0 = add_gumbel_noise(logits, 1.0).argmax(-1)
+            top1 = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        else:
+            top1, x0 = probs.max(-1)
+        return x0, dream_confidence(probs, top1, cfg.dream_alg)
+
+    def select(self, conf, masked, state):
+        cfg = self.config
+        step = state.step_in_block.clamp(max=cfg.steps_per_block - 1)
+        fraction = state.buffers["dream_fractions"].index_select(0, step.view(1))
+        count = (masked.sum(-1, keepdim=True).float() * fraction).long()
+        conf = torch.where(masked, conf, NEG_INF)
+        if cfg.dream_alg_temp:  # Gumbel-top-k: the official multinomial draw without replacement
+            conf = add_gumbel_noise(conf / cfg.dream_alg_temp, 1.0)
+        return masked & (rank_descending_sync_free(conf) < count)
+
+
+def dream_commit_fractions(steps: int, eps: float) -> torch.Tensor:
+    """[steps] float32: the share of the masked positions Dream commits at each step of a block,
+    1 - s / t over `linspace(1, eps, steps + 1)`, computed in float32 on the CPU as its code does
+    (the count, int(n * share), must round as there); 1 at the last step."""
+    times = torch.linspace(1, eps, steps + 1, dtype=torch.float32)
+    fractions = 1 - times[1:] / times[:-1]
+    fractions[-1] = 1.0
+    return fractions
+
+
+def dream_confidence(probs: torch.Tensor, top1: torch.Tensor, alg: str) -> torch.Tensor:
+    """Dream's confidence of a proposal from its position's probabilities: "maskgit_plus" the
+    proposal's probability `top1`, "topk_margin" the top-1 minus top-2 probability, "entropy"
+    the negative entropy (with Dream's 1e-10 inside the logarithm)."""
+    if alg == "maskgit_plus":
+        return top1
+    if alg == "topk_margin":
+        best = probs.topk(2, dim=-1).values
+        return best[..., 0] - best[..., 1]
+    return (probs * torch.log(probs + 1e-10)).sum(-1)
+
+
 def is_any_of_sync_free(values: torch.Tensor, token_ids: tuple[int, ...]) -> torch.Tensor:
     """values == any of `token_ids`, compared with Python ints: no host-to-device copy of the
     ids, which a CUDA graph could not capture."""
@@ -327,6 +393,8 @@ def make_strategy(config: DecodeConfig, mask_id: int, optimized: bool = False) -
         return FactorStrategy(config, mask_id)
     if config.strategy == "llada2":
         return LLaDA2Strategy(config, mask_id)
+    if config.strategy == "dream":
+        return DreamStrategy(config, mask_id)
     return LLaDAStrategy(config, mask_id)
 
 

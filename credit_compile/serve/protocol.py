@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 # `extra_body`). The rest (compile, buckets, dtype, mask and end-of-text ids) are the server's.
 DECODE_KNOBS = ("strategy", "steps", "alpha", "beta", "gamma", "tau", "factor", "cfg_scale",
                 "remasking", "kv_cache", "kv_cache_refresh", "credit_layout", "credit_slots",
-                "top_k")
+                "top_k", "dream_alg", "dream_eps", "dream_alg_temp")
 # OpenAI fields this server accepts at their neutral value only (clients send some by default).
 NEUTRAL = {"n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": None,
            "top_logprobs": None, "logit_bias": None, "best_of": 1, "echo": False, "suffix": None,

@@ -88,7 +88,7 @@ def test_ties_commit_by_position():
     assert torch.equal(commit, torch.tensor([[True, True, False, False]]))  # 0.7 < 0.75 third
 
 
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "factor", "llada"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "factor", "llada", "dream"])
 def test_suppressed_tokens_never_appear(strategy):
     # The tokens the unsuppressed decode chose: suppressed, none of them appears, so the
     # decode changed.
@@ -473,7 +473,7 @@ def test_llada_sampling_never_commits_the_mask_token_at_high_temperature():
     assert not (out.generated == MASK).any()
 
 
-@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada"])
+@pytest.mark.parametrize("strategy", ["credit", "threshold", "llada", "dream"])
 @pytest.mark.parametrize("mask_logit", [50.0, float("inf")])
 def test_mask_token_top1_is_never_committed_and_terminates(strategy, mask_logit):
     # The model is surest of the mask token everywhere. Without it: pos1 [1,0,0] 0.576,
@@ -482,6 +482,8 @@ def test_mask_token_top1_is_never_committed_and_terminates(strategy, mask_logit)
     script = [rows([1, 0, 0], [0, 2, 0], mask_logit=mask_logit)]
     model = ScriptedModel(script, mask_id=MASK)
     kw = dict(steps=2) if strategy == "llada" else dict(tau=0.9)
+    if strategy == "dream":  # eps 0: one commit per step (int(2 * 0.5))
+        kw = dict(steps=2, dream_eps=0.0, dream_alg="maskgit_plus")
     if strategy == "credit":
         kw.update(CREDIT)
     out = cc.generate_reference(model, PROMPT, strategy=strategy, gen_length=2, block_length=2,
@@ -774,3 +776,87 @@ def test_llada2_samples_follow_the_filtered_tempered_softmax(temperature, top_k,
     assert set(x0.unique().tolist()) == kept
     torch.testing.assert_close(frequency, expected, atol=0.015, rtol=0)  # 3.5 std at p = 0.5
     torch.testing.assert_close(conf, expected[x0])
+
+
+# ----------------------------------------------------------------------------------------------
+# Dream's samplers (strategy="dream")
+# ----------------------------------------------------------------------------------------------
+
+
+def official_dream_counts(n: int, steps: int, eps: float) -> list[int]:
+    """Dream's `_sample`, one row whose every commit is a token: at step i of
+    linspace(1, eps, steps + 1), int(n * (1 - s / t)) of the n masks left (float32 tensors as
+    its code computes them), all of them at the last step."""
+    times = torch.linspace(1, eps, steps + 1)
+    counts = []
+    for i in range(steps):
+        masks = torch.tensor(n) / 1  # mask_index.sum() / batch: float32
+        count = int(masks * (1 - times[i + 1] / times[i])) if i < steps - 1 else int(masks)
+        counts.append(count)
+        n -= count
+    return counts
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 600), steps=st.integers(1, 80), eps=st.sampled_from([1e-3, 0.0, 0.1, 0.5]))
+def test_dream_commit_counts_replay_the_official_schedule(n, steps, eps):
+    from credit_compile.decoding.strategies import dream_commit_fractions
+
+    fractions, left, counts = dream_commit_fractions(steps, eps), n, []
+    for step in range(steps):
+        counts.append(int((torch.tensor([left]).float() * fractions[step]).long()))
+        left -= counts[-1]
+    assert counts == official_dream_counts(n, steps, eps) and left == 0
+
+
+def test_dream_commit_counts_by_hand():
+    # 8 masks, 4 steps, eps 1e-3: t = 1, 0.75025, 0.5005, 0.25075, 0.001.
+    # 8 * 0.24975 -> 1; 7 * 0.33289 -> 2; 5 * 0.49900 -> 2; the last step the 3 left.
+    out, _ = run("dream", scripted(0, calls=4, length=9), gen_length=8, block_length=8, steps=4)
+    assert [len(t.committed[0]) for t in out.trace] == [1, 2, 2, 3] and out.nfe == 4
+    # One token per step (steps = gen_length) commits none at the first step: int(4 * 0.24975).
+    out, _ = run("dream", scripted(0, calls=4, length=5), gen_length=4, block_length=4)
+    assert [len(t.committed[0]) for t in out.trace] == [0, 1, 1, 2] and out.nfe == 4
+
+
+# pos1 [3, 2.9, -10]: p1 0.5250, margin 0.0500, entropy -0.6919 (two near-even tokens).
+# pos2 [0.5, 0, 0]:   p1 0.4519, margin 0.1780, entropy -1.0651 (three tokens).
+# One commit per step (eps 0: t = 1, 0.5, 0; int(2 * 0.5) = 1): maskgit_plus and entropy take
+# pos1 first, topk_margin pos2.
+DREAM_SCRIPT = [rows([3, 2.9, -10], [0.5, 0, 0])]
+
+
+@pytest.mark.parametrize("alg, order, first_confidence", [
+    ("maskgit_plus", [[1], [2]], math.exp(3) / (math.exp(3) + math.exp(2.9) + math.exp(-10))),
+    ("topk_margin", [[2], [1]], (math.exp(0.5) - 1) / (math.exp(0.5) + 2)),
+    ("entropy", [[1], [2]], sum(p * math.log(p) for p in torch.softmax(
+        torch.tensor([3, 2.9, -10], dtype=torch.float64), 0).tolist())),
+])
+def test_dream_algs_rank_by_their_confidence_by_hand(alg, order, first_confidence):
+    out, _ = run("dream", DREAM_SCRIPT, gen_length=2, block_length=2, steps=2, dream_eps=0.0,
+                 dream_alg=alg)
+    assert committed(out) == order
+    assert out.trace[0].confidence[0][0] == pytest.approx(first_confidence, abs=1e-5)
+    assert out.generated[0].tolist() == [0, 0]
+
+
+def test_dream_alg_temp_draws_the_commits_from_the_softmax_of_the_confidences():
+    """alg_temp > 0: which masked position a step commits is drawn with probability
+    softmax(confidence / alg_temp) (the official torch.multinomial's first draw); the
+    unmasked one never."""
+    from types import SimpleNamespace
+
+    from credit_compile.decoding.strategies import DreamStrategy
+
+    config = DecodeConfig(strategy="dream", gen_length=4, block_length=4, steps=1,
+                          dream_alg_temp=0.5)
+    # One commit of the 3 masked positions: 3 * 0.34 -> 1.
+    state = SimpleNamespace(step_in_block=torch.tensor(0),
+                            buffers={"dream_fractions": torch.tensor([0.34])})
+    conf = torch.tensor([0.0, 0.5, 1.0, 9.0]).expand(20000, 4)
+    masked = torch.tensor([True, True, True, False]).expand(20000, 4)
+    torch.manual_seed(0)
+    commit = DreamStrategy(config, mask_id=MASK).select(conf, masked, state)
+    assert commit.sum(-1).eq(1).all() and not commit[:, 3].any()
+    expected = torch.softmax(torch.tensor([0.0, 0.5, 1.0]) / 0.5, 0)
+    torch.testing.assert_close(commit[:, :3].float().mean(0), expected, atol=0.015, rtol=0)

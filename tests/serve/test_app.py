@@ -327,6 +327,8 @@ def test_input_that_generate_refuses_is_a_400_not_a_500(fast):
      "top_p"),
     ({"model": NAME, "prompt": "R12=", "top_k": 4, "strategy": "llada2"}, "top_k"),
     ({"model": NAME, "prompt": "R12=", "alpha": 0.5, "strategy": "threshold"}, "alpha"),
+    ({"model": NAME, "prompt": "R12=", "dream_alg": "maskgit_plus"}, "dream_alg"),
+    ({"model": NAME, "prompt": "R12=", "dream_alg": "origin", "strategy": "dream"}, "dream_alg"),
     ({"model": NAME, "prompt": "R12=", "stop": 3}, "stop"),
     ({"model": NAME, "prompt": "R12=", "n": 2}, "n"),
     ({"model": NAME, "prompt": "R12=", "stream": "yes"}, "stream"),
