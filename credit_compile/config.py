@@ -494,12 +494,13 @@ def strategy_reads(config: DecodeConfig, name: str) -> bool:
 
 
 def readers_of(name: str) -> str:
-    """Who reads option `name`, as messages say it: "'credit' or 'threshold'", with the
+    """Who reads option `name`, as messages say it: "'credit', 'factor' or 'threshold'", with the
     condition `strategy_reads` adds ("'llada2' with temperature > 0")."""
     if name in ("top_k", "top_p"):
         return "'llada2' with temperature > 0, or 'dream'"
-    return " or ".join(repr(s) for s in READ_BY[name]) + (
-        " with credit_layout='sparse'" if name == "credit_slots" else "")
+    names = [repr(s) for s in READ_BY[name]]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+    return listed + (" with credit_layout='sparse'" if name == "credit_slots" else "")
 
 
 def unread_options(config: DecodeConfig) -> tuple[str, ...]:

@@ -68,7 +68,7 @@ def test_steps_are_ignored_outside_llada_as_documented(model, ids):
 def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(model, ids):
     # optimize(model, steps=...) decoded credit as if steps were not given, without a word.
     says = (r"strategy='credit' does not read steps=4, so it changes nothing \(steps is read by "
-            r"strategy 'llada' or 'llada2' or 'dream'\): leave it out, or choose the strategy "
+            r"strategy 'llada', 'llada2' or 'dream'\): leave it out, or choose the strategy "
             r"that reads it")
     with pytest.warns(UserWarning, match=says) as record:
         fast = cc.optimize(model, compile=False, steps=4, **small())
@@ -81,7 +81,7 @@ def test_an_option_the_strategy_does_not_read_is_warned_about_once_per_call(mode
         assert len([w for w in record if "does not read" in str(w.message)]) == 1
     with pytest.warns(UserWarning, match=r"strategy='threshold' does not read steps=4, "
                                          r"alpha=0.5, credit_slots=2, so they change nothing "
-                                         r"\(steps is read by strategy 'llada' or 'llada2' or "
+                                         r"\(steps is read by strategy 'llada', 'llada2' or "
                                          r"'dream'; alpha is read by "
                                          r"strategy 'credit'; credit_slots is read by strategy "
                                          r"'credit' with credit_layout='sparse'\)"):
