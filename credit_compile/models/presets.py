@@ -385,6 +385,8 @@ def build_model(
     with torch.device("meta"):
         model = model_cls(config)
     model = model.to(dtype=dtype).to_empty(device=device)
+    if model_cls is not LLaDAModelLM and config.tie_word_embeddings:  # to_empty makes new tensors
+        model.get_output_embeddings().weight = model.get_input_embeddings().weight
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     std = float(config.init_std if model_cls is LLaDAModelLM else config.initializer_range)

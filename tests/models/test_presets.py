@@ -54,3 +54,14 @@ def test_build_model_init_matches_its_docstring():
                                                  strict=True))
     with pytest.raises(TypeError):
         build_model(42)
+
+
+@pytest.mark.parametrize(("preset", "tie"), [
+    ("tiny", {"weight_tying": True}), ("tiny-llada2", {"tie_word_embeddings": True}),
+    ("tiny-lladamoe", {"tie_word_embeddings": True}), ("tiny-dream", {"tie_word_embeddings": True}),
+])
+def test_a_tied_config_builds_a_model_whose_head_is_its_embedding(preset, tie):
+    tied, untied = build_model(get_config(preset, **tie)), build_model(preset)
+    head = tied.get_output_embeddings()
+    assert head is None or head.weight is tied.get_input_embeddings().weight
+    assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
