@@ -328,6 +328,16 @@ def _shard_llada(model: nn.Module, rank: int, size: int, group_name: str) -> Non
         _colwise(t.ff_out, rank, size)
 
 
+class _OneRanksShard:
+    """A shard is one rank's part of the model, tied to its process group: not picklable."""
+
+    def __reduce_ex__(self, protocol):
+        raise TypeError(
+            "a tensor-parallel model holds one rank's shard and its process group, which do not "
+            "pickle or copy: save or copy the whole model before sharding it (or each rank's "
+            "state_dict(), loaded into a model sharded the same way)")
+
+
 @functools.cache
 def tensor_parallel_class(base: type | None = None) -> type:
     """The tensor-parallel subclass of `base` (None: the dense `LLaDAModelLM`), made on first
@@ -338,7 +348,7 @@ def tensor_parallel_class(base: type | None = None) -> type:
     if base is None or base is LLaDAModelLM:
         return _tensor_parallel_llada()
 
-    class TensorParallelMoE(base):
+    class TensorParallelMoE(_OneRanksShard, base):
         """A LLaDA-MoE or LLaDA2 model whose layers hold one rank's shard."""
 
         def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -362,7 +372,7 @@ def tensor_parallel_class(base: type | None = None) -> type:
 def _tensor_parallel_llada() -> type:
     from .models.modeling_llada import LLaDAModelLM
 
-    class TensorParallelLLaDA(LLaDAModelLM):
+    class TensorParallelLLaDA(_OneRanksShard, LLaDAModelLM):
         """`LLaDAModelLM` whose layers hold one rank's shard: its forward returns the whole
         vocabulary's logits on every rank."""
 

@@ -45,6 +45,8 @@ CASES = {
     for cache in caches
 }
 CASES["credit-layers-once"] = dict(strategy="credit", compile_layers_once=True)
+# Classifier-free guidance doubles the batch (the prompts and their unconditional twins).
+CASES["llada-cfg"] = dict(strategy="llada", steps=8, cfg_scale=1.5)
 INDUCTOR_CASE = "credit-none"  # the one case compiled by Inductor: the collectives' generated code
 PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
 # The mixtures of experts, random tiny models with weights of std 0.5 (confidences far apart, so
@@ -415,3 +417,17 @@ def test_shards_off_the_gpu_under_nccl_are_refused_naming_the_move(one_rank_grou
     monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
     with pytest.raises(ValueError, match=re.escape("move the model to this rank's GPU first")):
         cc.optimize(presets.build_model("tiny"), tensor_parallel=1)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llada2"])
+def test_a_shard_refuses_to_pickle_naming_what_to_save(preset):
+    import pickle
+
+    from credit_compile.distributed import tensor_parallel_class
+    from credit_compile.models import presets
+
+    model = presets.build_model(preset)
+    model.__class__ = tensor_parallel_class(type(model))  # a shard's class, without the group
+    for save in (pickle.dumps, copy.deepcopy):
+        with pytest.raises(TypeError, match="save or copy the whole model before sharding"):
+            save(model)
