@@ -134,3 +134,57 @@ def test_a_restarted_server_answers_its_first_request_without_compiling(tmp_path
     assert int(compiled["warm"][1]) == 0 and int(compiled["warm"][2]) > 0, logs["warm"]
     assert (cache / "compile_artifacts.bin").is_file()
     assert kernels["cold"] and kernels["warm"] == kernels["cold"]  # no kernel built again
+
+
+@pytest.mark.slow
+def test_two_ranks_serve_as_one_and_stop_together(tmp_path):
+    """`serve --tensor-parallel 2` as torchrun starts it (its environment, one process per
+    rank): rank 0 answers as the single-process server does, a streamed request its client
+    leaves ends on both ranks (the next request is answered), and a SIGTERM to rank 0 ends both.
+    Eager steps: the sharded compiled step is tests/test_distributed.py's."""
+    for library in ("starlette", "uvicorn", "openai", "httpx"):
+        pytest.importorskip(library)
+    import httpx
+    import openai
+
+    from credit_compile.assets import has_default_model
+
+    if not has_default_model():
+        pytest.skip("default model files missing")
+    port, master = _free_port(), _free_port()
+    processes, logs = [], []
+    for rank in range(2):
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                   LOCAL_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(master))
+        log = open(tmp_path / f"rank{rank}.log", "w+")  # noqa: SIM115 - closed below
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "credit_compile", "serve", "--tensor-parallel", "2",
+             "--port", str(port), "--no-compile", "--max-batch", "2", "--device", "cpu",
+             "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
+        logs.append(log)
+    try:
+        _wait_healthy(processes[0], port, 300)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused",
+                               timeout=120, max_retries=0)
+        done = client.completions.create(model="credit-compile-default", prompt="0012+0034=")
+        assert done.choices[0].text == "00046"
+        body = {"model": "credit-compile-default", "prompt": "S4213=", "stream": True,
+                "max_tokens": 64}
+        with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json=body,
+                          timeout=120) as response:
+            next(response.iter_lines())  # the first chunk, then the client leaves
+        done = client.completions.create(model="credit-compile-default", prompt="S4213=")
+        assert done.choices[0].text == "1234"
+        processes[0].send_signal(signal.SIGTERM)
+        codes = [p.wait(timeout=120) for p in processes]
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+        text = []
+        for log in logs:
+            log.seek(0)
+            text.append(log.read())
+            log.close()
+    assert codes[0] in (0, -signal.SIGTERM) and codes[1] == 0, text
