@@ -18,6 +18,12 @@ process of its own:
   artifacts loaded, `precompile` of the shape (dynamo's trace, the FX passes, Inductor), the
   artifacts saved. Cold: an empty DIR. Warm: the DIR the cold process left.
 
+`seconds` is the cold or warm cost itself; `ready_seconds`, from the process's launch to its
+first step done (interpreter, imports and the model's load included), is what a restarted
+server's start-up would be. Tokens and every integer state tensor are compared exactly; the
+float ones (confidences, credits) may differ by an Inductor kernel's rounding, reported as
+`*_float_max_diff`.
+
 Both at the serve shape (the default serve config's buckets: 4 prompts x 16 prompt tokens, left
 padded) on the shipped default model unless `--preset` names a random one. Rows (device, torch,
 commit, load average) are appended to benchmarks/results/aot_step.jsonl. Under the developer
@@ -109,6 +115,24 @@ def state_copy(setup) -> tuple:
     return tuple(t.clone() for t in setup.state.tensors().values())
 
 
+def compare(names: list[str], state: tuple, reference: tuple) -> dict:
+    """Whether the tokens and every integer or boolean state tensor are equal (`equal`), the
+    largest difference of the float ones (confidences, credits: an Inductor kernel's
+    reductions may round otherwise than eager's), and the names of the tensors that differ."""
+    import torch
+
+    differing, float_max_diff, equal = [], 0.0, True
+    for name, a, b in zip(names, state, reference, strict=True):
+        if torch.equal(a, b):
+            continue
+        differing.append(name)
+        if a.is_floating_point():
+            float_max_diff = max(float_max_diff, float((a - b).abs().max()))
+        else:
+            equal = False
+    return {"equal": equal, "float_max_diff": float_max_diff, "differing": differing}
+
+
 def pass_rewrites() -> int:
     """Rewrites the project's FX passes made in this process."""
     from torch._dynamo.utils import counters
@@ -163,32 +187,38 @@ def measure_aot_warm(spec: dict) -> dict:
     load_seconds = time.perf_counter() - start
     state = state_copy(setup)
     first = run_steps(loaded, state, 1)[0]
+    ready = time.time() - spec["launched"]
     eager = step_module(model, setup)
     reference = state_copy(setup)
     with torch.no_grad():
         eager(*reference)
-    one_step_equal = all(torch.equal(a, b) for a, b in zip(state, reference, strict=True))
+    names = list(setup.state.tensors())
+    one_step = compare(names, state, reference)
     # A whole generation's steps (steps after completion change nothing), each way.
     steps = setup.max_steps()
     times = run_steps(loaded, state, steps - 1)
     with torch.no_grad():
         run_steps(eager, reference, steps - 1)
-    generation_equal = all(torch.equal(a, b) for a, b in zip(state, reference, strict=True))
-    return {"load_seconds": load_seconds, "first_step_seconds": first,
+    generation = compare(names, state, reference)
+    return {"load_seconds": load_seconds, "first_step_seconds": first, "ready_seconds": ready,
             "seconds": load_seconds + first, "ms_per_step": 1e3 * sorted(times)[len(times) // 2],
-            "one_step_equal": one_step_equal, "generation_equal": generation_equal,
+            "one_step_equal": one_step["equal"], "generation_equal": generation["equal"],
+            "one_step_float_max_diff": one_step["float_max_diff"],
+            "generation_float_max_diff": generation["float_max_diff"],
+            "differing": generation["differing"],
             "steps_compared": steps}
 
 
 def measure_artifacts(spec: dict) -> dict:
-    from credit_compile.serve import warmstart
-
-    warmstart.keep_kernels_in(spec["cache_dir"])  # before torch compiles anything
     import torch
     from benchutil import use_backend
 
     import credit_compile as cc
+    from credit_compile.serve import warmstart
 
+    # Inductor's cache is DIR/inductor: the parent set it in the environment, as the server's
+    # keep_kernels_in does before its imports (importing Inductor fixes the folder).
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == kernels_dir(spec)
     use_backend(spec["backend"] == "cheap")
     start = time.perf_counter()
     loaded = warmstart.load_artifacts(spec["cache_dir"])
@@ -196,21 +226,26 @@ def measure_artifacts(spec: dict) -> dict:
     model, fast, setup = build(spec)
     ids, mask = prompts(spec, setup.config.mask_id)
     precompile_seconds = warmstart.precompile(fast, [(spec["batch"], spec["prompt_length"])])
+    ready = time.time() - spec["launched"]
     compiled, cached = warmstart.inductor_cache_counts()
     saved = warmstart.save_artifacts(spec["cache_dir"])
     out = fast.generate(ids, mask)
-    times = []
-    for _ in range(3):
-        begin = time.perf_counter()
-        timed = fast.generate(ids, mask)
-        times.append((time.perf_counter() - begin) / max(timed.nfe, 1))
     reference = cc.generate_reference(model, ids, mask, config=setup.config.replace(compile=False))
+    # The compiled step alone, as many times as the AOT step is timed (a step after completion
+    # runs the same kernels and changes nothing).
+    (runner,) = fast._steps.runners()
+    times = run_steps(lambda: runner.step(), (), setup.max_steps() - 1)
     return {"load_seconds": load_seconds, "precompile_seconds": precompile_seconds,
-            "seconds": load_seconds + precompile_seconds, "artifacts_loaded": loaded,
+            "seconds": load_seconds + precompile_seconds, "ready_seconds": ready,
+            "artifacts_loaded": loaded,
             "artifacts_bytes": saved, "inductor_compiled": compiled, "inductor_cached": cached,
             "ms_per_step": 1e3 * sorted(times)[len(times) // 2],
             "generation_equal": bool(torch.equal(out.sequences, reference.sequences)),
             "pass_rewrites": pass_rewrites()}
+
+
+def kernels_dir(spec: dict) -> str:
+    return str((Path(spec["cache_dir"]) / "inductor").resolve())
 
 
 def measure(spec: dict) -> dict:
@@ -230,7 +265,7 @@ def measure(spec: dict) -> dict:
 def child_env(spec: dict, work: Path) -> dict:
     env = dict(os.environ)
     if spec["mode"].startswith("artifacts"):
-        env.pop("TORCHINDUCTOR_CACHE_DIR", None)  # the server's default: DIR/inductor
+        env["TORCHINDUCTOR_CACHE_DIR"] = kernels_dir(spec)  # the server's: DIR/inductor
     else:  # the AOT package needs no Inductor cache: an empty one each time
         env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor-", dir=work)
     return env
@@ -238,6 +273,7 @@ def child_env(spec: dict, work: Path) -> dict:
 
 def run_child(spec: dict, work: Path) -> dict:
     start = time.perf_counter()
+    spec = {**spec, "launched": time.time()}
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                           env=child_env(spec, work), capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -285,8 +321,8 @@ def main(argv=None) -> int:
     shape = {"preset": args.preset, "batch": args.batch, "prompt_length": args.prompt_length,
              "gen_length": args.gen_length, "block_length": args.block_length,
              "backend": CHEAP if args.cheap_compile else INDUCTOR}
-    print(f"{'round':>5} {'mode':>15} {'seconds':>8} {'process s':>9} {'ms/step':>8} "
-          f"{'equal':>6} {'load avg':>8}")
+    print(f"{'round':>5} {'mode':>15} {'seconds':>8} {'ready s':>8} {'process s':>9} "
+          f"{'ms/step':>8} {'equal':>6} {'load avg':>8}")
     for round_ in range(1, args.rounds + 1):
         with tempfile.TemporaryDirectory(prefix="credit_compile_aot_") as tmp:
             work = Path(tmp)
@@ -297,10 +333,13 @@ def main(argv=None) -> int:
                 row = {"device": "cpu", "torch": result.pop("torch"), "commit": commit,
                        "round": round_, **{k: v for k, v in spec.items()
                                            if k not in ("package", "cache_dir")}, **result}
+                row.pop("launched", None)
                 with out.open("a") as f:  # appended as measured
                     f.write(json.dumps(row) + "\n")
                 ms = row.get("ms_per_step")
+                ready = row.get("ready_seconds")
                 print(f"{round_:>5} {mode:>15} {row['seconds']:>8.2f} "
+                      f"{'' if ready is None else f'{ready:.2f}':>8} "
                       f"{row['process_seconds']:>9.2f} "
                       f"{'' if ms is None else f'{ms:.2f}':>8} "
                       f"{str(row.get('generation_equal', '')):>6} {row['load_average']:>8.2f}",
