@@ -22,7 +22,9 @@ process of its own:
 first step done (interpreter, imports and the model's load included), is what a restarted
 server's start-up would be. Tokens and every integer state tensor are compared exactly; the
 float ones (confidences, credits) may differ by an Inductor kernel's rounding, reported as
-`*_float_max_diff`.
+`*_float_max_diff`. `ms_per_step` (the median of a generation's steps after the first, the
+loaded or compiled step alone) is a side figure: on a few shared cores it swings between tens
+and hundreds of ms with the other work (a descheduled OpenMP thread stalls every kernel).
 
 Both at the serve shape (the default serve config's buckets: 4 prompts x 16 prompt tokens, left
 padded) on the shipped default model unless `--preset` names a random one. Rows (device, torch,
