@@ -9,9 +9,12 @@ call at the same step. A call refused for its input is refused on every rank ali
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import torch
+
+log = logging.getLogger("credit_compile.serve")
 
 _STOP = "stop"
 
@@ -92,5 +95,7 @@ def follow(fast) -> int:
         try:
             fast.generate(input_ids, attention_mask, progress=_agreed(None),
                           on_block=_agreed(None), **overrides)
-        except Exception:  # noqa: BLE001 - rank 0 meets the same end and answers the client
+        except EndedByAnotherRank:
             pass
+        except Exception:  # noqa: BLE001 - rank 0 meets the same end and answers the client
+            log.warning("a call rank 0 announced failed here too", exc_info=True)
