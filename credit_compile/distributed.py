@@ -177,6 +177,11 @@ def _colwise(linear: nn.Linear, rank: int, size: int) -> None:
     linear.out_features //= size
 
 
+def _rowwise(linear: nn.Linear, rank: int, size: int, group_name: str) -> RowwiseLinear:
+    """`linear` holding its rank's input features, its output all-reduced (bias added once)."""
+    return RowwiseLinear(_part(linear.weight.data, 1, rank, size), linear.bias, group_name)
+
+
 def _partial(linear: nn.Linear, rank: int, size: int) -> None:
     """`linear` (without bias) keeps its rank's input features, in place: its output is this
     rank's partial sum, reduced by whoever sums it with others (a layer's `feed_forward`)."""
@@ -247,9 +252,7 @@ def _shard_llada2(model: nn.Module, rank: int, size: int, group_name: str) -> No
         qkv.out_features //= size
         attention.num_heads //= size
         attention.num_kv_heads //= size
-        dense = attention.dense
-        attention.dense = RowwiseLinear(_part(dense.weight.data, 1, rank, size), dense.bias,
-                                        group_name)
+        attention.dense = _rowwise(attention.dense, rank, size, group_name)
         _shard_layer_feed_forward(layer, rank, size, group_name)
 
 
@@ -260,9 +263,7 @@ def _shard_lladamoe(model: nn.Module, rank: int, size: int, group_name: str) -> 
             _colwise(linear, rank, size)
         attention.num_heads //= size
         attention.num_kv_heads //= size
-        out = attention.o_proj
-        attention.o_proj = RowwiseLinear(_part(out.weight.data, 1, rank, size), out.bias,
-                                         group_name)
+        attention.o_proj = _rowwise(attention.o_proj, rank, size, group_name)
         _shard_layer_feed_forward(layer, rank, size, group_name)
 
 
@@ -319,9 +320,7 @@ def _shard_llada(model: nn.Module, rank: int, size: int, group_name: str) -> Non
         for name in _COLWISE:
             _colwise(getattr(block, name), rank, size)
         for name in _ROWWISE:
-            linear = getattr(block, name)
-            weight = _part(linear.weight.data, 1, rank, size)
-            setattr(block, name, RowwiseLinear(weight, linear.bias, group_name))
+            setattr(block, name, _rowwise(getattr(block, name), rank, size, group_name))
         block.n_heads //= size
         block.n_kv_heads //= size
     if not model.config.weight_tying:
