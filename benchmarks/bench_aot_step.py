@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -276,13 +275,11 @@ def child_env(spec: dict, work: Path) -> dict:
 
 
 def run_child(spec: dict, work: Path) -> dict:
+    from benchutil import run_child_process
+
     start = time.perf_counter()
     spec = {**spec, "launched": time.time()}
-    done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                          env=child_env(spec, work), capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement {spec['mode']} failed:\n{done.stderr[-4000:]}")
-    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result = run_child_process(__file__, spec, child_env(spec, work))
     result["process_seconds"] = time.perf_counter() - start
     return result
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -76,13 +75,10 @@ def measure(spec: dict) -> dict:
 
 
 def run_child(spec: dict) -> dict:
+    from benchutil import run_child_process
+
     with tempfile.TemporaryDirectory(prefix="credit_compile_bench_") as cache:
-        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache)
-        done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], env=env,
-                              capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"measurement {spec} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+        return run_child_process(__file__, spec, dict(os.environ, TORCHINDUCTOR_CACHE_DIR=cache))
 
 
 def main(argv=None) -> int:

@@ -1,8 +1,12 @@
-"""What the benchmark scripts share: their random models and their command-line checks."""
+"""What the benchmark scripts share: their random models, their command-line checks and their
+measurements in processes of their own."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import subprocess
+import sys
 
 import torch
 
@@ -130,3 +134,13 @@ def compile_fn(fn, **kwargs):
     """torch.compile for a script's own compiled baselines (a bare forward): Inductor, or dynamo
     alone (backend "eager") where the optimized models compile cheaply."""
     return torch.compile(fn, backend="eager" if backend_name() == CHEAP else "inductor", **kwargs)
+
+
+def run_child_process(script: str, spec: dict, env: dict) -> dict:
+    """`python script --child SPEC` in a process of its own, with `env`: the JSON object its last
+    line of output prints (a failure raises with the end of its stderr)."""
+    done = subprocess.run([sys.executable, script, "--child", json.dumps(spec)], env=env,
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"measurement {spec.get('mode', spec)} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
