@@ -1,8 +1,11 @@
 """Helpers shared by several test modules: generation comparison, prompts of the tiny preset, the
 step graphs a backend is given, a streaming recorder, the DecodeConfig errors, whether the
-grouped MoE runs here."""
+grouped MoE runs here, ranks spawned on a free loopback port."""
 
 from __future__ import annotations
+
+import socket
+import time
 
 import torch
 
@@ -223,3 +226,26 @@ CONFIG_ERRORS = [
     (dict(batch_bucket=0), r"batch_bucket=0: use a positive number of rows .* or None"),
     (dict(batch_bucket=2.0), r"batch_bucket=2.0: use a positive number of rows"),
 ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_ranks(fn, *args, world: int = 2, timeout: float = 600.0) -> None:
+    """Run `fn(rank, world, port, *args)` in `world` spawned processes and wait, at most
+    `timeout` seconds: a rank that raises ends the others and its error is raised here
+    (`torch.multiprocessing.ProcessRaisedException`); past the deadline every rank is killed
+    and TimeoutError raised."""
+    import torch.multiprocessing as mp
+
+    context = mp.start_processes(fn, args=(world, free_port(), *args), nprocs=world, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=max(0.0, min(5.0, deadline - time.monotonic()))):
+        if time.monotonic() >= deadline:
+            for process in context.processes:
+                process.kill()
+            raise TimeoutError(f"the {world} ranks did not finish within {timeout} s")

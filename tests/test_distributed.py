@@ -19,13 +19,13 @@ import functools
 import io
 import os
 import re
-import socket
 import time
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from filelock import FileLock
+from helpers import free_port, run_ranks
 
 import credit_compile as cc
 from credit_compile.assets import has_default_model, load_default_model
@@ -76,27 +76,6 @@ def _moe_prompts() -> tuple[torch.Tensor, torch.Tensor]:
     mask = torch.ones_like(ids)
     ids[0, :3], mask[0, :3] = 125, 0  # row 0 left-padded (125: their EOS and padding)
     return ids, mask
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run_ranks(fn, *args, world: int = WORLD, timeout: float = RUN_SECONDS) -> None:
-    """Run `fn(rank, world, port, *args)` in `world` spawned processes and wait, at most
-    `timeout` seconds: a rank that raises ends the others and its error is raised here
-    (`torch.multiprocessing.ProcessRaisedException`); past the deadline every rank is killed
-    and TimeoutError raised."""
-    context = mp.start_processes(fn, args=(world, free_port(), *args), nprocs=world, join=False,
-                                 start_method="spawn")
-    deadline = time.monotonic() + timeout
-    while not context.join(timeout=max(0.0, min(5.0, deadline - time.monotonic()))):
-        if time.monotonic() >= deadline:
-            for process in context.processes:
-                process.kill()
-            raise TimeoutError(f"the {world} ranks did not finish within {timeout} s")
 
 
 def _init(rank: int, world: int, port: int) -> None:
@@ -268,7 +247,8 @@ def tp_run(tmp_path_factory, request):
             pytest.fail(f"the spawned ranks failed in another worker:\n{failed.read_text()}")
         if not path.is_file():
             try:
-                run_ranks(_decode_all, str(path), list(CASES), INDUCTOR_CASE)
+                run_ranks(_decode_all, str(path), list(CASES), INDUCTOR_CASE, world=WORLD,
+                          timeout=RUN_SECONDS)
             except BaseException as error:
                 failed.write_text(f"{type(error).__name__}: {error}")
                 raise
@@ -335,7 +315,7 @@ def test_the_command_line_decodes_under_torchrun(tp_run):
 def test_a_failing_rank_ends_every_rank_with_its_error():
     start = time.monotonic()
     with pytest.raises(mp.ProcessRaisedException, match="rank 1 failed on purpose"):
-        run_ranks(_fail_on_one_rank, timeout=60)
+        run_ranks(_fail_on_one_rank, world=WORLD, timeout=60)
     assert time.monotonic() - start < 60
 
 

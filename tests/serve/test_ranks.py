@@ -6,10 +6,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import socket
 
-import pytest
-import torch.multiprocessing as mp
+from helpers import run_ranks
 
 
 class Cancelled(Exception):
@@ -33,14 +31,14 @@ class StandIn:
         return ids
 
 
-def _rank(rank: int, port: int, out: str) -> None:
+def _rank(rank: int, world: int, port: int, out: str) -> None:
     import torch
     import torch.distributed as dist
 
     from credit_compile.serve.ranks import Leader, follow
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2,
+    dist.init_process_group("gloo", rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=60))
     fast = StandIn()
     try:
@@ -66,21 +64,7 @@ def _rank(rank: int, port: int, out: str) -> None:
 
 
 def test_a_call_rank_0_ends_at_a_host_check_ends_on_every_rank(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     out = str(tmp_path / "steps")
-    context = mp.start_processes(_rank, args=(port, out), nprocs=2, join=False,
-                                 start_method="spawn")
-    try:
-        for _ in range(24):  # at most 2 minutes
-            if context.join(timeout=5):
-                break
-        else:
-            pytest.fail("the ranks did not finish within 2 minutes")
-    finally:
-        for process in context.processes:
-            if process.is_alive():
-                process.kill()
+    run_ranks(_rank, out, timeout=120)
     steps = [json.load(open(f"{out}.{rank}")) for rank in range(2)]
     assert steps[0] == steps[1] == [[0, 1], [0, 1, 2]]

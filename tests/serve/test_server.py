@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from helpers import free_port
 
 from credit_compile.cli import main
 
@@ -47,16 +47,10 @@ def test_a_zero_batch_is_refused_by_the_parser(capsys):
     assert "not a positive integer" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _start(tmp_path, run: str, cache) -> tuple[subprocess.Popen, int, object]:
     """`credit-compile serve --precompile --cache-dir cache`, as a user starts it: no
     TORCHINDUCTOR_CACHE_DIR, so the cache directory keeps Inductor's kernels too."""
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
     log = open(tmp_path / f"{run}.log", "w+")  # noqa: SIM115 - closed by the caller
     process = subprocess.Popen(
@@ -151,7 +145,7 @@ def test_two_ranks_serve_as_one_and_stop_together(tmp_path):
 
     if not has_default_model():
         pytest.skip("default model files missing")
-    port, master = _free_port(), _free_port()
+    port, master = free_port(), free_port()
     processes, logs = [], []
     for rank in range(2):
         env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
