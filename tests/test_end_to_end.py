@@ -171,7 +171,9 @@ _HOST_SIDE = pytest.mark.cheap_compile
                  marks=_MAIN_STACK_ONLY),
 ])
 def test_the_optimized_model_with_a_kv_cache_equals_the_reference(config):
-    model = layered_model(2, seed=1)
+    # One layer, a quarter fewer kernels for Inductor to build than two (the layers' cache slots
+    # are the model's code, on every backend alike); two where one compiled layer serves both.
+    model = layered_model(2 if config.get("compile_layers_once") else 1, seed=1)
     decode = {"kv_cache": "dual", **config, "gen_length": 16, "block_length": 4}
     fast = cc.optimize(model, **decode)
     for seed in (1, 2):  # the second call reloads new prompts into the same buffers
