@@ -106,9 +106,12 @@ elif [ "$DRY_RUN" = flags ]; then
 else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 fi
-versions() {  # one process both probes the install and names the versions (an import is seconds)
-    python3 -P -c "import torch, triton, credit_compile.passes as p
-print('torch', torch.__version__, 'triton', triton.__version__, 'credit_compile', p.__file__)"
+versions() {  # one process both probes the install and names the versions, from the packages'
+    # metadata and the passes' location (importing triton and the passes, which import dynamo and
+    # Inductor, would add 4-5 s to every stage)
+    python3 -P -c "import importlib.metadata as m, importlib.util as u
+print('torch', m.version('torch'), 'triton', m.version('triton'), 'credit_compile',
+      u.find_spec('credit_compile.passes').origin)"
 }
 if [ "${FROM_SOURCE:-0}" = 1 ] || ! VERSIONS=$(versions 2>/dev/null); then
     SOURCE_COPY=$(mktemp -d)
