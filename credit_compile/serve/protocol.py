@@ -15,11 +15,14 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
+from ..config import READ_BY
+
 # DecodeConfig fields a request may set, as extra body fields (the OpenAI client's
-# `extra_body`). The rest (compile, buckets, dtype, mask and end-of-text ids) are the server's.
-DECODE_KNOBS = ("strategy", "steps", "alpha", "beta", "gamma", "tau", "factor", "cfg_scale",
-                "remasking", "kv_cache", "kv_cache_refresh", "credit_layout", "credit_slots",
-                "top_k", "dream_alg", "dream_eps", "dream_alg_temp")
+# `extra_body`): the strategy, every option a strategy reads (config.READ_BY; top_p is OpenAI's
+# own field) and the options all strategies share. The rest (compile, buckets, dtype, mask and
+# end-of-text ids) are the server's.
+DECODE_KNOBS = ("strategy", *(name for name in READ_BY if name != "top_p"), "cfg_scale",
+                "remasking", "kv_cache", "kv_cache_refresh")
 # OpenAI fields this server accepts at their neutral value only (clients send some by default).
 NEUTRAL = {"n": 1, "frequency_penalty": 0, "presence_penalty": 0, "logprobs": None,
            "top_logprobs": None, "logit_bias": None, "best_of": 1, "echo": False, "suffix": None,
@@ -178,7 +181,7 @@ def parse_request(body: dict, kind: str, info: ModelInfo) -> Request:
 def _check_read(config, overrides: dict) -> None:
     """A knob the request's strategy does not read would be ignored: refused, naming who reads
     it (`generate()` warns instead; an API client sees no warning)."""
-    from ..config import READ_BY, readers_of, strategy_reads
+    from ..config import readers_of, strategy_reads
 
     for name in overrides:
         if name in READ_BY and not strategy_reads(config, name):

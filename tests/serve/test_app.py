@@ -149,6 +149,21 @@ def test_the_plain_char_tokenizer_has_no_chat_template(fast):
     assert raised.value.status == 400 and raised.value.param == "messages"
 
 
+def test_every_option_a_strategy_reads_is_a_request_field(fast):
+    """config.READ_BY decides which options requests may set: one a strategy reads is never an
+    unknown field (where the served strategy does not read it, the 400 says who does)."""
+    from credit_compile.config import READ_BY, DecodeConfig
+    from credit_compile.serve.protocol import APIError, parse_request
+
+    info = Service(fast, CharTokenizer(), ServeOptions(model_name=NAME)).info
+    for name in READ_BY:
+        body = {"model": NAME, "prompt": "R12=", name: getattr(DecodeConfig(), name)}
+        try:
+            parse_request(body, "completion", info)
+        except APIError as error:
+            assert error.code == "unsupported_parameter" and error.param == name, error.message
+
+
 def test_streaming_sends_a_chunk_per_block_then_done(server, expected):
     client = server[1].client()
     chunks = list(client.completions.create(model=NAME, prompt="R90817=", stream=True))
