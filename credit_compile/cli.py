@@ -262,11 +262,9 @@ def _generate(args) -> int:
     config = _fit_default_gen_length(args, config, model, ids)
     # Before the bar: optimize()'s refusals and warnings print on lines of their own.
     fast = None if args.eager else optimize(model, config, tensor_parallel=ranks)
-    # LLaDA's and Dream's samplers take `total_steps`; the others stop when every token is
-    # committed, which no count known in advance says (a bar to gen_length would stop far short).
-    fixed_steps = config.strategy in ("llada", "dream")
-    bar, progress = _progress_bar(config.total_steps if fixed_steps else None,
-                                  compiling=config.compile and not args.eager)
+    # A bar without a total where the step count is not known in advance (a bar to gen_length
+    # would stop far short).
+    bar, progress = _progress_bar(config.known_steps, compiling=config.compile and not args.eager)
     on_block = _block_printer(bar, prompts, tokenizer) if args.stream else None
     start = time.perf_counter()
     try:

@@ -21,6 +21,8 @@ OnCompileError = Literal["raise", "eager"]
 KVCache = Literal["none", "prompt", "dual", "block"]
 
 STRATEGIES = ("credit", "threshold", "factor", "llada", "llada2", "dream")
+# Strategies that take `total_steps` forwards, whatever the confidences.
+FIXED_STEPS = ("llada", "dream")
 DREAM_ALGS = ("maskgit_plus", "topk_margin", "entropy")
 REMASKINGS = ("low_confidence", "random")
 CREDIT_LAYOUTS = ("dense", "sparse")
@@ -293,6 +295,13 @@ class DecodeConfig:
         return self.gen_length if self.steps is None else self.steps
 
     @property
+    def known_steps(self) -> int | None:
+        """The forwards a call takes, where known before it runs: `total_steps` for the samplers
+        of fixed steps ("llada", "dream"); None for the others, which stop when every token is
+        committed (early stop aside)."""
+        return self.total_steps if self.strategy in FIXED_STEPS else None
+
+    @property
     def steps_per_block(self) -> int:
         return self.total_steps // self.num_blocks
 
@@ -345,7 +354,7 @@ class DecodeConfig:
                  f"steps={self.steps!r}: use a positive integer or None")
             # Only "llada" and "dream" read it so: a base config's steps must not break a
             # per-call strategy.
-            need(self.strategy not in ("llada", "dream") or self.steps % self.num_blocks == 0,
+            need(self.strategy not in FIXED_STEPS or self.steps % self.num_blocks == 0,
                  f"steps={self.steps} is not divisible by the number of blocks "
                  f"({self.num_blocks} = gen_length/block_length): use a multiple of "
                  f"{self.num_blocks}, for example "
