@@ -109,15 +109,10 @@ def use_backend(cheap: bool) -> str:
     """With `cheap` (--cheap-compile), the optimized models and verify compile with the cheap
     backend in this process from now on. Returns `backend_name()`."""
     if cheap:
-        import functools
-        import importlib
+        from credit_compile.backend import cheap_backend_bindings
 
-        from credit_compile import backend, step_cache
-
-        verify = importlib.import_module("credit_compile.verify")  # the package's `verify` is a function
-        swap = functools.partial(backend.make_backend, inductor=False)
-        step_cache.make_backend = swap
-        verify.make_backend = swap
+        for module, name, value in cheap_backend_bindings():
+            setattr(module, name, value)
     return backend_name()
 
 

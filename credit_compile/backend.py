@@ -102,6 +102,19 @@ def dynamo_config_patches() -> dict:
                 set(dynamo_config.reorderable_logging_functions) | functions}
 
 
+def cheap_backend_bindings() -> list[tuple[object, str, object]]:
+    """(module, attribute, replacement) for each module that looks up `make_backend` when it
+    compiles (the step cache, verify): setting them makes the optimized models of this process
+    compile with dynamo and the passes but without Inductor's code generation. For the tests'
+    `cheap_compile` and the benchmarks' --cheap-compile; never set by the package itself."""
+    import functools
+    import importlib
+
+    cheap = functools.partial(make_backend, inductor=False)
+    return [(importlib.import_module(f"credit_compile.{name}"), "make_backend", cheap)
+            for name in ("step_cache", "verify")]  # `verify` the module, not the function
+
+
 def make_backend(passes: Sequence | None = None, *, inductor: bool = True,
                  deterministic_random: bool = True, config=None):
     """A torch.compile backend running `passes` (default: `default_passes(config)`) then Inductor.

@@ -39,15 +39,10 @@ def grouped_mm_runs_here() -> bool:
 def use_cheap_backend(monkeypatch) -> None:
     """Optimized models (and verify) compile without Inductor's code generation: the
     `cheap_compile` fixture, and module-scoped fixtures through `pytest.MonkeyPatch.context()`."""
-    import functools
-    import importlib
+    from credit_compile.backend import cheap_backend_bindings
 
-    from credit_compile import backend, step_cache
-
-    verify = importlib.import_module("credit_compile.verify")  # the package's `verify` is a function
-    cheap = functools.partial(backend.make_backend, inductor=False)
-    monkeypatch.setattr(step_cache, "make_backend", cheap)
-    monkeypatch.setattr(verify, "make_backend", cheap)
+    for module, name, value in cheap_backend_bindings():
+        monkeypatch.setattr(module, name, value)
 
 
 def record_graphs(monkeypatch, module) -> list:

@@ -3,6 +3,8 @@ the passes it installs fire in every step it compiles."""
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 from helpers import assert_same_generation
@@ -56,3 +58,24 @@ def test_the_passes_fire_in_both_steps(kv_cache, sliced_heads):
     # block only; the prompt cache's computes the generated region, sliced to the block too.
     assert pass_count("block_sliced_lm_head") == heads + sliced_heads
     assert pass_count("credit_fusion") == fusions + 2
+
+
+def test_the_cheap_backend_bindings_name_every_module_that_looks_up_the_backend():
+    """Each binding replaces a `make_backend` its module calls when it compiles; a module that
+    imports `make_backend` and is not listed would compile with Inductor under cheap_compile."""
+    import pkgutil
+
+    import credit_compile
+    from credit_compile import backend
+
+    bound = {module.__name__ for module, name, _ in backend.cheap_backend_bindings()
+             if getattr(module, name) is backend.make_backend}
+    users = set()
+    for info in pkgutil.walk_packages(credit_compile.__path__, "credit_compile."):
+        if info.name.startswith(("credit_compile.serve", "credit_compile.passes")):
+            continue  # the server's libraries may be absent; passes build no backend
+        module = importlib.import_module(info.name)
+        if info.name != "credit_compile.backend" and any(
+                value is backend.make_backend for value in vars(module).values()):
+            users.add(info.name)
+    assert users == bound
