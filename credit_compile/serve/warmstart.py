@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,14 +26,28 @@ ARTIFACTS_FILE = "compile_artifacts.bin"
 
 def keep_kernels_in(cache_dir) -> str | None:
     """Puts Inductor's on-disk cache (the built C++ and Triton kernels) under `cache_dir`/inductor
-    unless TORCHINDUCTOR_CACHE_DIR is set, so that a restart with the same directory builds no
-    kernel again. Call it before the first compile of the process. The folder used, or None
+    unless the user set TORCHINDUCTOR_CACHE_DIR, so that a restart with the same directory builds
+    no kernel again. Call it before the first compile of the process. The folder used, or None
     where the user's setting stands."""
-    if os.environ.get("TORCHINDUCTOR_CACHE_DIR"):
+    if _users_cache_dir() is not None:
         return None
     folder = str((Path(cache_dir) / "inductor").resolve())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = folder
+    clear = getattr(sys.modules.get("torch._inductor.utils"), "clear_caches", None)
+    if clear is not None:  # paths Inductor derived from the old folder
+        clear()
     return folder
+
+
+def _users_cache_dir() -> str | None:
+    """TORCHINDUCTOR_CACHE_DIR where the user set it. Importing Inductor sets it to its default
+    folder (one process may import it before the server starts): that is nobody's choice."""
+    value = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    utils = sys.modules.get("torch._inductor.runtime.cache_dir_utils")
+    default = getattr(utils, "default_cache_dir", None)
+    if value and default is not None and os.path.abspath(value) == default():
+        return None
+    return value or None
 
 
 def load_artifacts(cache_dir) -> int:

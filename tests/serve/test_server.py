@@ -182,3 +182,20 @@ def test_two_ranks_serve_as_one_and_stop_together(tmp_path):
             text.append(log.read())
             log.close()
     assert codes[0] in (0, -signal.SIGTERM) and codes[1] == 0, text
+
+
+def test_the_cache_directory_keeps_the_kernels_after_inductor_set_its_default(tmp_path,
+                                                                              monkeypatch):
+    """Importing Inductor sets TORCHINDUCTOR_CACHE_DIR to its default folder: --cache-dir still
+    takes the kernels then; a folder the user chose stands."""
+    import torch._inductor.codecache  # noqa: F401 - sets the variable, as any compile does
+    from torch._inductor.runtime.cache_dir_utils import cache_dir, default_cache_dir
+
+    from credit_compile.serve.warmstart import keep_kernels_in
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    folder = keep_kernels_in(tmp_path)
+    assert folder == str((tmp_path / "inductor").resolve()) and cache_dir() == folder
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert keep_kernels_in(tmp_path) is None
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
