@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "allowed_world_sizes", "check_same_request", "gather_vocab", "init_from_torchrun",
+    "allowed_world_sizes", "any_rank", "check_same_request", "gather_vocab", "init_from_torchrun",
     "kv_heads", "prepare", "shard_model", "tensor_parallel_class", "world_of",
 ]
 
@@ -523,6 +523,20 @@ def check_same_request(model: nn.Module, canvas: torch.Tensor, attention_mask, c
             "the ranks of this tensor-parallel model were given different prompts, padding or "
             "options: every rank must call generate() (and precompile()) with the same "
             "arguments; decode different prompts in one batch, or with another model")
+
+
+def any_rank(model: nn.Module, flag: bool) -> bool:
+    """Whether `flag` holds on any rank of `model`'s process group (one small all-reduce): a
+    decision every rank takes alike, such as how many more calls to make (`verify`'s timing,
+    whose clocks differ between the ranks while each call runs collectives they all must)."""
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    device = next(model.parameters()).device
+    votes = torch.tensor([int(bool(flag))], dtype=torch.int64, device=device)
+    dist.all_reduce(votes, dist.ReduceOp.MAX,
+                    group=_resolve_process_group(model.tensor_parallel_group))
+    return bool(votes.item())
 
 
 def prepare(model: nn.Module, tensor_parallel) -> nn.Module:

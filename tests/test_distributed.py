@@ -5,9 +5,9 @@ The ranks are spawned once per test run (`tp_run`, shared by pytest-xdist's work
 decodes every case single-process (eager) and then sharded (compiled), the shipped LLaDA and tiny
 LLaDA2, LLaDA-MoE and LLaDA models (key and value heads split, and replicated where the ranks
 outnumber them), checks the layouts the trained model lacks on a DeviceMesh (and the mixtures of
-experts' logits), refuses prompts that differ between the ranks and runs the command line as
-torchrun would; rank 0 returns what it saw. Spawning is bounded: a rank that fails ends every
-rank with its error, and a run past its deadline is killed.
+experts' logits), runs verify() on a sharded model, refuses prompts that differ between the ranks
+and runs the command line as torchrun would; rank 0 returns what it saw. Spawning is bounded: a
+rank that fails ends every rank with its error, and a run past its deadline is killed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import copy
 import datetime
 import functools
+import importlib
 import io
 import os
 import re
@@ -210,6 +211,20 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 want = whole(tokens).logits
                 error = (shards(tokens).logits - want).abs().max() / want.abs().max()
             moe_logits_error[label] = float(error)
+        # verify() on a sharded model (LLaDA's of one key/value head, its dual-cache step
+        # compiled above), the ranks' clocks running 4 and 40 times as fast (timing fewer calls):
+        # rank 1's timing loop would stop calling before rank 0's (and their collectives would
+        # mismatch) if the ranks did not agree on each call.
+        verify_module = importlib.import_module("credit_compile.verify")
+        verify_module.make_backend = functools.partial(backend.make_backend, inductor=False)
+        verify_module.time = _FastClock(4 if rank == 0 else 40)
+        report = cc.verify(moe_sharded["llada-kv1"], moe_ids, moe_mask, timed_calls=2,
+                           **MOE_CASES["llada-kv1-dual"][1])
+        verify_module.time = time
+        verified = [None] * world
+        dist.all_gather_object(verified, (report.ok, report.tokens_equal,
+                                          report.reference_calls, report.optimized_calls,
+                                          report.max_logit_difference))
         # Ranks given different prompts of one shape: refused on every rank, not decoded.
         try:
             sharded.generate(tokenizer(["0012+0034=" if rank == 0 else "0012+0035="])["input_ids"])
@@ -239,9 +254,23 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 "moe_heads_sliced": moe_heads,
                 "moe_shapes": moe_shapes,
                 "moe_logits_error": moe_logits_error,
+                "verify": verified,
             }, out_path)
     finally:
         dist.destroy_process_group()
+
+
+class _FastClock:
+    """`time` as verify.py reads it, its `perf_counter` running `factor` times as fast."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() * self.factor
 
 
 def _fail_on_one_rank(rank: int, world: int, port: int) -> None:
@@ -324,6 +353,16 @@ def test_the_mixtures_of_experts_shard_heads_experts_and_head(tp_run):
     assert tp_run["moe_heads_sliced"] >= len(MOE_CASES)  # the head sliced through the gather
     for label, error in tp_run["moe_logits_error"].items():
         assert error < 1e-5, (label, error)  # relative: float rounding of the summed shards
+
+
+@pytest.mark.slow
+def test_verify_reports_equal_tokens_on_a_sharded_model_every_rank_calling_alike(tp_run):
+    reports = tp_run["verify"]
+    for ok, tokens_equal, _, _, logit_difference in reports:
+        assert ok and tokens_equal
+        assert logit_difference < 1e-4
+    # The same number of calls on both ranks, though their clocks differ.
+    assert len({(reference, optimized) for _, _, reference, optimized, _ in reports}) == 1, reports
 
 
 @pytest.mark.slow
