@@ -20,6 +20,11 @@ token alike. A layer's routed and shared partial outputs are summed before its o
 (the layer's `feed_forward`). LLaDA2's fused `query_key_value` is split by heads: each rank keeps
 its query heads' rows and its key and value heads' rows.
 
+Key and value heads (`kv_heads`): where N divides their number, a rank holds `n_kv / N` of them;
+where N is a multiple of it (N > n_kv, as vLLM and SGLang do), the key and value heads are
+replicated: each rank holds the one its query heads read, kv head `rank // (N / n_kv)`, shared
+by the `N / n_kv` ranks next to each other. A rank's KV cache holds the heads it holds.
+
 The weights are plain tensors (local shards), not DTensors: the LM head is a matrix product the
 step calls directly, the gather must come after the block's slice, and the rest of the package
 (weight fingerprints, dtype checks, the KV cache's shape) reads ordinary parameters.
@@ -28,6 +33,7 @@ step calls directly, the gather must come after the block's slice, and the rest 
 from __future__ import annotations
 
 import functools
+import math
 import os
 import zlib
 
@@ -36,11 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "check_same_request", "gather_vocab", "init_from_torchrun", "prepare", "shard_model",
-    "tensor_parallel_class", "world_of",
+    "allowed_world_sizes", "any_rank", "check_same_request", "gather_vocab", "init_from_torchrun",
+    "kv_heads", "prepare", "shard_model", "tensor_parallel_class", "world_of",
 ]
 
-_COLWISE = ("q_proj", "k_proj", "v_proj", "ff_proj", "up_proj")
+_COLWISE = ("q_proj", "ff_proj", "up_proj")  # the key and value heads: `kv_heads`
 _ROWWISE = ("attn_out", "ff_out")
 
 
@@ -109,19 +115,45 @@ def world_of(tensor_parallel) -> tuple[object, int, int]:
     return group, dist.get_world_size(group), dist.get_rank(group)
 
 
+def kv_heads(n_kv_heads: int, size: int) -> list[range]:
+    """The key and value heads each of `size` ranks holds (index: the rank), of `n_kv_heads`:
+    where `size` divides them, rank r holds the `n_kv_heads / size` heads from
+    `r * n_kv_heads / size`; where `size` is a multiple of them, every rank holds one, the head
+    its query heads read (rank r: head `r // (size / n_kv_heads)`, replicated on the
+    `size / n_kv_heads` ranks that share it). Every family's sharding and KV cache read it."""
+    if n_kv_heads % size == 0:
+        per_rank = n_kv_heads // size
+        return [range(r * per_rank, (r + 1) * per_rank) for r in range(size)]
+    if size % n_kv_heads == 0:
+        sharing = size // n_kv_heads
+        return [range(r // sharing, r // sharing + 1) for r in range(size)]
+    raise ValueError(f"{size} ranks neither divide {n_kv_heads} key and value heads nor are a "
+                     f"multiple of them")
+
+
+def _kv_dimension(model: nn.Module) -> tuple[str, int]:
+    """(name, number) of `model`'s key and value heads."""
+    from .models.modeling_llada import LLaDAModelLM
+
+    config = model.config
+    if isinstance(model, LLaDAModelLM):
+        return "n_kv_heads", config.effective_n_kv_heads
+    return "num_key_value_heads", config.num_key_value_heads
+
+
 def _dimensions(model: nn.Module) -> list[tuple[str, int]]:
-    """(name, size) of every dimension a rank count must divide, for `model`'s family."""
+    """(name, size) of every dimension a rank count must divide, for `model`'s family (the key
+    and value heads apart: `_kv_dimension`, which a rank count may also be a multiple of)."""
     from .models.modeling_llada import LLaDAModelLM
     from .models.modeling_llada2 import LLaDA2ModelLM
 
     config = model.config
     if isinstance(model, LLaDAModelLM):
-        return [("n_heads", config.n_heads), ("n_kv_heads", config.effective_n_kv_heads),
+        return [("n_heads", config.n_heads),
                 ("the MLP width (mlp_hidden_size)", config.intermediate_size),
                 ("the vocabulary (embedding_size)", config.padded_vocab_size)]
     moe = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
-    dims = [("num_attention_heads", config.num_attention_heads),
-            ("num_key_value_heads", config.num_key_value_heads)]
+    dims = [("num_attention_heads", config.num_attention_heads)]
     if isinstance(model, LLaDA2ModelLM):
         if not all(moe):
             dims.append(("the dense layers' MLP width (intermediate_size)",
@@ -143,16 +175,35 @@ def _dimensions(model: nn.Module) -> list[tuple[str, int]]:
     return dims
 
 
+def allowed_world_sizes(model: nn.Module) -> list[int]:
+    """The numbers of ranks `model` can be sharded across: those that divide every dimension it
+    splits and divide its key and value heads or are a multiple of them."""
+    _, n_kv = _kv_dimension(model)
+    common = math.gcd(*(value for _, value in _dimensions(model)))
+    return [n for n in range(1, common + 1)
+            if common % n == 0 and (n_kv % n == 0 or n % n_kv == 0)]
+
+
 def _check_divisible(model: nn.Module, size: int) -> None:
     for name, value in _dimensions(model):
         if value % size:
             raise ValueError(
                 f"tensor_parallel={size} does not divide {name} = {value}: choose a number of "
-                f"ranks that divides {value}")
+                f"ranks that divides {value} ({_sizes(model)})")
+    name, n_kv = _kv_dimension(model)
+    if n_kv % size and size % n_kv:
+        raise ValueError(
+            f"tensor_parallel={size} does not divide {name} = {n_kv} and is not a multiple of "
+            f"it: choose a number of ranks that divides {n_kv} or a multiple of {n_kv}, which "
+            f"replicates the key and value heads ({_sizes(model)})")
     if getattr(model.config, "attention_layer_norm", False):
         raise ValueError(
             "tensor_parallel does not support attention_layer_norm=True yet: its query and key "
             "norms span all heads, which no rank holds; decode this model on one device")
+
+
+def _sizes(model: nn.Module) -> str:
+    return "world sizes this model allows: " + ", ".join(map(str, allowed_world_sizes(model)))
 
 
 def _rows(t: torch.Tensor, rank: int, size: int) -> torch.Tensor:
@@ -175,6 +226,19 @@ def _colwise(linear: nn.Linear, rank: int, size: int) -> None:
     if linear.bias is not None:
         linear.bias = _parameter(_rows(linear.bias.data, rank, size))
     linear.out_features //= size
+
+
+def _head_rows(t: torch.Tensor, heads: range, head_dim: int) -> torch.Tensor:
+    """The rows (or biases) of `heads` in a projection's output, a copy."""
+    return t.narrow(0, heads.start * head_dim, len(heads) * head_dim).clone()
+
+
+def _kv_colwise(linear: nn.Linear, heads: range, head_dim: int) -> None:
+    """A key or value projection keeps the rows of `heads` (and their biases), in place."""
+    linear.weight = _parameter(_head_rows(linear.weight.data, heads, head_dim))
+    if linear.bias is not None:
+        linear.bias = _parameter(_head_rows(linear.bias.data, heads, head_dim))
+    linear.out_features = len(heads) * head_dim
 
 
 def _rowwise(linear: nn.Linear, rank: int, size: int, group_name: str) -> RowwiseLinear:
@@ -234,24 +298,28 @@ def _shard_layer_feed_forward(layer: nn.Module, rank: int, size: int, group_name
     layer.group_name = group_name
 
 
-def _by_heads(t: torch.Tensor, widths: list[int], rank: int, size: int) -> torch.Tensor:
+def _by_heads(t: torch.Tensor, widths: list[int], rank: int, size: int, heads: range,
+              head_dim: int) -> torch.Tensor:
     """A fused query-key-value projection's rows (or biases) for this rank's heads: its query
-    heads' rows, then its key heads', then its value heads'."""
-    return torch.cat([_rows(part, rank, size) for part in t.split(widths, 0)], 0)
+    heads' rows, then its key heads' (`heads`), then its value heads' (`heads` too)."""
+    q, k, v = t.split(widths, 0)
+    return torch.cat([_rows(q, rank, size), _head_rows(k, heads, head_dim),
+                      _head_rows(v, heads, head_dim)], 0)
 
 
 def _shard_llada2(model: nn.Module, rank: int, size: int, group_name: str) -> None:
     for layer in model.model.layers:
         attention = layer.attention
         qkv, dim = attention.query_key_value, attention.head_dim
+        heads = kv_heads(attention.num_kv_heads, size)[rank]
         widths = [attention.num_heads * dim, attention.num_kv_heads * dim,
                   attention.num_kv_heads * dim]
-        qkv.weight = _parameter(_by_heads(qkv.weight.data, widths, rank, size))
+        qkv.weight = _parameter(_by_heads(qkv.weight.data, widths, rank, size, heads, dim))
         if qkv.bias is not None:
-            qkv.bias = _parameter(_by_heads(qkv.bias.data, widths, rank, size))
-        qkv.out_features //= size
+            qkv.bias = _parameter(_by_heads(qkv.bias.data, widths, rank, size, heads, dim))
         attention.num_heads //= size
-        attention.num_kv_heads //= size
+        attention.num_kv_heads = len(heads)
+        qkv.out_features = (attention.num_heads + 2 * attention.num_kv_heads) * dim
         attention.dense = _rowwise(attention.dense, rank, size, group_name)
         _shard_layer_feed_forward(layer, rank, size, group_name)
 
@@ -259,10 +327,12 @@ def _shard_llada2(model: nn.Module, rank: int, size: int, group_name: str) -> No
 def _shard_lladamoe(model: nn.Module, rank: int, size: int, group_name: str) -> None:
     for layer in model.model.layers:
         attention = layer.self_attn
-        for linear in (attention.q_proj, attention.k_proj, attention.v_proj):
-            _colwise(linear, rank, size)
+        heads = kv_heads(attention.num_kv_heads, size)[rank]
+        _colwise(attention.q_proj, rank, size)
+        for linear in (attention.k_proj, attention.v_proj):
+            _kv_colwise(linear, heads, attention.head_dim)
         attention.num_heads //= size
-        attention.num_kv_heads //= size
+        attention.num_kv_heads = len(heads)
         attention.o_proj = _rowwise(attention.o_proj, rank, size, group_name)
         _shard_layer_feed_forward(layer, rank, size, group_name)
 
@@ -317,12 +387,15 @@ def shard_model(model: nn.Module, tensor_parallel):
 def _shard_llada(model: nn.Module, rank: int, size: int, group_name: str) -> None:
     t = model.model.transformer
     for block in t.blocks:
+        heads = kv_heads(block.n_kv_heads, size)[rank]
         for name in _COLWISE:
             _colwise(getattr(block, name), rank, size)
+        for linear in (block.k_proj, block.v_proj):
+            _kv_colwise(linear, heads, block.head_dim)
         for name in _ROWWISE:
             setattr(block, name, _rowwise(getattr(block, name), rank, size, group_name))
         block.n_heads //= size
-        block.n_kv_heads //= size
+        block.n_kv_heads = len(heads)
     if not model.config.weight_tying:
         _colwise(t.ff_out, rank, size)
 
@@ -335,6 +408,13 @@ class _OneRanksShard:
             "a tensor-parallel model holds one rank's shard and its process group, which do not "
             "pickle or copy: save or copy the whole model before sharding it (or each rank's "
             "state_dict(), loaded into a model sharded the same way)")
+
+
+def _local_kv_cache_shape(model: nn.Module, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The whole model's KV cache `shape` (`[layers, B, kv heads, T, head_dim]`) for the key and
+    value heads of this rank."""
+    heads = kv_heads(shape[2], model.tensor_parallel_size)[model.tensor_parallel_rank]
+    return (shape[0], shape[1], len(heads), *shape[3:])
 
 
 @functools.cache
@@ -359,9 +439,8 @@ def tensor_parallel_class(base: type | None = None) -> type:
             return gather_vocab(F.linear(hidden, weight), self.tensor_parallel_group, size)
 
         def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
-            """This rank's key and value heads."""
-            shape = super().kv_cache_shape(batch_size, seq_len)
-            return (shape[0], shape[1], shape[2] // self.tensor_parallel_size, *shape[3:])
+            """This rank's key and value heads (`kv_heads`)."""
+            return _local_kv_cache_shape(self, super().kv_cache_shape(batch_size, seq_len))
 
     TensorParallelMoE.__name__ = TensorParallelMoE.__qualname__ = f"TensorParallel{base.__name__}"
     return TensorParallelMoE
@@ -388,9 +467,8 @@ def _tensor_parallel_llada() -> type:
             return gather_vocab(logits, self.tensor_parallel_group, size)
 
         def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
-            """This rank's heads."""
-            shape = super().kv_cache_shape(batch_size, seq_len)
-            return (shape[0], shape[1], shape[2] // self.tensor_parallel_size, *shape[3:])
+            """This rank's key and value heads (`kv_heads`)."""
+            return _local_kv_cache_shape(self, super().kv_cache_shape(batch_size, seq_len))
 
     return TensorParallelLLaDA
 
@@ -445,6 +523,20 @@ def check_same_request(model: nn.Module, canvas: torch.Tensor, attention_mask, c
             "the ranks of this tensor-parallel model were given different prompts, padding or "
             "options: every rank must call generate() (and precompile()) with the same "
             "arguments; decode different prompts in one batch, or with another model")
+
+
+def any_rank(model: nn.Module, flag: bool) -> bool:
+    """Whether `flag` holds on any rank of `model`'s process group (one small all-reduce): a
+    decision every rank takes alike, such as how many more calls to make (`verify`'s timing,
+    whose clocks differ between the ranks while each call runs collectives they all must)."""
+    import torch.distributed as dist
+    from torch.distributed.distributed_c10d import _resolve_process_group
+
+    device = next(model.parameters()).device
+    votes = torch.tensor([int(bool(flag))], dtype=torch.int64, device=device)
+    dist.all_reduce(votes, dist.ReduceOp.MAX,
+                    group=_resolve_process_group(model.tensor_parallel_group))
+    return bool(votes.item())
 
 
 def prepare(model: nn.Module, tensor_parallel) -> nn.Module:

@@ -13,6 +13,7 @@ time: the median of several calls of each path after an untimed one (`time_calls
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass
@@ -85,14 +86,22 @@ def timing_note(reference_calls: int, optimized_calls: int) -> str:
 
 
 def time_calls(generate, device: torch.device, min_calls: int = 3, budget_seconds: float = 0.5,
-               max_calls: int = 50) -> tuple[list, float]:
+               max_calls: int = 50, agree=None) -> tuple[list, float]:
     """(the outputs of every call, the median seconds of the timed ones). One untimed call first
     (it compiles, or warms the allocator and caches), then at least `min_calls` timed ones, and
     more while they have taken less than `budget_seconds` in all (up to `max_calls`): a call of
     milliseconds is timed many times, so that one slowed by a busy machine makes no figure, and
-    a call of seconds (an 8B eager decode) `min_calls` times."""
+    a call of seconds (an 8B eager decode) `min_calls` times. `agree` (a bool to a bool), where
+    given, turns this process's wish for one more call into the decision of every process that
+    must make the same calls (the ranks of a sharded model: `distributed.any_rank`)."""
     outputs, seconds = [generate()], []
-    while len(seconds) < max_calls and (len(seconds) < min_calls or sum(seconds) < budget_seconds):
+    while True:
+        more = len(seconds) < max_calls and (len(seconds) < min_calls
+                                             or sum(seconds) < budget_seconds)
+        if agree is not None:
+            more = agree(more)
+        if not more:
+            break
         start = time.perf_counter()
         outputs.append(generate())
         if device.type == "cuda":
@@ -112,7 +121,9 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
     (`DecodeConfig.draws_random`) without a seed is compared with seed=0: unseeded,
     the two paths would draw different numbers and differ for that reason alone. Each path is
     timed over at least `timed_calls` calls after an untimed one (more while they take under
-    half a second in all): lower it where an eager call takes long.
+    half a second in all): lower it where an eager call takes long. A tensor-parallel model
+    (`optimize(..., tensor_parallel=N)`) is verified by every rank calling verify() with the same
+    arguments, as generate(): the ranks agree on how many calls each path is timed.
     """
     if not (isinstance(timed_calls, int) and not isinstance(timed_calls, bool) and timed_calls > 0):
         raise ValueError(f"timed_calls={timed_calls!r}: use a positive number of calls (default 3)")
@@ -138,13 +149,19 @@ def verify(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tens
 def _compare(optimized: OptimizedModel, input_ids, attention_mask, config: DecodeConfig,
              device: torch.device, timed_calls: int) -> VerifyReport:
     eager_model = optimized.model
+    agree = None
+    if getattr(eager_model, "tensor_parallel_group", None) is not None:
+        # Every call runs the shards' collectives: the ranks, whose clocks differ, make as many.
+        from .distributed import any_rank
+
+        agree = functools.partial(any_rank, eager_model)
 
     references, reference_seconds = time_calls(
         lambda: generate_reference(eager_model, input_ids, attention_mask, config), device,
-        min_calls=timed_calls)
+        min_calls=timed_calls, agree=agree)
     outputs, optimized_seconds = time_calls(
         lambda: optimized.generate(input_ids, attention_mask, config=config), device,
-        min_calls=timed_calls)
+        min_calls=timed_calls, agree=agree)
     reference, fast = references[0], outputs[-1]
     # The first optimized call that differs (the compiling one included), at its first token.
     differing = next((out for out in outputs

@@ -3,11 +3,11 @@ the single-process model, and bad input is refused by name.
 
 The ranks are spawned once per test run (`tp_run`, shared by pytest-xdist's workers): each
 decodes every case single-process (eager) and then sharded (compiled), the shipped LLaDA and tiny
-LLaDA2 and LLaDA-MoE models, checks the layouts the trained model lacks on a DeviceMesh (and the
-mixtures of experts' logits),
-refuses prompts that differ between the ranks and runs the command line as torchrun would; rank 0
-returns what it saw. Spawning is bounded: a rank that fails ends every rank with its error, and a
-run past its deadline is killed.
+LLaDA2, LLaDA-MoE and LLaDA models (key and value heads split, and replicated where the ranks
+outnumber them), checks the layouts the trained model lacks on a DeviceMesh (and the mixtures of
+experts' logits), runs verify() on a sharded model, refuses prompts that differ between the ranks
+and runs the command line as torchrun would; rank 0 returns what it saw. Spawning is bounded: a
+rank that fails ends every rank with its error, and a run past its deadline is killed.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import contextlib
 import copy
 import datetime
 import functools
+import importlib
 import io
 import os
 import re
@@ -49,23 +50,34 @@ CASES["credit-layers-once"] = dict(strategy="credit", compile_layers_once=True)
 CASES["llada-cfg"] = dict(strategy="llada", steps=8, cfg_scale=1.5)
 INDUCTOR_CASE = "credit-none"  # the one case compiled by Inductor: the collectives' generated code
 PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
-# The mixtures of experts, random tiny models with weights of std 0.5 (confidences far apart, so
-# the shards' rounding never flips a decision), a padded batch of two: LLaDA2 without a cache and
-# with its exact block cache, LLaDA-MoE (a dense layer, then an MoE one with its shared expert).
+# The mixtures of experts and LLaDA's grouped-query attention, random tiny models with weights of
+# std 0.5 (confidences far apart, so the shards' rounding never flips a decision), a padded batch
+# of two: LLaDA2 (2 key/value heads, one a rank) without a cache; and with one key/value head
+# (`-kv1`: replicated, each rank holding it whole) LLaDA2 with its exact block cache, LLaDA-MoE (a
+# dense layer, then an MoE one with its shared expert) without a cache and LLaDA (tiny-gqa's 4
+# query heads) with its dual cache.
 MOE_CASES = {"llada2-none": ("llada2", dict(kv_cache="none")),
-             "llada2-block": ("llada2", dict(kv_cache="block")),
-             "lladamoe-none": ("lladamoe", dict(kv_cache="none"))}
+             "llada2-kv1-block": ("llada2-kv1", dict(kv_cache="block")),
+             "lladamoe-kv1-none": ("lladamoe-kv1", dict(kv_cache="none")),
+             "llada-kv1-dual": ("llada-kv1", dict(kv_cache="dual"))}
 MOE_GEN = dict(gen_length=8, block_length=4)
 
 
 def _moe_model(family: str, **over):
+    """A random tiny model of `family` ("llada2", "lladamoe", "llada"; "-kv1": one key/value
+    head) with weights of std 0.5."""
     from credit_compile.models import presets
 
+    if family.endswith("-kv1"):
+        family = family.removesuffix("-kv1")
+        over = {("n_kv_heads" if family == "llada" else "num_key_value_heads"): 1, **over}
     if family == "llada2":
         config = presets.get_config("tiny-llada2", initializer_range=0.5, block_length=4, **over)
-    else:
+    elif family == "lladamoe":
         config = presets.get_config("tiny-lladamoe", initializer_range=0.5, moe_layer_freq=[0, 1],
                                     **over)
+    else:
+        config = presets.get_config("tiny-gqa", init_std=0.5, **over)
     model = presets.build_model(config, seed=1)
     model.tie_weights()  # build_model's parameters are drawn apart: tie them again where asked
     return model
@@ -120,7 +132,7 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         heads = pass_count("block_sliced_lm_head")
         # The mixtures of experts: single-process (eager) tokens, then sharded and compiled.
         moe_ids, moe_mask = _moe_prompts()
-        moe_models = {family: _moe_model(family) for family in ("llada2", "lladamoe")}
+        moe_models = {family: _moe_model(family) for family, _ in MOE_CASES.values()}
         moe_single = {family: cc.optimize(copy.deepcopy(m), compile=False, **MOE_GEN)
                       for family, m in moe_models.items()}
         moe_sharded = {family: cc.optimize(m, tensor_parallel=world, **MOE_GEN)
@@ -138,7 +150,14 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
             "expert_down": tuple(llada2_layer.mlp.experts[0].down_proj.weight.shape),
             "shared_down": tuple(llada2_layer.mlp.shared_experts.down_proj.weight.shape),
             "router": tuple(llada2_layer.mlp.gate.weight.shape),
-            "lm_head": tuple(moe_models["lladamoe"].lm_head.weight.shape),
+            "lm_head": tuple(moe_models["lladamoe-kv1"].lm_head.weight.shape),
+            "query_key_value-kv1": tuple(
+                moe_models["llada2-kv1"].model.layers[0].attention.query_key_value.weight.shape),
+            "k_proj-kv1": tuple(moe_models["lladamoe-kv1"].model.layers[0].self_attn.k_proj
+                                .weight.shape),
+            "llada-k_proj-kv1": tuple(moe_models["llada-kv1"].model.transformer.blocks[0].k_proj
+                                      .weight.shape),
+            "kv_cache-kv1": moe_models["llada2-kv1"].kv_cache_shape(2, 16),
         }
         # The layouts the trained model lacks (grouped-query attention; a tied head, biases,
         # scaled logits), sharded by a DeviceMesh: the eager forward's logits.
@@ -150,7 +169,9 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         logits_error = 0.0
         for config in (presets.get_config("tiny-gqa", init_std=0.5),
                        presets.get_config("tiny", init_std=0.5, weight_tying=True,
-                                          include_bias=True, scale_logits=True)):
+                                          include_bias=True, scale_logits=True),
+                       presets.get_config("tiny-gqa", init_std=0.5, n_kv_heads=1,
+                                          include_qkv_bias=True)):
             whole, draws = presets.build_model(config), torch.Generator().manual_seed(0)
             with torch.no_grad():  # biases, which the presets zero, are added once
                 for name, parameter in whole.named_parameters():
@@ -172,7 +193,10 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                                     ("llada2-tied-bias", "llada2",
                                      dict(tie_word_embeddings=True, use_qkv_bias=True)),
                                     ("llada2-grouped", "llada2", {}),
-                                    ("lladamoe", "lladamoe", {})):
+                                    ("lladamoe", "lladamoe", {}),
+                                    ("llada2-kv1-bias", "llada2-kv1", dict(use_qkv_bias=True)),
+                                    ("lladamoe-kv1-bias", "lladamoe-kv1",
+                                     dict(attention_bias=True))):
             whole, draws = _moe_model(family, **over), torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for name, parameter in whole.named_parameters():
@@ -187,6 +211,20 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 want = whole(tokens).logits
                 error = (shards(tokens).logits - want).abs().max() / want.abs().max()
             moe_logits_error[label] = float(error)
+        # verify() on a sharded model (LLaDA's of one key/value head, its dual-cache step
+        # compiled above), the ranks' clocks running 4 and 40 times as fast (timing fewer calls):
+        # rank 1's timing loop would stop calling before rank 0's (and their collectives would
+        # mismatch) if the ranks did not agree on each call.
+        verify_module = importlib.import_module("credit_compile.verify")
+        verify_module.make_backend = functools.partial(backend.make_backend, inductor=False)
+        verify_module.time = _FastClock(4 if rank == 0 else 40)
+        report = cc.verify(moe_sharded["llada-kv1"], moe_ids, moe_mask, timed_calls=2,
+                           **MOE_CASES["llada-kv1-dual"][1])
+        verify_module.time = time
+        verified = [None] * world
+        dist.all_gather_object(verified, (report.ok, report.tokens_equal,
+                                          report.reference_calls, report.optimized_calls,
+                                          report.max_logit_difference))
         # Ranks given different prompts of one shape: refused on every rank, not decoded.
         try:
             sharded.generate(tokenizer(["0012+0034=" if rank == 0 else "0012+0035="])["input_ids"])
@@ -216,9 +254,23 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 "moe_heads_sliced": moe_heads,
                 "moe_shapes": moe_shapes,
                 "moe_logits_error": moe_logits_error,
+                "verify": verified,
             }, out_path)
     finally:
         dist.destroy_process_group()
+
+
+class _FastClock:
+    """`time` as verify.py reads it, its `perf_counter` running `factor` times as fast."""
+
+    def __init__(self, factor: float):
+        self.factor = factor
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() * self.factor
 
 
 def _fail_on_one_rank(rank: int, world: int, port: int) -> None:
@@ -293,10 +345,24 @@ def test_the_mixtures_of_experts_shard_heads_experts_and_head(tp_run):
     assert tp_run["moe_shapes"] == {
         "query_key_value": ((4 + 2 * 2) * 8 // WORLD, 32), "expert_gate": (16 // WORLD, 32),
         "expert_down": (32, 16 // WORLD), "shared_down": (32, 16 // WORLD), "router": (8, 32),
-        "lm_head": (128 // WORLD, 32)}
+        "lm_head": (128 // WORLD, 32),
+        # One key/value head: each rank keeps it whole (LLaDA2: its query heads' rows, then the
+        # key head's and the value head's), and its KV cache holds it.
+        "query_key_value-kv1": ((4 // WORLD + 2) * 8, 32), "k_proj-kv1": (8, 32),
+        "llada-k_proj-kv1": (8, 32), "kv_cache-kv1": (2, 2, 1, 16, 8)}
     assert tp_run["moe_heads_sliced"] >= len(MOE_CASES)  # the head sliced through the gather
     for label, error in tp_run["moe_logits_error"].items():
         assert error < 1e-5, (label, error)  # relative: float rounding of the summed shards
+
+
+@pytest.mark.slow
+def test_verify_reports_equal_tokens_on_a_sharded_model_every_rank_calling_alike(tp_run):
+    reports = tp_run["verify"]
+    for ok, tokens_equal, _, _, logit_difference in reports:
+        assert ok and tokens_equal
+        assert logit_difference < 1e-4
+    # The same number of calls on both ranks, though their clocks differ.
+    assert len({(reference, optimized) for _, _, reference, optimized, _ in reports}) == 1, reports
 
 
 @pytest.mark.slow
@@ -344,17 +410,20 @@ def one_rank_group():
 
 @pytest.mark.parametrize("preset, over, dimension", [
     ("tiny", dict(n_heads=3, n_kv_heads=3, d_model=24), "n_heads = 3"),
-    ("tiny", dict(n_kv_heads=1), "n_kv_heads = 1"),
+    # 3 key/value heads, 2 ranks: neither divides the other.
+    ("tiny", dict(n_heads=6, n_kv_heads=3, d_model=24), "n_kv_heads = 3 and is not a multiple"),
     ("tiny", dict(mlp_hidden_size=63), "the MLP width (mlp_hidden_size) = 63"),
     ("tiny", dict(vocab_size=127, embedding_size=127, mask_token_id=126),
      "the vocabulary (embedding_size) = 127"),
     ("tiny-llada2", dict(num_attention_heads=3, num_key_value_heads=1), "num_attention_heads = 3"),
-    ("tiny-llada2", dict(num_key_value_heads=1), "num_key_value_heads = 1"),
+    ("tiny-llada2", dict(num_attention_heads=6, num_key_value_heads=3),
+     "num_key_value_heads = 3 and is not a multiple"),
     ("tiny-llada2", dict(intermediate_size=63),
      "the dense layers' MLP width (intermediate_size) = 63"),
     ("tiny-llada2", dict(moe_intermediate_size=15), "each expert's width (moe_intermediate_size) = 15"),
     ("tiny-llada2", dict(vocab_size=127), "the vocabulary (vocab_size) = 127"),
-    ("tiny-lladamoe", dict(num_key_value_heads=1), "num_key_value_heads = 1"),
+    ("tiny-lladamoe", dict(num_attention_heads=6, num_key_value_heads=3, hidden_size=24),
+     "num_key_value_heads = 3 and is not a multiple"),
     ("tiny-lladamoe", dict(dense_intermediate_size=63, moe_layer_freq=[0, 1]),
      "the dense layers' MLP width (dense_intermediate_size) = 63"),
     ("tiny-lladamoe", dict(expert_intermediate_size=15),
@@ -373,6 +442,98 @@ def test_a_world_size_that_does_not_divide_a_dimension_is_refused_by_name(preset
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     with pytest.raises(ValueError, match=re.escape(f"does not divide {dimension}")):
         shard_model(model, 2)
+
+
+def test_more_ranks_than_key_value_heads_and_not_a_multiple_are_refused_naming_the_sizes(
+        monkeypatch, one_rank_group):
+    import torch.distributed as dist
+
+    from credit_compile.models import presets
+
+    # 12 query heads, 3 key/value heads: 4 ranks exceed the key/value heads but 3 does not
+    # divide 4; 6 and 12 ranks would replicate them, 3 and 1 divide them.
+    model = presets.build_model(presets.get_config("tiny", n_heads=12, n_kv_heads=3, d_model=48,
+                                                   mlp_hidden_size=96, vocab_size=192,
+                                                   embedding_size=192))
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 4)
+    with pytest.raises(ValueError, match=re.escape(
+            "tensor_parallel=4 does not divide n_kv_heads = 3 and is not a multiple of it: "
+            "choose a number of ranks that divides 3 or a multiple of 3, which replicates the "
+            "key and value heads (world sizes this model allows: 1, 3, 6, 12)")):
+        shard_model(model, 4)
+
+
+@pytest.mark.parametrize("n_kv, size, holds", [
+    (4, 8, [0, 0, 1, 1, 2, 2, 3, 3]),  # LLaDA2-mini/flash at 8 ranks: two ranks a head
+    (2, 8, [0, 0, 0, 0, 1, 1, 1, 1]),
+    (1, 4, [0, 0, 0, 0]),
+    (4, 4, [0, 1, 2, 3]),
+    (8, 4, [(0, 1), (2, 3), (4, 5), (6, 7)]),  # divided: consecutive heads
+    (4, 1, [(0, 1, 2, 3)]),
+])
+def test_each_rank_holds_the_key_value_heads_its_query_heads_read(n_kv, size, holds):
+    from credit_compile.distributed import kv_heads
+
+    layout = kv_heads(n_kv, size)
+    assert [tuple(heads) for heads in layout] == [
+        (h,) if isinstance(h, int) else h for h in holds]
+    # Whatever the query heads (a multiple of both), rank r's are r * q / N onwards, and query
+    # head i reads key/value head i // (q / n_kv): every one of them is among the rank's.
+    for n_q in (size * n_kv, 2 * size * n_kv):
+        for rank, heads in enumerate(layout):
+            per_rank = n_q // size
+            for i in range(rank * per_rank, (rank + 1) * per_rank):
+                assert i // (n_q // n_kv) in heads, (n_q, rank, i)
+    with pytest.raises(ValueError, match="neither divide 3 key and value heads"):
+        kv_heads(3, 4)
+
+
+@pytest.mark.parametrize("preset, over", [
+    ("tiny", dict(n_heads=8, n_kv_heads=4, include_qkv_bias=True)),
+    ("tiny-llada2", dict(num_attention_heads=8, num_key_value_heads=4, use_qkv_bias=True)),
+    ("tiny-lladamoe", dict(num_attention_heads=8, num_key_value_heads=4, attention_bias=True)),
+])
+def test_eight_ranks_shard_four_key_value_heads_two_ranks_a_head(preset, over, monkeypatch,
+                                                                 one_rank_group):
+    """Each of 8 ranks (the group's size and this process's rank faked, no forward run) keeps the
+    rows and biases of key/value head rank // 2 of the whole model's, and its KV cache one head."""
+    import torch.distributed as dist
+
+    from credit_compile.models import presets
+
+    def kv_rows(model) -> list[torch.Tensor]:
+        """The first layer's key heads and value heads: `[heads, head_dim, d + 1]`, each head's
+        rows of the projection's weights beside their biases."""
+        if preset == "tiny":
+            block = model.model.transformer.blocks[0]
+            k, v, head_dim = block.k_proj, block.v_proj, block.head_dim
+        elif preset == "tiny-lladamoe":
+            attention = model.model.layers[0].self_attn
+            k, v, head_dim = attention.k_proj, attention.v_proj, attention.head_dim
+        else:  # LLaDA2's fused projection: its query heads' rows, its key heads', its value's
+            attention = model.model.layers[0].attention
+            qkv, head_dim = attention.query_key_value, attention.head_dim
+            rows = torch.cat([qkv.weight, qkv.bias[:, None]], 1).detach()
+            _, keys, values = rows.split([attention.num_heads * head_dim,
+                                          attention.num_kv_heads * head_dim,
+                                          attention.num_kv_heads * head_dim])
+            return [t.reshape(-1, head_dim, t.shape[1]) for t in (keys, values)]
+        return [torch.cat([p.weight, p.bias[:, None]], 1).detach().reshape(-1, head_dim, 33)
+                for p in (k, v)]
+
+    whole = presets.build_model(presets.get_config(preset, **over))
+    with torch.no_grad():
+        for name, parameter in whole.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()
+    heads = kv_rows(whole)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 8)
+    for rank in range(8):
+        monkeypatch.setattr(dist, "get_rank", lambda group=None, rank=rank: rank)
+        shard = shard_model(copy.deepcopy(whole), 8)
+        for got, want in zip(kv_rows(shard), heads, strict=True):
+            assert torch.equal(got, want[rank // 2:rank // 2 + 1]), rank
+        assert shard.kv_cache_shape(3, 5)[2] == 1
 
 
 def test_a_rank_count_other_than_the_group_size_is_refused(one_rank_group):
