@@ -131,7 +131,7 @@ def _is_project_lladamoe(model: nn.Module) -> bool:
 
 
 def _is_project_dream(model: nn.Module) -> bool:
-    if type(model).__name__ != "DreamModel":
+    if not _of_class_named(model, "DreamModel"):
         return False
     from .models import DreamModel
 

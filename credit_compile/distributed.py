@@ -1,4 +1,4 @@
-"""Tensor parallelism for the project's LLaDA, LLaDA-MoE and LLaDA2 on torch.distributed
+"""Tensor parallelism for the project's LLaDA, LLaDA-MoE, LLaDA2 and Dream on torch.distributed
 (`optimize(model, tensor_parallel=N)`, docs/distributed.md).
 
 Each rank of an initialised process group keeps its shard of every layer's weights, as Megatron
@@ -18,7 +18,10 @@ The mixtures of experts (LLaDA-MoE, LLaDA2) split each expert as an MLP: every r
 shared experts' and the dense layers' MLPs; the router stays whole, so every rank routes every
 token alike. A layer's routed and shared partial outputs are summed before its one all-reduce
 (the layer's `feed_forward`). LLaDA2's fused `query_key_value` is split by heads: each rank keeps
-its query heads' rows and its key and value heads' rows.
+its query heads' rows and its key and value heads' rows. Dream (Qwen2's layers) is split as
+LLaDA-MoE's attention and a dense MLP: its query, key and value projections by heads with their
+biases, its output and MLP down projections by input features, its LM head by vocabulary rows
+(`VocabParallelHead`, the module Qwen2's forward calls).
 
 Key and value heads (`kv_heads`): where N divides their number, a rank holds `n_kv / N` of them;
 where N is a multiple of it (N > n_kv, as vLLM and SGLang do), the key and value heads are
@@ -42,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "allowed_world_sizes", "any_rank", "check_same_request", "gather_vocab", "init_from_torchrun",
-    "kv_heads", "prepare", "shard_model", "tensor_parallel_class", "world_of",
+    "VocabParallelHead", "allowed_world_sizes", "any_rank", "check_same_request", "gather_vocab",
+    "init_from_torchrun", "kv_heads", "prepare", "shard_model", "tensor_parallel_class", "world_of",
 ]
 
 _COLWISE = ("q_proj", "ff_proj", "up_proj")  # the key and value heads: `kv_heads`
@@ -144,6 +147,7 @@ def _kv_dimension(model: nn.Module) -> tuple[str, int]:
 def _dimensions(model: nn.Module) -> list[tuple[str, int]]:
     """(name, size) of every dimension a rank count must divide, for `model`'s family (the key
     and value heads apart: `_kv_dimension`, which a rank count may also be a multiple of)."""
+    from .models.modeling_dream import DreamModel
     from .models.modeling_llada import LLaDAModelLM
     from .models.modeling_llada2 import LLaDA2ModelLM
 
@@ -152,6 +156,10 @@ def _dimensions(model: nn.Module) -> list[tuple[str, int]]:
         return [("n_heads", config.n_heads),
                 ("the MLP width (mlp_hidden_size)", config.intermediate_size),
                 ("the vocabulary (embedding_size)", config.padded_vocab_size)]
+    if isinstance(model, DreamModel):
+        return [("num_attention_heads", config.num_attention_heads),
+                ("the MLP width (intermediate_size)", config.intermediate_size),
+                ("the vocabulary (vocab_size)", config.vocab_size)]
     moe = [config.is_moe_layer(i) for i in range(config.num_hidden_layers)]
     dims = [("num_attention_heads", config.num_attention_heads)]
     if isinstance(model, LLaDA2ModelLM):
@@ -324,30 +332,61 @@ def _shard_llada2(model: nn.Module, rank: int, size: int, group_name: str) -> No
         _shard_layer_feed_forward(layer, rank, size, group_name)
 
 
+def _shard_attention(attention: nn.Module, n_kv_heads: int, head_dim: int, rank: int, size: int,
+                     group_name: str) -> range:
+    """An attention of separate `q_proj`, `k_proj`, `v_proj` and `o_proj`, in place: the query
+    heads' rows (and biases) of this rank, its key and value heads' (`kv_heads`), the output
+    projection by input features (`_rowwise`). Returns the key and value heads it holds."""
+    heads = kv_heads(n_kv_heads, size)[rank]
+    _colwise(attention.q_proj, rank, size)
+    for linear in (attention.k_proj, attention.v_proj):
+        _kv_colwise(linear, heads, head_dim)
+    attention.o_proj = _rowwise(attention.o_proj, rank, size, group_name)
+    return heads
+
+
 def _shard_lladamoe(model: nn.Module, rank: int, size: int, group_name: str) -> None:
     for layer in model.model.layers:
         attention = layer.self_attn
-        heads = kv_heads(attention.num_kv_heads, size)[rank]
-        _colwise(attention.q_proj, rank, size)
-        for linear in (attention.k_proj, attention.v_proj):
-            _kv_colwise(linear, heads, attention.head_dim)
+        heads = _shard_attention(attention, attention.num_kv_heads, attention.head_dim, rank,
+                                 size, group_name)
         attention.num_heads //= size
         attention.num_kv_heads = len(heads)
-        attention.o_proj = _rowwise(attention.o_proj, rank, size, group_name)
         _shard_layer_feed_forward(layer, rank, size, group_name)
 
 
+def _shard_dream(model: nn.Module, rank: int, size: int, group_name: str) -> None:
+    """Qwen2's layers: the attention as LLaDA-MoE's (its query heads per key/value head set for
+    this rank's heads), the MLP's gate and up by output features and its down projection by input
+    features, all-reduced; the head gathers its vocabulary rows (`VocabParallelHead`)."""
+    config = model.config
+    for layer in model.model.layers:
+        attention = layer.self_attn
+        heads = _shard_attention(attention, config.num_key_value_heads, attention.head_dim, rank,
+                                 size, group_name)
+        attention.num_key_value_groups = config.num_attention_heads // size // len(heads)
+        mlp = layer.mlp
+        _colwise(mlp.gate_proj, rank, size)
+        _colwise(mlp.up_proj, rank, size)
+        mlp.down_proj = _rowwise(mlp.down_proj, rank, size, group_name)
+        mlp.intermediate_size //= size
+    model.lm_head = VocabParallelHead(model.lm_head.weight, model.tensor_parallel_tied_head, rank,
+                                      size, group_name)
+
+
 def _families() -> dict[type, object]:
+    from .models.modeling_dream import DreamModel
     from .models.modeling_llada import LLaDAModelLM
     from .models.modeling_llada2 import LLaDA2ModelLM
     from .models.modeling_lladamoe import LLaDAMoEModelLM
 
     return {LLaDAModelLM: _shard_llada, LLaDA2ModelLM: _shard_llada2,
-            LLaDAMoEModelLM: _shard_lladamoe}
+            LLaDAMoEModelLM: _shard_lladamoe, DreamModel: _shard_dream}
 
 
 def shard_model(model: nn.Module, tensor_parallel):
-    """Shard `model` (the project's `LLaDAModelLM`, `LLaDAMoEModelLM` or `LLaDA2ModelLM`) in
+    """Shard `model` (the project's `LLaDAModelLM`, `LLaDAMoEModelLM`, `LLaDA2ModelLM` or
+    `DreamModel`) in
     place across the ranks of `tensor_parallel` (see the module docstring) and return it. A
     model already sharded across the same ranks is returned as it is."""
     group, size, rank = world_of(tensor_parallel)
@@ -362,25 +401,26 @@ def shard_model(model: nn.Module, tensor_parallel):
     shard = _families().get(type(model))
     if shard is None:
         raise ValueError(
-            f"tensor_parallel supports credit_compile's own LLaDA, LLaDA-MoE and LLaDA2 models "
-            f"(LLaDAModelLM, LLaDAMoEModelLM, LLaDA2ModelLM) only, not {type(model).__name__}: "
+            f"tensor_parallel supports credit_compile's own LLaDA, LLaDA-MoE, LLaDA2 and Dream "
+            f"models (LLaDAModelLM, LLaDAMoEModelLM, LLaDA2ModelLM, DreamModel) only, not "
+            f"{type(model).__name__}: "
             f"load the checkpoint with credit_compile.models.<that class>.from_pretrained(path)")
     _check_divisible(model, size)
     if size == 1:
         return model
     base = type(model)
     tied = False
-    if base is not LLaDAModelLM:  # LLaDA-MoE, LLaDA2: their heads by vocabulary rows
+    if base is not LLaDAModelLM:  # LLaDA-MoE, LLaDA2, Dream: their heads by vocabulary rows
         head = model.lm_head
         tied = head.weight is model.get_input_embeddings().weight
         if not tied:  # a tied head is the embedding's rows, which stays whole
             _colwise(head, rank, size)
+    model.tensor_parallel_tied_head = tied
     shard(model, rank, size, group_name)
     model.__class__ = tensor_parallel_class(base)
     model.tensor_parallel_group = group_name
     model.tensor_parallel_size = size
     model.tensor_parallel_rank = rank
-    model.tensor_parallel_tied_head = tied
     return model
 
 
@@ -398,6 +438,30 @@ def _shard_llada(model: nn.Module, rank: int, size: int, group_name: str) -> Non
         block.n_kv_heads = len(heads)
     if not model.config.weight_tying:
         _colwise(t.ff_out, rank, size)
+
+
+def _vocab_parallel_logits(hidden: torch.Tensor, weight: torch.Tensor, tied: bool, rank: int,
+                           size: int, group_name: str) -> torch.Tensor:
+    """The whole vocabulary's logits from this rank's rows of the LM head (`weight`; tied: the
+    embedding, whole on every rank, whose rows of this rank it reads), gathered."""
+    if tied:
+        rows = weight.shape[0] // size
+        weight = weight.narrow(0, rank * rows, rows)
+    return gather_vocab(F.linear(hidden, weight), group_name, size)
+
+
+class VocabParallelHead(nn.Module):
+    """An LM head by vocabulary rows for a model that calls its head as a module (Dream: Qwen2's
+    forward calls `lm_head`): the whole vocabulary's logits on every rank."""
+
+    def __init__(self, weight: nn.Parameter, tied: bool, rank: int, size: int, group_name: str):
+        super().__init__()
+        self.weight = weight
+        self.tied, self.rank, self.size, self.group_name = tied, rank, size, group_name
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _vocab_parallel_logits(hidden, self.weight, self.tied, self.rank, self.size,
+                                      self.group_name)
 
 
 class _OneRanksShard:
@@ -427,23 +491,23 @@ def tensor_parallel_class(base: type | None = None) -> type:
     if base is None or base is LLaDAModelLM:
         return _tensor_parallel_llada()
 
-    class TensorParallelMoE(_OneRanksShard, base):
-        """A LLaDA-MoE or LLaDA2 model whose layers hold one rank's shard."""
+    class TensorParallelModel(_OneRanksShard, base):
+        """A LLaDA-MoE, LLaDA2 or Dream model whose layers hold one rank's shard."""
 
         def lm_head_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-            size, rank = self.tensor_parallel_size, self.tensor_parallel_rank
-            weight = self.lm_head.weight
-            if self.tensor_parallel_tied_head:  # the embedding's rows, whole on every rank
-                rows = weight.shape[0] // size
-                weight = weight.narrow(0, rank * rows, rows)
-            return gather_vocab(F.linear(hidden, weight), self.tensor_parallel_group, size)
+            """LLaDA-MoE's and LLaDA2's head (Dream's is its `VocabParallelHead` module)."""
+            return _vocab_parallel_logits(hidden, self.lm_head.weight,
+                                          self.tensor_parallel_tied_head,
+                                          self.tensor_parallel_rank, self.tensor_parallel_size,
+                                          self.tensor_parallel_group)
 
         def kv_cache_shape(self, batch_size: int, seq_len: int) -> tuple[int, ...]:
             """This rank's key and value heads (`kv_heads`)."""
             return _local_kv_cache_shape(self, super().kv_cache_shape(batch_size, seq_len))
 
-    TensorParallelMoE.__name__ = TensorParallelMoE.__qualname__ = f"TensorParallel{base.__name__}"
-    return TensorParallelMoE
+    TensorParallelModel.__name__ = TensorParallelModel.__qualname__ = \
+        f"TensorParallel{base.__name__}"
+    return TensorParallelModel
 
 
 @functools.cache

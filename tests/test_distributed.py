@@ -55,17 +55,20 @@ PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
 # of two: LLaDA2 (2 key/value heads, one a rank) without a cache; and with one key/value head
 # (`-kv1`: replicated, each rank holding it whole) LLaDA2 with its exact block cache, LLaDA-MoE (a
 # dense layer, then an MoE one with its shared expert) without a cache and LLaDA (tiny-gqa's 4
-# query heads) with its dual cache.
+# query heads) with its dual cache; tiny Dream (random q/k/v biases too) with its own sampler, and
+# with one key/value head by credit on its dual cache.
 MOE_CASES = {"llada2-none": ("llada2", dict(kv_cache="none")),
              "llada2-kv1-block": ("llada2-kv1", dict(kv_cache="block")),
              "lladamoe-kv1-none": ("lladamoe-kv1", dict(kv_cache="none")),
-             "llada-kv1-dual": ("llada-kv1", dict(kv_cache="dual"))}
+             "llada-kv1-dual": ("llada-kv1", dict(kv_cache="dual")),
+             "dream-dream": ("dream", dict(strategy="dream")),
+             "dream-kv1-credit-dual": ("dream-kv1", dict(strategy="credit", kv_cache="dual"))}
 MOE_GEN = dict(gen_length=8, block_length=4)
 
 
 def _moe_model(family: str, **over):
-    """A random tiny model of `family` ("llada2", "lladamoe", "llada"; "-kv1": one key/value
-    head) with weights of std 0.5."""
+    """A random tiny model of `family` ("llada2", "lladamoe", "llada", "dream"; "-kv1": one
+    key/value head) with weights of std 0.5 (Dream's q/k/v biases too)."""
     from credit_compile.models import presets
 
     if family.endswith("-kv1"):
@@ -76,10 +79,18 @@ def _moe_model(family: str, **over):
     elif family == "lladamoe":
         config = presets.get_config("tiny-lladamoe", initializer_range=0.5, moe_layer_freq=[0, 1],
                                     **over)
+    elif family == "dream":
+        config = presets.get_config("tiny-dream", initializer_range=0.5, **over)
     else:
         config = presets.get_config("tiny-gqa", init_std=0.5, **over)
     model = presets.build_model(config, seed=1)
     model.tie_weights()  # build_model's parameters are drawn apart: tie them again where asked
+    if family == "dream":  # build_model zeroes biases: a shard's must be its heads'
+        draws = torch.Generator().manual_seed(2)
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if name.endswith("bias"):
+                    parameter.normal_(0.0, 0.5, generator=draws)
     return model
 
 
@@ -158,6 +169,15 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
             "llada-k_proj-kv1": tuple(moe_models["llada-kv1"].model.transformer.blocks[0].k_proj
                                       .weight.shape),
             "kv_cache-kv1": moe_models["llada2-kv1"].kv_cache_shape(2, 16),
+            "dream-qkv": tuple(tuple(getattr(moe_models["dream"].model.layers[0].self_attn,
+                                             name).bias.shape) for name in ("q_proj", "k_proj",
+                                                                            "v_proj")),
+            "dream-kv1-k_proj": tuple(moe_models["dream-kv1"].model.layers[0].self_attn.k_proj
+                                      .weight.shape),
+            "dream-down": tuple(moe_models["dream"].model.layers[0].mlp.down_proj.weight.shape),
+            "dream-lm_head": tuple(moe_models["dream"].lm_head.weight.shape),
+            "dream-kv_cache": moe_models["dream"].kv_cache_shape(2, 16),
+            "dream-kv1-kv_cache": moe_models["dream-kv1"].kv_cache_shape(2, 16),
         }
         # The layouts the trained model lacks (grouped-query attention; a tied head, biases,
         # scaled logits), sharded by a DeviceMesh: the eager forward's logits.
@@ -196,7 +216,9 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                                     ("lladamoe", "lladamoe", {}),
                                     ("llada2-kv1-bias", "llada2-kv1", dict(use_qkv_bias=True)),
                                     ("lladamoe-kv1-bias", "lladamoe-kv1",
-                                     dict(attention_bias=True))):
+                                     dict(attention_bias=True)),
+                                    ("dream", "dream", {}), ("dream-kv1", "dream-kv1", {}),
+                                    ("dream-tied", "dream", dict(tie_word_embeddings=True))):
             whole, draws = _moe_model(family, **over), torch.Generator().manual_seed(0)
             with torch.no_grad():
                 for name, parameter in whole.named_parameters():
@@ -349,7 +371,13 @@ def test_the_mixtures_of_experts_shard_heads_experts_and_head(tp_run):
         # One key/value head: each rank keeps it whole (LLaDA2: its query heads' rows, then the
         # key head's and the value head's), and its KV cache holds it.
         "query_key_value-kv1": ((4 // WORLD + 2) * 8, 32), "k_proj-kv1": (8, 32),
-        "llada-k_proj-kv1": (8, 32), "kv_cache-kv1": (2, 2, 1, 16, 8)}
+        "llada-k_proj-kv1": (8, 32), "kv_cache-kv1": (2, 2, 1, 16, 8),
+        # tiny-dream: 4 query and 2 key/value heads of 8, MLP width 64, a vocabulary of 128; with
+        # one key/value head each rank keeps it whole.
+        "dream-qkv": ((4 * 8 // WORLD,), (2 * 8 // WORLD,), (2 * 8 // WORLD,)),
+        "dream-kv1-k_proj": (8, 32), "dream-down": (32, 64 // WORLD),
+        "dream-lm_head": (128 // WORLD, 32), "dream-kv_cache": (2, 2, 2 // WORLD, 16, 8),
+        "dream-kv1-kv_cache": (2, 2, 1, 16, 8)}
     assert tp_run["moe_heads_sliced"] >= len(MOE_CASES)  # the head sliced through the gather
     for label, error in tp_run["moe_logits_error"].items():
         assert error < 1e-5, (label, error)  # relative: float rounding of the summed shards
@@ -430,6 +458,13 @@ def one_rank_group():
      "each expert's width (expert_intermediate_size) = 15"),
     ("tiny-lladamoe", dict(shared_expert_intermediate_size=15),
      "the shared expert's width (shared_expert_intermediate_size) = 15"),
+    ("tiny-dream", dict(num_attention_heads=3, num_key_value_heads=1, hidden_size=24),
+     "num_attention_heads = 3"),
+    ("tiny-dream", dict(num_attention_heads=6, num_key_value_heads=3, hidden_size=24),
+     "num_key_value_heads = 3 and is not a multiple"),
+    ("tiny-dream", dict(intermediate_size=63), "the MLP width (intermediate_size) = 63"),
+    ("tiny-dream", dict(vocab_size=127, mask_token_id=126, eos_token_id=125, pad_token_id=125),
+     "the vocabulary (vocab_size) = 127"),
 ])
 def test_a_world_size_that_does_not_divide_a_dimension_is_refused_by_name(preset, over, dimension,
                                                                           monkeypatch,
@@ -492,6 +527,7 @@ def test_each_rank_holds_the_key_value_heads_its_query_heads_read(n_kv, size, ho
     ("tiny", dict(n_heads=8, n_kv_heads=4, include_qkv_bias=True)),
     ("tiny-llada2", dict(num_attention_heads=8, num_key_value_heads=4, use_qkv_bias=True)),
     ("tiny-lladamoe", dict(num_attention_heads=8, num_key_value_heads=4, attention_bias=True)),
+    ("tiny-dream", dict(num_attention_heads=8, num_key_value_heads=4)),  # biases on q/k/v
 ])
 def test_eight_ranks_shard_four_key_value_heads_two_ranks_a_head(preset, over, monkeypatch,
                                                                  one_rank_group):
@@ -507,7 +543,7 @@ def test_eight_ranks_shard_four_key_value_heads_two_ranks_a_head(preset, over, m
         if preset == "tiny":
             block = model.model.transformer.blocks[0]
             k, v, head_dim = block.k_proj, block.v_proj, block.head_dim
-        elif preset == "tiny-lladamoe":
+        elif preset in ("tiny-lladamoe", "tiny-dream"):
             attention = model.model.layers[0].self_attn
             k, v, head_dim = attention.k_proj, attention.v_proj, attention.head_dim
         else:  # LLaDA2's fused projection: its query heads' rows, its key heads', its value's
@@ -546,7 +582,7 @@ def test_a_rank_count_other_than_the_group_size_is_refused(one_rank_group):
 def test_other_models_are_refused_by_name(one_rank_group):
     from toy_models import ContextMixModel
 
-    with pytest.raises(ValueError, match="own LLaDA, LLaDA-MoE and LLaDA2 models"):
+    with pytest.raises(ValueError, match="own LLaDA, LLaDA-MoE, LLaDA2 and Dream models"):
         shard_model(ContextMixModel(), 1)
 
 
@@ -560,7 +596,7 @@ def test_shards_off_the_gpu_under_nccl_are_refused_naming_the_move(one_rank_grou
         cc.optimize(presets.build_model("tiny"), tensor_parallel=1)
 
 
-@pytest.mark.parametrize("preset", ["tiny", "tiny-llada2"])
+@pytest.mark.parametrize("preset", ["tiny", "tiny-llada2", "tiny-dream"])
 def test_a_shard_refuses_to_pickle_naming_what_to_save(preset):
     import pickle
 
