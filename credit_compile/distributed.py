@@ -589,17 +589,21 @@ def check_same_request(model: nn.Module, canvas: torch.Tensor, attention_mask, c
             "arguments; decode different prompts in one batch, or with another model")
 
 
-def any_rank(model: nn.Module, flag: bool) -> bool:
-    """Whether `flag` holds on any rank of `model`'s process group (one small all-reduce): a
-    decision every rank takes alike, such as how many more calls to make (`verify`'s timing,
-    whose clocks differ between the ranks while each call runs collectives they all must)."""
+def any_rank(flag: bool, group_name: str | None = None, device=None) -> bool:
+    """Whether `flag` holds on any rank of the process group `group_name` (None: the default
+    one), by one small all-reduce on `device` (default: the rank's GPU under NCCL, else the CPU):
+    a decision every rank takes alike, such as how many more calls `verify` times, or whether a
+    served call ends at a host check (serve/ranks.py), while each call runs collectives that all
+    the ranks must run."""
     import torch.distributed as dist
     from torch.distributed.distributed_c10d import _resolve_process_group
 
-    device = next(model.parameters()).device
+    group = None if group_name is None else _resolve_process_group(group_name)
+    if device is None:
+        nccl = dist.get_backend(group) == "nccl"
+        device = f"cuda:{torch.cuda.current_device()}" if nccl else "cpu"
     votes = torch.tensor([int(bool(flag))], dtype=torch.int64, device=device)
-    dist.all_reduce(votes, dist.ReduceOp.MAX,
-                    group=_resolve_process_group(model.tensor_parallel_group))
+    dist.all_reduce(votes, dist.ReduceOp.MAX, group=group)
     return bool(votes.item())
 
 

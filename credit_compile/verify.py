@@ -154,7 +154,8 @@ def _compare(optimized: OptimizedModel, input_ids, attention_mask, config: Decod
         # Every call runs the shards' collectives: the ranks, whose clocks differ, make as many.
         from .distributed import any_rank
 
-        agree = functools.partial(any_rank, eager_model)
+        agree = functools.partial(any_rank, group_name=eager_model.tensor_parallel_group,
+                                  device=next(eager_model.parameters()).device)
 
     references, reference_seconds = time_calls(
         lambda: generate_reference(eager_model, input_ids, attention_mask, config), device,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 
-import torch
+from ..distributed import any_rank
 
 log = logging.getLogger("credit_compile.serve")
 
@@ -21,15 +21,6 @@ _STOP = "stop"
 
 class EndedByAnotherRank(Exception):
     """Another rank ended this call at a host check (rank 0's cancellation, say)."""
-
-
-def _any_rank(flag: bool) -> bool:
-    import torch.distributed as dist
-
-    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
-    value = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(value)
-    return bool(value.item())
 
 
 def _agreed(callback):
@@ -43,7 +34,7 @@ def _agreed(callback):
                 callback(*args)
             except BaseException as raised:  # noqa: BLE001 - handed on after the ranks agree
                 error = raised
-        if _any_rank(error is not None):
+        if any_rank(error is not None):
             raise error if error is not None else EndedByAnotherRank()
 
     return check
