@@ -356,8 +356,9 @@ def optimize(model: nn.Module, config: DecodeConfig | None = None, *, mask_id: i
             dropped; each holds static buffers and, on CUDA, a graph's memory pool.
         tensor_parallel: a number of ranks (the default process group's size) or a 1-D
             DeviceMesh: every rank of an initialised process group (torchrun) calls optimize()
-            and generate() alike, and the model, the project's LLaDA, LLaDA-MoE or LLaDA2, is
-            sharded across them in place (`credit_compile.distributed`, docs/distributed.md).
+            and generate() alike, and the model, the project's LLaDA, LLaDA-MoE, LLaDA2 or
+            Dream, is sharded across them in place (`credit_compile.distributed`,
+            docs/distributed.md).
     """
     if not isinstance(model, nn.Module):
         raise ValueError(f"optimize() takes a torch.nn.Module, got {type(model).__name__}")

@@ -371,8 +371,8 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--stream", action="store_true",
                            help="print each block's text as soon as it is final")
             p.add_argument("--tensor-parallel", type=int, default=None, metavar="N",
-                           help="shard the model (credit_compile's LLaDA, LLaDA-MoE or "
-                                "LLaDA2) across N ranks, one process each, started by "
+                           help="shard the model (credit_compile's LLaDA, LLaDA-MoE, "
+                                "LLaDA2 or Dream) across N ranks, one process each, started by "
                                 "torchrun: torchrun "
                                 "--nproc-per-node N -m credit_compile generate "
                                 "--tensor-parallel N ... (docs/distributed.md)")

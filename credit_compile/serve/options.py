@@ -47,8 +47,8 @@ def add_serve_args(p: argparse.ArgumentParser) -> None:
                         "unless TORCHINDUCTOR_CACHE_DIR is set): a restart with the same "
                         "directory loads them instead of compiling again")
     p.add_argument("--tensor-parallel", type=_positive_int, default=None, metavar="N",
-                   help="shard the model (credit_compile's LLaDA, LLaDA-MoE or LLaDA2) across N "
-                        "ranks, one process each, started by torchrun: rank 0 serves, every "
-                        "rank decodes (docs/distributed.md)")
+                   help="shard the model (credit_compile's LLaDA, LLaDA-MoE, LLaDA2 or Dream) "
+                        "across N ranks, one process each, started by torchrun: rank 0 serves, "
+                        "every rank decodes (docs/distributed.md)")
     p.add_argument("--log-level", default="info",
                    choices=["critical", "error", "warning", "info", "debug"])
