@@ -2,12 +2,14 @@
 the single-process model, and bad input is refused by name.
 
 The ranks are spawned once per test run (`tp_run`, shared by pytest-xdist's workers): each
-decodes every case single-process (eager) and then sharded (compiled), the shipped LLaDA and tiny
-LLaDA2, LLaDA-MoE and LLaDA models (key and value heads split, and replicated where the ranks
-outnumber them), checks the layouts the trained model lacks on a DeviceMesh (and the mixtures of
-experts' logits), runs verify() on a sharded model, refuses prompts that differ between the ranks
-and runs the command line as torchrun would; rank 0 returns what it saw. Spawning is bounded: a
-rank that fails ends every rank with its error, and a run past its deadline is killed.
+decodes every case single-process (eager) and then sharded (compiled: one case by Inductor, the
+others by the cheap backend), the shipped LLaDA and tiny LLaDA2, LLaDA-MoE, LLaDA and Dream
+models (key and value heads split, and replicated where the ranks outnumber them), checks the
+layouts the trained model lacks on a DeviceMesh (and the mixtures of experts' logits), runs
+verify() on a sharded model, refuses prompts that differ between the ranks and runs the command
+line as torchrun would (the shipped model, and a Dream checkpoint); rank 0 returns what it saw.
+Spawning is bounded: a rank that fails ends every rank with its error, and a run past its
+deadline is killed.
 """
 
 from __future__ import annotations
@@ -48,7 +50,6 @@ CASES = {
 CASES["credit-layers-once"] = dict(strategy="credit", compile_layers_once=True)
 # Classifier-free guidance doubles the batch (the prompts and their unconditional twins).
 CASES["llada-cfg"] = dict(strategy="llada", steps=8, cfg_scale=1.5)
-INDUCTOR_CASE = "credit-none"  # the one case compiled by Inductor: the collectives' generated code
 PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
 # The mixtures of experts and LLaDA's grouped-query attention, random tiny models with weights of
 # std 0.5 (confidences far apart, so the shards' rounding never flips a decision), a padded batch
@@ -57,21 +58,27 @@ PROMPTS = ["0012+0034=", "S4213=", "R98021=", "P4213="]
 # dense layer, then an MoE one with its shared expert) without a cache and LLaDA (tiny-gqa's 4
 # query heads) with its dual cache; tiny Dream (random q/k/v biases too) by credit on its dual
 # cache, and with one key/value head (Qwen2's attention, which repeats it for the padding mask)
-# with its own sampler.
+# with its own sampler. The one case compiled by Inductor (the collectives' generated code) is
+# tiny-gqa's credit step on one layer.
 MOE_CASES = {"llada2-none": ("llada2", dict(kv_cache="none")),
              "llada2-kv1-block": ("llada2-kv1", dict(kv_cache="block")),
              "lladamoe-kv1-none": ("lladamoe-kv1", dict(kv_cache="none")),
              "llada-kv1-dual": ("llada-kv1", dict(kv_cache="dual")),
              "dream-credit-dual": ("dream", dict(strategy="credit", kv_cache="dual")),
-             "dream-kv1-dream": ("dream-kv1", dict(strategy="dream"))}
+             "dream-kv1-dream": ("dream-kv1", dict(strategy="dream")),
+             "llada-layer-none": ("llada-layer", dict(kv_cache="none"))}
+INDUCTOR_CASE = "llada-layer-none"
 MOE_GEN = dict(gen_length=8, block_length=4)
 
 
 def _moe_model(family: str, **over):
     """A random tiny model of `family` ("llada2", "lladamoe", "llada", "dream"; "-kv1": one
-    key/value head) with weights of std 0.5 (Dream's q/k/v biases too)."""
+    key/value head; "llada-layer": one layer) with weights of std 0.5 (Dream's q/k/v biases
+    too)."""
     from credit_compile.models import presets
 
+    if family == "llada-layer":
+        family, over = "llada", {"n_layers": 1, **over}
     if family.endswith("-kv1"):
         family = family.removesuffix("-kv1")
         over = {("n_kv_heads" if family == "llada" else "num_key_value_heads"): 1, **over}
@@ -120,7 +127,7 @@ def _cheap_backend() -> None:
 
 
 def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str],
-                inductor_case: str | None) -> None:
+                inductor_case: str | None, dream_dir: str) -> None:
     import torch.distributed as dist
 
     from credit_compile import backend, cli, step_cache
@@ -135,12 +142,10 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         cases = {name: CASES[name] for name in names}
         expected = {name: single.generate(ids, mask, **case) for name, case in cases.items()}
         sharded = cc.optimize(model, tensor_parallel=world, **GEN)
-        got = {}
         inductor = step_cache.make_backend
-        for name, case in cases.items():
-            step_cache.make_backend = inductor if name == inductor_case else \
-                functools.partial(backend.make_backend, inductor=False)
-            got[name] = sharded.generate(ids, mask, **case)
+        cheap = functools.partial(backend.make_backend, inductor=False)
+        step_cache.make_backend = cheap
+        got = {name: sharded.generate(ids, mask, **case) for name, case in cases.items()}
         heads = pass_count("block_sliced_lm_head")
         # The mixtures of experts: single-process (eager) tokens, then sharded and compiled.
         moe_ids, moe_mask = _moe_prompts()
@@ -150,8 +155,8 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         moe_sharded = {family: cc.optimize(m, tensor_parallel=world, **MOE_GEN)
                        for family, m in moe_models.items()}
         moe_expected, moe_got = {}, {}
-        step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
         for name, (family, case) in MOE_CASES.items():
+            step_cache.make_backend = inductor if name == inductor_case else cheap
             moe_expected[name] = moe_single[family].generate(moe_ids, moe_mask, **case)
             moe_got[name] = moe_sharded[family].generate(moe_ids, moe_mask, **case)
         moe_heads = pass_count("block_sliced_lm_head") - heads
@@ -265,6 +270,10 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         with contextlib.redirect_stdout(printed):
             code = cli.main(["generate", "--tensor-parallel", str(world), "--prompt",
                              "0012+0034=", "--prompt", "S4213="])
+        dream_printed = io.StringIO()  # a Dream checkpoint and its own sampler
+        with contextlib.redirect_stdout(dream_printed):
+            dream_code = cli.main(["generate", "--tensor-parallel", str(world), "--model",
+                                   dream_dir, *DREAM_CLI])
         dist.barrier()
         if rank == 0:
             torch.save({
@@ -274,6 +283,7 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
                 "mismatch": mismatch,
                 "mesh_logits_error": float(logits_error),
                 "cli": (code, printed.getvalue()),
+                "dream_cli": (dream_code, dream_printed.getvalue()),
                 "q_proj": tuple(model.model.transformer.blocks[0].q_proj.weight.shape),
                 "moe_expected": {k: (v.sequences, v.nfe) for k, v in moe_expected.items()},
                 "moe_got": {k: (v.sequences, v.nfe, v.stats.get("runner"))
@@ -321,17 +331,34 @@ def tp_run(tmp_path_factory, request):
     if worker is not None:  # each xdist worker's base is a folder of the run's common one
         shared = shared.parent
     path, failed = shared / "tp_results.pt", shared / "tp_failed.txt"
+    dream_dir = shared / "tp_dream"
     with FileLock(str(shared / "tp.lock")):
         if failed.is_file():
             pytest.fail(f"the spawned ranks failed in another worker:\n{failed.read_text()}")
         if not path.is_file():
             try:
-                run_ranks(_decode_all, str(path), list(CASES), INDUCTOR_CASE, world=WORLD,
-                          timeout=RUN_SECONDS)
+                _save_dream_checkpoint(dream_dir)
+                run_ranks(_decode_all, str(path), list(CASES), INDUCTOR_CASE, str(dream_dir),
+                          world=WORLD, timeout=RUN_SECONDS)
             except BaseException as error:
                 failed.write_text(f"{type(error).__name__}: {error}")
                 raise
-    return torch.load(path)
+    return {**torch.load(path), "dream_dir": dream_dir}
+
+
+# `generate --model` on a Dream checkpoint (tiny-dream's sizes, a character tokenizer with a
+# character for each of its 125 ordinary ids, so that every answer token is printed), decoded by
+# Dream's own sampler.
+DREAM_CLI = ["--prompt", "12+34=", "--prompt", "R321=", "--strategy", "dream", "--steps", "8",
+             "--gen-length", "8", "--block-length", "8"]
+
+
+def _save_dream_checkpoint(path) -> None:
+    from credit_compile.tokenizer import CharTokenizer
+
+    _moe_model("dream").save_pretrained(path)
+    chars = "0123456789+=RS ?P" + "".join(chr(0x100 + i) for i in range(125 - 17))
+    CharTokenizer(chars, eos_token_id=125, mask_token_id=126, vocab_size=128).save_pretrained(path)
 
 
 @pytest.mark.slow
@@ -408,6 +435,23 @@ def test_the_command_line_decodes_under_torchrun(tp_run):
     code, printed = tp_run["cli"]
     assert code == 0
     assert "'0012+0034=' -> '00046'" in printed and "'S4213=' -> '1234'" in printed
+
+
+@pytest.mark.slow
+def test_the_command_line_decodes_a_dream_checkpoint_under_torchrun(tp_run):
+    """The sharded Dream answers the single-process model's text (its eager reference)."""
+    from credit_compile.models.loading import load_model_and_tokenizer
+
+    code, printed = tp_run["dream_cli"]
+    assert code == 0, printed
+    model, tokenizer, _ = load_model_and_tokenizer(str(tp_run["dream_dir"]), "cpu")
+    prompts = DREAM_CLI[1:4:2]
+    batch = tokenizer(prompts)
+    want = cc.generate_reference(model, batch["input_ids"], batch["attention_mask"],
+                                 strategy="dream", steps=8, gen_length=8, block_length=8)
+    for prompt, row in zip(prompts, want.generated, strict=True):
+        text = tokenizer.decode(row, skip_special_tokens=True)
+        assert text and f"{prompt!r} -> {text!r}" in printed
 
 
 @pytest.mark.slow
