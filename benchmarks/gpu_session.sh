@@ -107,11 +107,13 @@ else
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$OUT/gpu.csv" 2>&1
 fi
 versions() {  # one process both probes the install and names the versions, from the packages'
-    # metadata and the passes' location (importing triton and the passes, which import dynamo and
-    # Inductor, would add 4-5 s to every stage)
-    python3 -P -c "import importlib.metadata as m, importlib.util as u
-print('torch', m.version('torch'), 'triton', m.version('triton'), 'credit_compile',
-      u.find_spec('credit_compile.passes').origin)"
+    # metadata and where the import system finds the passes, importing nothing (the package
+    # imports torch, the passes dynamo and Inductor: seconds on every stage)
+    python3 -P -c "import importlib.metadata as m, importlib.util as u, sys
+package = u.find_spec('credit_compile')
+passes = next(filter(None, (f.find_spec('credit_compile.passes', package.submodule_search_locations)
+                            for f in sys.meta_path if hasattr(f, 'find_spec'))))
+print('torch', m.version('torch'), 'triton', m.version('triton'), 'credit_compile', passes.origin)"
 }
 if [ "${FROM_SOURCE:-0}" = 1 ] || ! VERSIONS=$(versions 2>/dev/null); then
     SOURCE_COPY=$(mktemp -d)
