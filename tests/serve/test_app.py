@@ -360,6 +360,26 @@ def test_bad_input_is_a_400_naming_the_field(server, body, param):
     assert error["type"] == "invalid_request_error" and error["message"]
 
 
+def test_a_dream_model_answers_what_its_reference_decodes(cheap):
+    """A model other than LLaDA, served: Dream (logits shifted by one, its own mask and
+    end-of-text ids, read from its config) with its own sampler answers each prompt as its eager
+    reference decodes it (a character for each ordinary id, so every answer token shows)."""
+    from credit_compile.models import presets
+
+    model = presets.build_model(presets.get_config("tiny-dream", initializer_range=0.5), seed=1)
+    tokenizer = CharTokenizer("0123456789+=RS ?P" + "".join(chr(0x100 + i) for i in range(108)),
+                              eos_token_id=125, mask_token_id=126, vocab_size=128)
+    config = cc.DecodeConfig(strategy="dream", steps=8, gen_length=8, block_length=8)
+    _, running = serve(cc.optimize(model, config), tokenizer)
+    try:
+        for prompt in ("12+34=", "R321="):
+            done = running.client().completions.create(model=NAME, prompt=prompt)
+            out = cc.generate_reference(model, tokenizer([prompt])["input_ids"], config=config)
+            assert done.choices[0].text == tokenizer.answer(out.generated[0]) != ""
+    finally:
+        running.stop()
+
+
 def test_top_p_and_top_k_reach_llada2s_sampler(server, fast):
     """OpenAI's top_p and the extra top_k filter LLaDA2's sampler: each answer is the one
     generate() gives with the same filter and seed (a temperature high enough that the filters
