@@ -1,6 +1,7 @@
 """Helpers shared by several test modules: generation comparison, prompts of the tiny preset, the
 step graphs a backend is given, a streaming recorder, the DecodeConfig errors, whether the
-grouped MoE runs here, ranks spawned on a free loopback port."""
+grouped MoE runs here, ranks spawned on a free loopback port, a character tokenizer for a tiny
+model's vocabulary."""
 
 from __future__ import annotations
 
@@ -24,6 +25,17 @@ def prompts(batch, length, device, padded=False, seed=0):
     if padded:
         mask[0, : length // 2] = 0
     return ids.to(device), (mask.to(device) if padded else None)
+
+
+def char_tokenizer_for(config):
+    """A CharTokenizer for a tiny model's vocabulary (`config`: its size, end-of-text and mask ids,
+    the end of text first): a character for each id before the end of text (the default model's,
+    then letters from U+0100), so that every answer token prints."""
+    from credit_compile.tokenizer import DEFAULT_CHARS, CharTokenizer
+
+    letters = "".join(chr(0x100 + i) for i in range(config.eos_token_id - len(DEFAULT_CHARS)))
+    return CharTokenizer(DEFAULT_CHARS + letters, eos_token_id=config.eos_token_id,
+                         mask_token_id=config.mask_token_id, vocab_size=config.vocab_size)
 
 
 def grouped_mm_runs_here() -> bool:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import datetime
-import functools
 import importlib
 import io
 import os
@@ -28,7 +27,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from filelock import FileLock
-from helpers import free_port, run_ranks
+from helpers import char_tokenizer_for, free_port, run_ranks
 
 import credit_compile as cc
 from credit_compile.assets import has_default_model, load_default_model
@@ -119,18 +118,12 @@ def _init(rank: int, world: int, port: int) -> None:
                             timeout=datetime.timedelta(seconds=120))
 
 
-def _cheap_backend() -> None:
-    """tests/helpers.use_cheap_backend, by hand: no monkeypatch in a spawned process."""
-    from credit_compile import backend, step_cache
-
-    step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
-
-
 def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str],
                 inductor_case: str | None, dream_dir: str) -> None:
     import torch.distributed as dist
 
-    from credit_compile import backend, cli, step_cache
+    from credit_compile import cli, step_cache
+    from credit_compile.backend import cheap_backend_bindings
     from credit_compile.passes import pass_count
 
     _init(rank, world, port)
@@ -143,8 +136,9 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         expected = {name: single.generate(ids, mask, **case) for name, case in cases.items()}
         sharded = cc.optimize(model, tensor_parallel=world, **GEN)
         inductor = step_cache.make_backend
-        cheap = functools.partial(backend.make_backend, inductor=False)
-        step_cache.make_backend = cheap
+        for module, name, value in cheap_backend_bindings():  # the step cache's and verify's
+            setattr(module, name, value)
+        cheap = step_cache.make_backend
         got = {name: sharded.generate(ids, mask, **case) for name, case in cases.items()}
         heads = pass_count("block_sliced_lm_head")
         # The mixtures of experts: single-process (eager) tokens, then sharded and compiled.
@@ -159,6 +153,7 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
             step_cache.make_backend = inductor if name == inductor_case else cheap
             moe_expected[name] = moe_single[family].generate(moe_ids, moe_mask, **case)
             moe_got[name] = moe_sharded[family].generate(moe_ids, moe_mask, **case)
+        step_cache.make_backend = cheap
         moe_heads = pass_count("block_sliced_lm_head") - heads
         llada2_layer = moe_models["llada2"].model.layers[1]
         moe_shapes = {
@@ -248,7 +243,6 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         # rank 1's timing loop would stop calling before rank 0's (and their collectives would
         # mismatch) if the ranks did not agree on each call.
         verify_module = importlib.import_module("credit_compile.verify")
-        verify_module.make_backend = functools.partial(backend.make_backend, inductor=False)
         verify_module.time = _FastClock(4 if rank == 0 else 40)
         report = cc.verify(moe_sharded["llada-kv1"], moe_ids, moe_mask, timed_calls=2,
                            **MOE_CASES["llada-kv1-dual"][1])
@@ -264,7 +258,6 @@ def _decode_all(rank: int, world: int, port: int, out_path: str, names: list[str
         except ValueError as error:
             mismatch = str(error)
         # The command line as torchrun starts it: its environment, the group already there.
-        step_cache.make_backend = functools.partial(backend.make_backend, inductor=False)
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
@@ -346,19 +339,19 @@ def tp_run(tmp_path_factory, request):
     return {**torch.load(path), "dream_dir": dream_dir}
 
 
-# `generate --model` on a Dream checkpoint (tiny-dream's sizes, a character tokenizer with a
-# character for each of its 125 ordinary ids, so that every answer token is printed), decoded by
-# Dream's own sampler.
-DREAM_CLI = ["--prompt", "12+34=", "--prompt", "R321=", "--strategy", "dream", "--steps", "8",
-             "--gen-length", "8", "--block-length", "8"]
+# `generate --model` on a Dream checkpoint (tiny-dream's sizes, a character tokenizer that
+# prints every answer token), decoded by Dream's own sampler.
+DREAM_PROMPTS = ["12+34=", "R321="]
+DREAM_DECODE = dict(strategy="dream", steps=8, gen_length=8, block_length=8)
+DREAM_CLI = [*(arg for prompt in DREAM_PROMPTS for arg in ("--prompt", prompt)),
+             *(arg for name, value in DREAM_DECODE.items()
+               for arg in (f"--{name.replace('_', '-')}", str(value)))]
 
 
 def _save_dream_checkpoint(path) -> None:
-    from credit_compile.tokenizer import CharTokenizer
-
-    _moe_model("dream").save_pretrained(path)
-    chars = "0123456789+=RS ?P" + "".join(chr(0x100 + i) for i in range(125 - 17))
-    CharTokenizer(chars, eos_token_id=125, mask_token_id=126, vocab_size=128).save_pretrained(path)
+    model = _moe_model("dream")
+    model.save_pretrained(path)
+    char_tokenizer_for(model.config).save_pretrained(path)
 
 
 @pytest.mark.slow
@@ -445,11 +438,9 @@ def test_the_command_line_decodes_a_dream_checkpoint_under_torchrun(tp_run):
     code, printed = tp_run["dream_cli"]
     assert code == 0, printed
     model, tokenizer, _ = load_model_and_tokenizer(str(tp_run["dream_dir"]), "cpu")
-    prompts = DREAM_CLI[1:4:2]
-    batch = tokenizer(prompts)
-    want = cc.generate_reference(model, batch["input_ids"], batch["attention_mask"],
-                                 strategy="dream", steps=8, gen_length=8, block_length=8)
-    for prompt, row in zip(prompts, want.generated, strict=True):
+    batch = tokenizer(DREAM_PROMPTS)
+    want = cc.generate_reference(model, batch["input_ids"], batch["attention_mask"], **DREAM_DECODE)
+    for prompt, row in zip(DREAM_PROMPTS, want.generated, strict=True):
         text = tokenizer.decode(row, skip_special_tokens=True)
         assert text and f"{prompt!r} -> {text!r}" in printed
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -25,10 +26,11 @@ FLAG_STAGES = {"gen1024": "llada-8b", "gen1024b8": "llada-8b", "gen256b8": "llad
                "llada2": "llada2-mini", "llada2g1024": "llada2-mini"}
 
 
-def run_stage(stage: str, out: Path, **extra_env: str) -> subprocess.CompletedProcess:
+def run_stage(stage: str, out: Path, shim: Path | None = None,
+              **extra_env: str) -> subprocess.CompletedProcess:
+    """`gpu_session.sh stage`, dry; `shim`: a folder put before the interpreter's on PATH."""
     env = dict(os.environ, DRY_RUN="1", OUT=str(out))
-    # SHIM: a folder put before the interpreter's on PATH.
-    first = [extra_env.pop("SHIM")] if "SHIM" in extra_env else []
+    first = [str(shim)] if shim is not None else []
     path = os.pathsep.join([*first, str(Path(sys.executable).parent), os.environ["PATH"]])
     env.update(extra_env, PATH=path)
     # Toy sizes: a second OpenMP thread only waits, and on a CPU shared with other work its
@@ -70,10 +72,10 @@ def test_the_other_stages_flags_are_checked_as_given(stage, tmp_path, monkeypatc
     shim.mkdir()
     (shim / "python3").write_text(
         "#!/usr/bin/env bash\n"
-        f'case "$1" in benchmarks/*.py) printf "%s\\0" "$@" > {argv_file}; exit 0;; esac\n'
-        f'exec {sys.executable} "$@"\n')
+        f'case "$1" in benchmarks/*.py) printf "%s\\0" "$@" > {shlex.quote(str(argv_file))}; '
+        f'exit 0;; esac\nexec {shlex.quote(sys.executable)} "$@"\n')
     (shim / "python3").chmod(0o755)
-    done = run_stage(stage, tmp_path, DRY_RUN="flags", SHIM=str(shim))
+    done = run_stage(stage, tmp_path, shim, DRY_RUN="flags")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     script, *argv = argv_file.read_text().split("\0")[:-1]
     assert argv[-1] == "--check-flags"

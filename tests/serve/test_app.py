@@ -14,7 +14,7 @@ for _library in ("starlette", "uvicorn", "prometheus_client", "openai", "httpx")
 
 import httpx  # noqa: E402
 import openai  # noqa: E402
-from helpers import use_cheap_backend  # noqa: E402
+from helpers import char_tokenizer_for, use_cheap_backend  # noqa: E402
 from serve_helpers import RunningServer, SlowModel  # noqa: E402
 
 import credit_compile as cc  # noqa: E402
@@ -367,8 +367,7 @@ def test_a_dream_model_answers_what_its_reference_decodes(cheap):
     from credit_compile.models import presets
 
     model = presets.build_model(presets.get_config("tiny-dream", initializer_range=0.5), seed=1)
-    tokenizer = CharTokenizer("0123456789+=RS ?P" + "".join(chr(0x100 + i) for i in range(108)),
-                              eos_token_id=125, mask_token_id=126, vocab_size=128)
+    tokenizer = char_tokenizer_for(model.config)
     config = cc.DecodeConfig(strategy="dream", steps=8, gen_length=8, block_length=8)
     _, running = serve(cc.optimize(model, config), tokenizer)
     try:
